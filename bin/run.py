@@ -1,0 +1,60 @@
+"""`make run`: migrations, optional superuser, embedded Redis if needed, then every process.
+
+The web server (uvicorn), Celery worker and Celery beat run under honcho (Procfile); Ctrl-C
+stops them all, and the embedded redis-server with them.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from config.embedded_redis import RedisServer  # noqa: E402
+
+
+def manage(*args: str, check: bool = True) -> int:
+    return subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, check=check).returncode
+
+
+def main() -> int:
+    var = Path(os.environ.get("VAR_DIR", ROOT / "var"))
+    var.mkdir(parents=True, exist_ok=True)
+    env = os.environ
+    server = None
+    if not env.get("REDIS_URL"):
+        port = int(env["EMBEDDED_REDIS_PORT"]) if env.get("EMBEDDED_REDIS_PORT") else None
+        server = RedisServer(var / "redis", port=port).start()
+        env["REDIS_URL"] = server.url
+        (var / "redis.url").write_text(server.url + "\n")
+        print(f"run: embedded redis-server at {server.url} (data under {var / 'redis'})")
+    env.setdefault("WEB_HOST", "127.0.0.1")
+    env["WEB_PORT"] = env.get("PORT", "8000")
+    env.setdefault("WS_MAX_MESSAGE_BYTES", "65536")
+    try:
+        manage("migrate", "--noinput")
+        manage("check")
+        if env.get("DJANGO_SUPERUSER_USERNAME") and env.get("DJANGO_SUPERUSER_PASSWORD"):
+            env.setdefault("DJANGO_SUPERUSER_EMAIL", "")
+            # Fails harmlessly when the user exists already.
+            manage("createsuperuser", "--noinput", check=False)
+        print(f"run: serving on http://{env['WEB_HOST']}:{env['WEB_PORT']}/ (Ctrl-C stops all)")
+        honcho = subprocess.Popen(
+            [sys.executable, "-m", "honcho", "-f", str(ROOT / "Procfile"), "start"], cwd=ROOT
+        )
+        try:
+            return honcho.wait()
+        except KeyboardInterrupt:
+            return honcho.wait()
+    finally:
+        if server is not None:
+            server.stop()
+            (var / "redis.url").unlink(missing_ok=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

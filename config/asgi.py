@@ -1,0 +1,25 @@
+"""ASGI entry point: HTTP through Django, WebSockets through Channels."""
+
+import os
+
+from django.core.asgi import get_asgi_application
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+# Initialise Django (apps, models) before importing code that uses the ORM.
+django_asgi_app = get_asgi_application()
+
+from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
+from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
+
+from presence.auth import PresenceAuthStack  # noqa: E402
+from presence.routing import websocket_urlpatterns  # noqa: E402
+
+application = ProtocolTypeRouter(
+    {
+        "http": django_asgi_app,
+        # Origin must match ALLOWED_HOSTS: blocks cross-site WebSocket hijacking.
+        "websocket": AllowedHostsOriginValidator(
+            PresenceAuthStack(URLRouter(websocket_urlpatterns))
+        ),
+    }
+)

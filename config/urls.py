@@ -1,0 +1,12 @@
+"""Root URLs."""
+
+from django.contrib import admin
+from django.urls import include, path
+from django.views.generic import TemplateView
+
+urlpatterns = [
+    path("", TemplateView.as_view(template_name="demo.html"), name="demo"),
+    path("admin/", admin.site.urls),
+    path("api/presence/", include("presence.urls")),
+    path("", include("django_prometheus.urls")),
+]

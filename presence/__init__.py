@@ -1,0 +1,1 @@
+"""Presence engine: who is connected, where, and for how long."""

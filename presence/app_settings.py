@@ -1,0 +1,122 @@
+"""Every PRESENCE_* setting with its default, read live so ``override_settings`` works."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+
+
+class AppSettings:
+    """Typed, live view of the presence settings."""
+
+    def _get(self, name: str, default: Any) -> Any:
+        return getattr(settings, name, default)
+
+    @property
+    def HEARTBEAT_INTERVAL(self) -> float:
+        """Seconds between client heartbeats, announced in ``hello``."""
+        return float(self._get("PRESENCE_HEARTBEAT_INTERVAL", 25.0))
+
+    @property
+    def TTL(self) -> float:
+        """Seconds a connection stays online after its last heartbeat."""
+        return float(self._get("PRESENCE_TTL", 60.0))
+
+    @property
+    def KEY_GRACE(self) -> float:
+        """Seconds Redis keeps a lapsed connection's keys so the sweep can still read them."""
+        return float(self._get("PRESENCE_KEY_GRACE", 600.0))
+
+    @property
+    def KEY_PREFIX(self) -> str:
+        """Hash tag every presence key carries; all keys of one deployment share a cluster slot."""
+        return str(self._get("PRESENCE_KEY_PREFIX", "presence"))
+
+    @property
+    def REDIS_URL(self) -> str:
+        """Redis server holding presence state."""
+        return str(self._get("REDIS_URL", "redis://127.0.0.1:6379/0"))
+
+    @property
+    def WS_MAX_MESSAGE_BYTES(self) -> int:
+        """Largest accepted client frame; larger frames close the socket with 1009."""
+        return int(self._get("WS_MAX_MESSAGE_BYTES", 65536))
+
+    @property
+    def RATE_LIMIT(self) -> float:
+        """Sustained frames per second allowed per connection (token bucket refill rate)."""
+        return float(self._get("PRESENCE_RATE_LIMIT", 20.0))
+
+    @property
+    def RATE_BURST(self) -> int:
+        """Token bucket size: frames a connection may send in a burst."""
+        return int(self._get("PRESENCE_RATE_BURST", 40))
+
+    @property
+    def FLOOD_DROPS(self) -> int:
+        """Dropped frames within FLOOD_WINDOW that close the connection with 4429."""
+        return int(self._get("PRESENCE_FLOOD_DROPS", 100))
+
+    @property
+    def FLOOD_WINDOW(self) -> float:
+        """Seconds over which dropped frames are counted towards FLOOD_DROPS."""
+        return float(self._get("PRESENCE_FLOOD_WINDOW", 10.0))
+
+    @property
+    def MAX_ROOMS_PER_CONNECTION(self) -> int:
+        """Rooms one connection may be in; bounds the work of each heartbeat."""
+        return int(self._get("PRESENCE_MAX_ROOMS_PER_CONNECTION", 50))
+
+    @property
+    def LIST_LIMIT(self) -> int:
+        """Most users returned by one presence listing (``count`` is always the full count)."""
+        return int(self._get("PRESENCE_LIST_LIMIT", 1000))
+
+    @property
+    def TOKEN_MAX_AGE(self) -> int:
+        """Seconds a WebSocket token from ``POST /api/presence/token/`` stays valid."""
+        return int(self._get("PRESENCE_TOKEN_MAX_AGE", 60))
+
+    @property
+    def TRUSTED_PROXY_HEADER(self) -> str:
+        """Header (e.g. ``X-Forwarded-For``) a trusted proxy sets with the client IP; empty = none."""
+        return str(self._get("PRESENCE_TRUSTED_PROXY_HEADER", ""))
+
+    @property
+    def GLOBAL_EVENTS(self) -> bool:
+        """Whether every connection receives global join/leave/status events (``room`` null)."""
+        return bool(self._get("PRESENCE_GLOBAL_EVENTS", True))
+
+    @property
+    def HEARTBEAT_BATCH_MAX(self) -> int:
+        """Most connections refreshed by one heartbeat script call."""
+        return int(self._get("PRESENCE_HEARTBEAT_BATCH_MAX", 500))
+
+    @property
+    def COUNTER_FLUSH_INTERVAL(self) -> float:
+        """Seconds buffered message counters wait for a heartbeat batch to ride along with."""
+        return float(self._get("PRESENCE_COUNTER_FLUSH_INTERVAL", 1.0))
+
+    @property
+    def SWEEP_INTERVAL(self) -> float:
+        """Seconds between expiry sweeps (Celery beat)."""
+        return float(self._get("PRESENCE_SWEEP_INTERVAL", 5.0))
+
+    @property
+    def SWEEP_BATCH_SIZE(self) -> int:
+        """Connections one sweep claims at a time; bounds one Lua call and one bulk UPDATE."""
+        return int(self._get("PRESENCE_SWEEP_BATCH_SIZE", 500))
+
+    @property
+    def SWEEP_CLAIM_TIMEOUT(self) -> float:
+        """Seconds after which a claim by a crashed sweep may be taken over by another."""
+        return float(self._get("PRESENCE_SWEEP_CLAIM_TIMEOUT", 30.0))
+
+    @property
+    def STATS_FLUSH_INTERVAL(self) -> float:
+        """Seconds between stats flushes (Celery beat)."""
+        return float(self._get("STATS_FLUSH_INTERVAL", 10.0))
+
+
+app_settings = AppSettings()

@@ -1,0 +1,64 @@
+"""WebSocket authentication: Django session cookie, or a short-lived signed token.
+
+Tokens are minted by ``POST /api/presence/token/`` for the logged-in user, carry a salt that
+makes them good for nothing but this endpoint, expire after ``PRESENCE_TOKEN_MAX_AGE`` seconds,
+and die with a password change (they embed the session auth hash).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import parse_qs
+
+from channels.auth import AuthMiddlewareStack
+from channels.db import database_sync_to_async
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
+from django.core import signing
+from django.utils.crypto import constant_time_compare
+
+from .app_settings import app_settings
+
+TOKEN_SALT = "presence.ws-token"
+
+
+def mint_token(user: AbstractBaseUser) -> str:
+    """A signed token identifying ``user`` to ``/ws/presence/``."""
+    return signing.dumps({"u": user.pk, "h": user.get_session_auth_hash()}, salt=TOKEN_SALT)
+
+
+def user_from_token(token: str) -> AbstractBaseUser | None:
+    """The user a valid, unexpired token names, else None (inactive users are returned)."""
+    try:
+        payload = signing.loads(token, salt=TOKEN_SALT, max_age=app_settings.TOKEN_MAX_AGE)
+    except signing.BadSignature:  # includes SignatureExpired
+        return None
+    if not isinstance(payload, dict):
+        return None
+    user = get_user_model()._default_manager.filter(pk=payload.get("u")).first()
+    if user is None or not constant_time_compare(
+        str(payload.get("h", "")), user.get_session_auth_hash()
+    ):
+        return None
+    return user
+
+
+class TokenAuthMiddleware:
+    """Sets ``scope["user"]`` from ``?token=`` when the session cookie gave no user."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> Any:
+        query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+        token = (query.get("token") or [""])[0]
+        user = scope.get("user")
+        if token and (user is None or not user.is_authenticated):
+            found = await database_sync_to_async(user_from_token)(token)
+            scope = {**scope, "user": found or AnonymousUser()}
+        return await self.inner(scope, receive, send)
+
+
+def PresenceAuthStack(inner: Any) -> Any:  # noqa: N802 - mirrors AuthMiddlewareStack
+    """Session-cookie auth, then token auth, around ``inner``."""
+    return AuthMiddlewareStack(TokenAuthMiddleware(inner))

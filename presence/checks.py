@@ -1,0 +1,28 @@
+"""System checks: configuration invariants asserted at start-up."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.checks import Error, register
+
+from .app_settings import app_settings
+
+
+@register()
+def check_presence_timing(app_configs: Any = None, **kwargs: Any) -> list[Error]:
+    """A TTL under two heartbeat intervals would expire clients after one late heartbeat."""
+    errors = []
+    interval, ttl = app_settings.HEARTBEAT_INTERVAL, app_settings.TTL
+    if interval <= 0:
+        errors.append(Error("PRESENCE_HEARTBEAT_INTERVAL must be positive.", id="presence.E001"))
+    if ttl < 2 * interval:
+        errors.append(
+            Error(
+                f"PRESENCE_TTL ({ttl:g} s) must be at least twice "
+                f"PRESENCE_HEARTBEAT_INTERVAL ({interval:g} s).",
+                hint="Raise PRESENCE_TTL or lower PRESENCE_HEARTBEAT_INTERVAL.",
+                id="presence.E002",
+            )
+        )
+    return errors

@@ -1,0 +1,11 @@
+"""Message handlers: the registry and the handler families shipped with the platform.
+
+Application code imports from here::
+
+    from presence.handlers import FrameError, HandlerContext, registry
+"""
+
+from .context import HandlerContext
+from .registry import FrameError, HandlerRegistry, HandlerSpec, registry
+
+__all__ = ["FrameError", "HandlerContext", "HandlerRegistry", "HandlerSpec", "registry"]

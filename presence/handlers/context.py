@@ -1,0 +1,60 @@
+"""What a handler sees of the connection that sent the message."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from channels.layers import get_channel_layer
+
+from ..groups import room_group
+
+if TYPE_CHECKING:
+    from ..consumers import PresenceConsumer
+
+
+class HandlerContext:
+    """The sending connection: its user, session and rooms, and ways to talk back.
+
+    Identity comes only from the authenticated connection; nothing in a frame can change it.
+    """
+
+    def __init__(self, consumer: PresenceConsumer, frame_id: str | int | None) -> None:
+        self._consumer = consumer
+        self.frame_id = frame_id
+
+    @property
+    def user_id(self) -> int:
+        return self._consumer.user_id
+
+    @property
+    def username(self) -> str:
+        return self._consumer.username
+
+    @property
+    def user(self) -> Any:
+        """The authenticated Django user (loaded at connect; do not query through it here)."""
+        return self._consumer.scope["user"]
+
+    @property
+    def session_id(self) -> str:
+        return self._consumer.session_id
+
+    @property
+    def rooms(self) -> frozenset[str]:
+        """Rooms this connection has joined."""
+        return frozenset(self._consumer.rooms)
+
+    @property
+    def consumer(self) -> PresenceConsumer:
+        """The consumer itself, for the built-in handlers; applications should not need it."""
+        return self._consumer
+
+    async def send(self, frame: dict[str, Any]) -> None:
+        """Send a frame to this connection only."""
+        await self._consumer.send_frame(frame)
+
+    async def broadcast(self, room: str, frame: dict[str, Any]) -> None:
+        """Send ``frame`` to every connection in ``room`` (this one included, if it is in it)."""
+        layer = get_channel_layer()
+        assert layer is not None, "CHANNEL_LAYERS is not configured"
+        await layer.group_send(room_group(room), {"type": "presence.frame", "frame": frame})

@@ -1,0 +1,83 @@
+--[[
+end.lua -- remove a batch of connections from presence (graceful close or expiry sweep).
+
+KEYS[1]  {P}:conns            ZSET  cid -> expiry ms
+KEYS[2]  {P}:users            ZSET  uid -> latest expiry ms
+KEYS[3]  {P}:stats            HASH  live counters
+KEYS[4]  {P}:sweeping         ZSET  cid -> claim deadline ms
+KEYS[5]  {P}:sweeping:exp     HASH  cid -> expiry ms at claim time
+then, for each connection, 4 + 2 * nrooms keys laid out as in heartbeat.lua.
+
+ARGV[1] now (ms)
+ARGV[2] mode: 'closed' (the socket closed: always end) or 'swept' (end only while the
+        connection is still claimed by a sweep and has not heartbeated since)
+ARGV[3] nconns, then per connection: cid, uid, nrooms, room names (nrooms of them)
+
+Returns one entry per connection:
+  {cid, state, global_left, room_left_1, ...}
+  state 1: ended now; global_left is 1 when it was the user's last live connection,
+           followed by the rooms the user has no connection in any more (leave events).
+  state 0: already ended by someone else (no events; the caller may still finish its
+           bookkeeping, e.g. the sweep still ends the database row).
+  state -1: not ended, the connection heartbeated after the sweep claimed it.
+
+Exactly one caller sees state 1 for a connection: this script deletes the connection hash,
+and that deletion is the ownership token between a closing socket and a sweep.
+Leave events are computed with ZREM's return value, so they are emitted at most once even
+when several lapsed connections of one user are ended one after another.
+]]
+local now = tonumber(ARGV[1])
+local mode = ARGV[2]
+local nconns = tonumber(ARGV[3])
+local a = 4
+local k = 6
+local out = {}
+local ended = 0
+for i = 1, nconns do
+  local cid, uid, nrooms = ARGV[a], ARGV[a + 1], tonumber(ARGV[a + 2])
+  local conn, rooms, user, uconns = KEYS[k], KEYS[k + 1], KEYS[k + 2], KEYS[k + 3]
+  local state = 1
+  if mode == 'swept' then
+    local claimed = redis.call('ZSCORE', KEYS[4], cid)
+    local score = redis.call('ZSCORE', KEYS[1], cid)
+    if (not claimed) and score and tonumber(score) > now then
+      state = -1
+    end
+  end
+  if state == 1 and redis.call('EXISTS', conn) == 0 then
+    state = 0
+  end
+  local entry = {cid, state, 0}
+  if state == 1 then
+    redis.call('DEL', conn, rooms)
+    redis.call('ZREM', KEYS[1], cid)
+    redis.call('ZREM', uconns, cid)
+    if mode == 'closed' and redis.call('ZREM', KEYS[4], cid) == 1 then
+      redis.call('HDEL', KEYS[5], cid)
+    end
+    for r = 0, nrooms - 1 do
+      local room, uroom = KEYS[k + 4 + 2 * r], KEYS[k + 5 + 2 * r]
+      redis.call('SREM', uroom, cid)
+      if redis.call('SCARD', uroom) == 0 and redis.call('ZREM', room, uid) == 1 then
+        entry[#entry + 1] = ARGV[a + 3 + r]
+      end
+    end
+    if redis.call('ZCOUNT', uconns, '(' .. now, '+inf') == 0 then
+      if redis.call('ZREM', KEYS[2], uid) == 1 then
+        entry[3] = 1
+      end
+    else
+      -- The user stays online: lower their index score to their newest remaining connection.
+      local newest = redis.call('ZRANGE', uconns, -1, -1, 'WITHSCORES')
+      redis.call('ZADD', KEYS[2], newest[2], uid)
+    end
+    ended = ended + 1
+  end
+  out[i] = entry
+  a = a + 3 + nrooms
+  k = k + 4 + 2 * nrooms
+end
+if ended > 0 then
+  redis.call('HINCRBY', KEYS[3], 'disconnects', ended)
+end
+return out

@@ -1,0 +1,81 @@
+--[[
+heartbeat.lua -- refresh the presence of a batch of connections in one round trip.
+
+KEYS[1]  {P}:conns            ZSET  cid -> expiry ms
+KEYS[2]  {P}:users            ZSET  uid -> latest expiry ms
+KEYS[3]  {P}:stats            HASH  live counters
+KEYS[4]  {P}:sweeping         ZSET  cid -> claim deadline ms (claimed by a sweep)
+KEYS[5]  {P}:sweeping:exp     HASH  cid -> expiry ms at claim time
+then, for each connection i of the batch, a group of 4 + 2 * nrooms_i keys:
+         {P}:conn:<cid>  {P}:conn:<cid>:rooms  {P}:user:<uid>  {P}:user:<uid>:conns
+         and per room: {P}:room:<room>  {P}:room:<room>:user:<uid>
+
+ARGV[1] now (ms)   ARGV[2] ttl (ms)   ARGV[3] key grace (ms)
+ARGV[4] ncounters, then ncounters pairs (field, increment) added to the stats hash
+then nconns, then per connection: cid, nrooms
+
+Returns one integer per connection, in order: 1 refreshed, 0 unknown (its session ended:
+the caller closes the socket with 4408).
+
+A connection a sweep has claimed but not yet ended is rescued: it returns to the expiry
+index and leaves the claim set, and the sweep's end script then leaves it alone.
+]]
+local now = tonumber(ARGV[1])
+local exp = now + tonumber(ARGV[2])
+local keyexp = exp + tonumber(ARGV[3])
+
+local a = 5
+local ncounters = tonumber(ARGV[4])
+for _ = 1, ncounters do
+  redis.call('HINCRBY', KEYS[3], ARGV[a], tonumber(ARGV[a + 1]))
+  a = a + 2
+end
+
+local nconns = tonumber(ARGV[a])
+a = a + 1
+local k = 6
+local result = {}
+local refreshed = 0
+for i = 1, nconns do
+  local cid, nrooms = ARGV[a], tonumber(ARGV[a + 1])
+  a = a + 2
+  local conn, rooms, user, uconns = KEYS[k], KEYS[k + 1], KEYS[k + 2], KEYS[k + 3]
+  local uid = redis.call('HGET', conn, 'uid')
+  if uid then
+    redis.call('HSET', conn, 'exp', exp)
+    redis.call('PEXPIREAT', conn, keyexp)
+    redis.call('PEXPIREAT', rooms, keyexp)
+    redis.call('PEXPIREAT', user, keyexp)
+    redis.call('ZADD', KEYS[1], exp, cid)
+    redis.call('ZADD', KEYS[2], 'GT', exp, uid)
+    redis.call('ZADD', uconns, exp, cid)
+    redis.call('PEXPIREAT', uconns, keyexp)
+    if redis.call('ZREM', KEYS[4], cid) == 1 then
+      redis.call('HDEL', KEYS[5], cid)
+    end
+    for r = 0, nrooms - 1 do
+      local room, uroom = KEYS[k + 4 + 2 * r], KEYS[k + 5 + 2 * r]
+      redis.call('ZADD', room, 'GT', exp, uid)
+      redis.call('PEXPIREAT', room, keyexp)
+      redis.call('PEXPIREAT', uroom, keyexp)
+    end
+    result[i] = 1
+    refreshed = refreshed + 1
+  else
+    result[i] = 0
+  end
+  k = k + 4 + 2 * nrooms
+end
+
+if refreshed > 0 then
+  redis.call('HINCRBY', KEYS[3], 'heartbeats', refreshed)
+  local live_conns = redis.call('ZCOUNT', KEYS[1], '(' .. now, '+inf')
+  if live_conns > tonumber(redis.call('HGET', KEYS[3], 'peak_conns') or '0') then
+    redis.call('HSET', KEYS[3], 'peak_conns', live_conns)
+  end
+  local live_users = redis.call('ZCOUNT', KEYS[2], '(' .. now, '+inf')
+  if live_users > tonumber(redis.call('HGET', KEYS[3], 'peak_users') or '0') then
+    redis.call('HSET', KEYS[3], 'peak_users', live_users)
+  end
+end
+return result

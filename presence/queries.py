@@ -1,0 +1,44 @@
+"""Presence reads for HTTP: pure, cheap, no side effects."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib.auth import get_user_model
+
+from sessions_app.models import ConnectionSession
+
+from . import store
+from .types import PresenceListing
+
+
+def get_online(room: str | None = None) -> PresenceListing:
+    """Everyone online, or the members of ``room``."""
+    count, users = store.list_online(store.get_redis(), room)
+    return {"count": count, "users": users}
+
+
+def get_user_presence(user_id: int) -> dict[str, Any] | None:
+    """One user's presence, or None if there is no such user."""
+    user = get_user_model()._default_manager.filter(pk=user_id).first()
+    if user is None:
+        return None
+    status, connections = store.user_presence(store.get_redis(), user_id)
+    last = (
+        ConnectionSession.objects.filter(user_id=user_id)
+        .order_by("-connected_at")
+        .values_list("ended_at", "last_heartbeat_at", "connected_at")
+        .first()
+    )
+    last_seen = None
+    if last is not None:
+        last_seen = next((t for t in last if t is not None), None)
+    online = status is not None
+    return {
+        "id": user.pk,
+        "username": user.get_username(),
+        "online": online,
+        "status": status if online else "offline",
+        "connections": connections,
+        "last_seen": None if online or last_seen is None else last_seen.isoformat(),
+    }

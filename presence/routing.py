@@ -1,0 +1,9 @@
+"""WebSocket URL routes."""
+
+from django.urls import path
+
+from .consumers import PresenceConsumer
+
+websocket_urlpatterns = [
+    path("ws/presence/", PresenceConsumer.as_asgi()),
+]

@@ -1,0 +1,456 @@
+"""The only module that talks to Redis for presence: key layout, Lua scripts, clients.
+
+Every key carries the hash tag ``{<PRESENCE_KEY_PREFIX>}`` so each script touches one Redis
+Cluster slot. Layout (``P`` = the prefix):
+
+==============================  =====  ==================================================
+key                             type   content
+==============================  =====  ==================================================
+``{P}:conns``                   ZSET   cid -> expiry ms; the expiry index the sweep reads
+``{P}:users``                   ZSET   uid -> latest expiry ms; "who is online"
+``{P}:conn:<cid>``              HASH   uid, username, channel, exp
+``{P}:conn:<cid>:rooms``        SET    rooms the connection joined
+``{P}:user:<uid>``              HASH   username, status
+``{P}:user:<uid>:conns``        ZSET   cid -> expiry ms
+``{P}:room:<room>``             ZSET   uid -> latest expiry ms of their connections in it
+``{P}:room:<room>:user:<uid>``  SET    the user's connections in the room
+``{P}:stats``                   HASH   counters accumulated for the stats flush
+``{P}:sweeping``                ZSET   cid -> claim deadline ms (claimed by a sweep)
+``{P}:sweeping:exp``            HASH   cid -> expiry ms at claim time
+==============================  =====  ==================================================
+
+Scores, not key TTLs, decide who is online: a member counts while its score is in the
+future. Keys also expire (at expiry + ``PRESENCE_KEY_GRACE``) so that nothing leaks even when
+no sweep ever runs. Callers pass "now"; scripts never read the Redis clock.
+
+Each operation is split into a pure *plan* (keys and arguments) and a run on a sync or an
+async client, so the WebSocket consumers (async) and Celery tasks and views (sync) share it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import weakref
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import redis
+import redis.asyncio as aredis
+from redis.exceptions import NoScriptError
+
+from .app_settings import app_settings
+from .types import PresenceUser
+
+LUA_DIR = Path(__file__).resolve().parent / "lua"
+
+
+def now_ms() -> int:
+    """Wall-clock milliseconds, the time base of every score."""
+    return int(time.time() * 1000)
+
+
+# --------------------------------------------------------------------------- keys
+class Keys:
+    """Builds every presence key. Nothing else in the project spells a key."""
+
+    def __init__(self, prefix: str | None = None) -> None:
+        self.tag = "{" + (prefix or app_settings.KEY_PREFIX) + "}"
+
+    @property
+    def conns(self) -> str:
+        return f"{self.tag}:conns"
+
+    @property
+    def users(self) -> str:
+        return f"{self.tag}:users"
+
+    @property
+    def stats(self) -> str:
+        return f"{self.tag}:stats"
+
+    @property
+    def sweeping(self) -> str:
+        return f"{self.tag}:sweeping"
+
+    @property
+    def sweeping_exp(self) -> str:
+        return f"{self.tag}:sweeping:exp"
+
+    def conn(self, cid: str) -> str:
+        return f"{self.tag}:conn:{cid}"
+
+    def conn_rooms(self, cid: str) -> str:
+        return f"{self.tag}:conn:{cid}:rooms"
+
+    def user(self, uid: int | str) -> str:
+        return f"{self.tag}:user:{uid}"
+
+    def user_conns(self, uid: int | str) -> str:
+        return f"{self.tag}:user:{uid}:conns"
+
+    def room(self, room: str) -> str:
+        return f"{self.tag}:room:{room}"
+
+    def room_user(self, room: str, uid: int | str) -> str:
+        return f"{self.tag}:room:{room}:user:{uid}"
+
+    def fixed(self) -> list[str]:
+        """Keys every batch script (heartbeat, end) takes first, in KEYS order."""
+        return [self.conns, self.users, self.stats, self.sweeping, self.sweeping_exp]
+
+    def conn_group(self, cid: str, uid: int | str, rooms: Iterable[str]) -> list[str]:
+        """The per-connection key group of heartbeat.lua and end.lua."""
+        group = [self.conn(cid), self.conn_rooms(cid), self.user(uid), self.user_conns(uid)]
+        for room in rooms:
+            group += [self.room(room), self.room_user(room, uid)]
+        return group
+
+
+def keys() -> Keys:
+    """Keys for the configured prefix (read live so tests may override it)."""
+    return Keys()
+
+
+# --------------------------------------------------------------------------- stats fields
+# Field names inside the {P}:stats hash. Only registered message types get a field of their
+# own, so a client cannot grow the hash by inventing types.
+LATENCY_BUCKETS: tuple[float, ...] = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+def message_field(msg_type: str) -> str:
+    """Counter of received messages of one (registered) type."""
+    return f"msg:{msg_type}"
+
+
+def error_field(code: str) -> str:
+    """Counter of error frames sent, by error code."""
+    return f"err:{code}"
+
+
+def latency_bucket(seconds: float) -> str:
+    """The histogram bucket (upper bound, as text) a handler duration falls in."""
+    for bound in LATENCY_BUCKETS:
+        if seconds <= bound:
+            return repr(bound)
+    return "inf"
+
+
+def handler_call_fields(msg_type: str, seconds: float) -> tuple[str, str]:
+    """Counters one handler call increments: its calls and its latency bucket."""
+    return f"h:{msg_type}:calls", f"h:{msg_type}:lat:{latency_bucket(seconds)}"
+
+
+def handler_error_field(msg_type: str, code: str) -> str:
+    """Counter of a handler's failures: ``timeouts`` for handler_timeout, else ``errors``."""
+    return f"h:{msg_type}:{'timeouts' if code == 'handler_timeout' else 'errors'}"
+
+
+# --------------------------------------------------------------------------- scripts
+class LuaScript:
+    """A Lua file, loaded once per server (EVALSHA, falling back to EVAL on NOSCRIPT)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.source = (LUA_DIR / f"{name}.lua").read_text()
+        self._sha: str | None = None
+
+    def run(self, client: redis.Redis, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        if self._sha is not None:
+            try:
+                return client.evalsha(self._sha, len(keys), *keys, *args)
+            except NoScriptError:
+                pass  # the server restarted or was flushed: load it again
+        self._sha = client.script_load(self.source)
+        return client.evalsha(self._sha, len(keys), *keys, *args)
+
+    async def arun(self, client: aredis.Redis, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        if self._sha is not None:
+            try:
+                return await client.evalsha(self._sha, len(keys), *keys, *args)  # type: ignore[misc]
+            except NoScriptError:
+                pass
+        self._sha = await client.script_load(self.source)
+        return await client.evalsha(self._sha, len(keys), *keys, *args)  # type: ignore[misc]
+
+
+@cache
+def script(name: str) -> LuaScript:
+    """The named script from ``presence/lua/``."""
+    return LuaScript(name)
+
+
+# --------------------------------------------------------------------------- clients
+_sync_clients: dict[str, redis.Redis] = {}
+_async_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, aredis.Redis]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def get_redis() -> redis.Redis:
+    """Process-wide sync client (thread-safe connection pool) for views, admin and tasks."""
+    url = app_settings.REDIS_URL
+    client = _sync_clients.get(url)
+    if client is None:
+        client = _sync_clients[url] = redis.Redis.from_url(
+            url, decode_responses=True, health_check_interval=30
+        )
+    return client
+
+
+def get_async_redis() -> aredis.Redis:
+    """Async client of the running event loop (asyncio connections cannot cross loops)."""
+    loop = asyncio.get_running_loop()
+    per_loop = _async_clients.setdefault(loop, {})
+    url = app_settings.REDIS_URL
+    client = per_loop.get(url)
+    if client is None:
+        client = per_loop[url] = aredis.Redis.from_url(
+            url, decode_responses=True, health_check_interval=30
+        )
+    return client
+
+
+def reset_clients() -> None:
+    """Forget cached clients (after the Redis URL changed, e.g. in tests)."""
+    for client in _sync_clients.values():
+        client.close()
+    _sync_clients.clear()
+    _async_clients.clear()
+
+
+# --------------------------------------------------------------------------- value types
+@dataclass(frozen=True)
+class ConnRef:
+    """What a script needs to know about one live connection."""
+
+    cid: str
+    uid: int
+    rooms: tuple[str, ...] = ()
+
+
+@dataclass
+class EndResult:
+    """Outcome of end.lua for one connection."""
+
+    cid: str
+    state: int  # 1 ended now, 0 already ended, -1 rescued by a heartbeat
+    global_left: bool = False
+    rooms_left: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ConnectResult:
+    joined: bool
+    status: str
+
+
+def _ttl_ms() -> int:
+    return int(app_settings.TTL * 1000)
+
+
+def _grace_ms() -> int:
+    return int(app_settings.KEY_GRACE * 1000)
+
+
+# --------------------------------------------------------------------------- connect
+def _plan_connect(
+    cid: str, uid: int, username: str, channel: str, now: int
+) -> tuple[list[str], list[Any]]:
+    k = keys()
+    return (
+        [k.conns, k.users, k.stats, k.conn(cid), k.conn_rooms(cid), k.user(uid), k.user_conns(uid)],
+        [now, _ttl_ms(), _grace_ms(), cid, uid, username, channel],
+    )
+
+
+async def connect(
+    client: aredis.Redis, *, cid: str, uid: int, username: str, channel: str, now: int | None = None
+) -> ConnectResult:
+    """Register a connection; ``joined`` is True for the user's first live connection."""
+    ks, args = _plan_connect(cid, uid, username, channel, now or now_ms())
+    joined, status = await script("connect").arun(client, ks, args)
+    return ConnectResult(joined=int(joined) == 1, status=str(status))
+
+
+# --------------------------------------------------------------------------- heartbeat
+def _plan_heartbeat(
+    conns: Sequence[ConnRef], counters: Mapping[str, int], now: int
+) -> tuple[list[str], list[Any]]:
+    k = keys()
+    ks = k.fixed()
+    args: list[Any] = [now, _ttl_ms(), _grace_ms(), len(counters)]
+    for name, inc in counters.items():
+        args += [name, inc]
+    args.append(len(conns))
+    for c in conns:
+        ks += k.conn_group(c.cid, c.uid, c.rooms)
+        args += [c.cid, len(c.rooms)]
+    return ks, args
+
+
+async def heartbeat_many(
+    client: aredis.Redis,
+    conns: Sequence[ConnRef],
+    counters: Mapping[str, int] | None = None,
+    *,
+    now: int | None = None,
+) -> list[bool]:
+    """Refresh many connections (and add buffered counters) in one round trip.
+
+    WARNING: this is the hot path. One EVALSHA, no other Redis command, no SQL.
+    Returns, per connection, whether it is still known (False: its session ended).
+    """
+    ks, args = _plan_heartbeat(conns, counters or {}, now or now_ms())
+    result = await script("heartbeat").arun(client, ks, args)
+    return [int(r) == 1 for r in result]
+
+
+async def add_counters(client: aredis.Redis, counters: Mapping[str, int]) -> None:
+    """Add buffered counters when no heartbeat batch was there to carry them."""
+    await heartbeat_many(client, [], counters)
+
+
+# --------------------------------------------------------------------------- end
+def _plan_end(conns: Sequence[ConnRef], mode: str, now: int) -> tuple[list[str], list[Any]]:
+    k = keys()
+    ks = k.fixed()
+    args: list[Any] = [now, mode, len(conns)]
+    for c in conns:
+        ks += k.conn_group(c.cid, c.uid, c.rooms)
+        args += [c.cid, c.uid, len(c.rooms), *c.rooms]
+    return ks, args
+
+
+def _parse_end(raw: list[list[Any]]) -> list[EndResult]:
+    return [
+        EndResult(
+            cid=str(e[0]),
+            state=int(e[1]),
+            global_left=int(e[2]) == 1,
+            rooms_left=[str(r) for r in e[3:]],
+        )
+        for e in raw
+    ]
+
+
+async def end_connections(
+    client: aredis.Redis, conns: Sequence[ConnRef], *, now: int | None = None
+) -> list[EndResult]:
+    """Remove connections whose socket closed; say which leaves to emit."""
+    ks, args = _plan_end(conns, "closed", now or now_ms())
+    return _parse_end(await script("end").arun(client, ks, args))
+
+
+def end_swept_connections(
+    client: redis.Redis, conns: Sequence[ConnRef], *, now: int | None = None
+) -> list[EndResult]:
+    """Remove connections a sweep claimed, unless they heartbeated since the claim."""
+    ks, args = _plan_end(conns, "swept", now or now_ms())
+    return _parse_end(script("end").run(client, ks, args))
+
+
+# --------------------------------------------------------------------------- rooms, status
+async def room_join(client: aredis.Redis, conn: ConnRef, room: str) -> int:
+    """Add the connection to ``room``: 1 user joined, 0 already there, -1 connection gone."""
+    k = keys()
+    return int(
+        await script("room_join").arun(
+            client,
+            [k.conn(conn.cid), k.conn_rooms(conn.cid), k.room(room), k.room_user(room, conn.uid)],
+            [now_ms(), _grace_ms(), conn.cid, conn.uid, room],
+        )
+    )
+
+
+async def room_leave(client: aredis.Redis, conn: ConnRef, room: str) -> bool:
+    """Take the connection out of ``room``; True when the user left it altogether."""
+    k = keys()
+    left = await script("room_leave").arun(
+        client,
+        [k.conn_rooms(conn.cid), k.room(room), k.room_user(room, conn.uid)],
+        [conn.cid, conn.uid, room],
+    )
+    return int(left) == 1
+
+
+async def set_status(client: aredis.Redis, uid: int, status: str) -> None:
+    """Store the user's status (one value per user, shared by all their connections)."""
+    await client.hset(keys().user(uid), "status", status)  # type: ignore[misc]
+
+
+# --------------------------------------------------------------------------- reads
+def _plan_index(room: str | None) -> str:
+    k = keys()
+    return k.room(room) if room else k.users
+
+
+def _queue_listing(pipe: Any, index: str, now: int, limit: int) -> None:
+    low = f"({now}"
+    pipe.zcount(index, low, "+inf")
+    pipe.zrangebyscore(index, low, "+inf", start=0, num=limit)
+
+
+def _queue_details(pipe: Any, uids: Sequence[str], now: int) -> None:
+    k = keys()
+    for uid in uids:
+        pipe.hmget(k.user(uid), "username", "status")
+        pipe.zcount(k.user_conns(uid), f"({now}", "+inf")
+
+
+def _format_users(uids: Sequence[str], details: Sequence[Any]) -> list[PresenceUser]:
+    users: list[PresenceUser] = []
+    for i, uid in enumerate(uids):
+        (username, status), connections = details[2 * i], details[2 * i + 1]
+        if int(connections) == 0:
+            continue  # lapsed between the two round trips
+        users.append(
+            {
+                "id": int(uid),
+                "username": username or "",
+                "status": status or "online",
+                "connections": int(connections),
+            }
+        )
+    return users
+
+
+async def alist_online(
+    client: aredis.Redis, room: str | None = None, *, limit: int | None = None
+) -> tuple[int, list[PresenceUser]]:
+    """(count, users) online everywhere or in ``room``; two round trips."""
+    now, limit = now_ms(), limit or app_settings.LIST_LIMIT
+    pipe = client.pipeline(transaction=False)
+    _queue_listing(pipe, _plan_index(room), now, limit)
+    count, uids = await pipe.execute()
+    pipe = client.pipeline(transaction=False)
+    _queue_details(pipe, uids, now)
+    users = _format_users(uids, await pipe.execute()) if uids else []
+    return int(count), users
+
+
+def list_online(
+    client: redis.Redis, room: str | None = None, *, limit: int | None = None
+) -> tuple[int, list[PresenceUser]]:
+    """Sync twin of :func:`alist_online` for views and tasks."""
+    now, limit = now_ms(), limit or app_settings.LIST_LIMIT
+    pipe = client.pipeline(transaction=False)
+    _queue_listing(pipe, _plan_index(room), now, limit)
+    count, uids = pipe.execute()
+    pipe = client.pipeline(transaction=False)
+    _queue_details(pipe, uids, now)
+    users = _format_users(uids, pipe.execute()) if uids else []
+    return int(count), users
+
+
+def user_presence(client: redis.Redis, uid: int) -> tuple[str | None, int]:
+    """(status, live connection count) of one user; status is None when offline."""
+    pipe = client.pipeline(transaction=False)
+    _queue_details(pipe, [str(uid)], now_ms())
+    (_username, status), connections = pipe.execute()
+    if int(connections) == 0:
+        return None, 0
+    return status or "online", int(connections)

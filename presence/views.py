@@ -1,0 +1,55 @@
+"""HTTP API for logged-in users: presence reads and WebSocket tokens."""
+
+from __future__ import annotations
+
+import re
+
+from django.http import HttpRequest, JsonResponse
+from django.views.decorators.http import require_GET, require_POST
+
+from . import queries
+from .app_settings import app_settings
+from .auth import mint_token
+from .handlers.core import ROOM_PATTERN
+
+
+def _json_login_required(view):  # type: ignore[no-untyped-def]
+    """Like login_required, but an API answers 401 JSON instead of redirecting."""
+
+    def wrapper(request: HttpRequest, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if not request.user.is_authenticated:
+            return JsonResponse({"error": "authentication required"}, status=401)
+        return view(request, *args, **kwargs)
+
+    wrapper.__name__ = view.__name__
+    wrapper.__doc__ = view.__doc__
+    return wrapper
+
+
+@require_GET
+@_json_login_required
+def online(request: HttpRequest) -> JsonResponse:
+    """``GET /api/presence/online/?room=`` -> ``{"count": n, "users": [...]}``."""
+    room = request.GET.get("room") or None
+    if room is not None and not re.match(ROOM_PATTERN, room):
+        return JsonResponse({"error": "room: 1-64 characters of [A-Za-z0-9_.:-]"}, status=400)
+    return JsonResponse(queries.get_online(room))
+
+
+@require_GET
+@_json_login_required
+def user_detail(request: HttpRequest, user_id: int) -> JsonResponse:
+    """``GET /api/presence/users/<id>/`` -> one user's presence."""
+    data = queries.get_user_presence(user_id)
+    if data is None:
+        return JsonResponse({"error": "no such user"}, status=404)
+    return JsonResponse(data)
+
+
+@require_POST
+@_json_login_required
+def token(request: HttpRequest) -> JsonResponse:
+    """``POST /api/presence/token/`` -> a signed WebSocket token for the logged-in user."""
+    return JsonResponse(
+        {"token": mint_token(request.user), "expires_in": app_settings.TOKEN_MAX_AGE}  # type: ignore[arg-type]
+    )

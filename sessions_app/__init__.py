@@ -1,0 +1,1 @@
+"""Connection sessions: one row per WebSocket connection, from connect to end."""

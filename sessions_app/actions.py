@@ -1,0 +1,73 @@
+"""Connection-session writes. Live sockets are reached only through the channel layer."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Iterable
+
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
+from django.db import transaction
+from django.utils import timezone
+
+from .models import ConnectionSession, EndReason
+
+# Channel-layer message a presence consumer answers by closing with 4410.
+KICK_MESSAGE_TYPE = "session.kick"
+
+
+def do_start_session(
+    *,
+    session_id: uuid.UUID,
+    user_id: int,
+    channel_name: str,
+    ip: str | None,
+    user_agent: str,
+) -> ConnectionSession:
+    """Record a new connection."""
+    return ConnectionSession.objects.create(
+        id=session_id,
+        user_id=user_id,
+        channel_name=channel_name,
+        ip=ip,
+        user_agent=user_agent[:512],
+        connected_at=timezone.now(),
+    )
+
+
+def do_end_session(
+    session_id: uuid.UUID | str, *, reason: EndReason, ended_at: dt.datetime | None = None
+) -> bool:
+    """End a live session; False when it had already ended (the first ending wins)."""
+    updated = ConnectionSession.objects.live().filter(id=session_id).update(
+        ended_at=ended_at or timezone.now(), end_reason=reason
+    )
+    return updated == 1
+
+
+def do_end_sessions(ends: Iterable[tuple[str, dt.datetime]], *, reason: EndReason) -> int:
+    """End many live sessions, each at its own time; returns how many were still live."""
+    ends = list(ends)
+    if not ends:
+        return 0
+    done = 0
+    with transaction.atomic():
+        by_time: dict[dt.datetime, list[str]] = {}
+        for sid, at in ends:
+            by_time.setdefault(at, []).append(sid)
+        for at, sids in by_time.items():
+            done += ConnectionSession.objects.live().filter(id__in=sids).update(
+                ended_at=at, end_reason=reason
+            )
+    return done
+
+
+def do_kick_session(session: ConnectionSession) -> bool:
+    """Ask the socket of a live session to close with 4410; False if it already ended."""
+    if not session.is_live:
+        return False
+    layer = get_channel_layer()
+    assert layer is not None, "CHANNEL_LAYERS is not configured"
+    async_to_sync(layer.send)(session.channel_name, {"type": KICK_MESSAGE_TYPE})
+    return True
