@@ -32,6 +32,8 @@ def main() -> int:
         env["REDIS_URL"] = server.url
         (var / "redis.url").write_text(server.url + "\n")
         print(f"run: embedded redis-server at {server.url} (data under {var / 'redis'})")
+    # The Procfile's `python` and `celery` must be the virtualenv's.
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     env.setdefault("WEB_HOST", "127.0.0.1")
     env["WEB_PORT"] = env.get("PORT", "8000")
     env.setdefault("WS_MAX_MESSAGE_BYTES", "65536")
