@@ -152,10 +152,14 @@ def _rss_kib(pid: int) -> int:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
     parser.add_argument("--connections", type=int, default=20000, help="store part: connections")
     parser.add_argument("--batch", type=int, default=500, help="store part: heartbeats per call")
-    parser.add_argument("--rounds", type=int, default=5, help="store part: heartbeats per connection")
+    parser.add_argument(
+        "--rounds", type=int, default=5, help="store part: heartbeats per connection"
+    )
     parser.add_argument("--clients", type=int, default=500, help="e2e part: WebSocket clients")
     parser.add_argument("--beats", type=int, default=20, help="e2e part: heartbeats per client")
     parser.add_argument("--interval", type=float, default=0.5, help="e2e part: s between beats")
@@ -170,17 +174,36 @@ def main() -> None:
     _setup_django(redis_server.url, db)
     server = None
     try:
-        results: dict[str, Any] = {"store": asyncio.run(bench_store(args.connections, args.batch, args.rounds))}
+        results: dict[str, Any] = {
+            "store": asyncio.run(bench_store(args.connections, args.batch, args.rounds))
+        }
         print(json.dumps(results["store"]), flush=True)
         if not args.skip_e2e:
             subprocess.run([sys.executable, "manage.py", "migrate", "-v0"], cwd=ROOT, check=True)
             port = free_port()
-            env = {**os.environ, "DJANGO_ALLOWED_HOSTS": "127.0.0.1,localhost",
-                   "PRESENCE_RATE_LIMIT": "1000", "PRESENCE_RATE_BURST": "1000"}
+            env = {
+                **os.environ,
+                "DJANGO_ALLOWED_HOSTS": "127.0.0.1,localhost",
+                "PRESENCE_RATE_LIMIT": "1000",
+                "PRESENCE_RATE_BURST": "1000",
+            }
             server = subprocess.Popen(
-                [sys.executable, "-m", "uvicorn", "config.asgi:application", "--port", str(port),
-                 "--ws-per-message-deflate", "false", "--lifespan", "off", "--log-level", "warning"],
-                cwd=ROOT, env=env,
+                [
+                    sys.executable,
+                    "-m",
+                    "uvicorn",
+                    "config.asgi:application",
+                    "--port",
+                    str(port),
+                    "--ws-per-message-deflate",
+                    "false",
+                    "--lifespan",
+                    "off",
+                    "--log-level",
+                    "warning",
+                ],
+                cwd=ROOT,
+                env=env,
             )
             deadline = time.monotonic() + 20
             import socket

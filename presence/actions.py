@@ -85,7 +85,9 @@ async def do_join_room(conn: store.ConnRef, room: str, *, username: str, status:
     """Join ``room``; a user's first connection in it emits a join to the room."""
     joined = await store.room_join(store.get_async_redis(), conn, room)
     if joined == 1:
-        await broadcast_presence("join", uid=conn.uid, username=username, status=status, rooms=[room])
+        await broadcast_presence(
+            "join", uid=conn.uid, username=username, status=status, rooms=[room]
+        )
     return joined
 
 
@@ -93,7 +95,9 @@ async def do_leave_room(conn: store.ConnRef, room: str, *, username: str, status
     """Leave ``room``; the user's last connection in it emits a leave to the room."""
     left = await store.room_leave(store.get_async_redis(), conn, room)
     if left:
-        await broadcast_presence("leave", uid=conn.uid, username=username, status=status, rooms=[room])
+        await broadcast_presence(
+            "leave", uid=conn.uid, username=username, status=status, rooms=[room]
+        )
     return left
 
 

@@ -80,7 +80,7 @@ class AppSettings:
 
     @property
     def TRUSTED_PROXY_HEADER(self) -> str:
-        """Header (e.g. ``X-Forwarded-For``) a trusted proxy sets with the client IP; empty = none."""
+        """Header a trusted proxy puts the client IP in (e.g. ``X-Forwarded-For``); empty = none."""
         return str(self._get("PRESENCE_TRUSTED_PROXY_HEADER", ""))
 
     @property

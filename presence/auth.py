@@ -19,7 +19,7 @@ from django.utils.crypto import constant_time_compare
 
 from .app_settings import app_settings
 
-TOKEN_SALT = "presence.ws-token"
+TOKEN_SALT = "presence.ws-token"  # noqa: S105 - a signing salt, not a secret
 
 
 def mint_token(user: AbstractBaseUser) -> str:
@@ -35,7 +35,10 @@ def user_from_token(token: str) -> AbstractBaseUser | None:
         return None
     if not isinstance(payload, dict):
         return None
-    user = get_user_model()._default_manager.filter(pk=payload.get("u")).first()
+    uid = payload.get("u")
+    if not isinstance(uid, (int, str)):
+        return None
+    user = get_user_model()._default_manager.filter(pk=uid).first()
     if user is None or not constant_time_compare(
         str(payload.get("h", "")), user.get_session_auth_hash()
     ):

@@ -30,6 +30,7 @@ async client, so the WebSocket consumers (async) and Celery tasks and views (syn
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 import weakref
 from collections.abc import Iterable, Mapping, Sequence
@@ -118,7 +119,19 @@ def keys() -> Keys:
 # --------------------------------------------------------------------------- stats fields
 # Field names inside the {P}:stats hash. Only registered message types get a field of their
 # own, so a client cannot grow the hash by inventing types.
-LATENCY_BUCKETS: tuple[float, ...] = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+LATENCY_BUCKETS: tuple[float, ...] = (
+    0.001,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+)
 
 
 def message_field(msg_type: str) -> str:
@@ -151,30 +164,29 @@ def handler_error_field(msg_type: str, code: str) -> str:
 
 # --------------------------------------------------------------------------- scripts
 class LuaScript:
-    """A Lua file, loaded once per server (EVALSHA, falling back to EVAL on NOSCRIPT)."""
+    """A Lua file run by EVALSHA; loaded (SCRIPT LOAD) only when the server does not know it."""
 
     def __init__(self, name: str) -> None:
         self.name = name
         self.source = (LUA_DIR / f"{name}.lua").read_text()
-        self._sha: str | None = None
+        # Redis names a script by the SHA1 of its source, so the digest is known up front.
+        self.sha = hashlib.sha1(self.source.encode(), usedforsecurity=False).hexdigest()
 
     def run(self, client: redis.Redis, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        if self._sha is not None:
-            try:
-                return client.evalsha(self._sha, len(keys), *keys, *args)
-            except NoScriptError:
-                pass  # the server restarted or was flushed: load it again
-        self._sha = client.script_load(self.source)
-        return client.evalsha(self._sha, len(keys), *keys, *args)
+        """Run on a sync client."""
+        try:
+            return client.evalsha(self.sha, len(keys), *keys, *args)
+        except NoScriptError:  # a new or restarted server: load once, then retry
+            client.script_load(self.source)
+            return client.evalsha(self.sha, len(keys), *keys, *args)
 
     async def arun(self, client: aredis.Redis, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        if self._sha is not None:
-            try:
-                return await client.evalsha(self._sha, len(keys), *keys, *args)  # type: ignore[misc]
-            except NoScriptError:
-                pass
-        self._sha = await client.script_load(self.source)
-        return await client.evalsha(self._sha, len(keys), *keys, *args)  # type: ignore[misc]
+        """Run on an async client."""
+        try:
+            return await client.evalsha(self.sha, len(keys), *keys, *args)  # type: ignore[misc]
+        except NoScriptError:
+            await client.script_load(self.source)
+            return await client.evalsha(self.sha, len(keys), *keys, *args)  # type: ignore[misc]
 
 
 @cache

@@ -40,8 +40,10 @@ def do_end_session(
     session_id: uuid.UUID | str, *, reason: EndReason, ended_at: dt.datetime | None = None
 ) -> bool:
     """End a live session; False when it had already ended (the first ending wins)."""
-    updated = ConnectionSession.objects.live().filter(id=session_id).update(
-        ended_at=ended_at or timezone.now(), end_reason=reason
+    updated = (
+        ConnectionSession.objects.live()
+        .filter(id=session_id)
+        .update(ended_at=ended_at or timezone.now(), end_reason=reason)
     )
     return updated == 1
 
@@ -57,8 +59,10 @@ def do_end_sessions(ends: Iterable[tuple[str, dt.datetime]], *, reason: EndReaso
         for sid, at in ends:
             by_time.setdefault(at, []).append(sid)
         for at, sids in by_time.items():
-            done += ConnectionSession.objects.live().filter(id__in=sids).update(
-                ended_at=at, end_reason=reason
+            done += (
+                ConnectionSession.objects.live()
+                .filter(id__in=sids)
+                .update(ended_at=at, end_reason=reason)
             )
     return done
 

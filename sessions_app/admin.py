@@ -14,10 +14,10 @@ class LiveFilter(admin.SimpleListFilter):
     title = "state"
     parameter_name = "state"
 
-    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list[tuple[str, str]]:  # type: ignore[type-arg]
+    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list[tuple[str, str]]:
         return [("live", "Live"), ("ended", "Ended")]
 
-    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:  # type: ignore[type-arg]
+    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
         if self.value() == "live":
             return queryset.filter(ended_at__isnull=True)
         if self.value() == "ended":
@@ -26,7 +26,7 @@ class LiveFilter(admin.SimpleListFilter):
 
 
 @admin.register(ConnectionSession)
-class ConnectionSessionAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+class ConnectionSessionAdmin(admin.ModelAdmin):
     list_display = (
         "id",
         "user",

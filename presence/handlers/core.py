@@ -80,7 +80,9 @@ async def room_leave(ctx: HandlerContext, data: RoomPayload) -> dict[str, Any]:
         conn = consumer.conn_ref
         consumer.rooms.discard(data.room)
         await consumer.leave_room_group(data.room)
-        await actions.do_leave_room(conn, data.room, username=consumer.username, status=consumer.status)
+        await actions.do_leave_room(
+            conn, data.room, username=consumer.username, status=consumer.status
+        )
     return {"room": data.room}
 
 
