@@ -16,6 +16,7 @@ from typing import Any
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.utils import timezone
+from redis.exceptions import RedisError
 
 from sessions_app.actions import do_end_session, do_start_session
 from sessions_app.models import EndReason
@@ -38,6 +39,7 @@ CLOSE_TERMINATED = 4410
 CLOSE_FLOODING = 4429
 CLOSE_TOO_BIG = 1009
 CLOSE_SERVICE_RESTART = 1012
+CLOSE_TRY_AGAIN = 1013
 
 
 def _client_ip(scope: dict[str, Any]) -> str | None:
@@ -98,9 +100,20 @@ class PresenceConsumer(AsyncWebsocketConsumer):
         if app_settings.GLOBAL_EVENTS:
             await self.channel_layer.group_add(GLOBAL_GROUP, self.channel_name)
         await self.accept()
-        result = await actions.do_connect_user(
-            cid=self.session_id, uid=self.user_id, username=self.username, channel=self.channel_name
-        )
+        try:
+            result = await actions.do_connect_user(
+                cid=self.session_id,
+                uid=self.user_id,
+                username=self.username,
+                channel=self.channel_name,
+            )
+        except RedisError:
+            # Without the store nobody could see this connection: say so and let the client
+            # retry later, rather than keep a socket that is online for no one.
+            logger.exception("presence store unreachable; refusing connection %s", self.session_id)
+            await database_sync_to_async(do_end_session)(self.session_id, reason=EndReason.ERROR)
+            await self.close_with(CLOSE_TRY_AGAIN, "unavailable", "presence is unavailable")
+            return
         self.status = result.status
         self.registered = True
         await self.send_frame(
