@@ -116,8 +116,8 @@ async def bench_e2e(
     rss_connected = _rss_kib(pid)
     latencies: list[float] = []
 
-    async def run(ws: Any, offset: int) -> None:
-        await asyncio.sleep(offset / 1000)  # spread clients over a second, like real ones
+    async def run(ws: Any, offset: float) -> None:
+        await asyncio.sleep(offset)  # spread clients evenly over the interval, like real ones
         for n in range(beats):
             sent = time.perf_counter()
             await ws.send(json.dumps({"type": "heartbeat", "id": n}))
@@ -129,7 +129,7 @@ async def bench_e2e(
             await asyncio.sleep(interval)
 
     started = time.perf_counter()
-    await asyncio.gather(*(run(ws, i % 1000) for i, ws in enumerate(sockets)))
+    await asyncio.gather(*(run(ws, interval * i / clients) for i, ws in enumerate(sockets)))
     elapsed = time.perf_counter() - started
     for ws in sockets:
         await ws.close()
@@ -163,6 +163,11 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=500, help="e2e part: WebSocket clients")
     parser.add_argument("--beats", type=int, default=20, help="e2e part: heartbeats per client")
     parser.add_argument("--interval", type=float, default=0.5, help="e2e part: s between beats")
+    parser.add_argument(
+        "--global-events",
+        action="store_true",
+        help="e2e part: keep global join/leave events on (every connect fans out to all clients)",
+    )
     parser.add_argument("--skip-e2e", action="store_true")
     args = parser.parse_args()
 
@@ -185,6 +190,7 @@ def main() -> None:
                 **os.environ,
                 "DJANGO_ALLOWED_HOSTS": "127.0.0.1,localhost",
                 "PRESENCE_RATE_LIMIT": "1000",
+                "PRESENCE_GLOBAL_EVENTS": "true" if args.global_events else "false",
                 "PRESENCE_RATE_BURST": "1000",
             }
             server = subprocess.Popen(

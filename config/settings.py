@@ -113,6 +113,9 @@ CELERY_TIMEZONE = "UTC"
 
 PRESENCE_SWEEP_INTERVAL = env.float("PRESENCE_SWEEP_INTERVAL", default=5.0)
 STATS_FLUSH_INTERVAL = env.float("STATS_FLUSH_INTERVAL", default=10.0)
+# Sweep tuning (presence/app_settings.py documents each; docs/operations.md when to change).
+PRESENCE_SWEEP_BATCH_SIZE = env.int("PRESENCE_SWEEP_BATCH_SIZE", default=500)
+PRESENCE_SWEEP_CLAIM_TIMEOUT = env.float("PRESENCE_SWEEP_CLAIM_TIMEOUT", default=30.0)
 CELERY_BEAT_SCHEDULE = {
     "presence-sweep-expired": {
         "task": "presence.sweep_expired",
@@ -134,6 +137,15 @@ PRESENCE_TTL = env.float("PRESENCE_TTL", default=60.0)
 WS_MAX_MESSAGE_BYTES = env.int("WS_MAX_MESSAGE_BYTES", default=65536)
 # Only honoured when set: the header a trusted reverse proxy puts the client IP in.
 PRESENCE_TRUSTED_PROXY_HEADER = env.str("PRESENCE_TRUSTED_PROXY_HEADER", default="")
+# Per-connection limits (presence/app_settings.py documents each).
+PRESENCE_RATE_LIMIT = env.float("PRESENCE_RATE_LIMIT", default=20.0)
+PRESENCE_RATE_BURST = env.int("PRESENCE_RATE_BURST", default=40)
+PRESENCE_FLOOD_DROPS = env.int("PRESENCE_FLOOD_DROPS", default=100)
+PRESENCE_FLOOD_WINDOW = env.float("PRESENCE_FLOOD_WINDOW", default=10.0)
+PRESENCE_MAX_ROOMS_PER_CONNECTION = env.int("PRESENCE_MAX_ROOMS_PER_CONNECTION", default=50)
+PRESENCE_LIST_LIMIT = env.int("PRESENCE_LIST_LIMIT", default=1000)
+# Global join/leave events reach every connection: O(connections) messages per event.
+PRESENCE_GLOBAL_EVENTS = env.bool("PRESENCE_GLOBAL_EVENTS", default=True)
 
 # --------------------------------------------------------------------------- static, i18n, auth
 STATIC_URL = "static/"
