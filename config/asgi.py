@@ -12,7 +12,11 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
 from presence.auth import PresenceAuthStack  # noqa: E402
+from presence.handlers.lifecycle import register_at_startup  # noqa: E402
 from presence.routing import websocket_urlpatterns  # noqa: E402
+
+# Every web process records its message handlers (RegisteredHandler) before serving.
+register_at_startup()
 
 application = ProtocolTypeRouter(
     {

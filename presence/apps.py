@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from importlib import import_module
-
 from django.apps import AppConfig, apps
 
 
@@ -16,7 +14,11 @@ class PresenceConfig(AppConfig):
 
     def ready(self) -> None:
         from . import checks  # noqa: F401 - registers the system checks
+        from .handlers.registry import registry
 
+        # No database access here (Django forbids it in ready()): a broken application module
+        # is recorded and persisted as a `failed` row when the web process starts
+        # (presence.handlers.lifecycle.register_all); only the platform's own modules are fatal.
         for config in apps.get_app_configs():
-            for module in getattr(config, "presence_handlers", ()):
-                import_module(module)
+            modules = getattr(config, "presence_handlers", ())
+            registry.load_modules(modules, strict=config is self)

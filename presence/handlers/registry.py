@@ -1,23 +1,34 @@
 """The message-handler registry: one dispatch for every WebSocket message type.
 
 Applications declare handlers with ``@registry.handler("chat.typing", payload=Schema)`` in
-modules their ``AppConfig`` lists in ``presence_handlers``; ``PresenceConfig.ready()`` imports
-those lists explicitly, so the set of handlers never depends on import order.
+modules their ``AppConfig`` lists in ``presence_handlers``; ``PresenceConfig.ready()`` loads
+those lists explicitly (:meth:`HandlerRegistry.load_modules`), so the set of handlers never
+depends on import order. A module that fails to import is recorded as a :class:`LoadFailure`
+instead of crashing the process; ``presence.handlers.lifecycle`` persists both the handlers
+and the failures to the ``RegisteredHandler`` table when a web process starts.
+
+This module holds no database or Redis code: it is the in-process view that dispatch reads.
 """
 
 from __future__ import annotations
 
 import asyncio
+import builtins
 import hashlib
 import inspect
 import logging
 import re
-from collections.abc import Awaitable, Callable, Iterator
+import sys
+import traceback
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
+from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 from asgiref.sync import sync_to_async
 from pydantic import BaseModel, ValidationError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 if TYPE_CHECKING:
     from .context import HandlerContext
@@ -26,7 +37,12 @@ logger = logging.getLogger(__name__)
 
 HandlerFunc = Callable[["HandlerContext", Any], Awaitable[Any] | Any]
 TYPE_RE = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*$")
+# Declared versions are dotted integers so they can be ordered ("1.10" > "1.9"); see
+# presence.handlers.lifecycle.version_key and docs/handlers.md.
+VERSION_RE = re.compile(r"^\d{1,9}(\.\d{1,9}){0,3}$")
 DEFAULT_TIMEOUT = 5.0
+# Most characters of an import traceback kept for the admin (the log has all of it).
+MAX_ERROR_CHARS = 4000
 # A handler returns this when it answered (or closed the socket) itself.
 NO_REPLY: Any = object()
 
@@ -47,7 +63,7 @@ class HandlerSpec:
     type: str
     func: HandlerFunc
     timeout: float | None
-    payload: type[BaseModel] | None
+    payload: builtins.type[BaseModel] | None  # `type` is the field above in this scope
     core: bool
     version: str
     description: str
@@ -68,6 +84,19 @@ def code_version(func: Callable[..., Any]) -> str:
     return "h-" + hashlib.sha256(source.encode()).hexdigest()[:12]
 
 
+@dataclass(frozen=True)
+class LoadFailure:
+    """A declared handler module that could not be imported (or whose handlers were invalid).
+
+    ``types`` are the (type, path, version) of handlers the module registered before it
+    failed: they were rolled back, and their rows are marked ``failed`` at registration.
+    """
+
+    module: str
+    error: str
+    types: tuple[tuple[str, str, str], ...] = ()
+
+
 def _first_error_field(exc: ValidationError) -> str:
     errors = exc.errors()
     if not errors:
@@ -82,6 +111,8 @@ class HandlerRegistry:
     def __init__(self) -> None:
         self._handlers: dict[str, HandlerSpec] = {}
         self._disabled: frozenset[str] = frozenset()
+        self._failures: dict[str, LoadFailure] = {}
+        self._loaded: set[str] = set()
 
     # ----------------------------------------------------------------- registration
     def handler(
@@ -99,6 +130,8 @@ class HandlerRegistry:
 
         ``data`` is the validated ``payload`` model instance, or the raw dict when no
         ``payload`` is given. Sync functions run in a worker thread, off the event loop.
+        ``version`` is a dotted integer ("3", "1.2"); without one, a hash of the source is used.
+        Invalid arguments raise ValueError, which fails the whole module (see load_modules).
         """
 
         def decorator(func: HandlerFunc) -> HandlerFunc:
@@ -120,16 +153,89 @@ class HandlerRegistry:
 
     def register(self, spec: HandlerSpec) -> None:
         """Add a handler; a second registration of a type is a programming error."""
-        if not TYPE_RE.match(spec.type):
-            raise ValueError(f"invalid message type {spec.type!r}: use dotted lowercase words")
+        self.validate(spec)
         existing = self._handlers.get(spec.type)
         if existing is not None and existing.func is not spec.func:
             raise ValueError(f"message type {spec.type!r} is already handled by {existing.path}")
         self._handlers[spec.type] = spec
 
+    @staticmethod
+    def validate(spec: HandlerSpec) -> None:
+        """Raise ValueError when ``spec`` could never be served."""
+        if not TYPE_RE.match(spec.type) or len(spec.type) > 100:
+            raise ValueError(f"invalid message type {spec.type!r}: use dotted lowercase words")
+        if not callable(spec.func):
+            raise ValueError(f"{spec.type}: handler {spec.func!r} is not callable")
+        if spec.timeout is not None and not spec.timeout > 0:
+            raise ValueError(f"{spec.type}: timeout must be a positive number of seconds or None")
+        if spec.payload is not None and not (
+            isinstance(spec.payload, type) and issubclass(spec.payload, BaseModel)
+        ):
+            raise ValueError(f"{spec.type}: payload must be a pydantic BaseModel subclass")
+        if not (VERSION_RE.match(spec.version) or spec.version.startswith("h-")):
+            raise ValueError(
+                f"{spec.type}: version {spec.version!r} must be dotted integers, e.g. '3' or '1.2'"
+            )
+        try:
+            inspect.signature(spec.func).bind(None, None)
+        except TypeError:
+            raise ValueError(f"{spec.type}: a handler takes two arguments, (ctx, data)") from None
+        except ValueError:
+            pass  # no signature to inspect (some builtins): trust the caller
+
     def unregister(self, type: str) -> None:  # noqa: A002
         """Remove a handler (tests and app teardown)."""
         self._handlers.pop(type, None)
+
+    def load_modules(self, modules: Iterable[str], *, strict: bool = False) -> list[LoadFailure]:
+        """Import declared handler modules; each failure is recorded, not raised.
+
+        A module that raises (an import error, or a ValueError from an invalid declaration)
+        has the handlers it registered before the error rolled back, so a type is either
+        served from a fully imported module or not at all. With ``strict`` (the platform's
+        own modules) the error propagates: a web process without heartbeats is useless.
+        """
+        failures = []
+        for module in modules:
+            before = set(self._handlers)
+            try:
+                import_module(module)
+            except Exception as exc:
+                if strict:
+                    raise
+                # Python dropped the failed module (and its failed submodules) from
+                # sys.modules; helpers it imported successfully stay and keep their handlers.
+                added = [
+                    self._handlers.pop(t)
+                    for t in set(self._handlers) - before
+                    if self._handlers[t].func.__module__ not in sys.modules
+                ]
+                failure = LoadFailure(
+                    module=module,
+                    error=_format_error(exc),
+                    types=tuple(sorted((s.type, s.path, s.version) for s in added)),
+                )
+                self._failures[module] = failure
+                failures.append(failure)
+                logger.error(
+                    "handler module %s failed to load; its handlers are not served",
+                    module,
+                    exc_info=exc,
+                )
+            else:
+                self._failures.pop(module, None)
+                self._loaded.add(module)
+        return failures
+
+    @property
+    def failures(self) -> list[LoadFailure]:
+        """Declared modules that could not be loaded in this process."""
+        return [self._failures[m] for m in sorted(self._failures)]
+
+    @property
+    def loaded_modules(self) -> list[str]:
+        """Declared modules that were imported successfully."""
+        return sorted(self._loaded)
 
     def get(self, type: str) -> HandlerSpec | None:  # noqa: A002
         """The spec for ``type``, or None."""
@@ -138,8 +244,8 @@ class HandlerRegistry:
     def __iter__(self) -> Iterator[HandlerSpec]:
         return iter(sorted(self._handlers.values(), key=lambda s: s.type))
 
-    def __contains__(self, type: object) -> bool:
-        return type in self._handlers
+    def __contains__(self, msg_type: object) -> bool:
+        return msg_type in self._handlers
 
     def as_choices(self) -> list[tuple[str, str]]:
         """(type, description) pairs, e.g. for form fields."""
@@ -153,6 +259,11 @@ class HandlerRegistry:
     def is_disabled(self, type: str) -> bool:  # noqa: A002
         """Whether an operator disabled ``type``."""
         return type in self._disabled
+
+    @property
+    def disabled(self) -> frozenset[str]:
+        """The types this process currently refuses with ``handler_disabled``."""
+        return self._disabled
 
     # ----------------------------------------------------------------- dispatch
     def resolve(self, type: str) -> HandlerSpec:  # noqa: A002
@@ -179,7 +290,7 @@ class HandlerRegistry:
         deadline = asyncio.timeout(spec.timeout)
         try:
             async with deadline:
-                return await call
+                result = await call
         except FrameError:
             raise
         except TimeoutError:
@@ -187,13 +298,33 @@ class HandlerRegistry:
                 raise FrameError(
                     "handler_timeout", f"{spec.type} did not answer within {spec.timeout} s"
                 ) from None
-            logger.exception("handler %s raised TimeoutError (session %s)", spec.type, ctx.session_id)
+            logger.exception(
+                "handler %s raised TimeoutError (session %s)", spec.type, ctx.session_id
+            )
             raise FrameError("handler_error", f"{spec.type} failed; the error was logged") from None
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            # The store is down, not the handler: the client may retry later.
+            logger.warning("handler %s: presence store unreachable: %s", spec.type, exc)
+            raise FrameError("unavailable", "presence is unavailable; retry later") from None
         except Exception:
             logger.exception(
                 "handler %s failed (session %s, user %s)", spec.type, ctx.session_id, ctx.user_id
             )
             raise FrameError("handler_error", f"{spec.type} failed; the error was logged") from None
+        if deadline.expired():
+            # The handler swallowed its cancellation and finished late: still a timeout.
+            raise FrameError(
+                "handler_timeout", f"{spec.type} did not answer within {spec.timeout} s"
+            )
+        return result
+
+
+def _format_error(exc: BaseException) -> str:
+    """The traceback of a failed import, trimmed for the admin to its head and tail."""
+    text = "".join(traceback.format_exception(exc)).strip()
+    if len(text) > MAX_ERROR_CHARS:
+        text = text[: MAX_ERROR_CHARS // 2] + "\n...\n" + text[-MAX_ERROR_CHARS // 2 :]
+    return text
 
 
 registry = HandlerRegistry()

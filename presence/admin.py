@@ -1,0 +1,141 @@
+"""Admin for the message-handler registry: status, versions, stats, and enable/disable."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from django.contrib import admin, messages
+from django.db import transaction
+from django.db.models import QuerySet
+from django.http import HttpRequest
+from django.utils.html import format_html
+
+from .handlers.lifecycle import (
+    ControlResult,
+    do_disable_handlers,
+    do_enable_handlers,
+    latency_quantile,
+)
+from .models import RegisteredHandler
+
+
+def format_latency(seconds: float | None) -> str:
+    """A histogram bound for people: "≤ 25 ms", "≤ 2.5 s", "> 5 s" (the overflow bucket)."""
+    if seconds is None:
+        return "-"
+    if seconds == float("inf"):
+        return "> 5 s"
+    if seconds < 1:
+        return f"≤ {seconds * 1000:g} ms"
+    return f"≤ {seconds:g} s"
+
+
+def _names(handlers: list[RegisteredHandler]) -> str:
+    return ", ".join(h.type for h in handlers)
+
+
+@admin.register(RegisteredHandler)
+class RegisteredHandlerAdmin(admin.ModelAdmin):
+    """Rows are written by web processes at start-up; operators only enable and disable."""
+
+    list_display = (
+        "type",
+        "status_label",
+        "version",
+        "core",
+        "calls",
+        "errors",
+        "timeouts",
+        "p50",
+        "p95",
+        "last_registered_by",
+        "updated_at",
+    )
+    list_filter = ("status", "core")
+    search_fields = ("type", "path", "description")
+    ordering = ("type",)
+    readonly_fields = [
+        *(f.name for f in RegisteredHandler._meta.fields if f.name not in ("error", "latency")),
+        "error_text",
+        "p50",
+        "p95",
+        "latency",
+    ]
+    exclude = ("error",)
+    actions = ["disable_handlers", "enable_handlers"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # rows come from the code that registers handlers
+
+    # ----------------------------------------------------------------- columns
+    @admin.display(description="status", ordering="status")
+    def status_label(self, obj: RegisteredHandler) -> str:
+        # Failed rows keep their error; a hover shows the last line of it in the list.
+        if obj.error:
+            return format_html(
+                '<span title="{}">{}</span>',
+                obj.error.strip().splitlines()[-1],
+                obj.get_status_display(),
+            )
+        return obj.get_status_display()
+
+    @admin.display(description="p50")
+    def p50(self, obj: RegisteredHandler) -> str:
+        return format_latency(latency_quantile(obj.latency, 0.50))
+
+    @admin.display(description="p95")
+    def p95(self, obj: RegisteredHandler) -> str:
+        return format_latency(latency_quantile(obj.latency, 0.95))
+
+    @admin.display(description="error")
+    def error_text(self, obj: RegisteredHandler) -> str:
+        return format_html("<pre>{}</pre>", obj.error) if obj.error else "-"
+
+    # ----------------------------------------------------------------- actions
+    def _apply(
+        self,
+        request: HttpRequest,
+        queryset: QuerySet[RegisteredHandler],
+        action: Callable[[QuerySet[RegisteredHandler]], ControlResult],
+        verb: str,
+    ) -> None:
+        # The audit entries commit with the change; Redis is told after that commit.
+        with transaction.atomic():
+            result = action(queryset)
+            for handler in result.changed:
+                self.log_change(request, handler, f"{verb.capitalize()} the handler.")
+        self._report(request, result, verb)
+
+    def _report(self, request: HttpRequest, result: ControlResult, verb: str) -> None:
+        if result.changed:
+            self.message_user(
+                request,
+                f"{verb.capitalize()} {len(result.changed)} handler(s): {_names(result.changed)}. "
+                "Running web processes apply this within about a second.",
+                messages.SUCCESS,
+            )
+        if result.unchanged:
+            self.message_user(
+                request, f"Already {verb}: {_names(result.unchanged)}.", messages.INFO
+            )
+        if result.refused_core:
+            self.message_user(
+                request,
+                f"Core handlers cannot be disabled: {_names(result.refused_core)}.",
+                messages.ERROR,
+            )
+        if result.published is False:
+            self.message_user(
+                request,
+                "Saved, but running processes could not be notified (Redis: "
+                f"{result.publish_error}); they apply it when they restart.",
+                messages.WARNING,
+            )
+
+    @admin.action(description="Disable selected handlers", permissions=["change"])
+    def disable_handlers(self, request: HttpRequest, queryset: QuerySet[RegisteredHandler]) -> None:
+        self._apply(request, queryset, do_disable_handlers, "disabled")
+
+    @admin.action(description="Enable selected handlers", permissions=["change"])
+    def enable_handlers(self, request: HttpRequest, queryset: QuerySet[RegisteredHandler]) -> None:
+        self._apply(request, queryset, do_enable_handlers, "enabled")
