@@ -77,7 +77,10 @@ class HotPathWriter:
             except Exception as exc:  # Redis down: fail these heartbeats, keep the counters
                 logger.warning("heartbeat batch of %d failed: %s", len(batch), exc)
                 self._counters.update(counters)
-                for _, future in batch:
+                # Fail those still queued behind this batch too: this drain ends here, and
+                # nothing else would wake them (they would hang until the handler timeout).
+                failed, self._pending = batch + self._pending, []
+                for _, future in failed:
                     if not future.done():
                         future.set_exception(exc)
                 self._arm_timer()

@@ -7,6 +7,7 @@ exception or traceback reach the client.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import time
@@ -26,6 +27,7 @@ from .app_settings import app_settings
 from .batching import get_writer
 from .groups import GLOBAL_GROUP, room_group
 from .handlers import FrameError, HandlerContext, registry
+from .handlers.lifecycle import ensure_control_watcher
 from .handlers.registry import NO_REPLY
 from .ratelimit import FrameLimiter
 
@@ -47,8 +49,13 @@ def _client_ip(scope: dict[str, Any]) -> str | None:
     if header:
         for name, value in scope.get("headers", []):
             if name == header:
-                # The left-most address is the client as the trusted proxy saw it.
-                return value.decode("latin-1").split(",")[0].strip() or None
+                # The right-most address is the peer the trusted proxy saw: a proxy appends
+                # to the header, so anything left of it is whatever the client sent.
+                address = value.decode("latin-1").split(",")[-1].strip()
+                try:
+                    return str(ipaddress.ip_address(address))
+                except ValueError:  # not an address: record none rather than a forgery
+                    return None
     client = scope.get("client")
     return client[0] if client else None
 
@@ -67,6 +74,10 @@ class PresenceConsumer(AsyncWebsocketConsumer):
     username: str
     session_id: str
     status: str
+    # True once the server closed the socket: ASGI allows no send after websocket.close
+    # (uvicorn raises), so later frames and events are ignored instead of crashing the
+    # consumer before its disconnect() cleanup runs.
+    closing = False
 
     async def connect(self) -> None:
         self.registered = False
@@ -81,6 +92,9 @@ class PresenceConsumer(AsyncWebsocketConsumer):
             await self.accept()
             await self.close_with(CLOSE_FORBIDDEN, "forbidden", "this account is disabled")
             return
+        # Operators' enable/disable reaches this event loop through a poller started here;
+        # only the first connection of a loop waits (one Redis round trip).
+        await ensure_control_watcher()
         self.user_id = int(user.pk)
         self.username = user.get_username()
         self.session_id = str(uuid.uuid4())
@@ -97,10 +111,10 @@ class PresenceConsumer(AsyncWebsocketConsumer):
             ip=_client_ip(self.scope),
             user_agent=_header(self.scope, b"user-agent"),
         )
-        if app_settings.GLOBAL_EVENTS:
-            await self.channel_layer.group_add(GLOBAL_GROUP, self.channel_name)
         await self.accept()
         try:
+            if app_settings.GLOBAL_EVENTS:
+                await self.channel_layer.group_add(GLOBAL_GROUP, self.channel_name)
             result = await actions.do_connect_user(
                 cid=self.session_id,
                 uid=self.user_id,
@@ -133,7 +147,7 @@ class PresenceConsumer(AsyncWebsocketConsumer):
 
     # ----------------------------------------------------------------- frames in
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
-        if not self.registered:
+        if not self.registered or self.closing:
             return
         size = len(text_data.encode()) if text_data is not None else len(bytes_data or b"")
         if size > app_settings.WS_MAX_MESSAGE_BYTES:
@@ -204,8 +218,17 @@ class PresenceConsumer(AsyncWebsocketConsumer):
 
     # ----------------------------------------------------------------- frames out
     async def send_frame(self, frame: dict[str, Any]) -> None:
-        """Serialize and send one frame."""
-        await self.send(text_data=json.dumps(frame, separators=(",", ":")))
+        """Serialize and send one frame (nothing once the socket is closing)."""
+        if self.closing:
+            return
+        try:
+            await self.send(text_data=json.dumps(frame, separators=(",", ":")))
+        except OSError:
+            # ASGI: a send on a connection the client already closed raises an OSError
+            # subclass (uvicorn's ClientDisconnected), e.g. an event dispatched while the
+            # client's close was arriving. Drop the frame: that close's websocket.disconnect
+            # is queued and disconnect() must still run, which an exception here would prevent.
+            self.closing = True
 
     async def send_error(self, frame_id: str | int | None, code: str, message: str) -> None:
         """Send ``{"type": "error", ...}``; the connection stays open."""
@@ -218,6 +241,16 @@ class PresenceConsumer(AsyncWebsocketConsumer):
         """
         await self.send_error(None, error_code, message)
         await self.close(code=code, reason=message[:120])
+
+    async def close(self, code: int | bool | None = None, reason: str | None = None) -> None:
+        """Close the socket, once: a second close (e.g. a kick racing an expiry) is a no-op."""
+        if self.closing:
+            return
+        self.closing = True
+        try:
+            await super().close(code=code, reason=reason)
+        except OSError:
+            pass  # the client closed first (see send_frame); its disconnect follows
 
     # ----------------------------------------------------------------- channel-layer events
     async def presence_frame(self, event: dict[str, Any]) -> None:
@@ -253,14 +286,16 @@ class PresenceConsumer(AsyncWebsocketConsumer):
         if code == CLOSE_SERVICE_RESTART and self.end_reason == EndReason.CLOSED:
             self.end_reason = EndReason.SERVER_SHUTDOWN
         conn = self.conn_ref
-        for room in conn.rooms:
-            await self.leave_room_group(room)
-        if app_settings.GLOBAL_EVENTS:
-            await self.channel_layer.group_discard(GLOBAL_GROUP, self.channel_name)
         try:
+            for room in conn.rooms:
+                await self.leave_room_group(room)
+            if app_settings.GLOBAL_EVENTS:
+                await self.channel_layer.group_discard(GLOBAL_GROUP, self.channel_name)
             await actions.do_disconnect_user(conn, username=self.username)
-        except Exception:  # Redis down: the sweep ends it once the TTL lapses
-            logger.exception("could not remove connection %s from presence", self.session_id)
+        except RedisError as exc:
+            # Redis down: group memberships expire on their own and the sweep ends the
+            # connection once its TTL lapses; the session row is still ended below.
+            logger.warning("could not remove connection %s from presence: %s", self.session_id, exc)
         # A no-op when the sweep ended the row first (the first ending wins).
         await database_sync_to_async(do_end_session)(
             self.session_id, reason=self.end_reason, ended_at=timezone.now()

@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib.auth import get_user_model
+from django.db.models import Max
+from django.db.models.functions import Coalesce
 
 from sessions_app.models import ConnectionSession
 
@@ -24,15 +26,10 @@ def get_user_presence(user_id: int) -> dict[str, Any] | None:
     if user is None:
         return None
     status, connections = store.user_presence(store.get_redis(), user_id)
-    last = (
-        ConnectionSession.objects.filter(user_id=user_id)
-        .order_by("-connected_at")
-        .values_list("ended_at", "last_heartbeat_at", "connected_at")
-        .first()
-    )
-    last_seen = None
-    if last is not None:
-        last_seen = next((t for t in last if t is not None), None)
+    # The latest moment of any session: a session that started later may have ended earlier.
+    last_seen = ConnectionSession.objects.filter(user_id=user_id).aggregate(
+        seen=Max(Coalesce("ended_at", "last_heartbeat_at", "connected_at"))
+    )["seen"]
     online = status is not None
     return {
         "id": user.pk,

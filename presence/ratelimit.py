@@ -18,7 +18,10 @@ class TokenBucket:
     def take(self, now: float | None = None) -> bool:
         """Spend one token if there is one."""
         now = time.monotonic() if now is None else now
-        self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate)
+        # Time never runs backwards for the bucket: a ``now`` before the last update (e.g. an
+        # explicit clock other than time.monotonic()) must not drain it below zero.
+        elapsed = max(0.0, now - self.updated)
+        self.tokens = min(self.burst, self.tokens + elapsed * self.rate)
         self.updated = now
         if self.tokens >= 1.0:
             self.tokens -= 1.0

@@ -31,7 +31,8 @@ def _json_login_required(view):  # type: ignore[no-untyped-def]
 def online(request: HttpRequest) -> JsonResponse:
     """``GET /api/presence/online/?room=`` -> ``{"count": n, "users": [...]}``."""
     room = request.GET.get("room") or None
-    if room is not None and not re.match(ROOM_PATTERN, room):
+    # fullmatch: with re.match, "$" also matches before a trailing newline ("lobby\n").
+    if room is not None and not re.fullmatch(ROOM_PATTERN, room):
         return JsonResponse({"error": "room: 1-64 characters of [A-Za-z0-9_.:-]"}, status=400)
     return JsonResponse(queries.get_online(room))
 

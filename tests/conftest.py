@@ -99,10 +99,14 @@ class WSClient:
     async def send(self, frame: Any) -> None:
         await self.comm.send_to(text_data=json.dumps(frame))
 
-    async def recv(self, timeout: float = 3) -> dict[str, Any]:
+    async def recv(self, timeout: float = 3) -> dict[str, Any]:  # noqa: ASYNC109
         return json.loads(await self.comm.receive_from(timeout=timeout))
 
-    async def recv_until(self, pred: Callable[[dict[str, Any]], bool], timeout: float = 3) -> dict[str, Any]:
+    async def recv_until(
+        self,
+        pred: Callable[[dict[str, Any]], bool],
+        timeout: float = 3,  # noqa: ASYNC109 - the communicator's convention
+    ) -> dict[str, Any]:
         """Receive frames until one matches ``pred`` (others are skipped)."""
         async with asyncio.timeout(timeout):
             while True:
@@ -110,18 +114,71 @@ class WSClient:
                 if pred(frame):
                     return frame
 
-    async def request(self, type_: str, data: dict[str, Any] | None = None, id_: Any = 1) -> dict[str, Any]:
+    async def request(
+        self, type_: str, data: dict[str, Any] | None = None, id_: Any = 1
+    ) -> dict[str, Any]:
         frame: dict[str, Any] = {"type": type_, "id": id_}
         if data is not None:
             frame["data"] = data
         await self.send(frame)
         return await self.recv_until(lambda f: f.get("id") == id_ and f["type"] != "presence")
 
-    async def no_frame(self, timeout: float = 0.3) -> bool:
+    async def no_frame(self, timeout: float = 0.3) -> bool:  # noqa: ASYNC109
         return await self.comm.receive_nothing(timeout=timeout)
+
+    async def send_raw(self, *, text: str | None = None, data: bytes | None = None) -> None:
+        """Send one frame as is (empty text and empty binary frames included)."""
+        if text is not None:
+            await self.comm.send_input({"type": "websocket.receive", "text": text})
+        else:
+            await self.comm.send_input({"type": "websocket.receive", "bytes": data or b""})
+
+    async def recv_close(
+        self,
+        timeout: float = 3,  # noqa: ASYNC109
+        *,
+        finish: bool = True,
+    ) -> tuple[int, list[dict[str, Any]]]:
+        """Read until the server closes: (close code, text frames received before it).
+
+        With ``finish`` the client then completes the close handshake with the same code, as a
+        real ASGI server does, so the consumer's ``disconnect()`` runs before this returns.
+        """
+        frames: list[dict[str, Any]] = []
+        async with asyncio.timeout(timeout):
+            while True:
+                out = await self.comm.receive_output(timeout)
+                if out["type"] == "websocket.close":
+                    code = int(out.get("code", 1000))
+                    break
+                if out["type"] == "websocket.send" and out.get("text") is not None:
+                    frames.append(json.loads(out["text"]))
+        if finish:
+            await self.comm.disconnect(code=code, timeout=timeout)
+        return code, frames
 
     async def close(self) -> None:
         await self.comm.disconnect()
+
+
+@pytest.fixture
+def auser_factory(user_factory: Callable[..., Any], settings: Any) -> Callable[..., Awaitable[Any]]:
+    """``await auser_factory("alice")``: ``user_factory`` for async tests.
+
+    Passwords are hashed with MD5 first (PBKDF2 costs ~0.2 s per user); the default hashers
+    stay listed, so nothing else changes.
+    """
+    from asgiref.sync import sync_to_async
+
+    settings.PASSWORD_HASHERS = [
+        "django.contrib.auth.hashers.MD5PasswordHasher",
+        *settings.PASSWORD_HASHERS,
+    ]
+
+    async def make(username: str | None = None, **extra: Any) -> Any:
+        return await sync_to_async(user_factory)(username, **extra)
+
+    return make
 
 
 @pytest.fixture
@@ -129,7 +186,8 @@ async def ws_client() -> AsyncIterator[Callable[..., Awaitable[WSClient]]]:
     """Connect a user through the full ASGI stack (origin check, auth, consumer).
 
     ``await ws_client(user)`` returns a client that has already received ``hello``;
-    ``expect_hello=False`` returns right after the handshake.
+    ``expect_hello=False`` returns right after the handshake; ``client_addr`` sets the peer
+    address (``scope["client"]``), which the communicator leaves out by default.
     """
     from config.asgi import application
 
@@ -142,6 +200,7 @@ async def ws_client() -> AsyncIterator[Callable[..., Awaitable[WSClient]]]:
         origin: str = "http://localhost",
         expect_hello: bool = True,
         headers: list[tuple[bytes, bytes]] | None = None,
+        client_addr: tuple[str, int] | None = None,
     ) -> WSClient:
         path = "/ws/presence/"
         if token is None and user is not None:
@@ -153,6 +212,8 @@ async def ws_client() -> AsyncIterator[Callable[..., Awaitable[WSClient]]]:
         comm = WebsocketCommunicator(
             application, path, headers=[(b"origin", origin.encode()), *(headers or [])]
         )
+        if client_addr is not None:
+            comm.scope["client"] = client_addr  # the peer address a real server would report
         connected, _ = await comm.connect(timeout=5)
         client = WSClient(comm)
         client.connected = connected  # type: ignore[attr-defined]
@@ -166,5 +227,176 @@ async def ws_client() -> AsyncIterator[Callable[..., Awaitable[WSClient]]]:
     for client in clients:
         try:
             await client.comm.disconnect()
-        except Exception:  # noqa: BLE001 - already closed by the test
+        except (Exception, asyncio.CancelledError):  # already closed, or its app was cancelled
             pass
+
+
+# ---- Celery worker and beat processes, seeded connections (sweep and flush tests)
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class CeleryProcess:
+    """A real ``celery`` subprocess (worker or beat) in its own process group."""
+
+    def __init__(self, kind: str, proc: Any, log: Path) -> None:
+        self.kind, self.proc, self.log = kind, proc, log
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def wait_for_log(self, needle: str, timeout: float = 20) -> None:
+        import time
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if needle in self.text():
+                return
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        raise AssertionError(f"celery {self.kind} not ready ({needle!r}):\n{self.text()[-4000:]}")
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group (prefork children included), as in a crash."""
+        import signal
+
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.proc.wait(timeout=10)
+
+    def stop(self) -> None:
+        """Warm shutdown (SIGTERM), then SIGKILL if it lingers."""
+        import signal
+        import subprocess
+
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                pass
+        self.kill()
+
+
+def celery_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """Environment of a subprocess sharing this test run's Redis and (committed) test DB."""
+    from django.db import connection
+
+    env = dict(os.environ)
+    env.update(
+        DJANGO_SETTINGS_MODULE="config.settings",
+        REDIS_URL=os.environ["REDIS_URL"],
+        CELERY_BROKER_URL=os.environ["REDIS_URL"],
+        DATABASE_URL="sqlite:///" + str(connection.settings_dict["NAME"]),
+        PYTHONPATH=str(ROOT),
+    )
+    env.update(extra or {})
+    return env
+
+
+@pytest.fixture
+def celery_worker_process(
+    transactional_db: None, tmp_path: Path
+) -> Iterator[Callable[..., CeleryProcess]]:
+    """Start real Celery processes: ``celery_worker_process(env={...}, concurrency=2)``.
+
+    The worker consumes from this run's private Redis and writes the test database file, so
+    tests using it see committed data (the fixture implies ``transaction=True``). Pass
+    ``beat=True`` for a beat process instead (schedule in settings, from ``env``). All are
+    stopped at teardown.
+    """
+    import subprocess
+    import sys
+    import uuid
+
+    started: list[CeleryProcess] = []
+
+    def start(
+        *,
+        env: dict[str, str] | None = None,
+        concurrency: int = 2,
+        pool: str = "prefork",
+        beat: bool = False,
+    ) -> CeleryProcess:
+        n = len(started)
+        log = tmp_path / f"celery-{n}.log"
+        if beat:
+            kind = "beat"
+            args = ["beat", "--schedule", str(tmp_path / f"beat-{n}"), "--max-interval", "1"]
+            ready = "beat: Starting"
+        else:
+            kind = "worker"
+            args = [
+                "worker",
+                f"--pool={pool}",
+                f"--concurrency={concurrency}",
+                "--without-gossip",
+                "--without-mingle",
+                "--without-heartbeat",
+                f"--hostname=test-{uuid.uuid4().hex[:8]}@%h",
+            ]
+            ready = " ready."
+        with log.open("wb") as out:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "celery", "-A", "config", *args, "--loglevel=INFO"],
+                cwd=ROOT,
+                env=celery_env(env),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # its own group: stop/kill reach prefork children
+            )
+        process = CeleryProcess(kind, proc, log)
+        started.append(process)
+        process.wait_for_log(ready)
+        return process
+
+    yield start
+    for process in reversed(started):
+        process.kill()  # nothing to finish gracefully at teardown; saves a second each
+
+
+@pytest.fixture
+def seed_connections() -> Callable[..., Awaitable[list[store.ConnRef]]]:
+    """``await seed_connections(users, per_user=2, age=...)``: sessions + presence, no sockets.
+
+    Each connection gets a live ConnectionSession row and is registered in Redis as if its
+    last heartbeat was ``age`` seconds ago (``age`` > TTL: already expired). ``rooms`` are
+    joined by every connection. Channel names lead nowhere, like a vanished client's.
+    """
+    import uuid
+
+    from asgiref.sync import sync_to_async
+
+    from sessions_app.actions import do_start_session
+
+    async def seed(
+        users: list[Any], *, per_user: int = 1, age: float = 0.0, rooms: tuple[str, ...] = ()
+    ) -> list[store.ConnRef]:
+        client = store.get_async_redis()
+        now = store.now_ms() - int(age * 1000)
+        conns = []
+        for user in users:
+            for _ in range(per_user):
+                sid = uuid.uuid4()
+                channel = f"specific.seed!{sid.hex}"
+                await sync_to_async(do_start_session)(
+                    session_id=sid, user_id=user.pk, channel_name=channel, ip=None, user_agent=""
+                )
+                await store.connect(
+                    client,
+                    cid=str(sid),
+                    uid=user.pk,
+                    username=user.get_username(),
+                    channel=channel,
+                    now=now,
+                )
+                ref = store.ConnRef(str(sid), user.pk, tuple(sorted(rooms)))
+                for room in rooms:
+                    await store.room_join(client, ref, room)
+                conns.append(ref)
+        return conns
+
+    return seed

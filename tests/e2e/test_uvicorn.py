@@ -1,0 +1,324 @@
+"""End to end under a real uvicorn process, with the real ``websockets`` client library.
+
+The server shares this run's Redis and test database. Covers the Origin check, token auth
+minted by the server's own HTTP endpoint (session cookie + CSRF), heartbeats, presence seen
+from another user's connection, the HTTP listing with a logged-in session, malformed frames
+keeping the socket open, uvicorn's own 1009, 4401, an operator kick crossing processes, and
+cleanup when frames or events meet a socket that is already closing (uvicorn raises then).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import urllib.error
+import urllib.request
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+import redis
+from asgiref.sync import sync_to_async
+from django.test import Client
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from presence import store
+from sessions_app.actions import do_kick_session
+from sessions_app.models import ConnectionSession, EndReason
+
+from .conftest import ASGIServer
+
+pytestmark = [
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.slow,
+    pytest.mark.timeout(60),
+]
+
+UserFactory = Callable[..., Awaitable[Any]]
+CSRF = "e2e0csrf0secret0of032characters0"  # a valid unmasked CSRF secret (32 chars)
+_opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def session_id_for(user: Any) -> str:
+    client = Client()
+    client.force_login(user)
+    return client.cookies["sessionid"].value
+
+
+def _http(
+    method: str, url: str, session: str | None = None, origin: str | None = None
+) -> tuple[int, Any]:
+    headers = {"Accept": "application/json"}
+    if session:
+        headers["Cookie"] = f"sessionid={session}; csrftoken={CSRF}"
+        headers["X-CSRFToken"] = CSRF
+    if origin:
+        headers["Origin"] = origin
+    request = urllib.request.Request(url, method=method, headers=headers)
+    try:
+        with _opener.open(request, timeout=10) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read() or b"null")
+
+
+async def http(
+    method: str, url: str, session: str | None = None, origin: str | None = None
+) -> tuple[int, Any]:
+    return await asyncio.to_thread(_http, method, url, session, origin)
+
+
+async def token_for(server: ASGIServer, user: Any) -> str:
+    """A WebSocket token minted by the server itself for a logged-in user."""
+    session = await sync_to_async(session_id_for)(user)
+    status, body = await http("POST", server.url + "/api/presence/token/", session, server.url)
+    assert status == 200, body
+    return str(body["token"])
+
+
+@asynccontextmanager
+async def ws(
+    server: ASGIServer, token: str | None = None, origin: str | None = None
+) -> AsyncIterator[ClientConnection]:
+    uri = server.ws_url + "/ws/presence/" + (f"?token={token}" if token else "")
+    async with connect(
+        uri,
+        origin=origin or server.url,  # type: ignore[arg-type]
+        compression=None,
+        proxy=None,
+        open_timeout=10,
+        close_timeout=2,
+    ) as conn:
+        yield conn
+
+
+async def recv(conn: ClientConnection, within: float = 5) -> dict[str, Any]:
+    return json.loads(await asyncio.wait_for(conn.recv(), within))
+
+
+async def recv_until(
+    conn: ClientConnection, pred: Callable[[dict[str, Any]], bool], within: float = 5
+) -> dict[str, Any]:
+    async with asyncio.timeout(within):
+        while True:
+            frame = await recv(conn, within)
+            if pred(frame):
+                return frame
+
+
+async def request(conn: ClientConnection, frame: dict[str, Any]) -> dict[str, Any]:
+    await conn.send(json.dumps(frame))
+    return await recv_until(conn, lambda f: f.get("id") == frame["id"] and f["type"] != "presence")
+
+
+async def closed_with(conn: ClientConnection, within: float = 5) -> tuple[int | None, list[Any]]:
+    """Read until the server closes: (close code, frames received before)."""
+    frames = []
+    async with asyncio.timeout(within):
+        try:
+            while True:
+                frames.append(json.loads(await conn.recv()))
+        except ConnectionClosed as closed:
+            return (closed.rcvd.code if closed.rcvd else None), frames
+
+
+async def ended_row(server: ASGIServer, sid: str, within: float = 10) -> ConnectionSession:
+    """The session row once the server process has ended it (it does so after the close)."""
+    for _ in range(int(within / 0.05)):
+        row = await ConnectionSession.objects.aget(id=sid)
+        if not row.is_live:
+            return row
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"session {sid} still live after {within} s; server log:\n{server.log()}")
+
+
+class TestHandshake:
+    async def test_foreign_origin_is_refused(
+        self, asgi_server: Callable[..., ASGIServer], auser_factory: UserFactory
+    ) -> None:
+        server = asgi_server()
+        token = await token_for(server, await auser_factory("alice"))
+
+        with pytest.raises(InvalidStatus) as refused:
+            async with ws(server, token, origin="http://evil.example"):
+                pass
+
+        assert refused.value.response.status_code == 403
+
+    async def test_no_credentials_get_an_error_frame_then_4401(
+        self, asgi_server: Callable[..., ASGIServer]
+    ) -> None:
+        server = asgi_server()
+
+        async with ws(server) as conn:
+            code, frames = await closed_with(conn)
+
+        assert code == 4401
+        assert [(f["type"], f["code"]) for f in frames] == [("error", "unauthorized")]
+
+
+class TestPresence:
+    async def test_two_users_heartbeat_and_see_each_other(
+        self, asgi_server: Callable[..., ASGIServer], auser_factory: UserFactory
+    ) -> None:
+        server = asgi_server()
+        alice_user, bob_user = await auser_factory("alice"), await auser_factory("bob")
+        alice_token, bob_token = (
+            await token_for(server, alice_user),
+            await token_for(server, bob_user),
+        )
+        viewer = await sync_to_async(session_id_for)(await auser_factory("viewer"))
+
+        async with ws(server, alice_token) as alice:
+            hello = await recv(alice)
+            assert hello["type"] == "hello"
+            assert hello["user"] == {"id": alice_user.pk, "username": "alice"}
+            assert await request(alice, {"type": "heartbeat", "id": 1}) == {
+                "type": "heartbeat.ack",
+                "id": 1,
+            }
+
+            async with ws(server, bob_token) as bob:
+                await recv_until(bob, lambda f: f["type"] == "hello")
+                join = await recv_until(
+                    alice, lambda f: f.get("event") == "join" and f["user"]["id"] == bob_user.pk
+                )
+                assert join["room"] is None
+
+                listing = await request(bob, {"type": "presence.list", "id": "l"})
+                assert listing["data"]["count"] == 2
+                assert {u["username"] for u in listing["data"]["users"]} == {"alice", "bob"}
+
+                status, online = await http("GET", server.url + "/api/presence/online/", viewer)
+                assert status == 200
+                assert online["count"] == 2
+
+            leave = await recv_until(alice, lambda f: f.get("event") == "leave")
+            assert leave["user"]["id"] == bob_user.pk
+
+        status, online = await http("GET", server.url + "/api/presence/online/", viewer)
+        assert (status, online) == (200, {"count": 0, "users": []})
+        status, _ = await http("GET", server.url + "/api/presence/online/")
+        assert status == 401
+
+    async def test_session_row_records_the_real_peer(
+        self, asgi_server: Callable[..., ASGIServer], auser_factory: UserFactory
+    ) -> None:
+        server = asgi_server()
+        token = await token_for(server, await auser_factory("alice"))
+
+        async with ws(server, token) as conn:
+            sid = (await recv(conn))["session_id"]
+            row = await ConnectionSession.objects.aget(id=sid)
+            assert row.ip == "127.0.0.1"
+            assert "websockets" in row.user_agent
+            assert row.is_live
+
+        row = await ended_row(server, sid)
+        assert row.end_reason == EndReason.CLOSED
+
+
+class TestMalformedFrames:
+    async def test_bad_frames_keep_the_connection_open(
+        self, asgi_server: Callable[..., ASGIServer], auser_factory: UserFactory
+    ) -> None:
+        server = asgi_server()
+        token = await token_for(server, await auser_factory("alice"))
+
+        async with ws(server, token) as conn:
+            await recv(conn)  # hello
+            for frame, code in [
+                ("{oops", "bad_json"),
+                ("", "bad_json"),
+                (b"\x00\x01binary", "bad_frame"),
+                (b"", "bad_frame"),
+                ("[]", "bad_frame"),
+                ('{"type": "nope", "id": 3}', "unknown_type"),
+            ]:
+                await conn.send(frame)
+                error = await recv_until(conn, lambda f: f["type"] == "error")
+                assert error["code"] == code, (frame, error)
+
+            assert (await request(conn, {"type": "heartbeat", "id": 9}))["type"] == "heartbeat.ack"
+
+    async def test_over_size_frame_closes_1009(
+        self, asgi_server: Callable[..., ASGIServer], auser_factory: UserFactory
+    ) -> None:
+        server = asgi_server(ws_max_size=1024)
+        token = await token_for(server, await auser_factory("alice"))
+
+        async with ws(server, token) as conn:
+            await recv(conn)
+            ok = json.dumps({"type": "heartbeat", "id": 1, "pad": "x" * 900})
+            assert (await request(conn, json.loads(ok)))["type"] == "heartbeat.ack"
+
+            await conn.send(json.dumps({"type": "heartbeat", "id": 2, "pad": "x" * 2000}))
+            code, _ = await closed_with(conn)
+
+        assert code == 1009
+
+
+class TestServerClose:
+    async def test_frames_sent_after_a_server_close_do_not_break_the_cleanup(
+        self, asgi_server: Callable[..., ASGIServer], auser_factory: UserFactory, r: redis.Redis
+    ) -> None:
+        server = asgi_server()
+        token = await token_for(server, await auser_factory("alice"))
+
+        async with ws(server, token) as conn:
+            sid = (await recv(conn))["session_id"]
+            r.delete(store.keys().conn(sid))  # as if a sweep had ended it
+            for i in range(5):  # the first is answered with 4408; the rest are in flight
+                await conn.send(json.dumps({"type": "heartbeat", "id": i}))
+            code, frames = await closed_with(conn)
+
+        assert code == 4408
+        assert [f["code"] for f in frames if f["type"] == "error"] == ["presence_expired"]
+        row = await ended_row(server, sid)
+        assert row.end_reason == EndReason.TIMEOUT
+        assert "Traceback" not in server.log()
+
+    async def test_client_closing_while_an_event_is_in_flight_is_cleaned_up(
+        self, asgi_server: Callable[..., ASGIServer], auser_factory: UserFactory, r: redis.Redis
+    ) -> None:
+        """The server may be delivering an event (here: the user's own join) as the close arrives.
+
+        Closing a few milliseconds after ``hello`` (and a database read) lands the close while
+        the join event is being dispatched in some of these connections; every one of them
+        must still be removed at once.
+        """
+        server = asgi_server()
+        alice = await auser_factory("alice")
+        sids = []
+        for delay_ms in range(20):
+            async with ws(server, await token_for(server, alice)) as conn:
+                sids.append((await recv(conn))["session_id"])
+                await asyncio.sleep(delay_ms / 1000)
+                await ConnectionSession.objects.aget(id=sids[-1])
+
+        rows = [await ended_row(server, sid) for sid in sids]
+        assert [row.end_reason for row in rows] == [EndReason.CLOSED] * len(sids)
+        assert [sid for sid in sids if r.exists(store.keys().conn(sid))] == []
+        assert "Traceback" not in server.log()
+
+
+class TestCrossProcess:
+    async def test_operator_kick_reaches_the_server_process(
+        self, asgi_server: Callable[..., ASGIServer], auser_factory: UserFactory
+    ) -> None:
+        server = asgi_server()
+        token = await token_for(server, await auser_factory("alice"))
+
+        async with ws(server, token) as conn:
+            sid = (await recv(conn))["session_id"]
+            row = await ConnectionSession.objects.aget(id=sid)
+
+            assert await sync_to_async(do_kick_session)(row) is True
+            code, frames = await closed_with(conn)
+
+        assert code == 4410
+        assert frames[-1]["code"] == "terminated"
+        row = await ended_row(server, sid)
+        assert row.end_reason == EndReason.KICKED

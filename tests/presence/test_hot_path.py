@@ -1,0 +1,364 @@
+"""The heartbeat hot path: zero SQL, one Redis round trip, batching across connections.
+
+SQL is counted with ``execute_wrapper`` on every database connection of every thread (the
+consumer reaches the database from worker threads); the same counter must see the INSERT
+of connect and the UPDATE of close, which proves it would see a query added to heartbeats.
+Redis commands are counted server-side from ``INFO commandstats`` of the private server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any
+
+import pytest
+import redis
+from asgiref.sync import sync_to_async
+from django.db import connection as default_connection
+from django.db.backends.signals import connection_created
+from pytest_django.fixtures import Settings
+
+from config.embedded_redis import RedisServer
+from presence import store
+from presence.batching import HotPathWriter, get_writer
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(60)]
+
+WSFactory = Callable[..., Awaitable[Any]]
+UserFactory = Callable[..., Awaitable[Any]]
+
+MEASURER = "pytest-measure"
+
+
+class CommandLog:
+    """Every command clients send to the private Redis, from its SLOWLOG (threshold 0).
+
+    Commands a Lua script runs are logged too, under the fake address ``?:0``: they are left
+    out, so each entry is one command a client sent. Those that other parts of the process
+    send on their own schedule are left out as well: the channel layer (keys
+    under ``asgi``) and the handler control poller (its two keys).
+    """
+
+    BACKGROUND = {
+        ("GET", "{presence}:handlers:version"),
+        ("SMEMBERS", "{presence}:handlers:disabled"),
+    }
+
+    def __init__(self, url: str) -> None:
+        # Raw bytes: channel-layer payloads in the log are not text.
+        self.r = redis.Redis.from_url(url)
+        self.saved = {_text(k): _text(v) for k, v in self.r.config_get("slowlog-*").items()}
+
+    def start(self) -> None:
+        self.r.client_setname(MEASURER)
+        self.r.config_set("slowlog-log-slower-than", 0)
+        self.r.config_set("slowlog-max-len", 100_000)
+        self.r.slowlog_reset()
+
+    def commands(self) -> list[list[str]]:
+        """Commands sent since ``start()``, oldest first, as [name, arg1, ...]."""
+        out = []
+        for entry in reversed(self.r.slowlog_get(100_000)):
+            if _text(entry.get("client_address")) == "?:0":
+                continue  # run by a script
+            if _text(entry.get("client_name")) == MEASURER:
+                continue
+            words = _text(entry["command"]).split()
+            name = words[0].upper()
+            key = words[1] if len(words) > 1 else ""
+            if name != "EVALSHA" and any(w.startswith("asgi") for w in words[1:]):
+                continue  # the channel layer (channels_redis keys are under "asgi")
+            if (name, key) in self.BACKGROUND:
+                continue
+            out.append([name, *words[1:]])
+        return out
+
+    def names(self) -> Counter[str]:
+        return Counter(c[0] for c in self.commands())
+
+    def restore(self) -> None:
+        self.r.config_set("slowlog-log-slower-than", self.saved["slowlog-log-slower-than"])
+        self.r.config_set("slowlog-max-len", self.saved["slowlog-max-len"])
+        self.r.slowlog_reset()
+        self.r.close()
+
+
+def _text(value: Any) -> str:
+    return value.decode(errors="replace") if isinstance(value, bytes) else str(value or "")
+
+
+@pytest.fixture
+def redis_log(redis_server: RedisServer) -> Iterator[CommandLog]:
+    log = CommandLog(redis_server.url)
+    yield log
+    log.restore()
+
+
+class QueryCounter:
+    """Records the SQL of every database connection it is installed on, from any thread."""
+
+    def __init__(self) -> None:
+        self.sql: list[str] = []
+        self._lock = threading.Lock()
+        self._installed: list[Any] = []
+
+    def __call__(self, execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
+        with self._lock:
+            self.sql.append(sql)
+        return execute(sql, params, many, context)
+
+    def install(self, conn: Any) -> None:
+        with self._lock:
+            if self not in conn.execute_wrappers:
+                conn.execute_wrappers.append(self)
+                self._installed.append(conn)
+
+    def install_on_this_thread(self) -> None:
+        self.install(default_connection)
+
+    def on_connection_created(self, sender: Any, connection: Any, **kwargs: Any) -> None:
+        self.install(connection)
+
+    def uninstall(self) -> None:
+        with self._lock:
+            for conn in self._installed:
+                if self in conn.execute_wrappers:
+                    conn.execute_wrappers.remove(self)
+
+    def count(self, needle: str) -> int:
+        return sum(needle in sql for sql in self.sql)
+
+
+@pytest.fixture
+async def sql() -> AsyncIterator[QueryCounter]:
+    counter = QueryCounter()
+    connection_created.connect(counter.on_connection_created, weak=False)
+    counter.install_on_this_thread()
+    # The thread that database_sync_to_async (thread-sensitive) runs the consumer's ORM in.
+    await sync_to_async(counter.install_on_this_thread)()
+    yield counter
+    connection_created.disconnect(counter.on_connection_created)
+    counter.uninstall()
+
+
+@pytest.fixture(autouse=True)
+def _no_counter_timer(settings: Settings) -> None:
+    # Buffered counters otherwise go out on their own after 1 s; here they must only ride along.
+    settings.PRESENCE_COUNTER_FLUSH_INTERVAL = 60
+
+
+class TestZeroSql:
+    async def test_heartbeats_run_no_query(
+        self, ws_client: WSFactory, auser_factory: UserFactory, sql: QueryCounter
+    ) -> None:
+        client = await ws_client(await auser_factory("alice"))
+        # The counter sees the consumer's queries: the session row was inserted at connect.
+        assert sql.count('INSERT INTO "sessions_app_connectionsession"') == 1
+        before = len(sql.sql)
+
+        for i in range(25):
+            assert (await client.request("heartbeat", id_=i))["type"] == "heartbeat.ack"
+
+        assert sql.sql[before:] == []
+        await client.close()
+        assert sql.count('UPDATE "sessions_app_connectionsession"') == 1
+
+    async def test_heartbeats_of_many_connections_run_no_query(
+        self, ws_client: WSFactory, auser_factory: UserFactory, sql: QueryCounter
+    ) -> None:
+        clients = [await ws_client(await auser_factory(f"u{i}")) for i in range(5)]
+        before = len(sql.sql)
+
+        for client in clients:
+            await client.send({"type": "heartbeat", "id": 1})
+        for client in clients:
+            await client.recv_until(lambda f: f["type"] == "heartbeat.ack")
+
+        assert sql.sql[before:] == []
+
+
+class TestOneRoundTrip:
+    async def test_each_heartbeat_is_one_evalsha_and_nothing_else(
+        self,
+        ws_client: WSFactory,
+        auser_factory: UserFactory,
+        r: redis.Redis,
+        redis_log: CommandLog,
+    ) -> None:
+        client = await ws_client(await auser_factory("alice"))
+        await client.request("heartbeat", id_="warm-up")  # script loaded, clients connected
+        sid, n = client.hello["session_id"], 20
+        redis_log.start()
+
+        for i in range(n):
+            await client.request("heartbeat", id_=i)
+
+        sent = redis_log.commands()
+        assert [c[0] for c in sent] == ["EVALSHA"] * n
+        assert all(sid in c for c in sent)  # each refreshed this connection
+        stats = r.hgetall(store.keys().stats)
+        assert int(stats["heartbeats"]) == n + 1
+        # Message counters rode along in the same calls.
+        assert int(stats["msg:heartbeat"]) == n + 1
+
+    async def test_a_room_member_heartbeat_is_still_one_call(
+        self,
+        ws_client: WSFactory,
+        auser_factory: UserFactory,
+        r: redis.Redis,
+        redis_log: CommandLog,
+    ) -> None:
+        client = await ws_client(await auser_factory("alice"))
+        for room in ("a", "b", "c"):
+            await client.request("room.join", {"room": room}, id_=room)
+        await client.request("heartbeat", id_="warm-up")
+        redis_log.start()
+
+        await client.request("heartbeat", id_=1)
+
+        assert redis_log.names() == Counter({"EVALSHA": 1})
+        ttl_ms = client.hello["presence_ttl"] * 1000
+        scores = [r.zscore(store.keys().room(x), str(client.hello["user"]["id"])) for x in "abc"]
+        assert all((s or 0) > store.now_ms() + ttl_ms - 5_000 for s in scores)
+
+    async def test_the_log_sees_commands_outside_scripts(
+        self, ws_client: WSFactory, auser_factory: UserFactory, redis_log: CommandLog
+    ) -> None:
+        """Guard for the assertions above: a non-heartbeat request does show up."""
+        client = await ws_client(await auser_factory("alice"))
+        redis_log.start()
+
+        await client.request("presence.list")
+
+        assert "ZCOUNT" in redis_log.names()
+
+
+class TestBatching:
+    async def test_concurrent_heartbeats_share_calls(
+        self,
+        ws_client: WSFactory,
+        auser_factory: UserFactory,
+        r: redis.Redis,
+        redis_log: CommandLog,
+    ) -> None:
+        n = 20
+        users = [await auser_factory(f"u{i}") for i in range(n)]
+        clients = await asyncio.gather(*(ws_client(u) for u in users))
+        await clients[0].request("heartbeat", id_="warm-up")
+        k = store.keys()
+        for client in clients:  # as if every connection were about to lapse
+            r.zadd(k.conns, {client.hello["session_id"]: 1})
+        redis_log.start()
+
+        for client in clients:
+            await client.send({"type": "heartbeat", "id": "hb"})
+        acks = [await c.recv_until(lambda f: f["type"] == "heartbeat.ack") for c in clients]
+
+        calls = redis_log.names()
+        assert acks == [{"type": "heartbeat.ack", "id": "hb"}] * n
+        assert set(calls) == {"EVALSHA"}
+        assert 1 <= calls["EVALSHA"] <= n // 2
+        # Every connection was refreshed all the same.
+        assert all((r.zscore(k.conns, c.hello["session_id"]) or 0) > 1 for c in clients)
+
+    async def test_writer_batches_what_arrives_together(self, redis_log: CommandLog) -> None:
+        now = store.now_ms()
+        refs = [store.ConnRef(f"c{i}", i) for i in range(30)]
+        for ref in refs[:20]:  # the last 10 are unknown connections
+            await store.connect(
+                store.get_async_redis(),
+                cid=ref.cid,
+                uid=ref.uid,
+                username="u",
+                channel="x",
+                now=now,
+            )
+        writer = HotPathWriter()
+        await writer.heartbeat(refs[0])  # warm-up
+        redis_log.start()
+
+        results = await asyncio.gather(*(writer.heartbeat(ref) for ref in refs))
+
+        assert results == [True] * 20 + [False] * 10
+        assert redis_log.names() == Counter({"EVALSHA": 1})
+
+    async def test_batches_are_capped(self, redis_log: CommandLog, settings: Settings) -> None:
+        settings.PRESENCE_HEARTBEAT_BATCH_MAX = 8
+        now = store.now_ms()
+        refs = [store.ConnRef(f"c{i}", i) for i in range(20)]
+        for ref in refs:
+            await store.connect(
+                store.get_async_redis(),
+                cid=ref.cid,
+                uid=ref.uid,
+                username="u",
+                channel="x",
+                now=now,
+            )
+        writer = HotPathWriter()
+        await writer.heartbeat(refs[0])
+        redis_log.start()
+
+        results = await asyncio.gather(*(writer.heartbeat(ref) for ref in refs))
+
+        assert results == [True] * 20
+        assert redis_log.names() == Counter({"EVALSHA": 3})
+
+    async def test_counters_ride_along_or_flush_on_their_own(
+        self, r: redis.Redis, redis_log: CommandLog, settings: Settings
+    ) -> None:
+        k = store.keys()
+        await store.connect(store.get_async_redis(), cid="c", uid=1, username="u", channel="x")
+        writer = HotPathWriter()
+        writer.count("msg:test", 2)
+        redis_log.start()
+
+        assert await writer.heartbeat(store.ConnRef("c", 1)) is True
+
+        assert redis_log.names() == Counter({"EVALSHA": 1})
+        assert r.hget(k.stats, "msg:test") == "2"
+
+        settings.PRESENCE_COUNTER_FLUSH_INTERVAL = 0.05
+        writer.count("msg:test", 3)
+        redis_log.start()
+        for _ in range(150):  # the timer fires after 0.05 s; allow up to 3 s
+            if redis_log.r.hget(k.stats, "msg:test") == b"5":  # not logged: the measurer's
+                break
+            await asyncio.sleep(0.02)
+
+        assert redis_log.names() == Counter({"EVALSHA": 1})  # alone, in one call
+        assert r.hget(k.stats, "msg:test") == "5"
+
+    async def test_flush_writes_buffered_counters(self, r: redis.Redis) -> None:
+        writer = get_writer()
+        writer.count("err:bad_json")
+
+        await writer.flush()
+
+        assert r.hget(store.keys().stats, "err:bad_json") == "1"
+
+
+class TestRedisDown:
+    async def test_a_failed_call_fails_every_waiting_heartbeat(
+        self, redis_server: RedisServer, settings: Settings
+    ) -> None:
+        settings.PRESENCE_HEARTBEAT_BATCH_MAX = 2  # five heartbeats: three batches
+        refs = [store.ConnRef(f"c{i}", i) for i in range(5)]
+        writer = HotPathWriter()
+        redis_server.kill()
+        try:
+            async with asyncio.timeout(10):
+                results = await asyncio.gather(
+                    *(writer.heartbeat(ref) for ref in refs), return_exceptions=True
+                )
+        finally:
+            redis_server.start()
+
+        assert all(isinstance(res, redis.RedisError) for res in results), results
+
+        # Once Redis is back, heartbeats go through again (script reloaded, new connections).
+        await store.connect(store.get_async_redis(), cid="c0", uid=0, username="u", channel="x")
+        assert await writer.heartbeat(refs[0]) is True

@@ -1,0 +1,183 @@
+"""connect.lua, run against the private Redis through ``presence.store`` and raw EVALSHA.
+
+Covers the keys a new connection writes, the "first live connection" rule behind join events
+(second tab: no join; a lapsed tab does not count), the status reset, key expiry at
+expiry + grace, the stats counters and the listing the HTTP API builds on.
+"""
+
+from __future__ import annotations
+
+import pytest
+import redis
+
+from presence import store
+
+TTL_MS = 60_000
+GRACE_MS = 600_000
+
+
+@pytest.fixture(autouse=True)
+def _timing(settings: pytest.FixtureRequest) -> None:
+    settings.PRESENCE_TTL = TTL_MS / 1000
+    settings.PRESENCE_KEY_GRACE = GRACE_MS / 1000
+
+
+async def connect(cid: str, uid: int, now: int, username: str = "", channel: str = "ch") -> bool:
+    result = await store.connect(
+        store.get_async_redis(),
+        cid=cid,
+        uid=uid,
+        username=username or f"user{uid}",
+        channel=channel,
+        now=now,
+    )
+    return result.joined
+
+
+class TestFirstConnection:
+    async def test_writes_every_key_of_the_layout(self, r: redis.Redis) -> None:
+        k, now = store.keys(), store.now_ms()
+        result = await store.connect(
+            store.get_async_redis(), cid="c1", uid=7, username="alice", channel="chan!1", now=now
+        )
+
+        assert result == store.ConnectResult(joined=True, status="online")
+        exp = now + TTL_MS
+        assert r.hgetall(k.conn("c1")) == {
+            "uid": "7",
+            "username": "alice",
+            "channel": "chan!1",
+            "exp": str(exp),
+        }
+        assert r.zscore(k.conns, "c1") == exp
+        assert r.zscore(k.users, "7") == exp
+        assert r.zrange(k.user_conns(7), 0, -1, withscores=True) == [("c1", exp)]
+        assert r.hgetall(k.user(7)) == {"username": "alice", "status": "online"}
+
+    async def test_keys_expire_at_expiry_plus_grace(self, r: redis.Redis) -> None:
+        k, now = store.keys(), store.now_ms()
+        await connect("c1", 7, now)
+
+        for key in (k.conn("c1"), k.user(7), k.user_conns(7)):
+            pttl = r.pttl(key)
+            # PEXPIREAT now + ttl + grace, measured a few ms later.
+            assert TTL_MS + GRACE_MS - 2_000 < pttl <= TTL_MS + GRACE_MS, key
+
+    async def test_every_key_carries_the_hash_tag(self, r: redis.Redis) -> None:
+        await connect("c1", 7, store.now_ms())
+
+        found = r.keys("*")
+        assert found
+        assert all(key.startswith("{presence}:") for key in found), found
+
+    async def test_counts_connects_and_peaks(self, r: redis.Redis) -> None:
+        k, now = store.keys(), store.now_ms()
+        await connect("c1", 1, now)
+        await connect("c2", 1, now)
+        await connect("c3", 2, now)
+
+        stats = r.hgetall(k.stats)
+        assert stats["connects"] == "3"
+        assert stats["peak_conns"] == "3"
+        assert stats["peak_users"] == "2"
+
+
+class TestMultiTab:
+    async def test_second_tab_does_not_join(self, r: redis.Redis) -> None:
+        k, now = store.keys(), store.now_ms()
+        assert await connect("c1", 7, now) is True
+        assert await connect("c2", 7, now + 5_000) is False
+
+        assert r.zcard(k.user_conns(7)) == 2
+        # The user's score is their newest connection's expiry.
+        assert r.zscore(k.users, "7") == now + 5_000 + TTL_MS
+
+    async def test_other_users_join_independently(self) -> None:
+        now = store.now_ms()
+        assert await connect("c1", 1, now) is True
+        assert await connect("c2", 2, now) is True
+
+    async def test_older_connect_does_not_lower_the_user_score(self, r: redis.Redis) -> None:
+        k, now = store.keys(), store.now_ms()
+        await connect("c1", 7, now + 5_000)
+        await connect("c2", 7, now)
+
+        assert r.zscore(k.users, "7") == now + 5_000 + TTL_MS
+
+    async def test_second_tab_keeps_the_users_status(self, r: redis.Redis) -> None:
+        now = store.now_ms()
+        await connect("c1", 7, now)
+        await store.set_status(store.get_async_redis(), 7, "busy")
+
+        result = await store.connect(
+            store.get_async_redis(), cid="c2", uid=7, username="u", channel="ch", now=now + 1
+        )
+
+        assert result == store.ConnectResult(joined=False, status="busy")
+
+    async def test_lapsed_tab_does_not_count_as_online(self, r: redis.Redis) -> None:
+        k, now = store.keys(), store.now_ms()
+        await connect("c1", 7, now)
+        await store.set_status(store.get_async_redis(), 7, "away")
+
+        # c1 expires at now + TTL exactly: at that instant it no longer counts (exclusive bound).
+        result = await store.connect(
+            store.get_async_redis(), cid="c2", uid=7, username="u", channel="ch", now=now + TTL_MS
+        )
+
+        assert result == store.ConnectResult(joined=True, status="online")
+        assert r.hget(k.user(7), "status") == "online"
+
+    async def test_raw_evalsha_matches_the_documented_contract(self, r: redis.Redis) -> None:
+        """KEYS/ARGV exactly as the script header documents them, without the store wrapper."""
+        k, now = store.keys(), store.now_ms()
+        sha = r.script_load(store.script("connect").source)
+        ks = [k.conns, k.users, k.stats, k.conn("x"), k.conn_rooms("x"), k.user(3), k.user_conns(3)]
+
+        first = r.evalsha(sha, len(ks), *ks, now, TTL_MS, GRACE_MS, "x", 3, "carol", "chan")
+        ks2 = [*ks[:3], k.conn("y"), k.conn_rooms("y"), *ks[5:]]
+        second = r.evalsha(sha, len(ks2), *ks2, now, TTL_MS, GRACE_MS, "y", 3, "carol", "chan")
+
+        assert first == [1, "online"]
+        assert second == [0, "online"]
+
+
+class TestListing:
+    async def test_lists_live_users_with_connection_counts(self, r: redis.Redis) -> None:
+        now = store.now_ms()
+        await connect("a1", 1, now, username="alice")
+        await connect("a2", 1, now, username="alice")
+        await connect("b1", 2, now, username="bob")
+        await store.set_status(store.get_async_redis(), 2, "away")
+
+        count, users = store.list_online(r)
+        acount, ausers = await store.alist_online(store.get_async_redis())
+
+        assert count == acount == 2
+        assert sorted(users, key=lambda u: u["id"]) == [
+            {"id": 1, "username": "alice", "status": "online", "connections": 2},
+            {"id": 2, "username": "bob", "status": "away", "connections": 1},
+        ]
+        assert sorted(ausers, key=lambda u: u["id"]) == sorted(users, key=lambda u: u["id"])
+
+    async def test_lapsed_users_are_not_listed(self, r: redis.Redis) -> None:
+        now = store.now_ms()
+        await connect("old", 1, now - TTL_MS - 1)
+        await connect("new", 2, now)
+
+        count, users = store.list_online(r)
+
+        assert count == 1
+        assert [u["id"] for u in users] == [2]
+        assert store.user_presence(r, 1) == (None, 0)
+        assert store.user_presence(r, 2) == ("online", 1)
+
+    async def test_limit_caps_users_but_not_count(self, r: redis.Redis) -> None:
+        now = store.now_ms()
+        for uid in range(1, 6):
+            await connect(f"c{uid}", uid, now)
+
+        count, users = store.list_online(r, limit=2)
+
+        assert count == 5
+        assert len(users) == 2
