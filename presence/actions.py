@@ -137,3 +137,30 @@ async def do_disconnect_user(conn: store.ConnRef, *, username: str) -> store.End
     (result,) = await store.end_connections(store.get_async_redis(), [conn])
     await broadcast_end_results([result], {conn.cid: (conn.uid, username)})
     return result
+
+
+# ---- sweep (presence.sweep): events for connections the expiry sweep ended
+# Channel-layer message a presence consumer answers by closing with 4408 (consumers.py).
+EXPIRE_MESSAGE_TYPE = "presence.expire"
+
+
+async def do_notify_swept(
+    results: Sequence[store.EndResult],
+    users: dict[str, tuple[int, str]],
+    channels: Iterable[str],
+) -> int:
+    """Emit the leaves a sweep caused and tell each swept socket to close with 4408.
+
+    The socket may still be open on any server process (a client that stopped sending but
+    kept the TCP connection); its channel reaches it wherever it is. Returns how many
+    expire messages were sent; a full or vanished channel is logged and skipped.
+    """
+    await broadcast_end_results(results, users)
+    layer, sent = _layer(), 0
+    for channel in channels:
+        try:
+            await layer.send(channel, {"type": EXPIRE_MESSAGE_TYPE})
+            sent += 1
+        except Exception as exc:  # e.g. ChannelFull: that client is not reading anyway
+            logger.warning("could not send %s to %s: %s", EXPIRE_MESSAGE_TYPE, channel, exc)
+    return sent

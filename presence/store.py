@@ -17,6 +17,15 @@ key                             type   content
 ``{P}:stats``                   HASH   counters accumulated for the stats flush
 ``{P}:sweeping``                ZSET   cid -> claim deadline ms (claimed by a sweep)
 ``{P}:sweeping:exp``            HASH   cid -> expiry ms at claim time
+``{P}:stats:claim:<id>``        HASH   counters renamed away by flush <id>, until applied
+``{P}:stats:claims``            ZSET   flush id -> claim time ms (claims not yet released)
+``{P}:sweep:lock``              STR    token of the sweep run holding the task lock
+``{P}:flush:lock``              STR    token of the stats flush run holding the task lock
+``{P}:sweep:last``              HASH   last sweep run (duration, counts) and run totals
+``{P}:flush:last``              HASH   last flush run (duration, counts) and run totals
+``{P}:flush:hbmark``            STR    expiry score below which last_heartbeat_at is known
+``{P}:handlers:disabled``       SET    message types an operator disabled (from the DB)
+``{P}:handlers:version``        STR    counter bumped on every change of that set
 ==============================  =====  ==================================================
 
 Scores, not key TTLs, decide who is online: a member counts while its score is in the
@@ -32,8 +41,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
+import uuid
 import weakref
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -41,7 +51,7 @@ from typing import Any
 
 import redis
 import redis.asyncio as aredis
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, WatchError
 
 from .app_settings import app_settings
 from .types import PresenceUser
@@ -80,6 +90,34 @@ class Keys:
     @property
     def sweeping_exp(self) -> str:
         return f"{self.tag}:sweeping:exp"
+
+    # ---- sweep and stats flush keys (presence/sweep.py, presence/flush.py)
+    def task_lock(self, task: str) -> str:
+        """Lock of a periodic task (``sweep`` or ``flush``): one run at a time."""
+        return f"{self.tag}:{task}:lock"
+
+    def task_last(self, task: str) -> str:
+        """Metrics of a periodic task: its last run and totals over all runs."""
+        return f"{self.tag}:{task}:last"
+
+    @property
+    def stats_claims(self) -> str:
+        return f"{self.tag}:stats:claims"
+
+    def stats_claim(self, flush_id: str) -> str:
+        return f"{self.tag}:stats:claim:{flush_id}"
+
+    @property
+    def heartbeat_mark(self) -> str:
+        return f"{self.tag}:flush:hbmark"
+
+    @property
+    def handlers_disabled(self) -> str:
+        return f"{self.tag}:handlers:disabled"
+
+    @property
+    def handlers_version(self) -> str:
+        return f"{self.tag}:handlers:version"
 
     def conn(self, cid: str) -> str:
         return f"{self.tag}:conn:{cid}"
@@ -466,3 +504,242 @@ def user_presence(client: redis.Redis, uid: int) -> tuple[str | None, int]:
     if int(connections) == 0:
         return None, 0
     return status or "online", int(connections)
+
+
+# --------------------------------------------------------------------------- handler control
+# ---- handler control (presence.handlers.lifecycle)
+# The RegisteredHandler rows are the truth about which handlers are disabled; these two keys
+# carry that truth to every web process, which polls the version (one round trip per poll,
+# never per message) and re-reads the set when it moved.
+HandlerControl = tuple[int | None, frozenset[str]]
+# WATCH conflicts need a concurrent publisher; a handful of retries covers any real contention.
+PUBLISH_ATTEMPTS = 20
+
+
+def publish_disabled_handlers(
+    client: redis.Redis, read: Callable[[], Iterable[str]], *, only_if_changed: bool = False
+) -> int | None:
+    """Replace the disabled set with ``read()`` and bump the version; returns the new version.
+
+    ``read`` (the database query) runs while the version key is WATCHed: a publisher that
+    read the database before a concurrent publisher wrote Redis fails its EXEC and reads
+    again, so the set always ends up equal to the newest database state.
+
+    ``only_if_changed`` (process start-up) writes nothing, returning None, when Redis already
+    holds that set, or holds nothing and nothing is disabled: starting a process then leaves
+    Redis untouched. Operator changes always publish, so every watcher sees a new version.
+    """
+    k = keys()
+    for _ in range(PUBLISH_ATTEMPTS):
+        with client.pipeline(transaction=True) as pipe:
+            try:
+                pipe.watch(k.handlers_version)
+                types = sorted(set(read()))
+                if only_if_changed:
+                    # Immediate commands while WATCHing: part of the same optimistic check.
+                    version = pipe.get(k.handlers_version)
+                    current = sorted(pipe.smembers(k.handlers_disabled))  # type: ignore[arg-type]
+                    if current == types and (version is not None or not types):
+                        pipe.unwatch()
+                        return None
+                pipe.multi()
+                pipe.delete(k.handlers_disabled)
+                if types:
+                    pipe.sadd(k.handlers_disabled, *types)
+                pipe.incr(k.handlers_version)
+                return int(pipe.execute()[-1])
+            except WatchError:
+                continue
+    raise RuntimeError(f"could not publish disabled handlers in {PUBLISH_ATTEMPTS} attempts")
+
+
+def _queue_handler_control(pipe: Any) -> None:
+    k = keys()
+    pipe.get(k.handlers_version)
+    pipe.smembers(k.handlers_disabled)
+
+
+def _parse_handler_control(version: Any, members: Iterable[str]) -> HandlerControl:
+    return (int(version) if version is not None else None), frozenset(members)
+
+
+def read_handler_control(client: redis.Redis) -> HandlerControl:
+    """(version, disabled types); version is None when nothing was ever published."""
+    pipe = client.pipeline(transaction=False)
+    _queue_handler_control(pipe)
+    return _parse_handler_control(*pipe.execute())
+
+
+async def aread_handler_control(client: aredis.Redis) -> HandlerControl:
+    """Async twin of :func:`read_handler_control`: one round trip."""
+    pipe = client.pipeline(transaction=False)
+    _queue_handler_control(pipe)
+    return _parse_handler_control(*await pipe.execute())
+
+
+# --------------------------------------------------------------------------- sweep
+# ---- sweep (presence.sweep): claims of expired connections, task locks and run metrics.
+@dataclass(frozen=True)
+class SweepClaim:
+    """One expired connection a sweep claimed; ``uid`` is None when its hash is gone."""
+
+    cid: str
+    expiry: int  # ms: last heartbeat + TTL, the session's end time
+    uid: int | None = None
+    username: str = ""
+    channel: str = ""
+    rooms: tuple[str, ...] = ()
+
+    @property
+    def ref(self) -> ConnRef:
+        assert self.uid is not None
+        return ConnRef(self.cid, self.uid, self.rooms)
+
+
+@dataclass
+class ClaimBatch:
+    """What one claim_expired.lua call handed to this sweep."""
+
+    deadline: int  # the claim deadline every claim carries; ack with it
+    reclaimed: int  # how many were taken over from a sweep that died
+    claims: list[SweepClaim]
+
+
+def _score_ms(value: Any) -> int:
+    # Scores come back as text; a large integer score may be written in exponent form.
+    return int(float(value))
+
+
+def claim_expired(
+    client: redis.Redis, *, batch: int, claim_timeout_ms: int, now: int | None = None
+) -> ClaimBatch:
+    """Claim up to ``batch`` expired connections, with what ending them needs.
+
+    Two round trips: the claim script, then one pipeline reading each claimed connection's
+    hash and rooms. Nothing else; with nothing expired this is one cheap round trip.
+    """
+    k, now = keys(), now or now_ms()
+    raw = script("claim_expired").run(
+        client,
+        [k.conns, k.sweeping, k.sweeping_exp, k.users],
+        [now, batch, claim_timeout_ms, _grace_ms()],
+    )
+    deadline, reclaimed = int(raw[0]), int(raw[1])
+    pairs = [(str(raw[i]), _score_ms(raw[i + 1])) for i in range(2, len(raw), 2)]
+    if not pairs:
+        return ClaimBatch(deadline, reclaimed, [])
+    pipe = client.pipeline(transaction=False)
+    for cid, _ in pairs:
+        pipe.hmget(k.conn(cid), ["uid", "username", "channel"])
+        pipe.smembers(k.conn_rooms(cid))
+    details = pipe.execute()
+    claims = []
+    for i, (cid, expiry) in enumerate(pairs):
+        (uid, username, channel), rooms = details[2 * i], details[2 * i + 1]
+        claims.append(
+            SweepClaim(
+                cid=cid,
+                expiry=expiry,
+                uid=int(uid) if uid is not None else None,
+                username=username or "",
+                channel=channel or "",
+                rooms=tuple(sorted(rooms)),
+            )
+        )
+    return ClaimBatch(deadline, reclaimed, claims)
+
+
+def ack_swept(client: redis.Redis, deadline: int, cids: Sequence[str]) -> int:
+    """Release this sweep's claims of ``cids`` (claims re-taken by another sweep stay)."""
+    if not cids:
+        return 0
+    k = keys()
+    return int(script("sweep_ack").run(client, [k.sweeping, k.sweeping_exp], [deadline, *cids]))
+
+
+def acquire_task_lock(client: redis.Redis, task: str, ttl_ms: int) -> str | None:
+    """Take the lock of ``task`` for ``ttl_ms``; the token to release it, or None if held."""
+    token = uuid.uuid4().hex
+    if client.set(keys().task_lock(task), token, nx=True, px=max(1, ttl_ms)):
+        return token
+    return None
+
+
+def release_task_lock(client: redis.Redis, task: str, token: str) -> bool:
+    """Release the lock if this token still holds it (compare-and-delete in Lua)."""
+    return int(script("lock_release").run(client, [keys().task_lock(task)], [token])) == 1
+
+
+def record_task_run(
+    client: redis.Redis,
+    task: str,
+    last: Mapping[str, int | str],
+    totals: Mapping[str, int],
+    counters: Mapping[str, int] | None = None,
+) -> None:
+    """Store a run's metrics: ``last`` replaces the last-run fields, ``totals`` add up.
+
+    ``counters`` go into the live stats hash too, so the per-minute buckets keep a history
+    of task activity (skipped runs included) next to the hot-path counters.
+    """
+    k = keys()
+    pipe = client.pipeline(transaction=False)
+    if last:
+        pipe.hset(k.task_last(task), mapping=dict(last))
+    for name, inc in totals.items():
+        pipe.hincrby(k.task_last(task), name, inc)
+    for name, inc in (counters or {}).items():
+        if inc:
+            pipe.hincrby(k.stats, name, inc)
+    pipe.execute()
+
+
+def read_task_run(client: redis.Redis, task: str) -> dict[str, str]:
+    """The metrics hash of ``task`` (last run and totals), for admin and metrics."""
+    return dict(client.hgetall(keys().task_last(task)))  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------- stats flush
+# ---- stats flush (presence.flush): claims of the live counters, live heartbeat scores.
+def claim_stats(client: redis.Redis, flush_id: str, *, now: int | None = None) -> bool:
+    """Move the live counters to the claim of ``flush_id``; False when there were none."""
+    k = keys()
+    ks = [k.stats, k.stats_claim(flush_id), k.stats_claims]
+    return int(script("stats_claim").run(client, ks, [now or now_ms(), flush_id])) == 1
+
+
+def list_stats_claims(client: redis.Redis, limit: int) -> list[tuple[str, int]]:
+    """Unreleased claims, oldest first: (flush id, claim time ms)."""
+    raw = client.zrange(keys().stats_claims, 0, limit - 1, withscores=True)
+    return [(str(fid), _score_ms(score)) for fid, score in raw]  # type: ignore[union-attr]
+
+
+def read_stats_claim(client: redis.Redis, flush_id: str) -> dict[str, int]:
+    """The counters of one claim (empty when the claim was released already)."""
+    raw: dict[str, str] = client.hgetall(keys().stats_claim(flush_id))  # type: ignore[assignment]
+    return {name: int(value) for name, value in raw.items()}
+
+
+def release_stats_claim(client: redis.Redis, flush_id: str) -> bool:
+    """Drop a claim whose counters are committed to the database."""
+    k = keys()
+    ks = [k.stats_claim(flush_id), k.stats_claims]
+    return int(script("stats_release").run(client, ks, [flush_id])) == 1
+
+
+def live_connections_page(
+    client: redis.Redis, low: int, skip: int, count: int
+) -> list[tuple[str, int]]:
+    """Connections with expiry >= ``low``, ascending, after skipping ``skip``: (cid, expiry)."""
+    raw = client.zrangebyscore(keys().conns, low, "+inf", start=skip, num=count, withscores=True)
+    return [(str(cid), _score_ms(score)) for cid, score in raw]  # type: ignore[union-attr]
+
+
+def get_heartbeat_mark(client: redis.Redis) -> int | None:
+    """Expiry score below which every live session's last heartbeat is in the database."""
+    value = client.get(keys().heartbeat_mark)
+    return int(value) if value is not None else None  # type: ignore[arg-type]
+
+
+def set_heartbeat_mark(client: redis.Redis, mark: int) -> None:
+    client.set(keys().heartbeat_mark, mark)

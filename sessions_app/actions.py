@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.db import transaction
+from django.db.models import Case, DateTimeField, F, Value, When
 from django.utils import timezone
 
 from .models import ConnectionSession, EndReason
@@ -75,3 +77,55 @@ def do_kick_session(session: ConnectionSession) -> bool:
     assert layer is not None, "CHANNEL_LAYERS is not configured"
     async_to_sync(layer.send)(session.channel_name, {"type": KICK_MESSAGE_TYPE})
     return True
+
+
+# ---- bulk writes of the periodic tasks (presence.sweep, presence.flush)
+# One UPDATE ... CASE per call: callers pass at most a few hundred rows (their batch size),
+# which keeps every statement far below the database's bound-parameter limits.
+def _parse_ids(ids: Iterable[str]) -> dict[str, uuid.UUID]:
+    parsed = {}
+    for sid in ids:
+        try:
+            parsed[sid] = uuid.UUID(sid)
+        except ValueError:
+            continue  # not a session id: nothing in the table to update
+    return parsed
+
+
+def do_end_sessions_at(
+    ends: Sequence[tuple[str, dt.datetime, dt.datetime | None]], *, reason: EndReason
+) -> int:
+    """End many live sessions in one UPDATE: (session id, ended_at, last_heartbeat_at).
+
+    Sessions that ended already keep their end (the first ending wins). Returns how many
+    were still live. ``last_heartbeat_at`` None leaves that column as it is.
+    """
+    ids = _parse_ids(sid for sid, _, _ in ends)
+    if not ids:
+        return 0
+    ended_at = Case(
+        *[When(pk=ids[sid], then=Value(at)) for sid, at, _ in ends if sid in ids],
+        output_field=DateTimeField(),
+    )
+    beats = [When(pk=ids[sid], then=Value(hb)) for sid, _, hb in ends if sid in ids and hb]
+    update: dict[str, Any] = {"ended_at": ended_at, "end_reason": reason}
+    if beats:
+        update["last_heartbeat_at"] = Case(
+            *beats, default=F("last_heartbeat_at"), output_field=DateTimeField()
+        )
+    return ConnectionSession.objects.live().filter(pk__in=ids.values()).update(**update)
+
+
+def do_record_heartbeats(beats: Sequence[tuple[str, dt.datetime]]) -> int:
+    """Set ``last_heartbeat_at`` of many live sessions in one UPDATE; returns rows updated."""
+    ids = _parse_ids(sid for sid, _ in beats)
+    if not ids:
+        return 0
+    last = Case(
+        *[When(pk=ids[sid], then=Value(at)) for sid, at in beats if sid in ids],
+        default=F("last_heartbeat_at"),
+        output_field=DateTimeField(),
+    )
+    return (
+        ConnectionSession.objects.live().filter(pk__in=ids.values()).update(last_heartbeat_at=last)
+    )

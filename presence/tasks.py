@@ -1,0 +1,46 @@
+"""Periodic presence tasks, scheduled by Celery beat (``CELERY_BEAT_SCHEDULE`` in settings).
+
+Both are bounded, idempotent and safe when two run at once (atomic claims in Redis, a
+token lock released by compare-and-delete, a unique FlushRecord per flush); a run that finds
+the lock held is counted (``skipped_total`` in ``{P}:<task>:last``), never silent. The
+logic lives in :mod:`presence.sweep` and :mod:`presence.flush`; docs/operations.md describes
+how to run and watch them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import shared_task
+
+from . import flush, sweep
+
+# The hard limit stays below PRESENCE_SWEEP_CLAIM_TIMEOUT (30 s by default): a sweep that is
+# still running never has its claims taken over by another one. A run normally stops
+# claiming after one period (sweep.time_budget), so these only stop a stuck run.
+SWEEP_SOFT_TIME_LIMIT = 20
+SWEEP_TIME_LIMIT = 25
+FLUSH_SOFT_TIME_LIMIT = flush.FLUSH_TIME_LIMIT - 10
+FLUSH_TIME_LIMIT = flush.FLUSH_TIME_LIMIT
+
+
+@shared_task(
+    name="presence.sweep_expired",
+    soft_time_limit=SWEEP_SOFT_TIME_LIMIT,
+    time_limit=SWEEP_TIME_LIMIT,
+    ignore_result=True,
+)
+def sweep_expired() -> dict[str, Any]:
+    """End connections whose presence lapsed: sessions, leave events, 4408 to the socket."""
+    return sweep.sweep_expired().as_dict()
+
+
+@shared_task(
+    name="presence.flush_stats",
+    soft_time_limit=FLUSH_SOFT_TIME_LIMIT,
+    time_limit=FLUSH_TIME_LIMIT,
+    ignore_result=True,
+)
+def flush_stats() -> dict[str, Any]:
+    """Move hot-path counters into StatsBucket rows (exactly once); write last heartbeats."""
+    return flush.flush_stats().as_dict()

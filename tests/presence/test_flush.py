@@ -1,0 +1,238 @@
+"""The stats flush against real Redis and the real database (presence/flush.py).
+
+Counters come from the real hot-path scripts (connect.lua, heartbeat.lua). Interrupted
+flushes (kill -9 at every step) and an unreachable database are in test_flush_faults.py and
+tests/e2e/test_celery_tasks.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+
+import pytest
+from asgiref.sync import sync_to_async
+
+from presence import flush, queries, store
+from presence.models import FlushRecord, RegisteredHandler, StatsBucket
+from sessions_app.models import ConnectionSession
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+TTL = dt.timedelta(seconds=60)  # the default PRESENCE_TTL
+
+
+def expiry_of(r, cid: str) -> dt.datetime:
+    return flush._ms_to_datetime(int(r.zscore(store.keys().conns, cid)))
+
+
+class TestCounters:
+    async def test_counters_land_in_the_bucket_of_their_minute(
+        self, r, auser_factory, seed_connections
+    ):
+        alice, bob = await auser_factory("alice"), await auser_factory("bob")
+        conns = await seed_connections([alice], per_user=2) + await seed_connections([bob])
+        client = store.get_async_redis()
+        await store.heartbeat_many(client, conns)
+        await store.add_counters(
+            client,
+            {
+                "msg:heartbeat": 4,
+                "msg:room.join": 2,
+                "err:bad_json": 1,
+                "err:rate_limited": 2,
+                "h:heartbeat:calls": 4,
+                "h:heartbeat:lat:0.001": 4,
+            },
+        )
+        before = dt.datetime.now(dt.UTC).replace(second=0, microsecond=0)
+
+        report = await sync_to_async(flush.run_flush)()
+
+        assert (report.claims_applied, report.claims_released, report.error) == (1, 0, "")
+        bucket = await StatsBucket.objects.aget()
+        assert bucket.minute in (before, before + dt.timedelta(minutes=1))
+        assert (bucket.connects, bucket.heartbeats, bucket.disconnects) == (3, 3, 0)
+        assert (bucket.messages, bucket.errors) == (6, 3)
+        assert (bucket.peak_users, bucket.peak_connections) == (2, 3)
+        assert bucket.counters == {
+            "err:bad_json": 1,
+            "err:rate_limited": 2,
+            "h:heartbeat:calls": 4,
+            "h:heartbeat:lat:0.001": 4,
+            "msg:heartbeat": 4,
+            "msg:room.join": 2,
+        }
+        assert await FlushRecord.objects.acount() == 1
+        k = store.keys()
+        assert r.exists(k.stats) == 0 and r.zcard(k.stats_claims) == 0
+        assert r.keys(k.stats_claim("*")) == []
+
+    def test_claims_of_one_minute_add_up_and_peaks_take_the_max(self):
+        minute_ms = 1_800_000_000_000 // 60_000 * 60_000
+        assert flush.apply("a", minute_ms + 1_000, {"heartbeats": 2, "peak_users": 5, "x": 1})
+        assert flush.apply("b", minute_ms + 59_999, {"heartbeats": 3, "peak_users": 4, "x": 2})
+        assert flush.apply("c", minute_ms + 60_000, {"heartbeats": 7})
+        first, second = StatsBucket.objects.order_by("minute")
+        assert first.minute == flush.bucket_minute(minute_ms)
+        assert (first.heartbeats, first.peak_users, first.counters) == (5, 5, {"x": 3})
+        assert (second.heartbeats, second.peak_users) == (7, 0)
+
+    def test_applying_a_claim_twice_counts_it_once(self):
+        assert flush.apply("same", 1_800_000_000_000, {"connects": 4, "msg:a": 1}) is True
+        assert flush.apply("same", 1_800_000_000_000, {"connects": 4, "msg:a": 1}) is False
+        bucket = StatsBucket.objects.get()
+        assert (bucket.connects, bucket.messages) == (4, 1)
+        assert FlushRecord.objects.get().fields == 2
+
+    def test_nothing_to_flush_writes_nothing(self, r):
+        report = flush.run_flush()
+        assert report.claims_applied == 0
+        assert not StatsBucket.objects.exists() and not FlushRecord.objects.exists()
+
+    async def test_increments_after_the_claim_go_to_the_next_flush(self, r):
+        client = store.get_async_redis()
+        await store.add_counters(client, {"msg:a": 1})
+        claimed = await sync_to_async(flush.claim)(r)
+        assert claimed is not None
+        await store.add_counters(client, {"msg:a": 10})  # lands in a fresh live hash
+        await sync_to_async(flush.finish)(r, *claimed, flush.FlushReport())
+        assert (await StatsBucket.objects.aget()).messages == 1
+        await sync_to_async(flush.run_flush)()
+        assert sum([b.messages async for b in StatsBucket.objects.all()]) == 11
+
+    def test_handler_counters_update_registered_rows(self, r):
+        RegisteredHandler.objects.create(
+            type="chat.typing", path="m.f", version="7", calls=10, latency={"0.001": 1}
+        )
+        counters = {
+            "h:chat.typing:calls": 3,
+            "h:chat.typing:errors": 1,
+            "h:chat.typing:timeouts": 2,
+            "h:chat.typing:lat:0.001": 2,
+            "h:chat.typing:lat:inf": 1,
+            "h:not.registered:calls": 5,
+        }
+        r.hset(store.keys().stats, mapping=counters)
+
+        flush.run_flush()
+        r.hset(store.keys().stats, mapping={"h:chat.typing:calls": 1})
+        flush.run_flush()
+
+        row = RegisteredHandler.objects.get(type="chat.typing")
+        assert (row.calls, row.errors, row.timeouts) == (14, 1, 2)
+        assert row.latency == {"0.001": 3, "inf": 1}
+        assert row.version == "7" and row.path == "m.f"
+        assert not RegisteredHandler.objects.filter(type="not.registered").exists()
+        detail = {}
+        for bucket in StatsBucket.objects.all():
+            for name, value in bucket.counters.items():
+                detail[name] = detail.get(name, 0) + value
+        assert detail["h:not.registered:calls"] == 5 and detail["h:chat.typing:calls"] == 4
+
+    def test_task_counters_are_kept_per_minute(self, r):
+        from presence import sweep
+
+        token = store.acquire_task_lock(r, "sweep", 10_000)
+        sweep.sweep_expired()  # skipped: counted into the live stats
+        store.release_task_lock(r, "sweep", token)
+        flush.run_flush()
+        assert StatsBucket.objects.get().counters["task:sweep:skipped"] == 1
+
+
+class TestLastHeartbeats:
+    async def test_live_sessions_get_their_last_heartbeat(self, r, auser_factory, seed_connections):
+        users = [await auser_factory() for _ in range(2)]
+        live = await seed_connections(users, per_user=2, age=10)
+        (lapsed,) = await seed_connections([users[0]], age=120)
+
+        report = await sync_to_async(flush.run_flush)()
+
+        assert report.heartbeat_rows == 4
+        for conn in live:
+            row = await ConnectionSession.objects.aget(pk=conn.cid)
+            assert row.last_heartbeat_at == expiry_of(r, conn.cid) - TTL
+        assert (await ConnectionSession.objects.aget(pk=lapsed.cid)).last_heartbeat_at is None
+
+    async def test_later_runs_read_only_what_heartbeated_since(
+        self, r, auser_factory, seed_connections
+    ):
+        conns = await seed_connections([await auser_factory()], per_user=3, age=10)
+        await sync_to_async(flush.run_flush)()
+        await store.heartbeat_many(store.get_async_redis(), conns[:1])
+
+        report = await sync_to_async(flush.run_flush)()
+
+        assert report.heartbeat_rows == 1
+        row = await ConnectionSession.objects.aget(pk=conns[0].cid)
+        assert row.last_heartbeat_at == expiry_of(r, conns[0].cid) - TTL
+        assert row.last_heartbeat_at > dt.datetime.now(dt.UTC) - dt.timedelta(seconds=2)
+
+    async def test_pages_through_equal_scores(
+        self, r, monkeypatch, auser_factory, seed_connections
+    ):
+        """One heartbeat batch gives many connections the same score; none is skipped."""
+        monkeypatch.setattr(flush, "HEARTBEAT_PAGE_SIZE", 3)
+        user = await auser_factory()
+        same = await seed_connections([user], per_user=7, age=5)  # one "now" for all seven
+        other = await seed_connections([user], per_user=2, age=4)
+
+        report = await sync_to_async(flush.run_flush)()
+
+        assert (report.heartbeat_rows, report.heartbeat_pages) == (9, 3)
+        for conn in same + other:
+            row = await ConnectionSession.objects.aget(pk=conn.cid)
+            assert row.last_heartbeat_at == expiry_of(r, conn.cid) - TTL
+
+    async def test_a_capped_run_continues_next_time(
+        self, r, monkeypatch, auser_factory, seed_connections
+    ):
+        monkeypatch.setattr(flush, "HEARTBEAT_PAGE_SIZE", 2)
+        monkeypatch.setattr(flush, "HEARTBEAT_MAX_ROWS", 4)
+        user = await auser_factory()
+        conns = []
+        for age in (9, 8, 7, 6, 5):
+            conns += await seed_connections([user], age=age)
+
+        first = await sync_to_async(flush.run_flush)()
+        second = await sync_to_async(flush.run_flush)()
+
+        assert (first.heartbeat_rows, first.heartbeat_capped) == (4, True)
+        assert second.heartbeat_capped is False
+        for conn in conns:
+            row = await ConnectionSession.objects.aget(pk=conn.cid)
+            assert row.last_heartbeat_at == expiry_of(r, conn.cid) - TTL
+
+    async def test_last_seen_of_a_user_gone_before_the_sweep(
+        self, r, settings, auser_factory, seed_connections
+    ):
+        """Offline in Redis, not swept yet: the API shows the heartbeat the flush wrote."""
+        settings.PRESENCE_TTL = 1.0
+        alice = await auser_factory("alice")
+        (conn,) = await seed_connections([alice], age=0.5)
+        last = expiry_of(r, conn.cid) - dt.timedelta(seconds=1)
+        await sync_to_async(flush.run_flush)()
+        await asyncio.sleep(0.6)
+
+        presence = await sync_to_async(queries.get_user_presence)(alice.pk)
+
+        assert presence["online"] is False
+        assert presence["last_seen"] == last.isoformat()
+
+
+class TestLock:
+    def test_a_run_finding_the_lock_held_is_skipped_and_counted(self, r):
+        r.hset(store.keys().stats, "msg:a", 1)
+        token = store.acquire_task_lock(r, "flush", 10_000)
+
+        assert flush.flush_stats().skipped is True
+        assert not StatsBucket.objects.exists()
+        assert store.read_task_run(r, "flush")["skipped_total"] == "1"
+
+        store.release_task_lock(r, "flush", token)
+        report = flush.flush_stats()
+        assert report.claims_applied == 1
+        metrics = store.read_task_run(r, "flush")
+        assert metrics["runs_total"] == "1" and metrics["last_claims_applied"] == "1"
+        assert int(metrics["last_duration_ms"]) >= 0
+        assert r.exists(store.keys().task_lock("flush")) == 0

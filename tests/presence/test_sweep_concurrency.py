@@ -1,0 +1,89 @@
+"""N sweeps at once over M expired connections: each connection is ended exactly once.
+
+The sweeps run in N separate processes released at the same instant, *without* the task
+lock (``sweep.run_sweep``), with small batches so they interleave: only the atomic claims
+keep them apart. tests/e2e/test_celery_tasks.py repeats this through a real worker.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import uuid
+from typing import Any
+
+import pytest
+from asgiref.sync import sync_to_async
+
+from presence import store
+from presence.groups import GLOBAL_GROUP, room_group
+from sessions_app.models import ConnectionSession, EndReason
+from tests.conftest import ROOT, celery_env
+from tests.presence.test_sweep import drain, leaves, listen
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+SWEEPER = """
+import json, os, sys, time
+import django
+django.setup()
+import redis
+from presence import sweep
+n, barrier = int(sys.argv[1]), sys.argv[2]
+r = redis.Redis.from_url(os.environ["REDIS_URL"])
+r.incr(barrier)
+while int(r.get(barrier)) < n:  # start together, once every interpreter is up
+    time.sleep(0.001)
+started = time.monotonic()
+report = sweep.run_sweep().as_dict()
+report["seconds"] = time.monotonic() - started
+print(json.dumps(report))
+"""
+
+
+def run_sweepers(n: int, env: dict[str, str]) -> list[dict[str, Any]]:
+    barrier = f"test:barrier:{uuid.uuid4().hex}"
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", SWEEPER, str(n), barrier],
+            cwd=ROOT,
+            env=celery_env(env),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(n)
+    ]
+    reports = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err
+        reports.append(json.loads(out.strip().splitlines()[-1]))
+    return reports
+
+
+async def test_parallel_sweeps_end_each_connection_once(r, auser_factory, seed_connections):
+    n_sweeps, n_users, per_user = 6, 40, 5
+    users = [await auser_factory() for _ in range(n_users)]
+    layer, watcher = await listen(GLOBAL_GROUP, room_group("lobby"))
+    conns = await seed_connections(users, per_user=per_user, age=120, rooms=("lobby",))
+    m = len(conns)
+
+    reports = await sync_to_async(run_sweepers)(n_sweeps, {"PRESENCE_SWEEP_BATCH_SIZE": "4"})
+
+    counts = [k for k in reports[0] if k not in ("error", "seconds")]
+    total = {k: sum(rep[k] for rep in reports) for k in counts}
+    assert [rep["error"] for rep in reports] == [""] * n_sweeps
+    assert total["claimed"] == m
+    assert (total["ended"], total["sessions_ended"]) == (m, m)
+    assert (total["already_ended"], total["rescued"], total["reclaimed"]) == (0, 0, 0)
+    assert sum(1 for rep in reports if rep["claimed"]) >= 2, reports  # they did overlap
+    ended = ConnectionSession.objects.filter(end_reason=EndReason.TIMEOUT)
+    assert await ended.acount() == m
+    assert int(r.hget(store.keys().stats, "disconnects")) == m
+    # One global leave and one room leave per user, though each had 5 connections.
+    expected = sorted([(u.pk, "") for u in users] + [(u.pk, "lobby") for u in users])
+    assert leaves(await drain(layer, watcher)) == expected
+    k = store.keys()
+    assert r.zcard(k.sweeping) == 0 and r.hlen(k.sweeping_exp) == 0 and r.zcard(k.conns) == 0
