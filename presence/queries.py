@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib.auth import get_user_model
-from django.db.models import Max
+from django.db.models import Case, Max, When
 from django.db.models.functions import Coalesce
 
-from sessions_app.models import ConnectionSession
+from sessions_app.models import ConnectionSession, EndReason
 
 from . import store
 from .types import PresenceListing
@@ -27,9 +27,12 @@ def get_user_presence(user_id: int) -> dict[str, Any] | None:
         return None
     status, connections = store.user_presence(store.get_redis(), user_id)
     # The latest moment of any session: a session that started later may have ended earlier.
-    last_seen = ConnectionSession.objects.filter(user_id=user_id).aggregate(
-        seen=Max(Coalesce("ended_at", "last_heartbeat_at", "connected_at"))
-    )["seen"]
+    # A timed-out session "ended" a TTL after the user was last heard from: use the heartbeat.
+    seen = Case(
+        When(end_reason=EndReason.TIMEOUT, then=Coalesce("last_heartbeat_at", "ended_at")),
+        default=Coalesce("ended_at", "last_heartbeat_at", "connected_at"),
+    )
+    last_seen = ConnectionSession.objects.filter(user_id=user_id).aggregate(seen=Max(seen))["seen"]
     online = status is not None
     return {
         "id": user.pk,

@@ -174,6 +174,26 @@ class TestUserDetail:
 
         assert dt.datetime.fromisoformat(body["last_seen"]) == t0 + dt.timedelta(minutes=40)
 
+    async def test_timed_out_session_is_last_seen_at_its_last_heartbeat(
+        self, viewer: AsyncClient, auser_factory: UserFactory
+    ) -> None:
+        alice = await auser_factory("alice")
+        beat = timezone.now() - dt.timedelta(minutes=10)
+        # The sweep ends a silent session at last heartbeat + TTL; she was not seen then.
+        await ConnectionSession.objects.acreate(
+            id=uuid.uuid4(),
+            user=alice,
+            channel_name="gone",
+            connected_at=beat - dt.timedelta(minutes=5),
+            last_heartbeat_at=beat,
+            ended_at=beat + dt.timedelta(seconds=60),
+            end_reason=EndReason.TIMEOUT,
+        )
+
+        body = (await viewer.get(user_url(alice.pk))).json()
+
+        assert dt.datetime.fromisoformat(body["last_seen"]) == beat
+
     async def test_never_connected(self, viewer: AsyncClient, auser_factory: UserFactory) -> None:
         bob = await auser_factory("bob")
 
