@@ -7,6 +7,7 @@ stops them all, and the embedded redis-server with them.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -48,10 +49,14 @@ def main() -> int:
         honcho = subprocess.Popen(
             [sys.executable, "-m", "honcho", "-f", str(ROOT / "Procfile"), "start"], cwd=ROOT
         )
-        try:
-            return honcho.wait()
-        except KeyboardInterrupt:
-            return honcho.wait()
+        # Ctrl-C reaches honcho through the terminal's process group; a SIGTERM sent to this
+        # process alone (a supervisor, `timeout`) is passed on so no child is orphaned.
+        signal.signal(signal.SIGTERM, lambda signum, frame: honcho.send_signal(signal.SIGTERM))
+        while True:
+            try:
+                return honcho.wait()
+            except KeyboardInterrupt:
+                continue  # honcho got the same SIGINT and is stopping its children
     finally:
         if server is not None:
             server.stop()

@@ -7,6 +7,7 @@ from django.views.generic import TemplateView
 urlpatterns = [
     path("", TemplateView.as_view(template_name="demo.html"), name="demo"),
     path("admin/", admin.site.urls),
+    path("accounts/", include("django.contrib.auth.urls")),
     path("api/presence/", include("presence.urls")),
     path("", include("django_prometheus.urls")),
 ]

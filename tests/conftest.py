@@ -283,14 +283,14 @@ class CeleryProcess:
 
 def celery_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     """Environment of a subprocess sharing this test run's Redis and (committed) test DB."""
-    from django.db import connection
+    from tests.support import database_url
 
     env = dict(os.environ)
     env.update(
         DJANGO_SETTINGS_MODULE="config.settings",
         REDIS_URL=os.environ["REDIS_URL"],
         CELERY_BROKER_URL=os.environ["REDIS_URL"],
-        DATABASE_URL="sqlite:///" + str(connection.settings_dict["NAME"]),
+        DATABASE_URL=database_url(),
         PYTHONPATH=str(ROOT),
     )
     env.update(extra or {})

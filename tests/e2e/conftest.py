@@ -20,29 +20,14 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import pytest
-from django.db import connection
 
 from config.embedded_redis import free_port
+from tests.support import database_url
 
 ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT = 30.0
-
-
-def database_url() -> str:
-    """The test database as a DATABASE_URL (django-environ syntax) for a subprocess."""
-    s = connection.settings_dict
-    if connection.vendor == "sqlite":
-        return "sqlite:///" + str(s["NAME"])
-    if connection.vendor == "postgresql":
-        auth = quote(str(s.get("USER") or ""), safe="")
-        if s.get("PASSWORD"):
-            auth += ":" + quote(str(s["PASSWORD"]), safe="")
-        host = f"{s.get('HOST') or '127.0.0.1'}:{s.get('PORT') or 5432}"
-        return f"postgres://{auth + '@' if auth else ''}{host}/{s['NAME']}"
-    raise NotImplementedError(f"no DATABASE_URL for {connection.vendor}")
 
 
 class ASGIServer(str):

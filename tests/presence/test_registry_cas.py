@@ -26,6 +26,7 @@ from presence.handlers import HandlerRegistry, lifecycle, registry
 from presence.handlers.lifecycle import Outcome, register_all, register_handler
 from presence.models import HandlerStatus, RegisteredHandler
 from tests.presence import test_registry
+from tests.support import database_url
 
 ROOT = Path(__file__).resolve().parents[2]
 scratch = test_registry.scratch  # the fixture: a scratch registry and module writer
@@ -40,15 +41,6 @@ def reg(type_: str = "demo.ping", version: str = "1", **kw: Any) -> Outcome:
     fields: dict[str, Any] = {"path": f"app.handlers.{type_}", "by": BY, "description": "d"}
     fields.update(kw)
     return register_handler(type=type_, version=version, **fields)
-
-
-def database_url() -> str:
-    """The test database as a DATABASE_URL, for subprocesses."""
-    s = connection.settings_dict
-    if connection.vendor == "sqlite":
-        return f"sqlite:///{s['NAME']}"
-    auth = f"{s['USER']}:{s['PASSWORD']}@" if s.get("PASSWORD") else f"{s['USER']}@"
-    return f"postgres://{auth}{s['HOST'] or '127.0.0.1'}:{s['PORT'] or 5432}/{s['NAME']}"
 
 
 @pytest.fixture
