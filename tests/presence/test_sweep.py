@@ -16,6 +16,7 @@ from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
 
 from presence import queries, store, sweep
+from presence.app_settings import app_settings
 from presence.groups import GLOBAL_GROUP, room_group
 from sessions_app.models import ConnectionSession, EndReason
 
@@ -299,14 +300,15 @@ class TestSweepRun:
         assert (second.ended, second.capped) == (1, False)
 
     async def test_last_seen_after_the_sweep(self, r, auser_factory, seed_connections):
-        """The HTTP API shows the swept session's end: last heartbeat + TTL."""
+        """The HTTP API shows when a swept user was last heard from: expiry - TTL."""
         alice = await auser_factory("alice")
         (conn,) = await seed_connections([alice], age=120)
         expiry = int(r.zscore(store.keys().conns, conn.cid))
         await sync_to_async(sweep.run_sweep)()
         presence = await sync_to_async(queries.get_user_presence)(alice.pk)
         assert presence["online"] is False
-        assert presence["last_seen"] == sweep.ms_to_datetime(expiry).isoformat()
+        last_beat = expiry - int(app_settings.TTL * 1000)
+        assert presence["last_seen"] == sweep.ms_to_datetime(last_beat).isoformat()
 
 
 class TestLock:
