@@ -26,10 +26,9 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import time
 import uuid
 from collections import Counter, defaultdict
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import redis
 from django.db import DatabaseError, IntegrityError, transaction
@@ -40,6 +39,7 @@ from sessions_app.actions import do_record_heartbeats
 from . import store
 from .app_settings import app_settings
 from .models import FlushRecord, RegisteredHandler, StatsBucket
+from .periodic import RunReport, run_locked
 
 logger = logging.getLogger(__name__)
 
@@ -64,21 +64,22 @@ HANDLER_COUNTS = ("calls", "errors", "timeouts")
 
 
 @dataclass
-class FlushReport:
+class FlushReport(RunReport):
     """What one flush run did; stored in ``{P}:flush:last`` for metrics."""
 
-    skipped: bool = False  # another run held the lock
     claims_applied: int = 0
     claims_released: int = 0  # applied by an earlier, interrupted run: only released
     fields: int = 0  # counter fields written to buckets
     heartbeat_rows: int = 0  # live sessions whose last_heartbeat_at was written
     heartbeat_pages: int = 0
     heartbeat_capped: bool = False
-    error: str = ""
-    duration_ms: int = 0
 
-    def as_dict(self) -> dict[str, int | str]:
-        return {k: int(v) if isinstance(v, bool) else v for k, v in asdict(self).items()}
+    def totals(self) -> dict[str, int]:
+        return {
+            **super().totals(),
+            "claims_applied_total": self.claims_applied,
+            "heartbeat_rows_total": self.heartbeat_rows,
+        }
 
 
 @dataclass
@@ -265,52 +266,6 @@ def run_flush(report: FlushReport | None = None) -> FlushReport:
 
 def flush_stats() -> FlushReport:
     """One flush run under the flush lock; a run that finds it held is counted skipped."""
-    client = store.get_redis()
-    started = time.monotonic()
     # The lock lives as long as the task may run, so runs never overlap; a worker killed
     # holding it delays flushing by at most that, and the counters simply wait in Redis.
-    token = store.acquire_task_lock(client, TASK, FLUSH_TIME_LIMIT * 1000)
-    if token is None:
-        logger.info("flush skipped: another flush run holds the lock")
-        report = FlushReport(skipped=True)
-        _record(client, report)
-        return report
-    report = FlushReport()
-    try:
-        run_flush(report)
-    except BaseException as exc:  # time limit, Redis down: record what was done, then fail
-        report.error = report.error or f"{type(exc).__name__}: {exc}"[:200]
-        raise
-    finally:
-        report.duration_ms = int((time.monotonic() - started) * 1000)
-        try:
-            store.release_task_lock(client, TASK, token)
-            _record(client, report)
-        except Exception:  # Redis down: the lock expires by itself
-            logger.exception("flush: could not release the lock or record the run")
-    return report
-
-
-def _record(client: redis.Redis, report: FlushReport) -> None:
-    if report.skipped:
-        store.record_task_run(
-            client,
-            TASK,
-            {"last_skipped_at_ms": store.now_ms()},
-            {"skipped_total": 1},
-            {"task:flush:skipped": 1},
-        )
-        return
-    last: dict[str, int | str] = {f"last_{k}": v for k, v in report.as_dict().items()}
-    last["last_finished_at_ms"] = store.now_ms()
-    store.record_task_run(
-        client,
-        TASK,
-        last,
-        {
-            "runs_total": 1,
-            "claims_applied_total": report.claims_applied,
-            "heartbeat_rows_total": report.heartbeat_rows,
-            "errors_total": 1 if report.error else 0,
-        },
-    )
+    return run_locked(TASK, FLUSH_TIME_LIMIT * 1000, FlushReport(), run_flush)

@@ -30,7 +30,7 @@ import datetime as dt
 import logging
 import time
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import redis
 from asgiref.sync import async_to_sync
@@ -41,6 +41,7 @@ from sessions_app.models import ConnectionSession, EndReason
 
 from . import actions, store
 from .app_settings import app_settings
+from .periodic import RunReport, run_locked
 
 logger = logging.getLogger(__name__)
 
@@ -53,10 +54,9 @@ SWEEP_MAX_BATCHES = 20
 
 
 @dataclass
-class SweepReport:
+class SweepReport(RunReport):
     """What one sweep run did; stored in ``{P}:sweep:last`` for metrics."""
 
-    skipped: bool = False  # another run held the lock
     batches: int = 0
     claimed: int = 0  # connections claimed (re-claims included)
     reclaimed: int = 0  # claims taken over from a sweep that died
@@ -66,11 +66,16 @@ class SweepReport:
     sessions_ended: int = 0  # database rows this run ended
     expire_sent: int = 0  # presence.expire messages sent to sockets
     capped: bool = False  # stopped by SWEEP_MAX_BATCHES or the time budget
-    error: str = ""
-    duration_ms: int = 0
 
-    def as_dict(self) -> dict[str, int | str]:
-        return {k: int(v) if isinstance(v, bool) else v for k, v in asdict(self).items()}
+    def totals(self) -> dict[str, int]:
+        return {
+            **super().totals(),
+            "ended_total": self.ended,
+            "sessions_ended_total": self.sessions_ended,
+        }
+
+    def stats_counters(self, task: str) -> dict[str, int]:
+        return {f"task:{task}:runs": 1, f"task:{task}:ended": self.ended}
 
 
 def ms_to_datetime(ms: int) -> dt.datetime:
@@ -176,53 +181,7 @@ def run_sweep(report: SweepReport | None = None) -> SweepReport:
 
 def sweep_expired() -> SweepReport:
     """One sweep run under the sweep lock; a run that finds the lock held is counted skipped."""
-    client = store.get_redis()
-    started = time.monotonic()
-    token = store.acquire_task_lock(client, TASK, lock_ttl_ms())
-    if token is None:
-        logger.info("sweep skipped: another sweep run holds the lock")
-        report = SweepReport(skipped=True)
-        _record(client, report)
-        return report
-    report = SweepReport()
-    try:
-        run_sweep(report)
-    except BaseException as exc:  # time limit, Redis down: record what was done, then fail
-        report.error = report.error or f"{type(exc).__name__}: {exc}"[:200]
-        raise
-    finally:
-        report.duration_ms = int((time.monotonic() - started) * 1000)
-        try:
-            store.release_task_lock(client, TASK, token)
-            _record(client, report)
-        except Exception:  # Redis down: the lock expires by itself
-            logger.exception("sweep: could not release the lock or record the run")
+    report = run_locked(TASK, lock_ttl_ms(), SweepReport(), run_sweep)
     if report.ended or report.sessions_ended or report.error:
         logger.info("sweep: %s", report)
     return report
-
-
-def _record(client: redis.Redis, report: SweepReport) -> None:
-    if report.skipped:
-        store.record_task_run(
-            client,
-            TASK,
-            {"last_skipped_at_ms": store.now_ms()},
-            {"skipped_total": 1},
-            {"task:sweep:skipped": 1},
-        )
-        return
-    last: dict[str, int | str] = {f"last_{k}": v for k, v in report.as_dict().items()}
-    last["last_finished_at_ms"] = store.now_ms()
-    store.record_task_run(
-        client,
-        TASK,
-        last,
-        {
-            "runs_total": 1,
-            "ended_total": report.ended,
-            "sessions_ended_total": report.sessions_ended,
-            "errors_total": 1 if report.error else 0,
-        },
-        {"task:sweep:runs": 1, "task:sweep:ended": report.ended},
-    )

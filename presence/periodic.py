@@ -1,0 +1,87 @@
+"""What every periodic presence task shares: a run lock, a report, and run metrics.
+
+Two beat schedulers started by mistake, or a run that outlasts its period, must not double
+the work: each run takes a token lock (SET NX PX, released by compare-and-delete in Lua). A
+run that finds the lock held is *skipped*, and that is counted and logged, never silent.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import TypeVar
+
+from . import store
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class RunReport:
+    """Fields every task report has; subclasses add their counts."""
+
+    skipped: bool = False  # another run held the lock
+    error: str = ""
+    duration_ms: int = 0
+
+    def as_dict(self) -> dict[str, int | str]:
+        """The report as flat Redis hash fields (booleans as 0/1)."""
+        return {k: int(v) if isinstance(v, bool) else v for k, v in asdict(self).items()}
+
+    def totals(self) -> dict[str, int]:
+        """Running totals this run adds to (``*_total`` fields of the task's metrics hash)."""
+        return {"runs_total": 1, "errors_total": 1 if self.error else 0}
+
+    def stats_counters(self, task: str) -> dict[str, int]:
+        """Counters this run adds to the live stats hash (kept per minute by the flush)."""
+        return {}
+
+
+R = TypeVar("R", bound=RunReport)
+
+
+def run_locked(task: str, lock_ttl_ms: int, report: R, body: Callable[[R], object]) -> R:
+    """Run ``body(report)`` under the task's lock and record the run in Redis.
+
+    A held lock makes the run a counted skip. Any exception (time limit, Redis down) is
+    recorded in the report and re-raised, after the lock is released.
+    """
+    client = store.get_redis()
+    started = time.monotonic()
+    token = store.acquire_task_lock(client, task, lock_ttl_ms)
+    if token is None:
+        logger.info("%s skipped: another run holds the lock", task)
+        report.skipped = True
+        _record(task, report)
+        return report
+    try:
+        body(report)
+    except BaseException as exc:
+        report.error = report.error or f"{type(exc).__name__}: {exc}"[:200]
+        raise
+    finally:
+        report.duration_ms = int((time.monotonic() - started) * 1000)
+        try:
+            store.release_task_lock(client, task, token)
+            _record(task, report)
+        except Exception:  # Redis down: the lock expires by itself
+            logger.exception("%s: could not release the lock or record the run", task)
+    return report
+
+
+def _record(task: str, report: RunReport) -> None:
+    client = store.get_redis()
+    if report.skipped:
+        store.record_task_run(
+            client,
+            task,
+            {"last_skipped_at_ms": store.now_ms()},
+            {"skipped_total": 1},
+            {f"task:{task}:skipped": 1},
+        )
+        return
+    last: dict[str, int | str] = {f"last_{k}": v for k, v in report.as_dict().items()}
+    last["last_finished_at_ms"] = store.now_ms()
+    store.record_task_run(client, task, last, report.totals(), report.stats_counters(task))
