@@ -215,6 +215,8 @@ def main() -> None:
             import socket
 
             while time.monotonic() < deadline:
+                if server.poll() is not None:
+                    raise SystemExit("bench: the uvicorn server exited; see its output above")
                 try:
                     socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
                     break

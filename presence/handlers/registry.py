@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
-from asgiref.sync import sync_to_async
+from channels.db import database_sync_to_async
 from pydantic import BaseModel, ValidationError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -286,7 +286,7 @@ class HandlerRegistry:
         if inspect.iscoroutinefunction(spec.func):
             call: Awaitable[Any] = spec.func(ctx, arg)
         else:
-            call = sync_to_async(spec.func, thread_sensitive=False)(ctx, arg)
+            call = database_sync_to_async(spec.func, thread_sensitive=False)(ctx, arg)
         deadline = asyncio.timeout(spec.timeout)
         try:
             async with deadline:
