@@ -128,9 +128,10 @@ async def bench_e2e(
             latencies.append(time.perf_counter() - sent)
             await asyncio.sleep(interval)
 
-    started = time.perf_counter()
+    started, cpu_before = time.perf_counter(), _cpu_seconds(pid)
     await asyncio.gather(*(run(ws, interval * i / clients) for i, ws in enumerate(sockets)))
     elapsed = time.perf_counter() - started
+    server_cpu = _cpu_seconds(pid) - cpu_before
     for ws in sockets:
         await ws.close()
     return {
@@ -141,7 +142,14 @@ async def bench_e2e(
         "ack_p95_ms": round(_pct(latencies, 0.95) * 1000, 2),
         "ack_max_ms": round(max(latencies) * 1000, 2),
         "server_rss_kib_connected": rss_connected,
+        "server_cpu_us_per_heartbeat": round(server_cpu / len(latencies) * 1e6),
     }
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _rss_kib(pid: int) -> int:
