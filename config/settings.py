@@ -123,6 +123,11 @@ CELERY_BEAT_SCHEDULE = {
         # A sweep that waited longer than a period is superseded by the next one.
         "options": {"expires": PRESENCE_SWEEP_INTERVAL},
     },
+    "presence-reap-sessions": {
+        "task": "presence.reap_sessions",
+        "schedule": env.float("PRESENCE_REAP_INTERVAL", default=300.0),
+        "options": {"expires": 300.0},
+    },
     "presence-flush-stats": {
         "task": "presence.flush_stats",
         "schedule": STATS_FLUSH_INTERVAL,

@@ -19,10 +19,9 @@ key                             type   content
 ``{P}:sweeping:exp``            HASH   cid -> expiry ms at claim time
 ``{P}:stats:claim:<id>``        HASH   counters renamed away by flush <id>, until applied
 ``{P}:stats:claims``            ZSET   flush id -> claim time ms (claims not yet released)
-``{P}:sweep:lock``              STR    token of the sweep run holding the task lock
-``{P}:flush:lock``              STR    token of the stats flush run holding the task lock
-``{P}:sweep:last``              HASH   last sweep run (duration, counts) and run totals
-``{P}:flush:last``              HASH   last flush run (duration, counts) and run totals
+``{P}:<task>:lock``             STR    token of the run holding the task lock (sweep,
+                                       flush, reap)
+``{P}:<task>:last``             HASH   last run of the task (duration, counts), run totals
 ``{P}:flush:hbmark``            STR    expiry score below which last_heartbeat_at is known
 ``{P}:handlers:disabled``       SET    message types an operator disabled (from the DB)
 ``{P}:handlers:version``        STR    counter bumped on every change of that set
@@ -743,3 +742,21 @@ def get_heartbeat_mark(client: redis.Redis) -> int | None:
 
 def set_heartbeat_mark(client: redis.Redis, mark: int) -> None:
     client.set(keys().heartbeat_mark, mark)
+
+
+# --------------------------------------------------------------------------- ---- session reaper
+def known_connections(client: redis.Redis, cids: Sequence[str]) -> set[str]:
+    """The ``cids`` presence still tracks (in the expiry index or claimed by a sweep)."""
+    if not cids:
+        return set()
+    k = keys()
+    pipe = client.pipeline(transaction=False)
+    for cid in cids:
+        pipe.zscore(k.conns, cid)
+        pipe.zscore(k.sweeping, cid)
+    found = pipe.execute()
+    return {
+        cid
+        for i, cid in enumerate(cids)
+        if found[2 * i] is not None or found[2 * i + 1] is not None
+    }

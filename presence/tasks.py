@@ -13,7 +13,7 @@ from typing import Any
 
 from celery import shared_task
 
-from . import flush, sweep
+from . import flush, reap, sweep
 
 # The hard limit stays below PRESENCE_SWEEP_CLAIM_TIMEOUT (30 s by default): a sweep that is
 # still running never has its claims taken over by another one. A run normally stops
@@ -44,3 +44,14 @@ def sweep_expired() -> dict[str, Any]:
 def flush_stats() -> dict[str, Any]:
     """Move hot-path counters into StatsBucket rows (exactly once); write last heartbeats."""
     return flush.flush_stats().as_dict()
+
+
+@shared_task(
+    name="presence.reap_sessions",
+    soft_time_limit=reap.REAP_TIME_LIMIT - 10,
+    time_limit=reap.REAP_TIME_LIMIT,
+    ignore_result=True,
+)
+def reap_sessions() -> dict[str, Any]:
+    """End session rows whose connection presence forgot (e.g. after a Redis data loss)."""
+    return reap.reap_sessions().as_dict()
