@@ -7,19 +7,10 @@ expiry + grace, the stats counters and the listing the HTTP API builds on.
 
 from __future__ import annotations
 
-import pytest
 import redis
 
 from presence import store
-
-TTL_MS = 60_000
-GRACE_MS = 600_000
-
-
-@pytest.fixture(autouse=True)
-def _timing(settings: pytest.FixtureRequest) -> None:
-    settings.PRESENCE_TTL = TTL_MS / 1000
-    settings.PRESENCE_KEY_GRACE = GRACE_MS / 1000
+from tests.presence.lua_timing import GRACE_MS, TTL_MS, _timing  # noqa: F401 - autouse fixture
 
 
 async def connect(cid: str, uid: int, now: int, username: str = "", channel: str = "ch") -> bool:

@@ -8,20 +8,10 @@ socket and a sweep.
 
 from __future__ import annotations
 
-import pytest
 import redis
-from pytest_django.fixtures import Settings
 
 from presence import store
-
-TTL_MS = 60_000
-GRACE_MS = 600_000
-
-
-@pytest.fixture(autouse=True)
-def _timing(settings: Settings) -> None:
-    settings.PRESENCE_TTL = TTL_MS / 1000
-    settings.PRESENCE_KEY_GRACE = GRACE_MS / 1000
+from tests.presence.lua_timing import GRACE_MS, TTL_MS, _timing  # noqa: F401 - autouse fixture
 
 
 async def connect(cid: str, uid: int, now: int, rooms: tuple[str, ...] = ()) -> store.ConnRef:
