@@ -51,6 +51,20 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         shutil.rmtree(_tmp, ignore_errors=True)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _close_sync_thread_connections(django_db_setup: None) -> Iterator[None]:
+    """Close the DB connection of asgiref's sync thread before the test DB is dropped.
+
+    Async tests reach the ORM through sync_to_async, whose one thread keeps its connection
+    open; on PostgreSQL that blocks DROP DATABASE at the end of the run.
+    """
+    yield
+    from asgiref.sync import SyncToAsync
+    from django.db import connections
+
+    SyncToAsync.single_thread_executor.submit(connections.close_all).result(timeout=10)
+
+
 @pytest.fixture(scope="session")
 def redis_server() -> RedisServer:
     """The private redis-server of this test run (kill/restart it in fault tests)."""
