@@ -102,14 +102,14 @@ async def do_leave_room(conn: store.ConnRef, room: str, *, username: str, status
 
 
 async def do_set_status(conn: store.ConnRef, status: str, *, username: str) -> None:
-    """Store the user's status and tell the connection's rooms and everyone."""
-    await store.set_status(store.get_async_redis(), conn.uid, status)
+    """Store the user's status and tell everyone and every room any of their tabs is in."""
+    rooms = await store.set_status(store.get_async_redis(), conn.uid, status)
     await broadcast_presence(
         "status",
         uid=conn.uid,
         username=username,
         status=status,
-        rooms=conn.rooms,
+        rooms=sorted(rooms | set(conn.rooms)),
         include_global=True,
     )
 

@@ -426,9 +426,23 @@ async def room_leave(client: aredis.Redis, conn: ConnRef, room: str) -> bool:
     return int(left) == 1
 
 
-async def set_status(client: aredis.Redis, uid: int, status: str) -> None:
-    """Store the user's status (one value per user, shared by all their connections)."""
-    await client.hset(keys().user(uid), "status", status)  # type: ignore[misc]
+async def set_status(client: aredis.Redis, uid: int, status: str) -> set[str]:
+    """Store the user's status (one per user, shared by all their connections).
+
+    Returns the rooms of all the user's live connections, which are told of the change;
+    two round trips (the second one only when the user is in rooms).
+    """
+    k = keys()
+    pipe = client.pipeline(transaction=False)
+    pipe.hset(k.user(uid), "status", status)
+    pipe.zrangebyscore(k.user_conns(uid), f"({now_ms()}", "+inf")
+    _, cids = await pipe.execute()
+    if not cids:
+        return set()
+    pipe = client.pipeline(transaction=False)
+    for cid in cids:
+        pipe.smembers(k.conn_rooms(cid))
+    return set().union(*await pipe.execute())
 
 
 # --------------------------------------------------------------------------- reads

@@ -230,6 +230,24 @@ class TestRoomStatusAndListing:
         event = await member.recv_until(room_event("lobby"))
         assert (event["event"], event["status"]) == ("status", "busy")
 
+    async def test_status_reaches_the_rooms_of_the_users_other_tabs(
+        self, ws_client: WSFactory, auser_factory: UserFactory, member: Any
+    ) -> None:
+        bob = await auser_factory("bob")
+        in_lobby = await ws_client(bob)
+        await in_lobby.request("room.join", {"room": "lobby"})
+        await member.recv_until(room_event("lobby"))
+        elsewhere = await ws_client(bob)  # another tab, in no room
+
+        await elsewhere.request("status.set", {"status": "away"})
+
+        event = await member.recv_until(room_event("lobby"))
+        assert (event["event"], event["status"], event["user"]["username"]) == (
+            "status",
+            "away",
+            "bob",
+        )
+
     async def test_room_listing(
         self, ws_client: WSFactory, auser_factory: UserFactory, member: Any
     ) -> None:
