@@ -81,20 +81,25 @@ async def do_heartbeat(conn: store.ConnRef) -> bool:
     return await get_writer().heartbeat(conn)
 
 
-async def do_join_room(conn: store.ConnRef, room: str, *, username: str, status: str) -> int:
+async def do_join_room(conn: store.ConnRef, room: str, *, username: str) -> int:
     """Join ``room``; a user's first connection in it emits a join to the room."""
-    joined = await store.room_join(store.get_async_redis(), conn, room)
+    client = store.get_async_redis()
+    joined = await store.room_join(client, conn, room)
     if joined == 1:
+        # The status is the user's, and another tab may have changed it since this one.
+        status = await store.get_status(client, conn.uid)
         await broadcast_presence(
             "join", uid=conn.uid, username=username, status=status, rooms=[room]
         )
     return joined
 
 
-async def do_leave_room(conn: store.ConnRef, room: str, *, username: str, status: str) -> bool:
+async def do_leave_room(conn: store.ConnRef, room: str, *, username: str) -> bool:
     """Leave ``room``; the user's last connection in it emits a leave to the room."""
-    left = await store.room_leave(store.get_async_redis(), conn, room)
+    client = store.get_async_redis()
+    left = await store.room_leave(client, conn, room)
     if left:
+        status = await store.get_status(client, conn.uid)  # still online elsewhere
         await broadcast_presence(
             "leave", uid=conn.uid, username=username, status=status, rooms=[room]
         )

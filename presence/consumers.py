@@ -74,7 +74,6 @@ class PresenceConsumer(AsyncWebsocketConsumer):
     user_id: int
     username: str
     session_id: str
-    status: str
     # True once the server closed the socket: ASGI allows no send after websocket.close
     # (uvicorn raises), so later frames and events are ignored instead of crashing the
     # consumer before its disconnect() cleanup runs.
@@ -116,7 +115,7 @@ class PresenceConsumer(AsyncWebsocketConsumer):
         try:
             if app_settings.GLOBAL_EVENTS:
                 await self.channel_layer.group_add(GLOBAL_GROUP, self.channel_name)
-            result = await actions.do_connect_user(
+            await actions.do_connect_user(
                 cid=self.session_id,
                 uid=self.user_id,
                 username=self.username,
@@ -129,7 +128,6 @@ class PresenceConsumer(AsyncWebsocketConsumer):
             await database_sync_to_async(do_end_session)(self.session_id, reason=EndReason.ERROR)
             await self.close_with(CLOSE_TRY_AGAIN, "unavailable", "presence is unavailable")
             return
-        self.status = result.status
         self.registered = True
         await self.send_frame(
             {

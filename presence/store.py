@@ -426,6 +426,11 @@ async def room_leave(client: aredis.Redis, conn: ConnRef, room: str) -> bool:
     return int(left) == 1
 
 
+async def get_status(client: aredis.Redis, uid: int) -> str:
+    """The user's current status (``online`` when none was set)."""
+    return str(await client.hget(keys().user(uid), "status") or "online")  # type: ignore[misc]
+
+
 async def set_status(client: aredis.Redis, uid: int, status: str) -> set[str]:
     """Store the user's status (one per user, shared by all their connections).
 

@@ -45,7 +45,6 @@ async def status_set(ctx: HandlerContext, data: StatusPayload) -> dict[str, Any]
     """Set the user's status (online, away, busy), shown to others."""
     consumer = ctx.consumer
     await actions.do_set_status(consumer.conn_ref, data.status, username=consumer.username)
-    consumer.status = data.status
     return {"status": data.status}
 
 
@@ -62,7 +61,7 @@ async def room_join(ctx: HandlerContext, data: RoomPayload) -> dict[str, Any]:
         # Subscribe before announcing, so this connection sees events from now on.
         await consumer.join_room_group(data.room)
         joined = await actions.do_join_room(
-            consumer.conn_ref, data.room, username=consumer.username, status=consumer.status
+            consumer.conn_ref, data.room, username=consumer.username
         )
         if joined == -1:
             await consumer.leave_room_group(data.room)
@@ -80,9 +79,7 @@ async def room_leave(ctx: HandlerContext, data: RoomPayload) -> dict[str, Any]:
         conn = consumer.conn_ref
         consumer.rooms.discard(data.room)
         await consumer.leave_room_group(data.room)
-        await actions.do_leave_room(
-            conn, data.room, username=consumer.username, status=consumer.status
-        )
+        await actions.do_leave_room(conn, data.room, username=consumer.username)
     return {"room": data.room}
 
 

@@ -265,3 +265,16 @@ class TestRoomStatusAndListing:
         assert [u["username"] for u in kitchen["data"]["users"]] == ["bob"]
         assert empty["data"] == {"count": 0, "users": []}
         assert everyone["data"]["count"] == 3
+
+    async def test_join_event_carries_the_status_another_tab_set(
+        self, ws_client: WSFactory, auser_factory: UserFactory, member: Any
+    ) -> None:
+        bob = await auser_factory("bob")
+        first = await ws_client(bob)
+        second = await ws_client(bob)
+        await first.request("status.set", {"status": "busy"})
+
+        await second.request("room.join", {"room": "lobby"})
+
+        event = await member.recv_until(room_event("lobby"))
+        assert (event["event"], event["status"]) == ("join", "busy")
