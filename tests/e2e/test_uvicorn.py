@@ -322,3 +322,24 @@ class TestCrossProcess:
         assert frames[-1]["code"] == "terminated"
         row = await ended_row(server, sid)
         assert row.end_reason == EndReason.KICKED
+
+
+class TestServerShutdown:
+    async def test_graceful_shutdown_closes_1012_and_ends_sessions(
+        self,
+        asgi_server: Callable[..., ASGIServer],
+        auser_factory: UserFactory,
+        r: redis.Redis,
+    ) -> None:
+        server = asgi_server()
+        token = await token_for(server, await auser_factory("alice"))
+
+        async with ws(server, token) as conn:
+            sid = (await recv(conn))["session_id"]
+            await asyncio.to_thread(server.stop)  # SIGTERM: uvicorn shuts down gracefully
+            code, _ = await closed_with(conn)
+
+        assert code == 1012  # service restart: clients reconnect with backoff
+        row = await ended_row(server, sid)
+        assert row.end_reason == EndReason.SERVER_SHUTDOWN
+        assert r.zscore(store.keys().conns, sid) is None  # gone from presence at once
