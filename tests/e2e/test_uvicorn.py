@@ -94,6 +94,16 @@ async def ws(
         yield conn
 
 
+@asynccontextmanager
+async def alice_connected(
+    server: ASGIServer, auser_factory: UserFactory
+) -> AsyncIterator[tuple[ClientConnection, str]]:
+    """Alice, authenticated by a server-minted token, past ``hello``: (socket, session id)."""
+    token = await token_for(server, await auser_factory("alice"))
+    async with ws(server, token) as conn:
+        yield conn, (await recv(conn))["session_id"]
+
+
 async def recv(conn: ClientConnection, within: float = 5) -> dict[str, Any]:
     return json.loads(await asyncio.wait_for(conn.recv(), within))
 
@@ -207,10 +217,7 @@ class TestPresence:
         self, asgi_server: Callable[..., ASGIServer], auser_factory: UserFactory
     ) -> None:
         server = asgi_server()
-        token = await token_for(server, await auser_factory("alice"))
-
-        async with ws(server, token) as conn:
-            sid = (await recv(conn))["session_id"]
+        async with alice_connected(server, auser_factory) as (_conn, sid):
             row = await ConnectionSession.objects.aget(id=sid)
             assert row.ip == "127.0.0.1"
             assert "websockets" in row.user_agent
@@ -225,10 +232,7 @@ class TestMalformedFrames:
         self, asgi_server: Callable[..., ASGIServer], auser_factory: UserFactory
     ) -> None:
         server = asgi_server()
-        token = await token_for(server, await auser_factory("alice"))
-
-        async with ws(server, token) as conn:
-            await recv(conn)  # hello
+        async with alice_connected(server, auser_factory) as (conn, _):
             for frame, code in [
                 ("{oops", "bad_json"),
                 ("", "bad_json"),
@@ -247,10 +251,7 @@ class TestMalformedFrames:
         self, asgi_server: Callable[..., ASGIServer], auser_factory: UserFactory
     ) -> None:
         server = asgi_server(ws_max_size=1024)
-        token = await token_for(server, await auser_factory("alice"))
-
-        async with ws(server, token) as conn:
-            await recv(conn)
+        async with alice_connected(server, auser_factory) as (conn, _):
             ok = json.dumps({"type": "heartbeat", "id": 1, "pad": "x" * 900})
             assert (await request(conn, json.loads(ok)))["type"] == "heartbeat.ack"
 
@@ -265,10 +266,7 @@ class TestServerClose:
         self, asgi_server: Callable[..., ASGIServer], auser_factory: UserFactory, r: redis.Redis
     ) -> None:
         server = asgi_server()
-        token = await token_for(server, await auser_factory("alice"))
-
-        async with ws(server, token) as conn:
-            sid = (await recv(conn))["session_id"]
+        async with alice_connected(server, auser_factory) as (conn, sid):
             r.delete(store.keys().conn(sid))  # as if a sweep had ended it
             for i in range(5):  # the first is answered with 4408; the rest are in flight
                 await conn.send(json.dumps({"type": "heartbeat", "id": i}))
@@ -309,10 +307,7 @@ class TestCrossProcess:
         self, asgi_server: Callable[..., ASGIServer], auser_factory: UserFactory
     ) -> None:
         server = asgi_server()
-        token = await token_for(server, await auser_factory("alice"))
-
-        async with ws(server, token) as conn:
-            sid = (await recv(conn))["session_id"]
+        async with alice_connected(server, auser_factory) as (conn, sid):
             row = await ConnectionSession.objects.aget(id=sid)
 
             assert await sync_to_async(do_kick_session)(row) is True
@@ -332,10 +327,7 @@ class TestServerShutdown:
         r: redis.Redis,
     ) -> None:
         server = asgi_server()
-        token = await token_for(server, await auser_factory("alice"))
-
-        async with ws(server, token) as conn:
-            sid = (await recv(conn))["session_id"]
+        async with alice_connected(server, auser_factory) as (conn, sid):
             await asyncio.to_thread(server.stop)  # SIGTERM: uvicorn shuts down gracefully
             code, _ = await closed_with(conn)
 
