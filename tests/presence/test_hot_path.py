@@ -86,6 +86,15 @@ class CommandLog:
         self.r.close()
 
 
+async def register(refs: list[store.ConnRef]) -> None:
+    """Make connections known to the store, without sockets."""
+    now = store.now_ms()
+    for ref in refs:
+        await store.connect(
+            store.get_async_redis(), cid=ref.cid, uid=ref.uid, username="u", channel="x", now=now
+        )
+
+
 def _text(value: Any) -> str:
     return value.decode(errors="replace") if isinstance(value, bytes) else str(value or "")
 
@@ -265,17 +274,8 @@ class TestBatching:
         assert all((r.zscore(k.conns, c.hello["session_id"]) or 0) > 1 for c in clients)
 
     async def test_writer_batches_what_arrives_together(self, redis_log: CommandLog) -> None:
-        now = store.now_ms()
         refs = [store.ConnRef(f"c{i}", i) for i in range(30)]
-        for ref in refs[:20]:  # the last 10 are unknown connections
-            await store.connect(
-                store.get_async_redis(),
-                cid=ref.cid,
-                uid=ref.uid,
-                username="u",
-                channel="x",
-                now=now,
-            )
+        await register(refs[:20])  # the last 10 are unknown connections
         writer = HotPathWriter()
         await writer.heartbeat(refs[0])  # warm-up
         redis_log.start()
@@ -287,17 +287,8 @@ class TestBatching:
 
     async def test_batches_are_capped(self, redis_log: CommandLog, settings: Settings) -> None:
         settings.PRESENCE_HEARTBEAT_BATCH_MAX = 8
-        now = store.now_ms()
         refs = [store.ConnRef(f"c{i}", i) for i in range(20)]
-        for ref in refs:
-            await store.connect(
-                store.get_async_redis(),
-                cid=ref.cid,
-                uid=ref.uid,
-                username="u",
-                channel="x",
-                now=now,
-            )
+        await register(refs)
         writer = HotPathWriter()
         await writer.heartbeat(refs[0])
         redis_log.start()
