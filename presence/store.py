@@ -87,6 +87,11 @@ class Keys:
         return f"{self.tag}:sweeping"
 
     @property
+    def events(self) -> str:
+        """The presence event log (a stream); see presence/eventlog.py and docs/presence.md."""
+        return f"{self.tag}:events"
+
+    @property
     def sweeping_exp(self) -> str:
         return f"{self.tag}:sweeping:exp"
 
