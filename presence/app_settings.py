@@ -89,6 +89,26 @@ class AppSettings:
         return bool(self._get("PRESENCE_GLOBAL_EVENTS", True))
 
     @property
+    def EVENT_LOG_MAXLEN(self) -> int:
+        """Entries the event log stream keeps (trimmed approximately, ``MAXLEN ~``)."""
+        return int(self._get("PRESENCE_EVENT_LOG_MAXLEN", 100_000))
+
+    @property
+    def DIFF_WINDOW(self) -> float:
+        """Seconds over which protocol v2 coalesces a scope's events into one presence.diff."""
+        return float(self._get("PRESENCE_DIFF_WINDOW", 0.1))
+
+    @property
+    def SYNC_LIMIT(self) -> int:
+        """Most users one presence.sync snapshot carries (``complete`` is false beyond it)."""
+        return int(self._get("PRESENCE_SYNC_LIMIT", 10_000))
+
+    @property
+    def OUTBOX_MAX(self) -> int:
+        """Frames queued for one socket that does not read before it is closed (1013)."""
+        return int(self._get("PRESENCE_OUTBOX_MAX", 2_000))
+
+    @property
     def HEARTBEAT_BATCH_MAX(self) -> int:
         """Most connections refreshed by one heartbeat script call."""
         return int(self._get("PRESENCE_HEARTBEAT_BATCH_MAX", 500))
@@ -117,6 +137,26 @@ class AppSettings:
     def STATS_FLUSH_INTERVAL(self) -> float:
         """Seconds between stats flushes (Celery beat)."""
         return float(self._get("STATS_FLUSH_INTERVAL", 10.0))
+
+    @property
+    def SESSION_LOG_BATCH(self) -> int:
+        """Event-log entries one session-row write reads at most (presence/sessionlog.py)."""
+        return int(self._get("PRESENCE_SESSION_LOG_BATCH", 500))
+
+    @property
+    def SESSION_LOG_BLOCK(self) -> float:
+        """Seconds a web process's session writer waits for new entries per read (XREADGROUP)."""
+        return float(self._get("PRESENCE_SESSION_LOG_BLOCK", 1.0))
+
+    @property
+    def SESSION_LOG_CLAIM_IDLE(self) -> float:
+        """Seconds an entry read but not acknowledged waits before another writer takes it."""
+        return float(self._get("PRESENCE_SESSION_LOG_CLAIM_IDLE", 10.0))
+
+    @property
+    def SESSION_LOG_INTERVAL(self) -> float:
+        """Seconds between runs of the Celery fallback writer ``presence.write_sessions``."""
+        return float(self._get("PRESENCE_SESSION_LOG_INTERVAL", 2.0))
 
 
 app_settings = AppSettings()

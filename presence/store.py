@@ -8,7 +8,7 @@ key                             type   content
 ==============================  =====  ==================================================
 ``{P}:conns``                   ZSET   cid -> expiry ms; the expiry index the sweep reads
 ``{P}:users``                   ZSET   uid -> latest expiry ms; "who is online"
-``{P}:conn:<cid>``              HASH   uid, username, channel, exp
+``{P}:conn:<cid>``              HASH   uid, username, channel, exp, at (connected ms)
 ``{P}:conn:<cid>:rooms``        SET    rooms the connection joined
 ``{P}:user:<uid>``              HASH   username, status
 ``{P}:user:<uid>:conns``        ZSET   cid -> expiry ms
@@ -25,6 +25,7 @@ key                             type   content
 ``{P}:flush:hbmark``            STR    expiry score below which last_heartbeat_at is known
 ``{P}:handlers:disabled``       SET    message types an operator disabled (from the DB)
 ``{P}:handlers:version``        STR    counter bumped on every change of that set
+``{P}:events``                  STREAM the presence event log (presence/eventlog.py)
 ==============================  =====  ==================================================
 
 Scores, not key TTLs, decide who is online: a member counts while its score is in the
@@ -205,12 +206,26 @@ def handler_error_field(msg_type: str, code: str) -> str:
 
 
 # --------------------------------------------------------------------------- scripts
+INCLUDE = "--!include "
+
+
+def _inline_includes(source: str) -> str:
+    """Replace each ``--!include NAME`` line with ``lua/lib/NAME.lua`` (shared Lua code)."""
+    lines = []
+    for line in source.splitlines(keepends=True):
+        if line.startswith(INCLUDE):
+            lines.append((LUA_DIR / "lib" / f"{line[len(INCLUDE) :].strip()}.lua").read_text())
+        else:
+            lines.append(line)
+    return "".join(lines)
+
+
 class LuaScript:
     """A Lua file run by EVALSHA; loaded (SCRIPT LOAD) only when the server does not know it."""
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self.source = (LUA_DIR / f"{name}.lua").read_text()
+        self.source = _inline_includes((LUA_DIR / f"{name}.lua").read_text())
         # Redis names a script by the SHA1 of its source, so the digest is known up front.
         self.sha = hashlib.sha1(self.source.encode(), usedforsecurity=False).hexdigest()
 
@@ -300,6 +315,7 @@ class EndResult:
 class ConnectResult:
     joined: bool
     status: str
+    open_id: str = ""  # the event log id of the connection's `open` entry
 
 
 def _ttl_ms() -> int:
@@ -310,24 +326,36 @@ def _grace_ms() -> int:
     return int(app_settings.KEY_GRACE * 1000)
 
 
+def _log_maxlen() -> int:
+    return app_settings.EVENT_LOG_MAXLEN
+
+
 # --------------------------------------------------------------------------- connect
-def _plan_connect(
-    cid: str, uid: int, username: str, channel: str, now: int
-) -> tuple[list[str], list[Any]]:
-    k = keys()
-    return (
-        [k.conns, k.users, k.stats, k.conn(cid), k.conn_rooms(cid), k.user(uid), k.user_conns(uid)],
-        [now, _ttl_ms(), _grace_ms(), cid, uid, username, channel],
-    )
-
-
 async def connect(
-    client: aredis.Redis, *, cid: str, uid: int, username: str, channel: str, now: int | None = None
+    client: aredis.Redis,
+    *,
+    cid: str,
+    uid: int,
+    username: str,
+    channel: str,
+    ip: str | None = None,
+    user_agent: str = "",
+    now: int | None = None,
 ) -> ConnectResult:
-    """Register a connection; ``joined`` is True for the user's first live connection."""
-    ks, args = _plan_connect(cid, uid, username, channel, now or now_ms())
-    joined, status = await script("connect").arun(client, ks, args)
-    return ConnectResult(joined=int(joined) == 1, status=str(status))
+    """Register a connection and log it (``open``, and ``join`` for the user's first).
+
+    WARNING: the whole connect path in Redis: one EVALSHA. ``ip`` and ``user_agent`` ride in
+    the log entry the connection-session row is written from (presence/sessionlog.py).
+    """
+    k = keys()
+    ks = [
+        *(k.conns, k.users, k.stats, k.conn(cid), k.conn_rooms(cid)),
+        *(k.user(uid), k.user_conns(uid), k.events),
+    ]
+    args = [now or now_ms(), _ttl_ms(), _grace_ms(), cid, uid, username, channel]
+    args += [_log_maxlen(), ip or "", user_agent[:512]]
+    joined, status, open_id = await script("connect").arun(client, ks, args)
+    return ConnectResult(joined=int(joined) == 1, status=str(status), open_id=str(open_id))
 
 
 # --------------------------------------------------------------------------- heartbeat
@@ -369,10 +397,12 @@ async def add_counters(client: aredis.Redis, counters: Mapping[str, int]) -> Non
 
 
 # --------------------------------------------------------------------------- end
-def _plan_end(conns: Sequence[ConnRef], mode: str, now: int) -> tuple[list[str], list[Any]]:
+def _plan_end(
+    conns: Sequence[ConnRef], mode: str, reason: str, now: int
+) -> tuple[list[str], list[Any]]:
     k = keys()
-    ks = k.fixed()
-    args: list[Any] = [now, mode, len(conns)]
+    ks = [*k.fixed(), k.events]
+    args: list[Any] = [now, mode, reason, _ttl_ms(), _log_maxlen(), len(conns)]
     for c in conns:
         ks += k.conn_group(c.cid, c.uid, c.rooms)
         args += [c.cid, c.uid, len(c.rooms), *c.rooms]
@@ -392,10 +422,14 @@ def _parse_end(raw: list[list[Any]]) -> list[EndResult]:
 
 
 async def end_connections(
-    client: aredis.Redis, conns: Sequence[ConnRef], *, now: int | None = None
+    client: aredis.Redis,
+    conns: Sequence[ConnRef],
+    *,
+    reason: str = "closed",
+    now: int | None = None,
 ) -> list[EndResult]:
-    """Remove connections whose socket closed; say which leaves to emit."""
-    ks, args = _plan_end(conns, "closed", now or now_ms())
+    """Remove connections whose socket closed; log their leaves and ``close`` (``reason``)."""
+    ks, args = _plan_end(conns, "closed", reason, now or now_ms())
     return _parse_end(await script("end").arun(client, ks, args))
 
 
@@ -403,30 +437,42 @@ def end_swept_connections(
     client: redis.Redis, conns: Sequence[ConnRef], *, now: int | None = None
 ) -> list[EndResult]:
     """Remove connections a sweep claimed, unless they heartbeated since the claim."""
-    ks, args = _plan_end(conns, "swept", now or now_ms())
+    ks, args = _plan_end(conns, "swept", "timeout", now or now_ms())
     return _parse_end(script("end").run(client, ks, args))
 
 
 # --------------------------------------------------------------------------- rooms, status
-async def room_join(client: aredis.Redis, conn: ConnRef, room: str) -> int:
-    """Add the connection to ``room``: 1 user joined, 0 already there, -1 connection gone."""
+def _plan_room_join(conn: ConnRef, room: str, now: int) -> tuple[list[str], list[Any]]:
     k = keys()
-    return int(
-        await script("room_join").arun(
-            client,
-            [k.conn(conn.cid), k.conn_rooms(conn.cid), k.room(room), k.room_user(room, conn.uid)],
-            [now_ms(), _grace_ms(), conn.cid, conn.uid, room],
-        )
+    return (
+        [k.conn(conn.cid), k.conn_rooms(conn.cid), k.room(room), k.room_user(room, conn.uid)]
+        + [k.user(conn.uid), k.events],
+        [now, _grace_ms(), conn.cid, conn.uid, room, _log_maxlen()],
     )
 
 
+async def room_join(
+    client: aredis.Redis, conn: ConnRef, room: str, *, now: int | None = None
+) -> int:
+    """Add the connection to ``room``: 1 user joined (logged), 0 already there, -1 gone."""
+    ks, args = _plan_room_join(conn, room, now or now_ms())
+    return int(await script("room_join").arun(client, ks, args))
+
+
+def room_join_sync(client: redis.Redis, conn: ConnRef, room: str, *, now: int | None = None) -> int:
+    """Sync twin of :func:`room_join` (tests and tasks)."""
+    ks, args = _plan_room_join(conn, room, now or now_ms())
+    return int(script("room_join").run(client, ks, args))
+
+
 async def room_leave(client: aredis.Redis, conn: ConnRef, room: str) -> bool:
-    """Take the connection out of ``room``; True when the user left it altogether."""
+    """Take the connection out of ``room``; True when the user left it altogether (logged)."""
     k = keys()
     left = await script("room_leave").arun(
         client,
-        [k.conn_rooms(conn.cid), k.room(room), k.room_user(room, conn.uid)],
-        [conn.cid, conn.uid, room],
+        [k.conn_rooms(conn.cid), k.room(room), k.room_user(room, conn.uid), k.user(conn.uid)]
+        + [k.events],
+        [conn.cid, conn.uid, room, now_ms(), _log_maxlen()],
     )
     return int(left) == 1
 
@@ -436,23 +482,39 @@ async def get_status(client: aredis.Redis, uid: int) -> str:
     return str(await client.hget(keys().user(uid), "status") or "online")  # type: ignore[misc]
 
 
-async def set_status(client: aredis.Redis, uid: int, status: str) -> set[str]:
-    """Store the user's status (one per user, shared by all their connections).
+async def set_status(
+    client: aredis.Redis, uid: int, username: str, status: str, rooms: Iterable[str] = ()
+) -> set[str]:
+    """Store the user's status (one per user, shared by all their connections) and log it.
 
-    Returns the rooms of all the user's live connections, which are told of the change;
-    two round trips (the second one only when the user is in rooms).
+    The ``status`` events go to the global scope and to every room of any of the user's
+    live connections (``rooms``: the caller's own, known without asking). Returns those
+    rooms; two round trips (reading the other connections' rooms, then status.lua).
     """
     k = keys()
-    pipe = client.pipeline(transaction=False)
-    pipe.hset(k.user(uid), "status", status)
-    pipe.zrangebyscore(k.user_conns(uid), f"({now_ms()}", "+inf")
-    _, cids = await pipe.execute()
-    if not cids:
-        return set()
-    pipe = client.pipeline(transaction=False)
-    for cid in cids:
-        pipe.smembers(k.conn_rooms(cid))
-    return set().union(*await pipe.execute())
+    cids = await client.zrangebyscore(k.user_conns(uid), f"({now_ms()}", "+inf")
+    all_rooms = set(rooms)
+    if cids:
+        pipe = client.pipeline(transaction=False)
+        for cid in cids:
+            pipe.smembers(k.conn_rooms(cid))
+        all_rooms = all_rooms.union(*await pipe.execute())
+    ordered = sorted(all_rooms)
+    await script("status").arun(
+        client,
+        [k.user(uid), k.events],
+        [now_ms(), _log_maxlen(), uid, username, status, len(ordered), *ordered],
+    )
+    return all_rooms
+
+
+async def publish(client: aredis.Redis, room: str, frame_text: str) -> str:
+    """Log an application frame for every connection in ``room``; returns the entry id."""
+    return str(
+        await script("publish").arun(
+            client, [keys().events], [now_ms(), _log_maxlen(), room, frame_text]
+        )
+    )
 
 
 # --------------------------------------------------------------------------- reads

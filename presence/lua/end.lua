@@ -1,36 +1,47 @@
 --[[
-end.lua -- remove a batch of connections from presence (graceful close or expiry sweep).
+end.lua -- remove a batch of connections from presence (graceful close or expiry sweep),
+and log what that changed.
 
 KEYS[1]  {P}:conns            ZSET  cid -> expiry ms
 KEYS[2]  {P}:users            ZSET  uid -> latest expiry ms
 KEYS[3]  {P}:stats            HASH  live counters
 KEYS[4]  {P}:sweeping         ZSET  cid -> claim deadline ms
 KEYS[5]  {P}:sweeping:exp     HASH  cid -> expiry ms at claim time
+KEYS[6]  {P}:events           STREAM the event log (lib/eventlog.lua)
 then, for each connection, 4 + 2 * nrooms keys laid out as in heartbeat.lua.
 
 ARGV[1] now (ms)
 ARGV[2] mode: 'closed' (the socket closed: always end) or 'swept' (end only while the
         connection is still claimed by a sweep and has not heartbeated since)
-ARGV[3] nconns, then per connection: cid, uid, nrooms, room names (nrooms of them)
+ARGV[3] end reason logged with `close` (closed, kicked, server_shutdown, error; the sweep
+        passes timeout)
+ARGV[4] ttl (ms)   ARGV[5] event log max length
+ARGV[6] nconns, then per connection: cid, uid, nrooms, room names (nrooms of them)
 
 Returns one entry per connection:
   {cid, state, global_left, room_left_1, ...}
   state 1: ended now; global_left is 1 when it was the user's last live connection,
-           followed by the rooms the user has no connection in any more (leave events).
-  state 0: already ended by someone else (no events; the caller may still finish its
+           followed by the rooms the user has no connection in any more.
+  state 0: already ended by someone else (nothing logged; the caller may still finish its
            bookkeeping, e.g. the sweep still ends the database row).
   state -1: not ended, the connection heartbeated after the sweep claimed it.
 
+Logged for each connection ended now, in this order: `leave` (r room, u, n, s 'offline',
+why) for each room the user left, a global `leave` (r '') when it was the user's last
+connection, then `close` (c, u, why, at = end time ms, hb = last heartbeat ms). A swept
+connection ends at its expiry (last heartbeat + TTL), a closed one now.
+
 Exactly one caller sees state 1 for a connection: this script deletes the connection hash,
-and that deletion is the ownership token between a closing socket and a sweep.
-Leave events are computed with ZREM's return value, so they are emitted at most once even
-when several lapsed connections of one user are ended one after another.
+and that deletion is the ownership token between a closing socket and a sweep. So every
+leave and close is logged exactly once, however many sweeps and sockets race.
 ]]
+--!include eventlog
 local now = tonumber(ARGV[1])
-local mode = ARGV[2]
-local nconns = tonumber(ARGV[3])
-local a = 4
-local k = 6
+local mode, reason, ttl = ARGV[2], ARGV[3], tonumber(ARGV[4])
+local nconns = tonumber(ARGV[6])
+log_open(KEYS[6], ARGV[5], now)
+local a = 7
+local k = 7
 local out = {}
 local ended = 0
 for i = 1, nconns do
@@ -44,11 +55,20 @@ for i = 1, nconns do
       state = -1
     end
   end
-  if state == 1 and redis.call('EXISTS', conn) == 0 then
-    state = 0
+  local info = nil
+  if state == 1 then
+    info = redis.call('HMGET', conn, 'username', 'exp')
+    if not info[2] then  -- no hash: ended by someone else (or its keys expired)
+      state = 0
+    end
   end
   local entry = {cid, state, 0}
   if state == 1 then
+    local username, exp = info[1] or '', tonumber(info[2] or now)
+    local at = now
+    if mode == 'swept' then
+      at = tonumber(redis.call('HGET', KEYS[5], cid) or exp)
+    end
     redis.call('DEL', conn, rooms)
     redis.call('ZREM', KEYS[1], cid)
     redis.call('ZREM', uconns, cid)
@@ -60,17 +80,21 @@ for i = 1, nconns do
       redis.call('SREM', uroom, cid)
       if redis.call('SCARD', uroom) == 0 and redis.call('ZREM', room, uid) == 1 then
         entry[#entry + 1] = ARGV[a + 3 + r]
+        log_event('leave', 'r', ARGV[a + 3 + r], 'u', uid, 'n', username, 's', 'offline',
+          'why', reason)
       end
     end
     if redis.call('ZCOUNT', uconns, '(' .. now, '+inf') == 0 then
       if redis.call('ZREM', KEYS[2], uid) == 1 then
         entry[3] = 1
+        log_event('leave', 'r', '', 'u', uid, 'n', username, 's', 'offline', 'why', reason)
       end
     else
       -- The user stays online: lower their index score to their newest remaining connection.
       local newest = redis.call('ZRANGE', uconns, -1, -1, 'WITHSCORES')
       redis.call('ZADD', KEYS[2], newest[2], uid)
     end
+    log_event('close', 'c', cid, 'u', uid, 'why', reason, 'at', at, 'hb', exp - ttl)
     ended = ended + 1
   end
   out[i] = entry
