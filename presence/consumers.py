@@ -1,32 +1,41 @@
 """The WebSocket consumer: authenticate, parse frames, dispatch through the registry, reply.
 
-Protocol v1 is specified in docs/protocol.md. The consumer decodes frames itself (Channels'
-JSON consumer raises on bad JSON, which would drop the connection) and never lets an
-exception or traceback reach the client.
+Protocols v1 and v2 are specified in docs/protocol.md; a client that asks for the
+``presence.v2`` subprotocol gets v2. The consumer decodes frames itself (Channels' JSON
+consumer raises on bad JSON, which would drop the connection) and never lets an exception
+or traceback reach the client.
+
+Presence events do not come through the channel layer: this process's event log reader
+(presence/eventlog.py) finds the socket in its local index and calls :meth:`deliver`. The
+channel layer still carries the messages addressed to this one connection (kick, expiry).
+
+WARNING: the connect path is one Redis round trip (connect.lua) and no SQL; the session
+row is written behind from the event log (presence/sessionlog.py).
 """
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import json
 import logging
 import time
 import uuid
+from collections import deque
+from collections.abc import Sequence
 from typing import Any
 
 from channels.consumer import get_handler_name
-from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
-from django.utils import timezone
 from redis.exceptions import RedisError
 
-from sessions_app.actions import do_end_session, do_start_session
 from sessions_app.models import EndReason
 
 from . import actions, store
 from .app_settings import app_settings
 from .batching import get_writer
-from .groups import GLOBAL_GROUP, room_group
+from .diffs import Event, Pos
+from .eventlog import EventLogReader, ensure_reader
 from .handlers import FrameError, HandlerContext, registry
 from .handlers.lifecycle import ensure_control_watcher
 from .handlers.registry import NO_REPLY
@@ -43,6 +52,8 @@ CLOSE_FLOODING = 4429
 CLOSE_TOO_BIG = 1009
 CLOSE_SERVICE_RESTART = 1012
 CLOSE_TRY_AGAIN = 1013
+
+SUBPROTOCOL_V2 = "presence.v2"
 
 
 def _client_ip(scope: dict[str, Any]) -> str | None:
@@ -74,15 +85,29 @@ class PresenceConsumer(AsyncWebsocketConsumer):
     user_id: int
     username: str
     session_id: str
+    reader: EventLogReader | None = None
     # True once the server closed the socket: ASGI allows no send after websocket.close
     # (uvicorn raises), so later frames and events are ignored instead of crashing the
     # consumer before its disconnect() cleanup runs.
     closing = False
+    registered = False
+    # 1 or 2 (docs/protocol.md); the fan-out reads it for every event.
+    protocol = 1
+    # Frames from the event log wait here until sent, in order (see deliver()). Created on
+    # demand and dropped when empty: most sockets hold none most of the time.
+    _outbox: deque[str] | None = None
+    _pump: asyncio.Task[None] | None = None
+    _ready = False  # hello was sent: queued frames may go out
+    # A client frame is being handled: events wait for its reply, so a client always sees
+    # the answer to its request before the events it caused (its own room join, say).
+    _handling = False
 
     async def connect(self) -> None:
-        self.registered = False
         self.rooms: set[str] = set()
         self.end_reason = EndReason.CLOSED
+        # protocol v2: scope -> log position the client is at / diffs held during a snapshot
+        self.positions: dict[str, Pos] = {}
+        self.pending: dict[str, list[tuple[str, Sequence[Event]]]] = {}
         user = self.scope.get("user")
         if user is None or not user.is_authenticated:
             await self.accept()
@@ -92,9 +117,8 @@ class PresenceConsumer(AsyncWebsocketConsumer):
             await self.accept()
             await self.close_with(CLOSE_FORBIDDEN, "forbidden", "this account is disabled")
             return
-        # Operators' enable/disable reaches this event loop through a poller started here;
-        # only the first connection of a loop waits (one Redis round trip).
-        await ensure_control_watcher()
+        if SUBPROTOCOL_V2 in (self.scope.get("subprotocols") or ()):
+            self.protocol = 2
         self.user_id = int(user.pk)
         self.username = user.get_username()
         self.session_id = str(uuid.uuid4())
@@ -104,40 +128,45 @@ class PresenceConsumer(AsyncWebsocketConsumer):
             app_settings.FLOOD_DROPS,
             app_settings.FLOOD_WINDOW,
         )
-        await database_sync_to_async(do_start_session)(
-            session_id=uuid.UUID(self.session_id),
-            user_id=self.user_id,
-            channel_name=self.channel_name,
-            ip=_client_ip(self.scope),
-            user_agent=_header(self.scope, b"user-agent"),
-        )
-        await self.accept()
+        await self.accept(subprotocol=SUBPROTOCOL_V2 if self.protocol == 2 else None)
         try:
-            if app_settings.GLOBAL_EVENTS:
-                await self.channel_layer.group_add(GLOBAL_GROUP, self.channel_name)
+            # Operators' enable/disable and the event log reach this event loop through a
+            # poller and a reader started here; only a loop's first connection waits for them.
+            await ensure_control_watcher()
+            self.reader = await ensure_reader()
+            # In the index before the change is logged, so this socket gets its own join;
+            # nothing is sent to it before hello (deliver() holds frames until _ready).
+            self.reader.register(self)
             await actions.do_connect_user(
                 cid=self.session_id,
                 uid=self.user_id,
                 username=self.username,
                 channel=self.channel_name,
+                ip=_client_ip(self.scope),
+                user_agent=_header(self.scope, b"user-agent"),
             )
         except RedisError:
             # Without the store nobody could see this connection: say so and let the client
-            # retry later, rather than keep a socket that is online for no one.
+            # retry later, rather than keep a socket that is online for no one. Nothing was
+            # logged, so no session row is written for it.
             logger.exception("presence store unreachable; refusing connection %s", self.session_id)
-            await database_sync_to_async(do_end_session)(self.session_id, reason=EndReason.ERROR)
+            self._forget()
             await self.close_with(CLOSE_TRY_AGAIN, "unavailable", "presence is unavailable")
             return
         self.registered = True
-        await self.send_frame(
-            {
-                "type": "hello",
-                "session_id": self.session_id,
-                "user": {"id": self.user_id, "username": self.username},
-                "heartbeat_interval": app_settings.HEARTBEAT_INTERVAL,
-                "presence_ttl": app_settings.TTL,
-            }
-        )
+        hello: dict[str, Any] = {
+            "type": "hello",
+            "session_id": self.session_id,
+            "user": {"id": self.user_id, "username": self.username},
+            "heartbeat_interval": app_settings.HEARTBEAT_INTERVAL,
+            "presence_ttl": app_settings.TTL,
+        }
+        if self.protocol == 2:
+            hello["protocol"] = 2
+        await self.send_frame(hello)
+        self._ready = True
+        if self._outbox:
+            self._start_pump()
 
     @property
     def conn_ref(self) -> store.ConnRef:
@@ -182,6 +211,15 @@ class PresenceConsumer(AsyncWebsocketConsumer):
 
     async def handle_frame(self, text_data: str | None, bytes_data: bytes | None) -> None:
         """Decode one frame, dispatch it and answer; every failure becomes an error frame."""
+        self._handling = True
+        try:
+            await self._handle_frame(text_data, bytes_data)
+        finally:
+            self._handling = False
+            if self._outbox and self._pump is None and self._ready:
+                self._start_pump()
+
+    async def _handle_frame(self, text_data: str | None, bytes_data: bytes | None) -> None:
         frame_id: str | int | None = None
         msg_type = ""
         writer = get_writer()
@@ -230,6 +268,74 @@ class PresenceConsumer(AsyncWebsocketConsumer):
             reply["data"] = result
         await self.send_frame(reply)
 
+    # ----------------------------------------------------------------- fan-out
+    def deliver(self, text: str) -> None:
+        """Queue a frame from the event log; it is sent in order, after hello.
+
+        Never blocks the reader: a send waits while the client is not reading (the server's
+        write buffer is full), so each socket drains its own queue in a task started on
+        demand. A socket that lets PRESENCE_OUTBOX_MAX frames pile up is closed with 1013
+        rather than growing without bound.
+        """
+        if self.closing:
+            return
+        box = self._outbox
+        if box is None:
+            box = self._outbox = deque()
+        if len(box) >= app_settings.OUTBOX_MAX:
+            self._overflow()
+            return
+        box.append(text)
+        if self._ready and self._pump is None and not self._handling:
+            self._start_pump()
+
+    def _start_pump(self) -> None:
+        self._pump = asyncio.get_running_loop().create_task(self._drain_outbox())
+
+    async def _drain_outbox(self) -> None:
+        try:
+            box = self._outbox
+            while box and not self.closing:
+                text = box.popleft()
+                try:
+                    await self.send(text_data=text)
+                except OSError:
+                    self.closing = True  # the client went away; its disconnect follows
+        finally:
+            self._pump = None
+            if not self._outbox:
+                self._outbox = None
+
+    def _overflow(self) -> None:
+        logger.warning(
+            "session %s: %d frames unread, closing with 1013",
+            self.session_id,
+            app_settings.OUTBOX_MAX,
+        )
+        self._outbox = None
+        self.positions.clear()
+        self.end_reason = EndReason.ERROR
+        # The close itself waits until the socket drains or drops (ASGI sends are ordered).
+        asyncio.get_running_loop().create_task(self.close(code=CLOSE_TRY_AGAIN))
+
+    def join_scope(self, room: str) -> None:
+        """Receive the events of ``room`` (local index only; the caller logs the join)."""
+        if self.reader is not None:
+            self.reader.index(self).join(self, room)
+
+    def leave_scope(self, room: str) -> None:
+        """Stop receiving the events of ``room``."""
+        if self.reader is not None:
+            self.reader.index(self).leave(self, room)
+        self.positions.pop(room, None)
+        self.pending.pop(room, None)
+
+    def _forget(self) -> None:
+        """Out of the local index, queued frames dropped."""
+        if self.reader is not None:
+            self.reader.unregister(self)
+        self._outbox = None
+
     # ----------------------------------------------------------------- frames out
     async def send_frame(self, frame: dict[str, Any]) -> None:
         """Serialize and send one frame (nothing once the socket is closing)."""
@@ -267,10 +373,6 @@ class PresenceConsumer(AsyncWebsocketConsumer):
             pass  # the client closed first (see send_frame); its disconnect follows
 
     # ----------------------------------------------------------------- channel-layer events
-    async def presence_frame(self, event: dict[str, Any]) -> None:
-        """A frame broadcast to a group this connection is in."""
-        await self.send_frame(event["frame"])
-
     async def session_kick(self, event: dict[str, Any]) -> None:
         """An operator ended this session from the admin."""
         self.end_reason = EndReason.KICKED
@@ -285,32 +387,18 @@ class PresenceConsumer(AsyncWebsocketConsumer):
         self.end_reason = EndReason.TIMEOUT
         await self.close_with(CLOSE_EXPIRED, "presence_expired", "presence expired; reconnect")
 
-    # ----------------------------------------------------------------- rooms
-    async def join_room_group(self, room: str) -> None:
-        await self.channel_layer.group_add(room_group(room), self.channel_name)
-
-    async def leave_room_group(self, room: str) -> None:
-        await self.channel_layer.group_discard(room_group(room), self.channel_name)
-
     # ----------------------------------------------------------------- end
     async def disconnect(self, code: int) -> None:
-        if not getattr(self, "registered", False):
+        self._forget()
+        if not self.registered:
             return
         self.registered = False
         if code == CLOSE_SERVICE_RESTART and self.end_reason == EndReason.CLOSED:
             self.end_reason = EndReason.SERVER_SHUTDOWN
-        conn = self.conn_ref
         try:
-            for room in conn.rooms:
-                await self.leave_room_group(room)
-            if app_settings.GLOBAL_EVENTS:
-                await self.channel_layer.group_discard(GLOBAL_GROUP, self.channel_name)
-            await actions.do_disconnect_user(conn, username=self.username)
+            # Logs the leaves and the `close` the session row is ended from; a no-op when
+            # the sweep ended the connection first (exactly one of them ends it).
+            await actions.do_disconnect_user(self.conn_ref, reason=self.end_reason.value)
         except RedisError as exc:
-            # Redis down: group memberships expire on their own and the sweep ends the
-            # connection once its TTL lapses; the session row is still ended below.
+            # Redis down: the sweep ends the connection, and its row, once its TTL lapses.
             logger.warning("could not remove connection %s from presence: %s", self.session_id, exc)
-        # A no-op when the sweep ended the row first (the first ending wins).
-        await database_sync_to_async(do_end_session)(
-            self.session_id, reason=self.end_reason, ended_at=timezone.now()
-        )

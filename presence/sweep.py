@@ -12,9 +12,10 @@ once. The sweep then does what a graceful close would have done. Each batch:
    the claim (heartbeat.lua drops the claim; such a connection stays online).
 3. One UPDATE ends their ``ConnectionSession`` rows: reason ``timeout``, ``ended_at`` = the
    expiry (last heartbeat + TTL), ``last_heartbeat_at`` = expiry - TTL.
-4. Leaves go out for users whose last connection (globally or in a room) it was, and each
-   swept socket's channel gets ``presence.expire`` so a socket that is in fact still open,
-   on whatever server process, closes with 4408.
+4. Each swept socket's channel gets ``presence.expire`` so a socket that is in fact still
+   open, on whatever server process, closes with 4408. The leaves (for users whose last
+   connection, globally or in a room, it was) and the ``close`` entries were logged by
+   end.lua in step 2, atomically with the removal: a sweep killed at any point loses none.
 5. ``sweep_ack.lua`` releases the claims.
 
 A crash anywhere before 5 leaves claims that expire and are taken again by a later run;
@@ -134,11 +135,9 @@ def sweep_batch(client: redis.Redis, batch: store.ClaimBatch, report: SweepRepor
             "sweep: database unavailable, %d claims kept for retry: %s", len(claims), exc
         )
 
-    # Events go out even without the database: Redis decided these users are offline.
-    users = {c.cid: (c.uid, c.username) for c in known if c.uid is not None}
-    report.expire_sent += async_to_sync(actions.do_notify_swept)(
-        results, users, list(channels.values())
-    )
+    # end.lua logged the leaves with the state change; the sockets are told even without
+    # the database: Redis decided these connections are gone.
+    report.expire_sent += async_to_sync(actions.do_notify_swept)(list(channels.values()))
     if db_ok:
         store.ack_swept(client, batch.deadline, [c.cid for c in claims])
     return db_ok

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from channels.layers import get_channel_layer
-
-from ..groups import room_group
+from .. import actions
 
 if TYPE_CHECKING:
     from ..consumers import PresenceConsumer
@@ -53,8 +51,14 @@ class HandlerContext:
         """Send a frame to this connection only."""
         await self._consumer.send_frame(frame)
 
+    async def reply(self, data: Any, reply_type: str = "reply") -> None:
+        """Answer the message now (the handler then returns ``NO_REPLY``)."""
+        await self._consumer.send_frame({"type": reply_type, "id": self.frame_id, "data": data})
+
     async def broadcast(self, room: str, frame: dict[str, Any]) -> None:
-        """Send ``frame`` to every connection in ``room`` (this one included, if it is in it)."""
-        layer = get_channel_layer()
-        assert layer is not None, "CHANNEL_LAYERS is not configured"
-        await layer.group_send(room_group(room), {"type": "presence.frame", "frame": frame})
+        """Send ``frame`` to every connection in ``room`` (this one included, if it is in it).
+
+        One log entry, whatever the room's size: each web process's log reader sends it to
+        its own sockets in the room.
+        """
+        await actions.do_broadcast(room, frame)

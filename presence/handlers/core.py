@@ -8,10 +8,14 @@ from pydantic import BaseModel, Field
 
 from .. import actions, store
 from ..app_settings import app_settings
+from ..diffs import finish_sync, start_sync
+from ..fanout import GLOBAL
 from .context import HandlerContext
 from .registry import NO_REPLY, FrameError, registry
 
 ROOM_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$"
+# ZSCAN cursors are unsigned 64-bit integers, sent as decimal text.
+CURSOR_PATTERN = r"^[0-9]{1,20}$"
 
 
 class RoomPayload(BaseModel):
@@ -19,6 +23,13 @@ class RoomPayload(BaseModel):
 
 
 class ListPayload(BaseModel):
+    room: str | None = Field(default=None, pattern=ROOM_PATTERN)
+    # Paging (any protocol): "0" starts, the reply's "cursor" continues, null = done.
+    cursor: str | None = Field(default=None, pattern=CURSOR_PATTERN)
+    limit: int | None = Field(default=None, ge=1)
+
+
+class SyncPayload(BaseModel):
     room: str | None = Field(default=None, pattern=ROOM_PATTERN)
 
 
@@ -28,6 +39,34 @@ class StatusPayload(BaseModel):
 
 def _listing(count: int, users: list[Any]) -> dict[str, Any]:
     return {"count": count, "users": users}
+
+
+async def reply_snapshot(ctx: HandlerContext, room: str | None) -> Any:
+    """Answer with the scope's members and the log position they are at (protocol v2).
+
+    The scope's diffs are held back from the moment the snapshot is asked for until the
+    reply is out, then released from that position on (presence/diffs.py): the client
+    sees every later change once and none twice, in order after the snapshot.
+    """
+    consumer, scope = ctx.consumer, room or GLOBAL
+    start_sync(consumer, scope)
+    seq = None
+    try:
+        (snap,) = await store.snapshots(
+            store.get_async_redis(), [room], limit=app_settings.SYNC_LIMIT
+        )
+        await ctx.reply(
+            {
+                "count": snap.count,
+                "users": snap.users,
+                "seq": snap.seq,
+                "complete": snap.complete,
+            }
+        )
+        seq = snap.seq
+    finally:
+        finish_sync(consumer, scope, seq)
+    return NO_REPLY
 
 
 @registry.handler("heartbeat", core=True, version="1", reply_type="heartbeat.ack")
@@ -59,15 +98,19 @@ async def room_join(ctx: HandlerContext, data: RoomPayload) -> dict[str, Any]:
                 f"a connection may be in at most {app_settings.MAX_ROOMS_PER_CONNECTION} rooms",
             )
         # Subscribe before announcing, so this connection sees events from now on.
-        await consumer.join_room_group(data.room)
-        joined = await actions.do_join_room(
-            consumer.conn_ref, data.room, username=consumer.username
-        )
+        consumer.join_scope(data.room)
+        try:
+            joined = await actions.do_join_room(consumer.conn_ref, data.room)
+        except BaseException:
+            consumer.leave_scope(data.room)
+            raise
         if joined == -1:
-            await consumer.leave_room_group(data.room)
+            consumer.leave_scope(data.room)
             await consumer.expire()
             return NO_REPLY
         consumer.rooms.add(data.room)
+    if consumer.protocol == 2:
+        return await reply_snapshot(ctx, data.room)
     return _listing(*await store.alist_online(store.get_async_redis(), data.room))
 
 
@@ -78,12 +121,23 @@ async def room_leave(ctx: HandlerContext, data: RoomPayload) -> dict[str, Any]:
     if data.room in consumer.rooms:
         conn = consumer.conn_ref
         consumer.rooms.discard(data.room)
-        await consumer.leave_room_group(data.room)
-        await actions.do_leave_room(conn, data.room, username=consumer.username)
+        consumer.leave_scope(data.room)
+        await actions.do_leave_room(conn, data.room)
     return {"room": data.room}
 
 
-@registry.handler("presence.list", core=True, version="1", payload=ListPayload)
+@registry.handler("presence.list", core=True, version="2", payload=ListPayload)
 async def presence_list(ctx: HandlerContext, data: ListPayload) -> dict[str, Any]:
-    """Who is online: everyone, or the members of ``data.room``."""
-    return _listing(*await store.alist_online(store.get_async_redis(), data.room))
+    """Who is online: everyone, or the members of ``data.room``; pages with ``cursor``."""
+    client = store.get_async_redis()
+    limit = min(data.limit or app_settings.LIST_LIMIT, app_settings.LIST_LIMIT)
+    if data.cursor is None:
+        return _listing(*await store.alist_online(client, data.room, limit=limit))
+    count, users, cursor = await store.alist_page(client, data.room, int(data.cursor), limit)
+    return {**_listing(count, users), "cursor": str(cursor) if cursor else None}
+
+
+@registry.handler("presence.sync", core=True, version="1", payload=SyncPayload)
+async def presence_sync(ctx: HandlerContext, data: SyncPayload) -> Any:
+    """A scope's members and the log position to apply later diffs from (protocol v2)."""
+    return await reply_snapshot(ctx, data.room)
