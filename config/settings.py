@@ -116,6 +116,9 @@ STATS_FLUSH_INTERVAL = env.float("STATS_FLUSH_INTERVAL", default=10.0)
 # Sweep tuning (presence/app_settings.py documents each; docs/operations.md when to change).
 PRESENCE_SWEEP_BATCH_SIZE = env.int("PRESENCE_SWEEP_BATCH_SIZE", default=500)
 PRESENCE_SWEEP_CLAIM_TIMEOUT = env.float("PRESENCE_SWEEP_CLAIM_TIMEOUT", default=30.0)
+# Session rows written behind from the event log (presence/sessionlog.py, docs/operations.md).
+PRESENCE_SESSION_LOG_INTERVAL = env.float("PRESENCE_SESSION_LOG_INTERVAL", default=2.0)
+PRESENCE_SESSION_LOG_CLAIM_IDLE = env.float("PRESENCE_SESSION_LOG_CLAIM_IDLE", default=10.0)
 CELERY_BEAT_SCHEDULE = {
     "presence-sweep-expired": {
         "task": "presence.sweep_expired",
@@ -132,6 +135,12 @@ CELERY_BEAT_SCHEDULE = {
         "task": "presence.flush_stats",
         "schedule": STATS_FLUSH_INTERVAL,
         "options": {"expires": STATS_FLUSH_INTERVAL},
+    },
+    # The fallback writer of session rows (web processes write them within milliseconds).
+    "presence-write-sessions": {
+        "task": "presence.write_sessions",
+        "schedule": PRESENCE_SESSION_LOG_INTERVAL,
+        "options": {"expires": PRESENCE_SESSION_LOG_INTERVAL},
     },
 }
 

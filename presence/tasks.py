@@ -13,7 +13,7 @@ from typing import Any
 
 from celery import shared_task
 
-from . import flush, reap, sweep
+from . import flush, reap, sessionlog, sweep
 
 # The hard limit stays below PRESENCE_SWEEP_CLAIM_TIMEOUT (30 s by default): a sweep that is
 # still running never has its claims taken over by another one. A run normally stops
@@ -55,3 +55,14 @@ def flush_stats() -> dict[str, Any]:
 def reap_sessions() -> dict[str, Any]:
     """End session rows whose connection presence forgot (e.g. after a Redis data loss)."""
     return reap.reap_sessions().as_dict()
+
+
+@shared_task(
+    name="presence.write_sessions",
+    soft_time_limit=sessionlog.WRITE_SOFT_TIME_LIMIT,
+    time_limit=sessionlog.WRITE_TIME_LIMIT,
+    ignore_result=True,
+)
+def write_sessions() -> dict[str, Any]:
+    """Write connection-session rows from the event log when no web process does (fallback)."""
+    return sessionlog.write_sessions().as_dict()

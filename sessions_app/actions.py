@@ -5,10 +5,12 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
+from django.contrib.auth import get_user_model
 from django.db.models import Case, DateTimeField, F, Value, When
 from django.utils import timezone
 
@@ -35,6 +37,48 @@ def do_start_session(
         user_agent=user_agent[:512],
         connected_at=timezone.now(),
     )
+
+
+@dataclass(frozen=True)
+class SessionStart:
+    """What a new connection's row is made of (see :func:`do_start_sessions`)."""
+
+    session_id: uuid.UUID
+    user_id: int
+    channel_name: str
+    ip: str | None
+    user_agent: str
+    connected_at: dt.datetime
+
+
+def do_start_sessions(starts: Sequence[SessionStart]) -> int:
+    """Record many new connections in one INSERT; returns how many rows were offered.
+
+    Written behind, from a log delivered at least once: a row that exists already is left as
+    it is (``ignore_conflicts``), and connections of users deleted meanwhile are skipped (one
+    query), since their row could not reference the user. A user deleted between that query
+    and the commit fails the transaction; the caller retries and skips them then.
+    """
+    if not starts:
+        return 0
+    user_ids = {s.user_id for s in starts}
+    known = set(
+        get_user_model()._default_manager.filter(pk__in=user_ids).values_list("pk", flat=True)
+    )
+    rows = [
+        ConnectionSession(
+            id=s.session_id,
+            user_id=s.user_id,
+            channel_name=s.channel_name[:255],
+            ip=s.ip,
+            user_agent=s.user_agent[:512],
+            connected_at=s.connected_at,
+        )
+        for s in starts
+        if s.user_id in known
+    ]
+    ConnectionSession.objects.bulk_create(rows, ignore_conflicts=True)
+    return len(rows)
 
 
 def do_end_session(
