@@ -40,6 +40,7 @@ from .handlers import FrameError, HandlerContext, registry
 from .handlers.lifecycle import ensure_control_watcher
 from .handlers.registry import NO_REPLY
 from .ratelimit import FrameLimiter
+from .sessionlog import ensure_session_writer
 
 logger = logging.getLogger(__name__)
 
@@ -130,10 +131,11 @@ class PresenceConsumer(AsyncWebsocketConsumer):
         )
         await self.accept(subprotocol=SUBPROTOCOL_V2 if self.protocol == 2 else None)
         try:
-            # Operators' enable/disable and the event log reach this event loop through a
-            # poller and a reader started here; only a loop's first connection waits for them.
+            # Operators' enable/disable, the event log and the session-row writer run in this
+            # event loop as tasks started here; only a loop's first connection waits for them.
             await ensure_control_watcher()
             self.reader = await ensure_reader()
+            await ensure_session_writer()
             # In the index before the change is logged, so this socket gets its own join;
             # nothing is sent to it before hello (deliver() holds frames until _ready).
             self.reader.register(self)

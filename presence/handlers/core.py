@@ -126,7 +126,7 @@ async def room_leave(ctx: HandlerContext, data: RoomPayload) -> dict[str, Any]:
     return {"room": data.room}
 
 
-@registry.handler("presence.list", core=True, version="2", payload=ListPayload)
+@registry.handler("presence.list", core=True, version="1", payload=ListPayload)
 async def presence_list(ctx: HandlerContext, data: ListPayload) -> dict[str, Any]:
     """Who is online: everyone, or the members of ``data.room``; pages with ``cursor``."""
     client = store.get_async_redis()

@@ -17,7 +17,7 @@ import pytest
 from asgiref.sync import sync_to_async
 
 from presence import store
-from presence.groups import GLOBAL_GROUP, room_group
+from presence.fanout import GLOBAL
 from presence.models import FlushRecord, StatsBucket
 from presence.tasks import flush_stats, sweep_expired
 from sessions_app.models import ConnectionSession, EndReason
@@ -60,7 +60,7 @@ class TestSweepWorker:
         n_tasks = 8
         worker = celery_worker_process(concurrency=4, env={"PRESENCE_SWEEP_BATCH_SIZE": "10"})
         users = [await auser_factory() for _ in range(30)]
-        layer, watcher = await listen(GLOBAL_GROUP, room_group("lobby"))
+        watcher = await listen(GLOBAL, "lobby")
         conns = await seed_connections(users, per_user=4, age=120, rooms=("lobby",))
 
         for _ in range(n_tasks):
@@ -73,7 +73,7 @@ class TestSweepWorker:
         metrics = store.read_task_run(r, "sweep")
         assert int(metrics["ended_total"]) == len(conns)
         expected_leaves = sorted([(u.pk, "") for u in users] + [(u.pk, "lobby") for u in users])
-        assert leaves(await drain(layer, watcher)) == expected_leaves
+        assert leaves(await drain(watcher)) == expected_leaves
         # Every task the worker ran is accounted for: none was skipped silently.
         assert succeeded(worker, "presence.sweep_expired") == n_tasks
 
@@ -84,7 +84,7 @@ class TestSweepWorker:
         worker = celery_worker_process(concurrency=2, env=fast)
         beats = [celery_worker_process(env=fast, beat=True) for _ in range(2)]  # one by mistake
         users = [await auser_factory() for _ in range(10)]
-        layer, watcher = await listen(GLOBAL_GROUP)
+        watcher = await listen(GLOBAL)
         conns = await seed_connections(users, per_user=3, age=120)
 
         await until(lambda: store.read_task_run(r, "sweep").get("ended_total") == str(len(conns)))
@@ -95,7 +95,7 @@ class TestSweepWorker:
 
         assert await ConnectionSession.objects.filter(ended_at__isnull=False).acount() == 30
         assert int(r.hget(store.keys().stats, "disconnects")) == len(conns)
-        assert leaves(await drain(layer, watcher)) == sorted((u.pk, "") for u in users)
+        assert leaves(await drain(watcher)) == sorted((u.pk, "") for u in users)
         executed = succeeded(worker, "presence.sweep_expired")
         assert executed >= 6  # both beats kept sending
         assert task_runs(r, "sweep") == executed  # each run counted, as run or as skipped
@@ -107,7 +107,7 @@ class TestSweepWorker:
             pool="solo", env={**NO_DATABASE, "PRESENCE_SWEEP_CLAIM_TIMEOUT": "1"}
         )
         alice = await auser_factory("alice")
-        layer, watcher = await listen(GLOBAL_GROUP)
+        watcher = await listen(GLOBAL)
         conns = await seed_connections([alice], per_user=2, age=120)
 
         sweep_expired.delay()
@@ -115,7 +115,7 @@ class TestSweepWorker:
 
         # Redis is the truth about presence: alice is gone and everyone was told.
         assert "database" in store.read_task_run(r, "sweep")["last_error"]
-        assert leaves(await drain(layer, watcher)) == [(alice.pk, "")]
+        assert leaves(await drain(watcher)) == [(alice.pk, "")]
         assert store.user_presence(r, alice.pk) == (None, 0)
         assert await ConnectionSession.objects.filter(ended_at__isnull=True).acount() == 2
         assert r.zcard(store.keys().sweeping) == 2  # claims kept for the retry
@@ -130,7 +130,7 @@ class TestSweepWorker:
             row = await ConnectionSession.objects.aget(pk=conn.cid)
             assert row.end_reason == EndReason.TIMEOUT
         assert r.zcard(store.keys().sweeping) == 0
-        assert leaves(await drain(layer, watcher)) == []  # not announced twice
+        assert leaves(await drain(watcher)) == []  # not announced twice
         last = store.read_task_run(r, "sweep")
         assert (last["last_reclaimed"], last["last_sessions_ended"]) == ("2", "2")
 

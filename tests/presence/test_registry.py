@@ -19,7 +19,14 @@ from presence.handlers import HandlerRegistry, registry
 from presence.handlers.lifecycle import compare_versions, latency_quantile, version_key
 from presence.handlers.registry import code_version
 
-BUILTINS = {"heartbeat", "status.set", "room.join", "room.leave", "presence.list"}
+BUILTINS = {
+    "heartbeat",
+    "status.set",
+    "room.join",
+    "room.leave",
+    "presence.list",
+    "presence.sync",
+}
 
 
 class Payload(BaseModel):

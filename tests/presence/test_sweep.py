@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -17,7 +18,7 @@ from channels.layers import get_channel_layer
 
 from presence import queries, store, sweep
 from presence.app_settings import app_settings
-from presence.groups import GLOBAL_GROUP, room_group
+from presence.fanout import GLOBAL
 from sessions_app.models import ConnectionSession, EndReason
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -29,32 +30,32 @@ def claim(r: Any, *, batch: int = 100, timeout_ms: int = 30_000, now: int | None
     return store.claim_expired(r, batch=batch, claim_timeout_ms=timeout_ms, now=now)
 
 
-async def listen(*groups: str) -> tuple[Any, str]:
-    """A channel in ``groups`` that collects what the sweep broadcasts."""
-    layer = get_channel_layer()
-    channel = await layer.new_channel()
-    for group in groups:
-        await layer.group_add(group, channel)
-    return layer, channel
+@dataclass
+class Watch:
+    """What a test watches in the event log: scopes ("" = global) and a position in it."""
+
+    scopes: tuple[str, ...]
+    mark: str
 
 
-async def drain(layer: Any, channel: str, quiet: float = 0.3) -> list[dict[str, Any]]:
-    """Every message waiting on ``channel`` (stops after ``quiet`` seconds without one)."""
-    out = []
-    while True:
-        try:
-            out.append(await asyncio.wait_for(layer.receive(channel), quiet))
-        except TimeoutError:
-            return out
+async def listen(*scopes: str) -> Watch:
+    """Watch ``scopes`` in the event log from now on (what the sweep logs after this)."""
+    return Watch(scopes, await store.log_position(store.get_async_redis()))
 
 
-def leaves(messages: list[dict[str, Any]]) -> list[tuple[int, str]]:
-    """(user id, room) of each leave event; room "" is the global one."""
-    return sorted(
-        (m["frame"]["user"]["id"], m["frame"]["room"] or "")
-        for m in messages
-        if m["type"] == "presence.frame" and m["frame"]["event"] == "leave"
-    )
+async def drain(watch: Watch) -> list[dict[str, str]]:
+    """Every entry logged in the watched scopes since the last drain (or listen)."""
+    client = store.get_async_redis()
+    raw = await client.xrange(store.keys().events, f"({watch.mark}", "+")
+    entries = [fields for _, fields in raw if fields.get("r") in watch.scopes]
+    if raw:
+        watch.mark = raw[-1][0]
+    return entries
+
+
+def leaves(entries: list[dict[str, str]]) -> list[tuple[int, str]]:
+    """(user id, room) of each leave entry; room "" is the global one."""
+    return sorted((int(e["u"]), e["r"]) for e in entries if e["k"] == "leave")
 
 
 async def session(cid: str) -> ConnectionSession:
@@ -171,7 +172,8 @@ class TestSweepRun:
         self, r, auser_factory, seed_connections
     ):
         alice, bob = await auser_factory("alice"), await auser_factory("bob")
-        layer, watcher = await listen(GLOBAL_GROUP, room_group("lobby"))
+        watcher = await listen(GLOBAL, "lobby")
+        layer = get_channel_layer()
         gone = await seed_connections([alice], per_user=2, age=120, rooms=("lobby",))
         stays = await seed_connections([bob], rooms=("lobby",))
         # Give alice's connections channels this test can read, as her sockets would.
@@ -192,7 +194,7 @@ class TestSweepRun:
             assert row.last_heartbeat_at == expiry - dt.timedelta(milliseconds=TTL_MS)
         assert (await session(stays[0].cid)).is_live
         # One leave per place alice was in, though she had two connections there.
-        assert leaves(await drain(layer, watcher)) == [(alice.pk, ""), (alice.pk, "lobby")]
+        assert leaves(await drain(watcher)) == [(alice.pk, ""), (alice.pk, "lobby")]
         for channel in sockets:
             assert await layer.receive(channel) == {"type": "presence.expire"}
         k = store.keys()
@@ -205,7 +207,7 @@ class TestSweepRun:
         self, r, auser_factory, seed_connections
     ):
         alice = await auser_factory("alice")
-        layer, watcher = await listen(GLOBAL_GROUP)
+        watcher = await listen(GLOBAL)
         (conn,) = await seed_connections([alice], age=120)
         batch = claim(r)
         # The client was only late: its heartbeat lands between the claim and the end.
@@ -217,7 +219,7 @@ class TestSweepRun:
         assert (report.rescued, report.ended, report.sessions_ended) == (1, 0, 0)
         assert (await session(conn.cid)).is_live
         assert store.user_presence(r, alice.pk) == ("online", 1)
-        assert leaves(await drain(layer, watcher)) == []
+        assert leaves(await drain(watcher)) == []
         assert r.zcard(store.keys().sweeping) == 0
 
     async def test_crash_after_claim_is_finished_by_a_later_run(
@@ -225,7 +227,7 @@ class TestSweepRun:
     ):
         settings.PRESENCE_SWEEP_CLAIM_TIMEOUT = 0.2
         alice = await auser_factory("alice")
-        layer, watcher = await listen(GLOBAL_GROUP)
+        watcher = await listen(GLOBAL)
         (conn,) = await seed_connections([alice], age=120)
         claim(r, timeout_ms=200)  # ... and the sweep dies here
         assert (await sync_to_async(sweep.run_sweep)()).claimed == 0  # claim still owned
@@ -235,7 +237,7 @@ class TestSweepRun:
 
         assert (report.reclaimed, report.ended, report.sessions_ended) == (1, 1, 1)
         assert (await session(conn.cid)).end_reason == EndReason.TIMEOUT
-        assert leaves(await drain(layer, watcher)) == [(alice.pk, "")]
+        assert leaves(await drain(watcher)) == [(alice.pk, "")]
         assert r.zcard(store.keys().sweeping) == 0
 
     async def test_crash_after_redis_end_still_ends_the_row(

@@ -17,7 +17,7 @@ import pytest
 from asgiref.sync import sync_to_async
 
 from presence import store
-from presence.groups import GLOBAL_GROUP, room_group
+from presence.fanout import GLOBAL
 from sessions_app.models import ConnectionSession, EndReason
 from tests.conftest import ROOT, celery_env
 from tests.presence.test_sweep import drain, leaves, listen
@@ -66,7 +66,7 @@ def run_sweepers(n: int, env: dict[str, str]) -> list[dict[str, Any]]:
 async def test_parallel_sweeps_end_each_connection_once(r, auser_factory, seed_connections):
     n_sweeps, n_users, per_user = 6, 40, 5
     users = [await auser_factory() for _ in range(n_users)]
-    layer, watcher = await listen(GLOBAL_GROUP, room_group("lobby"))
+    watcher = await listen(GLOBAL, "lobby")
     conns = await seed_connections(users, per_user=per_user, age=120, rooms=("lobby",))
     m = len(conns)
 
@@ -84,6 +84,6 @@ async def test_parallel_sweeps_end_each_connection_once(r, auser_factory, seed_c
     assert int(r.hget(store.keys().stats, "disconnects")) == m
     # One global leave and one room leave per user, though each had 5 connections.
     expected = sorted([(u.pk, "") for u in users] + [(u.pk, "lobby") for u in users])
-    assert leaves(await drain(layer, watcher)) == expected
+    assert leaves(await drain(watcher)) == expected
     k = store.keys()
     assert r.zcard(k.sweeping) == 0 and r.hlen(k.sweeping_exp) == 0 and r.zcard(k.conns) == 0
