@@ -1,251 +1,461 @@
-"""Presence benchmark: hot-path throughput, Redis memory per connection, end-to-end latency.
+"""Side-by-side presence benchmark: this platform against a floor, a ceiling and a peer.
 
-Run with ``make bench`` (or ``.venv/bin/python -m bench --help``). It starts its own private
-redis-server and, for the end-to-end part, its own uvicorn process on a free port with a
-throw-away SQLite database; it never touches the shared services of the machine.
+Run with ``make bench`` (or ``.venv/bin/python -m bench --help``); ``--quick`` is a smoke run
+of a few minutes. In one run, interleaved, the same scenarios run against servers started
+with identical uvicorn flags and driven by the same multi-process load client:
 
-Targets (docs/performance.md): a heartbeat costs one Redis round trip and no SQL; batched
-heartbeats sustain >= 20,000/s through the store on one core; Redis holds a connection in
-<= 1.5 KiB; the end-to-end heartbeat ack p95 stays under 50 ms with 500 connected clients
-each beating every 0.5 s (1,000 heartbeats/s, 50 times what 500 real clients send).
+- floor:    a bare Channels JSON echo consumer (bench/echo_asgi.py);
+- platform: this project (config.asgi:application);
+- ceiling:  a raw ASGI WebSocket echo, no Django (bench/ceiling_asgi.py);
+- peer:     django-channels-presence 1.0.0 (bench/peer_asgi.py), when it installs.
+
+Scenarios (docs/performance.md explains each): store, saturation, steady, storm, bigroom.
+It prints one JSON line per (scenario, server), then the ratios against the floor and the
+targets, and writes everything to bench/results/<timestamp>.json. It starts its own
+redis-server and uses a throw-away SQLite database; ``--port-base`` and ``--redis-port``
+choose its ports so that it can run beside other services.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
+import platform
+import secrets
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import uuid
+import traceback
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.servers import (  # noqa: E402 - the path above makes the project importable
+    CEILING,
+    FLOOR,
+    PEER,
+    PLATFORM,
+    SERVER_NAMES,
+    UVICORN_FLAGS,
+    ServerSpec,
+)
 
-def _setup_django(redis_url: str, db_path: Path) -> None:
-    os.environ["REDIS_URL"] = redis_url
-    os.environ["DATABASE_URL"] = f"sqlite:///{db_path}"
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+DEFAULTS: dict[str, Any] = {
+    "sat_connections": 256,
+    "sat_duration": 15.0,
+    "connections": 10000,
+    "interval": 25.0,
+    "duration": 120.0,
+    "fast_interval": 5.0,
+    "fast_duration": 30.0,
+    "storm_clients": 5000,
+    "room_sizes": "10,2000",
+    "store_connections": 20000,
+}
+QUICK: dict[str, Any] = {
+    "sat_connections": 128,
+    "sat_duration": 5.0,
+    "connections": 500,
+    "interval": 25.0,
+    "duration": 10.0,
+    "fast_interval": 5.0,
+    "fast_duration": 10.0,
+    "storm_clients": 500,
+    "room_sizes": "10,200",
+    "store_connections": 2000,
+}
+
+# The figures of the ratio table: (scenario, flattened key); steady keys are per phase.
+TABLE_KEYS = {
+    "saturation": ["heartbeats_per_s", "ack_p50_ms", "ack_p99_ms", "server_cpu_us_per_heartbeat"],
+    "steady": ["connect_s", "server_kib_per_connection"],
+    "steady_phase": [
+        "ack_p50_ms",
+        "ack_p99_ms",
+        "ack_max_ms",
+        "missing",
+        "client_lag_max_ms",
+        "server_cpu_us_per_heartbeat",
+    ],
+    "storm": [
+        "connect_s",
+        "connect_converge_s",
+        "drop_s",
+        "drop_settle_s",
+        "reconnect_s",
+        "reconnect_converge_s",
+        "connect_frames_per_client",
+    ],
+    "bigroom_room": ["redis_commands_per_join", "frames_per_join", "join_reply_ms_max"],
+}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Options; sizes left unset take the issue's defaults, or the --quick preset."""
+    p = argparse.ArgumentParser(
+        prog="python -m bench", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    p.add_argument("--quick", action="store_true", help="smoke-run sizes (a few minutes)")
+    p.add_argument("--servers", default=",".join(SERVER_NAMES), help="comma-separated subset")
+    p.add_argument(
+        "--scenarios",
+        default="store,saturation,steady,storm,bigroom",
+        help="comma-separated subset of store,saturation,steady,storm,bigroom",
+    )
+    p.add_argument("--repeat", type=int, default=1, help="runs per pair, alternating order")
+    p.add_argument("--workers", type=int, default=4, help="load-client processes")
+    p.add_argument("--port-base", type=int, default=0, help="servers on P..P+3 (0: free ports)")
+    p.add_argument("--redis-port", type=int, default=0, help="private redis port (0: free)")
+    p.add_argument("--connect-concurrency", type=int, default=100, help="per worker")
+    p.add_argument("--results-dir", type=Path, default=ROOT / "bench" / "results")
+    g = p.add_argument_group("saturation")
+    g.add_argument("--sat-connections", type=int, help="sockets in closed loop (256)")
+    g.add_argument("--sat-duration", type=float, help="seconds (15)")
+    g = p.add_argument_group("steady (open loop)")
+    g.add_argument("--connections", type=int, help="sockets (10000)")
+    g.add_argument("--interval", type=float, help="heartbeat interval, s (25)")
+    g.add_argument("--duration", type=float, help="seconds at --interval (120)")
+    g.add_argument("--fast-interval", type=float, help="second phase interval, s (5)")
+    g.add_argument("--fast-duration", type=float, help="seconds at --fast-interval (30; 0: skip)")
+    g = p.add_argument_group("storm")
+    g.add_argument("--storm-clients", type=int, help="clients (5000)")
+    g.add_argument("--converge-timeout", type=float, default=60.0, help="s to wait for views")
+    g = p.add_argument_group("bigroom")
+    g.add_argument("--room-sizes", help="members before the probes join (10,2000)")
+    g.add_argument("--room-probes", type=int, default=10, help="measured joins per room")
+    g.add_argument("--room-spacing", type=float, default=0.25, help="s between measured joins")
+    g.add_argument("--room-protocol", type=int, choices=(1, 2), default=2)
+    g.add_argument("--peer-room-max", type=int, default=200, help="cap on the peer's room size")
+    g.add_argument("--idle-window", type=float, default=2.0, help="s of background Redis rate")
+    g = p.add_argument_group("store")
+    g.add_argument("--store-connections", type=int, help="connections (20000)")
+    g.add_argument("--batch", type=int, default=500, help="heartbeats per call")
+    g.add_argument("--rounds", type=int, default=5, help="heartbeats per connection")
+    args = p.parse_args(argv)
+    preset = QUICK if args.quick else DEFAULTS
+    for key, value in preset.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    args.room_sizes = sorted(int(s) for s in str(args.room_sizes).split(","))
+    args.servers = [s for s in args.servers.split(",") if s]
+    args.scenarios = [s for s in args.scenarios.split(",") if s]
+    unknown = set(args.servers) - set(SERVER_NAMES)
+    if unknown:
+        p.error(f"unknown servers: {', '.join(sorted(unknown))}")
+    return args
+
+
+def machine_info(argv: list[str]) -> dict[str, Any]:
+    """What the numbers were measured on, and with which command and commit."""
+    mem_kib = 0
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemTotal:"):
+            mem_kib = int(line.split()[1])
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.strip()
+    return {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "nproc": os.cpu_count(),
+        "memory_gib": round(mem_kib / 2**20, 1),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "git_commit": commit,
+        "command": " ".join(["python -m bench", *argv]),
+        "uvicorn_flags": UVICORN_FLAGS,
+    }
+
+
+def _setup(tmp: Path, redis_url: str) -> None:
+    """Environment shared by the coordinator, the workers and every Django server."""
+    os.environ.update(
+        {
+            "REDIS_URL": redis_url,
+            "DATABASE_URL": f"sqlite:///{tmp / 'bench.sqlite3'}",
+            "DJANGO_SETTINGS_MODULE": "config.settings",
+            # Production mode: no per-query debug bookkeeping in the servers.
+            "DJANGO_DEBUG": "false",
+            "DJANGO_SECRET_KEY": secrets.token_hex(32),
+            "DJANGO_ALLOWED_HOSTS": "127.0.0.1,localhost",
+            "DJANGO_LOG_LEVEL": "WARNING",
+        }
+    )
+    subprocess.run([sys.executable, "manage.py", "migrate", "-v0"], cwd=ROOT, check=True)
     import django
 
     django.setup()
 
 
-def _pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
-async def bench_store(connections: int, batch: int, rounds: int) -> dict[str, Any]:
-    """Heartbeats per second through heartbeat.lua, and Redis bytes per connection."""
-    from presence import store
-
-    client = store.get_async_redis()
-    await client.flushall()
-    base = int((await client.info("memory"))["used_memory"])
-    refs = []
-    for i in range(connections):
-        cid = str(uuid.uuid4())
-        await store.connect(client, cid=cid, uid=i + 1, username=f"u{i + 1}", channel=f"c.{i}")
-        ref = store.ConnRef(cid, i + 1, ("lobby",) if i % 2 == 0 else ())
-        if ref.rooms:
-            await store.room_join(client, ref, "lobby")
-        refs.append(ref)
-    used = int((await client.info("memory"))["used_memory"]) - base
-    before = int((await client.info("commandstats"))["cmdstat_evalsha"]["calls"])
-    started = time.perf_counter()
-    beats = 0
-    for _ in range(rounds):
-        for i in range(0, connections, batch):
-            chunk = refs[i : i + batch]
-            await store.heartbeat_many(client, chunk, {"msg:heartbeat": len(chunk)})
-            beats += len(chunk)
-    elapsed = time.perf_counter() - started
-    after = int((await client.info("commandstats"))["cmdstat_evalsha"]["calls"])
-    calls = rounds * -(-connections // batch)
-    return {
-        "connections": connections,
-        "batch": batch,
-        "heartbeats": beats,
-        "heartbeats_per_s": round(beats / elapsed),
-        "evalsha_per_batch": round((after - before) / calls, 2),
-        "redis_bytes_per_connection": round(used / connections),
-    }
-
-
-async def bench_e2e(
-    port: int, clients: int, beats: int, interval: float, pid: int
-) -> dict[str, Any]:
-    """Real uvicorn + websockets clients: heartbeat ack latency under load."""
-    from asgiref.sync import sync_to_async
+def _create_users(count: int) -> list[int]:
+    """``count`` bench users in one bulk insert (unusable passwords: no hashing cost)."""
     from django.contrib.auth import get_user_model
-    from websockets.asyncio.client import connect
 
-    from presence.auth import mint_token
+    users = get_user_model()
+    users.objects.bulk_create(
+        [users(username=f"bench{i}", password="!bench") for i in range(count)], batch_size=2000
+    )
+    return list(users.objects.order_by("pk").values_list("pk", flat=True)[:count])
 
-    def make_tokens() -> list[str]:
-        users = get_user_model()
-        tokens = []
-        for i in range(clients):
-            user, _ = users.objects.get_or_create(username=f"bench{i}")
-            tokens.append(mint_token(user))
-        return tokens
 
-    tokens = await sync_to_async(make_tokens)()
-    origin = f"http://127.0.0.1:{port}"
-    sockets = []
-    for token in tokens:
-        ws = await connect(
-            f"ws://127.0.0.1:{port}/ws/presence/?token={token}",
-            origin=origin,  # type: ignore[arg-type]
-            compression=None,
-            max_queue=None,
-        )
-        sockets.append(ws)
-    for ws in sockets:
-        hello = json.loads(await ws.recv())
-        assert hello["type"] == "hello", hello
+def _specs(args: argparse.Namespace, tmp: Path) -> dict[str, ServerSpec]:
+    from config.embedded_redis import free_port
 
-    rss_connected = _rss_kib(pid)
-    latencies: list[float] = []
+    def port(offset: int) -> int:
+        return args.port_base + offset if args.port_base else free_port()
 
-    async def run(ws: Any, offset: float) -> None:
-        await asyncio.sleep(offset)  # spread clients evenly over the interval, like real ones
-        for n in range(beats):
-            sent = time.perf_counter()
-            await ws.send(json.dumps({"type": "heartbeat", "id": n}))
-            while True:
-                frame = json.loads(await ws.recv())
-                if frame.get("type") == "heartbeat.ack" and frame.get("id") == n:
-                    break
-            latencies.append(time.perf_counter() - sent)
-            await asyncio.sleep(interval)
-
-    started, cpu_before = time.perf_counter(), _cpu_seconds(pid)
-    await asyncio.gather(*(run(ws, interval * i / clients) for i, ws in enumerate(sockets)))
-    elapsed = time.perf_counter() - started
-    server_cpu = _cpu_seconds(pid) - cpu_before
-    for ws in sockets:
-        await ws.close()
+    python = sys.executable
     return {
-        "clients": clients,
-        "heartbeats": len(latencies),
-        "heartbeats_per_s": round(len(latencies) / elapsed),
-        "ack_p50_ms": round(statistics.median(latencies) * 1000, 2),
-        "ack_p95_ms": round(_pct(latencies, 0.95) * 1000, 2),
-        "ack_max_ms": round(max(latencies) * 1000, 2),
-        "server_rss_kib_connected": rss_connected,
-        "server_cpu_us_per_heartbeat": round(server_cpu / len(latencies) * 1e6),
+        FLOOR: ServerSpec(FLOOR, "bench.echo_asgi:application", port(0), python),
+        PLATFORM: ServerSpec(
+            PLATFORM,
+            "config.asgi:application",
+            port(1),
+            python,
+            {
+                # Saturation must measure the server, not the per-connection rate limit.
+                "PRESENCE_RATE_LIMIT": "1000000",
+                "PRESENCE_RATE_BURST": "1000000",
+                "PRESENCE_FLOOD_DROPS": "1000000",
+                # The storm turns global events on; elsewhere they would make every connect
+                # an O(n) fan-out that the other servers do not do.
+                "PRESENCE_GLOBAL_EVENTS": "false",
+                # A presence.sync must list every user or no view can converge.
+                "PRESENCE_LIST_LIMIT": "1000000",
+            },
+        ),
+        CEILING: ServerSpec(CEILING, "bench.ceiling_asgi:application", port(2), python),
+        PEER: ServerSpec(
+            PEER,
+            "bench.peer_asgi:application",
+            port(3),
+            python,
+            {"DJANGO_SETTINGS_MODULE": "bench.peer_settings", "PEER_DATABASE": str(tmp / "p.db")},
+        ),
     }
 
 
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, float]:
+    flat: dict[str, float] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        elif isinstance(value, int | float):  # bools too, as 0/1 (e.g. "converged")
+            flat[f"{prefix}{key}"] = float(value)
+    return flat
 
 
-def _rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
-    )
-    parser.add_argument("--connections", type=int, default=20000, help="store part: connections")
-    parser.add_argument("--batch", type=int, default=500, help="store part: heartbeats per call")
-    parser.add_argument(
-        "--rounds", type=int, default=5, help="store part: heartbeats per connection"
-    )
-    parser.add_argument("--clients", type=int, default=500, help="e2e part: WebSocket clients")
-    parser.add_argument("--beats", type=int, default=20, help="e2e part: heartbeats per client")
-    parser.add_argument("--interval", type=float, default=0.5, help="e2e part: s between beats")
-    parser.add_argument(
-        "--global-events",
-        action="store_true",
-        help="e2e part: keep global join/leave events on (every connect fans out to all clients)",
-    )
-    parser.add_argument("--skip-e2e", action="store_true")
-    args = parser.parse_args()
-
-    from config.embedded_redis import RedisServer, free_port
-
-    tmp = Path(tempfile.mkdtemp(prefix="presence-bench-"))
-    redis_server = RedisServer(tmp / "redis").start()
-    db = tmp / "bench.sqlite3"
-    _setup_django(redis_server.url, db)
-    server = None
-    try:
-        results: dict[str, Any] = {
-            "store": asyncio.run(bench_store(args.connections, args.batch, args.rounds))
+def summarize(records: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, float]]]:
+    """Median over the repeats of every figure: {scenario: {server: {key: value}}}."""
+    values: dict[str, dict[str, dict[str, list[float]]]] = {}
+    for record in records:
+        if "result" not in record:
+            continue
+        per_key = values.setdefault(record["scenario"], {}).setdefault(record["server"], {})
+        for key, value in _flatten(record["result"]).items():
+            per_key.setdefault(key, []).append(value)
+    return {
+        scenario: {
+            server: {k: round(statistics.median(v), 3) for k, v in keys.items()}
+            for server, keys in servers.items()
         }
-        print(json.dumps(results["store"]), flush=True)
-        if not args.skip_e2e:
-            subprocess.run([sys.executable, "manage.py", "migrate", "-v0"], cwd=ROOT, check=True)
-            port = free_port()
-            env = {
-                **os.environ,
-                "DJANGO_ALLOWED_HOSTS": "127.0.0.1,localhost",
-                "PRESENCE_RATE_LIMIT": "1000",
-                "PRESENCE_GLOBAL_EVENTS": "true" if args.global_events else "false",
-                "PRESENCE_RATE_BURST": "1000",
-            }
-            server = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "uvicorn",
-                    "config.asgi:application",
-                    "--port",
-                    str(port),
-                    "--ws-per-message-deflate",
-                    "false",
-                    "--lifespan",
-                    "off",
-                    "--log-level",
-                    "warning",
-                ],
-                cwd=ROOT,
-                env=env,
-            )
-            deadline = time.monotonic() + 20
-            import socket
+        for scenario, servers in values.items()
+    }
 
-            while time.monotonic() < deadline:
-                if server.poll() is not None:
-                    raise SystemExit("bench: the uvicorn server exited; see its output above")
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                    break
-                except OSError:
-                    time.sleep(0.1)
-            rss_before = _rss_kib(server.pid)
-            from presence import store
 
-            store.reset_clients()
-            e2e = asyncio.run(bench_e2e(port, args.clients, args.beats, args.interval, server.pid))
-            e2e["server_rss_kib_idle"] = rss_before
-            e2e["server_kib_per_connection"] = round(
-                (e2e["server_rss_kib_connected"] - rss_before) / args.clients, 1
-            )
-            results["e2e"] = e2e
-            print(json.dumps(e2e), flush=True)
+def _table_keys(scenario: str, args: argparse.Namespace) -> list[str]:
+    if scenario == "steady":
+        phases = [f"at_{args.interval:g}s", f"at_{args.fast_interval:g}s"]
+        return TABLE_KEYS["steady"] + [
+            f"{p}.{k}" for p in phases for k in TABLE_KEYS["steady_phase"]
+        ]
+    if scenario == "bigroom":
+        return [f"room_{s}.{k}" for s in args.room_sizes for k in TABLE_KEYS["bigroom_room"]]
+    return TABLE_KEYS.get(scenario, [])
+
+
+def _fmt(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"
+
+
+def ratio_table(summary: dict[str, Any], args: argparse.Namespace) -> list[str]:
+    """The ratio table, one line per figure: each server's median and X/floor."""
+    servers = [s for s in SERVER_NAMES if s in args.servers]
+    others = [s for s in servers if s != FLOOR]
+    head = f"{'scenario.figure':44}" + "".join(f"{s:>11}" for s in servers)
+    head += "".join(f"{s[:4] + '/floor':>13}" for s in others)
+    lines = [head, "-" * len(head)]
+    for scenario in args.scenarios:
+        for key in _table_keys(scenario, args):
+            row = {s: summary.get(scenario, {}).get(s, {}).get(key) for s in servers}
+            if all(v is None for v in row.values()):
+                continue
+            line = f"{scenario + '.' + key:44}" + "".join(f"{_fmt(row[s]):>11}" for s in servers)
+            floor = row.get(FLOOR)
+            for s in others:
+                value = row[s]
+                ratio = value / floor if value is not None and floor else None
+                line += f"{(f'{ratio:.2f}x' if ratio is not None else '-'):>13}"
+            lines.append(line)
+    return lines
+
+
+def check_targets(summary: dict[str, Any], args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The issue's targets, judged on the medians of this run (never in unit tests)."""
+
+    def get(scenario: str, server: str, key: str) -> float | None:
+        value = summary.get(scenario, {}).get(server, {}).get(key)
+        return None if value is None else float(value)
+
+    checks: list[dict[str, Any]] = []
+
+    def check(name: str, value: float | None, ok: bool | None, detail: str) -> None:
+        verdict = "n/a" if value is None or ok is None else ("PASS" if ok else "MISS")
+        checks.append({"target": name, "verdict": verdict, "measured": detail})
+
+    def ratio(scenario: str, key: str) -> float | None:
+        ours, floor = get(scenario, PLATFORM, key), get(scenario, FLOOR, key)
+        return ours / floor if ours is not None and floor else None
+
+    r = ratio("saturation", "heartbeats_per_s")
+    check("saturation >= 1.5x floor", r, r is not None and r >= 1.5, f"{_fmt(r)}x")
+    for phase in (f"at_{args.interval:g}s", f"at_{args.fast_interval:g}s"):
+        p99 = get("steady", PLATFORM, f"{phase}.ack_p99_ms")
+        check(f"steady {phase}: ack p99 <= 50 ms", p99, p99 is not None and p99 <= 50, f"{p99}")
+        missing = get("steady", PLATFORM, f"{phase}.missing")
+        ok = missing is not None and missing == 0
+        check(f"steady {phase}: every heartbeat acked", missing, ok, f"{missing} missing")
+        worst = get("steady", PLATFORM, f"{phase}.ack_max_ms")
+        ok = worst is not None and worst <= 100
+        check(f"steady {phase}: no stall > 100 ms (max ack)", worst, ok, f"{worst} ms")
+    r = ratio("steady", "server_kib_per_connection")
+    kib = get("steady", PLATFORM, "server_kib_per_connection")
+    check("steady: server KiB per connection vs floor", r, None, f"{kib} KiB, {_fmt(r)}x")
+    for phase in ("connect", "reconnect"):
+        r = ratio("storm", f"{phase}_s")
+        check(f"storm {phase}: <= 2x floor", r, r is not None and r <= 2, f"{_fmt(r)}x")
+        s = get("storm", PLATFORM, f"{phase}_converge_s")
+        done = get("storm", PLATFORM, f"{phase}_converged")
+        ok = s is not None and bool(done) and s <= 5
+        check(f"storm {phase}: v2 views converge <= 5 s", s, ok, f"{s} s, converged={bool(done)}")
+    small, big = args.room_sizes[0], args.room_sizes[-1]
+    a = get("bigroom", PLATFORM, f"room_{small}.redis_commands_per_join")
+    b = get("bigroom", PLATFORM, f"room_{big}.redis_commands_per_join")
+    ok = a is not None and b is not None and abs(b - a) <= max(0.5, 0.1 * a)
+    check(
+        f"bigroom: Redis commands per join equal at {small} and {big}",
+        b if a is not None else None,
+        ok,
+        f"{a} vs {b}",
+    )
+    return checks
+
+
+def run_pair(ctx: Any, scenario: str, spec: ServerSpec) -> dict[str, Any]:
+    """One scenario against one server; failures are recorded, never raised."""
+    from bench import scenarios
+
+    runner = getattr(scenarios, f"run_{scenario}")
+    started = time.monotonic()
+    try:
+        return {"result": runner(ctx, spec), "seconds": round(time.monotonic() - started, 1)}
+    except scenarios.NotApplicableError as exc:
+        return {"not_applicable": str(exc)}
+    except Exception as exc:
+        traceback.print_exc()
+        return {"error": f"{type(exc).__name__}: {str(exc)[-1500:]}"}
     finally:
-        if server is not None:
-            server.terminate()
-            server.wait(timeout=10)
+        try:
+            ctx.fleet.call("close_all")
+        except Exception:
+            pass
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the benchmark (see the module docstring)."""
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    from bench import peer, scenarios
+    from bench.loadclient import Fleet
+    from bench.servers import RedisProbe
+    from config.embedded_redis import RedisServer
+
+    info = machine_info(argv)
+    tmp = Path(tempfile.mkdtemp(prefix="presence-bench-"))
+    redis_server = RedisServer(tmp / "redis", port=args.redis_port or None).start()
+    records: list[dict[str, Any]] = []
+    fleet = None
+    try:
+        _setup(tmp, redis_server.url)
+        specs = _specs(args, tmp)
+        print(json.dumps({"machine": info, "ports": {k: v.port for k, v in specs.items()}}))
+        if "store" in args.scenarios:
+            record = {"scenario": "store", "server": "-", "repeat": 0}
+            record["result"] = scenarios.run_store(args)
+            records.append(record)
+            print(json.dumps(record), flush=True)
+        wanted = max(
+            args.connections if "steady" in args.scenarios else 0,
+            args.storm_clients if "storm" in args.scenarios else 0,
+            args.sat_connections,
+            args.room_sizes[-1] + args.room_probes,
+        )
+        uids = _create_users(wanted)
+        servers = [s for s in SERVER_NAMES if s in args.servers]
+        not_run: dict[str, str] = {}
+        if PEER in servers:
+            try:
+                specs[PEER].python = peer.prepare(tmp / "p.db")
+            except peer.PeerUnavailableError as exc:
+                not_run[PEER] = str(exc)
+                servers.remove(PEER)
+                print(json.dumps({"peer": f"not run: {exc}"}), flush=True)
+        fleet = Fleet(args.workers)
+        ctx = scenarios.Context(args, fleet, RedisProbe(redis_server.port), tmp, uids)
+        for repeat in range(args.repeat):
+            order = servers if repeat % 2 == 0 else servers[::-1]
+            for scenario in args.scenarios:
+                if scenario == "store":
+                    continue
+                for name in order:
+                    record = {"scenario": scenario, "server": name, "repeat": repeat}
+                    record.update(run_pair(ctx, scenario, specs[name]))
+                    records.append(record)
+                    print(json.dumps(record), flush=True)
+        for name, reason in not_run.items():
+            records.append({"scenario": "*", "server": name, "not_run": reason})
+    finally:
+        if fleet is not None:
+            fleet.stop()
         redis_server.stop()
+    summary = summarize(records)
+    checks = check_targets(summary, args)
+    print()
+    for line in ratio_table(summary, args):
+        print(line)
+    print()
+    for c in checks:
+        print(f"{c['verdict']:5} {c['target']}: {c['measured']}")
+    args.results_dir.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    path = args.results_dir / f"{stamp}.json"
+    options = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    report = {
+        "machine": info,
+        "options": options,
+        "records": records,
+        "summary": summary,
+        "targets": checks,
+    }
+    path.write_text(json.dumps(report, indent=1))
+    print(f"\nresults: {path}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,385 @@
+"""The scenarios: each runs against one server and returns one flat JSON-able dict.
+
+Every scenario starts its own server (so memory and state start clean), resets the private
+Redis, drives the load-client fleet and stops the server again. Times are seconds, latencies
+milliseconds; a figure that does not apply to a server (rooms on an echo server) is left out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+import uuid
+from array import array
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .loadclient import Fleet, view_hash
+from .servers import PEER, PLATFORM, RedisProbe, Server, ServerSpec, cpu_seconds, rss_kib, settle
+
+SCENARIOS = ("store", "saturation", "steady", "storm", "bigroom")
+
+
+@dataclass
+class Context:
+    """What every scenario needs: options, the client fleet, the private Redis, users."""
+
+    options: Any  # argparse.Namespace
+    fleet: Fleet
+    redis: RedisProbe
+    log_dir: Path
+    uids: list[int]
+
+
+class NotApplicableError(Exception):
+    """The scenario does not apply to this server (e.g. rooms on an echo server)."""
+
+
+@contextmanager
+def serving(ctx: Context, spec: ServerSpec) -> Iterator[Server]:
+    """A fresh server on a clean Redis; fails loudly if the server died during the scenario."""
+    ctx.redis.reset()
+    ctx.fleet.call("take_frames")  # frames counted from here on belong to this scenario
+    server = Server(spec, ctx.log_dir).start()
+    try:
+        yield server
+        if not server.alive():
+            raise RuntimeError(f"{spec.name} server died:\n{server.log_tail()}")
+    finally:
+        server.stop()
+
+
+def _client_url(spec: ServerSpec, room_per_user: bool) -> tuple[str, bool]:
+    """The URL template (``{uid}``, ``{token}``) and whether it needs a platform token."""
+    base = f"ws://127.0.0.1:{spec.port}/ws/presence/"
+    if spec.name == PLATFORM:
+        return base + "?token={token}", True
+    if spec.name == PEER and room_per_user:
+        # django-channels-presence tracks presence per room only: one room per user is the
+        # nearest match to the platform's per-user presence with global events off.
+        return base + "?room=u{uid}", False
+    return base, False
+
+
+def open_clients(
+    ctx: Context,
+    spec: ServerSpec,
+    uids: list[int],
+    *,
+    v2: bool = False,
+    sync: bool = False,
+    room_per_user: bool = True,
+    only: int | None = None,
+) -> dict[str, Any]:
+    """Connect one client per user id, spread over the workers; times to the last hello.
+
+    ``v2`` asks the platform for protocol v2; ``sync`` also keeps each client's global view.
+    """
+    url, token = _client_url(spec, room_per_user)
+    subprotocol = "presence.v2" if v2 and spec.name == PLATFORM else None
+    common = {
+        "url": url,
+        "origin": f"http://127.0.0.1:{spec.port}",
+        "subprotocol": subprotocol,
+        "sync": sync,
+        "concurrency": ctx.options.connect_concurrency,
+        "token": token,
+    }
+    if only is not None:
+        answers = ctx.fleet.call("connect", {**common, "uids": uids}, only=only)
+    else:
+        size = ctx.fleet.size
+        per_worker = [{"uids": uids[i::size]} for i in range(size)]
+        answers = ctx.fleet.call("connect", common, per_worker=per_worker)
+    started = min(a["started"] for a in answers)
+    last_hello = max(a["last_hello"] for a in answers)
+    result = {
+        "opened": sum(a["opened"] for a in answers),
+        "failed": sum(a["failed"] for a in answers),
+        "seconds": round(last_hello - started, 3),
+        "last_hello": last_hello,
+        "v2_hellos": sum(a["v2_hellos"] for a in answers),
+    }
+    errors = [e for a in answers for e in a["errors"]]
+    if errors:
+        result["errors"] = errors[:3]
+    return result
+
+
+def close_clients(ctx: Context) -> float:
+    """Close every client; seconds until the last close completed."""
+    answers = ctx.fleet.call("close_all")
+    return round(max(a["done"] for a in answers) - min(a["started"] for a in answers), 3)
+
+
+def _latency_stats(blobs: list[bytes]) -> dict[str, float]:
+    values = array("d")
+    for blob in blobs:
+        values.frombytes(blob)
+    if not values:
+        return {}
+    ordered = sorted(values)
+
+    def pct(q: float) -> float:
+        return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000, 2)
+
+    return {
+        "ack_p50_ms": round(statistics.median(ordered) * 1000, 2),
+        "ack_p99_ms": pct(0.99),
+        "ack_max_ms": round(ordered[-1] * 1000, 2),
+    }
+
+
+# ---------------------------------------------------------------------- store
+def run_store(options: Any) -> dict[str, Any]:
+    """Heartbeats per second through heartbeat.lua, and Redis bytes per connection."""
+    return asyncio.run(_bench_store(options.store_connections, options.batch, options.rounds))
+
+
+async def _bench_store(connections: int, batch: int, rounds: int) -> dict[str, Any]:
+    from presence import store
+
+    store.reset_clients()
+    client = store.get_async_redis()
+    await client.flushall()
+    base = int((await client.info("memory"))["used_memory"])
+    refs = []
+    for i in range(connections):
+        cid = str(uuid.uuid4())
+        await store.connect(client, cid=cid, uid=i + 1, username=f"u{i + 1}", channel=f"c.{i}")
+        ref = store.ConnRef(cid, i + 1, ("lobby",) if i % 2 == 0 else ())
+        if ref.rooms:
+            await store.room_join(client, ref, "lobby")
+        refs.append(ref)
+    used = int((await client.info("memory"))["used_memory"]) - base
+    before = int((await client.info("commandstats"))["cmdstat_evalsha"]["calls"])
+    started = time.perf_counter()
+    beats = 0
+    for _ in range(rounds):
+        for i in range(0, connections, batch):
+            chunk = refs[i : i + batch]
+            await store.heartbeat_many(client, chunk, {"msg:heartbeat": len(chunk)})
+            beats += len(chunk)
+    elapsed = time.perf_counter() - started
+    after = int((await client.info("commandstats"))["cmdstat_evalsha"]["calls"])
+    calls = rounds * -(-connections // batch)
+    await client.flushall()
+    await client.aclose()
+    return {
+        "connections": connections,
+        "batch": batch,
+        "heartbeats": beats,
+        "heartbeats_per_s": round(beats / elapsed),
+        "evalsha_per_batch": round((after - before) / calls, 2),
+        "redis_bytes_per_connection": round(used / connections),
+    }
+
+
+# ---------------------------------------------------------------------- saturation
+def run_saturation(ctx: Context, spec: ServerSpec) -> dict[str, Any]:
+    """Closed-loop heartbeats from a fixed set of sockets: the most the server answers."""
+    o = ctx.options
+    with serving(ctx, spec) as server:
+        opened = open_clients(ctx, spec, ctx.uids[: o.sat_connections])
+        settle(server.pid)
+        cpu = cpu_seconds(server.pid)
+        start_at = time.monotonic() + 0.5
+        answers = ctx.fleet.call("saturate", {"start_at": start_at, "duration": o.sat_duration})
+        elapsed = max(a["finished"] for a in answers) - start_at
+        cpu = cpu_seconds(server.pid) - cpu
+        acked = sum(a["acked"] for a in answers)
+        close_clients(ctx)
+    return {
+        "connections": opened["opened"],
+        "connect_failed": opened["failed"],
+        "heartbeats_per_s": round(acked / elapsed),
+        "missing": sum(a["missing"] for a in answers),
+        **_latency_stats([a["latencies"] for a in answers]),
+        "server_cpu_share": round(cpu / elapsed, 2),
+        "server_cpu_us_per_heartbeat": round(cpu / max(1, acked) * 1e6),
+        "client_lag_max_ms": round(max(a["client_lag_max"] for a in answers) * 1000, 1),
+    }
+
+
+# ---------------------------------------------------------------------- steady
+def run_steady(ctx: Context, spec: ServerSpec) -> dict[str, Any]:
+    """Many sockets beating on schedule (open loop), at the default and a fast interval."""
+    o = ctx.options
+    with serving(ctx, spec) as server:
+        rss_idle = rss_kib(server.pid)
+        opened = open_clients(ctx, spec, ctx.uids[: o.connections])
+        settle(server.pid)
+        rss_connected = rss_kib(server.pid)
+        result: dict[str, Any] = {
+            "connections": opened["opened"],
+            "connect_failed": opened["failed"],
+            "connect_s": opened["seconds"],
+            "server_rss_kib_idle": rss_idle,
+            "server_rss_kib_connected": rss_connected,
+            "server_kib_per_connection": round(
+                (rss_connected - rss_idle) / max(1, opened["opened"]), 1
+            ),
+        }
+        if "errors" in opened:
+            result["connect_errors"] = opened["errors"]
+        phases = [(o.interval, o.duration), (o.fast_interval, o.fast_duration)]
+        for interval, duration in phases:
+            if duration <= 0:
+                continue
+            settle(server.pid)
+            key = f"at_{interval:g}s"
+            cpu = cpu_seconds(server.pid)
+            start_at = time.monotonic() + 1.0
+            answers = ctx.fleet.call(
+                "heartbeats",
+                {"start_at": start_at, "interval": interval, "duration": duration, "grace": 5.0},
+            )
+            cpu = cpu_seconds(server.pid) - cpu
+            sent = sum(a["sent"] for a in answers)
+            missing = sum(a["missing"] for a in answers)
+            phase = {
+                "interval_s": interval,
+                "duration_s": duration,
+                "heartbeats": sent,
+                "heartbeats_per_s": round(sent / duration),
+                "missing": missing,
+                "closed_sockets": sum(a["closed"] for a in answers),
+                **_latency_stats([a["latencies"] for a in answers]),
+                "client_lag_max_ms": round(max(a["client_lag_max"] for a in answers) * 1000, 1),
+                "server_cpu_us_per_heartbeat": round(cpu / max(1, sent) * 1e6),
+            }
+            result[key] = phase
+        result["server_rss_kib_end"] = rss_kib(server.pid)
+        close_clients(ctx)
+    return result
+
+
+# ---------------------------------------------------------------------- storm
+def run_storm(ctx: Context, spec: ServerSpec) -> dict[str, Any]:
+    """Connect all, drop all, reconnect all; on the platform, v2 views must converge."""
+    o = ctx.options
+    uids = ctx.uids[: o.storm_clients]
+    views = spec.name == PLATFORM
+    if views:
+        spec = spec.with_env(PRESENCE_GLOBAL_EVENTS="true")
+    target = view_hash(uids)
+    result: dict[str, Any] = {"clients": len(uids)}
+    with serving(ctx, spec) as server:
+        for phase in ("connect", "reconnect"):
+            cpu = cpu_seconds(server.pid)
+            opened = open_clients(ctx, spec, uids, v2=views, sync=views)
+            result[f"{phase}_s"] = opened["seconds"]
+            result[f"{phase}_failed"] = opened["failed"]
+            if "errors" in opened:
+                result[f"{phase}_errors"] = opened["errors"]
+            if views:
+                result["v2_hellos"] = opened["v2_hellos"]
+                answers = ctx.fleet.call(
+                    "await_views", {"target": target, "wait_s": o.converge_timeout}
+                )
+                behind = sum(a["behind"] for a in answers)
+                last = max(a["last_change"] for a in answers)
+                result[f"{phase}_converged"] = behind == 0
+                result[f"{phase}_converge_s"] = round(last - opened["last_hello"], 3)
+                if behind:
+                    result[f"{phase}_views_behind"] = behind
+                for key in ("resyncs", "truncated", "sync_errors", "reader_errors"):
+                    result[key] = sum(a[key] for a in answers)
+            frames = sum(ctx.fleet.call("take_frames"))
+            result[f"{phase}_frames_per_client"] = round(frames / max(1, len(uids)), 1)
+            result[f"{phase}_settle_s"] = settle(server.pid)
+            result[f"{phase}_server_cpu_s"] = round(cpu_seconds(server.pid) - cpu, 2)
+            if phase == "connect":
+                result["drop_s"] = close_clients(ctx)
+                result["drop_settle_s"] = settle(server.pid)
+                ctx.fleet.call("take_frames")
+        close_clients(ctx)
+    return result
+
+
+# ---------------------------------------------------------------------- big room
+def run_bigroom(ctx: Context, spec: ServerSpec) -> dict[str, Any]:
+    """Redis commands and frames per join, in a small and a big room."""
+    o = ctx.options
+    if spec.name not in (PLATFORM, PEER):
+        raise NotApplicableError("no rooms")
+    sizes = o.room_sizes
+    if spec.name == PEER:
+        # The peer broadcasts its whole member list on every change (its README's
+        # presence_changed receiver): filling a room is O(n²) frames, so it is capped.
+        sizes = [min(s, o.peer_room_max) for s in sizes]
+    result: dict[str, Any] = {"protocol": o.room_protocol if spec.name == PLATFORM else None}
+    with serving(ctx, spec) as server:
+        for size in sizes:
+            result[f"room_{size}"] = _one_room(ctx, spec, server, size)
+    small, big = (result[f"room_{s}"] for s in (sizes[0], sizes[-1]))
+    result["redis_per_join_big_vs_small"] = round(
+        big["redis_commands_per_join"] / max(0.01, small["redis_commands_per_join"]), 2
+    )
+    return result
+
+
+def _one_room(ctx: Context, spec: ServerSpec, server: Server, size: int) -> dict[str, Any]:
+    o = ctx.options
+    room = f"big-{size}"
+    members, probes = ctx.uids[:size], ctx.uids[size : size + o.room_probes]
+    v2 = o.room_protocol == 2
+    # Global events are off here, so the room's frames are the only presence frames; they
+    # are counted, not decoded.
+    opened = open_clients(ctx, spec, members, v2=v2, room_per_user=False)
+    joins = ctx.fleet.call(
+        "request_all", {"frame_type": "room.join", "data": {"room": room}, "concurrency": 20}
+    )
+    kinds: dict[str, int] = {}
+    for answer in joins:
+        for kind, n in answer.items():
+            kinds[kind] = kinds.get(kind, 0) + n
+    # The probes all live on worker 0, after its share of the members.
+    worker0 = len(members[0 :: ctx.fleet.size])
+    open_clients(ctx, spec, probes, v2=v2, room_per_user=False, only=0)
+    settle(server.pid)
+    time.sleep(0.5)
+    ctx.fleet.call("take_frames")
+    idle_started, idle_commands = time.monotonic(), ctx.redis.commands()
+    time.sleep(o.idle_window)
+    background = (ctx.redis.commands() - idle_commands) / (time.monotonic() - idle_started)
+    before = ctx.redis.by_command()
+    started, commands = time.monotonic(), ctx.redis.commands()
+    reply_ms = []
+    for position in range(worker0, worker0 + len(probes)):
+        answer = ctx.fleet.call(
+            "request",
+            {"position": position, "frame_type": "room.join", "data": {"room": room}},
+            only=0,
+        )[0]
+        reply_ms.append(answer["ms"])
+        time.sleep(o.room_spacing)
+    time.sleep(0.5)
+    settle(server.pid)
+    elapsed = time.monotonic() - started
+    raw = ctx.redis.commands() - commands
+    after = ctx.redis.by_command()
+    frames = sum(ctx.fleet.call("take_frames")) - len(probes)  # less the probes' own replies
+    close_clients(ctx)
+    settle(server.pid)
+    n = max(1, len(probes))
+    per_command = {
+        name: round((after.get(name, 0) - before.get(name, 0)) / n, 2)
+        for name in sorted(after)
+        if after.get(name, 0) != before.get(name, 0) and name != "info"
+    }
+    return {
+        "members": opened["opened"],
+        "member_joins": kinds,
+        "probe_joins": len(probes),
+        "redis_commands_per_join": round((raw - background * elapsed) / n, 2),
+        "redis_commands_per_join_raw": round(raw / n, 2),
+        "redis_background_per_s": round(background, 1),
+        "redis_by_command_per_join": per_command,
+        "frames_per_join": round(frames / n, 1),
+        "join_reply_ms_max": round(max(reply_ms, default=0.0), 2),
+    }
