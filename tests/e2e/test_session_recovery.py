@@ -1,0 +1,84 @@
+"""A session row survives the crash of the only web process (rows are written behind).
+
+A real uvicorn process accepts a real socket (``websockets``) and is SIGKILLed right after
+``hello``: its session writer may or may not have written the row, and it never learns
+that the socket is gone. A real Celery worker fed by real beat then does everything: the
+fallback writer (``presence.write_sessions``) writes the row, taking over what the dead
+writer read, and after the TTL the sweep's ``close`` ends it as ``timeout``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+import redis
+from websockets.asyncio.client import connect
+
+from presence import store
+from sessions_app.models import EndReason
+from tests.conftest import CeleryProcess
+from tests.support import session_log_written, session_row
+
+from .conftest import ASGIServer
+from .test_uvicorn import token_for
+
+pytestmark = [
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.slow,
+    pytest.mark.timeout(90),
+]
+
+TTL = 2.0
+FAST = {
+    "PRESENCE_TTL": str(TTL),
+    "PRESENCE_HEARTBEAT_INTERVAL": "1",
+    "PRESENCE_SWEEP_INTERVAL": "0.5",
+    "PRESENCE_SESSION_LOG_INTERVAL": "0.5",
+    "PRESENCE_SESSION_LOG_CLAIM_IDLE": "1",
+}
+
+
+async def test_row_of_a_killed_server_is_written_and_then_ended_as_timeout(
+    asgi_server: Callable[..., ASGIServer],
+    celery_worker_process: Callable[..., CeleryProcess],
+    auser_factory: Callable[..., Awaitable[Any]],
+    r: redis.Redis,
+) -> None:
+    server = asgi_server(env=FAST)
+    alice = await auser_factory("alice")
+    token = await token_for(server, alice)
+    async with connect(
+        f"{server.ws_url}/ws/presence/?token={token}",
+        origin=server.url,  # type: ignore[arg-type]
+        compression=None,
+        proxy=None,
+        open_timeout=10,
+        close_timeout=1,
+    ) as conn:
+        hello = json.loads(await conn.recv())
+        server.kill()  # SIGKILL: no disconnect, no graceful anything
+    assert hello["type"] == "hello", hello
+    sid = hello["session_id"]
+    # Presence still holds it (for TTL): what the row must say.
+    connected_ms = int(r.hget(store.keys().conn(sid), "at") or 0)  # type: ignore[arg-type]
+    channel = r.hget(store.keys().conn(sid), "channel")
+
+    celery_worker_process(env=FAST)
+    celery_worker_process(env=FAST, beat=True)
+
+    row = await session_row(sid, within=15)
+    assert (row.user_id, row.channel_name) == (alice.pk, channel)
+    assert row.connected_at == dt.datetime.fromtimestamp(connected_ms / 1000, tz=dt.UTC)
+
+    # No heartbeat ever came: the sweep ends it at connect + TTL, reason timeout.
+    row = await session_row(sid, live=False, within=TTL + 15)
+    assert row.end_reason == EndReason.TIMEOUT
+    assert row.ended_at == row.connected_at + dt.timedelta(seconds=TTL)
+    assert row.last_heartbeat_at == row.connected_at
+    await session_log_written()
+    runs = store.read_task_run(r, "sessionlog")
+    assert int(runs["runs_total"]) >= 1 and int(runs.get("errors_total", 0)) == 0
