@@ -1,8 +1,10 @@
 """Connection sessions: one ConnectionSession row per WebSocket, from connect to its end.
 
-Covers the row written at connect (id == hello session_id, channel, client IP with and
+Covers the row written for a connection (id == hello session_id, channel, client IP with and
 without a trusted proxy header, user agent), each end reason, "first ending wins", and the
 operator kick through the real admin action (Django test client, superuser, channel layer).
+Rows are written behind from the event log (presence/sessionlog.py): tests wait for them
+with ``tests.support.session_row``.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from pytest_django.fixtures import Settings
 from presence import store
 from sessions_app.actions import do_end_session, do_end_sessions, do_kick_session
 from sessions_app.models import ConnectionSession, EndReason
+from tests.support import session_log_written, session_row
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(30)]
 
@@ -30,8 +33,14 @@ UserFactory = Callable[..., Awaitable[Any]]
 CHANGELIST = "/admin/sessions_app/connectionsession/"
 
 
-async def row_of(client: Any) -> ConnectionSession:
-    return await ConnectionSession.objects.aget(id=client.hello["session_id"])
+async def row_of(client: Any, *, live: bool | None = None) -> ConnectionSession:
+    """The client's session row once written (and live or ended, when ``live`` is given)."""
+    return await session_row(client.hello["session_id"], live=live)
+
+
+def ms_floor(at: dt.datetime) -> dt.datetime:
+    """``at`` truncated to the millisecond: the log carries times in ms."""
+    return at.replace(microsecond=at.microsecond // 1000 * 1000)
 
 
 class TestRowAtConnect:
@@ -39,7 +48,7 @@ class TestRowAtConnect:
         self, ws_client: WSFactory, auser_factory: UserFactory, r: redis.Redis
     ) -> None:
         alice = await auser_factory("alice")
-        before = timezone.now()
+        before = ms_floor(timezone.now())
 
         client = await ws_client(
             alice,
@@ -63,6 +72,7 @@ class TestRowAtConnect:
         alice = await auser_factory("alice")
 
         first, second = await ws_client(alice), await ws_client(alice)
+        await row_of(first), await row_of(second)
 
         rows = [r async for r in ConnectionSession.objects.filter(user=alice)]
         assert {str(r.id) for r in rows} == {first.hello["session_id"], second.hello["session_id"]}
@@ -83,6 +93,7 @@ class TestRowAtConnect:
         await ws_client(expect_hello=False)
         await ws_client(await auser_factory("ghost", is_active=False), expect_hello=False)
         await ws_client(await auser_factory("eve"), origin="http://evil.example")
+        await session_log_written()
 
         assert await ConnectionSession.objects.acount() == 0
 
@@ -151,11 +162,11 @@ class TestClientIp:
 class TestEndReasons:
     async def test_graceful_close(self, ws_client: WSFactory, auser_factory: UserFactory) -> None:
         client = await ws_client(await auser_factory("alice"))
-        before = timezone.now()
+        before = ms_floor(timezone.now())
 
         await client.close()
 
-        row = await row_of(client)
+        row = await row_of(client, live=False)
         assert row.end_reason == EndReason.CLOSED
         assert row.ended_at is not None
         assert before <= row.ended_at <= timezone.now()
@@ -167,7 +178,7 @@ class TestEndReasons:
 
         await client.comm.disconnect(code=1012)
 
-        assert (await row_of(client)).end_reason == EndReason.SERVER_SHUTDOWN
+        assert (await row_of(client, live=False)).end_reason == EndReason.SERVER_SHUTDOWN
 
     async def test_expired(
         self, ws_client: WSFactory, auser_factory: UserFactory, r: redis.Redis
@@ -178,7 +189,7 @@ class TestEndReasons:
         await client.send({"type": "heartbeat", "id": 1})
         assert (await client.recv_close())[0] == 4408
 
-        assert (await row_of(client)).end_reason == EndReason.TIMEOUT
+        assert (await row_of(client, live=False)).end_reason == EndReason.TIMEOUT
 
     async def test_over_size_frame(
         self, ws_client: WSFactory, auser_factory: UserFactory, settings: Settings
@@ -189,7 +200,7 @@ class TestEndReasons:
         await client.send_raw(text="x" * 101)
         assert (await client.recv_close())[0] == 1009
 
-        assert (await row_of(client)).end_reason == EndReason.ERROR
+        assert (await row_of(client, live=False)).end_reason == EndReason.ERROR
 
     async def test_flooding(
         self, ws_client: WSFactory, auser_factory: UserFactory, settings: Settings
@@ -203,7 +214,7 @@ class TestEndReasons:
             await client.send({"type": "heartbeat", "id": i})
         assert (await client.recv_close())[0] == 4429
 
-        assert (await row_of(client)).end_reason == EndReason.ERROR
+        assert (await row_of(client, live=False)).end_reason == EndReason.ERROR
 
 
 class TestFirstEndingWins:
@@ -213,9 +224,11 @@ class TestFirstEndingWins:
         client = await ws_client(await auser_factory("alice"))
         sid = client.hello["session_id"]
         at = timezone.now() - dt.timedelta(seconds=30)
+        await row_of(client)
 
         assert await sync_to_async(do_end_session)(sid, reason=EndReason.TIMEOUT, ended_at=at)
         await client.close()  # the socket's own ending comes second
+        await session_log_written()  # ... and has been applied
 
         row = await row_of(client)
         assert (row.end_reason, row.ended_at) == (EndReason.TIMEOUT, at)
@@ -227,6 +240,7 @@ class TestFirstEndingWins:
         alice = await auser_factory("alice")
         ended, live = await ws_client(alice), await ws_client(alice)
         await ended.close()
+        await row_of(ended, live=False), await row_of(live)
         t1 = timezone.now() - dt.timedelta(seconds=5)
         sids = [(ended.hello["session_id"], t1), (live.hello["session_id"], t1)]
 
@@ -260,6 +274,7 @@ class TestKick:
         alice = await auser_factory("alice")
         target, other = await ws_client(alice), await ws_client(alice)
         sid = target.hello["session_id"]
+        await row_of(target), await row_of(other)
 
         response = await admin_client.post(
             CHANGELIST, {"action": "kick", "_selected_action": [sid]}, follow=True
@@ -270,7 +285,7 @@ class TestKick:
         code, frames = await target.recv_close()
         assert code == 4410
         assert frames[-1]["code"] == "terminated"
-        row = await row_of(target)
+        row = await row_of(target, live=False)
         assert row.end_reason == EndReason.KICKED
         assert row.ended_at is not None
         assert not r.exists(store.keys().conn(sid))
@@ -283,6 +298,7 @@ class TestKick:
     ) -> None:
         client = await ws_client(await auser_factory("alice"))
         await client.close()
+        await row_of(client, live=False)
 
         response = await admin_client.post(
             CHANGELIST,
@@ -319,7 +335,7 @@ class TestKick:
         assert await sync_to_async(do_kick_session)(row) is True
         assert (await client.recv_close())[0] == 4410
 
-        await row.arefresh_from_db()
+        row = await row_of(client, live=False)
         assert row.end_reason == EndReason.KICKED
         assert await sync_to_async(do_kick_session)(row) is False
 
@@ -327,6 +343,7 @@ class TestKick:
         self, ws_client: WSFactory, auser_factory: UserFactory, admin_client: AsyncClient
     ) -> None:
         client = await ws_client(await auser_factory("alice"))
+        await row_of(client, live=True)
 
         response = await admin_client.get(CHANGELIST, {"state": "live"})
 
