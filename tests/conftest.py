@@ -201,7 +201,8 @@ async def ws_client() -> AsyncIterator[Callable[..., Awaitable[WSClient]]]:
 
     ``await ws_client(user)`` returns a client that has already received ``hello``;
     ``expect_hello=False`` returns right after the handshake; ``client_addr`` sets the peer
-    address (``scope["client"]``), which the communicator leaves out by default.
+    address (``scope["client"]``), which the communicator leaves out by default;
+    ``subprotocols=["presence.v2"]`` asks for protocol v2.
     """
     from config.asgi import application
 
@@ -215,6 +216,7 @@ async def ws_client() -> AsyncIterator[Callable[..., Awaitable[WSClient]]]:
         expect_hello: bool = True,
         headers: list[tuple[bytes, bytes]] | None = None,
         client_addr: tuple[str, int] | None = None,
+        subprotocols: list[str] | None = None,
     ) -> WSClient:
         path = "/ws/presence/"
         if token is None and user is not None:
@@ -224,13 +226,17 @@ async def ws_client() -> AsyncIterator[Callable[..., Awaitable[WSClient]]]:
         if token:
             path += f"?token={token}"
         comm = WebsocketCommunicator(
-            application, path, headers=[(b"origin", origin.encode()), *(headers or [])]
+            application,
+            path,
+            headers=[(b"origin", origin.encode()), *(headers or [])],
+            subprotocols=subprotocols,
         )
         if client_addr is not None:
             comm.scope["client"] = client_addr  # the peer address a real server would report
-        connected, _ = await comm.connect(timeout=5)
+        connected, chosen = await comm.connect(timeout=5)
         client = WSClient(comm)
         client.connected = connected  # type: ignore[attr-defined]
+        client.subprotocol = chosen  # type: ignore[attr-defined]
         clients.append(client)
         if connected and expect_hello:
             client.hello = await client.recv()
