@@ -16,6 +16,7 @@ from django.test import AsyncClient
 from django.utils import timezone
 
 from sessions_app.models import ConnectionSession, EndReason
+from tests.support import session_row
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(30)]
 
@@ -151,7 +152,7 @@ class TestUserDetail:
         alice = await auser_factory("alice")
         client = await ws_client(alice)
         await client.close()
-        row = await ConnectionSession.objects.aget(id=client.hello["session_id"])
+        row = await session_row(client.hello["session_id"], live=False)  # written behind
 
         body = (await viewer.get(user_url(alice.pk))).json()
 
