@@ -3,6 +3,7 @@
 Covers the refresh of every score and key expiry of a connection and its rooms, the per
 connection result (1 refreshed, 0 unknown -> 4408), counters riding along, the rescue of a
 connection claimed by a sweep, and the reload of the script after the cache was flushed.
+A heartbeat changes no one's presence, so it logs nothing.
 """
 
 from __future__ import annotations
@@ -10,30 +11,26 @@ from __future__ import annotations
 import redis
 
 from presence import store
+from tests.presence.eventlog_helpers import close, log_len, log_mark, logged
 from tests.presence.lua_timing import GRACE_MS, TTL_MS, _timing  # noqa: F401 - autouse fixture
 
 
 async def connect(cid: str, uid: int, now: int) -> None:
+    """A connection of user ``uid`` registered at ``now``."""
     await store.connect(
         store.get_async_redis(), cid=cid, uid=uid, username=f"user{uid}", channel="ch", now=now
     )
 
 
 def join_room(r: redis.Redis, cid: str, uid: int, room: str, now: int) -> int:
-    """room_join.lua with an explicit ``now`` (the store wrapper reads the clock)."""
-    k = store.keys()
-    return int(
-        store.script("room_join").run(
-            r,
-            [k.conn(cid), k.conn_rooms(cid), k.room(room), k.room_user(room, uid)],
-            [now, GRACE_MS, cid, uid, room],
-        )
-    )
+    """room_join.lua with an explicit ``now``."""
+    return store.room_join_sync(r, store.ConnRef(cid, uid), room, now=now)
 
 
 async def heartbeat(
     *conns: store.ConnRef, now: int, counters: dict[str, int] | None = None
 ) -> list[bool]:
+    """heartbeat.lua for a batch of connections through the store."""
     return await store.heartbeat_many(store.get_async_redis(), conns, counters, now=now)
 
 
@@ -42,6 +39,8 @@ class TestRefresh:
         k, t0 = store.keys(), store.now_ms()
         await connect("c1", 7, t0)
         join_room(r, "c1", 7, "lobby", t0)
+
+        entries = log_len(r)
 
         result = await heartbeat(store.ConnRef("c1", 7, ("lobby",)), now=t0 + 10_000)
 
@@ -52,6 +51,7 @@ class TestRefresh:
         assert r.zscore(k.users, "7") == exp
         assert r.zscore(k.user_conns(7), "c1") == exp
         assert r.zscore(k.room("lobby"), "7") == exp
+        assert log_len(r) == entries  # nothing to tell anyone
 
     async def test_extends_every_key_expiry(self, r: redis.Redis) -> None:
         k, t0 = store.keys(), store.now_ms()
@@ -81,9 +81,12 @@ class TestRefresh:
         t0 = store.now_ms()
         await connect("c1", 7, t0 - TTL_MS - 5_000)
         assert store.user_presence(r, 7) == (None, 0)
+        mark = log_mark(r)
 
         assert await heartbeat(store.ConnRef("c1", 7), now=t0) == [True]
         assert store.user_presence(r, 7) == ("online", 1)
+        # No leave was logged for the lapse (nothing ended it), so no join either.
+        assert logged(r, since=mark) == []
 
 
 class TestBatch:
@@ -170,22 +173,29 @@ class TestSweepRescue:
         assert r.zscore(k.sweeping, "c1") is None
         assert r.hget(k.sweeping_exp, "c1") is None
         assert r.zscore(k.conns, "c1") == t0 + TTL_MS
-        # The sweep's end script now leaves it alone.
+        # The sweep's end script now leaves it alone, and logs nothing.
+        mark = log_mark(r)
         (res,) = store.end_swept_connections(r, [store.ConnRef("c1", 7)], now=t0 + 1)
         assert res.state == -1
         assert r.exists(k.conn("c1"))
         assert store.user_presence(r, 7) == ("online", 1)
+        assert logged(r, since=mark) == []
 
     async def test_without_heartbeat_the_claimed_connection_ends(self, r: redis.Redis) -> None:
         k, t0 = store.keys(), store.now_ms()
         await connect("c1", 7, t0 - TTL_MS - 1_000)
         r.zadd(k.sweeping, {"c1": t0 + 30_000})
         r.hset(k.sweeping_exp, "c1", t0 - 1_000)
+        mark = log_mark(r)
 
         (res,) = store.end_swept_connections(r, [store.ConnRef("c1", 7)], now=t0)
 
         assert (res.state, res.global_left) == (1, True)
         assert await heartbeat(store.ConnRef("c1", 7), now=t0 + 1) == [False]
+        # Ended at its expiry as claimed, not at the time of the sweep.
+        assert logged(r, since=mark)[-1] == close(
+            "c1", 7, t0, "timeout", at=t0 - 1_000, hb=t0 - TTL_MS - 1_000
+        )
 
 
 class TestScriptCache:
