@@ -92,7 +92,13 @@ TABLE_KEYS = {
         "reconnect_converge_s",
         "connect_frames_per_client",
     ],
-    "bigroom_room": ["redis_commands_per_join", "frames_per_join", "join_reply_ms_max"],
+    "bigroom_room": [
+        "redis_commands_per_join",
+        "frames_per_join",
+        "reply_ms_max_join",
+        "redis_commands_per_leave",
+        "frames_per_leave",
+    ],
 }
 
 
@@ -346,15 +352,16 @@ def check_targets(summary: dict[str, Any], args: argparse.Namespace) -> list[dic
         ok = s is not None and bool(done) and s <= 5
         check(f"storm {phase}: v2 views converge <= 5 s", s, ok, f"{s} s, converged={bool(done)}")
     small, big = args.room_sizes[0], args.room_sizes[-1]
-    a = get("bigroom", PLATFORM, f"room_{small}.redis_commands_per_join")
-    b = get("bigroom", PLATFORM, f"room_{big}.redis_commands_per_join")
-    ok = a is not None and b is not None and abs(b - a) <= max(0.5, 0.1 * a)
-    check(
-        f"bigroom: Redis commands per join equal at {small} and {big}",
-        b if a is not None else None,
-        ok,
-        f"{a} vs {b}",
-    )
+    for event in ("join", "leave"):
+        a = get("bigroom", PLATFORM, f"room_{small}.redis_commands_per_{event}")
+        b = get("bigroom", PLATFORM, f"room_{big}.redis_commands_per_{event}")
+        ok = a is not None and b is not None and abs(b - a) <= max(0.5, 0.1 * a)
+        check(
+            f"bigroom: Redis commands per {event} equal at {small} and {big} members",
+            b if a is not None else None,
+            ok,
+            f"{a} vs {b}",
+        )
     return checks
 
 

@@ -23,6 +23,8 @@ REQUIREMENTS = [
     "Django>=3.2,<4",
     "channels==4.0.0",
     "channels-redis==4.1.0",
+    # redis-py of channels-redis 4.1's time: with redis 8 its blocking receive times out.
+    "redis==5.0.8",
 ]
 
 

@@ -5,7 +5,8 @@ A synchronous ``WebsocketConsumer`` (the library's API is synchronous ORM code):
 - connect: ``Room.objects.add(room, channel_name, user)`` when ``?room=`` names a room;
 - every frame: ``@touch_presence`` (updates ``last_seen``), then heartbeats are acknowledged
   with the same frames as the other servers;
-- ``room.join``: ``Room.objects.add`` and a reply with the member count;
+- ``room.join``: ``Room.objects.add`` and a reply with the member count; ``room.leave``:
+  ``Room.objects.remove``;
 - disconnect: ``@remove_presence`` (leaves every room);
 - a ``presence_changed`` receiver broadcasts the room's members to the room's group.
 
@@ -33,10 +34,20 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels_presence.decorators import remove_presence, touch_presence  # noqa: E402
 from channels_presence.models import Room  # noqa: E402
 from channels_presence.signals import presence_changed  # noqa: E402
+from django.db.backends.signals import connection_created  # noqa: E402
 from django.dispatch import receiver  # noqa: E402
 from django.urls import path  # noqa: E402
 
 HELLO = json.dumps({"type": "hello"})
+
+
+@receiver(connection_created)
+def use_wal(sender: Any, connection: Any, **kwargs: Any) -> None:
+    """SQLite in WAL mode, as the platform's settings configure it (Django 3.2 has no
+    ``init_command`` option for SQLite)."""
+    if connection.vendor == "sqlite":
+        with connection.cursor() as cursor:
+            cursor.execute("PRAGMA journal_mode=WAL;")
 
 
 class PeerConsumer(WebsocketConsumer):
@@ -66,6 +77,14 @@ class PeerConsumer(WebsocketConsumer):
             )
             count = room.presence_set.count()
             reply = {"type": "reply", "id": frame.get("id"), "data": {"count": count}}
+            self.send(text_data=json.dumps(reply))
+        elif kind == "room.leave":
+            Room.objects.remove(frame["data"]["room"], self.channel_name)
+            reply = {
+                "type": "reply",
+                "id": frame.get("id"),
+                "data": {"room": frame["data"]["room"]},
+            }
             self.send(text_data=json.dumps(reply))
 
     def presence_message(self, event: dict[str, Any]) -> None:

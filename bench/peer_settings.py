@@ -9,6 +9,21 @@ from __future__ import annotations
 
 import os
 
+from django.apps import AppConfig
+
+
+class ChannelsPresenceConfig(AppConfig):
+    """The library's app, named explicitly.
+
+    1.0.0 ships an ``apps.py`` whose only AppConfig says ``name = "rooms"``; Django 3.2 picks
+    that class up automatically and fails ("Cannot import 'rooms'"), so the app is listed
+    through this config instead, the usual workaround.
+    """
+
+    name = "channels_presence"
+    default_auto_field = "django.db.models.AutoField"
+
+
 SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "bench-peer-only")
 DEBUG = False
 ALLOWED_HOSTS = ["127.0.0.1", "localhost"]
@@ -17,7 +32,7 @@ INSTALLED_APPS = [
     "django.contrib.contenttypes",
     "django.contrib.sessions",
     "channels",
-    "channels_presence",
+    "bench.peer_settings.ChannelsPresenceConfig",
 ]
 DATABASES = {
     "default": {

@@ -303,7 +303,7 @@ def run_storm(ctx: Context, spec: ServerSpec) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------- big room
 def run_bigroom(ctx: Context, spec: ServerSpec) -> dict[str, Any]:
-    """Redis commands and frames per join, in a small and a big room."""
+    """Redis commands and frames per join and per leave, in a small and a big room."""
     o = ctx.options
     if spec.name not in (PLATFORM, PEER):
         raise NotApplicableError("no rooms")
@@ -317,9 +317,9 @@ def run_bigroom(ctx: Context, spec: ServerSpec) -> dict[str, Any]:
         for size in sizes:
             result[f"room_{size}"] = _one_room(ctx, spec, server, size)
     small, big = (result[f"room_{s}"] for s in (sizes[0], sizes[-1]))
-    result["redis_per_join_big_vs_small"] = round(
-        big["redis_commands_per_join"] / max(0.01, small["redis_commands_per_join"]), 2
-    )
+    for event in ("join", "leave"):
+        key = f"redis_commands_per_{event}"
+        result[f"{key}_big_vs_small"] = round(big[key] / max(0.01, small[key]), 2)
     return result
 
 
@@ -347,39 +347,58 @@ def _one_room(ctx: Context, spec: ServerSpec, server: Server, size: int) -> dict
     idle_started, idle_commands = time.monotonic(), ctx.redis.commands()
     time.sleep(o.idle_window)
     background = (ctx.redis.commands() - idle_commands) / (time.monotonic() - idle_started)
+    positions = list(range(worker0, worker0 + len(probes)))
+    join = _measure_requests(ctx, server, positions, "room.join", room, background)
+    # A leave has no member list in its reply: its cost is the presence event's alone.
+    leave = _measure_requests(ctx, server, positions, "room.leave", room, background)
+    close_clients(ctx)
+    settle(server.pid)
+    return {
+        "members": opened["opened"],
+        "member_joins": kinds,
+        "probes": len(probes),
+        "redis_background_per_s": round(background, 1),
+        **{f"{k}_join": v for k, v in join.items()},
+        **{f"{k}_leave": v for k, v in leave.items()},
+    }
+
+
+def _measure_requests(
+    ctx: Context,
+    server: Server,
+    positions: list[int],
+    frame_type: str,
+    room: str,
+    background: float,
+) -> dict[str, Any]:
+    """Send ``frame_type`` from each probe in turn (spaced past the server's batching window);
+    Redis commands (less the idle background rate) and frames received, per request."""
     before = ctx.redis.by_command()
     started, commands = time.monotonic(), ctx.redis.commands()
     reply_ms = []
-    for position in range(worker0, worker0 + len(probes)):
+    for position in positions:
         answer = ctx.fleet.call(
             "request",
-            {"position": position, "frame_type": "room.join", "data": {"room": room}},
+            {"position": position, "frame_type": frame_type, "data": {"room": room}},
             only=0,
         )[0]
         reply_ms.append(answer["ms"])
-        time.sleep(o.room_spacing)
+        time.sleep(ctx.options.room_spacing)
     time.sleep(0.5)
     settle(server.pid)
     elapsed = time.monotonic() - started
     raw = ctx.redis.commands() - commands
     after = ctx.redis.by_command()
-    frames = sum(ctx.fleet.call("take_frames")) - len(probes)  # less the probes' own replies
-    close_clients(ctx)
-    settle(server.pid)
-    n = max(1, len(probes))
-    per_command = {
-        name: round((after.get(name, 0) - before.get(name, 0)) / n, 2)
-        for name in sorted(after)
-        if after.get(name, 0) != before.get(name, 0) and name != "info"
-    }
+    n = max(1, len(positions))
+    frames = sum(ctx.fleet.call("take_frames")) - len(positions)  # less the probes' replies
     return {
-        "members": opened["opened"],
-        "member_joins": kinds,
-        "probe_joins": len(probes),
-        "redis_commands_per_join": round((raw - background * elapsed) / n, 2),
-        "redis_commands_per_join_raw": round(raw / n, 2),
-        "redis_background_per_s": round(background, 1),
-        "redis_by_command_per_join": per_command,
-        "frames_per_join": round(frames / n, 1),
-        "join_reply_ms_max": round(max(reply_ms, default=0.0), 2),
+        "redis_commands_per": round((raw - background * elapsed) / n, 2),
+        "redis_commands_raw_per": round(raw / n, 2),
+        "redis_by_command_per": {
+            name: round((after.get(name, 0) - before.get(name, 0)) / n, 2)
+            for name in sorted(after)
+            if after.get(name, 0) != before.get(name, 0) and name != "info"
+        },
+        "frames_per": round(frames / n, 1),
+        "reply_ms_max": round(max(reply_ms, default=0.0), 2),
     }
