@@ -2,7 +2,8 @@
 
 The sweeps run in N separate processes released at the same instant, *without* the task
 lock (``sweep.run_sweep``), with small batches so they interleave: only the atomic claims
-keep them apart. tests/e2e/test_celery_tasks.py repeats this through a real worker.
+keep them apart. Each end is logged once too: one ``close`` (why timeout) per connection.
+tests/e2e/test_celery_tasks.py repeats this through a real worker.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import json
 import subprocess
 import sys
 import uuid
+from collections import Counter
 from typing import Any
 
 import pytest
@@ -20,7 +22,8 @@ from presence import store
 from presence.fanout import GLOBAL
 from sessions_app.models import ConnectionSession, EndReason
 from tests.conftest import ROOT, celery_env
-from tests.presence.test_sweep import drain, leaves, listen
+from tests.presence.eventlog_helpers import logged
+from tests.presence.test_sweep import TTL_MS, drain, leaves, listen
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -87,3 +90,8 @@ async def test_parallel_sweeps_end_each_connection_once(r, auser_factory, seed_c
     assert leaves(await drain(watcher)) == expected
     k = store.keys()
     assert r.zcard(k.sweeping) == 0 and r.hlen(k.sweeping_exp) == 0 and r.zcard(k.conns) == 0
+    # One close per connection, by whichever sweep ended it, at the connection's expiry.
+    closes = [e for e in logged(r) if e["k"] == "close"]
+    assert Counter(e["c"] for e in closes) == Counter(c.cid for c in conns)
+    assert {e["why"] for e in closes} == {"timeout"}
+    assert all(int(e["at"]) == int(e["hb"]) + TTL_MS for e in closes), closes[:3]
