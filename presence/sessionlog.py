@@ -55,7 +55,12 @@ import redis.asyncio as aredis
 from channels.db import database_sync_to_async
 from django.db import DatabaseError, transaction
 
-from sessions_app.actions import SessionStart, do_end_sessions_at, do_start_sessions
+from sessions_app.actions import (
+    SessionStart,
+    do_end_sessions_at,
+    do_start_sessions,
+    known_user_ids,
+)
 from sessions_app.models import ConnectionSession, EndReason
 
 from . import store
@@ -178,8 +183,12 @@ def apply_entries(entries: list[store.SessionLogEntry]) -> Applied:
     )
     for _, end in ends:
         by_reason[end.reason].append((end.session_id, end.ended_at, end.last_heartbeat_at))
+    # Read before the transaction, so that its first statement is a write: on SQLite a
+    # transaction that read first fails at once ("database is locked") when another process
+    # wrote meanwhile, instead of waiting for the lock.
+    known = known_user_ids(s.user_id for s in starts)
     with transaction.atomic():
-        applied.opened = do_start_sessions(starts)
+        applied.opened = do_start_sessions(starts, known_users=known)
         for reason, rows in by_reason.items():
             applied.ended += do_end_sessions_at(rows, reason=reason)
         existing: set[str] = set()

@@ -51,20 +51,30 @@ class SessionStart:
     connected_at: dt.datetime
 
 
-def do_start_sessions(starts: Sequence[SessionStart]) -> int:
+def known_user_ids(user_ids: Iterable[int]) -> set[int]:
+    """Which of ``user_ids`` still exist (one query)."""
+    ids = set(user_ids)
+    if not ids:
+        return set()
+    return set(get_user_model()._default_manager.filter(pk__in=ids).values_list("pk", flat=True))
+
+
+def do_start_sessions(
+    starts: Sequence[SessionStart], *, known_users: set[int] | None = None
+) -> int:
     """Record many new connections in one INSERT; returns how many rows were offered.
 
     Written behind, from a log delivered at least once: a row that exists already is left as
-    it is (``ignore_conflicts``), and connections of users deleted meanwhile are skipped (one
-    query), since their row could not reference the user. A user deleted between that query
-    and the commit fails the transaction; the caller retries and skips them then.
+    it is (``ignore_conflicts``), and connections of users deleted meanwhile are skipped,
+    since their row could not reference the user. ``known_users`` is
+    :func:`known_user_ids` of the starts, when the caller read it already (outside its
+    transaction: on SQLite a transaction that reads before it writes cannot wait for the
+    write lock). A user deleted after that read fails the transaction at commit; the caller
+    retries and skips them then.
     """
     if not starts:
         return 0
-    user_ids = {s.user_id for s in starts}
-    known = set(
-        get_user_model()._default_manager.filter(pk__in=user_ids).values_list("pk", flat=True)
-    )
+    known = known_users if known_users is not None else known_user_ids(s.user_id for s in starts)
     rows = [
         ConnectionSession(
             id=s.session_id,

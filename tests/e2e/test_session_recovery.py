@@ -81,4 +81,4 @@ async def test_row_of_a_killed_server_is_written_and_then_ended_as_timeout(
     assert row.last_heartbeat_at == row.connected_at
     await session_log_written()
     runs = store.read_task_run(r, "sessionlog")
-    assert int(runs["runs_total"]) >= 1 and int(runs.get("errors_total", 0)) == 0
+    assert int(runs["runs_total"]) >= 1 and int(runs.get("errors_total", 0)) == 0, runs
