@@ -352,6 +352,15 @@ class PresenceConsumer(AsyncWebsocketConsumer):
             # is queued and disconnect() must still run, which an exception here would prevent.
             self.closing = True
 
+    async def send_text(self, text: str) -> None:
+        """Send a frame already serialized (large replies built from cached fragments)."""
+        if self.closing:
+            return
+        try:
+            await self.send(text_data=text)
+        except OSError:
+            self.closing = True  # see send_frame
+
     async def send_error(self, frame_id: str | int | None, code: str, message: str) -> None:
         """Send ``{"type": "error", ...}``; the connection stays open."""
         await self.send_frame({"type": "error", "id": frame_id, "code": code, "message": message})

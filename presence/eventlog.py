@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import weakref
+from collections import deque
 from collections.abc import Mapping
 from typing import Any
 
@@ -32,8 +33,9 @@ from redis.exceptions import RedisError
 
 from . import gctune, store
 from .app_settings import app_settings
-from .diffs import DiffBatcher, Event, Subscriber, dumps, position
+from .diffs import DiffBatcher, Event, Pos, Subscriber, dumps, position
 from .fanout import GLOBAL, LocalIndex
+from .replica import GlobalReplica
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +47,9 @@ READ_BLOCK_MS = 5000
 RETRY_FIRST = 0.1
 RETRY_MAX = 2.0
 PRESENCE_KINDS = frozenset({"join", "leave", "status"})
+# Entries kept for a replica being built to catch up with (see presence/replica.py): far
+# more than can be logged while one snapshot is read.
+RECENT_MAX = 50_000
 
 
 def parse_event(eid: str, fields: Mapping[str, str]) -> Event:
@@ -96,6 +101,10 @@ class EventLogReader:
         self.resyncs = 0  # gaps recovered from (tests, metrics)
         self.delivered = 0  # entries read and dispatched
         self.gc = gctune.ConnectionGrowthFreezer()
+        # The global membership, kept from the log for presence.sync (presence/replica.py).
+        self.replica: GlobalReplica | None = None
+        self._building: asyncio.Task[GlobalReplica | None] | None = None
+        self.recent: deque[tuple[str, Pos, Mapping[str, str]]] = deque(maxlen=RECENT_MAX)
 
     # ----------------------------------------------------------------- subscribers
     def index(self, sub: Subscriber) -> LocalIndex[Subscriber]:
@@ -156,6 +165,11 @@ class EventLogReader:
         """Deliver one log entry to this process's sockets."""
         self.delivered += 1
         kind = fields.get("k")
+        if kind != "frame":
+            pos = position(eid)
+            self.recent.append((eid, pos, fields))
+            if self.replica is not None:
+                self.replica.apply(eid, pos, fields)
         if kind == "frame":
             text, room = fields.get("f", ""), fields.get("r", GLOBAL)
             for index in (self.v1, self.v2):
@@ -189,8 +203,33 @@ class EventLogReader:
                     sub.positions[scope] = pos
                     sub.deliver(text)
         self.last = seq
+        self.replica = None  # rebuilt from a fresh snapshot by the next sync
+        self.recent.clear()
         self.resyncs += 1
         logger.info("event log reader resynced %d scopes at %s", len(scopes), seq)
+
+    # ----------------------------------------------------------------- the replica
+    async def global_replica(self) -> GlobalReplica | None:
+        """The replica of everyone online, built on first use; None when too large to keep."""
+        if self.replica is None:
+            if self._building is None or self._building.done():
+                self._building = asyncio.get_running_loop().create_task(self._build_replica())
+            return await asyncio.shield(self._building)
+        return self.replica
+
+    async def _build_replica(self) -> GlobalReplica | None:
+        client = store.get_async_redis()
+        while True:
+            (snap,) = await store.snapshots(client, [None], limit=app_settings.SYNC_LIMIT)
+            if not snap.complete:
+                return None  # answered from Redis, incomplete, like any oversize listing
+            pos = position(snap.seq)
+            if len(self.recent) == self.recent.maxlen and self.recent[0][1] > pos:
+                continue  # the log moved too far during the read to catch up: read again
+            replica = GlobalReplica(snap)
+            replica.replay(entry for entry in self.recent if entry[1] > pos)
+            self.replica = replica
+            return replica
 
 
 _readers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, EventLogReader] = (

@@ -49,6 +49,16 @@ async def reply_snapshot(ctx: HandlerContext, room: str | None) -> Any:
     sees every later change once and none twice, in order after the snapshot.
     """
     consumer, scope = ctx.consumer, room or GLOBAL
+    if room is None and consumer.reader is not None:
+        replica = await consumer.reader.global_replica()
+        if replica is not None:
+            # From the reader's replica, at its position: no Redis call (presence/replica.py).
+            start_sync(consumer, GLOBAL)
+            try:
+                await consumer.send_text(replica.reply_text(ctx.frame_id))
+            finally:
+                finish_sync(consumer, GLOBAL, replica.seq)
+            return NO_REPLY
     start_sync(consumer, scope)
     seq = None
     try:

@@ -251,3 +251,27 @@ class TestGaps:
                 await alice.recv_until(lambda f: f["type"] == "presence.state", timeout=10)
             )
         assert sorted((s["room"] or "", s["count"]) for s in states) == [("", 0), ("lobby", 0)]
+
+
+class TestReplica:
+    """The global sync is answered from the reader's replica of the log: same answer."""
+
+    async def test_sync_from_the_replica_matches_redis_through_churn(
+        self, ws_client: WSFactory, auser_factory: UserFactory, r: redis.Redis
+    ) -> None:
+        alice = await v2_client(ws_client, await auser_factory("alice"))  # builds the replica
+        bob_user, carol_user = await auser_factory("bob"), await auser_factory("carol")
+        bob1, bob2 = await ws_client(bob_user), await ws_client(bob_user)
+        carol = await ws_client(carol_user)
+        await carol.request("status.set", {"status": "busy"})
+        await bob1.close()
+        await asyncio.sleep(0.2)  # the reader has followed the log
+
+        reply = await alice.request("presence.sync", {"room": None}, id_=2)
+
+        expected = {u["id"]: u for u in store.list_online(r)[1]}
+        got = {u["id"]: u for u in reply["data"]["users"]}
+        assert got == expected
+        assert got[carol.hello["user"]["id"]]["status"] == "busy"
+        assert got[bob2.hello["user"]["id"]]["connections"] == 1
+        assert reply["data"]["count"] == 3
