@@ -385,6 +385,39 @@ class TestFailedScriptLogsNothing:
         assert_unchanged(before, state(rb))
 
 
+class TestFailingAfterTheFirstWrite:
+    """A key the script first touches after it has written something has the wrong type.
+
+    Redis does not roll back a failed script, so the writes before the failing command stay
+    while the events (appended last) are lost: state without event. Known gap, reported;
+    the markers go once the scripts check those keys before their first write.
+    """
+
+    @pytest.mark.xfail(strict=True, reason="connect.lua writes the conn hash and indexes first")
+    async def test_connect_with_a_broken_user_hash(self, r: redis.Redis, rb: redis.Redis) -> None:
+        await connect("c0", 1)
+        retype(r, store.keys().user(7))
+        entries, before = log_len(r), state(rb)
+
+        with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+            await connect("c1", 7)
+
+        assert log_len(r) == entries
+        assert_unchanged(before, state(rb))
+
+    @pytest.mark.xfail(strict=True, reason="end.lua deletes the connection before its rooms")
+    async def test_end_with_a_broken_room(self, r: redis.Redis, rb: redis.Redis) -> None:
+        ref = await connect("c1", 7, rooms=("lobby",))
+        retype(r, store.keys().room("lobby"))
+        entries, before = log_len(r), state(rb)
+
+        with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+            await store.end_connections(store.get_async_redis(), [ref])
+
+        assert log_len(r) == entries
+        assert_unchanged(before, state(rb))
+
+
 @contextmanager
 def out_of_memory(r: redis.Redis) -> Iterator[None]:
     """Redis over its memory limit (``maxmemory`` 1 byte, noeviction) inside the block."""
