@@ -107,11 +107,19 @@ def _ip(value: str) -> str | None:
         return None
 
 
+def _user_id(value: str) -> int:
+    # A value no primary key column can hold would fail every retry of the batch (DataError).
+    uid = int(value)
+    if not 0 < uid < 2**63:
+        raise ValueError(f"user id out of range: {uid}")
+    return uid
+
+
 def parse_open(fields: dict[str, str]) -> SessionStart:
     """The row of an ``open`` entry; raises ValueError/KeyError when it is malformed."""
     return SessionStart(
         session_id=uuid.UUID(fields["c"]),
-        user_id=int(fields["u"]),
+        user_id=_user_id(fields["u"]),
         channel_name=fields.get("ch", ""),
         ip=_ip(fields.get("ip", "")),
         user_agent=fields.get("ua", ""),
@@ -173,7 +181,12 @@ def apply_entries(entries: list[store.SessionLogEntry]) -> Applied:
             elif kind == KIND_CLOSE:
                 ends.append((entry.id, parse_close(entry.fields)))
                 continue  # acknowledged below, once its row is known to exist
-        except (KeyError, ValueError) as exc:
+        except (
+            KeyError,
+            ValueError,
+            OverflowError,
+            OSError,
+        ) as exc:  # bad times raise the last two
             applied.malformed += 1
             logger.warning("session log: malformed %s entry %s skipped: %r", kind, entry.id, exc)
         applied.done.append(entry.id)

@@ -185,11 +185,13 @@ class TestBulkWrite:
         alice = user_factory("alice")
         log.add("open", c="not-a-uuid", u=alice.pk)
         log.add("close", c=str(uuid.uuid4()), u=alice.pk, why="exploded", at=T0)
+        log.open(alice, t=10**30)  # no datetime holds it
+        log.open(alice, uid=2**64)  # no primary key column holds it
         good = log.open(alice, ip="not-an-ip")
 
         report = sessionlog.drain_session_log()
 
-        assert report.malformed == 2
+        assert report.malformed == 4
         assert rows()[good].ip is None  # recorded without the bogus address
         assert log.pending() == 0
 
@@ -357,6 +359,19 @@ class TestTakeOver:
         names = {c["name"] for c in log.r.xinfo_consumers(log.key, store.SESSION_LOG_GROUP)}  # type: ignore[union-attr]
         assert removed == 1
         assert names == {"web-busy"}
+
+
+class TestBacklog:
+    def test_undelivered_and_pending_entries_are_counted(
+        self, log: Log, user_factory: Callable[..., Any]
+    ) -> None:
+        alice = user_factory("alice")
+        assert store.session_log_backlog(log.r) == {"pending": 0, "undelivered": 0}
+        log.open(alice)
+        log.read_as("web-dead")
+        log.open(alice), log.open(alice)
+
+        assert store.session_log_backlog(log.r) == {"pending": 1, "undelivered": 2}
 
 
 class TestDatabaseOutage:
