@@ -31,6 +31,8 @@ local cid, uid, username = ARGV[4], ARGV[5], ARGV[6]
 
 -- Reads (and the log check) before the first write: a failure leaves nothing behind.
 -- '(' makes the bound exclusive: a connection expiring exactly now is already gone.
+expect_types({KEYS[1], 'zset', KEYS[2], 'zset', KEYS[3], 'hash', KEYS[4], 'hash',
+  KEYS[5], 'set', KEYS[6], 'hash', KEYS[7], 'zset'})
 local live_before = redis.call('ZCOUNT', KEYS[7], '(' .. now, '+inf')
 log_open(KEYS[8], ARGV[8], now)
 

@@ -22,8 +22,10 @@ Returns one entry per connection:
   {cid, state, global_left, room_left_1, ...}
   state 1: ended now; global_left is 1 when it was the user's last live connection,
            followed by the rooms the user has no connection in any more.
-  state 0: already ended by someone else (nothing logged; the caller may still finish its
-           bookkeeping, e.g. the sweep still ends the database row).
+  state 0: already ended by someone else, or its keys are gone. In mode 'closed' a `close`
+           (hb '') is logged all the same: the socket did close, and the session row must
+           end even when Redis lost the connection (the row keeps its first ending). In
+           mode 'swept' nothing is logged (the sweep ends the row itself).
   state -1: not ended, the connection heartbeated after the sweep claimed it.
 
 Logged for each connection ended now, in this order: `leave` (r room, u, n, s 'offline',
@@ -39,6 +41,29 @@ leave and close is logged exactly once, however many sweeps and sockets race.
 local now = tonumber(ARGV[1])
 local mode, reason, ttl = ARGV[2], ARGV[3], tonumber(ARGV[4])
 local nconns = tonumber(ARGV[6])
+-- Every key of the batch is checked before the first connection is touched.
+local spec = {KEYS[1], 'zset', KEYS[2], 'zset', KEYS[3], 'hash', KEYS[4], 'zset',
+  KEYS[5], 'hash'}
+do
+  local a, k = 7, 7
+  for _ = 1, nconns do
+    local nrooms = tonumber(ARGV[a + 2])
+    -- conn, rooms, user, uconns, then a (room zset, room-user set) pair per room
+    for j, t in ipairs({'hash', 'set', 'hash', 'zset'}) do
+      spec[#spec + 1] = KEYS[k + j - 1]
+      spec[#spec + 1] = t
+    end
+    for r = 0, nrooms - 1 do
+      spec[#spec + 1] = KEYS[k + 4 + 2 * r]
+      spec[#spec + 1] = 'zset'
+      spec[#spec + 1] = KEYS[k + 5 + 2 * r]
+      spec[#spec + 1] = 'set'
+    end
+    a = a + 3 + nrooms
+    k = k + 4 + 2 * nrooms
+  end
+end
+expect_types(spec)
 log_open(KEYS[6], ARGV[5], now)
 local a = 7
 local k = 7
@@ -96,6 +121,11 @@ for i = 1, nconns do
     end
     log_event('close', 'c', cid, 'u', uid, 'why', reason, 'at', at, 'hb', exp - ttl)
     ended = ended + 1
+  elseif state == 0 and mode == 'closed' then
+    -- The socket closed but its hash is gone: a sweep ended it first (and logged its close),
+    -- or Redis lost it. Log the socket's own close so its session row ends now either way;
+    -- the row keeps the first ending. No leave: membership is already gone.
+    log_event('close', 'c', cid, 'u', uid, 'why', reason, 'at', now, 'hb', '')
   end
   out[i] = entry
   a = a + 3 + nrooms

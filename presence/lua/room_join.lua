@@ -17,6 +17,8 @@ in it, -1 when the connection is unknown (its session ended).
 ]]
 --!include eventlog
 local now = tonumber(ARGV[1])
+expect_types({KEYS[1], 'hash', KEYS[2], 'set', KEYS[3], 'zset', KEYS[4], 'set',
+  KEYS[5], 'hash'})
 local info = redis.call('HMGET', KEYS[1], 'exp', 'username')
 local exp = info[1]
 if not exp then

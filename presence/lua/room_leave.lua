@@ -14,6 +14,7 @@ the user's current status s and why 'left' is logged), 0 otherwise (another tab 
 user is still in it, or this connection was not).
 ]]
 --!include eventlog
+expect_types({KEYS[1], 'set', KEYS[2], 'zset', KEYS[3], 'set', KEYS[4], 'hash'})
 if redis.call('SISMEMBER', KEYS[1], ARGV[3]) == 0 then
   return 0
 end

@@ -13,6 +13,7 @@ Returns the number of events logged.
 ]]
 --!include eventlog
 local now = tonumber(ARGV[1])
+expect_types({KEYS[1], 'hash'})
 log_open(KEYS[2], ARGV[2], now)
 redis.call('HSET', KEYS[1], 'status', ARGV[5])
 local uid, username, status = ARGV[3], ARGV[4], ARGV[5]

@@ -93,7 +93,16 @@ class TestClosed:
 
         assert res == store.EndResult(cid="c1", state=0, global_left=False, rooms_left=[])
         assert r.hget(k.stats, "disconnects") == "1"
-        assert logged(r, since=mark) == []
+        # No leave (nothing left), but the socket's own close, so its row ends whoever ended
+        # the connection first; the row keeps the first ending.
+        (entry,) = logged(r, since=mark)
+        assert (entry["k"], entry["c"], entry["why"], entry["at"], entry["hb"]) == (
+            "close",
+            "c1",
+            "closed",
+            str(t0 + 2),
+            "",
+        )
 
     async def test_closing_one_of_two_tabs_does_not_leave(self, r: redis.Redis) -> None:
         k, t0 = store.keys(), store.now_ms()
@@ -241,10 +250,12 @@ class TestLeaveComputedOnce:
         assert swept.state == 1
         assert closed.state == 0
         assert closed.global_left is False
-        # Logged by its one owner only.
+        # The leave by its one owner only; the socket's late close is logged too (its row
+        # keeps the sweep's ending, the first).
         assert [(e["k"], e["why"]) for e in logged(r, since=mark)] == [
             ("leave", "timeout"),
             ("close", "timeout"),
+            ("close", "closed"),
         ]
 
 

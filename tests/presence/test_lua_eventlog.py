@@ -386,14 +386,13 @@ class TestFailedScriptLogsNothing:
 
 
 class TestFailingAfterTheFirstWrite:
-    """A key the script first touches after it has written something has the wrong type.
+    """A key the script would first touch after writing something has the wrong type.
 
-    Redis does not roll back a failed script, so the writes before the failing command stay
-    while the events (appended last) are lost: state without event. Known gap, reported;
-    the markers go once the scripts check those keys before their first write.
+    Redis does not roll back a failed script, so each script checks the types of every key
+    it writes (lib/eventlog.lua expect_types) before its first write: neither state nor
+    event, as when the key was read first.
     """
 
-    @pytest.mark.xfail(strict=True, reason="connect.lua writes the conn hash and indexes first")
     async def test_connect_with_a_broken_user_hash(self, r: redis.Redis, rb: redis.Redis) -> None:
         await connect("c0", 1)
         retype(r, store.keys().user(7))
@@ -405,7 +404,6 @@ class TestFailingAfterTheFirstWrite:
         assert log_len(r) == entries
         assert_unchanged(before, state(rb))
 
-    @pytest.mark.xfail(strict=True, reason="end.lua deletes the connection before its rooms")
     async def test_end_with_a_broken_room(self, r: redis.Redis, rb: redis.Redis) -> None:
         ref = await connect("c1", 7, rooms=("lobby",))
         retype(r, store.keys().room("lobby"))

@@ -14,12 +14,25 @@ then the fields of its kind (docs/presence.md lists them). The stream is trimmed
 MAXLEN ~ ARGV-given length at every append: memory stays bounded.
 
 Atomicity: the event is appended in the same script that changes the state, so both happen
-or neither. Redis does not roll back writes when a script fails half-way, so log_open() must
-run before the script's first write: XREVRANGE fails (WRONGTYPE) on a key that is not a
-stream, which aborts the script with nothing written; scripts read every key they check
-before writing too.
+or neither. Redis does not roll back writes when a script fails half-way, so a script must
+not be able to fail after its first write: before writing, it calls expect_types() on every
+key it touches (a key of another type, say after a collision with someone else's keys,
+fails the script with nothing written) and log_open() (XREVRANGE fails the same way when the
+log is not a stream). Out of memory is refused at the first write, before anything changed.
 ]]
 local LOG = {}
+
+-- expect_types({key, 'hash', key, 'zset', ...}): fail, before any write, when a key holds
+-- another type than the one the script will write to it ('none' is fine: it will be made).
+local function expect_types(spec)
+  for i = 1, #spec, 2 do
+    local found = redis.call('TYPE', spec[i])['ok']
+    if found ~= 'none' and found ~= spec[i + 1] then
+      error('WRONGTYPE presence key ' .. spec[i] .. ' holds a ' .. found .. ', not a ' ..
+        spec[i + 1] .. '; nothing was written')
+    end
+  end
+end
 
 local function log_open(key, maxlen, now)
   LOG.key, LOG.maxlen, LOG.now = key, maxlen, now
