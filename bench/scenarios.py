@@ -252,6 +252,15 @@ def run_steady(ctx: Context, spec: ServerSpec) -> dict[str, Any]:
                 "client_lag_max_ms": round(max(a["client_lag_max"] for a in answers) * 1000, 1),
                 "server_cpu_us_per_heartbeat": round(cpu / max(1, sent) * 1e6),
             }
+            # The worst ack less what the client's own loop stalls and a typical ack explain:
+            # a lower bound on the longest the server left a due heartbeat unanswered.
+            if "ack_max_ms" in phase:
+                phase["server_stall_estimate_ms"] = round(
+                    max(
+                        0.0, phase["ack_max_ms"] - phase["client_lag_max_ms"] - phase["ack_p50_ms"]
+                    ),
+                    1,
+                )
             result[key] = phase
         result["server_rss_kib_end"] = rss_kib(server.pid)
         close_clients(ctx)
