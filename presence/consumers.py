@@ -284,7 +284,7 @@ class PresenceConsumer(AsyncWebsocketConsumer):
         box = self._outbox
         if box is None:
             box = self._outbox = deque()
-        if len(box) >= app_settings.OUTBOX_MAX:
+        if self.reader is not None and len(box) >= self.reader.outbox_max:
             self._overflow()
             return
         box.append(text)

@@ -101,6 +101,8 @@ class EventLogReader:
         self.resyncs = 0  # gaps recovered from (tests, metrics)
         self.delivered = 0  # entries read and dispatched
         self.gc = gctune.ConnectionGrowthFreezer()
+        # Read once: deliver() runs per socket per frame, a settings lookup there shows up.
+        self.outbox_max = app_settings.OUTBOX_MAX
         # The global membership, kept from the log for presence.sync (presence/replica.py).
         self.replica: GlobalReplica | None = None
         self._building: asyncio.Task[GlobalReplica | None] | None = None
