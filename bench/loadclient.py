@@ -161,7 +161,7 @@ class Worker:
         errors: list[str] = []
         hellos: list[float] = []
         v2 = 0
-        started = time.monotonic()
+        started, cpu = time.monotonic(), time.process_time()
 
         async def one(uid: int) -> None:
             nonlocal v2
@@ -212,6 +212,8 @@ class Worker:
             "started": started,
             "last_hello": max(hellos, default=started),
             "v2_hellos": v2,
+            # Client CPU shows whether a phase was bound by the client (e.g. decoding syncs).
+            "cpu_s": time.process_time() - cpu,
         }
 
     async def close_all(self) -> dict[str, Any]:

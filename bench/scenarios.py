@@ -103,6 +103,7 @@ def open_clients(
         "seconds": round(last_hello - started, 3),
         "last_hello": last_hello,
         "v2_hellos": sum(a["v2_hellos"] for a in answers),
+        "client_cpu_s": round(sum(a["cpu_s"] for a in answers), 2),
     }
     errors = [e for a in answers for e in a["errors"]]
     if errors:
@@ -283,6 +284,7 @@ def run_storm(ctx: Context, spec: ServerSpec) -> dict[str, Any]:
             opened = open_clients(ctx, spec, uids, v2=views, sync=views)
             result[f"{phase}_s"] = opened["seconds"]
             result[f"{phase}_failed"] = opened["failed"]
+            result[f"{phase}_client_cpu_s"] = opened["client_cpu_s"]
             if "errors" in opened:
                 result[f"{phase}_errors"] = opened["errors"]
             if views:
