@@ -95,10 +95,22 @@ _writers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, HotPathWriter] = 
 )
 
 
+# The last loop asked about and its writer. WARNING: hot path: get_writer() runs several
+# times per frame, and a WeakKeyDictionary lookup there was ~6 % of a heartbeat's CPU.
+# A web process has one loop, so this one-entry cache nearly always answers.
+_last: tuple[asyncio.AbstractEventLoop | None, HotPathWriter | None] = (None, None)
+
+
 def get_writer() -> HotPathWriter:
     """The writer of the running event loop."""
+    global _last
     loop = asyncio.get_running_loop()
+    cached_loop, cached = _last
+    if cached_loop is loop and cached is not None:
+        return cached
     writer = _writers.get(loop)
     if writer is None:
         writer = _writers[loop] = HotPathWriter()
+    # A strong reference to the loop until another loop asks: only tests run several.
+    _last = (loop, writer)
     return writer

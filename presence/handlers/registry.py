@@ -30,6 +30,8 @@ from pydantic import BaseModel, ValidationError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from .deadlines import watchdog
+
 if TYPE_CHECKING:
     from .context import HandlerContext
 
@@ -287,17 +289,21 @@ class HandlerRegistry:
             call: Awaitable[Any] = spec.func(ctx, arg)
         else:
             call = database_sync_to_async(spec.func, thread_sensitive=False)(ctx, arg)
-        deadline = asyncio.timeout(spec.timeout)
+        # WARNING: hot path. One watchdog timer per loop, not asyncio.timeout() per call.
+        dog = watchdog()
+        deadline = dog.enter(spec.timeout) if spec.timeout is not None else None
         try:
-            async with deadline:
-                result = await call
+            result = await call
         except FrameError:
             raise
+        except asyncio.CancelledError:
+            if deadline is None or not deadline.expired:
+                raise  # cancelled from outside (the socket closed): not ours to answer
+            asyncio.current_task().uncancel()  # type: ignore[union-attr]
+            raise FrameError(
+                "handler_timeout", f"{spec.type} did not answer within {spec.timeout} s"
+            ) from None
         except TimeoutError:
-            if deadline.expired():
-                raise FrameError(
-                    "handler_timeout", f"{spec.type} did not answer within {spec.timeout} s"
-                ) from None
             logger.exception(
                 "handler %s raised TimeoutError (session %s)", spec.type, ctx.session_id
             )
@@ -311,8 +317,12 @@ class HandlerRegistry:
                 "handler %s failed (session %s, user %s)", spec.type, ctx.session_id, ctx.user_id
             )
             raise FrameError("handler_error", f"{spec.type} failed; the error was logged") from None
-        if deadline.expired():
+        finally:
+            if deadline is not None:
+                dog.exit(deadline)
+        if deadline is not None and deadline.expired:
             # The handler swallowed its cancellation and finished late: still a timeout.
+            asyncio.current_task().uncancel()  # type: ignore[union-attr]
             raise FrameError(
                 "handler_timeout", f"{spec.type} did not answer within {spec.timeout} s"
             )
