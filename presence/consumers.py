@@ -26,7 +26,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from channels.consumer import get_handler_name
+from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
+from channels.layers import get_channel_layer
 from redis.exceptions import RedisError
 
 from sessions_app.models import EndReason
@@ -39,6 +41,7 @@ from .eventlog import EventLogReader, ensure_reader
 from .handlers import FrameError, HandlerContext, registry
 from .handlers.lifecycle import ensure_control_watcher
 from .handlers.registry import NO_REPLY
+from .inbox import get_inbox
 from .ratelimit import FrameLimiter
 from .sessionlog import ensure_session_writer
 
@@ -169,6 +172,34 @@ class PresenceConsumer(AsyncWebsocketConsumer):
         self._ready = True
         if self._outbox:
             self._start_pump()
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        """Serve one socket: ASGI messages in order, channel-layer messages via the inbox.
+
+        WARNING: per-connection cost. Channels' own ``__call__`` waits on the ASGI receive
+        and on a per-socket channel-layer receive at once (``await_many_dispatch``: a task
+        per source and an ``asyncio.wait`` per message, plus channels_redis' receive tasks
+        and queue per socket). Here the ASGI messages are awaited directly, and the
+        process's :class:`~presence.inbox.Inbox` hands this consumer the few messages sent to
+        its channel name (kick, expiry). Routing, auth middleware, ``channel_name`` and
+        ``channel_layer.send()`` to it work as before; channel-layer groups are not used.
+        """
+        self.scope = scope
+        self.channel_layer = get_channel_layer(self.channel_layer_alias)
+        inbox = get_inbox(self.channel_layer)
+        if inbox is None:  # another channel layer: Channels' generic loop
+            await super().__call__(scope, receive, send)
+            return
+        self.channel_name = await self.channel_layer.new_channel()
+        self.base_send = send
+        inbox.register(self.channel_name, self)
+        try:
+            while True:
+                await self.dispatch(await receive())
+        except StopConsumer:
+            pass
+        finally:
+            inbox.unregister(self.channel_name)
 
     @property
     def conn_ref(self) -> store.ConnRef:
