@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import weakref
-from collections import deque
 from collections.abc import Mapping
 from typing import Any
 
@@ -47,9 +46,6 @@ READ_BLOCK_MS = 5000
 RETRY_FIRST = 0.1
 RETRY_MAX = 2.0
 PRESENCE_KINDS = frozenset({"join", "leave", "status"})
-# Entries kept for a replica being built to catch up with (see presence/replica.py): far
-# more than can be logged while one snapshot is read.
-RECENT_MAX = 50_000
 
 
 def parse_event(eid: str, fields: Mapping[str, str]) -> Event:
@@ -106,7 +102,9 @@ class EventLogReader:
         # The global membership, kept from the log for presence.sync (presence/replica.py).
         self.replica: GlobalReplica | None = None
         self._building: asyncio.Task[GlobalReplica | None] | None = None
-        self.recent: deque[tuple[str, Pos, Mapping[str, str]]] = deque(maxlen=RECENT_MAX)
+        # Entries dispatched while a replica's snapshot is being read (None otherwise): the
+        # replica replays those newer than its snapshot.
+        self.recent: list[tuple[str, Pos, Mapping[str, str]]] | None = None
 
     # ----------------------------------------------------------------- subscribers
     def index(self, sub: Subscriber) -> LocalIndex[Subscriber]:
@@ -167,9 +165,10 @@ class EventLogReader:
         """Deliver one log entry to this process's sockets."""
         self.delivered += 1
         kind = fields.get("k")
-        if kind != "frame":
+        if kind != "frame" and (self.replica is not None or self.recent is not None):
             pos = position(eid)
-            self.recent.append((eid, pos, fields))
+            if self.recent is not None:
+                self.recent.append((eid, pos, fields))
             if self.replica is not None:
                 self.replica.apply(eid, pos, fields)
         if kind == "frame":
@@ -206,7 +205,6 @@ class EventLogReader:
                     sub.deliver(text)
         self.last = seq
         self.replica = None  # rebuilt from a fresh snapshot by the next sync
-        self.recent.clear()
         self.resyncs += 1
         logger.info("event log reader resynced %d scopes at %s", len(scopes), seq)
 
@@ -220,18 +218,22 @@ class EventLogReader:
         return self.replica
 
     async def _build_replica(self) -> GlobalReplica | None:
-        client = store.get_async_redis()
-        while True:
-            (snap,) = await store.snapshots(client, [None], limit=app_settings.SYNC_LIMIT)
+        # Entries dispatched before this point are older than the snapshot read below (the
+        # reader only delivers what the log already holds); those dispatched during the read
+        # are kept, and the ones the snapshot does not contain are replayed.
+        self.recent = []
+        try:
+            (snap,) = await store.snapshots(
+                store.get_async_redis(), [None], limit=app_settings.SYNC_LIMIT
+            )
             if not snap.complete:
                 return None  # answered from Redis, incomplete, like any oversize listing
-            pos = position(snap.seq)
-            if len(self.recent) == self.recent.maxlen and self.recent[0][1] > pos:
-                continue  # the log moved too far during the read to catch up: read again
             replica = GlobalReplica(snap)
-            replica.replay(entry for entry in self.recent if entry[1] > pos)
+            replica.replay(entry for entry in self.recent if entry[1] > replica.pos)
             self.replica = replica
             return replica
+        finally:
+            self.recent = None
 
 
 _readers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, EventLogReader] = (
