@@ -53,13 +53,23 @@ class TokenAuthMiddleware:
         self.inner = inner
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> Any:
-        query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
-        token = (query.get("token") or [""])[0]
-        user = scope.get("user")
-        if token and (user is None or not user.is_authenticated):
-            found = await database_sync_to_async(user_from_token)(token)
-            scope = {**scope, "user": found or AnonymousUser()}
+        # This frame lives as long as the socket: keep nothing in it but what is passed on.
+        token = _query_token(scope)
+        if token:
+            user = scope.get("user")
+            if user is None or not user.is_authenticated:
+                found = await database_sync_to_async(user_from_token)(token)
+                scope = {**scope, "user": found or AnonymousUser()}
+            del user
         return await self.inner(scope, receive, send)
+
+
+def _query_token(scope: dict[str, Any]) -> str:
+    """``?token=`` of the handshake URL ("" when absent)."""
+    raw = scope.get("query_string", b"")
+    if b"token=" not in raw:
+        return ""
+    return (parse_qs(raw.decode("latin-1")).get("token") or [""])[0]
 
 
 def PresenceAuthStack(inner: Any) -> Any:  # noqa: N802 - mirrors AuthMiddlewareStack
