@@ -275,14 +275,23 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, fl
     }
 
 
-def _table_keys(scenario: str, args: argparse.Namespace) -> list[str]:
+def _table_keys(scenario: str, args: argparse.Namespace, summary: dict[str, Any]) -> list[str]:
     if scenario == "steady":
         phases = [f"at_{args.interval:g}s", f"at_{args.fast_interval:g}s"]
         return TABLE_KEYS["steady"] + [
             f"{p}.{k}" for p in phases for k in TABLE_KEYS["steady_phase"]
         ]
     if scenario == "bigroom":
-        return [f"room_{s}.{k}" for s in args.room_sizes for k in TABLE_KEYS["bigroom_room"]]
+        # Every room size measured (the peer's big room is capped, so it has its own size).
+        sizes = sorted(
+            {
+                int(key.split(".")[0].removeprefix("room_"))
+                for figures in summary.get("bigroom", {}).values()
+                for key in figures
+                if key.startswith("room_")
+            }
+        )
+        return [f"room_{s}.{k}" for s in sizes for k in TABLE_KEYS["bigroom_room"]]
     return TABLE_KEYS.get(scenario, [])
 
 
@@ -300,7 +309,7 @@ def ratio_table(summary: dict[str, Any], args: argparse.Namespace) -> list[str]:
     head += "".join(f"{s[:4] + '/floor':>13}" for s in others)
     lines = [head, "-" * len(head)]
     for scenario in args.scenarios:
-        for key in _table_keys(scenario, args):
+        for key in _table_keys(scenario, args, summary):
             row = {s: summary.get(scenario, {}).get(s, {}).get(key) for s in servers}
             if all(v is None for v in row.values()):
                 continue
