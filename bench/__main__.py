@@ -367,12 +367,13 @@ def check_targets(summary: dict[str, Any], args: argparse.Namespace) -> list[dic
     for event in ("join", "leave"):
         a = get("bigroom", PLATFORM, f"room_{small}.redis_commands_per_{event}")
         b = get("bigroom", PLATFORM, f"room_{big}.redis_commands_per_{event}")
-        ok = a is not None and b is not None and abs(b - a) <= max(0.5, 0.1 * a)
+        # "The same" means it does not grow with the room: up to 10% more is noise.
+        ok = a is not None and b is not None and b <= a + max(0.5, 0.1 * a)
         # A join's reply lists the room's members (protocol), so the join figure includes
         # reading them; a leave's reply does not: it is the presence event alone.
         label = "join (reply lists members)" if event == "join" else "leave"
         check(
-            f"bigroom: Redis commands per {label} equal at {small} and {big} members",
+            f"bigroom: Redis commands per {label} at {big} members <= at {small}",
             b if a is not None else None,
             ok,
             f"{a} vs {b}",

@@ -461,7 +461,11 @@ class Worker:
         sent = time.monotonic()
         await client.ws.send(json.dumps({"type": frame_type, "id": frame_id, "data": data}))
         answer = await asyncio.wait_for(waiter, wait_s)
-        return {"type": answer.get("type"), "ms": (time.monotonic() - sent) * 1000}
+        return {
+            "type": answer.get("type"),
+            "code": answer.get("code"),
+            "ms": (time.monotonic() - sent) * 1000,
+        }
 
     async def request_all(
         self, frame_type: str, data: dict[str, Any], concurrency: int, skip: int = 0
@@ -475,6 +479,8 @@ class Worker:
                 try:
                     answer = await self.request(position, frame_type, data)
                     kind = str(answer["type"])
+                    if answer["code"]:
+                        kind += f":{answer['code']}"
                 except Exception as exc:
                     kind = type(exc).__name__
                 kinds[kind] = kinds.get(kind, 0) + 1
