@@ -11,12 +11,15 @@ django_asgi_app = get_asgi_application()
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
+from presence import gctune  # noqa: E402
 from presence.auth import PresenceAuthStack  # noqa: E402
 from presence.handlers.lifecycle import register_at_startup  # noqa: E402
 from presence.routing import websocket_urlpatterns  # noqa: E402
 
 # Every web process records its message handlers (RegisteredHandler) before serving.
 register_at_startup()
+# Start-up objects frozen out of the cyclic GC, thresholds raised (presence/gctune.py).
+gctune.configure(report_at_exit=os.environ.get("PRESENCE_GC_REPORT", "") == "1")
 
 application = ProtocolTypeRouter(
     {

@@ -25,8 +25,11 @@ What we do:
 
 from __future__ import annotations
 
+import atexit
 import gc
+import json
 import logging
+import sys
 import time
 from typing import Any
 
@@ -68,10 +71,16 @@ def _on_gc(phase: str, info: dict[str, Any]) -> None:
         )
 
 
-def configure() -> None:
-    """Freeze what start-up created and set the thresholds (once per process)."""
+def configure(*, report_at_exit: bool = False) -> None:
+    """Freeze what start-up created and set the thresholds (once per process).
+
+    ``report_at_exit`` writes the pause distribution to stderr when the process exits
+    (``PRESENCE_GC_REPORT=1``; the benchmark reads it there).
+    """
     if _on_gc not in gc.callbacks:
         gc.callbacks.append(_on_gc)
+        if report_at_exit:
+            atexit.register(_report_at_exit)
     gc.collect()
     gc.freeze()
     gc.set_threshold(GEN0_THRESHOLD, GEN1_THRESHOLD, GEN2_THRESHOLD)
@@ -97,6 +106,14 @@ def pause_stats() -> dict[str, dict[str, float]]:
         }
     out["frozen"] = {"count": gc.get_freeze_count()}
     return out
+
+
+def _report_at_exit() -> None:
+    # Straight to stderr: logging handlers may be closed by the time atexit runs.
+    try:
+        sys.stderr.write(f"presence.gctune gc pauses: {json.dumps(pause_stats())}\n")
+    except (OSError, ValueError):
+        pass
 
 
 class ConnectionGrowthFreezer:

@@ -440,7 +440,9 @@ class SessionWriter:
 
     async def write(self, client: aredis.Redis, entries: list[store.SessionLogEntry]) -> None:
         """Write one batch and acknowledge what is done; closes waiting for their open stay."""
-        applied = await database_sync_to_async(apply_entries)(entries)
+        # Not the thread-sensitive thread: that one runs every socket's authentication, and
+        # a bulk write of a connect storm's rows must not queue the next handshakes behind it.
+        applied = await database_sync_to_async(apply_entries, thread_sensitive=False)(entries)
         oldest = (
             await store.aoldest_pending_session_log(client, skip={e.id for e in entries})
             if applied.missing
