@@ -164,6 +164,11 @@ PRESENCE_FLOOD_WINDOW = env.float("PRESENCE_FLOOD_WINDOW", default=10.0)
 PRESENCE_MAX_ROOMS_PER_CONNECTION = env.int("PRESENCE_MAX_ROOMS_PER_CONNECTION", default=50)
 PRESENCE_LIST_LIMIT = env.int("PRESENCE_LIST_LIMIT", default=1000)
 PRESENCE_TOKEN_MAX_AGE = env.int("PRESENCE_TOKEN_MAX_AGE", default=60)
+# Event log and protocol v2 (presence/app_settings.py documents each; docs/presence.md).
+PRESENCE_EVENT_LOG_MAXLEN = env.int("PRESENCE_EVENT_LOG_MAXLEN", default=100_000)
+PRESENCE_DIFF_WINDOW = env.float("PRESENCE_DIFF_WINDOW", default=0.1)
+PRESENCE_SYNC_LIMIT = env.int("PRESENCE_SYNC_LIMIT", default=10_000)
+PRESENCE_OUTBOX_MAX = env.int("PRESENCE_OUTBOX_MAX", default=2_000)
 # Global join/leave events reach every connection: O(connections) messages per event.
 PRESENCE_GLOBAL_EVENTS = env.bool("PRESENCE_GLOBAL_EVENTS", default=True)
 
