@@ -53,6 +53,8 @@ MAX_KEPT = 10_000  # pauses kept per generation (the newest)
 
 
 def _on_gc(phase: str, info: dict[str, Any]) -> None:
+    if sys.is_finalizing():
+        return  # the interpreter is going: nothing to report to, streams may be closed
     generation = int(info.get("generation", 0))
     if phase == "start":
         _started[generation] = time.perf_counter()
@@ -79,6 +81,8 @@ def configure(*, report_at_exit: bool = False) -> None:
     """
     if _on_gc not in gc.callbacks:
         gc.callbacks.append(_on_gc)
+        # Out again before logging shuts down: collections at exit are nobody's stall.
+        atexit.register(_uninstall)
         if report_at_exit:
             atexit.register(_report_at_exit)
     gc.collect()
@@ -106,6 +110,11 @@ def pause_stats() -> dict[str, dict[str, float]]:
         }
     out["frozen"] = {"count": gc.get_freeze_count()}
     return out
+
+
+def _uninstall() -> None:
+    if _on_gc in gc.callbacks:
+        gc.callbacks.remove(_on_gc)
 
 
 def _report_at_exit() -> None:
