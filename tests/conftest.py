@@ -39,6 +39,13 @@ def pytest_configure(config: pytest.Config) -> None:
     settings.REDIS_URL = url
     settings.CELERY_BROKER_URL = url
     settings.CHANNEL_LAYERS["default"]["CONFIG"]["hosts"] = [url]
+    # No persistent database connections in tests: worker threads (the session writer's)
+    # would otherwise keep connections open past the test database's teardown.
+    os.environ["DJANGO_CONN_MAX_AGE"] = "0"
+    from django.db import connections
+
+    for alias in connections:
+        connections.settings[alias]["CONN_MAX_AGE"] = 0
     from config.celery import app as celery_app
 
     celery_app.conf.broker_url = url
