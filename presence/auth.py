@@ -10,8 +10,10 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import parse_qs
 
-from channels.auth import AuthMiddlewareStack
+from channels.auth import AuthMiddleware
 from channels.db import database_sync_to_async
+from channels.sessions import CookieMiddleware, SessionMiddleware
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.core import signing
@@ -55,13 +57,29 @@ class TokenAuthMiddleware:
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> Any:
         # This frame lives as long as the socket: keep nothing in it but what is passed on.
         token = _query_token(scope)
-        if token:
-            user = scope.get("user")
-            if user is None or not user.is_authenticated:
-                found = await database_sync_to_async(user_from_token)(token)
-                scope = {**scope, "user": found or AnonymousUser()}
-            del user
+        if token and not scope["user"].is_authenticated:
+            # Any executor thread, not the one thread-sensitive thread every handshake of the
+            # process would queue for: the lookup only reads.
+            found = await database_sync_to_async(user_from_token, thread_sensitive=False)(token)
+            scope = {**scope, "user": found or AnonymousUser()}
+            del found
         return await self.inner(scope, receive, send)
+
+
+class SessionAuthMiddleware(AuthMiddleware):
+    """Channels' ``AuthMiddleware``, minus its database hop for handshakes without a cookie.
+
+    Without a session cookie the session can name no user, yet Channels still resolves it
+    in the thread-sensitive executor: one queued thread hop per connect (token clients, a
+    connect storm). Here such a handshake is anonymous at once; with the cookie, Channels'
+    own resolution runs unchanged.
+    """
+
+    async def resolve_scope(self, scope: dict[str, Any]) -> None:
+        if settings.SESSION_COOKIE_NAME not in scope.get("cookies", {}):
+            scope["user"]._wrapped = AnonymousUser()
+            return
+        await super().resolve_scope(scope)
 
 
 def _query_token(scope: dict[str, Any]) -> str:
@@ -73,5 +91,5 @@ def _query_token(scope: dict[str, Any]) -> str:
 
 
 def PresenceAuthStack(inner: Any) -> Any:  # noqa: N802 - mirrors AuthMiddlewareStack
-    """Session-cookie auth, then token auth, around ``inner``."""
-    return AuthMiddlewareStack(TokenAuthMiddleware(inner))
+    """Session-cookie auth, then token auth, around ``inner`` (Channels' stack otherwise)."""
+    return CookieMiddleware(SessionMiddleware(SessionAuthMiddleware(TokenAuthMiddleware(inner))))
