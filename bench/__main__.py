@@ -133,6 +133,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g = p.add_argument_group("storm")
     g.add_argument("--storm-clients", type=int, help="clients (5000)")
     g.add_argument("--converge-timeout", type=float, default=60.0, help="s to wait for views")
+    g.add_argument(
+        "--storm-views",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="platform clients sync and track their views (--no-storm-views: hellos only)",
+    )
     g = p.add_argument_group("bigroom")
     g.add_argument("--room-sizes", help="members before the probes join (10,2000)")
     g.add_argument("--room-probes", type=int, default=10, help="measured joins per room")
