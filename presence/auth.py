@@ -58,9 +58,10 @@ class TokenAuthMiddleware:
         # This frame lives as long as the socket: keep nothing in it but what is passed on.
         token = _query_token(scope)
         if token and not scope["user"].is_authenticated:
-            # Any executor thread, not the one thread-sensitive thread every handshake of the
-            # process would queue for: the lookup only reads.
-            found = await database_sync_to_async(user_from_token, thread_sensitive=False)(token)
+            # On the thread-sensitive thread like every ORM call here: Channels closes
+            # connections around calls there; on other executor threads (asgiref 3.13) the
+            # connection a call opens is not the one it closes, and they pile up.
+            found = await database_sync_to_async(user_from_token)(token)
             scope = {**scope, "user": found or AnonymousUser()}
             del found
         return await self.inner(scope, receive, send)

@@ -440,9 +440,9 @@ class SessionWriter:
 
     async def write(self, client: aredis.Redis, entries: list[store.SessionLogEntry]) -> None:
         """Write one batch and acknowledge what is done; closes waiting for their open stay."""
-        # Not the thread-sensitive thread: that one runs every socket's authentication, and
-        # a bulk write of a connect storm's rows must not queue the next handshakes behind it.
-        applied = await database_sync_to_async(apply_entries, thread_sensitive=False)(entries)
+        # The thread-sensitive thread (see presence/auth.py on why not another executor's):
+        # a batch is one short transaction, so handshakes queue behind it only briefly.
+        applied = await database_sync_to_async(apply_entries)(entries)
         oldest = (
             await store.aoldest_pending_session_log(client, skip={e.id for e in entries})
             if applied.missing

@@ -39,8 +39,9 @@ def pytest_configure(config: pytest.Config) -> None:
     settings.REDIS_URL = url
     settings.CELERY_BROKER_URL = url
     settings.CHANNEL_LAYERS["default"]["CONFIG"]["hosts"] = [url]
-    # No persistent database connections in tests: worker threads (the session writer's)
-    # would otherwise keep connections open past the test database's teardown.
+    # No persistent database connections in tests: each test's event loop has its own
+    # threads, whose connections would otherwise outlive them until the test database's
+    # teardown (PostgreSQL refuses to drop a database in use).
     os.environ["DJANGO_CONN_MAX_AGE"] = "0"
     from django.db import connections
 

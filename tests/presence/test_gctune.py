@@ -12,6 +12,7 @@ from presence import gctune
 
 @pytest.fixture
 def restore_gc() -> Iterator[None]:
+    """Back to the test process's settings (tests/conftest.py) afterwards."""
     threshold = gc.get_threshold()
     yield
     gc.unfreeze()
