@@ -73,6 +73,21 @@ def _close_sync_thread_connections(django_db_setup: None) -> Iterator[None]:
     SyncToAsync.single_thread_executor.submit(connections.close_all).result(timeout=10)
 
 
+@pytest.fixture(autouse=True)
+def _sync_thread_idle_before_db_teardown(_django_db_marker: None) -> Iterator[None]:
+    """Wait for work still running on asgiref's sync thread before the database is reset.
+
+    The session-row writer is a background task: when a test ends it may be inside a bulk
+    write there. Torn down after pytest-django's database fixture is set up, so this runs
+    before its teardown (PostgreSQL's TRUNCATE would otherwise deadlock with the inserts).
+    Nothing new starts meanwhile: no event loop runs during a sync fixture's teardown.
+    """
+    yield
+    from asgiref.sync import SyncToAsync
+
+    SyncToAsync.single_thread_executor.submit(lambda: None).result(timeout=30)
+
+
 @pytest.fixture(scope="session")
 def redis_server() -> RedisServer:
     """The private redis-server of this test run (kill/restart it in fault tests)."""
