@@ -173,6 +173,8 @@ def machine_info(argv: list[str]) -> dict[str, Any]:
     commit = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
     ).stdout.strip()
+    # A run from an exported tree (git archive) has no repository: the caller names the commit.
+    commit = commit or os.environ.get("BENCH_GIT_COMMIT", "unknown")
     return {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "nproc": os.cpu_count(),
