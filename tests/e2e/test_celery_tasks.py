@@ -82,10 +82,12 @@ class TestSweepWorker:
     ):
         fast = {"PRESENCE_SWEEP_INTERVAL": "0.3", "STATS_FLUSH_INTERVAL": "60"}
         worker = celery_worker_process(concurrency=2, env=fast)
-        beats = [celery_worker_process(env=fast, beat=True) for _ in range(2)]  # one by mistake
         users = [await auser_factory() for _ in range(10)]
         watcher = await listen(GLOBAL)
+        # Seeded before any sweep runs: a sweep between a user's first and second seeded
+        # connection would rightly log a leave, then a join and a second leave.
         conns = await seed_connections(users, per_user=3, age=120)
+        beats = [celery_worker_process(env=fast, beat=True) for _ in range(2)]  # one by mistake
 
         await until(lambda: store.read_task_run(r, "sweep").get("ended_total") == str(len(conns)))
         await asyncio.sleep(1.0)  # more periods of both beats
