@@ -131,7 +131,7 @@ class EventLogReader:
         self.task = asyncio.get_running_loop().create_task(self._run(), name="presence-log")
 
     async def _run(self) -> None:
-        client = store.get_async_redis()
+        client = store.get_async_redis(blocking=True)
         delay, lost = RETRY_FIRST, False
         while True:
             try:

@@ -401,7 +401,7 @@ class SessionWriter:
 
     async def step(self) -> None:
         """Read one batch (pending ones first when a scan is due), write it, acknowledge it."""
-        client = store.get_async_redis()
+        client = store.get_async_redis(blocking=True)
         count = app_settings.SESSION_LOG_BATCH
         if not self.group_ready:
             await store.aensure_session_group(client)

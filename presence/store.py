@@ -270,14 +270,20 @@ def get_redis() -> redis.Redis:
     return client
 
 
-def get_async_redis() -> aredis.Redis:
-    """Async client of the running event loop (asyncio connections cannot cross loops)."""
+def get_async_redis(*, blocking: bool = False) -> aredis.Redis:
+    """Async client of the running event loop (asyncio connections cannot cross loops).
+
+    ``blocking``: a separate client for the background readers' blocking reads (XREAD BLOCK,
+    XREADGROUP BLOCK). Each holds a connection for seconds; on the shared pool they would
+    make the hot path open new connections (a handshake on a heartbeat's way).
+    """
     loop = asyncio.get_running_loop()
     per_loop = _async_clients.setdefault(loop, {})
     url = app_settings.REDIS_URL
-    client = per_loop.get(url)
+    key = url + "#blocking" if blocking else url
+    client = per_loop.get(key)
     if client is None:
-        client = per_loop[url] = aredis.Redis.from_url(
+        client = per_loop[key] = aredis.Redis.from_url(
             url, decode_responses=True, health_check_interval=30
         )
     return client

@@ -79,6 +79,25 @@ class CommandLog:
             if (name, key) in self.BACKGROUND or name in self.LOG_READERS:
                 continue
             out.append([name, *words[1:]])
+        return self._without_connection_setups(out)
+
+    @staticmethod
+    def _without_connection_setups(commands: list[list[str]]) -> list[list[str]]:
+        """Drop what redis-py sends once when it opens a pooled connection.
+
+        A new connection starts with PING and CLIENT SETINFO (library name and version); the
+        pool opens one when two commands of the process overlap (a heartbeat batch and the
+        handler-control poll), which is no part of any heartbeat. A PING of its own (not
+        followed by CLIENT SETINFO) is kept: that would be a command per call.
+        """
+        out = []
+        for i, command in enumerate(commands):
+            if command[:2] == ["CLIENT", "SETINFO"]:
+                continue
+            after = commands[i + 1] if i + 1 < len(commands) else []
+            if command == ["PING"] and after[:2] == ["CLIENT", "SETINFO"]:
+                continue
+            out.append(command)
         return out
 
     def names(self) -> Counter[str]:
