@@ -613,12 +613,6 @@ def user_presence(client: redis.Redis, uid: int) -> tuple[str | None, int]:
 LogEntry = tuple[str, dict[str, str]]
 
 
-def position_key(seq: str) -> tuple[int, int]:
-    """A log position ("<ms>-<n>", a stream id) as a comparable pair."""
-    ms, _, n = seq.partition("-")
-    return int(ms), int(n or 0)
-
-
 async def log_position(client: aredis.Redis) -> str:
     """The id of the newest log entry ("0-0" when the log is empty): where a reader starts."""
     last = await client.xrevrange(keys().events, "+", "-", count=1)
