@@ -8,7 +8,6 @@ straight to its channel.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterable
 from typing import Any
@@ -17,6 +16,7 @@ from channels.layers import BaseChannelLayer, get_channel_layer
 
 from . import store
 from .batching import get_writer
+from .diffs import dumps
 
 logger = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ async def do_disconnect_user(conn: store.ConnRef, *, reason: str) -> store.EndRe
 
 async def do_broadcast(room: str, frame: dict[str, Any]) -> None:
     """Send ``frame`` to every connection in ``room``, on every process (through the log)."""
-    await store.publish(store.get_async_redis(), room, json.dumps(frame, separators=(",", ":")))
+    await store.publish(store.get_async_redis(), room, dumps(frame))
 
 
 # ---- sweep (presence.sweep): events for connections the expiry sweep ended

@@ -36,7 +36,7 @@ from sessions_app.models import EndReason
 from . import actions, store
 from .app_settings import app_settings
 from .batching import get_writer
-from .diffs import Event, Pos
+from .diffs import Event, Pos, dumps
 from .eventlog import EventLogReader, ensure_reader
 from .handlers import FrameError, HandlerContext, registry
 from .handlers.lifecycle import ensure_control_watcher
@@ -329,11 +329,7 @@ class PresenceConsumer(AsyncWebsocketConsumer):
         try:
             box = self._outbox
             while box and not self.closing:
-                text = box.popleft()
-                try:
-                    await self.send(text_data=text)
-                except OSError:
-                    self.closing = True  # the client went away; its disconnect follows
+                await self.send_text(box.popleft())
         finally:
             self._pump = None
             if not self._outbox:
@@ -372,25 +368,20 @@ class PresenceConsumer(AsyncWebsocketConsumer):
     # ----------------------------------------------------------------- frames out
     async def send_frame(self, frame: dict[str, Any]) -> None:
         """Serialize and send one frame (nothing once the socket is closing)."""
+        await self.send_text(dumps(frame))
+
+    async def send_text(self, text: str) -> None:
+        """Send a frame already serialized (nothing once the socket is closing)."""
         if self.closing:
             return
         try:
-            await self.send(text_data=json.dumps(frame, separators=(",", ":")))
+            await self.send(text_data=text)
         except OSError:
             # ASGI: a send on a connection the client already closed raises an OSError
             # subclass (uvicorn's ClientDisconnected), e.g. an event dispatched while the
             # client's close was arriving. Drop the frame: that close's websocket.disconnect
             # is queued and disconnect() must still run, which an exception here would prevent.
             self.closing = True
-
-    async def send_text(self, text: str) -> None:
-        """Send a frame already serialized (large replies built from cached fragments)."""
-        if self.closing:
-            return
-        try:
-            await self.send(text_data=text)
-        except OSError:
-            self.closing = True  # see send_frame
 
     async def send_error(self, frame_id: str | int | None, code: str, message: str) -> None:
         """Send ``{"type": "error", ...}``; the connection stays open."""
