@@ -41,6 +41,8 @@ def main() -> int:
     try:
         manage("migrate", "--noinput")
         manage("check")
+        # The admin's CSS/JS and ours, served by WhiteNoise from STATIC_ROOT.
+        manage("collectstatic", "--noinput", "--verbosity", "0")
         if env.get("DJANGO_SUPERUSER_USERNAME") and env.get("DJANGO_SUPERUSER_PASSWORD"):
             env.setdefault("DJANGO_SUPERUSER_EMAIL", "")
             # Fails harmlessly when the user exists already.

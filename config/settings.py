@@ -44,6 +44,8 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "django_prometheus.middleware.PrometheusBeforeMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    # Static files from the app server itself (no nginx needed): compressed, hashed, cached.
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -174,7 +176,21 @@ PRESENCE_GLOBAL_EVENTS = env.bool("PRESENCE_GLOBAL_EVENTS", default=True)
 
 # --------------------------------------------------------------------------- static, i18n, auth
 STATIC_URL = "static/"
-STATIC_ROOT = VAR_DIR / "static"
+# `collectstatic` (run by `make run` and by a deploy) gathers files here; WhiteNoise serves them.
+STATIC_ROOT = Path(env.str("DJANGO_STATIC_ROOT", default=str(VAR_DIR / "static")))
+# Production serves compressed files with content hashes in their names (cached forever);
+# development (and the test suite) serves straight from the apps' static folders, so a file
+# edited or added shows up without collectstatic.
+STATIC_MANIFEST = env.bool("DJANGO_STATIC_MANIFEST", default=not DEBUG)
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {
+        "BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"
+        if STATIC_MANIFEST
+        else "django.contrib.staticfiles.storage.StaticFilesStorage"
+    },
+}
+WHITENOISE_USE_FINDERS = not STATIC_MANIFEST
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
 USE_I18N = True

@@ -22,8 +22,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from selenium.webdriver.remote.webdriver import WebDriver
 
 from config.embedded_redis import free_port
+from tests.e2e.browser import start_chromium
 from tests.support import database_url
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -163,3 +165,21 @@ def asgi_server(django_db_setup: Any, tmp_path: Path) -> Iterator[Callable[..., 
     factory = ASGIServerFactory(tmp_path)
     yield factory
     factory.stop_all()
+
+
+@pytest.fixture
+def chromium(tmp_path: Path) -> Iterator[Callable[..., WebDriver]]:
+    """Factory of headless Chromium browsers, each with its own profile; all quit at teardown.
+
+    Each call is a separate browser (its own cookies): two calls are two users.
+    """
+    drivers: list[WebDriver] = []
+
+    def start(**kwargs: Any) -> WebDriver:
+        driver = start_chromium(tmp_path / f"chromium-{len(drivers)}", **kwargs)
+        drivers.append(driver)
+        return driver
+
+    yield start
+    for driver in drivers:
+        driver.quit()
