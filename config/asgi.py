@@ -9,9 +9,12 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 django_asgi_app = get_asgi_application()
 
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
-from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
 from presence import gctune  # noqa: E402
+from presence.asgi import (  # noqa: E402
+    LoggingAllowedHostsOriginValidator,
+    ProcessRegistryMiddleware,
+)
 from presence.auth import PresenceAuthStack  # noqa: E402
 from presence.handlers.lifecycle import register_at_startup  # noqa: E402
 from presence.routing import websocket_urlpatterns  # noqa: E402
@@ -21,12 +24,16 @@ register_at_startup()
 # Start-up objects frozen out of the cyclic GC, thresholds raised (presence/gctune.py).
 gctune.configure(report_at_exit=os.environ.get("PRESENCE_GC_REPORT", "") == "1")
 
-application = ProtocolTypeRouter(
-    {
-        "http": django_asgi_app,
-        # Origin must match ALLOWED_HOSTS: blocks cross-site WebSocket hijacking.
-        "websocket": AllowedHostsOriginValidator(
-            PresenceAuthStack(URLRouter(websocket_urlpatterns))
-        ),
-    }
+# The process registers itself in Redis (presence/processes.py) on its first connection.
+application = ProcessRegistryMiddleware(
+    ProtocolTypeRouter(
+        {
+            "http": django_asgi_app,
+            # Origin must match ALLOWED_HOSTS: blocks cross-site WebSocket hijacking. Refusals
+            # are logged with the Origin (Channels' validator refuses silently).
+            "websocket": LoggingAllowedHostsOriginValidator(
+                PresenceAuthStack(URLRouter(websocket_urlpatterns))
+            ),
+        }
+    )
 )

@@ -33,7 +33,7 @@ from redis.exceptions import RedisError
 
 from sessions_app.models import EndReason
 
-from . import actions, store
+from . import actions, metrics, store
 from .app_settings import app_settings
 from .batching import get_writer
 from .diffs import Event, Pos, dumps
@@ -159,6 +159,7 @@ class PresenceConsumer(AsyncWebsocketConsumer):
             await self.close_with(CLOSE_TRY_AGAIN, "unavailable", "presence is unavailable")
             return
         self.registered = True
+        metrics.connection_opened(self)
         hello: dict[str, Any] = {
             "type": "hello",
             "session_id": self.session_id,
@@ -234,6 +235,7 @@ class PresenceConsumer(AsyncWebsocketConsumer):
         allowed, notify, flooding = self.limiter.check()
         if not allowed:
             get_writer().count(store.error_field("rate_limited"))
+            metrics.frame_dropped()
             if flooding:
                 self.end_reason = EndReason.ERROR
                 await self.close_with(CLOSE_FLOODING, "flooding", "too many frames; slow down")
@@ -288,7 +290,10 @@ class PresenceConsumer(AsyncWebsocketConsumer):
             finally:
                 for name in store.handler_call_fields(spec.type, time.perf_counter() - started):
                     writer.count(name)
+                metrics.handler_called(spec.type, time.perf_counter() - started)
+            metrics.frame_ok(spec.type)
         except FrameError as err:
+            metrics.frame_error(msg_type, err.code)
             writer.count(store.error_field(err.code))
             if err.code in ("handler_error", "handler_timeout"):
                 writer.count(store.handler_error_field(msg_type, err.code))
@@ -422,12 +427,14 @@ class PresenceConsumer(AsyncWebsocketConsumer):
 
     # ----------------------------------------------------------------- end
     async def disconnect(self, code: int) -> None:
+        metrics.socket_closed(self, code)
         self._forget()
         if not self.registered:
             return
         self.registered = False
         if code == CLOSE_SERVICE_RESTART and self.end_reason == EndReason.CLOSED:
             self.end_reason = EndReason.SERVER_SHUTDOWN
+        metrics.connection_ended(self, code)
         try:
             # Logs the leaves and the `close` the session row is ended from; a no-op when
             # the sweep ended the connection first (exactly one of them ends it).
