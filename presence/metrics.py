@@ -117,10 +117,10 @@ def _initial_series() -> None:
 
     for reason in EndReason:
         DISCONNECTS.labels(reason.value)
-    for code in sorted(KNOWN_CLOSE_CODES):
-        CLOSES.labels(str(code))
-    for code in INITIAL_ERROR_CODES:
-        ERRORS.labels(code)
+    for close_code in sorted(KNOWN_CLOSE_CODES):
+        CLOSES.labels(str(close_code))
+    for error_code in INITIAL_ERROR_CODES:
+        ERRORS.labels(error_code)
     FRAMES.labels(OTHER, "error")
     FRAMES.labels(OTHER, "dropped")
 
