@@ -27,6 +27,7 @@ from contextvars import ContextVar
 from typing import Any
 
 from asgiref.sync import iscoroutinefunction
+from django.core.handlers.asgi import ASGIRequest
 from django.http import HttpRequest, HttpResponse
 from django.utils.decorators import sync_and_async_middleware
 
@@ -164,11 +165,11 @@ def request_id_middleware(
         async def amiddleware(request: HttpRequest) -> HttpResponse:
             rid = incoming_request_id(request)
             request.request_id = rid  # type: ignore[attr-defined]
-            token = request_id_var.set(rid)
-            try:
-                response: HttpResponse = await get_response(request)
-            finally:
-                request_id_var.reset(token)
+            # Not reset: Django serves each ASGI request in a task of its own and logs and
+            # sends the response from it after the middleware returned, so its response log
+            # and uvicorn's access line carry the id too; the context ends with the task.
+            request_id_var.set(rid)
+            response: HttpResponse = await get_response(request)
             response[REQUEST_ID_HEADER] = rid
             return response
 
@@ -181,7 +182,12 @@ def request_id_middleware(
         try:
             response: HttpResponse = get_response(request)
         finally:
-            request_id_var.reset(token)
+            # Under ASGI this runs in a thread whose context changes asgiref copies back to
+            # the request's task: kept, so Django's response log and uvicorn's access line
+            # (both written after the middleware returned) carry the id. A WSGI thread
+            # serves request after request: there the id must not outlive its request.
+            if not isinstance(request, ASGIRequest):
+                request_id_var.reset(token)
         response[REQUEST_ID_HEADER] = rid
         return response
 
