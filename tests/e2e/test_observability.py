@@ -268,3 +268,23 @@ class TestLogs:
         assert closed["code"] == 1000 and closed["reason"] == "closed"
         assert closed["duration_seconds"] > 0
         assert all(r["level"] in ("DEBUG", "INFO", "WARNING", "ERROR") for r in records)
+
+
+class TestCeleryLogs:
+    async def test_worker_logs_json_with_the_sweep_summary(
+        self, auser_factory: Any, seed_connections: Any, celery_worker_process: Any
+    ) -> None:
+        from presence.tasks import sweep_expired
+
+        await seed_connections([await auser_factory()], age=70)  # lapsed, keys still there
+        worker = celery_worker_process(env={"LOG_FORMAT": "json"}, concurrency=1)
+        await asyncio.to_thread(sweep_expired.delay)
+
+        def swept() -> bool:
+            return '"logger": "presence.sweep"' in worker.text()
+
+        await eventually(swept, within=20)
+        records = [json.loads(line) for line in worker.text().splitlines() if line.startswith("{")]
+        (summary,) = [r for r in records if r["logger"] == "presence.sweep"]
+        assert summary["level"] == "INFO" and "ended=1" in summary["message"]
+        assert any(r["message"].endswith(" ready.") for r in records)  # Celery's own lines too
