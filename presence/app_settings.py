@@ -44,6 +44,16 @@ class AppSettings:
         return int(self._get("WS_MAX_MESSAGE_BYTES", 65536))
 
     @property
+    def MAX_JSON_DEPTH(self) -> int:
+        """Deepest nesting of arrays/objects a client frame may have (deeper: bad_json)."""
+        return int(self._get("PRESENCE_MAX_JSON_DEPTH", 32))
+
+    @property
+    def MAX_JSON_NUMBER_DIGITS(self) -> int:
+        """Longest number (in digits) a client frame may hold (longer: bad_json)."""
+        return int(self._get("PRESENCE_MAX_JSON_NUMBER_DIGITS", 64))
+
+    @property
     def RATE_LIMIT(self) -> float:
         """Sustained frames per second allowed per connection (token bucket refill rate)."""
         return float(self._get("PRESENCE_RATE_LIMIT", 20.0))

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-import json
 import logging
 import time
 import uuid
@@ -33,7 +32,7 @@ from redis.exceptions import RedisError
 
 from sessions_app.models import EndReason
 
-from . import actions, store
+from . import actions, frames, store
 from .app_settings import app_settings
 from .batching import get_writer
 from .diffs import Event, Pos, dumps
@@ -56,6 +55,7 @@ CLOSE_FLOODING = 4429
 CLOSE_TOO_BIG = 1009
 CLOSE_SERVICE_RESTART = 1012
 CLOSE_TRY_AGAIN = 1013
+CLOSE_INTERNAL_ERROR = 1011
 
 SUBPROTOCOL_V2 = "presence.v2"
 
@@ -198,8 +198,21 @@ class PresenceConsumer(AsyncWebsocketConsumer):
                 await self.dispatch(await receive())
         except StopConsumer:
             pass
+        except Exception:
+            # A bug, not a client: close with 1011 and still end the connection at once
+            # (below) rather than leave the user online until the sweep.
+            logger.exception("consumer failed (session %s)", getattr(self, "session_id", "-"))
+            self.end_reason = EndReason.ERROR
+            await self.close(code=CLOSE_INTERNAL_ERROR)
         finally:
             inbox.unregister(self.channel_name)
+            if self.registered:
+                # Reached without websocket.disconnect: the consumer raised or was cancelled
+                # (server shutdown). The cleanup runs in its own task so a cancellation of
+                # this one cannot stop it half-way.
+                await asyncio.shield(
+                    asyncio.get_running_loop().create_task(self.disconnect(CLOSE_INTERNAL_ERROR))
+                )
 
     @property
     def conn_ref(self) -> store.ConnRef:
@@ -225,7 +238,7 @@ class PresenceConsumer(AsyncWebsocketConsumer):
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         if not self.registered or self.closing:
             return
-        size = len(text_data.encode()) if text_data is not None else len(bytes_data or b"")
+        size = frames.text_size(text_data) if text_data is not None else len(bytes_data or b"")
         if size > app_settings.WS_MAX_MESSAGE_BYTES:
             # uvicorn enforces --ws-max-size itself; this covers other servers and tests.
             self.end_reason = EndReason.ERROR
@@ -260,12 +273,7 @@ class PresenceConsumer(AsyncWebsocketConsumer):
         try:
             if text_data is None:
                 raise FrameError("bad_frame", "binary frames are not supported; send JSON text")
-            try:
-                frame = json.loads(text_data)
-            except ValueError:
-                raise FrameError("bad_json", "the frame is not valid JSON") from None
-            if not isinstance(frame, dict):
-                raise FrameError("bad_frame", "a frame must be a JSON object")
+            frame = frames.decode(text_data)
             raw_id = frame.get("id")
             if isinstance(raw_id, (str, int)) and not isinstance(raw_id, bool):
                 frame_id = raw_id if not isinstance(raw_id, str) else raw_id[:128]
@@ -293,6 +301,15 @@ class PresenceConsumer(AsyncWebsocketConsumer):
             if err.code in ("handler_error", "handler_timeout"):
                 writer.count(store.handler_error_field(msg_type, err.code))
             await self.send_error(frame_id, err.code, err.message)
+            return
+        except Exception:
+            # Nothing a client sends may end its connection with a traceback: a failure
+            # outside any handler (the registry, the counters) is answered like a handler's.
+            logger.exception(
+                "frame handling failed (session %s, user %s)", self.session_id, self.user_id
+            )
+            writer.count(store.error_field("internal_error"))
+            await self.send_error(frame_id, "internal_error", "the server failed; it was logged")
             return
         if result is NO_REPLY:
             return
