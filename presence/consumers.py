@@ -34,6 +34,7 @@ from sessions_app.models import EndReason
 
 from . import actions, frames, store
 from .app_settings import app_settings
+from .auth import TokenAuth, login_hash
 from .batching import get_writer
 from .diffs import Event, Pos, dumps
 from .eventlog import EventLogReader, ensure_reader
@@ -57,7 +58,31 @@ CLOSE_SERVICE_RESTART = 1012
 CLOSE_TRY_AGAIN = 1013
 CLOSE_INTERNAL_ERROR = 1011
 
+SUBPROTOCOL_V1 = "presence.v1"
 SUBPROTOCOL_V2 = "presence.v2"
+
+# Why the connect gate (connect.lua) refused -> (close code, error code, message).
+REFUSALS: dict[str, tuple[int, str, str]] = {
+    "blocked": (CLOSE_FORBIDDEN, "blocked", "this account is blocked by an operator"),
+    "token_revoked": (CLOSE_UNAUTHORIZED, "token_revoked", "this token was revoked"),
+    "session_revoked": (CLOSE_UNAUTHORIZED, "session_revoked", "this login session was ended"),
+    "token_used": (CLOSE_UNAUTHORIZED, "token_used", "this token was used already"),
+    "connect_rate": (
+        CLOSE_FLOODING,
+        "connect_rate_limited",
+        "too many connection attempts from this address; retry later",
+    ),
+    "too_many_connections": (
+        CLOSE_FLOODING,
+        "too_many_connections",
+        "too many open connections for this user",
+    ),
+    "too_many_from_address": (
+        CLOSE_FLOODING,
+        "too_many_connections",
+        "too many open connections from this address",
+    ),
+}
 
 
 def _client_ip(scope: dict[str, Any]) -> str | None:
@@ -121,7 +146,8 @@ class PresenceConsumer(AsyncWebsocketConsumer):
             await self.accept()
             await self.close_with(CLOSE_FORBIDDEN, "forbidden", "this account is disabled")
             return
-        if SUBPROTOCOL_V2 in (self.scope.get("subprotocols") or ()):
+        offered = self.scope.get("subprotocols") or ()
+        if SUBPROTOCOL_V2 in offered:
             self.protocol = 2
         self.user_id = int(user.pk)
         self.username = user.get_username()
@@ -132,31 +158,32 @@ class PresenceConsumer(AsyncWebsocketConsumer):
             app_settings.FLOOD_DROPS,
             app_settings.FLOOD_WINDOW,
         )
-        await self.accept(subprotocol=SUBPROTOCOL_V2 if self.protocol == 2 else None)
+        # A browser fails the handshake unless the server picks one of the subprotocols it
+        # offered; one that sent only its token gets none (docs/protocol.md).
+        chosen = SUBPROTOCOL_V2 if self.protocol == 2 else None
+        if chosen is None and SUBPROTOCOL_V1 in offered:
+            chosen = SUBPROTOCOL_V1
+        await self.accept(subprotocol=chosen)
         try:
-            # Operators' enable/disable, the event log and the session-row writer run in this
-            # event loop as tasks started here; only a loop's first connection waits for them.
-            await ensure_control_watcher()
-            self.reader = await ensure_reader()
-            await ensure_session_writer()
-            # In the index before the change is logged, so this socket gets its own join;
-            # nothing is sent to it before hello (deliver() holds frames until _ready).
-            self.reader.register(self)
-            await actions.do_connect_user(
-                cid=self.session_id,
-                uid=self.user_id,
-                username=self.username,
-                channel=self.channel_name,
-                ip=_client_ip(self.scope),
-                user_agent=_header(self.scope, b"user-agent"),
-            )
-        except RedisError:
+            async with asyncio.timeout(app_settings.CONNECT_TIMEOUT):
+                result = await self._register()
+        except (RedisError, TimeoutError) as exc:
             # Without the store nobody could see this connection: say so and let the client
-            # retry later, rather than keep a socket that is online for no one. Nothing was
-            # logged, so no session row is written for it.
-            logger.exception("presence store unreachable; refusing connection %s", self.session_id)
+            # retry later, rather than keep a socket that is online for no one. The connect
+            # script may have run all the same (a timeout while its answer was on the way):
+            # undo it, so the connection does not stay registered until its TTL.
+            logger.warning(
+                "presence store unreachable or slow; refusing connection %s: %r",
+                self.session_id,
+                exc,
+            )
             self._forget()
+            actions.undo_connect(self.conn_ref)
             await self.close_with(CLOSE_TRY_AGAIN, "unavailable", "presence is unavailable")
+            return
+        if result.refused:
+            self._forget()
+            await self.refuse(result)
             return
         self.registered = True
         hello: dict[str, Any] = {
@@ -172,6 +199,56 @@ class PresenceConsumer(AsyncWebsocketConsumer):
         self._ready = True
         if self._outbox:
             self._start_pump()
+
+    async def _register(self) -> store.ConnectResult:
+        """Start this loop's background readers, index the socket, run connect.lua."""
+        # Operators' enable/disable, the event log and the session-row writer run in this
+        # event loop as tasks started here; only a loop's first connection waits for them.
+        await ensure_control_watcher()
+        self.reader = await ensure_reader()
+        await ensure_session_writer()
+        # In the index before the change is logged, so this socket gets its own join;
+        # nothing is sent to it before hello (deliver() holds frames until _ready).
+        self.reader.register(self)
+        return await actions.do_connect_user(
+            cid=self.session_id,
+            uid=self.user_id,
+            username=self.username,
+            channel=self.channel_name,
+            ip=_client_ip(self.scope),
+            user_agent=_header(self.scope, b"user-agent"),
+            gate=self._gate(),
+        )
+
+    def _gate(self) -> store.ConnectGate:
+        """The configured limits, with what this handshake's credentials are."""
+        token: TokenAuth | None = self.scope.get("presence_token")
+        if token is not None:
+            return store.ConnectGate.from_settings(
+                issued_ms=token.issued_ms, token_id=token.token_id, login=token.login
+            )
+        session = self.scope.get("session")
+        return store.ConnectGate.from_settings(
+            login=login_hash(getattr(session, "session_key", None))
+        )
+
+    async def refuse(self, result: store.ConnectResult) -> None:
+        """Close a connection the gate refused, with the documented code and reason."""
+        code, error, message = REFUSALS[result.refused]
+        if result.retry_after_ms:
+            seconds = max(1, -(-result.retry_after_ms // 1000))
+            await self.send_frame(
+                {
+                    "type": "error",
+                    "id": None,
+                    "code": error,
+                    "message": message,
+                    "retry_after": seconds,
+                }
+            )
+            await self.close(code=code, reason=message[:120])
+            return
+        await self.close_with(code, error, message)
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         """Serve one socket: ASGI messages in order, channel-layer messages via the inbox.

@@ -26,6 +26,12 @@ key                             type   content
 ``{P}:handlers:disabled``       SET    message types an operator disabled (from the DB)
 ``{P}:handlers:version``        STR    counter bumped on every change of that set
 ``{P}:events``                  STREAM the presence event log (presence/eventlog.py)
+``{P}:addr:<ip>:conns``         ZSET   cid -> connect ms: connections from one address
+``{P}:addr:<ip>:rate``          HASH   tokens, ts: the address's connect-rate bucket
+``{P}:user:<uid>:block``        STR    an operator's block of the user (expires with it)
+``{P}:user:<uid>:revoked``      STR    ms: credentials issued before it are refused
+``{P}:login:<hash>:revoked``    STR    a revoked login session (expires with the revocation)
+``{P}:token:<id>``              STR    a single-use token's mark once presented
 ==============================  =====  ==================================================
 
 Scores, not key TTLs, decide who is online: a member counts while its score is in the
@@ -141,6 +147,30 @@ class Keys:
 
     def room_user(self, room: str, uid: int | str) -> str:
         return f"{self.tag}:room:{room}:user:{uid}"
+
+    # ---- the connect gate (connect.lua; presence/revocation.py, docs/operations.md)
+    def addr_conns(self, ip: str) -> str:
+        return f"{self.tag}:addr:{ip or '-'}:conns"
+
+    def addr_rate(self, ip: str) -> str:
+        return f"{self.tag}:addr:{ip or '-'}:rate"
+
+    def user_block(self, uid: int | str) -> str:
+        return f"{self.tag}:user:{uid}:block"
+
+    def user_revoked(self, uid: int | str) -> str:
+        return f"{self.tag}:user:{uid}:revoked"
+
+    def login_revoked(self, login: str) -> str:
+        return f"{self.tag}:login:{login or '-'}:revoked"
+
+    def token_used(self, token_id: str) -> str:
+        return f"{self.tag}:token:{token_id or '-'}"
+
+    @property
+    def conn_prefix(self) -> str:
+        """What every connection hash's key starts with (connect.lua prunes by it)."""
+        return f"{self.tag}:conn:"
 
     def fixed(self) -> list[str]:
         """Keys every batch script (heartbeat, end) takes first, in KEYS order."""
@@ -322,6 +352,42 @@ class ConnectResult:
     joined: bool
     status: str
     open_id: str = ""  # the event log id of the connection's `open` entry
+    refused: str = ""  # why the gate refused the connection ("" = registered)
+    retry_after_ms: int = 0
+
+
+@dataclass(frozen=True)
+class ConnectGate:
+    """Who may connect: limits and credentials connect.lua checks before registering.
+
+    The default gate checks nothing (internal callers, benchmarks of the store); the consumer
+    builds one from the settings with :meth:`from_settings`.
+    """
+
+    max_per_user: int = 0
+    max_per_address: int = 0
+    address_rate: float = 0.0  # connects per second per address (token refill)
+    address_burst: int = 0
+    issued_ms: int = 0  # when the credentials were issued (a token's mint time)
+    token_id: str = ""
+    token_ttl_ms: int = 0
+    login: str = ""  # hash of the login session the credentials belong to
+
+    @classmethod
+    def from_settings(
+        cls, *, issued_ms: int = 0, token_id: str = "", login: str = ""
+    ) -> ConnectGate:
+        """The configured limits, with these credentials."""
+        return cls(
+            max_per_user=app_settings.MAX_CONNECTIONS_PER_USER,
+            max_per_address=app_settings.MAX_CONNECTIONS_PER_ADDRESS,
+            address_rate=app_settings.ADDRESS_CONNECT_RATE,
+            address_burst=app_settings.ADDRESS_CONNECT_BURST,
+            issued_ms=issued_ms,
+            token_id=token_id,
+            token_ttl_ms=int(app_settings.TOKEN_MAX_AGE * 1000) + 1000,
+            login=login,
+        )
 
 
 def _ttl_ms() -> int:
@@ -347,21 +413,29 @@ async def connect(
     ip: str | None = None,
     user_agent: str = "",
     now: int | None = None,
+    gate: ConnectGate | None = None,
 ) -> ConnectResult:
     """Register a connection and log it (``open``, and ``join`` for the user's first).
 
-    WARNING: the whole connect path in Redis: one EVALSHA. ``ip`` and ``user_agent`` ride in
-    the log entry the connection-session row is written from (presence/sessionlog.py).
+    WARNING: the whole connect path in Redis: one EVALSHA, the gate's checks included.
+    ``ip`` and ``user_agent`` ride in the log entry the connection-session row is written from
+    (presence/sessionlog.py). A refusal registers and logs nothing (``result.refused``).
     """
-    k = keys()
+    k, g, ip = keys(), gate or ConnectGate(), ip or ""
     ks = [
         *(k.conns, k.users, k.stats, k.conn(cid), k.conn_rooms(cid)),
         *(k.user(uid), k.user_conns(uid), k.events),
+        *(k.addr_conns(ip), k.addr_rate(ip), k.user_block(uid), k.user_revoked(uid)),
+        *(k.login_revoked(g.login), k.token_used(g.token_id)),
     ]
     args = [now or now_ms(), _ttl_ms(), _grace_ms(), cid, uid, username, channel]
-    args += [_log_maxlen(), ip or "", user_agent[:512]]
-    joined, status, open_id = await script("connect").arun(client, ks, args)
-    return ConnectResult(joined=int(joined) == 1, status=str(status), open_id=str(open_id))
+    args += [_log_maxlen(), ip, user_agent[:512]]
+    args += [g.max_per_user, g.max_per_address, g.address_rate, g.address_burst]
+    args += [g.issued_ms, g.token_id, g.token_ttl_ms, g.login, k.conn_prefix]
+    first, second, third = await script("connect").arun(client, ks, args)
+    if first == "refused":
+        return ConnectResult(False, "", refused=str(second), retry_after_ms=int(third))
+    return ConnectResult(joined=int(first) == 1, status=str(second), open_id=str(third))
 
 
 # --------------------------------------------------------------------------- heartbeat
@@ -433,9 +507,14 @@ async def end_connections(
     *,
     reason: str = "closed",
     now: int | None = None,
+    mode: str = "closed",
 ) -> list[EndResult]:
-    """Remove connections whose socket closed; log their leaves and ``close`` (``reason``)."""
-    ks, args = _plan_end(conns, "closed", reason, now or now_ms())
+    """Remove connections whose socket closed; log their leaves and ``close`` (``reason``).
+
+    ``mode="undo"``: a connect that did not finish; like a close, but a connection that was
+    never registered logs nothing.
+    """
+    ks, args = _plan_end(conns, mode, reason, now or now_ms())
     return _parse_end(await script("end").arun(client, ks, args))
 
 

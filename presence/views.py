@@ -52,5 +52,8 @@ def user_detail(request: HttpRequest, user_id: int) -> JsonResponse:
 def token(request: HttpRequest) -> JsonResponse:
     """``POST /api/presence/token/`` -> a signed WebSocket token for the logged-in user."""
     return JsonResponse(
-        {"token": mint_token(request.user), "expires_in": app_settings.TOKEN_MAX_AGE}  # type: ignore[arg-type]
+        {
+            "token": mint_token(request.user, session_key=request.session.session_key),  # type: ignore[arg-type]
+            "expires_in": app_settings.TOKEN_MAX_AGE,
+        }
     )
