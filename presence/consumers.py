@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from channels.consumer import get_handler_name
+from channels.db import database_sync_to_async
 from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 from channels.layers import get_channel_layer
@@ -36,6 +37,17 @@ from . import actions, frames, store
 from .app_settings import app_settings
 from .auth import TokenAuth, login_hash
 from .batching import get_writer
+from .closecodes import (
+    CLOSE_EXPIRED,
+    CLOSE_FLOODING,
+    CLOSE_FORBIDDEN,
+    CLOSE_INTERNAL_ERROR,
+    CLOSE_SERVICE_RESTART,
+    CLOSE_TERMINATED,
+    CLOSE_TOO_BIG,
+    CLOSE_TRY_AGAIN,
+    CLOSE_UNAUTHORIZED,
+)
 from .diffs import Event, Pos, dumps
 from .eventlog import EventLogReader, ensure_reader
 from .handlers import FrameError, HandlerContext, registry
@@ -47,16 +59,6 @@ from .sessionlog import ensure_session_writer
 
 logger = logging.getLogger(__name__)
 
-# Close codes of protocol v1 (docs/protocol.md).
-CLOSE_UNAUTHORIZED = 4401
-CLOSE_FORBIDDEN = 4403
-CLOSE_EXPIRED = 4408
-CLOSE_TERMINATED = 4410
-CLOSE_FLOODING = 4429
-CLOSE_TOO_BIG = 1009
-CLOSE_SERVICE_RESTART = 1012
-CLOSE_TRY_AGAIN = 1013
-CLOSE_INTERNAL_ERROR = 1011
 
 SUBPROTOCOL_V1 = "presence.v1"
 SUBPROTOCOL_V2 = "presence.v2"
@@ -501,9 +503,25 @@ class PresenceConsumer(AsyncWebsocketConsumer):
 
     # ----------------------------------------------------------------- channel-layer events
     async def session_kick(self, event: dict[str, Any]) -> None:
-        """An operator ended this session from the admin."""
+        """An operator ended this session from the admin: terminal.
+
+        The sender revoked the credentials in Redis already (presence.revocation); a socket
+        that logged in with a session cookie also ends that login session here, the one
+        place that knows its key, so the browser is logged out of HTTP too.
+        """
         self.end_reason = EndReason.KICKED
         await self.close_with(CLOSE_TERMINATED, "terminated", "session terminated by an operator")
+        session = self.scope.get("session")
+        if self.scope.get("presence_token") is None and getattr(session, "session_key", None):
+            try:
+                await database_sync_to_async(session.delete)()
+            except Exception:  # the socket is closed either way; the revocation holds
+                logger.exception("could not end the login session of %s", self.session_id)
+
+    async def session_end(self, event: dict[str, Any]) -> None:
+        """The credentials of this socket stopped being good (presence.revocation)."""
+        self.end_reason = EndReason(event["reason"])
+        await self.close_with(int(event["code"]), str(event["error"]), str(event["message"]))
 
     async def presence_expire(self, event: dict[str, Any]) -> None:
         """The expiry sweep ended this session (the socket was silent past the TTL)."""

@@ -67,13 +67,15 @@ end
 if redis.call('EXISTS', KEYS[11]) == 1 then
   return refuse('blocked', redis.call('PTTL', KEYS[11]))
 end
+if ARGV[18] ~= '' and redis.call('EXISTS', KEYS[13]) == 1 then
+  return refuse('session_revoked', 0)
+end
+-- Issue times have a resolution of a second (a token's timestamp): a token minted in the
+-- second of a kick counts as minted before it.
 local issued = tonumber(ARGV[15])
 local revoked = tonumber(redis.call('GET', KEYS[12]) or '0')
 if issued > 0 and issued <= revoked then
   return refuse('token_revoked', 0)
-end
-if ARGV[18] ~= '' and redis.call('EXISTS', KEYS[13]) == 1 then
-  return refuse('session_revoked', 0)
 end
 if ARGV[16] ~= '' and not redis.call('SET', KEYS[14], now, 'NX', 'PX', ARGV[17]) then
   return refuse('token_used', 0)
