@@ -52,6 +52,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # JSON errors (503 + Retry-After when Redis is down or slow) for the HTTP API.
+    "presence.middleware.ApiErrorMiddleware",
     "django_prometheus.middleware.PrometheusAfterMiddleware",
 ]
 
@@ -105,7 +107,13 @@ if not REDIS_URL:
 CHANNEL_LAYERS = {
     "default": {
         "BACKEND": "presence.layers.ResilientRedisChannelLayer",
-        "CONFIG": {"hosts": [REDIS_URL], "capacity": 1000, "expiry": 30},
+        "CONFIG": {
+            # Bounded waits: the layer's receive blocks 5 s (BZPOPMIN), so its socket timeout
+            # is above that; connecting may take 2 s.
+            "hosts": [{"address": REDIS_URL, "socket_connect_timeout": 2, "socket_timeout": 10}],
+            "capacity": 1000,
+            "expiry": 30,
+        },
     },
 }
 
@@ -117,6 +125,8 @@ CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TIMEZONE = "UTC"
+# Bounded waits on the broker too (kombu's Redis transport polls with short timeouts itself).
+CELERY_BROKER_TRANSPORT_OPTIONS = {"socket_timeout": 10, "socket_connect_timeout": 2}
 
 PRESENCE_SWEEP_INTERVAL = env.float("PRESENCE_SWEEP_INTERVAL", default=5.0)
 STATS_FLUSH_INTERVAL = env.float("STATS_FLUSH_INTERVAL", default=10.0)

@@ -289,14 +289,38 @@ _async_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, a
 )
 
 
+# The longest BLOCK of a background reader's XREAD / XREADGROUP, in seconds.
+READ_BLOCK_MAX = 10.0
+
+
+def client_options(*, extra_timeout: float = 0.0, for_asyncio: bool = False) -> dict[str, Any]:
+    """Options of every presence Redis client: bounded waits everywhere.
+
+    A command waits at most PRESENCE_REDIS_SOCKET_TIMEOUT for its answer and a new connection
+    PRESENCE_REDIS_CONNECT_TIMEOUT; a failed command is retried once (a pooled connection
+    may be stale after a Redis restart). Without these, a paused Redis held callers for as
+    long as it stayed paused, and redis-py's default three retries multiplied every wait.
+    """
+    from redis.asyncio.retry import Retry as AsyncRetry
+    from redis.backoff import ExponentialBackoff
+    from redis.retry import Retry
+
+    retry_class = AsyncRetry if for_asyncio else Retry
+    return {
+        "decode_responses": True,
+        "health_check_interval": 30,
+        "socket_timeout": app_settings.REDIS_SOCKET_TIMEOUT + extra_timeout,
+        "socket_connect_timeout": app_settings.REDIS_CONNECT_TIMEOUT,
+        "retry": retry_class(ExponentialBackoff(cap=0.2, base=0.05), 1),
+    }
+
+
 def get_redis() -> redis.Redis:
     """Process-wide sync client (thread-safe connection pool) for views, admin and tasks."""
     url = app_settings.REDIS_URL
     client = _sync_clients.get(url)
     if client is None:
-        client = _sync_clients[url] = redis.Redis.from_url(
-            url, decode_responses=True, health_check_interval=30
-        )
+        client = _sync_clients[url] = redis.Redis.from_url(url, **client_options())
     return client
 
 
@@ -313,8 +337,11 @@ def get_async_redis(*, blocking: bool = False) -> aredis.Redis:
     key = url + "#blocking" if blocking else url
     client = per_loop.get(key)
     if client is None:
+        # A blocking read waits up to its BLOCK time for an answer; its socket timeout is
+        # on top of that (the readers block for at most READ_BLOCK_MAX seconds).
+        extra = READ_BLOCK_MAX if blocking else 0.0
         client = per_loop[key] = aredis.Redis.from_url(
-            url, decode_responses=True, health_check_interval=30
+            url, **client_options(extra_timeout=extra, for_asyncio=True)
         )
     return client
 
