@@ -136,21 +136,26 @@ PRESENCE_SWEEP_CLAIM_TIMEOUT = env.float("PRESENCE_SWEEP_CLAIM_TIMEOUT", default
 # Session rows written behind from the event log (presence/sessionlog.py, docs/operations.md).
 PRESENCE_SESSION_LOG_INTERVAL = env.float("PRESENCE_SESSION_LOG_INTERVAL", default=2.0)
 PRESENCE_SESSION_LOG_CLAIM_IDLE = env.float("PRESENCE_SESSION_LOG_CLAIM_IDLE", default=10.0)
+PRESENCE_REAP_INTERVAL = env.float("PRESENCE_REAP_INTERVAL", default=300.0)
 CELERY_BEAT_SCHEDULE = {
     "presence-sweep-expired": {
         "task": "presence.sweep_expired",
         "schedule": PRESENCE_SWEEP_INTERVAL,
+        # Each scheduled run claims its period: two beats still sweep once per period.
+        "kwargs": {"period": PRESENCE_SWEEP_INTERVAL},
         # A sweep that waited longer than a period is superseded by the next one.
         "options": {"expires": PRESENCE_SWEEP_INTERVAL},
     },
     "presence-reap-sessions": {
         "task": "presence.reap_sessions",
-        "schedule": env.float("PRESENCE_REAP_INTERVAL", default=300.0),
+        "schedule": PRESENCE_REAP_INTERVAL,
+        "kwargs": {"period": PRESENCE_REAP_INTERVAL},
         "options": {"expires": 300.0},
     },
     "presence-flush-stats": {
         "task": "presence.flush_stats",
         "schedule": STATS_FLUSH_INTERVAL,
+        "kwargs": {"period": STATS_FLUSH_INTERVAL},
         "options": {"expires": STATS_FLUSH_INTERVAL},
     },
     # The fallback writer of session rows (web processes write them within milliseconds).

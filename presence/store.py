@@ -21,6 +21,7 @@ key                             type   content
 ``{P}:stats:claims``            ZSET   flush id -> claim time ms (claims not yet released)
 ``{P}:<task>:lock``             STR    token of the run holding the task lock (sweep,
                                        flush, reap)
+``{P}:<task>:period``           STR    claim of the task's current period (expires)
 ``{P}:<task>:last``             HASH   last run of the task (duration, counts), run totals
 ``{P}:flush:hbmark``            STR    expiry score below which last_heartbeat_at is known
 ``{P}:handlers:disabled``       SET    message types an operator disabled (from the DB)
@@ -106,6 +107,10 @@ class Keys:
     def task_lock(self, task: str) -> str:
         """Lock of a periodic task (``sweep`` or ``flush``): one run at a time."""
         return f"{self.tag}:{task}:lock"
+
+    def task_period(self, task: str) -> str:
+        """Claim of a periodic task's current period: one beat-scheduled run per period."""
+        return f"{self.tag}:{task}:period"
 
     def task_last(self, task: str) -> str:
         """Metrics of a periodic task: its last run and totals over all runs."""
@@ -1019,6 +1024,11 @@ def acquire_task_lock(client: redis.Redis, task: str, ttl_ms: int) -> str | None
     if client.set(keys().task_lock(task), token, nx=True, px=max(1, ttl_ms)):
         return token
     return None
+
+
+def claim_task_period(client: redis.Redis, task: str, ttl_ms: int) -> bool:
+    """Claim the current period of ``task`` (SET NX PX): False when a run holds it."""
+    return bool(client.set(keys().task_period(task), now_ms(), nx=True, px=max(1, ttl_ms)))
 
 
 def release_task_lock(client: redis.Redis, task: str, token: str) -> bool:
