@@ -108,9 +108,10 @@ CHANNEL_LAYERS = {
     "default": {
         "BACKEND": "presence.layers.ResilientRedisChannelLayer",
         "CONFIG": {
-            # Bounded waits: the layer's receive blocks 5 s (BZPOPMIN), so its socket timeout
-            # is above that; connecting may take 2 s.
-            "hosts": [{"address": REDIS_URL, "socket_connect_timeout": 2, "socket_timeout": 10}],
+            # Connecting may take 2 s. No socket_timeout: on asyncio clients redis-py then
+            # wraps sends in wait_for, which can swallow cancellations on Python 3.11; the
+            # process's inbox bounds its reads itself (presence/inbox.py).
+            "hosts": [{"address": REDIS_URL, "socket_connect_timeout": 2}],
             "capacity": 1000,
             "expiry": 30,
         },

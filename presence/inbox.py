@@ -27,6 +27,7 @@ logger = logging.getLogger(__name__)
 
 RETRY_FIRST = 0.1
 RETRY_MAX = 2.0
+READ_GRACE = 5.0  # seconds past the blocking pop's own timeout before a read is given up
 
 
 class Addressee(Protocol):
@@ -62,8 +63,11 @@ class Inbox:
         delay = RETRY_FIRST
         while True:
             try:
-                target, message = await self.layer.receive_single(self._real)
-            except (RedisError, OSError) as exc:
+                # The layer's blocking pop waits brpop_timeout (5 s) server-side; a Redis that
+                # stopped answering (paused, network gone) is given up on a little later.
+                async with asyncio.timeout(self.layer.brpop_timeout + READ_GRACE):
+                    target, message = await self.layer.receive_single(self._real)
+            except (RedisError, OSError) as exc:  # TimeoutError is an OSError
                 if delay == RETRY_FIRST:
                     logger.warning("inbox: channel layer unreachable, retrying: %s", exc)
                 await asyncio.sleep(delay)

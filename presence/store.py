@@ -294,11 +294,7 @@ _async_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, a
 )
 
 
-# The longest BLOCK of a background reader's XREAD / XREADGROUP, in seconds.
-READ_BLOCK_MAX = 10.0
-
-
-def client_options(*, extra_timeout: float = 0.0, for_asyncio: bool = False) -> dict[str, Any]:
+def client_options(*, for_asyncio: bool = False) -> dict[str, Any]:
     """Options of every presence Redis client: bounded waits everywhere.
 
     A command waits at most PRESENCE_REDIS_SOCKET_TIMEOUT for its answer and a new connection
@@ -314,10 +310,20 @@ def client_options(*, extra_timeout: float = 0.0, for_asyncio: bool = False) -> 
     return {
         "decode_responses": True,
         "health_check_interval": 30,
-        "socket_timeout": app_settings.REDIS_SOCKET_TIMEOUT + extra_timeout,
+        # WARNING: asyncio clients get no socket_timeout. redis-py then wraps every send in
+        # asyncio.wait_for, which on Python 3.11 can swallow a cancellation (a cancelled
+        # heartbeat batch kept running, and a closing event loop waited on it). Their reads
+        # are bounded by the callers with asyncio.timeout instead (see bounded()).
+        "socket_timeout": None if for_asyncio else app_settings.REDIS_SOCKET_TIMEOUT,
         "socket_connect_timeout": app_settings.REDIS_CONNECT_TIMEOUT,
         "retry": retry_class(ExponentialBackoff(cap=0.2, base=0.05), 1),
     }
+
+
+def bounded(extra: float = 0.0) -> asyncio.Timeout:
+    """``async with bounded():`` around an asyncio Redis call: at most the socket timeout
+    (plus ``extra``, e.g. a blocking read's BLOCK time), then TimeoutError."""
+    return asyncio.timeout(app_settings.REDIS_SOCKET_TIMEOUT + extra)
 
 
 def get_redis() -> redis.Redis:
@@ -342,12 +348,7 @@ def get_async_redis(*, blocking: bool = False) -> aredis.Redis:
     key = url + "#blocking" if blocking else url
     client = per_loop.get(key)
     if client is None:
-        # A blocking read waits up to its BLOCK time for an answer; its socket timeout is
-        # on top of that (the readers block for at most READ_BLOCK_MAX seconds).
-        extra = READ_BLOCK_MAX if blocking else 0.0
-        client = per_loop[key] = aredis.Redis.from_url(
-            url, **client_options(extra_timeout=extra, for_asyncio=True)
-        )
+        client = per_loop[key] = aredis.Redis.from_url(url, **client_options(for_asyncio=True))
     return client
 
 
@@ -798,7 +799,8 @@ async def read_log(
     client: aredis.Redis, after: str, *, count: int, block_ms: int
 ) -> list[LogEntry]:
     """Entries after ``after``, oldest first; waits up to ``block_ms`` when there are none."""
-    reply = await client.xread({keys().events: after}, count=count, block=block_ms)
+    async with bounded(block_ms / 1000):
+        reply = await client.xread({keys().events: after}, count=count, block=block_ms)
     if not reply:
         return []
     # decode_responses: [[stream, [(id, {field: value}), ...]]]
@@ -1262,7 +1264,8 @@ async def aread_session_log(
     """Async twin of :func:`read_session_log`."""
     args, kwargs = _plan_read_session_log(consumer, count, after, block_ms)
     try:
-        raw = await client.xreadgroup(*args, **kwargs)
+        async with bounded((block_ms or 0) / 1000):
+            raw = await client.xreadgroup(*args, **kwargs)
     except redis.ResponseError as exc:
         if not _is_nogroup(exc):
             raise
