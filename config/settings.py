@@ -17,6 +17,30 @@ VAR_DIR = Path(environ.Env().str("VAR_DIR", default=str(BASE_DIR / "var")))
 
 env = environ.Env()
 
+
+def _dev_secret_key(path: Path) -> str:
+    """The development secret key kept in ``path``, created (mode 600) on first use."""
+    import time
+
+    from django.core.management.utils import get_random_secret_key
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        # O_EXCL: of processes starting at once (make run), the first one writes the key.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        for _ in range(100):  # the writer may be between creating and writing the file
+            key = path.read_text().strip()
+            if key:
+                return key
+            time.sleep(0.01)
+        raise ImproperlyConfigured(f"{path} is empty: delete it to have a new key made") from None
+    key = get_random_secret_key()
+    with os.fdopen(fd, "w") as out:
+        out.write(key + "\n")
+    return key
+
+
 # --------------------------------------------------------------------------- core
 DEBUG = env.bool("DJANGO_DEBUG", default=True)
 SECRET_KEY = env.str("DJANGO_SECRET_KEY", default="")
@@ -24,7 +48,9 @@ if not SECRET_KEY:
     if not DEBUG:
         # Signed WebSocket tokens and sessions would be forgeable with a known key.
         raise ImproperlyConfigured("DJANGO_SECRET_KEY must be set when DJANGO_DEBUG is off.")
-    SECRET_KEY = "dev-only-insecure-key-do-not-use-in-production"  # noqa: S105
+    # Development: a key generated once per checkout and kept under var/ (never a constant
+    # from the source, with which anyone could sign this instance's sessions and tokens).
+    SECRET_KEY = _dev_secret_key(VAR_DIR / "secret_key")
 ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"])
 
 INSTALLED_APPS = [
@@ -174,6 +200,19 @@ PRESENCE_TTL = env.float("PRESENCE_TTL", default=60.0)
 WS_MAX_MESSAGE_BYTES = env.int("WS_MAX_MESSAGE_BYTES", default=65536)
 # Only honoured when set: the header a trusted reverse proxy puts the client IP in.
 PRESENCE_TRUSTED_PROXY_HEADER = env.str("PRESENCE_TRUSTED_PROXY_HEADER", default="")
+# Exact scheme://host[:port] origins allowed to open sockets; empty: any allowed host.
+PRESENCE_ALLOWED_ORIGINS = env.list("PRESENCE_ALLOWED_ORIGINS", default=[])
+# Limits of the connect gate (docs/operations.md: defaults and how to raise them).
+PRESENCE_MAX_CONNECTIONS_PER_USER = env.int("PRESENCE_MAX_CONNECTIONS_PER_USER", default=32)
+PRESENCE_MAX_CONNECTIONS_PER_ADDRESS = env.int("PRESENCE_MAX_CONNECTIONS_PER_ADDRESS", default=5000)
+PRESENCE_ADDRESS_CONNECT_RATE = env.float("PRESENCE_ADDRESS_CONNECT_RATE", default=50.0)
+PRESENCE_ADDRESS_CONNECT_BURST = env.int("PRESENCE_ADDRESS_CONNECT_BURST", default=2000)
+PRESENCE_CONNECT_TIMEOUT = env.float("PRESENCE_CONNECT_TIMEOUT", default=5.0)
+PRESENCE_REDIS_SOCKET_TIMEOUT = env.float("PRESENCE_REDIS_SOCKET_TIMEOUT", default=3.0)
+PRESENCE_REDIS_CONNECT_TIMEOUT = env.float("PRESENCE_REDIS_CONNECT_TIMEOUT", default=2.0)
+PRESENCE_KICK_REVOKE_SECONDS = env.int("PRESENCE_KICK_REVOKE_SECONDS", default=24 * 3600)
+# Dotted path of (user, room, action) -> bool deciding room access; empty: all allowed.
+PRESENCE_ROOM_AUTHORIZER = env.str("PRESENCE_ROOM_AUTHORIZER", default="")
 # Per-connection limits (presence/app_settings.py documents each).
 PRESENCE_RATE_LIMIT = env.float("PRESENCE_RATE_LIMIT", default=20.0)
 PRESENCE_RATE_BURST = env.int("PRESENCE_RATE_BURST", default=40)
