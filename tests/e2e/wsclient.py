@@ -44,9 +44,17 @@ def _http(
     request = urllib.request.Request(url, method=method, headers=headers)
     try:
         with _opener.open(request, timeout=10) as response:
-            return response.status, json.loads(response.read())
+            return response.status, _body(response.read())
     except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read() or b"null")
+        return err.code, _body(err.read())
+
+
+def _body(raw: bytes) -> Any:
+    """JSON when the answer is JSON, else its text (a page after a redirect)."""
+    try:
+        return json.loads(raw or b"null")
+    except ValueError:
+        return raw.decode(errors="replace")
 
 
 async def http(
@@ -65,12 +73,21 @@ async def token_for(server: ASGIServer, user: Any) -> str:
 
 @asynccontextmanager
 async def ws(
-    server: ASGIServer, token: str | None = None, origin: str | None = None
+    server: ASGIServer,
+    token: str | None = None,
+    origin: str | None = None,
+    *,
+    session: str | None = None,
+    subprotocols: list[str] | None = None,
 ) -> AsyncIterator[ClientConnection]:
+    """A socket to ``server``: authenticated by ``?token=``, a ``session`` cookie, or a token
+    among ``subprotocols`` (``presence.token.<token>``)."""
     uri = server.ws_url + "/ws/presence/" + (f"?token={token}" if token else "")
     async with connect(
         uri,
         origin=origin or server.url,  # type: ignore[arg-type]
+        additional_headers={"Cookie": f"sessionid={session}"} if session else None,
+        subprotocols=subprotocols,  # type: ignore[arg-type]
         compression=None,
         proxy=None,
         open_timeout=10,
