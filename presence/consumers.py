@@ -278,11 +278,7 @@ class PresenceConsumer(AsyncWebsocketConsumer):
         except StopConsumer:
             pass
         except Exception:
-            # A bug, not a client: close with 1011 and still end the connection at once
-            # (below) rather than leave the user online until the sweep.
-            logger.exception("consumer failed (session %s)", getattr(self, "session_id", "-"))
-            self.end_reason = EndReason.ERROR
-            await self.close(code=CLOSE_INTERNAL_ERROR)
+            await self.fail()
         finally:
             inbox.unregister(self.channel_name)
             if self.registered:
@@ -292,6 +288,24 @@ class PresenceConsumer(AsyncWebsocketConsumer):
                 await asyncio.shield(
                     asyncio.get_running_loop().create_task(self.disconnect(CLOSE_INTERNAL_ERROR))
                 )
+
+    async def dispatch_from_inbox(self, message: dict[str, Any]) -> None:
+        """A channel-layer message (kick, expiry, ending), in its own task from the inbox."""
+        try:
+            await self.dispatch(message)
+        except Exception:
+            await self.fail()
+
+    async def fail(self) -> None:
+        """A bug, not a client: log it, close with 1011 and end the connection at once,
+        rather than leave the user online until the sweep."""
+        logger.exception("consumer failed (session %s)", getattr(self, "session_id", "-"))
+        self.end_reason = EndReason.ERROR
+        await self.close(code=CLOSE_INTERNAL_ERROR)
+        try:
+            await self.disconnect(CLOSE_INTERNAL_ERROR)  # a no-op when it ran already
+        except Exception:
+            logger.exception("cleanup of failed consumer %s failed", self.session_id)
 
     @property
     def conn_ref(self) -> store.ConnRef:

@@ -33,8 +33,8 @@ READ_GRACE = 5.0  # seconds past the blocking pop's own timeout before a read is
 class Addressee(Protocol):
     """A consumer the inbox delivers to."""
 
-    async def dispatch(self, message: dict[str, Any]) -> None:
-        """Handle one channel-layer message."""
+    async def dispatch_from_inbox(self, message: dict[str, Any]) -> None:
+        """Handle one channel-layer message; never raises (a failure is the consumer's)."""
 
 
 class Inbox:
@@ -78,7 +78,7 @@ class Inbox:
                 consumer = self.consumers.get(channel)
                 if consumer is not None:
                     # Its own task: a slow close must not hold up other sockets' messages.
-                    asyncio.get_running_loop().create_task(consumer.dispatch(message))
+                    asyncio.get_running_loop().create_task(consumer.dispatch_from_inbox(message))
 
 
 _inboxes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Inbox] = weakref.WeakKeyDictionary()

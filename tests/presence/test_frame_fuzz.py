@@ -8,6 +8,7 @@ closes with a documented code and the connection is gone from presence at once. 
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -195,3 +196,28 @@ class TestDeepNesting:
 
         error = await client.recv()
         assert error["code"] == "bad_json" and "longer than 64 digits" in error["message"]
+
+
+class TestConsumerFailure:
+    async def test_a_consumer_that_fails_closes_1011_and_leaves_no_ghost(
+        self, ws_client: WSFactory, auser_factory: UserFactory, r: redis.Redis
+    ) -> None:
+        """Not a frame: a channel-layer message no method handles (another app's bug)."""
+        from channels.layers import get_channel_layer
+
+        alice = await auser_factory("alice")
+        client = await ws_client(alice)
+        sid = client.hello["session_id"]
+        channel = r.hget(store.keys().conn(sid), "channel")
+
+        await get_channel_layer().send(channel, {"type": "no.such.handler"})
+
+        code, _ = await client.recv_close(timeout=5, finish=False)
+        assert code == 1011
+        # Removed at once by the consumer's own cleanup (right after the close; the client
+        # never finished the close handshake), not a TTL later by the sweep.
+        deadline = asyncio.get_running_loop().time() + 2
+        while r.zscore(store.keys().conns, sid) is not None:
+            assert asyncio.get_running_loop().time() < deadline, "still registered after 2 s"
+            await asyncio.sleep(0.01)
+        assert r.zscore(store.keys().users, str(alice.pk)) is None
