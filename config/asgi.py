@@ -11,10 +11,7 @@ django_asgi_app = get_asgi_application()
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
 from presence import gctune  # noqa: E402
-from presence.asgi import (  # noqa: E402
-    LoggingAllowedHostsOriginValidator,
-    ProcessRegistryMiddleware,
-)
+from presence.asgi import LoggingOriginValidator, ProcessRegistryMiddleware  # noqa: E402
 from presence.auth import PresenceAuthStack  # noqa: E402
 from presence.handlers.lifecycle import register_at_startup  # noqa: E402
 from presence.routing import websocket_urlpatterns  # noqa: E402
@@ -24,14 +21,14 @@ register_at_startup()
 # Start-up objects frozen out of the cyclic GC, thresholds raised (presence/gctune.py).
 gctune.configure(report_at_exit=os.environ.get("PRESENCE_GC_REPORT", "") == "1")
 
-# The process registers itself in Redis (presence/processes.py) on its first connection.
+# The process registers itself in Redis (presence/processes.py) on its first request.
 application = ProcessRegistryMiddleware(
     ProtocolTypeRouter(
         {
             "http": django_asgi_app,
-            # Origin must match ALLOWED_HOSTS: blocks cross-site WebSocket hijacking. Refusals
-            # are logged with the Origin (Channels' validator refuses silently).
-            "websocket": LoggingAllowedHostsOriginValidator(
+            # Origin must match ALLOWED_HOSTS, or exactly PRESENCE_ALLOWED_ORIGINS when set:
+            # blocks cross-site WebSocket hijacking. Refusals are logged with the Origin.
+            "websocket": LoggingOriginValidator(
                 PresenceAuthStack(URLRouter(websocket_urlpatterns))
             ),
         }

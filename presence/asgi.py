@@ -1,7 +1,7 @@
 """ASGI wrappers of the observability kit: process registry start-up, refused-origin logs.
 
 ``config/asgi.py`` wraps the whole application in :class:`ProcessRegistryMiddleware` and the
-WebSocket stack in :func:`LoggingAllowedHostsOriginValidator`. Both cost nothing per frame:
+WebSocket stack in :class:`LoggingOriginValidator`. Both cost nothing per frame:
 the first acts once per connection or request, the second only on the handshake.
 """
 
@@ -10,10 +10,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from channels.security.websocket import OriginValidator
-from django.conf import settings
-
 from . import processes
+from .origin import PresenceOriginValidator
 
 logger = logging.getLogger("presence.ws")
 
@@ -35,8 +33,8 @@ class ProcessRegistryMiddleware:
         return await self.app(scope, receive, send)
 
 
-class LoggingOriginValidator(OriginValidator):
-    """Channels' OriginValidator that logs each handshake it refuses, with the Origin."""
+class LoggingOriginValidator(PresenceOriginValidator):
+    """The presence Origin check (presence/origin.py), logging each handshake it refuses."""
 
     def valid_origin(self, parsed_origin: Any) -> bool:
         ok = bool(super().valid_origin(parsed_origin))
@@ -50,11 +48,3 @@ class LoggingOriginValidator(OriginValidator):
                 extra={"event": "refused", "reason": reason, "origin": origin},
             )
         return ok
-
-
-def LoggingAllowedHostsOriginValidator(app: Any) -> LoggingOriginValidator:  # noqa: N802
-    """Like Channels' ``AllowedHostsOriginValidator`` (Origin must match ALLOWED_HOSTS)."""
-    allowed_hosts = settings.ALLOWED_HOSTS
-    if settings.DEBUG and not allowed_hosts:
-        allowed_hosts = ["localhost", "127.0.0.1", "[::1]"]
-    return LoggingOriginValidator(app, allowed_hosts)

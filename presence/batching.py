@@ -73,9 +73,10 @@ class HotPathWriter:
             counters, self._counters = self._counters, Counter()
             try:
                 started = time.perf_counter()
-                results = await store.heartbeat_many(
-                    store.get_async_redis(), [conn for conn, _ in batch], counters
-                )
+                async with store.bounded():
+                    results = await store.heartbeat_many(
+                        store.get_async_redis(), [conn for conn, _ in batch], counters
+                    )
                 metrics.redis_roundtrip(time.perf_counter() - started, len(batch))
             except Exception as exc:  # Redis down: fail these heartbeats, keep the counters
                 logger.warning("heartbeat batch of %d failed: %s", len(batch), exc)

@@ -65,18 +65,20 @@ _REDACTIONS: tuple[tuple[re.Pattern[str], str], ...] = (
         re.compile(r"(?i)\b(sessionid|csrftoken|csrfmiddlewaretoken)=[^;\s\"'&\\]+"),
         r"\1=" + REDACTED,
     ),
-    # Django-signed values (django.core.signing: payload:timestamp:signature), which is
-    # what a WebSocket token is, wherever it shows up (a subprotocol header, an exception).
-    (re.compile(r"\.?[A-Za-z0-9_-]{10,}:[A-Za-z0-9]{4,}:[A-Za-z0-9_-]{20,}"), REDACTED),
+    # A token offered as a subprotocol (Sec-WebSocket-Protocol: presence.token.<token>).
+    (re.compile(r"(presence\.token\.)[^\s,\"'\\]+"), r"\1" + REDACTED),
+    # Django-signed values (payload, base62 timestamp, signature, joined by ':' or by '.' as
+    # in presence.auth's tokens), wherever they show up: a header, an exception, a URL.
+    (re.compile(r"\.?[A-Za-z0-9_-]{10,}[.:][A-Za-z0-9]{5,8}[.:][A-Za-z0-9_-]{20,}"), REDACTED),
 )
-# Cheap pre-check: most lines contain none of these and skip the regular expressions.
-_MARKERS = ("=", "earer", "asic", ":")
 
 
 def redact(text: str) -> str:
-    """``text`` with tokens, credentials and cookies replaced by ``[redacted]``."""
-    if not any(marker in text for marker in _MARKERS):
-        return text
+    """``text`` with tokens, credentials and cookies replaced by ``[redacted]``.
+
+    Every pattern on every line, no shortcut: a token can come without any tell-tale
+    around it (a bare value in an exception message), and log lines are not the hot path.
+    """
     for pattern, replacement in _REDACTIONS:
         text = pattern.sub(replacement, text)
     return text

@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+import weakref
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -66,7 +67,9 @@ FRAMES = Counter(
     "(ok, error, dropped by the rate limit).",
     ["type", "outcome"],
 )
-ERRORS = Counter("presence_errors", "Error frames sent to clients, by error code.", ["code"])
+ERRORS = Counter(
+    "presence_errors", "Error frames answering client frames, by error code.", ["code"]
+)
 HANDLER_DURATION = Histogram(
     "presence_handler_duration_seconds",
     "Time from a frame's arrival to its handler's result, by handler (message type).",
@@ -93,9 +96,10 @@ KNOWN_CLOSE_CODES = frozenset(
 )
 # Refused handshakes (the consumer accepted only to close with a reason): code -> reason.
 REFUSAL_REASONS = {
-    4401: "unauthorized (no valid session cookie or token)",
-    4403: "forbidden (the account is disabled)",
-    1013: "unavailable (the presence store is unreachable)",
+    4401: "unauthorized (credentials missing, invalid, expired, used or revoked)",
+    4403: "forbidden (the account is disabled or blocked)",
+    4429: "too many connections or connection attempts",
+    1013: "unavailable (the presence store is unreachable or slow)",
 }
 
 # Label children resolved once: labels() validates and takes a lock on every call.
@@ -105,6 +109,7 @@ _errors: dict[str, Any] = {}
 _closes: dict[int, Any] = {}
 _disconnects: dict[str, Any] = {}
 _opened: dict[str, float] = {}  # session id -> monotonic connect time (for the duration)
+_closed_sockets: weakref.WeakSet[Any] = weakref.WeakSet()  # consumers counted by socket_closed
 
 
 def _initial_series() -> None:
@@ -157,6 +162,7 @@ INITIAL_ERROR_CODES = (
     "rate_limited",
     "limit_exceeded",
     "unavailable",
+    "internal_error",
 )
 
 
@@ -202,7 +208,13 @@ def connection_opened(consumer: PresenceConsumer) -> None:
 
 
 def socket_closed(consumer: PresenceConsumer, code: int) -> None:
-    """Any socket closed (first thing in ``disconnect``); logs refused handshakes."""
+    """Any socket closed (first thing in ``disconnect``); logs refused handshakes.
+
+    Counted once per socket: ``disconnect`` may run twice (a failing consumer's cleanup).
+    """
+    if consumer in _closed_sockets:
+        return
+    _closed_sockets.add(consumer)
     child = _closes.get(code)
     if child is None:
         if code in KNOWN_CLOSE_CODES:

@@ -184,8 +184,10 @@ class LocalProcess:
             if loop.time() >= next_publish:
                 next_publish = loop.time() + app_settings.PROCESS_REFRESH
                 try:
-                    await self.publish()
-                except (RedisError, OSError) as exc:
+                    # Bounded: a stalled Redis must not stall the refresher (nor its lag probe).
+                    async with store.bounded():
+                        await self.publish()
+                except (RedisError, OSError, TimeoutError) as exc:
                     if not self.failing:  # one line per outage
                         logger.warning("process registry: cannot publish %s: %s", self.id, exc)
                     self.failing = True

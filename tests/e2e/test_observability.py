@@ -224,9 +224,19 @@ class TestLogs:
             await connect(f"{server.ws_url}/ws/presence/?token={token}", origin="http://evil.test")
         bad = await connect(f"{server.ws_url}/ws/presence/?token={token}x", origin=server.url)
         await asyncio.wait_for(bad.wait_closed(), 5)
+        # A token in the Sec-WebSocket-Protocol header (used, then refused as used again).
+        header_token = await sync_to_async(mint_token)(user)
+        for _ in range(2):
+            sub = await connect(
+                f"{server.ws_url}/ws/presence/",
+                origin=server.url,
+                subprotocols=[f"presence.token.{header_token}"],
+            )
+            await sub.close()
         await asyncio.sleep(0.3)
         log = server.log()
         assert token not in log
+        assert header_token not in log and header_token.split(".")[-1] not in log
         assert token.split(":")[-1] not in log  # not even the signature alone
         assert "WebSocket /ws/presence/?token=[redacted]" in log  # uvicorn's handshake line
         assert "/api/presence/online/?token=[redacted]&x=1" in log  # uvicorn's access log

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from django.core import signing
 
+from presence.auth import mint_token
 from presence.logs import (
     ContextFilter,
     JsonFormatter,
@@ -40,6 +41,16 @@ def capture() -> Iterator[tuple[logging.Logger, io.StringIO, logging.Handler]]:
 SIGNED = signing.dumps({"u": 12, "h": "x" * 40}, salt="presence.ws-token")
 
 
+class _User:
+    pk = 12
+
+    def get_session_auth_hash(self) -> str:
+        return "x" * 40
+
+
+TOKEN = mint_token(_User())  # type: ignore[arg-type]  # a real WebSocket token ('.'-joined)
+
+
 class TestRedact:
     @pytest.mark.parametrize(
         "line,secret",
@@ -53,6 +64,10 @@ class TestRedact:
             ("Cookie: sessionid=abcdef123456; csrftoken=zzzzzzzz", "zzzzzzzz"),
             (f"Sec-WebSocket-Protocol: presence.v2, presence.token.{SIGNED}", SIGNED),
             (f"bad token {SIGNED} in an exception", SIGNED.split(":")[-1]),
+            (f"Sec-WebSocket-Protocol: presence.v2, presence.token.{TOKEN}", TOKEN),
+            (f"Sec-WebSocket-Protocol: presence.token.{TOKEN}, presence.v2", TOKEN[:20]),
+            (f"WebSocket /ws/presence/?token={TOKEN}", TOKEN),
+            (f"invalid token {TOKEN}", TOKEN.split(".")[-1]),
         ],
     )
     def test_secrets_are_removed(self, line: str, secret: str) -> None:
@@ -68,6 +83,8 @@ class TestRedact:
             "process registry: publishing vm-with-a-long-name:12345:a1b2c3 again",
             "event log gap: expected an entry after 1700000000000-0, got 1700000000001-0",
             "session 0b7a3c1e-8f1d-4c5e-9a7b-2d3e4f5a6b7c: 2000 frames unread",
+            "publishing web-server-01.production.us-east-1-compute-internal:1234:a1b2c3",
+            "handler presence.handlers.lifecycle.register_all returned sessions_app.models",
         ],
     )
     def test_ordinary_lines_are_untouched(self, line: str) -> None:
