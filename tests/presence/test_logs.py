@@ -134,6 +134,9 @@ class TestFormats:
 
 
 class TestConnectionContext:
+    # transaction=True like every socket test: the first socket of a process registers the
+    # handlers from another thread, whose rows must not outlive the test.
+    @pytest.mark.django_db(transaction=True)
     async def test_log_lines_inside_a_socket_carry_its_ids(
         self, capture: Any, auser_factory: Any, ws_client: Any, monkeypatch: Any
     ) -> None:
