@@ -150,6 +150,13 @@ CELERY_BEAT_SCHEDULE = {
         "options": {"expires": PRESENCE_SESSION_LOG_INTERVAL},
     },
 }
+# Ghost reconciliation (presence/processes.py): online in Redis, held by no live process.
+PRESENCE_RECONCILE_INTERVAL = env.float("PRESENCE_RECONCILE_INTERVAL", default=30.0)
+CELERY_BEAT_SCHEDULE["presence-reconcile-connections"] = {
+    "task": "presence.reconcile_connections",
+    "schedule": PRESENCE_RECONCILE_INTERVAL,
+    "options": {"expires": PRESENCE_RECONCILE_INTERVAL},
+}
 
 # --------------------------------------------------------------------------- presence
 PORT = env.int("PORT", default=8000)
@@ -173,6 +180,16 @@ PRESENCE_SYNC_LIMIT = env.int("PRESENCE_SYNC_LIMIT", default=10_000)
 PRESENCE_OUTBOX_MAX = env.int("PRESENCE_OUTBOX_MAX", default=2_000)
 # Global join/leave events reach every connection: O(connections) messages per event.
 PRESENCE_GLOBAL_EVENTS = env.bool("PRESENCE_GLOBAL_EVENTS", default=True)
+
+# --------------------------------------------------------------------------- observability
+# docs/operations.md, "Metrics, health and logs". Process registry, /readyz, /metrics access.
+PRESENCE_VERSION = env.str("PRESENCE_VERSION", default="dev")
+PRESENCE_PROCESS_REFRESH = env.float("PRESENCE_PROCESS_REFRESH", default=5.0)
+PRESENCE_READY_SWEEP_MAX_AGE = env.float("PRESENCE_READY_SWEEP_MAX_AGE", default=60.0)
+# In production /metrics needs `Authorization: Bearer <METRICS_TOKEN>` or a client address in
+# one of these networks (CIDR); with neither configured it answers 403. Open when DEBUG.
+METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
+METRICS_ALLOWED_NETWORKS = env.list("METRICS_ALLOWED_NETWORKS", default=[])
 
 # --------------------------------------------------------------------------- static, i18n, auth
 STATIC_URL = "static/"

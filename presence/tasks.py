@@ -13,7 +13,7 @@ from typing import Any
 
 from celery import shared_task
 
-from . import flush, reap, sessionlog, sweep
+from . import flush, processes, reap, sessionlog, sweep
 
 # The hard limit stays below PRESENCE_SWEEP_CLAIM_TIMEOUT (30 s by default): a sweep that is
 # still running never has its claims taken over by another one. A run normally stops
@@ -66,3 +66,14 @@ def reap_sessions() -> dict[str, Any]:
 def write_sessions() -> dict[str, Any]:
     """Write connection-session rows from the event log when no web process does (fallback)."""
     return sessionlog.write_sessions().as_dict()
+
+
+@shared_task(
+    name="presence.reconcile_connections",
+    soft_time_limit=50,
+    time_limit=60,
+    ignore_result=True,
+)
+def reconcile_connections() -> dict[str, Any]:
+    """Count ghosts: connections online in Redis that no live web process holds a socket for."""
+    return processes.reconcile_connections().as_dict()
