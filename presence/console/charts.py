@@ -64,11 +64,14 @@ def format_value(value: float) -> str:
     return f"{value:.3g}"
 
 
-def _y_axis_max(series: Sequence[Series]) -> float:
+def _y_ticks(series: Sequence[Series]) -> list[float]:
+    """Round tick values from 0 to just above the largest value (at most Y_TICKS steps)."""
     values = [v for s in series for v in s.values if v is not None]
     top = max(values, default=0.0)
-    # Ticks at quarters of the ceiling must be round numbers too.
-    return nice_ceiling(top / Y_TICKS) * Y_TICKS if top > 0 else float(Y_TICKS)
+    if top <= 0:
+        return [0.0, 1.0]
+    step = nice_ceiling(top / Y_TICKS)
+    return [step * k for k in range(math.ceil(top / step - 1e-9) + 1)]
 
 
 def _path(
@@ -126,7 +129,8 @@ def _svg(title: str, unit: str, axis: TimeAxis, series: Sequence[Series]) -> Saf
     plot_w, plot_h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
     bin_w = plot_w / n
     x = [LEFT + (i + 0.5) * bin_w for i in range(n)]
-    y_max = _y_axis_max(series)
+    ticks = _y_ticks(series)
+    y_max = ticks[-1]
 
     def y_of(value: float) -> float:
         return TOP + plot_h - (value / y_max) * plot_h
@@ -137,9 +141,8 @@ def _svg(title: str, unit: str, axis: TimeAxis, series: Sequence[Series]) -> Saf
         f"<title>{escape(title)}</title>",
         '<g class="grid">',
     ]
-    # Y: gridlines and labels at quarters; the unit along the axis.
-    for k in range(Y_TICKS + 1):
-        value = y_max * k / Y_TICKS
+    # Y: gridlines and labels at round values; the unit along the axis.
+    for value in ticks:
         yy = y_of(value)
         out.append(f'<line x1="{LEFT}" x2="{LEFT + plot_w}" y1="{yy:.1f}" y2="{yy:.1f}"/>')
         out.append(

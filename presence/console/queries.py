@@ -27,6 +27,7 @@ from django.utils import timezone
 from .. import store
 from ..app_settings import app_settings
 from ..models import StatsBucket
+from ..processes import ProcessRecord, list_processes
 from . import charts
 
 PAGE_SIZE = 50
@@ -306,8 +307,39 @@ class Dashboard:
     rates: Rates
     tasks: list[TaskRun]
     has_stats: bool  # any StatsBucket in the last 7 days
+    processes: list[ProcessRow]
     charts: dict[str, str] = field(default_factory=dict)
-    processes: list[dict[str, Any]] | None = None
+
+
+@dataclass(frozen=True)
+class ProcessRow:
+    """One live web process from the process registry (presence/processes.py)."""
+
+    id: str
+    host: str
+    pid: int
+    version: str
+    started_at: dt.datetime
+    last_seen: dt.datetime
+    sockets: int
+    rss_mb: float
+    loop_lag_ms: float
+    asyncio_tasks: int
+
+
+def _process_row(record: ProcessRecord) -> ProcessRow:
+    return ProcessRow(
+        id=record["id"],
+        host=record["host"],
+        pid=record["pid"],
+        version=record["version"],
+        started_at=dt.datetime.fromtimestamp(record["started_at"], tz=dt.UTC),
+        last_seen=dt.datetime.fromtimestamp(record["last_seen"], tz=dt.UTC),
+        sockets=record["sockets"],
+        rss_mb=record["rss_bytes"] / 1_048_576,
+        loop_lag_ms=record["loop_lag_seconds"] * 1000,
+        asyncio_tasks=record["asyncio_tasks"],
+    )
 
 
 def _task_period(task: str) -> float | None:
@@ -390,7 +422,7 @@ def _rates(now: dt.datetime, overview: store.ConsoleOverview, flush: TaskRun) ->
 
 
 def get_dashboard(*, with_charts: bool = True) -> Dashboard:
-    """The dashboard's numbers (one Redis round trip, two SQL queries) and its charts."""
+    """The dashboard's numbers (three Redis round trips, two SQL queries) and its charts."""
     now = timezone.now()
     overview = store.console_overview(store.get_redis())
     tasks = [_task_run(task, overview.task_runs.get(task, {}), now) for task in TASK_NAMES]
@@ -403,6 +435,7 @@ def get_dashboard(*, with_charts: bool = True) -> Dashboard:
         rates=_rates(now, overview, flush),
         tasks=tasks,
         has_stats=has_stats,
+        processes=[_process_row(record) for record in list_processes()],
     )
     if with_charts:
         dashboard.charts = get_charts(now) if has_stats else {}

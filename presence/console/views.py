@@ -133,7 +133,9 @@ def disconnect(site: AdminSite, request: HttpRequest) -> HttpResponse:
 
 def _dashboard_fragments(request: HttpRequest, board: queries.Dashboard) -> dict[str, str]:
     context = {"board": board, "chart_keys": queries.chart_keys()}
-    names = ["summary", "tasks"] + (["charts"] if board.charts or not board.has_stats else [])
+    names = ["summary", "processes", "tasks"]
+    if board.charts or not board.has_stats:
+        names.append("charts")
     return {
         name: render_to_string(f"admin/presence/includes/dashboard_{name}.html", context, request)
         for name in names
@@ -175,6 +177,7 @@ def dashboard_data(site: AdminSite, request: HttpRequest) -> JsonResponse:
             "tasks": {
                 t.task: {"outcome": t.outcome, "lag_s": t.lag, "late": t.late} for t in board.tasks
             },
+            "processes": [{"id": p.id, "sockets": p.sockets} for p in board.processes],
             "fragments": _dashboard_fragments(request, board),
         }
     )
