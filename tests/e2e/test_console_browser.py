@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -56,13 +57,16 @@ class Socket:
     """A user's real WebSocket to the server, past ``hello``."""
 
     def __init__(self, server: ASGIServer, user: Any) -> None:
-        self.conn: ClientConnection = connect(
-            f"{server.ws_url}/ws/presence/?token={mint_token(user)}",
-            origin=server.url,  # type: ignore[arg-type]
-            compression=None,
-            proxy=None,
-            open_timeout=10,
-            close_timeout=2,
+        self.stack = ExitStack()
+        self.conn: ClientConnection = self.stack.enter_context(
+            connect(
+                f"{server.ws_url}/ws/presence/?token={mint_token(user)}",
+                origin=server.url,  # type: ignore[arg-type]
+                compression=None,
+                proxy=None,
+                open_timeout=10,
+                close_timeout=2,
+            )
         )
         hello = json.loads(self.conn.recv(timeout=5))
         assert hello["type"] == "hello", hello
@@ -106,7 +110,7 @@ def sockets() -> Iterator[list[Socket]]:
     opened: list[Socket] = []
     yield opened
     for s in opened:
-        s.conn.close()
+        s.stack.close()
 
 
 def admin_login(driver: WebDriver, base_url: str) -> None:
