@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from django.contrib import messages
+from django.contrib.admin.models import CHANGE, LogEntry
 from django.contrib.auth import get_user_model
 from django.core.exceptions import PermissionDenied
 from django.http import (
@@ -108,21 +109,35 @@ def disconnect(site: AdminSite, request: HttpRequest) -> HttpResponse:
         raise PermissionDenied  # checked here, not only hidden in the template
     uid = _int(request.POST.get("uid"), 0)
     cid = request.POST.get("cid", "")
-    user = get_user_model()._default_manager.filter(pk=uid).first()
+    users = get_user_model()._default_manager.filter(pk=uid)
+    user = users.first()
     name = user.get_username() if user is not None else f"user {uid}"
+    done = ""
     if user is None:
         messages.error(request, f"No user with id {uid}.")
     elif cid:
         if actions.do_disconnect_connection(cid, user_id=uid):
-            messages.success(request, f"Asked connection {cid} of {name} to close.")
+            done = f"Asked connection {cid} of {name} to close."
         else:
             messages.warning(request, f"Connection {cid} of {name} is not live any more.")
     else:
         count = actions.do_disconnect_user(uid)
         if count:
-            messages.success(request, f"Asked {count} live connection(s) of {name} to close.")
+            done = f"Asked {count} live connection(s) of {name} to close."
         else:
             messages.warning(request, f"{name} has no live session to disconnect.")
+    if done:
+        messages.success(request, done)
+        operator = request.user.pk
+        assert operator is not None  # admin_view let a logged-in staff user through
+        # In the user's admin history, like any change an operator makes.
+        LogEntry.objects.log_actions(
+            operator,
+            users,
+            CHANGE,
+            f"Operator console: {done}",
+            single_object=True,
+        )
     target = request.POST.get("next", "")
     if not url_has_allowed_host_and_scheme(
         target, allowed_hosts={request.get_host()}, require_https=request.is_secure()

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from asgiref.sync import sync_to_async
+from django.contrib.admin.models import LogEntry
 from django.contrib.auth.models import Permission
 from django.db import connection
 from django.test import Client
@@ -301,6 +302,10 @@ class TestDisconnect:
         response = await kicker.post(DISCONNECT, {"uid": alice.pk, "next": ONLINE}, follow=True)
 
         assert "Asked 2 live connection(s) of alice to close." in response.content.decode()
+        entry = await LogEntry.objects.aget(object_id=str(alice.pk))
+        assert entry.get_change_message() == (
+            "Operator console: Asked 2 live connection(s) of alice to close."
+        )
         for ws in tabs:
             assert (await ws.recv_close())[0] == 4410
         assert (await other.request("heartbeat", id_=1))["type"] == "heartbeat.ack"
