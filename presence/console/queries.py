@@ -16,8 +16,8 @@ import math
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
+import redis
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db.models import Max, Sum
@@ -167,7 +167,9 @@ def get_online_page(
     )
 
 
-def _scan(client: Any, room: str | None, status: str, cursor: int, page_size: int) -> OnlinePage:
+def _scan(
+    client: redis.Redis, room: str | None, status: str, cursor: int, page_size: int
+) -> OnlinePage:
     found: list[tuple[int, int]] = []
     position, total, examined = cursor, 0, 0
     next_cursor: int | None = None
@@ -201,7 +203,7 @@ def _scan(client: Any, room: str | None, status: str, cursor: int, page_size: in
 
 
 def _search(
-    client: Any, query: str, room: str | None, status: str | None, page: int, page_size: int
+    client: redis.Redis, query: str, room: str | None, status: str | None, page: int, page_size: int
 ) -> OnlinePage:
     # Names live in the database, presence in Redis: the matching ids, then one ZMSCORE.
     users = get_user_model()._default_manager.filter(username__icontains=query)
