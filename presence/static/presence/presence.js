@@ -672,9 +672,11 @@ export class PresenceClient {
   _startHeartbeat(seconds) {
     this._stopHeartbeat();
     const interval = seconds * 1000;
+    // No answer to a heartbeat within an interval (at least requestTimeout): the connection
+    // is dead (half-open) and the server will drop it soon anyway.
+    const timeout = Math.max(interval, this.options.requestTimeout);
     const beat = () => {
-      // No answer to a heartbeat within an interval: the connection is dead (half-open).
-      this.send("heartbeat", undefined, { timeout: interval }).catch((err) => {
+      this.send("heartbeat", undefined, { timeout }).catch((err) => {
         if (err?.code === "timeout") this._drop("no heartbeat reply");
       });
       this._beat = this._clock.setTimeout(beat, interval);
