@@ -8,11 +8,13 @@ The client's logic itself is covered by node's test runner (presence/static/pres
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.request import urlopen
 
 import pytest
 from selenium.webdriver.common.by import By
@@ -130,10 +132,12 @@ def failed_requests(driver: WebDriver) -> list[str]:
 
 
 def keep_screenshot(driver: WebDriver, name: str) -> None:
-    """A screenshot under tests/e2e/screenshots/, copied to docs/img/ for the README."""
+    """A screenshot under tests/e2e/screenshots/; with UPDATE_DOCS_IMG=1 also in docs/img/
+    (the README's pictures), so a normal run leaves the tree alone."""
     path = screenshot(driver, name)
-    DOCS_IMG.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(path, DOCS_IMG / path.name)
+    if os.environ.get("UPDATE_DOCS_IMG") == "1":
+        DOCS_IMG.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, DOCS_IMG / path.name)
 
 
 def test_two_users_see_each_other_join_change_status_type_and_leave(
@@ -184,6 +188,8 @@ def test_two_users_see_each_other_join_change_status_type_and_leave(
     keep_screenshot(alice, "demo-phone-alice")
     keep_screenshot(bob, "demo-desktop-bob")
     assert failed_requests(alice) == [] and failed_requests(bob) == []
+    with urlopen(server + "/favicon.ico") as icon:  # follows the redirect
+        assert (icon.status, icon.headers["Content-Type"]) == (200, "image/svg+xml")
 
     # Navigating away: pagehide closes the socket (no back/forward-cache ghost), so the leave
     # is immediate, far inside PRESENCE_TTL (60 s) after which a ghost would expire.
@@ -199,7 +205,10 @@ def test_two_users_see_each_other_join_change_status_type_and_leave(
     wait_js(bob, "window.presenceDemo && window.presenceDemo.client.state === 'open'")
     wait_for_member(alice, bob_user, timeout=10)
     assert online_in("lobby") == {"alice": 1, "bob": 1}
-    print("bob restored from the back/forward cache:", js(bob, "window.presenceDemo.restoredFromCache"))
+    print(
+        "bob restored from the back/forward cache:",
+        js(bob, "window.presenceDemo.restoredFromCache"),
+    )
 
     # Closing the tab: another tab stays open, so the browser keeps running.
     demo_tab = bob.current_window_handle
@@ -240,8 +249,10 @@ def test_page_reconnects_by_itself_with_jitter_after_the_server_is_killed(
     assert all(after[name] != before[name] for name in after), "same session: no reconnect"
     # Each page waited random delays within the full-jitter window (1 s, 2 s, 4 s, … ≤ 30 s),
     # and the two pages did not wait alike.
-    delays = {name: js(page, "window.presenceDemo.client.delays") for name, page in
-              (("alice", alice), ("bob", bob))}
+    delays = {
+        name: js(page, "window.presenceDemo.client.delays")
+        for name, page in (("alice", alice), ("bob", bob))
+    }
     for name, waits in delays.items():
         assert waits, f"{name} reconnected without waiting"
         assert all(0 <= d < min(30000, 1000 * 2**i) for i, d in enumerate(waits)), waits
@@ -270,7 +281,9 @@ def test_a_kicked_page_says_so_and_does_not_reconnect(
     assert do_kick_session(row)
 
     wait_js(alice, "window.presenceDemo.client.state === 'closed'", timeout=10)
-    wait_for_text(alice, "#notice", "Disconnected by an operator: session terminated by an operator")
+    wait_for_text(
+        alice, "#notice", "Disconnected by an operator: session terminated by an operator"
+    )
     wait_for_text(alice, "#state", "disconnected")
     wait_for_text(alice, "#log", "Not reconnecting")
     keep_screenshot(alice, "demo-kicked")

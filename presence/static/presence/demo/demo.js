@@ -49,6 +49,8 @@ let countdown = null;
 function showState() {
   clearInterval(countdown);
   state.dataset.state = client.state;
+  document.body.dataset.state = client.state; // lists are dimmed while not connected
+  $("#message").disabled = !current || client.state !== "open";
   if (client.state === "waiting" && client.lastClose?.delay != null) {
     const at = Date.now() + client.lastClose.delay;
     const tick = () => {
@@ -104,9 +106,11 @@ client.on("close", (info) => {
     $("#notice").append(" ", reconnectButton());
   }
 });
-client.on("error", ({ code, message, room }) =>
-  addLog(`Error ${code}${room ? ` in ${room}` : ""}: ${message}`, "bad"),
-);
+// The error frame that comes before a 4xxx close is reported with the close.
+const CLOSE_REASONS = new Set(["unauthorized", "forbidden", "presence_expired", "terminated", "flooding"]);
+client.on("error", ({ code, message, room }) => {
+  if (!CLOSE_REASONS.has(code)) addLog(`Error ${code}${room ? ` in ${room}` : ""}: ${message}`, "bad");
+});
 
 // ---------------------------------------------------------------- people
 const STATUS_ORDER = { online: 0, busy: 1, away: 2 };
@@ -146,7 +150,7 @@ function renderMembers() {
   const members = current ? client.members(current) : new Map();
   renderPeople($("#members"), members);
   $("#member-count").textContent = current ? `(${members.size})` : "";
-  $("#message").disabled = !current;
+  $("#message").disabled = !current || client.state !== "open";
   renderTyping();
 }
 
