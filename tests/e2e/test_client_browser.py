@@ -9,6 +9,7 @@ The client's logic itself is covered by node's test runner (presence/static/pres
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import time
 from collections.abc import Callable
@@ -22,6 +23,7 @@ from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from presence import queries
+from presence.auth import mint_token
 from sessions_app.actions import do_kick_session
 from sessions_app.models import ConnectionSession
 from tests.e2e.browser import login, screenshot, wait_for_text
@@ -299,3 +301,38 @@ def test_a_kicked_page_says_so_and_does_not_reconnect(
         assert time.monotonic() < deadline, "the kicked session row was not ended"
         time.sleep(0.1)
     assert ConnectionSession.objects.filter(user=people["alice"]).count() == 1
+
+
+@pytest.mark.parametrize("token_in", ["query", "protocol"])
+def test_token_mode_fetches_a_fresh_token_with_the_csrf_cookie(
+    asgi_server: Callable[..., ASGIServer],
+    chromium: Callable[..., WebDriver],
+    people: Any,
+    token_in: str,
+) -> None:
+    server = asgi_server()
+    page = open_demo(chromium, server, "alice", DESKTOP)
+    js(
+        page,
+        f"""(() => {{
+          import("/static/presence/presence.js").then(({{ connect }}) => {{
+            window.tokenClient = connect({{ token: true, tokenIn: "{token_in}", global: false }});
+          }});
+          return true;
+        }})()""",
+    )
+    wait_js(page, "window.tokenClient && window.tokenClient.state === 'open'")
+
+    assert js(page, "window.tokenClient.hello.user.username") == "alice"
+    assert js(page, "window.tokenClient._ws.protocol") == "presence.v2"
+    socket_url = str(js(page, "window.tokenClient._ws.url"))
+    # In the subprotocol unless asked otherwise, or the server's tokens cannot go there
+    # (signed tokens with ":"; issue 8 makes them subprotocol-safe).
+    safe = re.fullmatch(r"[A-Za-z0-9_.-]+", mint_token(people["alice"])) is not None
+    assert ("?token=" in socket_url) is (token_in == "query" or not safe)
+    token_requests = js(
+        page,
+        "performance.getEntriesByType('resource')"
+        ".filter(e => e.name.endsWith('/api/presence/token/')).map(e => e.responseStatus)",
+    )
+    assert token_requests == [200]  # the POST passed Django's CSRF check

@@ -48,6 +48,7 @@ export const State = Object.freeze({
 
 export const STATUSES = Object.freeze(["online", "away", "busy"]);
 const ROOM_RE = /^[A-Za-z0-9_.:-]{1,64}$/;
+const SUBPROTOCOL_SAFE = /^[A-Za-z0-9_.-]+$/;
 
 /** An `error` frame answering a request, or a local failure (`timeout`, `disconnected`, …). */
 export class PresenceError extends Error {
@@ -349,7 +350,9 @@ export class PresenceClient {
         // Tokens are single-use: a fresh one for every attempt.
         const token = await this._fetchToken();
         if (generation !== this._generation) return; // stopped meanwhile
-        if (this.options.tokenIn === "query") {
+        // A subprotocol must be an HTTP token (RFC 6455): a server whose tokens are not
+        // (older ones, signed with ":") gets it in the query string rather than a failed open.
+        if (this.options.tokenIn === "query" || !SUBPROTOCOL_SAFE.test(token)) {
           url += `${url.includes("?") ? "&" : "?"}token=${encodeURIComponent(token)}`;
         } else {
           protocols.push(TOKEN_SUBPROTOCOL_PREFIX + token);
@@ -367,7 +370,14 @@ export class PresenceClient {
       return;
     }
     const WebSocketImpl = this.options.WebSocket || globalThis.WebSocket;
-    const ws = new WebSocketImpl(url, protocols);
+    let ws;
+    try {
+      ws = new WebSocketImpl(url, protocols);
+    } catch (err) {
+      // A malformed URL or subprotocol (SyntaxError): reported like a failed handshake.
+      this._closed({ code: CloseCode.ABNORMAL, reason: String(err), wasClean: false });
+      return;
+    }
     this._ws = ws;
     this._lastError = null;
     ws.onmessage = (/** @type {{data: string}} */ event) => {

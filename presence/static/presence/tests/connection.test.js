@@ -275,6 +275,33 @@ describe("tokens", () => {
     assert.deepEqual(FakeWebSocket.last.protocols, ["presence.v2"]);
   });
 
+  it("a token that is not subprotocol-safe goes in the query string", async () => {
+    const { client } = await makeClient({ token: true, fetch: tokenFetch(["u1:sig:x"]) });
+    client.connect();
+    await flush();
+    assert.equal(FakeWebSocket.last.url, "ws://test/ws/presence/?token=u1%3Asig%3Ax");
+    assert.deepEqual(FakeWebSocket.last.protocols, ["presence.v2"]);
+  });
+
+  it("a WebSocket constructor that throws is a failed attempt, retried", async () => {
+    let calls = 0;
+    class Throwing extends FakeWebSocket {
+      constructor(url, protocols) {
+        calls += 1;
+        if (calls === 1) throw new SyntaxError("bad subprotocol");
+        super(url, protocols);
+      }
+    }
+    const { client, clock } = await makeClient({ WebSocket: Throwing });
+    client.connect();
+    await flush();
+    assert.equal(client.state, "waiting");
+    assert.match(client.lastClose.reason, /bad subprotocol/);
+    await clock.tick(client.lastClose.delay);
+    assert.equal(client.state, "connecting");
+    assert.equal(FakeWebSocket.instances.length, 1);
+  });
+
   it("a refused token request (logged out) is unauthorized", async () => {
     const seen = [];
     const { client } = await makeClient({
