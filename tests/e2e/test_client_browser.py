@@ -18,6 +18,8 @@ from typing import Any
 from urllib.request import urlopen
 
 import pytest
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import Select, WebDriverWait
@@ -131,6 +133,15 @@ def failed_requests(driver: WebDriver) -> list[str]:
             ".filter(e => e.responseStatus >= 400).map(e => e.name)",
         )
     )
+
+
+def wait_for_session_row(sid: str) -> ConnectionSession:
+    """The live row of a connection (written behind the connect)."""
+    deadline = time.monotonic() + 15
+    while not (row := ConnectionSession.objects.filter(id=sid, ended_at=None).first()):
+        assert time.monotonic() < deadline, f"no live session row for {sid}"
+        time.sleep(0.1)
+    return row
 
 
 def keep_screenshot(driver: WebDriver, name: str) -> None:
@@ -274,13 +285,8 @@ def test_a_kicked_page_says_so_and_does_not_reconnect(
     alice = open_demo(chromium, server, "alice", DESKTOP)
     join(alice, "lobby", people["alice"])
     sid = session_id(alice)
-    # The session row is written behind the connect; the operator kicks the live row.
-    deadline = time.monotonic() + 15
-    while not (row := ConnectionSession.objects.filter(id=sid, ended_at=None).first()):
-        assert time.monotonic() < deadline, "no live session row for the page"
-        time.sleep(0.1)
 
-    assert do_kick_session(row)
+    assert do_kick_session(wait_for_session_row(sid))  # what the admin's kick action does
 
     wait_js(alice, "window.presenceDemo.client.state === 'closed'", timeout=10)
     wait_for_text(
@@ -336,3 +342,32 @@ def test_token_mode_fetches_a_fresh_token_with_the_csrf_cookie(
         ".filter(e => e.name.endsWith('/api/presence/token/')).map(e => e.responseStatus)",
     )
     assert token_requests == [200]  # the POST passed Django's CSRF check
+
+
+def test_after_logout_elsewhere_the_page_asks_to_log_in_again(
+    asgi_server: Callable[..., ASGIServer], chromium: Callable[..., WebDriver], people: Any
+) -> None:
+    server = asgi_server()
+    alice = open_demo(chromium, server, "alice", DESKTOP)
+    sid = session_id(alice)
+    demo_tab = alice.current_window_handle
+    # Log out in another tab of the same browser, through the page's own logout form.
+    alice.switch_to.new_window("tab")
+    alice.get(server + "/")
+    alice.find_element(By.CSS_SELECTOR, "form.logout button").click()
+    wait_for_text(alice, "main", "to connect")
+    alice.switch_to.window(demo_tab)
+    # The server ends this connection's presence (4408, as after a silence): the page
+    # reconnects, now without a login session, and gets 4401. (A server that closes sockets
+    # at logout sends the 4401 itself; the page ends the same way.)
+    row = wait_for_session_row(sid)
+    async_to_sync(get_channel_layer().send)(row.channel_name, {"type": "presence.expire"})
+
+    wait_js(alice, "window.presenceDemo.client.state === 'closed'", timeout=20)
+    assert js(alice, "window.presenceDemo.client.lastClose.code") == 4401
+    wait_for_text(alice, "#notice", "Your login session ended.")
+    link = alice.find_element(By.CSS_SELECTOR, "#notice a")
+    assert link.get_attribute("href") == server + "/accounts/login/?next=/"
+    time.sleep(3)
+    assert client_state(alice) == "closed"
+    assert "alice" not in online_in()
