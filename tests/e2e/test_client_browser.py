@@ -233,6 +233,12 @@ def test_two_users_see_each_other_join_change_status_type_and_leave(
     assert "bob" not in online_in()
     assert online_in("lobby") == {"alice": 1}
 
+    bob.switch_to.window(bob.window_handles[0])
+    viewport(bob, PHONE)
+    bob.get(server + "/accounts/login/")
+    keep_screenshot(bob, "login-phone")
+    assert failed_requests(bob) == []
+
 
 def test_page_reconnects_by_itself_with_jitter_after_the_server_is_killed(
     asgi_server: Callable[..., ASGIServer], chromium: Callable[..., WebDriver], people: Any
