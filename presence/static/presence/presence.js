@@ -252,7 +252,7 @@ export class PresenceClient {
     this.hello = null;
     /** How the last connection ended: {code, reason, error, decision, delay}. */
     this.lastClose = null;
-    /** Delays (ms) of the reconnects scheduled since the last successful hello. */
+    /** Delays (ms) of the reconnects scheduled since connect(). */
     this.delays = [];
     this._listeners = new Map();
     /** @type {Map<string | null, {members: Map<number, Member>, seq: string | null, ready: Deferred | null}>} */
