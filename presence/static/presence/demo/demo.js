@@ -216,6 +216,10 @@ function select(room) {
 }
 
 async function joinRoom(room) {
+  if (client.rooms.includes(room)) {
+    select(room);
+    return;
+  }
   const joining = client.join(room);
   saveRooms();
   select(room);
