@@ -252,10 +252,10 @@ export class PresenceClient {
     this.hello = null;
     /** How the last connection ended: {code, reason, error, decision, delay}. */
     this.lastClose = null;
-    /** Delays (ms) of the reconnects scheduled since connect(). */
+    /** @type {number[]} Delays (ms) of the reconnects scheduled since connect(). */
     this.delays = [];
     this._listeners = new Map();
-    /** @type {Map<string | null, {members: Map<number, Member>, seq: string | null, ready: Deferred | null}>} */
+    /** @type {Map<string | null, {members: Map<number, Member>, seq: string | null, complete: boolean, ready: Deferred | null}>} */
     this._scopes = new Map();
     this._rooms = new Set(); // rooms this client wants to be in, joined again on reconnect
     this._pending = new Map(); // request id -> {resolve, reject, timer}
@@ -408,7 +408,11 @@ export class PresenceClient {
     return (await response.json()).token;
   }
 
-  /** Forget the current socket (its late events are ignored) and close it. */
+  /**
+   * Forget the current socket (its late events are ignored) and close it.
+   * @param {number} [code]
+   * @param {string} [reason]
+   */
   _detach(code = CloseCode.NORMAL, reason = "") {
     const ws = this._ws;
     this._ws = null;
@@ -832,7 +836,7 @@ export class PresenceClient {
   _installLifecycle() {
     if (this._lifecycleOn || !this.options.lifecycle) return;
     const win = this.options.window ?? (typeof window === "undefined" ? undefined : window);
-    const doc = this.options.document ?? win?.document;
+    const doc = this.options.document ?? /** @type {any} */ (win)?.document;
     if (!win) return;
     this._lifecycleOn = true;
     // pagehide/freeze: close now. A page in the back/forward cache would otherwise keep its
