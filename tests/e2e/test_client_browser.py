@@ -201,6 +201,16 @@ def test_two_users_see_each_other_join_change_status_type_and_leave(
     with urlopen(server + "/favicon.ico") as icon:  # follows the redirect
         assert (icon.status, icon.headers["Content-Type"]) == (200, "image/svg+xml")
 
+    # Leaving a room with the picker: out of the room's list, still online.
+    alice.find_element(By.CSS_SELECTOR, '#room-list li[data-room="lobby"] .leave').click()
+    wait_gone(bob, alice_user, timeout=10)
+    wait_for_member(bob, alice_user, where="online")
+    wait_for_text(bob, "#log", "alice left lobby")
+    assert online_in("lobby") == {"bob": 1}
+    assert js(alice, "window.presenceDemo.client.rooms") == []
+    join(alice, "lobby", alice_user)
+    wait_for_member(bob, alice_user)
+
     # Navigating away: pagehide closes the socket (no back/forward-cache ghost), so the leave
     # is immediate; a ghost would stay listed for PRESENCE_TTL (60 s) and more.
     bob.get(server + "/api/presence/online/")
