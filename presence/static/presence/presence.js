@@ -854,6 +854,13 @@ export class PresenceClient {
     };
     win.addEventListener("pagehide", suspend);
     win.addEventListener("pageshow", resume);
+    // The device's network is back: no reason to sit out the rest of a back-off.
+    win.addEventListener("online", () => {
+      if (this.state === State.WAITING) {
+        this._clearTimer();
+        this._open();
+      }
+    });
     if (doc) {
       doc.addEventListener("freeze", suspend);
       doc.addEventListener("resume", resume);

@@ -145,6 +145,7 @@ export function fakePage() {
     document,
     pagehide: (persisted = true) => fire(window, "pagehide", { persisted }),
     pageshow: (persisted = true) => fire(window, "pageshow", { persisted }),
+    online: () => fire(window, "online"),
     freeze: () => fire(document, "freeze"),
     resume: () => fire(document, "resume"),
     hide: () => {

@@ -69,6 +69,26 @@ describe("pagehide / pageshow", () => {
     assert.equal(FakeWebSocket.instances.length, 1);
   });
 
+  it("the network coming back cuts a back-off short", async () => {
+    const { client, page, ws } = await connected({ random: () => 0.99 });
+    ws().serverClose(1006);
+    assert.equal(client.state, "waiting");
+    page.online();
+    await flush();
+    assert.equal(FakeWebSocket.instances.length, 2);
+    assert.equal(client.state, "connecting");
+  });
+
+  it("the network event does nothing to an open or stopped client", async () => {
+    const { client, page, ws } = await connected();
+    page.online();
+    ws().serverClose(4410, { code: "terminated", message: "kicked" });
+    page.online();
+    await flush();
+    assert.equal(FakeWebSocket.instances.length, 1);
+    assert.equal(client.state, "closed");
+  });
+
   it("lifecycle: false leaves the socket alone", async () => {
     const { client, page, ws } = await connected({ lifecycle: false });
     page.pagehide(true);
