@@ -17,6 +17,30 @@ VAR_DIR = Path(environ.Env().str("VAR_DIR", default=str(BASE_DIR / "var")))
 
 env = environ.Env()
 
+
+def _dev_secret_key(path: Path) -> str:
+    """The development secret key kept in ``path``, created (mode 600) on first use."""
+    import time
+
+    from django.core.management.utils import get_random_secret_key
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        # O_EXCL: of processes starting at once (make run), the first one writes the key.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        for _ in range(100):  # the writer may be between creating and writing the file
+            key = path.read_text().strip()
+            if key:
+                return key
+            time.sleep(0.01)
+        raise ImproperlyConfigured(f"{path} is empty: delete it to have a new key made") from None
+    key = get_random_secret_key()
+    with os.fdopen(fd, "w") as out:
+        out.write(key + "\n")
+    return key
+
+
 # --------------------------------------------------------------------------- core
 DEBUG = env.bool("DJANGO_DEBUG", default=True)
 SECRET_KEY = env.str("DJANGO_SECRET_KEY", default="")
@@ -24,7 +48,9 @@ if not SECRET_KEY:
     if not DEBUG:
         # Signed WebSocket tokens and sessions would be forgeable with a known key.
         raise ImproperlyConfigured("DJANGO_SECRET_KEY must be set when DJANGO_DEBUG is off.")
-    SECRET_KEY = "dev-only-insecure-key-do-not-use-in-production"  # noqa: S105
+    # Development: a key generated once per checkout and kept under var/ (never a constant
+    # from the source, with which anyone could sign this instance's sessions and tokens).
+    SECRET_KEY = _dev_secret_key(VAR_DIR / "secret_key")
 ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"])
 
 INSTALLED_APPS = [
@@ -52,6 +78,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # JSON errors (503 + Retry-After when Redis is down or slow) for the HTTP API.
+    "presence.middleware.ApiErrorMiddleware",
     "django_prometheus.middleware.PrometheusAfterMiddleware",
 ]
 
@@ -105,7 +133,14 @@ if not REDIS_URL:
 CHANNEL_LAYERS = {
     "default": {
         "BACKEND": "presence.layers.ResilientRedisChannelLayer",
-        "CONFIG": {"hosts": [REDIS_URL], "capacity": 1000, "expiry": 30},
+        "CONFIG": {
+            # Connecting may take 2 s. No socket_timeout: on asyncio clients redis-py then
+            # wraps sends in wait_for, which can swallow cancellations on Python 3.11; the
+            # process's inbox bounds its reads itself (presence/inbox.py).
+            "hosts": [{"address": REDIS_URL, "socket_connect_timeout": 2}],
+            "capacity": 1000,
+            "expiry": 30,
+        },
     },
 }
 
@@ -117,6 +152,8 @@ CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TIMEZONE = "UTC"
+# Bounded waits on the broker too (kombu's Redis transport polls with short timeouts itself).
+CELERY_BROKER_TRANSPORT_OPTIONS = {"socket_timeout": 10, "socket_connect_timeout": 2}
 
 PRESENCE_SWEEP_INTERVAL = env.float("PRESENCE_SWEEP_INTERVAL", default=5.0)
 STATS_FLUSH_INTERVAL = env.float("STATS_FLUSH_INTERVAL", default=10.0)
@@ -126,21 +163,26 @@ PRESENCE_SWEEP_CLAIM_TIMEOUT = env.float("PRESENCE_SWEEP_CLAIM_TIMEOUT", default
 # Session rows written behind from the event log (presence/sessionlog.py, docs/operations.md).
 PRESENCE_SESSION_LOG_INTERVAL = env.float("PRESENCE_SESSION_LOG_INTERVAL", default=2.0)
 PRESENCE_SESSION_LOG_CLAIM_IDLE = env.float("PRESENCE_SESSION_LOG_CLAIM_IDLE", default=10.0)
+PRESENCE_REAP_INTERVAL = env.float("PRESENCE_REAP_INTERVAL", default=300.0)
 CELERY_BEAT_SCHEDULE = {
     "presence-sweep-expired": {
         "task": "presence.sweep_expired",
         "schedule": PRESENCE_SWEEP_INTERVAL,
+        # Each scheduled run claims its period: two beats still sweep once per period.
+        "kwargs": {"period": PRESENCE_SWEEP_INTERVAL},
         # A sweep that waited longer than a period is superseded by the next one.
         "options": {"expires": PRESENCE_SWEEP_INTERVAL},
     },
     "presence-reap-sessions": {
         "task": "presence.reap_sessions",
-        "schedule": env.float("PRESENCE_REAP_INTERVAL", default=300.0),
+        "schedule": PRESENCE_REAP_INTERVAL,
+        "kwargs": {"period": PRESENCE_REAP_INTERVAL},
         "options": {"expires": 300.0},
     },
     "presence-flush-stats": {
         "task": "presence.flush_stats",
         "schedule": STATS_FLUSH_INTERVAL,
+        "kwargs": {"period": STATS_FLUSH_INTERVAL},
         "options": {"expires": STATS_FLUSH_INTERVAL},
     },
     # The fallback writer of session rows (web processes write them within milliseconds).
@@ -158,6 +200,19 @@ PRESENCE_TTL = env.float("PRESENCE_TTL", default=60.0)
 WS_MAX_MESSAGE_BYTES = env.int("WS_MAX_MESSAGE_BYTES", default=65536)
 # Only honoured when set: the header a trusted reverse proxy puts the client IP in.
 PRESENCE_TRUSTED_PROXY_HEADER = env.str("PRESENCE_TRUSTED_PROXY_HEADER", default="")
+# Exact scheme://host[:port] origins allowed to open sockets; empty: any allowed host.
+PRESENCE_ALLOWED_ORIGINS = env.list("PRESENCE_ALLOWED_ORIGINS", default=[])
+# Limits of the connect gate (docs/operations.md: defaults and how to raise them).
+PRESENCE_MAX_CONNECTIONS_PER_USER = env.int("PRESENCE_MAX_CONNECTIONS_PER_USER", default=32)
+PRESENCE_MAX_CONNECTIONS_PER_ADDRESS = env.int("PRESENCE_MAX_CONNECTIONS_PER_ADDRESS", default=5000)
+PRESENCE_ADDRESS_CONNECT_RATE = env.float("PRESENCE_ADDRESS_CONNECT_RATE", default=50.0)
+PRESENCE_ADDRESS_CONNECT_BURST = env.int("PRESENCE_ADDRESS_CONNECT_BURST", default=2000)
+PRESENCE_CONNECT_TIMEOUT = env.float("PRESENCE_CONNECT_TIMEOUT", default=5.0)
+PRESENCE_REDIS_SOCKET_TIMEOUT = env.float("PRESENCE_REDIS_SOCKET_TIMEOUT", default=3.0)
+PRESENCE_REDIS_CONNECT_TIMEOUT = env.float("PRESENCE_REDIS_CONNECT_TIMEOUT", default=2.0)
+PRESENCE_KICK_REVOKE_SECONDS = env.int("PRESENCE_KICK_REVOKE_SECONDS", default=24 * 3600)
+# Dotted path of (user, room, action) -> bool deciding room access; empty: all allowed.
+PRESENCE_ROOM_AUTHORIZER = env.str("PRESENCE_ROOM_AUTHORIZER", default="")
 # Per-connection limits (presence/app_settings.py documents each).
 PRESENCE_RATE_LIMIT = env.float("PRESENCE_RATE_LIMIT", default=20.0)
 PRESENCE_RATE_BURST = env.int("PRESENCE_RATE_BURST", default=40)

@@ -8,6 +8,7 @@ straight to its channel.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Iterable
 from typing import Any
@@ -28,12 +29,20 @@ def _layer() -> BaseChannelLayer:
 
 
 async def do_connect_user(
-    *, cid: str, uid: int, username: str, channel: str, ip: str | None, user_agent: str
+    *,
+    cid: str,
+    uid: int,
+    username: str,
+    channel: str,
+    ip: str | None,
+    user_agent: str,
+    gate: store.ConnectGate | None = None,
 ) -> store.ConnectResult:
     """Mark a new connection present; logs ``open`` and, for the user's first, a join.
 
     WARNING: on the connect path. One Redis round trip, no SQL: the connection-session row
-    is written behind from the ``open`` entry (presence/sessionlog.py).
+    is written behind from the ``open`` entry (presence/sessionlog.py). The gate's limits and
+    revocations are checked in the same script; a refusal registers nothing.
     """
     return await store.connect(
         store.get_async_redis(),
@@ -43,7 +52,43 @@ async def do_connect_user(
         channel=channel,
         ip=ip,
         user_agent=user_agent,
+        gate=gate,
     )
+
+
+# When an unfinished connect is undone, after its failure: the connect script may still be
+# on its way (another connection's command can reach Redis first), so the undo is repeated.
+UNDO_CONNECT_AFTER = (0.0, 1.0, 4.0)
+_undoing: set[asyncio.Task[None]] = set()
+
+
+def undo_connect(conn: store.ConnRef) -> None:
+    """Remove a connection whose connect did not finish (timed out, failed on the way).
+
+    Runs in the background: the socket is closed at once with 1013, while the registration
+    connect.lua may have made is ended (a no-op when it never ran). Without this, a connect
+    whose answer was lost stayed online until its TTL.
+    """
+    task = asyncio.get_running_loop().create_task(_undo_connect(conn))
+    _undoing.add(task)
+    task.add_done_callback(_undoing.discard)
+
+
+async def _undo_connect(conn: store.ConnRef) -> None:
+    waited = 0.0
+    for at in UNDO_CONNECT_AFTER:
+        await asyncio.sleep(at - waited)
+        waited = at
+        try:
+            (result,) = await store.end_connections(
+                store.get_async_redis(), [conn], reason="error", mode="undo"
+            )
+        except Exception as exc:  # Redis still down: the sweep ends it later
+            logger.info("undoing connect %s: %r", conn.cid, exc)
+            continue
+        if result.state == 1:
+            logger.warning("connect %s finished after it was given up; undone", conn.cid)
+            return
 
 
 async def do_heartbeat(conn: store.ConnRef) -> bool:

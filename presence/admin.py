@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Callable
+from typing import Any
 
+from django import forms
 from django.contrib import admin, messages
 from django.db import transaction
 from django.db.models import QuerySet
 from django.http import HttpRequest
+from django.utils import timezone
 from django.utils.html import format_html
 
 from .handlers.lifecycle import (
@@ -16,7 +20,8 @@ from .handlers.lifecycle import (
     do_enable_handlers,
     latency_quantile,
 )
-from .models import RegisteredHandler
+from .models import RegisteredHandler, UserBlock
+from .revocation import do_block_user, do_lift_blocks
 
 
 def format_latency(seconds: float | None) -> str:
@@ -139,3 +144,57 @@ class RegisteredHandlerAdmin(admin.ModelAdmin):
     @admin.action(description="Enable selected handlers", permissions=["change"])
     def enable_handlers(self, request: HttpRequest, queryset: QuerySet[RegisteredHandler]) -> None:
         self._apply(request, queryset, do_enable_handlers, "enabled")
+
+
+# --------------------------------------------------------------------------- user blocks
+BLOCK_DURATIONS = [
+    ("900", "15 minutes"),
+    ("3600", "1 hour"),
+    ("86400", "1 day"),
+    ("604800", "7 days"),
+    ("2592000", "30 days"),
+]
+
+
+class UserBlockForm(forms.ModelForm):
+    """A block is given a duration; its end time is computed from it."""
+
+    duration = forms.ChoiceField(choices=BLOCK_DURATIONS, initial="3600")
+
+    class Meta:
+        model = UserBlock
+        fields = ["user", "reason"]
+
+
+@admin.register(UserBlock)
+class UserBlockAdmin(admin.ModelAdmin):
+    """Operators block a user for a chosen time: their sockets close with 4403 at once and
+    new ones are refused until the block ends (presence.revocation)."""
+
+    form = UserBlockForm
+    list_display = ("user", "until", "active", "reason", "created_by", "created_at")
+    list_filter = ("until",)
+    search_fields = ("user__username", "reason")
+    list_select_related = ("user", "created_by")
+    autocomplete_fields = ("user",)
+    actions = ["lift"]
+
+    @admin.display(boolean=True, description="in force")
+    def active(self, block: UserBlock) -> bool:
+        return block.is_active
+
+    def has_change_permission(self, request: HttpRequest, obj: UserBlock | None = None) -> bool:
+        return False  # a block is lifted (action), not edited
+
+    def has_delete_permission(self, request: HttpRequest, obj: UserBlock | None = None) -> bool:
+        return False  # the rows are the record of who blocked whom
+
+    def save_model(self, request: HttpRequest, obj: UserBlock, form: Any, change: bool) -> None:
+        until = timezone.now() + dt.timedelta(seconds=int(form.cleaned_data["duration"]))
+        block = do_block_user(obj.user, until=until, reason=obj.reason, by=request.user)
+        obj.pk, obj.until = block.pk, block.until
+
+    @admin.action(description="Lift selected blocks now", permissions=["add"])
+    def lift(self, request: HttpRequest, queryset: QuerySet[UserBlock]) -> None:
+        lifted = do_lift_blocks(list(queryset))
+        self.message_user(request, f"Lifted {lifted} block(s).", messages.SUCCESS)

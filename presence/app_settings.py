@@ -44,6 +44,66 @@ class AppSettings:
         return int(self._get("WS_MAX_MESSAGE_BYTES", 65536))
 
     @property
+    def MAX_CONNECTIONS_PER_USER(self) -> int:
+        """Live connections one user may hold across all processes (0 = no limit)."""
+        return int(self._get("PRESENCE_MAX_CONNECTIONS_PER_USER", 32))
+
+    @property
+    def MAX_CONNECTIONS_PER_ADDRESS(self) -> int:
+        """Connections one client address may hold across all processes (0 = no limit)."""
+        return int(self._get("PRESENCE_MAX_CONNECTIONS_PER_ADDRESS", 5000))
+
+    @property
+    def ADDRESS_CONNECT_RATE(self) -> float:
+        """Sustained connects per second one client address may make (0 = no limit)."""
+        return float(self._get("PRESENCE_ADDRESS_CONNECT_RATE", 50.0))
+
+    @property
+    def ADDRESS_CONNECT_BURST(self) -> int:
+        """Connects one address may make at once before the rate applies (bucket size)."""
+        return int(self._get("PRESENCE_ADDRESS_CONNECT_BURST", 2000))
+
+    @property
+    def CONNECT_TIMEOUT(self) -> float:
+        """Seconds a new connection may wait on the store before it is closed with 1013."""
+        return float(self._get("PRESENCE_CONNECT_TIMEOUT", 5.0))
+
+    @property
+    def REDIS_SOCKET_TIMEOUT(self) -> float:
+        """Seconds any presence Redis command may wait for its answer (then it fails)."""
+        return float(self._get("PRESENCE_REDIS_SOCKET_TIMEOUT", 3.0))
+
+    @property
+    def REDIS_CONNECT_TIMEOUT(self) -> float:
+        """Seconds opening a connection to Redis may take."""
+        return float(self._get("PRESENCE_REDIS_CONNECT_TIMEOUT", 2.0))
+
+    @property
+    def KICK_REVOKE_SECONDS(self) -> int:
+        """How long a kicked connection's login session may not open sockets again."""
+        return int(self._get("PRESENCE_KICK_REVOKE_SECONDS", 24 * 3600))
+
+    @property
+    def ROOM_AUTHORIZER(self) -> str:
+        """Dotted path of ``(user, room, action) -> bool`` deciding room access ("" = allow)."""
+        return str(self._get("PRESENCE_ROOM_AUTHORIZER", ""))
+
+    @property
+    def ALLOWED_ORIGINS(self) -> list[str]:
+        """Exact ``scheme://host[:port]`` origins allowed to open sockets ([] = allowed hosts)."""
+        return list(self._get("PRESENCE_ALLOWED_ORIGINS", []))
+
+    @property
+    def MAX_JSON_DEPTH(self) -> int:
+        """Deepest nesting of arrays/objects a client frame may have (deeper: bad_json)."""
+        return int(self._get("PRESENCE_MAX_JSON_DEPTH", 32))
+
+    @property
+    def MAX_JSON_NUMBER_DIGITS(self) -> int:
+        """Longest number (in digits) a client frame may hold (longer: bad_json)."""
+        return int(self._get("PRESENCE_MAX_JSON_NUMBER_DIGITS", 64))
+
+    @property
     def RATE_LIMIT(self) -> float:
         """Sustained frames per second allowed per connection (token bucket refill rate)."""
         return float(self._get("PRESENCE_RATE_LIMIT", 20.0))

@@ -15,6 +15,9 @@ class PresenceConfig(AppConfig):
     def ready(self) -> None:
         from . import checks  # noqa: F401 - registers the system checks
         from .handlers.registry import registry
+        from .revocation import connect_receivers
+
+        connect_receivers()
 
         # No database access here (Django forbids it in ready()): a broken application module
         # is recorded and persisted as a `failed` row when the web process starts

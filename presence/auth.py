@@ -2,11 +2,15 @@
 
 Tokens are minted by ``POST /api/presence/token/`` for the logged-in user, carry a salt that
 makes them good for nothing but this endpoint, expire after ``PRESENCE_TOKEN_MAX_AGE`` seconds,
-and die with a password change (they embed the session auth hash).
+die with a password change (they embed the session auth hash), open one connection at most
+(connect.lua marks each token used), and are refused once the user was kicked after they were
+minted or their login session was logged out. A token is sent in the ``Sec-WebSocket-Protocol``
+header as ``presence.token.<token>`` (kept out of URLs and access logs) or as ``?token=``.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -17,23 +21,60 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.core import signing
-from django.utils.crypto import constant_time_compare
+from django.utils.crypto import constant_time_compare, get_random_string, salted_hmac
 
 from .app_settings import app_settings
 
 TOKEN_SALT = "presence.ws-token"  # noqa: S105 - a signing salt, not a secret
+TOKEN_SUBPROTOCOL = "presence.token."  # noqa: S105 - a protocol name
+# '.' instead of signing's ':' so that a token is a valid Sec-WebSocket-Protocol value
+# (RFC 6455 subprotocols are HTTP tokens: no ':').
+TOKEN_SEP = "."  # noqa: S105 - a separator
 
 
-def mint_token(user: AbstractBaseUser) -> str:
-    """A signed token identifying ``user`` to ``/ws/presence/``."""
-    return signing.dumps({"u": user.pk, "h": user.get_session_auth_hash()}, salt=TOKEN_SALT)
+def login_hash(session_key: str | None) -> str:
+    """A stable, non-reversible name for a login session (kept in Redis, never the key)."""
+    if not session_key:
+        return ""
+    return salted_hmac("presence.login", session_key, algorithm="sha256").hexdigest()[:32]
 
 
-def user_from_token(token: str) -> AbstractBaseUser | None:
-    """The user a valid, unexpired token names, else None (inactive users are returned)."""
+def _signer() -> signing.TimestampSigner:
+    return signing.TimestampSigner(salt=TOKEN_SALT, sep=TOKEN_SEP)
+
+
+def mint_token(user: AbstractBaseUser, *, session_key: str | None = None) -> str:
+    """A signed token identifying ``user`` (and the login session it came from)."""
+    payload = {
+        "u": user.pk,
+        "h": user.get_session_auth_hash(),
+        "s": login_hash(session_key),
+        # Two tokens minted in the same second must differ: each is used once.
+        "n": get_random_string(8),
+    }
+    return _signer().sign_object(payload)
+
+
+@dataclass(frozen=True)
+class TokenAuth:
+    """What a valid token proves, for the connect gate (presence.store.ConnectGate)."""
+
+    user: AbstractBaseUser
+    issued_ms: int
+    token_id: str  # its signature: unique per token, marks it used
+    login: str  # login_hash of the session that minted it
+
+
+def user_from_token(token: str) -> TokenAuth | None:
+    """What a valid, unexpired token proves, else None (inactive users are returned)."""
+    signer = _signer()
     try:
-        payload = signing.loads(token, salt=TOKEN_SALT, max_age=app_settings.TOKEN_MAX_AGE)
-    except signing.BadSignature:  # includes SignatureExpired
+        payload = signer.unsign_object(token, max_age=app_settings.TOKEN_MAX_AGE)
+        # The timestamp again (unsign_object drops it): when the token was minted. Signer's
+        # own unsign (not TimestampSigner's) returns "value<sep>timestamp".
+        stamped = signing.Signer.unsign(signer, token)
+        issued = signing.b62_decode(stamped.rsplit(TOKEN_SEP, 1)[1])
+    except (signing.BadSignature, ValueError, IndexError):  # includes SignatureExpired
         return None
     if not isinstance(payload, dict):
         return None
@@ -45,24 +86,37 @@ def user_from_token(token: str) -> AbstractBaseUser | None:
         str(payload.get("h", "")), user.get_session_auth_hash()
     ):
         return None
-    return user
+    return TokenAuth(
+        user=user,
+        issued_ms=issued * 1000,
+        token_id=token.rsplit(TOKEN_SEP, 1)[1],
+        login=str(payload.get("s", "")),
+    )
 
 
 class TokenAuthMiddleware:
-    """Sets ``scope["user"]`` from ``?token=`` when the session cookie gave no user."""
+    """Sets ``scope["user"]`` from a token when the session cookie gave no user.
+
+    The token comes from the ``presence.token.<token>`` subprotocol or ``?token=``; what it
+    proves (:class:`TokenAuth`) goes to ``scope["presence_token"]`` for the connect gate.
+    """
 
     def __init__(self, inner: Any) -> None:
         self.inner = inner
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> Any:
         # This frame lives as long as the socket: keep nothing in it but what is passed on.
-        token = _query_token(scope)
+        token = _subprotocol_token(scope) or _query_token(scope)
         if token and not scope["user"].is_authenticated:
             # On the thread-sensitive thread like every ORM call here: Channels closes
             # connections around calls there; on other executor threads (asgiref 3.13) the
             # connection a call opens is not the one it closes, and they pile up.
             found = await database_sync_to_async(user_from_token)(token)
-            scope = {**scope, "user": found or AnonymousUser()}
+            scope = {
+                **scope,
+                "user": found.user if found else AnonymousUser(),
+                "presence_token": found,
+            }
             del found
         return await self.inner(scope, receive, send)
 
@@ -81,6 +135,14 @@ class SessionAuthMiddleware(AuthMiddleware):
             scope["user"]._wrapped = AnonymousUser()
             return
         await super().resolve_scope(scope)
+
+
+def _subprotocol_token(scope: dict[str, Any]) -> str:
+    """The token offered as the ``presence.token.<token>`` subprotocol ("" when absent)."""
+    for offered in scope.get("subprotocols") or ():
+        if offered.startswith(TOKEN_SUBPROTOCOL):
+            return str(offered[len(TOKEN_SUBPROTOCOL) :])
+    return ""
 
 
 def _query_token(scope: dict[str, Any]) -> str:

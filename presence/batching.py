@@ -71,9 +71,10 @@ class HotPathWriter:
             batch, self._pending = self._pending[:size], self._pending[size:]
             counters, self._counters = self._counters, Counter()
             try:
-                results = await store.heartbeat_many(
-                    store.get_async_redis(), [conn for conn, _ in batch], counters
-                )
+                async with store.bounded():
+                    results = await store.heartbeat_many(
+                        store.get_async_redis(), [conn for conn, _ in batch], counters
+                    )
             except Exception as exc:  # Redis down: fail these heartbeats, keep the counters
                 logger.warning("heartbeat batch of %d failed: %s", len(batch), exc)
                 self._counters.update(counters)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-import json
 import logging
 import time
 import uuid
@@ -26,6 +25,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from channels.consumer import get_handler_name
+from channels.db import database_sync_to_async
 from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 from channels.layers import get_channel_layer
@@ -33,9 +33,21 @@ from redis.exceptions import RedisError
 
 from sessions_app.models import EndReason
 
-from . import actions, store
+from . import actions, frames, store
 from .app_settings import app_settings
+from .auth import TokenAuth, login_hash
 from .batching import get_writer
+from .closecodes import (
+    CLOSE_EXPIRED,
+    CLOSE_FLOODING,
+    CLOSE_FORBIDDEN,
+    CLOSE_INTERNAL_ERROR,
+    CLOSE_SERVICE_RESTART,
+    CLOSE_TERMINATED,
+    CLOSE_TOO_BIG,
+    CLOSE_TRY_AGAIN,
+    CLOSE_UNAUTHORIZED,
+)
 from .diffs import Event, Pos, dumps
 from .eventlog import EventLogReader, ensure_reader
 from .handlers import FrameError, HandlerContext, registry
@@ -47,17 +59,32 @@ from .sessionlog import ensure_session_writer
 
 logger = logging.getLogger(__name__)
 
-# Close codes of protocol v1 (docs/protocol.md).
-CLOSE_UNAUTHORIZED = 4401
-CLOSE_FORBIDDEN = 4403
-CLOSE_EXPIRED = 4408
-CLOSE_TERMINATED = 4410
-CLOSE_FLOODING = 4429
-CLOSE_TOO_BIG = 1009
-CLOSE_SERVICE_RESTART = 1012
-CLOSE_TRY_AGAIN = 1013
 
+SUBPROTOCOL_V1 = "presence.v1"
 SUBPROTOCOL_V2 = "presence.v2"
+
+# Why the connect gate (connect.lua) refused -> (close code, error code, message).
+REFUSALS: dict[str, tuple[int, str, str]] = {
+    "blocked": (CLOSE_FORBIDDEN, "blocked", "this account is blocked by an operator"),
+    "token_revoked": (CLOSE_UNAUTHORIZED, "token_revoked", "this token was revoked"),
+    "session_revoked": (CLOSE_UNAUTHORIZED, "session_revoked", "this login session was ended"),
+    "token_used": (CLOSE_UNAUTHORIZED, "token_used", "this token was used already"),
+    "connect_rate": (
+        CLOSE_FLOODING,
+        "connect_rate_limited",
+        "too many connection attempts from this address; retry later",
+    ),
+    "too_many_connections": (
+        CLOSE_FLOODING,
+        "too_many_connections",
+        "too many open connections for this user",
+    ),
+    "too_many_from_address": (
+        CLOSE_FLOODING,
+        "too_many_connections",
+        "too many open connections from this address",
+    ),
+}
 
 
 def _client_ip(scope: dict[str, Any]) -> str | None:
@@ -112,18 +139,23 @@ class PresenceConsumer(AsyncWebsocketConsumer):
         # protocol v2: scope -> log position the client is at / diffs held during a snapshot
         self.positions: dict[str, Pos] = {}
         self.pending: dict[str, list[tuple[str, Sequence[Event]]]] = {}
-        # Chosen before the auth checks: a browser that offered subprotocols fails a handshake
-        # answered without one (Chromium: 1006, the close code and error frame never seen).
-        if SUBPROTOCOL_V2 in (self.scope.get("subprotocols") or ()):
+        # A browser fails the handshake unless the server picks one of the subprotocols it
+        # offered; one that sent only its token gets none (docs/protocol.md). Chosen before the
+        # auth checks: a refused handshake must pick one too, or the page sees 1006 instead of
+        # the close code and its error frame.
+        offered = self.scope.get("subprotocols") or ()
+        if SUBPROTOCOL_V2 in offered:
             self.protocol = 2
-        subprotocol = SUBPROTOCOL_V2 if self.protocol == 2 else None
+        chosen = SUBPROTOCOL_V2 if self.protocol == 2 else None
+        if chosen is None and SUBPROTOCOL_V1 in offered:
+            chosen = SUBPROTOCOL_V1
         user = self.scope.get("user")
         if user is None or not user.is_authenticated:
-            await self.accept(subprotocol=subprotocol)
+            await self.accept(subprotocol=chosen)
             await self.close_with(CLOSE_UNAUTHORIZED, "unauthorized", "authentication required")
             return
         if not user.is_active:
-            await self.accept(subprotocol=subprotocol)
+            await self.accept(subprotocol=chosen)
             await self.close_with(CLOSE_FORBIDDEN, "forbidden", "this account is disabled")
             return
         self.user_id = int(user.pk)
@@ -135,31 +167,27 @@ class PresenceConsumer(AsyncWebsocketConsumer):
             app_settings.FLOOD_DROPS,
             app_settings.FLOOD_WINDOW,
         )
-        await self.accept(subprotocol=subprotocol)
+        await self.accept(subprotocol=chosen)
         try:
-            # Operators' enable/disable, the event log and the session-row writer run in this
-            # event loop as tasks started here; only a loop's first connection waits for them.
-            await ensure_control_watcher()
-            self.reader = await ensure_reader()
-            await ensure_session_writer()
-            # In the index before the change is logged, so this socket gets its own join;
-            # nothing is sent to it before hello (deliver() holds frames until _ready).
-            self.reader.register(self)
-            await actions.do_connect_user(
-                cid=self.session_id,
-                uid=self.user_id,
-                username=self.username,
-                channel=self.channel_name,
-                ip=_client_ip(self.scope),
-                user_agent=_header(self.scope, b"user-agent"),
-            )
-        except RedisError:
+            async with asyncio.timeout(app_settings.CONNECT_TIMEOUT):
+                result = await self._register()
+        except (RedisError, TimeoutError) as exc:
             # Without the store nobody could see this connection: say so and let the client
-            # retry later, rather than keep a socket that is online for no one. Nothing was
-            # logged, so no session row is written for it.
-            logger.exception("presence store unreachable; refusing connection %s", self.session_id)
+            # retry later, rather than keep a socket that is online for no one. The connect
+            # script may have run all the same (a timeout while its answer was on the way):
+            # undo it, so the connection does not stay registered until its TTL.
+            logger.warning(
+                "presence store unreachable or slow; refusing connection %s: %r",
+                self.session_id,
+                exc,
+            )
             self._forget()
+            actions.undo_connect(self.conn_ref)
             await self.close_with(CLOSE_TRY_AGAIN, "unavailable", "presence is unavailable")
+            return
+        if result.refused:
+            self._forget()
+            await self.refuse(result)
             return
         self.registered = True
         hello: dict[str, Any] = {
@@ -175,6 +203,56 @@ class PresenceConsumer(AsyncWebsocketConsumer):
         self._ready = True
         if self._outbox:
             self._start_pump()
+
+    async def _register(self) -> store.ConnectResult:
+        """Start this loop's background readers, index the socket, run connect.lua."""
+        # Operators' enable/disable, the event log and the session-row writer run in this
+        # event loop as tasks started here; only a loop's first connection waits for them.
+        await ensure_control_watcher()
+        self.reader = await ensure_reader()
+        await ensure_session_writer()
+        # In the index before the change is logged, so this socket gets its own join;
+        # nothing is sent to it before hello (deliver() holds frames until _ready).
+        self.reader.register(self)
+        return await actions.do_connect_user(
+            cid=self.session_id,
+            uid=self.user_id,
+            username=self.username,
+            channel=self.channel_name,
+            ip=_client_ip(self.scope),
+            user_agent=_header(self.scope, b"user-agent"),
+            gate=self._gate(),
+        )
+
+    def _gate(self) -> store.ConnectGate:
+        """The configured limits, with what this handshake's credentials are."""
+        token: TokenAuth | None = self.scope.get("presence_token")
+        if token is not None:
+            return store.ConnectGate.from_settings(
+                issued_ms=token.issued_ms, token_id=token.token_id, login=token.login
+            )
+        session = self.scope.get("session")
+        return store.ConnectGate.from_settings(
+            login=login_hash(getattr(session, "session_key", None))
+        )
+
+    async def refuse(self, result: store.ConnectResult) -> None:
+        """Close a connection the gate refused, with the documented code and reason."""
+        code, error, message = REFUSALS[result.refused]
+        if result.retry_after_ms:
+            seconds = max(1, -(-result.retry_after_ms // 1000))
+            await self.send_frame(
+                {
+                    "type": "error",
+                    "id": None,
+                    "code": error,
+                    "message": message,
+                    "retry_after": seconds,
+                }
+            )
+            await self.close(code=code, reason=message[:120])
+            return
+        await self.close_with(code, error, message)
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         """Serve one socket: ASGI messages in order, channel-layer messages via the inbox.
@@ -201,8 +279,35 @@ class PresenceConsumer(AsyncWebsocketConsumer):
                 await self.dispatch(await receive())
         except StopConsumer:
             pass
+        except Exception:
+            await self.fail()
         finally:
             inbox.unregister(self.channel_name)
+            if self.registered:
+                # Reached without websocket.disconnect: the consumer raised or was cancelled
+                # (server shutdown). The cleanup runs in its own task so a cancellation of
+                # this one cannot stop it half-way.
+                await asyncio.shield(
+                    asyncio.get_running_loop().create_task(self.disconnect(CLOSE_INTERNAL_ERROR))
+                )
+
+    async def dispatch_from_inbox(self, message: dict[str, Any]) -> None:
+        """A channel-layer message (kick, expiry, ending), in its own task from the inbox."""
+        try:
+            await self.dispatch(message)
+        except Exception:
+            await self.fail()
+
+    async def fail(self) -> None:
+        """A bug, not a client: log it, close with 1011 and end the connection at once,
+        rather than leave the user online until the sweep."""
+        logger.exception("consumer failed (session %s)", getattr(self, "session_id", "-"))
+        self.end_reason = EndReason.ERROR
+        await self.close(code=CLOSE_INTERNAL_ERROR)
+        try:
+            await self.disconnect(CLOSE_INTERNAL_ERROR)  # a no-op when it ran already
+        except Exception:
+            logger.exception("cleanup of failed consumer %s failed", self.session_id)
 
     @property
     def conn_ref(self) -> store.ConnRef:
@@ -228,7 +333,7 @@ class PresenceConsumer(AsyncWebsocketConsumer):
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         if not self.registered or self.closing:
             return
-        size = len(text_data.encode()) if text_data is not None else len(bytes_data or b"")
+        size = frames.text_size(text_data) if text_data is not None else len(bytes_data or b"")
         if size > app_settings.WS_MAX_MESSAGE_BYTES:
             # uvicorn enforces --ws-max-size itself; this covers other servers and tests.
             self.end_reason = EndReason.ERROR
@@ -263,12 +368,7 @@ class PresenceConsumer(AsyncWebsocketConsumer):
         try:
             if text_data is None:
                 raise FrameError("bad_frame", "binary frames are not supported; send JSON text")
-            try:
-                frame = json.loads(text_data)
-            except ValueError:
-                raise FrameError("bad_json", "the frame is not valid JSON") from None
-            if not isinstance(frame, dict):
-                raise FrameError("bad_frame", "a frame must be a JSON object")
+            frame = frames.decode(text_data)
             raw_id = frame.get("id")
             if isinstance(raw_id, (str, int)) and not isinstance(raw_id, bool):
                 frame_id = raw_id if not isinstance(raw_id, str) else raw_id[:128]
@@ -296,6 +396,15 @@ class PresenceConsumer(AsyncWebsocketConsumer):
             if err.code in ("handler_error", "handler_timeout"):
                 writer.count(store.handler_error_field(msg_type, err.code))
             await self.send_error(frame_id, err.code, err.message)
+            return
+        except Exception:
+            # Nothing a client sends may end its connection with a traceback: a failure
+            # outside any handler (the registry, the counters) is answered like a handler's.
+            logger.exception(
+                "frame handling failed (session %s, user %s)", self.session_id, self.user_id
+            )
+            writer.count(store.error_field("internal_error"))
+            await self.send_error(frame_id, "internal_error", "the server failed; it was logged")
             return
         if result is NO_REPLY:
             return
@@ -410,9 +519,25 @@ class PresenceConsumer(AsyncWebsocketConsumer):
 
     # ----------------------------------------------------------------- channel-layer events
     async def session_kick(self, event: dict[str, Any]) -> None:
-        """An operator ended this session from the admin."""
+        """An operator ended this session from the admin: terminal.
+
+        The sender revoked the credentials in Redis already (presence.revocation); a socket
+        that logged in with a session cookie also ends that login session here, the one
+        place that knows its key, so the browser is logged out of HTTP too.
+        """
         self.end_reason = EndReason.KICKED
         await self.close_with(CLOSE_TERMINATED, "terminated", "session terminated by an operator")
+        session = self.scope.get("session")
+        if self.scope.get("presence_token") is None and getattr(session, "session_key", None):
+            try:
+                await database_sync_to_async(session.delete)()
+            except Exception:  # the socket is closed either way; the revocation holds
+                logger.exception("could not end the login session of %s", self.session_id)
+
+    async def session_end(self, event: dict[str, Any]) -> None:
+        """The credentials of this socket stopped being good (presence.revocation)."""
+        self.end_reason = EndReason(event["reason"])
+        await self.close_with(int(event["code"]), str(event["error"]), str(event["message"]))
 
     async def presence_expire(self, event: dict[str, Any]) -> None:
         """The expiry sweep ended this session (the socket was silent past the TTL)."""

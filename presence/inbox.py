@@ -27,13 +27,14 @@ logger = logging.getLogger(__name__)
 
 RETRY_FIRST = 0.1
 RETRY_MAX = 2.0
+READ_GRACE = 5.0  # seconds past the blocking pop's own timeout before a read is given up
 
 
 class Addressee(Protocol):
     """A consumer the inbox delivers to."""
 
-    async def dispatch(self, message: dict[str, Any]) -> None:
-        """Handle one channel-layer message."""
+    async def dispatch_from_inbox(self, message: dict[str, Any]) -> None:
+        """Handle one channel-layer message; never raises (a failure is the consumer's)."""
 
 
 class Inbox:
@@ -62,8 +63,11 @@ class Inbox:
         delay = RETRY_FIRST
         while True:
             try:
-                target, message = await self.layer.receive_single(self._real)
-            except (RedisError, OSError) as exc:
+                # The layer's blocking pop waits brpop_timeout (5 s) server-side; a Redis that
+                # stopped answering (paused, network gone) is given up on a little later.
+                async with asyncio.timeout(self.layer.brpop_timeout + READ_GRACE):
+                    target, message = await self.layer.receive_single(self._real)
+            except (RedisError, OSError) as exc:  # TimeoutError is an OSError
                 if delay == RETRY_FIRST:
                     logger.warning("inbox: channel layer unreachable, retrying: %s", exc)
                 await asyncio.sleep(delay)
@@ -74,7 +78,7 @@ class Inbox:
                 consumer = self.consumers.get(channel)
                 if consumer is not None:
                     # Its own task: a slow close must not hold up other sockets' messages.
-                    asyncio.get_running_loop().create_task(consumer.dispatch(message))
+                    asyncio.get_running_loop().create_task(consumer.dispatch_from_inbox(message))
 
 
 _inboxes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Inbox] = weakref.WeakKeyDictionary()

@@ -5,7 +5,9 @@ Live presence never touches these tables; it lives in Redis (see store.py).
 
 from __future__ import annotations
 
+from django.conf import settings
 from django.db import models
+from django.utils import timezone
 
 
 class StatsBucket(models.Model):
@@ -74,3 +76,43 @@ class RegisteredHandler(models.Model):
 
     def __str__(self) -> str:
         return f"{self.type} v{self.version}"
+
+
+class UserBlockQuerySet(models.QuerySet["UserBlock"]):
+    def active(self) -> UserBlockQuerySet:
+        """Blocks still in force."""
+        return self.filter(until__gt=timezone.now())
+
+
+class UserBlock(models.Model):
+    """An operator's block: the user may not open presence connections until ``until``.
+
+    The database row is the record; Redis holds the block the connect path checks
+    (``{P}:user:<uid>:block``, expiring with it), written by presence.revocation.
+    """
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="presence_blocks"
+    )
+    until = models.DateTimeField(db_index=True)
+    reason = models.CharField(max_length=200, blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    objects = UserBlockQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"block of {self.user} until {self.until:%Y-%m-%d %H:%M:%S}"
+
+    @property
+    def is_active(self) -> bool:
+        return self.until > timezone.now()

@@ -1,8 +1,15 @@
-"""What every periodic presence task shares: a run lock, a report, and run metrics.
+"""What every periodic presence task shares: a period claim, a run lock, a report, metrics.
 
-Two beat schedulers started by mistake, or a run that outlasts its period, must not double
-the work: each run takes a token lock (SET NX PX, released by compare-and-delete in Lua). A
-run that finds the lock held is *skipped*, and that is counted and logged, never silent.
+Two beat schedulers started by mistake (a deploy that briefly runs two), or a run that
+outlasts its period, must not double the work:
+
+- a run scheduled by beat first claims its period (:func:`claim_period`: SET NX with a
+  lifetime of most of the period), so two beats' runs of one period make one run;
+- each run takes a token lock (SET NX PX, released by compare-and-delete in Lua), so two
+  runs never overlap.
+
+A run that finds the period claimed or the lock held is *skipped*, and that is counted and
+logged, never silent. Runs asked for by hand (``task.delay()``) claim no period.
 """
 
 from __future__ import annotations
@@ -40,6 +47,24 @@ class RunReport:
 
 
 R = TypeVar("R", bound=RunReport)
+
+
+# A claim lives this share of the period: long enough that a second beat's run of the same
+# period is refused, short enough that the next period's run, a little early, is not.
+PERIOD_CLAIM_SHARE = 0.9
+
+
+def claim_period(task: str, period: float | None) -> bool:
+    """Claim the current period of ``task`` for this run; False (a counted skip) when another
+    run has it. ``period`` None (a run asked for by hand) claims nothing."""
+    if not period:
+        return True
+    client = store.get_redis()
+    if store.claim_task_period(client, task, int(period * 1000 * PERIOD_CLAIM_SHARE)):
+        return True
+    logger.info("%s skipped: this period ran already (a second beat?)", task)
+    _record(task, RunReport(skipped=True))
+    return False
 
 
 def run_locked(task: str, lock_ttl_ms: int, report: R, body: Callable[[R], object]) -> R:

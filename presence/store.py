@@ -21,11 +21,18 @@ key                             type   content
 ``{P}:stats:claims``            ZSET   flush id -> claim time ms (claims not yet released)
 ``{P}:<task>:lock``             STR    token of the run holding the task lock (sweep,
                                        flush, reap)
+``{P}:<task>:period``           STR    claim of the task's current period (expires)
 ``{P}:<task>:last``             HASH   last run of the task (duration, counts), run totals
 ``{P}:flush:hbmark``            STR    expiry score below which last_heartbeat_at is known
 ``{P}:handlers:disabled``       SET    message types an operator disabled (from the DB)
 ``{P}:handlers:version``        STR    counter bumped on every change of that set
 ``{P}:events``                  STREAM the presence event log (presence/eventlog.py)
+``{P}:addr:<ip>:conns``         ZSET   cid -> connect ms: connections from one address
+``{P}:addr:<ip>:rate``          HASH   tokens, ts: the address's connect-rate bucket
+``{P}:user:<uid>:block``        STR    an operator's block of the user (expires with it)
+``{P}:user:<uid>:revoked``      STR    ms: credentials issued before it are refused
+``{P}:login:<hash>:revoked``    STR    a revoked login session (expires with the revocation)
+``{P}:token:<id>``              STR    a single-use token's mark once presented
 ==============================  =====  ==================================================
 
 Scores, not key TTLs, decide who is online: a member counts while its score is in the
@@ -101,6 +108,10 @@ class Keys:
         """Lock of a periodic task (``sweep`` or ``flush``): one run at a time."""
         return f"{self.tag}:{task}:lock"
 
+    def task_period(self, task: str) -> str:
+        """Claim of a periodic task's current period: one beat-scheduled run per period."""
+        return f"{self.tag}:{task}:period"
+
     def task_last(self, task: str) -> str:
         """Metrics of a periodic task: its last run and totals over all runs."""
         return f"{self.tag}:{task}:last"
@@ -141,6 +152,30 @@ class Keys:
 
     def room_user(self, room: str, uid: int | str) -> str:
         return f"{self.tag}:room:{room}:user:{uid}"
+
+    # ---- the connect gate (connect.lua; presence/revocation.py, docs/operations.md)
+    def addr_conns(self, ip: str) -> str:
+        return f"{self.tag}:addr:{ip or '-'}:conns"
+
+    def addr_rate(self, ip: str) -> str:
+        return f"{self.tag}:addr:{ip or '-'}:rate"
+
+    def user_block(self, uid: int | str) -> str:
+        return f"{self.tag}:user:{uid}:block"
+
+    def user_revoked(self, uid: int | str) -> str:
+        return f"{self.tag}:user:{uid}:revoked"
+
+    def login_revoked(self, login: str) -> str:
+        return f"{self.tag}:login:{login or '-'}:revoked"
+
+    def token_used(self, token_id: str) -> str:
+        return f"{self.tag}:token:{token_id or '-'}"
+
+    @property
+    def conn_prefix(self) -> str:
+        """What every connection hash's key starts with (connect.lua prunes by it)."""
+        return f"{self.tag}:conn:"
 
     def fixed(self) -> list[str]:
         """Keys every batch script (heartbeat, end) takes first, in KEYS order."""
@@ -259,14 +294,44 @@ _async_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, a
 )
 
 
+def client_options(*, for_asyncio: bool = False) -> dict[str, Any]:
+    """Options of every presence Redis client: bounded waits everywhere.
+
+    A command waits at most PRESENCE_REDIS_SOCKET_TIMEOUT for its answer and a new connection
+    PRESENCE_REDIS_CONNECT_TIMEOUT; a failed command is retried once (a pooled connection
+    may be stale after a Redis restart). Without these, a paused Redis held callers for as
+    long as it stayed paused, and redis-py's default three retries multiplied every wait.
+    """
+    from redis.asyncio.retry import Retry as AsyncRetry
+    from redis.backoff import ExponentialBackoff
+    from redis.retry import Retry
+
+    retry_class = AsyncRetry if for_asyncio else Retry
+    return {
+        "decode_responses": True,
+        "health_check_interval": 30,
+        # WARNING: asyncio clients get no socket_timeout. redis-py then wraps every send in
+        # asyncio.wait_for, which on Python 3.11 can swallow a cancellation (a cancelled
+        # heartbeat batch kept running, and a closing event loop waited on it). Their reads
+        # are bounded by the callers with asyncio.timeout instead (see bounded()).
+        "socket_timeout": None if for_asyncio else app_settings.REDIS_SOCKET_TIMEOUT,
+        "socket_connect_timeout": app_settings.REDIS_CONNECT_TIMEOUT,
+        "retry": retry_class(ExponentialBackoff(cap=0.2, base=0.05), 1),
+    }
+
+
+def bounded(extra: float = 0.0) -> asyncio.Timeout:
+    """``async with bounded():`` around an asyncio Redis call: at most the socket timeout
+    (plus ``extra``, e.g. a blocking read's BLOCK time), then TimeoutError."""
+    return asyncio.timeout(app_settings.REDIS_SOCKET_TIMEOUT + extra)
+
+
 def get_redis() -> redis.Redis:
     """Process-wide sync client (thread-safe connection pool) for views, admin and tasks."""
     url = app_settings.REDIS_URL
     client = _sync_clients.get(url)
     if client is None:
-        client = _sync_clients[url] = redis.Redis.from_url(
-            url, decode_responses=True, health_check_interval=30
-        )
+        client = _sync_clients[url] = redis.Redis.from_url(url, **client_options())
     return client
 
 
@@ -283,9 +348,7 @@ def get_async_redis(*, blocking: bool = False) -> aredis.Redis:
     key = url + "#blocking" if blocking else url
     client = per_loop.get(key)
     if client is None:
-        client = per_loop[key] = aredis.Redis.from_url(
-            url, decode_responses=True, health_check_interval=30
-        )
+        client = per_loop[key] = aredis.Redis.from_url(url, **client_options(for_asyncio=True))
     return client
 
 
@@ -322,6 +385,42 @@ class ConnectResult:
     joined: bool
     status: str
     open_id: str = ""  # the event log id of the connection's `open` entry
+    refused: str = ""  # why the gate refused the connection ("" = registered)
+    retry_after_ms: int = 0
+
+
+@dataclass(frozen=True)
+class ConnectGate:
+    """Who may connect: limits and credentials connect.lua checks before registering.
+
+    The default gate checks nothing (internal callers, benchmarks of the store); the consumer
+    builds one from the settings with :meth:`from_settings`.
+    """
+
+    max_per_user: int = 0
+    max_per_address: int = 0
+    address_rate: float = 0.0  # connects per second per address (token refill)
+    address_burst: int = 0
+    issued_ms: int = 0  # when the credentials were issued (a token's mint time)
+    token_id: str = ""
+    token_ttl_ms: int = 0
+    login: str = ""  # hash of the login session the credentials belong to
+
+    @classmethod
+    def from_settings(
+        cls, *, issued_ms: int = 0, token_id: str = "", login: str = ""
+    ) -> ConnectGate:
+        """The configured limits, with these credentials."""
+        return cls(
+            max_per_user=app_settings.MAX_CONNECTIONS_PER_USER,
+            max_per_address=app_settings.MAX_CONNECTIONS_PER_ADDRESS,
+            address_rate=app_settings.ADDRESS_CONNECT_RATE,
+            address_burst=app_settings.ADDRESS_CONNECT_BURST,
+            issued_ms=issued_ms,
+            token_id=token_id,
+            token_ttl_ms=int(app_settings.TOKEN_MAX_AGE * 1000) + 1000,
+            login=login,
+        )
 
 
 def _ttl_ms() -> int:
@@ -347,21 +446,93 @@ async def connect(
     ip: str | None = None,
     user_agent: str = "",
     now: int | None = None,
+    gate: ConnectGate | None = None,
 ) -> ConnectResult:
     """Register a connection and log it (``open``, and ``join`` for the user's first).
 
-    WARNING: the whole connect path in Redis: one EVALSHA. ``ip`` and ``user_agent`` ride in
-    the log entry the connection-session row is written from (presence/sessionlog.py).
+    WARNING: the whole connect path in Redis: one EVALSHA, the gate's checks included.
+    ``ip`` and ``user_agent`` ride in the log entry the connection-session row is written from
+    (presence/sessionlog.py). A refusal registers and logs nothing (``result.refused``).
     """
-    k = keys()
+    k, g, ip = keys(), gate or ConnectGate(), ip or ""
     ks = [
         *(k.conns, k.users, k.stats, k.conn(cid), k.conn_rooms(cid)),
         *(k.user(uid), k.user_conns(uid), k.events),
+        *(k.addr_conns(ip), k.addr_rate(ip), k.user_block(uid), k.user_revoked(uid)),
+        *(k.login_revoked(g.login), k.token_used(g.token_id)),
     ]
     args = [now or now_ms(), _ttl_ms(), _grace_ms(), cid, uid, username, channel]
-    args += [_log_maxlen(), ip or "", user_agent[:512]]
-    joined, status, open_id = await script("connect").arun(client, ks, args)
-    return ConnectResult(joined=int(joined) == 1, status=str(status), open_id=str(open_id))
+    args += [_log_maxlen(), ip, user_agent[:512]]
+    args += [g.max_per_user, g.max_per_address, g.address_rate, g.address_burst]
+    args += [g.issued_ms, g.token_id, g.token_ttl_ms, g.login, k.conn_prefix]
+    first, second, third = await script("connect").arun(client, ks, args)
+    if first == "refused":
+        return ConnectResult(False, "", refused=str(second), retry_after_ms=int(third))
+    return ConnectResult(joined=int(first) == 1, status=str(second), open_id=str(third))
+
+
+# --------------------------------------------------------------------------- revocation
+# ---- blocks, revoked credentials, and finding a user's sockets (presence.revocation)
+@dataclass(frozen=True)
+class ConnTarget:
+    """Where one live connection's socket can be reached, and with what credentials."""
+
+    cid: str
+    channel: str
+    login: str
+
+
+def user_connection_targets(
+    client: redis.Redis, uid: int, *, now: int | None = None
+) -> list[ConnTarget]:
+    """The user's live connections with their channel names: two round trips, bounded by
+    the per-user connection limit."""
+    k = keys()
+    cids: Any = client.zrangebyscore(k.user_conns(uid), f"({now or now_ms()}", "+inf")
+    if not cids:
+        return []
+    pipe = client.pipeline(transaction=False)
+    for cid in cids:
+        pipe.hmget(k.conn(cid), ["channel", "login"])
+    targets = []
+    for cid, (channel, login) in zip(cids, pipe.execute(), strict=True):
+        if channel:
+            targets.append(ConnTarget(str(cid), str(channel), str(login or "")))
+    return targets
+
+
+def connection_login(client: redis.Redis, cid: str) -> str:
+    """The login-session hash a live connection authenticated with ("" when unknown)."""
+    return str(client.hget(keys().conn(cid), "login") or "")
+
+
+def revoke_user_credentials(client: redis.Redis, uid: int, *, now: int | None = None) -> None:
+    """Refuse credentials of ``uid`` issued until now (tokens minted before a kick)."""
+    # Tokens live PRESENCE_TOKEN_MAX_AGE at most: the mark may go when the last one expired.
+    ttl_ms = int(app_settings.TOKEN_MAX_AGE * 1000) + 60_000
+    client.set(keys().user_revoked(uid), now or now_ms(), px=ttl_ms)
+
+
+def revoke_login(client: redis.Redis, login: str, *, seconds: float) -> None:
+    """Refuse new connections of the login session ``login`` for ``seconds``."""
+    if login and seconds > 0:
+        client.set(keys().login_revoked(login), 1, px=int(seconds * 1000))
+
+
+def set_user_block(client: redis.Redis, uid: int, *, until_ms: int, reason: str) -> None:
+    """Refuse new connections of ``uid`` until ``until_ms`` (the key expires then)."""
+    client.set(keys().user_block(uid), reason or "blocked", pxat=until_ms)
+
+
+def clear_user_block(client: redis.Redis, uid: int) -> None:
+    """Lift an operator's block of ``uid``."""
+    client.delete(keys().user_block(uid))
+
+
+def user_block_ttl_ms(client: redis.Redis, uid: int) -> int:
+    """Milliseconds left of ``uid``'s block (0 when not blocked)."""
+    left: Any = client.pttl(keys().user_block(uid))
+    return max(0, int(left))
 
 
 # --------------------------------------------------------------------------- heartbeat
@@ -433,9 +604,14 @@ async def end_connections(
     *,
     reason: str = "closed",
     now: int | None = None,
+    mode: str = "closed",
 ) -> list[EndResult]:
-    """Remove connections whose socket closed; log their leaves and ``close`` (``reason``)."""
-    ks, args = _plan_end(conns, "closed", reason, now or now_ms())
+    """Remove connections whose socket closed; log their leaves and ``close`` (``reason``).
+
+    ``mode="undo"``: a connect that did not finish; like a close, but a connection that was
+    never registered logs nothing.
+    """
+    ks, args = _plan_end(conns, mode, reason, now or now_ms())
     return _parse_end(await script("end").arun(client, ks, args))
 
 
@@ -623,7 +799,8 @@ async def read_log(
     client: aredis.Redis, after: str, *, count: int, block_ms: int
 ) -> list[LogEntry]:
     """Entries after ``after``, oldest first; waits up to ``block_ms`` when there are none."""
-    reply = await client.xread({keys().events: after}, count=count, block=block_ms)
+    async with bounded(block_ms / 1000):
+        reply = await client.xread({keys().events: after}, count=count, block=block_ms)
     if not reply:
         return []
     # decode_responses: [[stream, [(id, {field: value}), ...]]]
@@ -849,6 +1026,11 @@ def acquire_task_lock(client: redis.Redis, task: str, ttl_ms: int) -> str | None
     if client.set(keys().task_lock(task), token, nx=True, px=max(1, ttl_ms)):
         return token
     return None
+
+
+def claim_task_period(client: redis.Redis, task: str, ttl_ms: int) -> bool:
+    """Claim the current period of ``task`` (SET NX PX): False when a run holds it."""
+    return bool(client.set(keys().task_period(task), now_ms(), nx=True, px=max(1, ttl_ms)))
 
 
 def release_task_lock(client: redis.Redis, task: str, token: str) -> bool:
@@ -1082,7 +1264,8 @@ async def aread_session_log(
     """Async twin of :func:`read_session_log`."""
     args, kwargs = _plan_read_session_log(consumer, count, after, block_ms)
     try:
-        raw = await client.xreadgroup(*args, **kwargs)
+        async with bounded((block_ms or 0) / 1000):
+            raw = await client.xreadgroup(*args, **kwargs)
     except redis.ResponseError as exc:
         if not _is_nogroup(exc):
             raise

@@ -13,7 +13,10 @@ from typing import Any
 
 from celery import shared_task
 
-from . import flush, reap, sessionlog, sweep
+from . import flush, periodic, reap, revocation, sessionlog, sweep
+
+# What a beat-scheduled run returns when its period was run by another beat's run already.
+PERIOD_SKIPPED: dict[str, Any] = {"skipped": True, "why": "period"}
 
 # The hard limit stays below PRESENCE_SWEEP_CLAIM_TIMEOUT (30 s by default): a sweep that is
 # still running never has its claims taken over by another one. A run normally stops
@@ -30,8 +33,13 @@ FLUSH_TIME_LIMIT = flush.FLUSH_TIME_LIMIT
     time_limit=SWEEP_TIME_LIMIT,
     ignore_result=True,
 )
-def sweep_expired() -> dict[str, Any]:
-    """End connections whose presence lapsed: sessions, leave events, 4408 to the socket."""
+def sweep_expired(period: float | None = None) -> dict[str, Any]:
+    """End connections whose presence lapsed: sessions, leave events, 4408 to the socket.
+
+    ``period``: set by beat (the schedule's interval); the run claims that period first.
+    """
+    if not periodic.claim_period(sweep.TASK, period):
+        return PERIOD_SKIPPED
     return sweep.sweep_expired().as_dict()
 
 
@@ -41,8 +49,10 @@ def sweep_expired() -> dict[str, Any]:
     time_limit=FLUSH_TIME_LIMIT,
     ignore_result=True,
 )
-def flush_stats() -> dict[str, Any]:
+def flush_stats(period: float | None = None) -> dict[str, Any]:
     """Move hot-path counters into StatsBucket rows (exactly once); write last heartbeats."""
+    if not periodic.claim_period(flush.TASK, period):
+        return PERIOD_SKIPPED
     return flush.flush_stats().as_dict()
 
 
@@ -52,8 +62,12 @@ def flush_stats() -> dict[str, Any]:
     time_limit=reap.REAP_TIME_LIMIT,
     ignore_result=True,
 )
-def reap_sessions() -> dict[str, Any]:
-    """End session rows whose connection presence forgot (e.g. after a Redis data loss)."""
+def reap_sessions(period: float | None = None) -> dict[str, Any]:
+    """End session rows whose connection presence forgot (e.g. after a Redis data loss);
+    write operators' blocks to Redis again (a Redis that lost its data lost them too)."""
+    if not periodic.claim_period(reap.TASK, period):
+        return PERIOD_SKIPPED
+    revocation.publish_blocks()
     return reap.reap_sessions().as_dict()
 
 

@@ -12,6 +12,7 @@ from django.views.decorators.http import require_GET, require_POST
 from . import queries
 from .app_settings import app_settings
 from .auth import mint_token
+from .authz import can_access_room
 from .handlers.core import ROOM_PATTERN
 
 
@@ -36,6 +37,8 @@ def online(request: HttpRequest) -> JsonResponse:
     # fullmatch: with re.match, "$" also matches before a trailing newline ("lobby\n").
     if room is not None and not re.fullmatch(ROOM_PATTERN, room):
         return JsonResponse({"error": "room: 1-64 characters of [A-Za-z0-9_.:-]"}, status=400)
+    if room is not None and not can_access_room(request.user, room, "list"):
+        return JsonResponse({"error": f"you may not list room {room!r}"}, status=403)
     return JsonResponse(queries.get_online(room))
 
 
@@ -54,7 +57,10 @@ def user_detail(request: HttpRequest, user_id: int) -> JsonResponse:
 def token(request: HttpRequest) -> JsonResponse:
     """``POST /api/presence/token/`` -> a signed WebSocket token for the logged-in user."""
     return JsonResponse(
-        {"token": mint_token(request.user), "expires_in": app_settings.TOKEN_MAX_AGE}  # type: ignore[arg-type]
+        {
+            "token": mint_token(request.user, session_key=request.session.session_key),  # type: ignore[arg-type]
+            "expires_in": app_settings.TOKEN_MAX_AGE,
+        }
     )
 
 

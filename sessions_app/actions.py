@@ -15,6 +15,7 @@ from django.db.models import Case, DateTimeField, F, Value, When
 from django.utils import timezone
 
 from .models import ConnectionSession, EndReason
+from .signals import connection_kicked
 
 # Channel-layer message a presence consumer answers by closing with 4410.
 KICK_MESSAGE_TYPE = "session.kick"
@@ -108,10 +109,18 @@ def do_end_sessions(ends: Iterable[tuple[str, dt.datetime]], *, reason: EndReaso
     return do_end_sessions_at([(sid, at, None) for sid, at in ends], reason=reason)
 
 
-def do_kick_session(session: ConnectionSession) -> bool:
-    """Ask the socket of a live session to close with 4410; False if it already ended."""
+def do_kick_session(session: ConnectionSession, *, revoke_seconds: float | None = None) -> bool:
+    """End a live session for good: its credentials are revoked, then its socket closes
+    with 4410. False if it already ended.
+
+    ``revoke_seconds``: how long the kicked connection's login session may not connect
+    again (None: ``PRESENCE_KICK_REVOKE_SECONDS``). Receivers of ``connection_kicked`` (the
+    presence app) revoke before the socket is told to close, so a client reconnecting the
+    moment it sees 4410 is refused.
+    """
     if not session.is_live:
         return False
+    connection_kicked.send(sender=ConnectionSession, session=session, revoke_seconds=revoke_seconds)
     layer = get_channel_layer()
     assert layer is not None, "CHANNEL_LAYERS is not configured"
     async_to_sync(layer.send)(session.channel_name, {"type": KICK_MESSAGE_TYPE})

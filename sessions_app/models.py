@@ -14,6 +14,10 @@ class EndReason(models.TextChoices):
     KICKED = "kicked", "Kicked by operator"
     SERVER_SHUTDOWN = "server_shutdown", "Server shutdown"
     ERROR = "error", "Error"
+    LOGGED_OUT = "logged_out", "Logged out"
+    # The user's credentials stopped being good: password changed, account deactivated or
+    # deleted, or an operator blocked the user.
+    REVOKED = "revoked", "Credentials revoked"
 
 
 class ConnectionSessionQuerySet(models.QuerySet["ConnectionSession"]):

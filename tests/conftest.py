@@ -38,7 +38,7 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ["REDIS_URL"] = url  # for subprocesses (ASGI server, Celery worker)
     settings.REDIS_URL = url
     settings.CELERY_BROKER_URL = url
-    settings.CHANNEL_LAYERS["default"]["CONFIG"]["hosts"] = [url]
+    settings.CHANNEL_LAYERS["default"]["CONFIG"]["hosts"][0]["address"] = url
     # No persistent database connections in tests: each test's event loop has its own
     # threads, whose connections would otherwise outlive them until the test database's
     # teardown (PostgreSQL refuses to drop a database in use).

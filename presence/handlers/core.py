@@ -8,6 +8,7 @@ from pydantic import BaseModel, Field
 
 from .. import actions, store
 from ..app_settings import app_settings
+from ..authz import require_room_access
 from ..diffs import finish_sync, start_sync
 from ..fanout import GLOBAL
 from .context import HandlerContext
@@ -100,6 +101,7 @@ async def status_set(ctx: HandlerContext, data: StatusPayload) -> dict[str, Any]
 @registry.handler("room.join", core=True, version="1", payload=RoomPayload)
 async def room_join(ctx: HandlerContext, data: RoomPayload) -> dict[str, Any]:
     """Join a room; the reply lists its current members."""
+    await require_room_access(ctx.user, data.room, "join")
     consumer = ctx.consumer
     if data.room not in consumer.rooms:
         if len(consumer.rooms) >= app_settings.MAX_ROOMS_PER_CONNECTION:
@@ -139,6 +141,8 @@ async def room_leave(ctx: HandlerContext, data: RoomPayload) -> dict[str, Any]:
 @registry.handler("presence.list", core=True, version="1", payload=ListPayload)
 async def presence_list(ctx: HandlerContext, data: ListPayload) -> dict[str, Any]:
     """Who is online: everyone, or the members of ``data.room``; pages with ``cursor``."""
+    if data.room is not None:
+        await require_room_access(ctx.user, data.room, "list")
     client = store.get_async_redis()
     limit = min(data.limit or app_settings.LIST_LIMIT, app_settings.LIST_LIMIT)
     if data.cursor is None:
@@ -150,4 +154,6 @@ async def presence_list(ctx: HandlerContext, data: ListPayload) -> dict[str, Any
 @registry.handler("presence.sync", core=True, version="1", payload=SyncPayload)
 async def presence_sync(ctx: HandlerContext, data: SyncPayload) -> Any:
     """A scope's members and the log position to apply later diffs from (protocol v2)."""
+    if data.room is not None:
+        await require_room_access(ctx.user, data.room, "list")
     return await reply_snapshot(ctx, data.room)

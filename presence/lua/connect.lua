@@ -9,16 +9,39 @@ KEYS[5]  {P}:conn:<cid>:rooms SET   rooms this connection joined
 KEYS[6]  {P}:user:<uid>       HASH  username, status
 KEYS[7]  {P}:user:<uid>:conns ZSET  cid -> expiry ms
 KEYS[8]  {P}:events           STREAM the event log (lib/eventlog.lua)
+The gate (checked before anything is registered):
+KEYS[9]  {P}:addr:<ip>:conns  ZSET  cid -> connect ms, the address's connections
+KEYS[10] {P}:addr:<ip>:rate   HASH  tokens, ts: the address's connect-rate token bucket
+KEYS[11] {P}:user:<uid>:block STR   reason; set with an expiry by an operator's block
+KEYS[12] {P}:user:<uid>:revoked STR ms: credentials issued before it are refused (a kick)
+KEYS[13] {P}:login:<hash>:revoked STR set while a login session is revoked (logout, kick)
+KEYS[14] {P}:token:<id>       STR   a single-use token's mark, once presented
 
 ARGV[1] now (ms)   ARGV[2] ttl (ms)   ARGV[3] key grace (ms)
 ARGV[4] cid        ARGV[5] uid        ARGV[6] username   ARGV[7] channel name
 ARGV[8] event log max length   ARGV[9] client IP ('' = unknown)   ARGV[10] user agent
+ARGV[11] max live connections per user (0 = no limit)
+ARGV[12] max connections per address (0 = no limit)
+ARGV[13] connects per second per address (token refill; 0 = no limit)
+ARGV[14] connect burst per address (bucket size)
+ARGV[15] when the credentials were issued (ms; 0 = not known, e.g. a session cookie)
+ARGV[16] token id ('' = not a token)   ARGV[17] token mark lifetime (ms)
+ARGV[18] login session hash ('' = none)
+ARGV[19] the connection key prefix ({P}:conn:), to prune an address's ended connections
 
 Logs `open` (c, u, n, ch, ip, ua: what the connection-session row is written from) and, for
 the user's first live connection, a global `join` (r '', u, n, s).
 
 Returns {joined, status, open_id}: joined is 1 when the user had no live connection before
 this one, status is the user's current status, open_id the id of the `open` entry.
+Or, when the gate refuses, {'refused', why, retry_after_ms} with nothing registered or
+logged; why is one of blocked, token_revoked, session_revoked, token_used, connect_rate,
+too_many_connections, too_many_from_address. A presented token is marked used even when
+the connection is then refused: a token opens at most one connection attempt.
+
+An address's connection set is not cleaned up when a connection ends (the end paths do not
+know its address); it is pruned here, only when it looks full, by dropping members whose
+connection hash is gone. So the count is exact whenever it matters, at O(limit) then.
 
 Keys expire at expiry + grace, not at expiry: the sweep must still be able to read a
 lapsed connection to end its session. "Online" is decided by the scores, never by key TTL.
@@ -32,12 +55,68 @@ local cid, uid, username = ARGV[4], ARGV[5], ARGV[6]
 -- Reads (and the log check) before the first write: a failure leaves nothing behind.
 -- '(' makes the bound exclusive: a connection expiring exactly now is already gone.
 expect_types({KEYS[1], 'zset', KEYS[2], 'zset', KEYS[3], 'hash', KEYS[4], 'hash',
-  KEYS[5], 'set', KEYS[6], 'hash', KEYS[7], 'zset'})
+  KEYS[5], 'set', KEYS[6], 'hash', KEYS[7], 'zset', KEYS[9], 'zset', KEYS[10], 'hash',
+  KEYS[11], 'string', KEYS[12], 'string', KEYS[13], 'string', KEYS[14], 'string'})
 local live_before = redis.call('ZCOUNT', KEYS[7], '(' .. now, '+inf')
 log_open(KEYS[8], ARGV[8], now)
 
+-- ---- the gate: who may not connect (nothing is registered or logged for them)
+local function refuse(why, retry_ms)
+  return {'refused', why, math.max(0, math.floor(retry_ms))}
+end
+if redis.call('EXISTS', KEYS[11]) == 1 then
+  return refuse('blocked', redis.call('PTTL', KEYS[11]))
+end
+if ARGV[18] ~= '' and redis.call('EXISTS', KEYS[13]) == 1 then
+  return refuse('session_revoked', 0)
+end
+-- Issue times have a resolution of a second (a token's timestamp): a token minted in the
+-- second of a kick counts as minted before it.
+local issued = tonumber(ARGV[15])
+local revoked = tonumber(redis.call('GET', KEYS[12]) or '0')
+if issued > 0 and issued <= revoked then
+  return refuse('token_revoked', 0)
+end
+if ARGV[16] ~= '' and not redis.call('SET', KEYS[14], now, 'NX', 'PX', ARGV[17]) then
+  return refuse('token_used', 0)
+end
+local rate, burst = tonumber(ARGV[13]), tonumber(ARGV[14])
+if rate > 0 then
+  local bucket = redis.call('HMGET', KEYS[10], 'tokens', 'ts')
+  local tokens = tonumber(bucket[1] or burst)
+  local ts = tonumber(bucket[2] or now)
+  tokens = math.min(burst, tokens + math.max(0, now - ts) * rate / 1000)
+  if tokens < 1 then
+    return refuse('connect_rate', (1 - tokens) * 1000 / rate)
+  end
+  redis.call('HSET', KEYS[10], 'tokens', tokens - 1, 'ts', now)
+  redis.call('PEXPIRE', KEYS[10], math.ceil(burst * 1000 / rate) + 1000)
+end
+local max_user = tonumber(ARGV[11])
+if max_user > 0 and live_before >= max_user then
+  return refuse('too_many_connections', 0)
+end
+local max_addr = tonumber(ARGV[12])
+if max_addr > 0 and ARGV[9] ~= '' then
+  if redis.call('ZCARD', KEYS[9]) >= max_addr then
+    for _, other in ipairs(redis.call('ZRANGE', KEYS[9], 0, -1)) do
+      if redis.call('EXISTS', ARGV[19] .. other) == 0 then
+        redis.call('ZREM', KEYS[9], other)
+      end
+    end
+    if redis.call('ZCARD', KEYS[9]) >= max_addr then
+      return refuse('too_many_from_address', 0)
+    end
+  end
+end
+if ARGV[9] ~= '' then
+  redis.call('ZADD', KEYS[9], now, cid)
+  -- Long-lived: the set outlives the address's connections only until pruned.
+  redis.call('PEXPIRE', KEYS[9], 86400000)
+end
+
 redis.call('HSET', KEYS[4], 'uid', uid, 'username', username, 'channel', ARGV[7], 'exp', exp,
-  'at', now)
+  'at', now, 'ip', ARGV[9], 'login', ARGV[18])
 redis.call('PEXPIREAT', KEYS[4], keyexp)
 redis.call('ZADD', KEYS[1], exp, cid)
 redis.call('ZADD', KEYS[2], 'GT', exp, uid)

@@ -11,8 +11,9 @@ KEYS[6]  {P}:events           STREAM the event log (lib/eventlog.lua)
 then, for each connection, 4 + 2 * nrooms keys laid out as in heartbeat.lua.
 
 ARGV[1] now (ms)
-ARGV[2] mode: 'closed' (the socket closed: always end) or 'swept' (end only while the
-        connection is still claimed by a sweep and has not heartbeated since)
+ARGV[2] mode: 'closed' (the socket closed: always end), 'swept' (end only while the
+        connection is still claimed by a sweep and has not heartbeated since) or 'undo'
+        (a connect that did not finish: end it if it was registered, else log nothing)
 ARGV[3] end reason logged with `close` (closed, kicked, server_shutdown, error; the sweep
         passes timeout)
 ARGV[4] ttl (ms)   ARGV[5] event log max length
@@ -97,7 +98,7 @@ for i = 1, nconns do
     redis.call('DEL', conn, rooms)
     redis.call('ZREM', KEYS[1], cid)
     redis.call('ZREM', uconns, cid)
-    if mode == 'closed' and redis.call('ZREM', KEYS[4], cid) == 1 then
+    if mode ~= 'swept' and redis.call('ZREM', KEYS[4], cid) == 1 then
       redis.call('HDEL', KEYS[5], cid)
     end
     for r = 0, nrooms - 1 do

@@ -44,6 +44,8 @@ class TestFirstConnection:
             "channel": "chan!1",
             "exp": str(exp),
             "at": str(now),
+            "ip": "",
+            "login": "",
         }
         assert r.zscore(k.conns, "c1") == exp
         assert r.zscore(k.users, "7") == exp
@@ -183,7 +185,11 @@ class TestMultiTab:
         sha = r.script_load(store.script("connect").source)
         ks = [k.conns, k.users, k.stats, k.conn("x"), k.conn_rooms("x"), k.user(3), k.user_conns(3)]
         ks.append(k.events)
-        args = [now, TTL_MS, GRACE_MS, "x", 3, "carol", "chan", 1_000, "198.51.100.1", "UA/1"]
+        ip = "198.51.100.1"
+        ks += [k.addr_conns(ip), k.addr_rate(ip), k.user_block(3), k.user_revoked(3)]
+        ks += [k.login_revoked(""), k.token_used("")]
+        args = [now, TTL_MS, GRACE_MS, "x", 3, "carol", "chan", 1_000, ip, "UA/1"]
+        args += [0, 0, 0, 0, 0, "", 0, "", k.conn_prefix]  # the gate checks nothing
 
         first = r.evalsha(sha, len(ks), *ks, *args)
         ks2 = [*ks[:3], k.conn("y"), k.conn_rooms("y"), *ks[5:]]
