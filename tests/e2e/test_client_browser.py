@@ -372,7 +372,7 @@ def test_after_logout_elsewhere_the_page_asks_to_log_in_again(
 ) -> None:
     server = asgi_server()
     alice = open_demo(chromium, server, "alice", DESKTOP)
-    sid = session_id(alice)
+    row = wait_for_session_row(session_id(alice))
     demo_tab = alice.current_window_handle
     # Log out in another tab of the same browser, through the page's own logout form.
     alice.switch_to.new_window("tab")
@@ -380,10 +380,9 @@ def test_after_logout_elsewhere_the_page_asks_to_log_in_again(
     alice.find_element(By.CSS_SELECTOR, "form.logout button").click()
     wait_for_text(alice, "main", "to connect")
     alice.switch_to.window(demo_tab)
-    # The server ends this connection's presence (4408, as after a silence): the page
-    # reconnects, now without a login session, and gets 4401. (A server that closes sockets
-    # at logout sends the 4401 itself; the page ends the same way.)
-    row = wait_for_session_row(sid)
+    # The server closes the sockets of a login session that logged out (4401). Should it
+    # not have, ending this connection's presence (4408, as after a silence) makes the page
+    # reconnect, now without a login session: 4401 at the handshake. The page ends the same.
     async_to_sync(get_channel_layer().send)(row.channel_name, {"type": "presence.expire"})
 
     wait_js(alice, "window.presenceDemo.client.state === 'closed'", timeout=20)

@@ -52,7 +52,7 @@ export interface CloseInfo {
   code: number;
   reason: string;
   /** The `error` frame the server sent before closing, if any. */
-  error: { code: string; message: string } | null;
+  error: { code: string; message: string; retry_after?: number } | null;
   decision: CloseDecision;
   /** Milliseconds until the reconnect, or null when the client stopped. */
   delay: number | null;
@@ -95,7 +95,7 @@ export interface ClientOptions {
   awayAfter?: number | null;
   /** Milliseconds before `send()` rejects with `timeout`. Default 10000. */
   requestTimeout?: number;
-  /** Extra milliseconds before reconnecting after 4429. Default 60000. */
+  /** Extra milliseconds before reconnecting after 4429 without `retry_after`. Default 60000. */
   tooManyDelay?: number;
   /** Reconnect delay for an attempt (0-based); default fullJitter() capped at 30 s. */
   backoff?: (attempt: number) => number;

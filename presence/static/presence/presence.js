@@ -465,7 +465,11 @@ export class PresenceClient {
       return;
     }
     let delay = this._backoff(this._attempt++);
-    if (decision === "slow") delay += this.options.tooManyDelay;
+    if (decision === "slow") {
+      // The server may say how long (retry_after, seconds); otherwise a long default.
+      const after = error?.retry_after;
+      delay += typeof after === "number" ? after * 1000 : this.options.tooManyDelay;
+    }
     info.delay = delay;
     this.lastClose = info;
     this.delays.push(delay);
@@ -535,6 +539,7 @@ export class PresenceClient {
       case "error":
         // Unanswerable errors (rate_limited…), and the reason sent before every 4xxx close.
         this._lastError = { code: frame.code, message: frame.message };
+        if (typeof frame.retry_after === "number") this._lastError.retry_after = frame.retry_after;
         this._emit("error", this._lastError);
         return;
       default:

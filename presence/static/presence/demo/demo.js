@@ -107,7 +107,11 @@ client.on("close", (info) => {
   }
 });
 // The error frame that comes before a 4xxx close is reported with the close.
-const CLOSE_REASONS = new Set(["unauthorized", "forbidden", "presence_expired", "terminated", "flooding"]);
+const CLOSE_REASONS = new Set([
+  ...["unauthorized", "session_ended", "credentials_changed", "session_revoked", "token_revoked"],
+  ...["token_used", "account_deleted", "forbidden", "account_disabled", "blocked", "terminated"],
+  ...["presence_expired", "flooding", "too_many_connections", "connect_rate_limited", "unavailable"],
+]);
 client.on("error", ({ code, message, room }) => {
   if (!CLOSE_REASONS.has(code)) addLog(`Error ${code}${room ? ` in ${room}` : ""}: ${message}`, "bad");
 });

@@ -206,6 +206,19 @@ describe("close codes", () => {
     assert.equal(FakeWebSocket.instances.length, 2);
   });
 
+  it("4429 with retry_after: waits what the server asks, plus jitter", async () => {
+    const { client, clock, ws } = await connected({ random: () => 0.5 });
+    ws().receive({ type: "error", id: null, code: "connect_rate_limited", message: "slow down", retry_after: 7 });
+    ws().serverClose(4429);
+
+    assert.equal(client.lastClose.delay, 7500);
+    assert.equal(client.lastClose.error.retry_after, 7);
+    await clock.tick(7499);
+    assert.equal(FakeWebSocket.instances.length, 1);
+    await clock.tick(1);
+    assert.equal(FakeWebSocket.instances.length, 2);
+  });
+
   it("connect() after a stop starts again", async () => {
     const { client, ws } = await connected();
     ws().serverClose(4410, { code: "terminated", message: "bye" });
