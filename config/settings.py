@@ -55,7 +55,7 @@ ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS", default=["localhost", "127.0.0.
 
 INSTALLED_APPS = [
     "daphne",  # runserver speaks ASGI; production serves with uvicorn
-    "django.contrib.admin",
+    "presence.console.apps.PresenceAdminConfig",  # django.contrib.admin + the console
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
@@ -192,6 +192,13 @@ CELERY_BEAT_SCHEDULE = {
         "options": {"expires": PRESENCE_SESSION_LOG_INTERVAL},
     },
 }
+# Ghost reconciliation (presence/processes.py): online in Redis, held by no live process.
+PRESENCE_RECONCILE_INTERVAL = env.float("PRESENCE_RECONCILE_INTERVAL", default=30.0)
+CELERY_BEAT_SCHEDULE["presence-reconcile-connections"] = {
+    "task": "presence.reconcile_connections",
+    "schedule": PRESENCE_RECONCILE_INTERVAL,
+    "options": {"expires": PRESENCE_RECONCILE_INTERVAL},
+}
 
 # --------------------------------------------------------------------------- presence
 PORT = env.int("PORT", default=8000)
@@ -229,6 +236,16 @@ PRESENCE_OUTBOX_MAX = env.int("PRESENCE_OUTBOX_MAX", default=2_000)
 # Global join/leave events reach every connection: O(connections) messages per event.
 PRESENCE_GLOBAL_EVENTS = env.bool("PRESENCE_GLOBAL_EVENTS", default=True)
 
+# --------------------------------------------------------------------------- observability
+# docs/operations.md, "Metrics, health and logs". Process registry, /readyz, /metrics access.
+PRESENCE_VERSION = env.str("PRESENCE_VERSION", default="dev")
+PRESENCE_PROCESS_REFRESH = env.float("PRESENCE_PROCESS_REFRESH", default=5.0)
+PRESENCE_READY_SWEEP_MAX_AGE = env.float("PRESENCE_READY_SWEEP_MAX_AGE", default=60.0)
+# In production /metrics needs `Authorization: Bearer <METRICS_TOKEN>` or a client address in
+# one of these networks (CIDR); with neither configured it answers 403. Open when DEBUG.
+METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
+METRICS_ALLOWED_NETWORKS = env.list("METRICS_ALLOWED_NETWORKS", default=[])
+
 # --------------------------------------------------------------------------- static, i18n, auth
 STATIC_URL = "static/"
 # `collectstatic` (run by `make run` and by a deploy) gathers files here; WhiteNoise serves them.
@@ -247,6 +264,8 @@ STORAGES = {
 }
 WHITENOISE_USE_FINDERS = not STATIC_MANIFEST
 LANGUAGE_CODE = "en-us"
+# Times to the second in the admin (config/formats/en/formats.py).
+FORMAT_MODULE_PATH = ["config.formats"]
 TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True

@@ -218,5 +218,26 @@ class AppSettings:
         """Seconds between runs of the Celery fallback writer ``presence.write_sessions``."""
         return float(self._get("PRESENCE_SESSION_LOG_INTERVAL", 2.0))
 
+    # ---- observability (presence/processes.py, presence/metrics.py, presence/health.py)
+    @property
+    def VERSION(self) -> str:
+        """Version of the deployed code, shown in the process registry (e.g. a git commit)."""
+        return str(self._get("PRESENCE_VERSION", "dev"))
+
+    @property
+    def PROCESS_REFRESH(self) -> float:
+        """Seconds between refreshes of a web process's registry record (expires after 3)."""
+        return float(self._get("PRESENCE_PROCESS_REFRESH", 5.0))
+
+    @property
+    def RECONCILE_INTERVAL(self) -> float:
+        """Seconds between ghost reconciliations (Celery beat)."""
+        return float(self._get("PRESENCE_RECONCILE_INTERVAL", 30.0))
+
+    @property
+    def READY_SWEEP_MAX_AGE(self) -> float:
+        """Seconds after which /readyz calls the last successful sweep stale (503); 0 = never."""
+        return float(self._get("PRESENCE_READY_SWEEP_MAX_AGE", 60.0))
+
 
 app_settings = AppSettings()

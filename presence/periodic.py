@@ -18,7 +18,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import TypeVar
+from typing import TypedDict, TypeVar
 
 from . import store
 
@@ -109,4 +109,78 @@ def _record(task: str, report: RunReport) -> None:
         return
     last: dict[str, int | str] = {f"last_{k}": v for k, v in report.as_dict().items()}
     last["last_finished_at_ms"] = store.now_ms()
-    store.record_task_run(client, task, last, report.totals(), report.stats_counters(task))
+    if not report.error:
+        last["last_success_at_ms"] = last["last_finished_at_ms"]
+    # The duration histogram of presence_<task>_duration_seconds, kept in the same hash (same
+    # pipeline): whichever Celery process ran the task, every scrape sees all runs.
+    totals = {**report.totals(), **duration_fields(report.duration_ms)}
+    store.record_task_run(client, task, last, totals, report.stats_counters(task))
+
+
+# --------------------------------------------------------------------------- run durations
+# Upper bounds (seconds) of the task duration histograms; fields ``duration_le_<bound>`` count
+# the runs that fell in each bucket (not cumulative), ``duration_sum_ms`` their total.
+DURATION_BUCKETS: tuple[float, ...] = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+def duration_bucket(seconds: float) -> str:
+    """The name of the bucket a run of ``seconds`` falls in (``inf`` beyond the last bound)."""
+    for bound in DURATION_BUCKETS:
+        if seconds <= bound:
+            return f"{bound:g}"
+    return "inf"
+
+
+def duration_fields(duration_ms: int) -> dict[str, int]:
+    """The hash fields one run of ``duration_ms`` adds to."""
+    return {
+        f"duration_le_{duration_bucket(duration_ms / 1000)}": 1,
+        "duration_sum_ms": duration_ms,
+    }
+
+
+# --------------------------------------------------------------------------- reads
+TASKS = ("sweep", "flush", "reap", "sessionlog", "reconcile")
+
+
+class TaskRun(TypedDict):
+    """The last run of a periodic task and its totals, as operators see them."""
+
+    task: str
+    last_finished_at: float | None  # Unix seconds; None: never ran
+    last_success_at: float | None  # the last run without error
+    last_skipped_at: float | None  # the last run that found the lock held
+    last_duration_seconds: float | None
+    last_error: str
+    runs_total: int
+    skipped_total: int
+    errors_total: int
+    last: dict[str, str]  # every last_* field of the report (counts differ per task)
+
+
+def _seconds(raw: dict[str, str], name: str) -> float | None:
+    value = raw.get(name)
+    return int(value) / 1000 if value else None
+
+
+def parse_task_run(task: str, raw: dict[str, str]) -> TaskRun:
+    """A :class:`TaskRun` from the task's Redis hash (``{P}:<task>:last``)."""
+    duration = raw.get("last_duration_ms")
+    return {
+        "task": task,
+        "last_finished_at": _seconds(raw, "last_finished_at_ms"),
+        "last_success_at": _seconds(raw, "last_success_at_ms"),
+        "last_skipped_at": _seconds(raw, "last_skipped_at_ms"),
+        "last_duration_seconds": int(duration) / 1000 if duration else None,
+        "last_error": raw.get("last_error", ""),
+        "runs_total": int(raw.get("runs_total") or 0),
+        "skipped_total": int(raw.get("skipped_total") or 0),
+        "errors_total": int(raw.get("errors_total") or 0),
+        "last": {k: v for k, v in raw.items() if k.startswith("last_")},
+    }
+
+
+def last_runs(tasks: tuple[str, ...] = TASKS) -> dict[str, TaskRun]:
+    """The last run of each periodic task (sweep, flush, reap, ...) from Redis, one pipeline."""
+    raw = store.read_task_runs(store.get_redis(), tasks)
+    return {task: parse_task_run(task, raw[task]) for task in tasks}

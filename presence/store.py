@@ -33,6 +33,10 @@ key                             type   content
 ``{P}:user:<uid>:revoked``      STR    ms: credentials issued before it are refused
 ``{P}:login:<hash>:revoked``    STR    a revoked login session (expires with the revocation)
 ``{P}:token:<id>``              STR    a single-use token's mark once presented
+``{P}:procs``                   ZSET   process id -> last refresh ms (presence/processes.py)
+``{P}:proc:<id>``               HASH   one web process's record (host, pid, sockets, ...)
+``{P}:proc:<id>:conns``         SET    connection ids the process holds a socket for
+``{P}:reconcile:last``          HASH   last ghost reconciliation (ghosts, scanned, ...)
 ==============================  =====  ==================================================
 
 Scores, not key TTLs, decide who is online: a member counts while its score is in the
@@ -187,6 +191,20 @@ class Keys:
         for room in rooms:
             group += [self.room(room), self.room_user(room, uid)]
         return group
+
+    # ---- process registry (presence/processes.py)
+    @property
+    def procs(self) -> str:
+        """Index of registered web processes: id -> last refresh ms."""
+        return f"{self.tag}:procs"
+
+    def proc(self, proc_id: str) -> str:
+        """One process's record (a hash that expires when the process stops refreshing)."""
+        return f"{self.tag}:proc:{proc_id}"
+
+    def proc_conns(self, proc_id: str) -> str:
+        """The connection ids one process holds sockets for."""
+        return f"{self.tag}:proc:{proc_id}:conns"
 
 
 def keys() -> Keys:
@@ -1395,3 +1413,376 @@ def prune_session_consumers(client: redis.Redis, *, idle_ms: int, keep: str = ""
             client.xgroup_delconsumer(k.events, SESSION_LOG_GROUP, c["name"])
             removed += 1
     return removed
+
+
+# --------------------------------------------------------------------------- operator console
+# ---- operator console (presence.console): reads for the admin pages, a fixed number of
+# round trips per page whatever its rows. Each step is one MULTI pipeline: a consistent
+# snapshot of what it reads, and one unit the tests count (tests/presence/test_console_*).
+# Connections listed per user row; the row's connection count stays exact.
+CONSOLE_CONNS_PER_USER = 20
+CONSOLE_TASKS = ("sweep", "flush", "reap")
+
+
+@dataclass(frozen=True)
+class ConsoleConnection:
+    """One live connection as the console shows it."""
+
+    cid: str
+    channel: str
+    connected_ms: int | None  # None when its hash is gone (lapsed, not swept yet)
+    expiry_ms: int
+    rooms: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ConsoleUser:
+    """One online user with (up to CONSOLE_CONNS_PER_USER of) their live connections."""
+
+    uid: int
+    username: str
+    status: str
+    expiry_ms: int  # latest expiry of any of their connections (in the listed scope)
+    connection_count: int
+    connections: tuple[ConsoleConnection, ...]
+
+    @property
+    def rooms(self) -> list[str]:
+        return sorted({room for c in self.connections for room in c.rooms})
+
+    @property
+    def connected_ms(self) -> int | None:
+        """When the oldest listed connection opened."""
+        times = [c.connected_ms for c in self.connections if c.connected_ms is not None]
+        return min(times) if times else None
+
+
+@dataclass(frozen=True)
+class ConsoleOverview:
+    """What the dashboard reads from Redis, in one round trip."""
+
+    users: int
+    connections: int
+    live_stats: dict[str, int]  # counters not flushed yet ({P}:stats)
+    task_runs: dict[str, dict[str, str]]  # task -> its metrics hash ({P}:<task>:last)
+
+
+def console_index_page(
+    client: redis.Redis, room: str | None, start: int, count: int
+) -> tuple[int, list[tuple[int, int]]]:
+    """(live members, page) of the users index (or a room's), most recent heartbeat first.
+
+    One round trip: ZCOUNT and ZREVRANGE by rank. Live members have the highest scores, so
+    ranks ``0 .. live-1`` are exactly them: any page costs O(log N + count), page 2,000 as
+    little as page 1. The order follows heartbeats, so it shifts between two reads.
+    """
+    index, now = _plan_index(room), now_ms()
+    pipe = client.pipeline(transaction=True)
+    pipe.zcount(index, f"({now}", "+inf")
+    if count > 0:  # a stop of -1 would be "to the end"
+        pipe.zrevrange(index, start, start + count - 1, withscores=True)
+    total, *rest = pipe.execute()
+    members = rest[0] if rest else []
+    page = [(int(uid), _score_ms(score)) for uid, score in members if _score_ms(score) > now]
+    return int(total), page
+
+
+def console_live_scores(
+    client: redis.Redis, room: str | None, uids: Sequence[int]
+) -> dict[int, int]:
+    """Which of ``uids`` are online (in ``room``): uid -> latest expiry. One ZMSCORE."""
+    if not uids:
+        return {}
+    now = now_ms()
+    scores: Any = client.zmscore(_plan_index(room), [str(uid) for uid in uids])
+    return {
+        uid: _score_ms(score)
+        for uid, score in zip(uids, scores, strict=True)
+        if score is not None and _score_ms(score) > now
+    }
+
+
+def console_statuses(client: redis.Redis, uids: Sequence[int]) -> dict[int, tuple[str, str]]:
+    """uid -> (username, status) from the users' hashes; one pipeline."""
+    if not uids:
+        return {}
+    k = keys()
+    pipe = client.pipeline(transaction=True)
+    for uid in uids:
+        pipe.hmget(k.user(uid), ["username", "status"])
+    return {
+        uid: (username or "", status or "online")
+        for uid, (username, status) in zip(uids, pipe.execute(), strict=True)
+    }
+
+
+def console_users(client: redis.Redis, members: Sequence[tuple[int, int]]) -> list[ConsoleUser]:
+    """Details of the listed (uid, expiry) members: two round trips for any number of rows.
+
+    The first pipeline reads each user's hash, live connection count and newest connections;
+    the second each of those connections' hash and rooms. Users whose last connection
+    lapsed between the reads are left out.
+    """
+    if not members:
+        return []
+    k, now = keys(), now_ms()
+    low = f"({now}"
+    pipe = client.pipeline(transaction=True)
+    for uid, _ in members:
+        pipe.hmget(k.user(uid), ["username", "status"])
+        pipe.zcount(k.user_conns(uid), low, "+inf")
+        pipe.zrevrangebyscore(
+            k.user_conns(uid), "+inf", low, start=0, num=CONSOLE_CONNS_PER_USER, withscores=True
+        )
+    first = pipe.execute()
+    cids = [str(cid) for i in range(len(members)) for cid, _ in first[3 * i + 2]]
+    pipe = client.pipeline(transaction=True)
+    for cid in cids:
+        pipe.hmget(k.conn(cid), ["at", "channel"])
+        pipe.smembers(k.conn_rooms(cid))
+    second = pipe.execute() if cids else []
+    details = {
+        cid: (second[2 * i], second[2 * i + 1]) for i, cid in enumerate(cids)
+    }  # cid -> ((at, channel), rooms)
+    users = []
+    for i, (uid, expiry) in enumerate(members):
+        (username, status), count, conns = first[3 * i], first[3 * i + 1], first[3 * i + 2]
+        if int(count) == 0:
+            continue
+        listed = []
+        for cid, score in conns:
+            (at, channel), rooms = details[str(cid)]
+            listed.append(
+                ConsoleConnection(
+                    cid=str(cid),
+                    channel=channel or "",
+                    connected_ms=int(at) if at is not None else None,
+                    expiry_ms=_score_ms(score),
+                    rooms=tuple(sorted(rooms)),
+                )
+            )
+        users.append(
+            ConsoleUser(
+                uid=uid,
+                username=username or "",
+                status=status or "online",
+                expiry_ms=expiry,
+                connection_count=int(count),
+                connections=tuple(listed),
+            )
+        )
+    return users
+
+
+def console_connection(client: redis.Redis, cid: str) -> tuple[int | None, str]:
+    """(uid, channel) of a live connection; (None, "") when presence does not know it."""
+    uid, channel = client.hmget(keys().conn(cid), ["uid", "channel"])  # type: ignore[misc]
+    return (int(uid) if uid is not None else None), str(channel or "")
+
+
+def console_recent_events(client: redis.Redis, count: int) -> list[LogEntry]:
+    """The newest ``count`` entries of the event log, newest first (one XREVRANGE)."""
+    raw: Any = client.xrevrange(keys().events, "+", "-", count=count)
+    return [(str(eid), dict(fields)) for eid, fields in raw]
+
+
+def console_overview(client: redis.Redis) -> ConsoleOverview:
+    """Users and connections online, unflushed counters and the periodic tasks' last runs."""
+    k, now = keys(), now_ms()
+    pipe = client.pipeline(transaction=True)
+    pipe.zcount(k.users, f"({now}", "+inf")
+    pipe.zcount(k.conns, f"({now}", "+inf")
+    pipe.hgetall(k.stats)
+    for task in CONSOLE_TASKS:
+        pipe.hgetall(k.task_last(task))
+    users, conns, stats, *runs = pipe.execute()
+    return ConsoleOverview(
+        users=int(users),
+        connections=int(conns),
+        live_stats={name: int(value) for name, value in stats.items()},
+        task_runs={task: dict(run) for task, run in zip(CONSOLE_TASKS, runs, strict=True)},
+    )
+
+
+# --------------------------------------------------------------------------- process registry
+# ---- process registry and ghost reconciliation (presence.processes). Each web process keeps
+# a record hash, an entry in the {P}:procs index and the set of connection ids it holds; all
+# three expire when the process stops refreshing them, so a crashed process disappears.
+def _plan_publish_process(
+    pipe: Any,
+    proc_id: str,
+    record: Mapping[str, str | int | float],
+    *,
+    added: Iterable[str],
+    removed: Iterable[str],
+    full: Iterable[str] | None,
+    ttl_ms: int,
+    now: int,
+) -> None:
+    k = keys()
+    conns = k.proc_conns(proc_id)
+    if full is not None:
+        # A rewrite: the set was lost (expired, Redis restarted) or never written.
+        pipe.delete(conns)
+        added, removed = full, ()
+    # WARNING: bounded by the process's own socket churn since its last refresh (or its
+    # socket count on a rewrite), sent in slices so no single command grows without limit.
+    removed, added = list(removed), list(added)
+    for i in range(0, len(removed), PROCESS_CONNS_SLICE):
+        pipe.srem(conns, *removed[i : i + PROCESS_CONNS_SLICE])
+    for i in range(0, len(added), PROCESS_CONNS_SLICE):
+        pipe.sadd(conns, *added[i : i + PROCESS_CONNS_SLICE])
+    pipe.pexpire(conns, ttl_ms)
+    pipe.scard(conns)
+    pipe.hset(k.proc(proc_id), mapping=dict(record))
+    pipe.pexpire(k.proc(proc_id), ttl_ms)
+    pipe.zadd(k.procs, {proc_id: now})
+    # The index forgets processes whose record has expired (at most a handful per call).
+    pipe.zremrangebyscore(k.procs, "-inf", f"({now - ttl_ms}")
+
+
+# Members per SADD/SREM when a process publishes its connection ids.
+PROCESS_CONNS_SLICE = 1000
+
+
+async def publish_process(
+    client: aredis.Redis,
+    proc_id: str,
+    record: Mapping[str, str | int | float],
+    *,
+    added: Iterable[str] = (),
+    removed: Iterable[str] = (),
+    full: Iterable[str] | None = None,
+    ttl_ms: int,
+    now: int | None = None,
+) -> int:
+    """Refresh one process's record and connection set (one MULTI); returns the set's size.
+
+    ``added``/``removed`` are the changes since the last call; ``full`` rewrites the set.
+    The caller compares the size returned with what it holds and rewrites on a mismatch.
+    """
+    pipe = client.pipeline(transaction=True)
+    _plan_publish_process(
+        pipe,
+        proc_id,
+        record,
+        added=added,
+        removed=removed,
+        full=full,
+        ttl_ms=ttl_ms,
+        now=now or now_ms(),
+    )
+    results = await pipe.execute()
+    # Results: [DEL], SREM..., SADD..., PEXPIRE, SCARD, HSET, PEXPIRE, ZADD, ZREMRANGEBYSCORE
+    return int(results[-5])
+
+
+def remove_process(client: redis.Redis, proc_id: str) -> None:
+    """Drop a process's record and connection set (it is shutting down)."""
+    k = keys()
+    pipe = client.pipeline(transaction=True)
+    pipe.delete(k.proc(proc_id), k.proc_conns(proc_id))
+    pipe.zrem(k.procs, proc_id)
+    pipe.execute()
+
+
+# Most processes one listing reads; far above any deployment's web process count.
+PROCESS_LIST_MAX = 1000
+
+
+def read_processes(client: redis.Redis) -> list[dict[str, str]]:
+    """Records of the processes registered and not expired, oldest refresh first.
+
+    Two round trips: the index, then every record in one pipeline. Index entries whose
+    record expired are skipped (the next refresh of any process prunes them).
+    """
+    k = keys()
+    ids: Any = client.zrange(k.procs, 0, PROCESS_LIST_MAX - 1)
+    if not ids:
+        return []
+    pipe = client.pipeline(transaction=False)
+    for proc_id in ids:
+        pipe.hgetall(k.proc(proc_id))
+    return [dict(rec) for rec in pipe.execute() if rec]
+
+
+def scan_live_connections(
+    client: redis.Redis, cursor: int, count: int, *, now: int | None = None
+) -> tuple[int, list[str]]:
+    """One ZSCAN page of the expiry index: (next cursor, ids of connections still live)."""
+    now = now or now_ms()
+    next_cursor, members = client.zscan(keys().conns, cursor, count=count)  # type: ignore[misc]
+    return int(next_cursor), [str(cid) for cid, score in members if score > now]
+
+
+def connections_held(client: redis.Redis, proc_ids: Sequence[str], cids: Sequence[str]) -> set[str]:
+    """The ``cids`` some process of ``proc_ids`` holds (one pipeline of SMISMEMBER)."""
+    if not cids or not proc_ids:
+        return set()
+    k = keys()
+    pipe = client.pipeline(transaction=False)
+    for proc_id in proc_ids:
+        pipe.execute_command("SMISMEMBER", k.proc_conns(proc_id), *cids)
+    held: set[str] = set()
+    for flags in pipe.execute():
+        held.update(cid for cid, flag in zip(cids, flags, strict=True) if int(flag) == 1)
+    return held
+
+
+def connections_connected_before(
+    client: redis.Redis, cids: Sequence[str], before_ms: int, *, now: int | None = None
+) -> list[str]:
+    """The ``cids`` still live that connected before ``before_ms`` (one pipeline)."""
+    if not cids:
+        return []
+    k, now = keys(), now or now_ms()
+    pipe = client.pipeline(transaction=False)
+    for cid in cids:
+        pipe.zscore(k.conns, cid)
+        pipe.hget(k.conn(cid), "at")
+    raw = pipe.execute()
+    out = []
+    for i, cid in enumerate(cids):
+        score, at = raw[2 * i], raw[2 * i + 1]
+        if score is not None and score > now and at is not None and int(at) < before_ms:
+            out.append(cid)
+    return out
+
+
+def read_task_runs(client: redis.Redis, tasks: Sequence[str]) -> dict[str, dict[str, str]]:
+    """The run hashes of several tasks in one round trip (see :func:`read_task_run`)."""
+    pipe = client.pipeline(transaction=False)
+    for task in tasks:
+        pipe.hgetall(keys().task_last(task))
+    return {task: dict(raw) for task, raw in zip(tasks, pipe.execute(), strict=True)}
+
+
+# --------------------------------------------------------------------------- scrape-time reads
+# ---- read by the metrics collector on every scrape (presence.metrics): O(1) or O(log N)
+# commands only, never a scan of the keyspace or of a large index.
+SCRAPE_TASKS = ("sweep", "flush", "reap", "sessionlog", "reconcile")
+
+
+@dataclass
+class ScrapeReadings:
+    """What one scrape reads from Redis."""
+
+    users_online: int
+    connections_online: int
+    tasks: dict[str, dict[str, str]]
+
+
+def read_scrape(client: redis.Redis, *, now: int | None = None) -> ScrapeReadings:
+    """Online counts (ZCOUNT, O(log N)) and the tasks' run hashes, in one round trip."""
+    k, now = keys(), now or now_ms()
+    pipe = client.pipeline(transaction=False)
+    pipe.zcount(k.users, f"({now}", "+inf")
+    pipe.zcount(k.conns, f"({now}", "+inf")
+    for task in SCRAPE_TASKS:
+        pipe.hgetall(k.task_last(task))
+    users, conns, *tasks = pipe.execute()
+    return ScrapeReadings(
+        users_online=int(users),
+        connections_online=int(conns),
+        tasks={task: dict(raw) for task, raw in zip(SCRAPE_TASKS, tasks, strict=True)},
+    )

@@ -13,7 +13,7 @@ from typing import Any
 
 from celery import shared_task
 
-from . import flush, periodic, reap, revocation, sessionlog, sweep
+from . import flush, periodic, processes, reap, revocation, sessionlog, sweep
 
 # What a beat-scheduled run returns when its period was run by another beat's run already.
 PERIOD_SKIPPED: dict[str, Any] = {"skipped": True, "why": "period"}
@@ -80,3 +80,14 @@ def reap_sessions(period: float | None = None) -> dict[str, Any]:
 def write_sessions() -> dict[str, Any]:
     """Write connection-session rows from the event log when no web process does (fallback)."""
     return sessionlog.write_sessions().as_dict()
+
+
+@shared_task(
+    name="presence.reconcile_connections",
+    soft_time_limit=50,
+    time_limit=60,
+    ignore_result=True,
+)
+def reconcile_connections() -> dict[str, Any]:
+    """Count ghosts: connections online in Redis that no live web process holds a socket for."""
+    return processes.reconcile_connections().as_dict()
