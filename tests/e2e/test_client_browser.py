@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -28,7 +30,7 @@ from presence import queries
 from presence.auth import mint_token
 from sessions_app.models import ConnectionSession
 from tests.e2e.browser import login, screenshot, wait_for_text
-from tests.e2e.conftest import ASGIServer
+from tests.e2e.conftest import ROOT, ASGIServer
 
 pytestmark = [
     pytest.mark.browser,
@@ -393,3 +395,33 @@ def test_after_logout_elsewhere_the_page_asks_to_log_in_again(
     time.sleep(3)
     assert client_state(alice) == "closed"
     assert "alice" not in online_in()
+
+
+def test_demo_works_with_production_static_files(
+    asgi_server: Callable[..., ASGIServer],
+    chromium: Callable[..., WebDriver],
+    people: Any,
+    tmp_path: Path,
+) -> None:
+    # Hashed file names: the page's import map points "@presence/client" at the hashed
+    # presence.js, which the (hashed) demo module imports by that name.
+    env = {
+        "DJANGO_DEBUG": "false",
+        "DJANGO_SECRET_KEY": "test-only-" + "x" * 50,
+        "DJANGO_STATIC_ROOT": str(tmp_path / "static"),
+    }
+    subprocess.run(
+        [sys.executable, "manage.py", "collectstatic", "--noinput", "--verbosity", "0"],
+        cwd=ROOT,
+        env={**os.environ, **env},
+        check=True,
+    )
+    server = asgi_server(env=env)
+    alice = open_demo(chromium, server, "alice", DESKTOP)
+
+    source = alice.page_source
+    assert re.search(r'"@presence/client": "/static/presence/presence\.[0-9a-f]{12}\.js"', source)
+    assert re.search(r'src="/static/presence/demo/demo\.[0-9a-f]{12}\.js"', source)
+    join(alice, "lobby", people["alice"])
+    assert failed_requests(alice) == []
+    assert not (tmp_path / "static" / "presence" / "tests").exists()
