@@ -43,4 +43,4 @@ bench: $(DEV)
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) var/*.sqlite3* var/redis var/redis.url var/celerybeat-schedule*
+	rm -rf $(VENV) var/*.sqlite3* var/redis var/redis.url var/celerybeat-schedule* var/prometheus

@@ -7,6 +7,7 @@ stops them all, and the embedded redis-server with them.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -47,6 +48,13 @@ def main() -> int:
             env.setdefault("DJANGO_SUPERUSER_EMAIL", "")
             # Fails harmlessly when the user exists already.
             manage("createsuperuser", "--noinput", check=False)
+        if not env.get("PROMETHEUS_MULTIPROC_DIR"):
+            # Counters of every process (web, worker, beat) summed at /metrics
+            # (presence/metrics.py). Emptied at each start: files of dead pids would linger.
+            metrics_dir = var / "prometheus"
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+            metrics_dir.mkdir(parents=True)
+            env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
         print(f"run: serving on http://{env['WEB_HOST']}:{env['WEB_PORT']}/ (Ctrl-C stops all)")
         honcho = subprocess.Popen(
             [sys.executable, "-m", "honcho", "-f", str(ROOT / "Procfile"), "start"], cwd=ROOT

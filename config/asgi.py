@@ -11,9 +11,9 @@ django_asgi_app = get_asgi_application()
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
 from presence import gctune  # noqa: E402
+from presence.asgi import LoggingOriginValidator, ProcessRegistryMiddleware  # noqa: E402
 from presence.auth import PresenceAuthStack  # noqa: E402
 from presence.handlers.lifecycle import register_at_startup  # noqa: E402
-from presence.origin import PresenceOriginValidator  # noqa: E402
 from presence.routing import websocket_urlpatterns  # noqa: E402
 
 # Every web process records its message handlers (RegisteredHandler) before serving.
@@ -21,11 +21,16 @@ register_at_startup()
 # Start-up objects frozen out of the cyclic GC, thresholds raised (presence/gctune.py).
 gctune.configure(report_at_exit=os.environ.get("PRESENCE_GC_REPORT", "") == "1")
 
-application = ProtocolTypeRouter(
-    {
-        "http": django_asgi_app,
-        # Origin must match ALLOWED_HOSTS, or exactly PRESENCE_ALLOWED_ORIGINS when set:
-        # blocks cross-site WebSocket hijacking.
-        "websocket": PresenceOriginValidator(PresenceAuthStack(URLRouter(websocket_urlpatterns))),
-    }
+# The process registers itself in Redis (presence/processes.py) on its first request.
+application = ProcessRegistryMiddleware(
+    ProtocolTypeRouter(
+        {
+            "http": django_asgi_app,
+            # Origin must match ALLOWED_HOSTS, or exactly PRESENCE_ALLOWED_ORIGINS when set:
+            # blocks cross-site WebSocket hijacking. Refusals are logged with the Origin.
+            "websocket": LoggingOriginValidator(
+                PresenceAuthStack(URLRouter(websocket_urlpatterns))
+            ),
+        }
+    )
 )

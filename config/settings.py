@@ -68,6 +68,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # First: every later middleware's and the view's log lines carry the request id.
+    "presence.logs.request_id_middleware",
     "django_prometheus.middleware.PrometheusBeforeMiddleware",
     "django.middleware.security.SecurityMiddleware",
     # Static files from the app server itself (no nginx needed): compressed, hashed, cached.
@@ -197,6 +199,7 @@ PRESENCE_RECONCILE_INTERVAL = env.float("PRESENCE_RECONCILE_INTERVAL", default=3
 CELERY_BEAT_SCHEDULE["presence-reconcile-connections"] = {
     "task": "presence.reconcile_connections",
     "schedule": PRESENCE_RECONCILE_INTERVAL,
+    "kwargs": {"period": PRESENCE_RECONCILE_INTERVAL},
     "options": {"expires": PRESENCE_RECONCILE_INTERVAL},
 }
 
@@ -282,10 +285,28 @@ if not DEBUG:
     CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
 
 # --------------------------------------------------------------------------- logging
+# presence/logs.py: request/session/user ids on every line, secrets redacted from every line.
+# LOG_FORMAT=json: one JSON object per line; anything else: readable lines. uvicorn's loggers
+# (access log, WebSocket handshakes) drop their own handlers and come through these.
+LOG_FORMAT = env.str("LOG_FORMAT", default="plain")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "filters": {"context": {"()": "presence.logs.ContextFilter"}},
+    "formatters": {
+        "plain": {"()": "presence.logs.PlainFormatter"},
+        "json": {"()": "presence.logs.JsonFormatter"},
+    },
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": "json" if LOG_FORMAT == "json" else "plain",
+            "filters": ["context"],
+        }
+    },
     "root": {"handlers": ["console"], "level": env.str("DJANGO_LOG_LEVEL", default="INFO")},
+    "loggers": {
+        name: {"handlers": [], "propagate": True}
+        for name in ("uvicorn", "uvicorn.error", "uvicorn.access")
+    },
 }

@@ -12,5 +12,6 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("accounts/", include("django.contrib.auth.urls")),
     path("api/presence/", include("presence.urls")),
-    path("", include("django_prometheus.urls")),
+    # /metrics (access-controlled in production), /healthz, /readyz: presence/ops_urls.py.
+    path("", include("presence.ops_urls")),
 ]

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import weakref
 from collections import Counter
 
-from . import store
+from . import metrics, store
 from .app_settings import app_settings
 
 logger = logging.getLogger(__name__)
@@ -71,10 +72,12 @@ class HotPathWriter:
             batch, self._pending = self._pending[:size], self._pending[size:]
             counters, self._counters = self._counters, Counter()
             try:
+                started = time.perf_counter()
                 async with store.bounded():
                     results = await store.heartbeat_many(
                         store.get_async_redis(), [conn for conn, _ in batch], counters
                     )
+                metrics.redis_roundtrip(time.perf_counter() - started, len(batch))
             except Exception as exc:  # Redis down: fail these heartbeats, keep the counters
                 logger.warning("heartbeat batch of %d failed: %s", len(batch), exc)
                 self._counters.update(counters)

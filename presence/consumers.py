@@ -33,7 +33,7 @@ from redis.exceptions import RedisError
 
 from sessions_app.models import EndReason
 
-from . import actions, frames, store
+from . import actions, frames, metrics, store
 from .app_settings import app_settings
 from .auth import TokenAuth, login_hash
 from .batching import get_writer
@@ -190,6 +190,7 @@ class PresenceConsumer(AsyncWebsocketConsumer):
             await self.refuse(result)
             return
         self.registered = True
+        metrics.connection_opened(self)
         hello: dict[str, Any] = {
             "type": "hello",
             "session_id": self.session_id,
@@ -342,6 +343,7 @@ class PresenceConsumer(AsyncWebsocketConsumer):
         allowed, notify, flooding = self.limiter.check()
         if not allowed:
             get_writer().count(store.error_field("rate_limited"))
+            metrics.frame_dropped()
             if flooding:
                 self.end_reason = EndReason.ERROR
                 await self.close_with(CLOSE_FLOODING, "flooding", "too many frames; slow down")
@@ -391,7 +393,10 @@ class PresenceConsumer(AsyncWebsocketConsumer):
             finally:
                 for name in store.handler_call_fields(spec.type, time.perf_counter() - started):
                     writer.count(name)
+                metrics.handler_called(spec.type, time.perf_counter() - started)
+            metrics.frame_ok(spec.type)
         except FrameError as err:
+            metrics.frame_error(msg_type, err.code)
             writer.count(store.error_field(err.code))
             if err.code in ("handler_error", "handler_timeout"):
                 writer.count(store.handler_error_field(msg_type, err.code))
@@ -403,6 +408,7 @@ class PresenceConsumer(AsyncWebsocketConsumer):
             logger.exception(
                 "frame handling failed (session %s, user %s)", self.session_id, self.user_id
             )
+            metrics.frame_error(msg_type, "internal_error")
             writer.count(store.error_field("internal_error"))
             await self.send_error(frame_id, "internal_error", "the server failed; it was logged")
             return
@@ -550,12 +556,14 @@ class PresenceConsumer(AsyncWebsocketConsumer):
 
     # ----------------------------------------------------------------- end
     async def disconnect(self, code: int) -> None:
+        metrics.socket_closed(self, code)
         self._forget()
         if not self.registered:
             return
         self.registered = False
         if code == CLOSE_SERVICE_RESTART and self.end_reason == EndReason.CLOSED:
             self.end_reason = EndReason.SERVER_SHUTDOWN
+        metrics.connection_ended(self, code)
         try:
             # Logs the leaves and the `close` the session row is ended from; a no-op when
             # the sweep ended the connection first (exactly one of them ends it).

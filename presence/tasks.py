@@ -88,6 +88,8 @@ def write_sessions() -> dict[str, Any]:
     time_limit=60,
     ignore_result=True,
 )
-def reconcile_connections() -> dict[str, Any]:
+def reconcile_connections(period: float | None = None) -> dict[str, Any]:
     """Count ghosts: connections online in Redis that no live web process holds a socket for."""
+    if not periodic.claim_period(processes.TASK, period):
+        return PERIOD_SKIPPED
     return processes.reconcile_connections().as_dict()

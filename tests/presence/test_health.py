@@ -1,0 +1,96 @@
+"""/healthz and /readyz against the real database, Redis and channel layer."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+from django.test import Client
+
+from presence import periodic
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def sweep_ran() -> None:
+    """Record a successful sweep run now (what presence.sweep_expired does)."""
+    periodic.run_locked("sweep", 1000, periodic.RunReport(), lambda report: None)
+
+
+class TestLiveness:
+    def test_healthz_answers_without_any_dependency(self, redis_server: Any) -> None:
+        redis_server.kill()
+        try:
+            response = Client().get("/healthz")
+        finally:
+            redis_server.start()
+        assert response.status_code == 200
+        body = response.json()
+        assert body["status"] == "ok"
+        assert body["uptime_seconds"] >= 0
+
+
+class TestReadiness:
+    def test_ready_when_everything_answers(self) -> None:
+        sweep_ran()
+        response = Client().get("/readyz")
+        body = response.json()
+        assert response.status_code == 200, body
+        assert body["ready"] is True
+        for name in ("database", "redis", "channel_layer"):
+            check = body["checks"][name]
+            assert check["ok"] is True and check["error"] == "", (name, check)
+            assert 0 <= check["latency_ms"] < 2000
+        sweep = body["tasks"]["sweep"]
+        assert sweep["stale"] is False and 0 <= sweep["last_success_age_seconds"] < 5
+        assert body["tasks"]["flush"]["last_success_age_seconds"] is None  # never ran: reported
+        assert body["tasks"]["flush"]["stale"] is False  # ... but not fatal
+
+    def test_503_with_redis_stopped(self, redis_server: Any) -> None:
+        sweep_ran()
+        redis_server.kill()
+        try:
+            started = time.monotonic()
+            response = Client().get("/readyz")
+            elapsed = time.monotonic() - started
+        finally:
+            redis_server.start()
+        body = response.json()
+        assert response.status_code == 503
+        assert body["ready"] is False
+        assert body["checks"]["redis"]["ok"] is False
+        assert body["checks"]["redis"]["error"]
+        assert body["checks"]["channel_layer"]["ok"] is False
+        assert body["checks"]["database"]["ok"] is True
+        assert elapsed < 5  # each check is bounded
+
+    def test_503_when_the_sweep_is_stale(self, settings: Any) -> None:
+        settings.PRESENCE_READY_SWEEP_MAX_AGE = 0.2
+        sweep_ran()
+        assert Client().get("/readyz").status_code == 200
+        time.sleep(0.3)
+        response = Client().get("/readyz")
+        assert response.status_code == 503
+        body = response.json()
+        assert body["tasks"]["sweep"]["stale"] is True
+        assert all(c["ok"] for c in body["checks"].values())  # only the sweep is wrong
+
+    def test_a_sweep_that_never_ran_is_stale_unless_the_check_is_off(self, settings: Any) -> None:
+        assert Client().get("/readyz").status_code == 503
+        settings.PRESENCE_READY_SWEEP_MAX_AGE = 0
+        response = Client().get("/readyz")
+        assert response.status_code == 200
+        assert response.json()["tasks"]["sweep"]["max_age_seconds"] is None
+
+    def test_a_failed_sweep_is_no_success(self) -> None:
+        def boom(report: Any) -> None:
+            raise RuntimeError("database down")
+
+        with pytest.raises(RuntimeError):
+            periodic.run_locked("sweep", 1000, periodic.RunReport(), boom)
+        assert Client().get("/readyz").status_code == 503
+
+    def test_responses_carry_a_request_id(self) -> None:
+        response = Client().get("/healthz", HTTP_X_REQUEST_ID="probe-1")
+        assert response["X-Request-ID"] == "probe-1"
