@@ -1057,6 +1057,11 @@ def acquire_task_lock(client: redis.Redis, task: str, ttl_ms: int) -> str | None
     return None
 
 
+def task_lock_held(client: redis.Redis, task: str) -> bool:
+    """Whether a run of ``task`` holds its lock now (a hint: it may end at any moment)."""
+    return bool(client.exists(keys().task_lock(task)))
+
+
 def claim_task_period(client: redis.Redis, task: str, ttl_ms: int) -> bool:
     """Claim the current period of ``task`` (SET NX PX): False when a run holds it."""
     return bool(client.set(keys().task_period(task), now_ms(), nx=True, px=max(1, ttl_ms)))

@@ -147,7 +147,15 @@ class TestLeave:
         assert r.scard(k.room_user("lobby", 7)) == 0
         # The user is still online: the leave carries their current status.
         assert logged_by_clock(r, mark, before, store.now_ms()) == [
-            {"k": "leave", "r": "lobby", "u": "7", "n": "user7", "s": "away", "why": "left", "v": "1"}
+            {
+                "k": "leave",
+                "r": "lobby",
+                "u": "7",
+                "n": "user7",
+                "s": "away",
+                "why": "left",
+                "v": "1",
+            }
         ]
 
     async def test_leave_a_room_never_joined(self, r: redis.Redis) -> None:
