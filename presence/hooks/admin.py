@@ -3,8 +3,6 @@ and its dead letters (replayable), and the failures of signal receivers."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from django import forms
 from django.contrib import admin, messages
 from django.db.models import QuerySet
@@ -17,6 +15,17 @@ from .models import DeliveryState, HookFailure, WebhookDelivery, WebhookEndpoint
 
 # Recent deliveries shown on an endpoint's page.
 RECENT_DELIVERIES = 20
+
+
+class Replays:
+    """The ``replay`` action's permission (a dedicated one, not "change")."""
+
+    def has_replay_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("presence.replay_webhookevent")
+
+
+class ReadOnly:
+    """Rows written by the hooks themselves: operators look (and replay), never edit."""
 
 
 class WebhookEndpointForm(forms.ModelForm):
@@ -35,7 +44,7 @@ class WebhookEndpointForm(forms.ModelForm):
 
 
 @admin.register(WebhookEndpoint)
-class WebhookEndpointAdmin(admin.ModelAdmin):
+class WebhookEndpointAdmin(Replays, admin.ModelAdmin):
     """Endpoints; the ``environment`` one follows PRESENCE_WEBHOOK_* (edits are overwritten)."""
 
     form = WebhookEndpointForm
@@ -94,12 +103,8 @@ class WebhookEndpointAdmin(admin.ModelAdmin):
         n = webhooks.do_replay_dead_letters(WebhookEvent.objects.filter(endpoint__in=queryset))
         self.message_user(request, f"Queued {n} dead letter(s) for delivery.", messages.SUCCESS)
 
-    def has_replay_permission(self, request: HttpRequest) -> bool:
-        return request.user.has_perm("presence.replay_webhookevent")
-
-
 @admin.register(WebhookEvent)
-class WebhookEventAdmin(admin.ModelAdmin):
+class WebhookEventAdmin(Replays, ReadOnly, admin.ModelAdmin):
     """The outbox: pending, delivered and dead events per endpoint (read-only; replayable)."""
 
     list_display = (
@@ -117,12 +122,6 @@ class WebhookEventAdmin(admin.ModelAdmin):
     search_fields = ("event_id", "=user_id", "room")
     actions = ["replay"]
 
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
     @admin.action(description="Replay selected dead letters", permissions=["replay"])
     def replay(self, request: HttpRequest, queryset: QuerySet[WebhookEvent]) -> None:
         n = webhooks.do_replay_dead_letters(queryset)
@@ -132,12 +131,8 @@ class WebhookEventAdmin(admin.ModelAdmin):
             request, f"Queued {n} dead letter(s) for delivery{note}.", messages.SUCCESS
         )
 
-    def has_replay_permission(self, request: HttpRequest) -> bool:
-        return request.user.has_perm("presence.replay_webhookevent")
-
-
 @admin.register(WebhookDelivery)
-class WebhookDeliveryAdmin(admin.ModelAdmin):
+class WebhookDeliveryAdmin(ReadOnly, admin.ModelAdmin):
     """Every POST (kept PRESENCE_WEBHOOK_KEEP): status, latency, attempt."""
 
     list_display = (
@@ -153,15 +148,9 @@ class WebhookDeliveryAdmin(admin.ModelAdmin):
     list_filter = ("outcome", "endpoint")
     date_hierarchy = "started_at"
 
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
 
 @admin.register(HookFailure)
-class HookFailureAdmin(admin.ModelAdmin):
+class HookFailureAdmin(ReadOnly, admin.ModelAdmin):
     """Signal receivers that raised: retried with back-off, given up after
     PRESENCE_HOOKS_RETRY_FOR."""
 
@@ -178,9 +167,3 @@ class HookFailureAdmin(admin.ModelAdmin):
     )
     list_filter = ("gave_up", "recovered", "type", "receiver")
     search_fields = ("event_id", "receiver", "=user_id")
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False

@@ -84,26 +84,19 @@ def record_failures(
     try:
         with transaction.atomic():
             for name, exc in failures:
+                attempt = {
+                    "type": event.type,
+                    "user_id": event.user_id,
+                    "error": f"{type(exc).__name__}: {exc}"[:2000],
+                    "attempts": attempts,
+                    "last_failed_at": now,
+                    "gave_up": gave_up,
+                }
                 HookFailure.objects.update_or_create(
                     event_id=event.id,
                     receiver=name[:255],
-                    defaults={
-                        "type": event.type,
-                        "user_id": event.user_id,
-                        "error": f"{type(exc).__name__}: {exc}"[:2000],
-                        "attempts": attempts,
-                        "last_failed_at": now,
-                        "gave_up": gave_up,
-                    },
-                    create_defaults={
-                        "type": event.type,
-                        "user_id": event.user_id,
-                        "error": f"{type(exc).__name__}: {exc}"[:2000],
-                        "attempts": attempts,
-                        "first_failed_at": now,
-                        "last_failed_at": now,
-                        "gave_up": gave_up,
-                    },
+                    defaults=attempt,
+                    create_defaults={**attempt, "first_failed_at": now},
                 )
     except DatabaseError:
         # The hold in Redis still retries the event; only the admin's view of it is missing.

@@ -22,6 +22,7 @@ from tests.conftest import CeleryProcess
 from tests.webhook_receiver import Receiver
 
 from .conftest import ASGIServer
+from .test_celery_tasks import until
 from .wsclient import recv, request, token_for, ws
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
@@ -56,16 +57,16 @@ def fast(receiver: Receiver, **extra: str) -> dict[str, str]:
     return env
 
 
-async def until(check: Callable[[], Any], within: float, what: str) -> Any:
-    """Poll ``check`` (sync; run in a thread) until it returns a truthy value."""
-    deadline = time.monotonic() + within
-    while True:
-        value = await sync_to_async(check)()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {within} s: {what}")
-        await asyncio.sleep(0.1)
+def start_all(
+    asgi_server: Callable[..., ASGIServer],
+    celery_worker_process: Callable[..., CeleryProcess],
+    env: dict[str, str],
+    concurrency: int = 2,
+) -> tuple[ASGIServer, CeleryProcess]:
+    """A worker, a beat and a web server, all with ``env``: (server, worker)."""
+    worker = celery_worker_process(env=env, concurrency=concurrency)
+    celery_worker_process(env=env, beat=True)
+    return asgi_server(env=env), worker
 
 
 def of_user(receiver: Receiver, uid: int) -> list[dict[str, Any]]:
@@ -88,9 +89,7 @@ async def test_two_tabs_give_one_online_and_one_offline_after_the_last_close(
     receiver: Receiver,
 ) -> None:
     env = fast(receiver)
-    celery_worker_process(env=env)
-    celery_worker_process(env=env, beat=True)
-    server = asgi_server(env=env)
+    server, _ = start_all(asgi_server, celery_worker_process, env)
     alice = await auser_factory("alice")
 
     async with ws(server, await token_for(server, alice)) as tab1:
@@ -124,9 +123,7 @@ async def test_offline_of_a_killed_web_process_arrives_after_the_sweep(
         PRESENCE_HEARTBEAT_INTERVAL="0.5",
         PRESENCE_SWEEP_INTERVAL="0.5",
     )
-    celery_worker_process(env=env)
-    celery_worker_process(env=env, beat=True)
-    server = asgi_server(env=env)
+    server, _ = start_all(asgi_server, celery_worker_process, env)
     alice = await auser_factory("alice")
 
     with contextlib.suppress(Exception):  # the socket dies with its server
@@ -155,9 +152,7 @@ async def test_receiver_down_for_a_while_gets_every_event_in_order_per_user(
     receiver: Receiver,
 ) -> None:
     env = fast(receiver)
-    celery_worker_process(env=env)
-    celery_worker_process(env=env, beat=True)
-    server = asgi_server(env=env)
+    server, _ = start_all(asgi_server, celery_worker_process, env)
     alice, bob = await auser_factory("alice"), await auser_factory("bob")
     receiver.stop()  # connections refused from here on
 
@@ -202,9 +197,7 @@ async def test_worker_killed_mid_delivery_is_delivered_again(
     receiver: Receiver,
 ) -> None:
     env = fast(receiver, PRESENCE_WEBHOOK_TIMEOUT="4")
-    worker = celery_worker_process(env=env)
-    celery_worker_process(env=env, beat=True)
-    server = asgi_server(env=env)
+    server, worker = start_all(asgi_server, celery_worker_process, env)
     alice = await auser_factory("alice")
     receiver.delay = 3.0  # the first POST is held open: the worker is inside it
 
@@ -237,9 +230,7 @@ async def test_always_failing_endpoint_ends_in_dead_letters_and_replay_delivers(
     receiver: Receiver,
 ) -> None:
     env = fast(receiver, PRESENCE_WEBHOOK_RETRY_FOR="1.5", PRESENCE_HOOKS_BACKOFF_MAX="0.5")
-    celery_worker_process(env=env)
-    celery_worker_process(env=env, beat=True)
-    server = asgi_server(env=env)
+    server, _ = start_all(asgi_server, celery_worker_process, env)
     alice = await auser_factory("alice")
     receiver.status = 500
 
@@ -295,9 +286,7 @@ async def test_a_slow_endpoint_does_not_delay_another(
     fast_one = Receiver()
     try:
         await WebhookEndpoint.objects.acreate(name="fast", url=fast_one.url, secret="other")
-        celery_worker_process(env=env, concurrency=3)
-        celery_worker_process(env=env, beat=True)
-        server = asgi_server(env=env)
+        server, _ = start_all(asgi_server, celery_worker_process, env, concurrency=3)
         alice = await auser_factory("alice")
         receiver.delay = 4.0  # the environment's endpoint answers after 4 s
 

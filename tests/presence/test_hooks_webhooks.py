@@ -9,6 +9,7 @@ import datetime as dt
 import re
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import redis
@@ -309,3 +310,42 @@ class TestMetrics:
 def test_reader_constants_bound_a_run() -> None:
     """The lock of a run lives as long as its hard time limit, above its budget."""
     assert reader.TIME_BUDGET < reader.SOFT_TIME_LIMIT < reader.TIME_LIMIT
+
+
+class TestAdmin:
+    def test_pages_show_deliveries_and_dead_letters(
+        self, log: Log, endpoint: WebhookEndpoint, receiver: Receiver, admin_client: Any
+    ) -> None:
+        receiver.status = 500
+        log.join(1)
+        webhooks.route_webhooks()
+        webhooks.deliver(endpoint.pk)
+
+        page = admin_client.get(f"/admin/presence/webhookendpoint/{endpoint.pk}/change/")
+        assert page.status_code == 200
+        assert "recent deliveries" in page.content.decode().lower()
+        assert "HTTP 500" in page.content.decode()
+        for model in ("webhookendpoint", "webhookevent", "webhookdelivery", "hookfailure"):
+            assert admin_client.get(f"/admin/presence/{model}/").status_code == 200
+
+    def test_replay_needs_its_permission(
+        self, log: Log, endpoint: WebhookEndpoint, django_user_model: Any, client: Any
+    ) -> None:
+        from django.contrib.auth.models import Permission
+
+        log.join(1)
+        webhooks.route_webhooks()
+        WebhookEvent.objects.update(state=DeliveryState.DEAD)
+        staff = django_user_model.objects.create_user("op", password="x", is_staff=True)
+        staff.user_permissions.add(Permission.objects.get(codename="view_webhookevent"))
+        client.force_login(staff)
+        ids = list(WebhookEvent.objects.values_list("pk", flat=True))
+
+        page = client.get("/admin/presence/webhookevent/")
+        assert page.status_code == 200 and 'value="replay"' not in page.content.decode()
+
+        staff.user_permissions.add(Permission.objects.get(codename="replay_webhookevent"))
+        staff = django_user_model.objects.get(pk=staff.pk)  # no cached permissions
+        client.force_login(staff)
+        client.post("/admin/presence/webhookevent/", {"action": "replay", "_selected_action": ids})
+        assert WebhookEvent.objects.get().state == DeliveryState.PENDING
