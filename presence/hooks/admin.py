@@ -103,6 +103,7 @@ class WebhookEndpointAdmin(Replays, admin.ModelAdmin):
         n = webhooks.do_replay_dead_letters(WebhookEvent.objects.filter(endpoint__in=queryset))
         self.message_user(request, f"Queued {n} dead letter(s) for delivery.", messages.SUCCESS)
 
+
 @admin.register(WebhookEvent)
 class WebhookEventAdmin(Replays, ReadOnly, admin.ModelAdmin):
     """The outbox: pending, delivered and dead events per endpoint (read-only; replayable)."""
@@ -130,6 +131,7 @@ class WebhookEventAdmin(Replays, ReadOnly, admin.ModelAdmin):
         self.message_user(
             request, f"Queued {n} dead letter(s) for delivery{note}.", messages.SUCCESS
         )
+
 
 @admin.register(WebhookDelivery)
 class WebhookDeliveryAdmin(ReadOnly, admin.ModelAdmin):

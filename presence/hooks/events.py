@@ -10,6 +10,8 @@ log entry          hook events
 ``status`` r=''    ``user.status`` (the per-room copies of a status change are not repeated)
 ``join`` r=room    ``room.occupied`` first when the room had no member (``o`` = 1), then
                    ``room.join``
+``join`` x=1       none: the user's lapsed connection (no leave logged, and none will be)
+                   still listed them; they never went offline as far as the log says
 ``leave`` r=room   ``room.leave``, then ``room.vacated`` when no member is left (``v`` = 1)
 =================  ==========================================================================
 
@@ -100,6 +102,8 @@ class HookEvent:
 
 def _types(kind: str, room: str, fields: dict[str, str]) -> list[str]:
     if kind == "join":
+        if fields.get("x") == "1":
+            return []  # the user was never logged leaving (lapsed, not swept): no second one
         if not room:
             return [USER_ONLINE]
         return [ROOM_OCCUPIED, ROOM_JOIN] if fields.get("o") == "1" else [ROOM_JOIN]

@@ -18,6 +18,8 @@ in it, -1 when the connection is unknown (its session ended).
 The join carries o = '1' when the room had no member at all before it (its zset was empty:
 the room became occupied; the server-side hooks' room.occupied). Members whose connection
 lapsed but was not swept yet still count, as they do for the room's own join/leave events.
+The join carries x = '1' instead when the user's own lapsed entry was still in the room (no
+leave was logged for it, and none will be): the hooks send no second room.join for it.
 ]]
 --!include eventlog
 local now = tonumber(ARGV[1])
@@ -43,7 +45,10 @@ redis.call('PEXPIREAT', KEYS[2], keyexp)
 redis.call('PEXPIREAT', KEYS[4], keyexp)
 redis.call('ZADD', KEYS[3], 'GT', exp, ARGV[4])
 redis.call('PEXPIREAT', KEYS[3], keyexp)
-if (not before) or tonumber(before) <= now then
+if before and tonumber(before) <= now then
+  log_event('join', 'r', ARGV[5], 'u', ARGV[4], 'n', info[2] or '', 's', status, 'x', '1')
+  return 1
+elseif not before then
   if was_empty then
     log_event('join', 'r', ARGV[5], 'u', ARGV[4], 'n', info[2] or '', 's', status, 'o', '1')
   else

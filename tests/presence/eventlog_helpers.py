@@ -78,9 +78,11 @@ def join(
     username: str = "",
     *,
     occupied: bool = False,
+    relisted: bool = False,
 ) -> Entry:
     """The ``join`` entry connect.lua (room "") and room_join.lua log. ``occupied``: the room
-    had no member before (``o`` = 1)."""
+    had no member before (``o`` = 1); ``relisted``: the user's lapsed entry, never logged
+    leaving, was still listed (``x`` = 1)."""
     entry = {
         "k": "join",
         "t": str(t),
@@ -89,4 +91,6 @@ def join(
         "n": username or f"user{uid}",
         "s": status,
     }
+    if relisted:
+        entry["x"] = "1"
     return {**entry, "o": "1"} if occupied else entry

@@ -10,9 +10,11 @@ from typing import Any
 
 import pytest
 import redis
+from asgiref.sync import sync_to_async
 from pytest_django.fixtures import Settings
 
 from presence import signals, store
+from presence.app_settings import app_settings
 from presence.hooks import dispatch, reader
 from presence.hooks.events import HookEvent
 from presence.models import HookFailure
@@ -195,3 +197,32 @@ class TestFailingReceiver:
         assert log.pending(store.HOOKS_GROUP) == 0
         assert store.read_hook_holds(r) == {}
         assert HookFailure.objects.filter(gave_up=True).count() == 2
+
+
+class TestWithTheScripts:
+    """The log written by the real Lua scripts, through the store."""
+
+    async def test_reconnect_before_the_sweep_is_not_a_second_online(
+        self, receivers: Receivers
+    ) -> None:
+        client, now = store.get_async_redis(), store.now_ms()
+        ttl = int(app_settings.TTL * 1000)
+        await store.connect(client, cid="c1", uid=7, username="u", channel="ch", now=now - ttl - 1)
+        await store.room_join(client, store.ConnRef("c1", 7), "lobby", now=now - ttl - 1)
+        # c1 lapsed (a crashed process); the user reconnects before any sweep.
+        await store.connect(client, cid="c2", uid=7, username="u", channel="ch", now=now)
+        await store.room_join(client, store.ConnRef("c2", 7), "lobby", now=now)
+        # The sweep's end of c1 now finds c2: no leave. Then c2 closes: the user is offline.
+        await store.end_connections(client, [store.ConnRef("c1", 7, ("lobby",))], now=now + 1)
+        await store.end_connections(client, [store.ConnRef("c2", 7, ("lobby",))], now=now + 2)
+
+        await sync_to_async(dispatch.send_signals)()
+
+        assert receivers.types() == [
+            "user.online",
+            "room.occupied",
+            "room.join",
+            "room.leave",
+            "room.vacated",
+            "user.offline",
+        ]
