@@ -297,7 +297,8 @@ async def test_a_slow_endpoint_does_not_delay_another(
             fast_after = time.monotonic() - started
             await until(lambda: of_user(receiver, alice.pk), 10, "the slow endpoint's event")
             slow_after = time.monotonic() - started
-        assert fast_after < 3.0 < slow_after
+        # Served side by side: the fast one did not wait for the slow one's 4 s answer.
+        assert slow_after - fast_after > 2.5, (fast_after, slow_after)
         assert all(req.signed_with("other") for req in fast_one.delivered())
     finally:
         fast_one.stop()
