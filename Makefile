@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 RUNTIME := $(VENV)/.runtime-installed
 DEV := $(VENV)/.dev-installed
 
-.PHONY: run test lint format bench clean
+.PHONY: run test test-js lint format bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -22,8 +22,13 @@ $(DEV): requirements.txt requirements-dev.txt $(RUNTIME)
 run: $(RUNTIME)
 	$(BIN)/python bin/run.py
 
-test: $(DEV)
+test: $(DEV) test-js
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The browser client's unit tests (node's own runner, no packages). Node.js is needed only here.
+test-js:
+	@command -v node >/dev/null || { echo "make test-js: 'node' not found; install Node.js >= 18 (apt-get install nodejs)" >&2; exit 1; }
+	cd presence/static/presence && node --test
 
 lint: $(DEV)
 	$(BIN)/ruff check .

@@ -55,12 +55,12 @@ ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS", default=["localhost", "127.0.0.
 
 INSTALLED_APPS = [
     "daphne",  # runserver speaks ASGI; production serves with uvicorn
-    "django.contrib.admin",
+    "presence.console.apps.PresenceAdminConfig",  # django.contrib.admin + the console
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
     "django.contrib.messages",
-    "django.contrib.staticfiles",
+    "config.apps.StaticFilesConfig",  # django.contrib.staticfiles, minus JS tests
     "channels",
     "django_prometheus",
     "sessions_app",
@@ -299,6 +299,8 @@ STORAGES = {
 }
 WHITENOISE_USE_FINDERS = not STATIC_MANIFEST
 LANGUAGE_CODE = "en-us"
+# Times to the second in the admin (config/formats/en/formats.py).
+FORMAT_MODULE_PATH = ["config.formats"]
 TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True

@@ -1,4 +1,5 @@
-"""Admin for the message-handler registry: status, versions, stats, and enable/disable."""
+"""Admin for the message-handler registry (status, versions, stats, enable/disable) and the
+per-minute stats buckets (read-only). The operator console is in presence/console/."""
 
 from __future__ import annotations
 
@@ -12,7 +13,10 @@ from django.db import transaction
 from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.utils import timezone
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
+from django.utils.safestring import SafeString
+
+from sessions_app.display import format_timestamp
 
 from .handlers.lifecycle import (
     ControlResult,
@@ -21,19 +25,18 @@ from .handlers.lifecycle import (
     latency_quantile,
 )
 from .hooks import admin as hooks_admin  # noqa: F401 - registers the hooks' admin pages
-from .models import RegisteredHandler, UserBlock
+from .models import RegisteredHandler, StatsBucket, UserBlock
 from .revocation import do_block_user, do_lift_blocks
+from .store import LATENCY_BUCKETS
 
 
 def format_latency(seconds: float | None) -> str:
-    """A histogram bound for people: "≤ 25 ms", "≤ 2.5 s", "> 5 s" (the overflow bucket)."""
+    """A histogram bound in milliseconds: "≤ 25 ms", "≤ 2500 ms", "> 5000 ms" (overflow)."""
     if seconds is None:
         return "-"
     if seconds == float("inf"):
-        return "> 5 s"
-    if seconds < 1:
-        return f"≤ {seconds * 1000:g} ms"
-    return f"≤ {seconds:g} s"
+        return f"> {LATENCY_BUCKETS[-1] * 1000:g} ms"
+    return f"≤ {seconds * 1000:g} ms"
 
 
 def _names(handlers: list[RegisteredHandler]) -> str:
@@ -54,24 +57,41 @@ class RegisteredHandlerAdmin(admin.ModelAdmin):
         "timeouts",
         "p50",
         "p95",
+        "p99",
         "last_registered_by",
-        "updated_at",
+        "updated",
     )
     list_filter = ("status", "core")
     search_fields = ("type", "path", "description")
     ordering = ("type",)
     readonly_fields = [
-        *(f.name for f in RegisteredHandler._meta.fields if f.name not in ("error", "latency")),
+        *(
+            f.name
+            for f in RegisteredHandler._meta.fields
+            if f.name not in ("error", "latency", "registered_at", "updated_at")
+        ),
+        "registered",
+        "updated",
         "error_text",
         "p50",
         "p95",
-        "latency",
+        "p99",
+        "latency_table",
     ]
-    exclude = ("error",)
+    exclude = ("error", "latency", "registered_at", "updated_at")
     actions = ["disable_handlers", "enable_handlers"]
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False  # rows come from the code that registers handlers
+
+    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        # The list's enable/disable actions need "change"; a row's page has nothing to save.
+        if obj is not None:
+            return False
+        return super().has_change_permission(request, obj)
+
+    def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False  # a deleted row comes back at the next start; disable the handler instead
 
     # ----------------------------------------------------------------- columns
     @admin.display(description="status", ordering="status")
@@ -92,6 +112,34 @@ class RegisteredHandlerAdmin(admin.ModelAdmin):
     @admin.display(description="p95")
     def p95(self, obj: RegisteredHandler) -> str:
         return format_latency(latency_quantile(obj.latency, 0.95))
+
+    @admin.display(description="p99")
+    def p99(self, obj: RegisteredHandler) -> str:
+        return format_latency(latency_quantile(obj.latency, 0.99))
+
+    @admin.display(description="registered at", ordering="registered_at")
+    def registered(self, obj: RegisteredHandler) -> SafeString:
+        return format_timestamp(obj.registered_at)
+
+    @admin.display(description="updated at", ordering="updated_at")
+    def updated(self, obj: RegisteredHandler) -> SafeString:
+        return format_timestamp(obj.updated_at)
+
+    @admin.display(description="latency histogram")
+    def latency_table(self, obj: RegisteredHandler) -> str:
+        """Calls per latency bucket, in milliseconds (the stored JSON is keyed by seconds)."""
+        rows = sorted(((float(b), int(n)) for b, n in (obj.latency or {}).items()))
+        if not rows:
+            return "-"
+        return format_html(
+            "<table><thead><tr><th>duration</th><th>calls</th></tr></thead><tbody>{}</tbody>"
+            "</table>",
+            format_html_join(
+                "",
+                "<tr><td>{}</td><td>{}</td></tr>",
+                ((format_latency(bound), count) for bound, count in rows),
+            ),
+        )
 
     @admin.display(description="error")
     def error_text(self, obj: RegisteredHandler) -> str:
@@ -199,3 +247,69 @@ class UserBlockAdmin(admin.ModelAdmin):
     def lift(self, request: HttpRequest, queryset: QuerySet[UserBlock]) -> None:
         lifted = do_lift_blocks(list(queryset))
         self.message_user(request, f"Lifted {lifted} block(s).", messages.SUCCESS)
+
+
+@admin.register(StatsBucket)
+class StatsBucketAdmin(admin.ModelAdmin):
+    """Per-minute counters written by the stats flush: browsable, never edited."""
+
+    list_display = (
+        "minute_label",
+        "heartbeats",
+        "connects",
+        "disconnects",
+        "messages",
+        "errors",
+        "peak_users",
+        "peak_connections",
+    )
+    date_hierarchy = "minute"
+    ordering = ("-minute",)
+    fields = (
+        "minute_label",
+        ("heartbeats", "messages", "errors"),
+        ("connects", "disconnects"),
+        ("peak_users", "peak_connections"),
+        "counters_table",
+        "updated",
+    )
+    readonly_fields = (
+        "minute_label",
+        "heartbeats",
+        "messages",
+        "errors",
+        "connects",
+        "disconnects",
+        "peak_users",
+        "peak_connections",
+        "counters_table",
+        "updated",
+    )
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False  # the history the dashboard charts are drawn from
+
+    @admin.display(description="minute (UTC)", ordering="minute")
+    def minute_label(self, obj: StatsBucket) -> SafeString:
+        return format_timestamp(obj.minute)
+
+    @admin.display(description="updated at", ordering="updated_at")
+    def updated(self, obj: StatsBucket) -> SafeString:
+        return format_timestamp(obj.updated_at)
+
+    @admin.display(description="counters")
+    def counters_table(self, obj: StatsBucket) -> str:
+        if not obj.counters:
+            return "-"
+        return format_html(
+            "<table><tbody>{}</tbody></table>",
+            format_html_join(
+                "", "<tr><td><code>{}</code></td><td>{}</td></tr>", sorted(obj.counters.items())
+            ),
+        )

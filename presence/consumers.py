@@ -139,18 +139,25 @@ class PresenceConsumer(AsyncWebsocketConsumer):
         # protocol v2: scope -> log position the client is at / diffs held during a snapshot
         self.positions: dict[str, Pos] = {}
         self.pending: dict[str, list[tuple[str, Sequence[Event]]]] = {}
-        user = self.scope.get("user")
-        if user is None or not user.is_authenticated:
-            await self.accept()
-            await self.close_with(CLOSE_UNAUTHORIZED, "unauthorized", "authentication required")
-            return
-        if not user.is_active:
-            await self.accept()
-            await self.close_with(CLOSE_FORBIDDEN, "forbidden", "this account is disabled")
-            return
+        # A browser fails the handshake unless the server picks one of the subprotocols it
+        # offered; one that sent only its token gets none (docs/protocol.md). Chosen before the
+        # auth checks: a refused handshake must pick one too, or the page sees 1006 instead of
+        # the close code and its error frame.
         offered = self.scope.get("subprotocols") or ()
         if SUBPROTOCOL_V2 in offered:
             self.protocol = 2
+        chosen = SUBPROTOCOL_V2 if self.protocol == 2 else None
+        if chosen is None and SUBPROTOCOL_V1 in offered:
+            chosen = SUBPROTOCOL_V1
+        user = self.scope.get("user")
+        if user is None or not user.is_authenticated:
+            await self.accept(subprotocol=chosen)
+            await self.close_with(CLOSE_UNAUTHORIZED, "unauthorized", "authentication required")
+            return
+        if not user.is_active:
+            await self.accept(subprotocol=chosen)
+            await self.close_with(CLOSE_FORBIDDEN, "forbidden", "this account is disabled")
+            return
         self.user_id = int(user.pk)
         self.username = user.get_username()
         self.session_id = str(uuid.uuid4())
@@ -160,11 +167,6 @@ class PresenceConsumer(AsyncWebsocketConsumer):
             app_settings.FLOOD_DROPS,
             app_settings.FLOOD_WINDOW,
         )
-        # A browser fails the handshake unless the server picks one of the subprotocols it
-        # offered; one that sent only its token gets none (docs/protocol.md).
-        chosen = SUBPROTOCOL_V2 if self.protocol == 2 else None
-        if chosen is None and SUBPROTOCOL_V1 in offered:
-            chosen = SUBPROTOCOL_V1
         await self.accept(subprotocol=chosen)
         try:
             async with asyncio.timeout(app_settings.CONNECT_TIMEOUT):
@@ -565,7 +567,8 @@ class PresenceConsumer(AsyncWebsocketConsumer):
         try:
             # Logs the leaves and the `close` the session row is ended from; a no-op when
             # the sweep ended the connection first (exactly one of them ends it).
-            await actions.do_disconnect_user(self.conn_ref, reason=self.end_reason.value)
-        except RedisError as exc:
+            async with store.bounded():
+                await actions.do_disconnect_user(self.conn_ref, reason=self.end_reason.value)
+        except (RedisError, TimeoutError) as exc:
             # Redis down: the sweep ends the connection, and its row, once its TTL lapses.
             logger.warning("could not remove connection %s from presence: %s", self.session_id, exc)

@@ -268,4 +268,8 @@ def flush_stats() -> FlushReport:
     """One flush run under the flush lock; a run that finds it held is counted skipped."""
     # The lock lives as long as the task may run, so runs never overlap; a worker killed
     # holding it delays flushing by at most that, and the counters simply wait in Redis.
-    return run_locked(TASK, FLUSH_TIME_LIMIT * 1000, FlushReport(), run_flush)
+    report = run_locked(TASK, FLUSH_TIME_LIMIT * 1000, FlushReport(), run_flush)
+    if report.claims_applied or report.heartbeat_rows or report.error:
+        # A summary of runs that did something (an idle run every 10 s would be noise).
+        logger.info("flush: %s", report)
+    return report

@@ -336,11 +336,6 @@ def redis_roundtrip(seconds: float, heartbeats: int) -> None:
         HEARTBEATS.inc(heartbeats)
 
 
-def open_sockets() -> int:
-    """Sockets this process holds now."""
-    return len(processes.local().held)
-
-
 # --------------------------------------------------------------------------- scrape time
 # Work counters of the periodic tasks: metric suffix -> field of {P}:<task>:last.
 TASK_WORK: dict[str, tuple[tuple[str, str, str], ...]] = {

@@ -73,4 +73,7 @@ def run_reap(report: ReapReport | None = None) -> ReapReport:
 
 def reap_sessions() -> ReapReport:
     """One reaper run under its lock; a run that finds the lock held is counted skipped."""
-    return run_locked(TASK, REAP_TIME_LIMIT * 1000, ReapReport(), run_reap)
+    report = run_locked(TASK, REAP_TIME_LIMIT * 1000, ReapReport(), run_reap)
+    if not report.skipped:
+        logger.info("reap: %s", report)  # every run: one line per PRESENCE_REAP_INTERVAL
+    return report

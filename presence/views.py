@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import re
 
-from django.http import HttpRequest, JsonResponse
+from django.http import HttpRequest, HttpResponseRedirect, JsonResponse
+from django.templatetags.static import static
+from django.views.decorators.cache import cache_control
 from django.views.decorators.http import require_GET, require_POST
 
 from . import queries
@@ -60,3 +62,14 @@ def token(request: HttpRequest) -> JsonResponse:
             "expires_in": app_settings.TOKEN_MAX_AGE,
         }
     )
+
+
+@require_GET
+@cache_control(max_age=86400, public=True)
+def favicon(request: HttpRequest) -> HttpResponseRedirect:
+    """``/favicon.ico`` -> the site icon (pages link it; browsers still ask for this name).
+
+    A temporary redirect: in production the target's name carries a content hash that
+    changes with the file.
+    """
+    return HttpResponseRedirect(static("presence/favicon.svg"))

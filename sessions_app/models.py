@@ -47,6 +47,9 @@ class ConnectionSession(models.Model):
     class Meta:
         ordering = ["-connected_at"]
         indexes = [models.Index(fields=["user", "ended_at"])]
+        # Rows are written by the presence engine only; operators view them and disconnect
+        # live ones, which takes this permission (the admin's kick, the operator console).
+        permissions = [("kick_connectionsession", "Can disconnect live sessions")]
 
     def __str__(self) -> str:
         return f"{self.user_id} @ {self.connected_at:%Y-%m-%d %H:%M:%S} ({self.id})"

@@ -62,6 +62,24 @@ class TestHostileFrames:
             await asyncio.sleep(0.05)
         assert "Traceback" not in server.log()
 
+    async def test_invalid_utf8_is_closed_1007_and_leaves_no_ghost(
+        self, asgi_server: ServerFactory, auser_factory: UserFactory, r: redis.Redis
+    ) -> None:
+        server = asgi_server()
+        alice = await auser_factory("alice")
+        async with ws(server, await token_for(server, alice)) as conn:
+            await recv(conn)
+            # A text frame whose payload is not UTF-8 (the client library would refuse to
+            # build one: its protocol object is given the raw bytes).
+            async with conn.send_context():
+                conn.protocol.send_text(b'{"type":"\xff\xfe"}')
+            code, _ = await closed_with(conn)
+        assert code == 1007
+        deadline = time.monotonic() + 5
+        while r.zscore(store.keys().users, str(alice.pk)) is not None:
+            assert time.monotonic() < deadline, f"ghost; server log:\n{server.log()}"
+            await asyncio.sleep(0.05)
+
 
 class TestLimitsAcrossProcesses:
     async def test_connections_per_user(

@@ -135,8 +135,8 @@ class TestChangelist:
             (None, "-"),
             (0.001, "≤ 1 ms"),
             (0.25, "≤ 250 ms"),
-            (2.5, "≤ 2.5 s"),
-            (float("inf"), "> 5 s"),
+            (2.5, "≤ 2500 ms"),
+            (float("inf"), "> 5000 ms"),
         ],
     )
     def test_latency_format(self, seconds: float | None, text: str) -> None:

@@ -134,6 +134,9 @@ class TestFormats:
 
 
 class TestConnectionContext:
+    # transaction=True like every socket test: the first socket of a process registers the
+    # handlers from another thread, whose rows must not outlive the test.
+    @pytest.mark.django_db(transaction=True)
     async def test_log_lines_inside_a_socket_carry_its_ids(
         self, capture: Any, auser_factory: Any, ws_client: Any, monkeypatch: Any
     ) -> None:
@@ -173,3 +176,17 @@ class TestConnectionContext:
         inside, outside = (json.loads(line) for line in buffer.getvalue().splitlines())
         assert inside["session_id"] == "sess-a"
         assert "session_id" not in outside
+
+
+@pytest.mark.django_db(transaction=True)
+class TestTaskSummaries:
+    def test_flush_and_reap_runs_are_summarised_at_info(self, caplog: Any) -> None:
+        from presence import flush, reap, store
+
+        store.get_redis().hincrby(store.keys().stats, "heartbeats", 3)  # something to flush
+        with caplog.at_level(logging.INFO):
+            flush.flush_stats()
+            reap.reap_sessions()
+        messages = {r.name: r.getMessage() for r in caplog.records if r.levelno == logging.INFO}
+        assert "claims_applied=1" in messages["presence.flush"]
+        assert messages["presence.reap"].startswith("reap: ReapReport(")

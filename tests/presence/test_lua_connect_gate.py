@@ -149,3 +149,16 @@ class TestCredentials:
 
         assert not r.exists(store.keys().token_used("sig2"))
         assert not r.exists(store.keys().addr_rate(IP))
+
+
+class TestAtomicity:
+    async def test_a_broken_address_set_fails_before_any_write(self, r: redis.Redis) -> None:
+        """The gate's first write (the rate bucket) must not happen when a later one fails."""
+        r.set(store.keys().addr_conns(IP), "not a zset")
+        before = len(logged(r))
+
+        with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+            await connect("c1", max_per_address=5, address_rate=1, address_burst=5)
+
+        assert not r.exists(store.keys().addr_rate(IP))
+        assert_nothing_registered(r, "c1", before)

@@ -60,6 +60,24 @@ class TestHandshake:
         assert client.subprotocol == "presence.v2"
         assert client.hello["protocol"] == 2
 
+    async def test_refused_v2_handshakes_still_select_the_subprotocol(
+        self, ws_client: WSFactory, auser_factory: UserFactory
+    ) -> None:
+        # Browsers fail a handshake that answers an offered subprotocol without one (the
+        # close code and its error frame would never reach the page).
+        anonymous = await ws_client(None, subprotocols=V2, expect_hello=False)
+        inactive = await ws_client(
+            await auser_factory("off", is_active=False), subprotocols=V2, expect_hello=False
+        )
+
+        for client, code, error in (
+            (anonymous, 4401, "unauthorized"),
+            (inactive, 4403, "forbidden"),
+        ):
+            assert client.subprotocol == "presence.v2"
+            closed, frames = await client.recv_close()
+            assert (closed, [f["code"] for f in frames]) == (code, [error])
+
     async def test_without_the_subprotocol_hello_is_v1(
         self, ws_client: WSFactory, auser_factory: UserFactory
     ) -> None:

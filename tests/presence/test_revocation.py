@@ -57,13 +57,15 @@ class TestLogout:
         alice = await auser_factory("alice")
         laptop, phone = await sync_to_async(login)(alice), await sync_to_async(login)(alice)
         on_laptop = await by_cookie(ws_client, laptop)
+        token = (await sync_to_async(laptop.post)("/api/presence/token/")).json()["token"]
+        laptop_by_token = await ws_client(token=token)
         on_phone = await by_cookie(ws_client, phone)
 
         await sync_to_async(laptop.post)("/accounts/logout/")
 
-        code, frames = await closed(on_laptop)
-        assert code == 4401
-        assert frames[-1]["code"] == "session_ended"
+        for socket in (on_laptop, laptop_by_token):
+            code, frames = await closed(socket)
+            assert (code, frames[-1]["code"]) == (4401, "session_ended")
         row = await session_row(on_laptop.hello["session_id"], live=False)
         assert row.end_reason == EndReason.LOGGED_OUT
         assert await on_phone.request("heartbeat", id_=1) == {"type": "heartbeat.ack", "id": 1}
