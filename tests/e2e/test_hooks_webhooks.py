@@ -57,16 +57,22 @@ def fast(receiver: Receiver, **extra: str) -> dict[str, str]:
     return env
 
 
+Stack = Callable[..., tuple[ASGIServer, CeleryProcess]]
+
+
+@pytest.fixture
 def start_all(
     asgi_server: Callable[..., ASGIServer],
     celery_worker_process: Callable[..., CeleryProcess],
-    env: dict[str, str],
-    concurrency: int = 2,
-) -> tuple[ASGIServer, CeleryProcess]:
-    """A worker, a beat and a web server, all with ``env``: (server, worker)."""
-    worker = celery_worker_process(env=env, concurrency=concurrency)
-    celery_worker_process(env=env, beat=True)
-    return asgi_server(env=env), worker
+) -> Stack:
+    """Start a worker, a beat and a web server, all with ``env``: returns (server, worker)."""
+
+    def start(env: dict[str, str], concurrency: int = 2) -> tuple[ASGIServer, CeleryProcess]:
+        worker = celery_worker_process(env=env, concurrency=concurrency)
+        celery_worker_process(env=env, beat=True)
+        return asgi_server(env=env), worker
+
+    return start
 
 
 def of_user(receiver: Receiver, uid: int) -> list[dict[str, Any]]:
@@ -83,13 +89,12 @@ def types(events: list[dict[str, Any]]) -> list[str]:
 
 
 async def test_two_tabs_give_one_online_and_one_offline_after_the_last_close(
-    asgi_server: Callable[..., ASGIServer],
-    celery_worker_process: Callable[..., CeleryProcess],
+    start_all: Stack,
     auser_factory: Callable[..., Awaitable[Any]],
     receiver: Receiver,
 ) -> None:
     env = fast(receiver)
-    server, _ = start_all(asgi_server, celery_worker_process, env)
+    server, _ = start_all(env)
     alice = await auser_factory("alice")
 
     async with ws(server, await token_for(server, alice)) as tab1:
@@ -112,8 +117,7 @@ async def test_two_tabs_give_one_online_and_one_offline_after_the_last_close(
 
 
 async def test_offline_of_a_killed_web_process_arrives_after_the_sweep(
-    asgi_server: Callable[..., ASGIServer],
-    celery_worker_process: Callable[..., CeleryProcess],
+    start_all: Stack,
     auser_factory: Callable[..., Awaitable[Any]],
     receiver: Receiver,
 ) -> None:
@@ -123,7 +127,7 @@ async def test_offline_of_a_killed_web_process_arrives_after_the_sweep(
         PRESENCE_HEARTBEAT_INTERVAL="0.5",
         PRESENCE_SWEEP_INTERVAL="0.5",
     )
-    server, _ = start_all(asgi_server, celery_worker_process, env)
+    server, _ = start_all(env)
     alice = await auser_factory("alice")
 
     with contextlib.suppress(Exception):  # the socket dies with its server
@@ -146,13 +150,12 @@ async def test_offline_of_a_killed_web_process_arrives_after_the_sweep(
 
 
 async def test_receiver_down_for_a_while_gets_every_event_in_order_per_user(
-    asgi_server: Callable[..., ASGIServer],
-    celery_worker_process: Callable[..., CeleryProcess],
+    start_all: Stack,
     auser_factory: Callable[..., Awaitable[Any]],
     receiver: Receiver,
 ) -> None:
     env = fast(receiver)
-    server, _ = start_all(asgi_server, celery_worker_process, env)
+    server, _ = start_all(env)
     alice, bob = await auser_factory("alice"), await auser_factory("bob")
     receiver.stop()  # connections refused from here on
 
@@ -191,13 +194,13 @@ async def test_receiver_down_for_a_while_gets_every_event_in_order_per_user(
 
 
 async def test_worker_killed_mid_delivery_is_delivered_again(
-    asgi_server: Callable[..., ASGIServer],
+    start_all: Stack,
     celery_worker_process: Callable[..., CeleryProcess],
     auser_factory: Callable[..., Awaitable[Any]],
     receiver: Receiver,
 ) -> None:
     env = fast(receiver, PRESENCE_WEBHOOK_TIMEOUT="4")
-    server, worker = start_all(asgi_server, celery_worker_process, env)
+    server, worker = start_all(env)
     alice = await auser_factory("alice")
     receiver.delay = 3.0  # the first POST is held open: the worker is inside it
 
@@ -223,14 +226,13 @@ async def test_worker_killed_mid_delivery_is_delivered_again(
 
 
 async def test_always_failing_endpoint_ends_in_dead_letters_and_replay_delivers(
-    asgi_server: Callable[..., ASGIServer],
-    celery_worker_process: Callable[..., CeleryProcess],
+    start_all: Stack,
     auser_factory: Callable[..., Awaitable[Any]],
     admin_user: Any,
     receiver: Receiver,
 ) -> None:
     env = fast(receiver, PRESENCE_WEBHOOK_RETRY_FOR="1.5", PRESENCE_HOOKS_BACKOFF_MAX="0.5")
-    server, _ = start_all(asgi_server, celery_worker_process, env)
+    server, _ = start_all(env)
     alice = await auser_factory("alice")
     receiver.status = 500
 
@@ -277,8 +279,7 @@ async def test_always_failing_endpoint_ends_in_dead_letters_and_replay_delivers(
 
 
 async def test_a_slow_endpoint_does_not_delay_another(
-    asgi_server: Callable[..., ASGIServer],
-    celery_worker_process: Callable[..., CeleryProcess],
+    start_all: Stack,
     auser_factory: Callable[..., Awaitable[Any]],
     receiver: Receiver,
 ) -> None:
@@ -286,7 +287,7 @@ async def test_a_slow_endpoint_does_not_delay_another(
     fast_one = Receiver()
     try:
         await WebhookEndpoint.objects.acreate(name="fast", url=fast_one.url, secret="other")
-        server, _ = start_all(asgi_server, celery_worker_process, env, concurrency=3)
+        server, _ = start_all(env, concurrency=3)
         alice = await auser_factory("alice")
         receiver.delay = 4.0  # the environment's endpoint answers after 4 s
 
