@@ -1,8 +1,8 @@
 """ASGI wrappers of the observability kit: process registry start-up, refused-origin logs.
 
 ``config/asgi.py`` wraps the whole application in :class:`ProcessRegistryMiddleware` and the
-WebSocket stack in :class:`LoggingOriginValidator`. Both cost nothing per frame:
-the first acts once per connection or request, the second only on the handshake.
+WebSocket stack in :class:`LoggingOriginValidator`. Both cost nothing per frame: the first
+acts at start-up, shutdown and once per request, the second only on the handshake.
 """
 
 from __future__ import annotations
@@ -17,11 +17,14 @@ logger = logging.getLogger("presence.ws")
 
 
 class ProcessRegistryMiddleware:
-    """Starts this process's registry task in the server's event loop on its first call.
+    """Registers this process in Redis (presence/processes.py) for as long as it serves.
 
-    uvicorn runs here with ``--lifespan off``, so there is no start-up hook: the first HTTP
-    request (a readiness probe, normally) registers the process, or its first registered
-    socket (presence.metrics.connection_opened); a refused handshake writes nothing.
+    With uvicorn's lifespan protocol on (``--lifespan on``, as the Procfile runs it) the
+    process registers at start-up and withdraws its record at a graceful shutdown; Django and
+    Channels do not speak lifespan, so its messages are answered here and not passed on.
+    With ``--lifespan off`` the first HTTP request (a readiness probe, normally) or the first
+    registered socket (presence.metrics.connection_opened) registers it, and the record
+    expires after a shutdown. A refused handshake writes nothing.
     """
 
     def __init__(self, app: Any) -> None:
@@ -30,7 +33,21 @@ class ProcessRegistryMiddleware:
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> Any:
         if scope["type"] == "http":
             processes.ensure_started()
+        elif scope["type"] == "lifespan":
+            return await self.lifespan(receive, send)
         return await self.app(scope, receive, send)
+
+    async def lifespan(self, receive: Any, send: Any) -> None:
+        """The ASGI lifespan protocol: start-up and shutdown of the process registry."""
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                processes.ensure_started()
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await processes.local().withdraw()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
 
 
 class LoggingOriginValidator(PresenceOriginValidator):

@@ -26,7 +26,6 @@ per refresh period per process.
 from __future__ import annotations
 
 import asyncio
-import atexit
 import contextvars
 import logging
 import os
@@ -176,6 +175,16 @@ class LocalProcess:
                 return
         self.lag_last, self.lag_max = self.lag_max, 0.0
 
+    async def withdraw(self) -> None:
+        """Stop refreshing and remove the record now (a graceful shutdown), not after its TTL."""
+        if self.task is not None:
+            self.task.cancel()
+        try:
+            async with asyncio.timeout(1.0):  # best effort: Redis may be gone already
+                await store.aremove_process(store.get_async_redis(), self.id)
+        except Exception as exc:  # the record expires by itself
+            logger.info("process registry: %s not withdrawn (%r); it expires", self.id, exc)
+
     async def run(self) -> None:
         """Probe the loop's lag every LAG_TICK and publish every PRESENCE_PROCESS_REFRESH."""
         loop = asyncio.get_running_loop()
@@ -208,8 +217,6 @@ class LocalProcess:
             self.run(), name="presence-process-registry", context=contextvars.Context()
         )
         self.rewrite = True
-        if not _atexit_registered:
-            _register_atexit()
 
 
 def _to_hash(record: ProcessRecord) -> dict[str, str | int | float]:
@@ -239,7 +246,6 @@ def _from_hash(raw: dict[str, str]) -> ProcessRecord:
 
 # --------------------------------------------------------------------------- this process
 _local = LocalProcess()
-_atexit_registered = False
 
 
 def local() -> LocalProcess:
@@ -264,29 +270,6 @@ def track_open(cid: str) -> None:
 def track_close(cid: str) -> None:
     """The consumer of ``cid`` ended."""
     _local.track_close(cid)
-
-
-def _register_atexit() -> None:
-    global _atexit_registered
-    _atexit_registered = True
-    atexit.register(_unregister_at_exit)
-
-
-def _unregister_at_exit() -> None:
-    # A graceful stop removes the record at once rather than after its TTL. Best effort: a
-    # short timeout, and Redis may be gone already.
-    if _local.task is None:
-        return
-    try:
-        import redis
-
-        client = redis.Redis.from_url(
-            app_settings.REDIS_URL, socket_timeout=1, socket_connect_timeout=1
-        )
-        store.remove_process(client, _local.id)
-        client.close()
-    except Exception:  # noqa: S110 - exiting; the record expires by itself
-        pass
 
 
 # --------------------------------------------------------------------------- reads

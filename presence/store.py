@@ -1761,13 +1761,24 @@ async def publish_process(
     return int(results[-5])
 
 
-def remove_process(client: redis.Redis, proc_id: str) -> None:
-    """Drop a process's record and connection set (it is shutting down)."""
+def _plan_remove_process(pipe: Any, proc_id: str) -> None:
     k = keys()
-    pipe = client.pipeline(transaction=True)
     pipe.delete(k.proc(proc_id), k.proc_conns(proc_id))
     pipe.zrem(k.procs, proc_id)
+
+
+def remove_process(client: redis.Redis, proc_id: str) -> None:
+    """Drop a process's record and connection set (it is shutting down)."""
+    pipe = client.pipeline(transaction=True)
+    _plan_remove_process(pipe, proc_id)
     pipe.execute()
+
+
+async def aremove_process(client: aredis.Redis, proc_id: str) -> None:
+    """Async twin of :func:`remove_process`."""
+    pipe = client.pipeline(transaction=True)
+    _plan_remove_process(pipe, proc_id)
+    await pipe.execute()
 
 
 # Most processes one listing reads; far above any deployment's web process count.

@@ -203,6 +203,20 @@ class TestRegistryAndGhosts:
         assert record["rss_bytes"] > 10_000_000
         assert record["version"] == "dev"
 
+    async def test_with_lifespan_a_process_registers_at_start_and_leaves_at_stop(
+        self, asgi_server: Any, tmp_path: Path
+    ) -> None:
+        env = production_env(tmp_path / "prom", PRESENCE_PROCESS_REFRESH="5")  # TTL 15 s
+        server = asgi_server(env=env, extra_args=("--lifespan", "on"))  # as the Procfile
+        # Registered before any request reached it.
+        await eventually(
+            lambda: [p["pid"] for p in processes.list_processes()] == [server.process.pid]
+        )
+        server.stop()  # SIGTERM: uvicorn runs the lifespan shutdown, then exits
+        assert server.process.returncode is not None
+        assert processes.list_processes() == []  # at once, not after the 15 s expiry
+        assert "Application startup complete" in server.log()
+
 
 class TestLogs:
     async def test_no_token_reaches_any_log_line(
