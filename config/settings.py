@@ -239,6 +239,38 @@ PRESENCE_OUTBOX_MAX = env.int("PRESENCE_OUTBOX_MAX", default=2_000)
 # Global join/leave events reach every connection: O(connections) messages per event.
 PRESENCE_GLOBAL_EVENTS = env.bool("PRESENCE_GLOBAL_EVENTS", default=True)
 
+# --------------------------------------------------------------------------- server-side hooks
+# Django signals and signed webhooks from the event log (docs/hooks.md; presence/app_settings.py
+# documents each setting). The endpoint below is the simple case; others live in the admin.
+PRESENCE_WEBHOOK_URL = env.str("PRESENCE_WEBHOOK_URL", default="")
+PRESENCE_WEBHOOK_SECRET = env.str("PRESENCE_WEBHOOK_SECRET", default="")
+PRESENCE_WEBHOOK_EVENTS = env.list("PRESENCE_WEBHOOK_EVENTS", default=[])
+PRESENCE_WEBHOOK_BATCH_SIZE = env.int("PRESENCE_WEBHOOK_BATCH_SIZE", default=100)
+PRESENCE_WEBHOOK_BATCH_WINDOW = env.float("PRESENCE_WEBHOOK_BATCH_WINDOW", default=1.0)
+PRESENCE_WEBHOOK_TIMEOUT = env.float("PRESENCE_WEBHOOK_TIMEOUT", default=5.0)
+PRESENCE_WEBHOOK_RETRY_FOR = env.float("PRESENCE_WEBHOOK_RETRY_FOR", default=6 * 3600.0)
+PRESENCE_WEBHOOK_RUN_BUDGET = env.float("PRESENCE_WEBHOOK_RUN_BUDGET", default=10.0)
+PRESENCE_WEBHOOK_KEEP = env.float("PRESENCE_WEBHOOK_KEEP", default=24 * 3600.0)
+PRESENCE_HOOKS_INTERVAL = env.float("PRESENCE_HOOKS_INTERVAL", default=1.0)
+PRESENCE_HOOKS_BATCH = env.int("PRESENCE_HOOKS_BATCH", default=500)
+PRESENCE_HOOKS_RETRY_FOR = env.float("PRESENCE_HOOKS_RETRY_FOR", default=3600.0)
+PRESENCE_HOOKS_BACKOFF_BASE = env.float("PRESENCE_HOOKS_BACKOFF_BASE", default=1.0)
+PRESENCE_HOOKS_BACKOFF_MAX = env.float("PRESENCE_HOOKS_BACKOFF_MAX", default=300.0)
+# The signal sender and the webhook router read the event log each period; the router also
+# starts the delivery of every endpoint with a batch due (presence.deliver_webhooks).
+CELERY_BEAT_SCHEDULE["presence-send-signals"] = {
+    "task": "presence.send_signals",
+    "schedule": PRESENCE_HOOKS_INTERVAL,
+    "kwargs": {"period": PRESENCE_HOOKS_INTERVAL},
+    "options": {"expires": PRESENCE_HOOKS_INTERVAL},
+}
+CELERY_BEAT_SCHEDULE["presence-route-webhooks"] = {
+    "task": "presence.route_webhooks",
+    "schedule": PRESENCE_HOOKS_INTERVAL,
+    "kwargs": {"period": PRESENCE_HOOKS_INTERVAL},
+    "options": {"expires": PRESENCE_HOOKS_INTERVAL},
+}
+
 # --------------------------------------------------------------------------- observability
 # docs/operations.md, "Metrics, health and logs". Process registry, /readyz, /metrics access.
 PRESENCE_VERSION = env.str("PRESENCE_VERSION", default="dev")

@@ -24,6 +24,7 @@ from .handlers.lifecycle import (
     do_enable_handlers,
     latency_quantile,
 )
+from .hooks import admin as hooks_admin  # noqa: F401 - registers the hooks' admin pages
 from .models import RegisteredHandler, StatsBucket, UserBlock
 from .revocation import do_block_user, do_lift_blocks
 from .store import LATENCY_BUCKETS

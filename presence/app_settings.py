@@ -239,5 +239,76 @@ class AppSettings:
         """Seconds after which /readyz calls the last successful sweep stale (503); 0 = never."""
         return float(self._get("PRESENCE_READY_SWEEP_MAX_AGE", 60.0))
 
+    # ---- server-side hooks (presence/hooks/, docs/hooks.md)
+    @property
+    def HOOKS_INTERVAL(self) -> float:
+        """Seconds between runs of the signal sender and the webhook router (Celery beat)."""
+        return float(self._get("PRESENCE_HOOKS_INTERVAL", 1.0))
+
+    @property
+    def HOOKS_BATCH(self) -> int:
+        """Event-log entries the signal sender and the webhook router read per batch."""
+        return int(self._get("PRESENCE_HOOKS_BATCH", 500))
+
+    @property
+    def HOOKS_RETRY_FOR(self) -> float:
+        """Seconds a failing signal receiver is retried for one event before it is given up."""
+        return float(self._get("PRESENCE_HOOKS_RETRY_FOR", 3600.0))
+
+    @property
+    def HOOKS_BACKOFF_BASE(self) -> float:
+        """First retry delay (s) of a failing receiver or webhook; doubles per attempt."""
+        return float(self._get("PRESENCE_HOOKS_BACKOFF_BASE", 1.0))
+
+    @property
+    def HOOKS_BACKOFF_MAX(self) -> float:
+        """Longest retry delay (s) of a failing receiver or webhook (before jitter)."""
+        return float(self._get("PRESENCE_HOOKS_BACKOFF_MAX", 300.0))
+
+    @property
+    def WEBHOOK_URL(self) -> str:
+        """URL of the endpoint configured from the environment ('' = none)."""
+        return str(self._get("PRESENCE_WEBHOOK_URL", ""))
+
+    @property
+    def WEBHOOK_SECRET(self) -> str:
+        """Signing secret of the endpoint configured from the environment."""
+        return str(self._get("PRESENCE_WEBHOOK_SECRET", ""))
+
+    @property
+    def WEBHOOK_EVENTS(self) -> list[str]:
+        """Event types the environment's endpoint receives (empty = all)."""
+        return [str(e) for e in self._get("PRESENCE_WEBHOOK_EVENTS", [])]
+
+    @property
+    def WEBHOOK_BATCH_SIZE(self) -> int:
+        """Most events one webhook POST carries."""
+        return int(self._get("PRESENCE_WEBHOOK_BATCH_SIZE", 100))
+
+    @property
+    def WEBHOOK_BATCH_WINDOW(self) -> float:
+        """Seconds an event may wait for a fuller batch before its endpoint is sent a POST."""
+        return float(self._get("PRESENCE_WEBHOOK_BATCH_WINDOW", 1.0))
+
+    @property
+    def WEBHOOK_TIMEOUT(self) -> float:
+        """Seconds a webhook POST may take (connect and each read) before it counts as failed."""
+        return float(self._get("PRESENCE_WEBHOOK_TIMEOUT", 5.0))
+
+    @property
+    def WEBHOOK_RETRY_FOR(self) -> float:
+        """Seconds an event is retried for before it becomes a dead letter."""
+        return float(self._get("PRESENCE_WEBHOOK_RETRY_FOR", 21600.0))
+
+    @property
+    def WEBHOOK_RUN_BUDGET(self) -> float:
+        """Seconds one delivery run of an endpoint starts new POSTs for."""
+        return float(self._get("PRESENCE_WEBHOOK_RUN_BUDGET", 10.0))
+
+    @property
+    def WEBHOOK_KEEP(self) -> float:
+        """Seconds delivered events and delivery records are kept for the admin."""
+        return float(self._get("PRESENCE_WEBHOOK_KEEP", 86400.0))
+
 
 app_settings = AppSettings()

@@ -26,3 +26,29 @@ def check_presence_timing(app_configs: Any = None, **kwargs: Any) -> list[Error]
             )
         )
     return errors
+
+
+@register()
+def check_webhook_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]:
+    """The environment's webhook endpoint must be signable and recognise its event types."""
+    from .hooks.events import EVENT_TYPES
+
+    errors = []
+    if app_settings.WEBHOOK_URL and not app_settings.WEBHOOK_SECRET:
+        errors.append(
+            Error(
+                "PRESENCE_WEBHOOK_URL is set without PRESENCE_WEBHOOK_SECRET.",
+                hint="Set a secret: receivers verify X-Presence-Signature with it (docs/hooks.md).",
+                id="presence.E010",
+            )
+        )
+    unknown = sorted(set(app_settings.WEBHOOK_EVENTS) - set(EVENT_TYPES))
+    if unknown:
+        errors.append(
+            Error(
+                f"PRESENCE_WEBHOOK_EVENTS names unknown event types: {', '.join(unknown)}.",
+                hint=f"Known types: {', '.join(EVENT_TYPES)}.",
+                id="presence.E011",
+            )
+        )
+    return errors

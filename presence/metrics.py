@@ -81,6 +81,24 @@ HANDLER_ERRORS = Counter(
     "Handler failures, by handler and kind (error: it raised; timeout: it overran).",
     ["handler", "kind"],
 )
+# Webhook deliveries (presence/hooks/webhooks.py), counted in the Celery worker that POSTed:
+# with PROMETHEUS_MULTIPROC_DIR shared by the workers and the web processes, /metrics sums them.
+WEBHOOK_DELIVERIES = Counter(
+    "presence_webhook_deliveries",
+    "Webhook POSTs by endpoint and outcome (delivered, failed, timeout).",
+    ["endpoint", "outcome"],
+)
+WEBHOOK_LATENCY = Histogram(
+    "presence_webhook_delivery_seconds",
+    "Duration of webhook POSTs, by endpoint (failed ones included).",
+    ["endpoint"],
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+)
+WEBHOOK_DEAD_LETTERS = Counter(
+    "presence_webhook_dead_letters",
+    "Webhook events that failed for PRESENCE_WEBHOOK_RETRY_FOR and became dead letters.",
+    ["endpoint"],
+)
 REDIS_ROUNDTRIP = Histogram(
     "presence_redis_roundtrip_seconds",
     "Duration of the hot path's batched Redis call (heartbeat.lua for a batch of sockets).",
@@ -300,6 +318,17 @@ def frame_dropped(code: str = "rate_limited") -> None:
     child.inc()
 
 
+def webhook_delivery(endpoint: str, outcome: str, seconds: float) -> None:
+    """Count one webhook POST (a Celery worker, never the hot path)."""
+    WEBHOOK_DELIVERIES.labels(endpoint, outcome).inc()
+    WEBHOOK_LATENCY.labels(endpoint).observe(seconds)
+
+
+def webhook_dead_letters(endpoint: str, n: int) -> None:
+    """Count events that became dead letters."""
+    WEBHOOK_DEAD_LETTERS.labels(endpoint).inc(n)
+
+
 def redis_roundtrip(seconds: float, heartbeats: int) -> None:
     """One batched hot-path call took ``seconds`` and refreshed ``heartbeats`` sockets."""
     REDIS_ROUNDTRIP.observe(seconds)
@@ -365,6 +394,14 @@ class PresenceCollector(Collector):
         )
         yield from self._processes(records)
         yield from self._tasks(readings.tasks)
+        backlog = GaugeMetricFamily(
+            "presence_webhook_backlog",
+            "Webhook events not delivered yet, per endpoint (as of the last routing run).",
+            labels=["endpoint"],
+        )
+        for endpoint, n in sorted(store.read_webhook_backlog(client).items()):
+            backlog.add_metric([endpoint], n)
+        yield backlog
 
     def _processes(self, records: list[processes.ProcessRecord]) -> Iterator[Metric]:
         local = processes.local()

@@ -116,3 +116,27 @@ class UserBlock(models.Model):
     @property
     def is_active(self) -> bool:
         return self.until > timezone.now()
+
+
+# The server-side hooks' tables live with their subsystem (presence/hooks/models.py).
+from .hooks.models import (  # noqa: E402
+    DeliveryState,
+    HookFailure,
+    WebhookDelivery,
+    WebhookEndpoint,
+    WebhookEvent,
+)
+
+__all__ = [
+    "DeliveryState",
+    "FlushRecord",
+    "HandlerStatus",
+    "HookFailure",
+    "RegisteredHandler",
+    "StatsBucket",
+    "UserBlock",
+    "UserBlockQuerySet",
+    "WebhookDelivery",
+    "WebhookEndpoint",
+    "WebhookEvent",
+]

@@ -206,6 +206,17 @@ class Keys:
         """The connection ids one process holds sockets for."""
         return f"{self.tag}:proc:{proc_id}:conns"
 
+    # ---- server-side hooks (presence/hooks/)
+    @property
+    def hook_holds(self) -> str:
+        """Users whose signal receivers failed: uid -> "due ms:attempts:first failure ms"."""
+        return f"{self.tag}:hooks:holds"
+
+    @property
+    def webhook_backlog(self) -> str:
+        """Undelivered webhook events per endpoint (as of the last routing run): name -> n."""
+        return f"{self.tag}:webhooks:backlog"
+
 
 def keys() -> Keys:
     """Keys for the configured prefix (read live so tests may override it)."""
@@ -1046,6 +1057,11 @@ def acquire_task_lock(client: redis.Redis, task: str, ttl_ms: int) -> str | None
     return None
 
 
+def task_lock_held(client: redis.Redis, task: str) -> bool:
+    """Whether a run of ``task`` holds its lock now (a hint: it may end at any moment)."""
+    return bool(client.exists(keys().task_lock(task)))
+
+
 def claim_task_period(client: redis.Redis, task: str, ttl_ms: int) -> bool:
     """Claim the current period of ``task`` (SET NX PX): False when a run holds it."""
     return bool(client.set(keys().task_period(task), now_ms(), nx=True, px=max(1, ttl_ms)))
@@ -1179,12 +1195,16 @@ def _is_nogroup(exc: redis.ResponseError) -> bool:
 
 
 def _plan_read_session_log(
-    consumer: str, count: int, after: str | None, block_ms: int | None
+    consumer: str,
+    count: int,
+    after: str | None,
+    block_ms: int | None,
+    group: str = SESSION_LOG_GROUP,
 ) -> tuple[list[Any], dict[str, Any]]:
     # ">": entries never delivered to the group; an id: this consumer's own pending entries
     # after it (trimmed ones come back with no fields). Only new entries are worth waiting for.
     streams = {keys().events: after if after is not None else ">"}
-    return [SESSION_LOG_GROUP, consumer, streams], {
+    return [group, consumer, streams], {
         "count": count,
         "block": block_ms if after is None else None,
     }
@@ -1198,13 +1218,15 @@ def _parse_read_session_log(raw: Any) -> list[SessionLogEntry]:
     ]
 
 
-def _plan_claim_session_log(consumer: str, min_idle_ms: int, start: str, count: int) -> list[Any]:
+def _plan_claim_session_log(
+    consumer: str, min_idle_ms: int, start: str, count: int, group: str = SESSION_LOG_GROUP
+) -> list[Any]:
     # Not JUSTID: redis-py drops the cursor of a JUSTID reply. Claimed entries join this
     # consumer's pending list, where the caller reads them (trimmed ones included, by id).
     return [
         "XAUTOCLAIM",
         keys().events,
-        SESSION_LOG_GROUP,
+        group,
         consumer,
         max(0, min_idle_ms),
         start,
@@ -1225,10 +1247,11 @@ SESSION_LOG_CLAIM_ROUNDS = 10
 SESSION_LOG_BACKLOG_PAGE = 10_000
 
 
-def ensure_session_group(client: redis.Redis) -> bool:
-    """Create the writers' group, reading from the log's start; False when it existed."""
+def ensure_session_group(client: redis.Redis, *, group: str = SESSION_LOG_GROUP) -> bool:
+    """Create the writers' group (or ``group``: the hooks' readers share these helpers),
+    reading from the log's start; False when it existed."""
     try:
-        client.xgroup_create(keys().events, SESSION_LOG_GROUP, id="0", mkstream=True)
+        client.xgroup_create(keys().events, group, id="0", mkstream=True)
     except redis.ResponseError as exc:
         if not _is_busygroup(exc):
             raise
@@ -1254,19 +1277,20 @@ def read_session_log(
     count: int,
     after: str | None = None,
     block_ms: int | None = None,
+    group: str = SESSION_LOG_GROUP,
 ) -> list[SessionLogEntry]:
     """Entries for ``consumer``: new ones (``after`` None, waiting up to ``block_ms``), or its
     own pending entries with ids greater than ``after`` (``"0"``: all of them).
 
     A missing group (Redis lost its data) is created again and the read returns nothing.
     """
-    args, kwargs = _plan_read_session_log(consumer, count, after, block_ms)
+    args, kwargs = _plan_read_session_log(consumer, count, after, block_ms, group)
     try:
         raw = client.xreadgroup(*args, **kwargs)
     except redis.ResponseError as exc:
         if not _is_nogroup(exc):
             raise
-        ensure_session_group(client)
+        ensure_session_group(client, group=group)
         return []
     return _parse_read_session_log(raw)
 
@@ -1293,7 +1317,12 @@ async def aread_session_log(
 
 
 def claim_session_log(
-    client: redis.Redis, consumer: str, *, min_idle_ms: int, count: int
+    client: redis.Redis,
+    consumer: str,
+    *,
+    min_idle_ms: int,
+    count: int,
+    group: str = SESSION_LOG_GROUP,
 ) -> tuple[int, int]:
     """Take over entries other consumers read but left unacknowledged for ``min_idle_ms``.
 
@@ -1304,12 +1333,12 @@ def claim_session_log(
     for _ in range(SESSION_LOG_CLAIM_ROUNDS):
         try:
             raw = client.execute_command(
-                *_plan_claim_session_log(consumer, min_idle_ms, start, count)
+                *_plan_claim_session_log(consumer, min_idle_ms, start, count, group)
             )
         except redis.ResponseError as exc:
             if not _is_nogroup(exc):
                 raise
-            ensure_session_group(client)
+            ensure_session_group(client, group=group)
             break
         start, n, gone = _parse_claim_session_log(raw)
         claimed, trimmed = claimed + n, trimmed + gone
@@ -1340,11 +1369,13 @@ async def aclaim_session_log(
     return claimed, trimmed
 
 
-def ack_session_log(client: redis.Redis, ids: Sequence[str]) -> int:
+def ack_session_log(
+    client: redis.Redis, ids: Sequence[str], *, group: str = SESSION_LOG_GROUP
+) -> int:
     """Acknowledge entries whose rows are committed; returns how many were pending."""
     if not ids:
         return 0
-    acked: Any = client.xack(keys().events, SESSION_LOG_GROUP, *ids)
+    acked: Any = client.xack(keys().events, group, *ids)
     return int(acked)
 
 
@@ -1382,19 +1413,18 @@ async def aoldest_pending_session_log(client: aredis.Redis, *, skip: set[str]) -
     return _first_not_in(raw, skip)
 
 
-def session_log_backlog(client: redis.Redis) -> dict[str, int]:
-    """What the writers have not written yet: ``pending`` (read, not acknowledged) and
-    ``undelivered`` (appended after the group's last delivered id; bounded by one XRANGE
-    page, so at most ``SESSION_LOG_BACKLOG_PAGE``). Zeros when the group does not exist."""
+def session_log_backlog(client: redis.Redis, *, group: str = SESSION_LOG_GROUP) -> dict[str, int]:
+    """What the writers (or ``group``) have not done yet: ``pending`` (read, not
+    acknowledged) and ``undelivered`` (appended after the group's last delivered id; bounded
+    by one XRANGE page, so at most ``SESSION_LOG_BACKLOG_PAGE``). Zeros when the group does
+    not exist."""
     k = keys()
     try:
-        summary: Any = client.xpending(k.events, SESSION_LOG_GROUP)
+        summary: Any = client.xpending(k.events, group)
         groups: Any = client.xinfo_groups(k.events)
     except redis.ResponseError:
         return {"pending": 0, "undelivered": 0}
-    last = next(
-        (str(g["last-delivered-id"]) for g in groups if g["name"] == SESSION_LOG_GROUP), "0-0"
-    )
+    last = next((str(g["last-delivered-id"]) for g in groups if g["name"] == group), "0-0")
     undelivered: Any = client.xrange(k.events, f"({last}", "+", count=SESSION_LOG_BACKLOG_PAGE)
     return {"pending": int(summary["pending"]), "undelivered": len(undelivered)}
 
@@ -1413,6 +1443,60 @@ def prune_session_consumers(client: redis.Redis, *, idle_ms: int, keep: str = ""
             client.xgroup_delconsumer(k.events, SESSION_LOG_GROUP, c["name"])
             removed += 1
     return removed
+
+
+# --------------------------------------------------------------------------- hooks
+# ---- server-side hooks (presence.hooks): two more consumer groups over the event log, one
+# for the Django signals, one routing events into the webhook outbox. They share the session
+# log's group helpers above (``group=``).
+HOOKS_GROUP = "hooks"
+WEBHOOKS_GROUP = "webhooks"
+
+
+@dataclass(frozen=True)
+class HookHold:
+    """A user whose events wait for a failing signal receiver (retried with back-off)."""
+
+    due_ms: int
+    attempts: int
+    first_ms: int
+
+
+def read_hook_holds(client: redis.Redis) -> dict[str, HookHold]:
+    """Every held user (uid as a string) and when their events are tried again."""
+    raw: Any = client.hgetall(keys().hook_holds)
+    holds = {}
+    for uid, value in raw.items():
+        due, attempts, first = (int(x) for x in str(value).split(":"))
+        holds[str(uid)] = HookHold(due, attempts, first)
+    return holds
+
+
+def set_hook_hold(client: redis.Redis, uid: str, hold: HookHold) -> None:
+    """Hold ``uid``'s events until ``hold.due_ms``."""
+    client.hset(keys().hook_holds, uid, f"{hold.due_ms}:{hold.attempts}:{hold.first_ms}")
+
+
+def clear_hook_holds(client: redis.Redis, uids: Iterable[str]) -> None:
+    """Release users whose held event went through (or was given up)."""
+    uids = list(uids)
+    if uids:
+        client.hdel(keys().hook_holds, *uids)
+
+
+def write_webhook_backlog(client: redis.Redis, backlog: Mapping[str, int]) -> None:
+    """Replace the per-endpoint backlog the metrics scrape reads."""
+    pipe = client.pipeline(transaction=True)
+    pipe.delete(keys().webhook_backlog)
+    if backlog:
+        pipe.hset(keys().webhook_backlog, mapping=dict(backlog))
+    pipe.execute()
+
+
+def read_webhook_backlog(client: redis.Redis) -> dict[str, int]:
+    """Undelivered webhook events per endpoint name (as of the last routing run)."""
+    raw: Any = client.hgetall(keys().webhook_backlog)
+    return {str(k): int(v) for k, v in raw.items()}
 
 
 # --------------------------------------------------------------------------- operator console

@@ -14,6 +14,7 @@ from typing import Any
 from celery import shared_task
 
 from . import flush, periodic, processes, reap, revocation, sessionlog, sweep
+from .hooks import dispatch, reader, webhooks
 
 # What a beat-scheduled run returns when its period was run by another beat's run already.
 PERIOD_SKIPPED: dict[str, Any] = {"skipped": True, "why": "period"}
@@ -93,3 +94,40 @@ def reconcile_connections(period: float | None = None) -> dict[str, Any]:
     if not periodic.claim_period(processes.TASK, period):
         return PERIOD_SKIPPED
     return processes.reconcile_connections().as_dict()
+
+
+# ---- server-side hooks (presence/hooks/, docs/hooks.md)
+@shared_task(
+    name="presence.send_signals",
+    soft_time_limit=reader.SOFT_TIME_LIMIT,
+    time_limit=reader.TIME_LIMIT,
+    ignore_result=True,
+)
+def send_signals(period: float | None = None) -> dict[str, Any]:
+    """Send presence.signals for new event-log entries (and retry held users' entries)."""
+    if not periodic.claim_period(dispatch.TASK, period):
+        return PERIOD_SKIPPED
+    return dispatch.send_signals().as_dict()
+
+
+@shared_task(
+    name="presence.route_webhooks",
+    soft_time_limit=reader.SOFT_TIME_LIMIT,
+    time_limit=reader.TIME_LIMIT,
+    ignore_result=True,
+)
+def route_webhooks(period: float | None = None) -> dict[str, Any]:
+    """Queue new events for each webhook endpoint and start the deliveries that are due."""
+    if not periodic.claim_period(webhooks.TASK, period):
+        return PERIOD_SKIPPED
+    return webhooks.safe_route().as_dict()
+
+
+# Upper bounds only: each run is started with its own limits (webhooks.delivery_time_limit,
+# from the configured budget and timeout), which also bound its lock.
+@shared_task(
+    name="presence.deliver_webhooks", soft_time_limit=110, time_limit=120, ignore_result=True
+)
+def deliver_webhooks(endpoint_id: int) -> dict[str, int]:
+    """POST one endpoint's due events in batches, in log order, signed; retries back off."""
+    return webhooks.deliver(endpoint_id).as_dict()

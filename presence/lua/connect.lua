@@ -30,7 +30,10 @@ ARGV[18] login session hash ('' = none)
 ARGV[19] the connection key prefix ({P}:conn:), to prune an address's ended connections
 
 Logs `open` (c, u, n, ch, ip, ua: what the connection-session row is written from) and, for
-the user's first live connection, a global `join` (r '', u, n, s).
+the user's first live connection, a global `join` (r '', u, n, s). That join carries x = '1'
+when the user was still listed in {P}:users: their connections lapsed but no sweep ended
+them yet, so no leave was logged, and none will be (the sweep then finds this live
+connection). The server-side hooks send no second user.online for such a join.
 
 Returns {joined, status, open_id}: joined is 1 when the user had no live connection before
 this one, status is the user's current status, open_id the id of the `open` entry.
@@ -120,6 +123,8 @@ end
 redis.call('HSET', KEYS[4], 'uid', uid, 'username', username, 'channel', ARGV[7], 'exp', exp,
   'at', now, 'ip', ARGV[9], 'login', ARGV[18])
 redis.call('PEXPIREAT', KEYS[4], keyexp)
+-- Read before the ZADD below: still listed while no live connection = lapsed, not swept.
+local relisted = live_before == 0 and redis.call('ZSCORE', KEYS[2], uid) ~= false
 redis.call('ZADD', KEYS[1], exp, cid)
 redis.call('ZADD', KEYS[2], 'GT', exp, uid)
 redis.call('ZADD', KEYS[7], exp, cid)
@@ -144,7 +149,10 @@ end
 
 local open_id = log_event('open', 'c', cid, 'u', uid, 'n', username, 'ch', ARGV[7],
   'ip', ARGV[9], 'ua', ARGV[10])
-if live_before == 0 then
+if relisted then
+  log_event('join', 'r', '', 'u', uid, 'n', username, 's', status, 'x', '1')
+  return {1, status, open_id}
+elseif live_before == 0 then
   log_event('join', 'r', '', 'u', uid, 'n', username, 's', status)
   return {1, status, open_id}
 end

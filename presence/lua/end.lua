@@ -30,7 +30,7 @@ Returns one entry per connection:
   state -1: not ended, the connection heartbeated after the sweep claimed it.
 
 Logged for each connection ended now, in this order: `leave` (r room, u, n, s 'offline',
-why) for each room the user left, a global `leave` (r '') when it was the user's last
+why, and v = '1' when the room has no member left: it was vacated) for each room the user left, a global `leave` (r '') when it was the user's last
 connection, then `close` (c, u, why, at = end time ms, hb = last heartbeat ms). A swept
 connection ends at its expiry (last heartbeat + TTL), a closed one now.
 
@@ -106,8 +106,13 @@ for i = 1, nconns do
       redis.call('SREM', uroom, cid)
       if redis.call('SCARD', uroom) == 0 and redis.call('ZREM', room, uid) == 1 then
         entry[#entry + 1] = ARGV[a + 3 + r]
-        log_event('leave', 'r', ARGV[a + 3 + r], 'u', uid, 'n', username, 's', 'offline',
-          'why', reason)
+        if redis.call('ZCARD', room) == 0 then
+          log_event('leave', 'r', ARGV[a + 3 + r], 'u', uid, 'n', username, 's', 'offline',
+            'why', reason, 'v', '1')
+        else
+          log_event('leave', 'r', ARGV[a + 3 + r], 'u', uid, 'n', username, 's', 'offline',
+            'why', reason)
+        end
       end
     end
     if redis.call('ZCOUNT', uconns, '(' .. now, '+inf') == 0 then

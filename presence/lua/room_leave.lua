@@ -11,7 +11,8 @@ ARGV[1] cid   ARGV[2] uid   ARGV[3] room   ARGV[4] now (ms)   ARGV[5] event log 
 
 Returns 1 when the user has no connection left in the room (a `leave` with r = room, u, n,
 the user's current status s and why 'left' is logged), 0 otherwise (another tab of the
-user is still in it, or this connection was not).
+user is still in it, or this connection was not). The leave carries v = '1' when the room
+has no member left at all (its zset is empty: the room was vacated; the hooks' room.vacated).
 ]]
 --!include eventlog
 expect_types({KEYS[1], 'set', KEYS[2], 'zset', KEYS[3], 'set', KEYS[4], 'hash'})
@@ -24,8 +25,13 @@ log_open(KEYS[5], ARGV[5], tonumber(ARGV[4]))
 redis.call('SREM', KEYS[1], ARGV[3])
 redis.call('SREM', KEYS[3], ARGV[1])
 if others == 0 and redis.call('ZREM', KEYS[2], ARGV[2]) == 1 then
-  log_event('leave', 'r', ARGV[3], 'u', ARGV[2], 'n', info[1] or '', 's', info[2] or 'online',
-    'why', 'left')
+  if redis.call('ZCARD', KEYS[2]) == 0 then
+    log_event('leave', 'r', ARGV[3], 'u', ARGV[2], 'n', info[1] or '', 's',
+      info[2] or 'online', 'why', 'left', 'v', '1')
+  else
+    log_event('leave', 'r', ARGV[3], 'u', ARGV[2], 'n', info[1] or '', 's',
+      info[2] or 'online', 'why', 'left')
+  end
   return 1
 end
 return 0

@@ -40,9 +40,12 @@ def log_len(r: redis.Redis) -> int:
     return int(r.xlen(store.keys().events))  # type: ignore[arg-type]
 
 
-def leave(room: str, uid: int, t: int, why: str, username: str = "") -> Entry:
-    """The ``leave`` entry end.lua logs (status ``offline``); room "" is the global scope."""
-    return {
+def leave(
+    room: str, uid: int, t: int, why: str, username: str = "", *, vacated: bool = False
+) -> Entry:
+    """The ``leave`` entry end.lua logs (status ``offline``); room "" is the global scope.
+    ``vacated``: the room has no member left (``v`` = 1)."""
+    entry = {
         "k": "leave",
         "t": str(t),
         "r": room,
@@ -51,6 +54,7 @@ def leave(room: str, uid: int, t: int, why: str, username: str = "") -> Entry:
         "s": "offline",
         "why": why,
     }
+    return {**entry, "v": "1"} if vacated else entry
 
 
 def close(cid: str, uid: int, t: int, why: str, at: int, hb: int) -> Entry:
@@ -66,9 +70,20 @@ def close(cid: str, uid: int, t: int, why: str, at: int, hb: int) -> Entry:
     }
 
 
-def join(room: str, uid: int, t: int, status: str = "online", username: str = "") -> Entry:
-    """The ``join`` entry connect.lua (room "") and room_join.lua log."""
-    return {
+def join(
+    room: str,
+    uid: int,
+    t: int,
+    status: str = "online",
+    username: str = "",
+    *,
+    occupied: bool = False,
+    relisted: bool = False,
+) -> Entry:
+    """The ``join`` entry connect.lua (room "") and room_join.lua log. ``occupied``: the room
+    had no member before (``o`` = 1); ``relisted``: the user's lapsed entry, never logged
+    leaving, was still listed (``x`` = 1)."""
+    entry = {
         "k": "join",
         "t": str(t),
         "r": room,
@@ -76,3 +91,6 @@ def join(room: str, uid: int, t: int, status: str = "online", username: str = ""
         "n": username or f"user{uid}",
         "s": status,
     }
+    if relisted:
+        entry["x"] = "1"
+    return {**entry, "o": "1"} if occupied else entry

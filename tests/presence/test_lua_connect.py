@@ -176,8 +176,21 @@ class TestMultiTab:
         (open_id, _), _ = log_entries(r, since=mark)
         assert result == store.ConnectResult(joined=True, status="online", open_id=open_id)
         assert r.hget(k.user(7), "status") == "online"
-        # The join carries the reset status, not the lapsed session's "away".
-        assert logged(r, since=mark)[1] == join("", 7, now + TTL_MS, username="u")
+        # The join carries the reset status, not the lapsed session's "away"; and x: c1 was
+        # never logged leaving (not swept yet), so the hooks send no second user.online.
+        assert logged(r, since=mark)[1] == join("", 7, now + TTL_MS, username="u", relisted=True)
+
+    async def test_join_after_the_lapsed_tab_ended_is_plain(self, r: redis.Redis) -> None:
+        now = store.now_ms()
+        await connect("c1", 7, now)
+        await store.end_connections(
+            store.get_async_redis(), [store.ConnRef("c1", 7)], now=now + TTL_MS
+        )
+        mark = log_mark(r)
+
+        await connect("c2", 7, now + TTL_MS + 1)
+
+        assert logged(r, since=mark)[1] == join("", 7, now + TTL_MS + 1)
 
     async def test_raw_evalsha_matches_the_documented_contract(self, r: redis.Redis) -> None:
         """KEYS/ARGV exactly as the script header documents them, without the store wrapper."""

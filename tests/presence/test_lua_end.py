@@ -52,8 +52,8 @@ class TestClosed:
         # Rooms first, then the global leave, then the connection's close (ended now; its
         # last heartbeat was the connect at t0).
         assert logged(r, since=mark) == [
-            leave("a", 7, t0 + 1, "closed"),
-            leave("b", 7, t0 + 1, "closed"),
+            leave("a", 7, t0 + 1, "closed", vacated=True),
+            leave("b", 7, t0 + 1, "closed", vacated=True),
             leave("", 7, t0 + 1, "closed"),
             closed_entry("c1", 7, t0 + 1, "closed", at=t0 + 1, hb=t0),
         ]
@@ -66,7 +66,7 @@ class TestClosed:
         await close(conn, now=t0 + 1, reason="kicked")
 
         assert logged(r, since=mark) == [
-            leave("a", 7, t0 + 1, "kicked"),
+            leave("a", 7, t0 + 1, "kicked", vacated=True),
             leave("", 7, t0 + 1, "kicked"),
             closed_entry("c1", 7, t0 + 1, "kicked", at=t0 + 1, hb=t0),
         ]
@@ -126,7 +126,7 @@ class TestClosed:
         (res,) = await close(second, now=t0 + 7_000)
         assert (res.state, res.global_left, res.rooms_left) == (1, True, ["a"])
         assert logged(r, since=mark) == [
-            leave("a", 7, t0 + 7_000, "closed"),
+            leave("a", 7, t0 + 7_000, "closed", vacated=True),
             leave("", 7, t0 + 7_000, "closed"),
             closed_entry("c2", 7, t0 + 7_000, "closed", at=t0 + 7_000, hb=t0),
         ]
@@ -142,8 +142,8 @@ class TestClosed:
         assert res.global_left is False
         assert sorted(res.rooms_left) == ["a", "c"]
         assert logged(r, since=mark) == [
-            leave("a", 7, t0 + 1, "closed"),
-            leave("c", 7, t0 + 1, "closed"),
+            leave("a", 7, t0 + 1, "closed", vacated=True),
+            leave("c", 7, t0 + 1, "closed", vacated=True),
             closed_entry("c1", 7, t0 + 1, "closed", at=t0 + 1, hb=t0),
         ]
 
@@ -197,7 +197,7 @@ class TestLeaveComputedOnce:
         assert logged(r, since=mark) == [
             leave("", 7, t0, "timeout"),
             closed_entry("c1", 7, t0, "timeout", at=old + TTL_MS, hb=old),
-            leave("x", 7, t0, "timeout"),
+            leave("x", 7, t0, "timeout", vacated=True),
             closed_entry("c2", 7, t0, "timeout", at=old + TTL_MS, hb=old),
         ]
 
@@ -285,7 +285,7 @@ class TestSwept:
         assert res == store.EndResult(cid="c1", state=1, global_left=True, rooms_left=["x"])
         assert not r.exists(k.conn("c1"))
         assert logged(r, since=mark) == [
-            leave("x", 7, t0, "timeout"),
+            leave("x", 7, t0, "timeout", vacated=True),
             leave("", 7, t0, "timeout"),
             closed_entry("c1", 7, t0, "timeout", at=old + TTL_MS, hb=old),
         ]
@@ -318,7 +318,7 @@ class TestSwept:
 
         assert out == [["c1", 1, 1, "a"]]
         assert logged(r, since=mark) == [
-            leave("a", 7, t0 + 1, "error"),
+            leave("a", 7, t0 + 1, "error", vacated=True),
             leave("", 7, t0 + 1, "error"),
             closed_entry("c1", 7, t0 + 1, "error", at=t0 + 1, hb=t0),
         ]

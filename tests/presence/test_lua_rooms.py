@@ -55,7 +55,7 @@ class TestJoin:
         assert r.smembers(k.conn_rooms("c1")) == {"lobby"}
         assert r.smembers(k.room_user("lobby", 7)) == {"c1"}
         assert r.zscore(k.room("lobby"), "7") == exp
-        assert logged(r, since=mark) == [joined("lobby", 7, now)]
+        assert logged(r, since=mark) == [joined("lobby", 7, now, occupied=True)]
 
     async def test_join_carries_the_users_status(self, r: redis.Redis) -> None:
         conn = await connect("c1", 7)
@@ -64,7 +64,7 @@ class TestJoin:
 
         await join(conn, "lobby", now)
 
-        assert logged(r, since=mark) == [joined("lobby", 7, now, status="busy")]
+        assert logged(r, since=mark) == [joined("lobby", 7, now, status="busy", occupied=True)]
 
     async def test_join_sets_key_expiry(self, r: redis.Redis) -> None:
         k = store.keys()
@@ -116,7 +116,8 @@ class TestJoin:
         mark = log_mark(r)
 
         assert await join(new, "lobby", now) == 1
-        assert logged(r, since=mark) == [joined("lobby", 7, now)]
+        # x: the lapsed entry was never logged leaving (the hooks send no second room.join).
+        assert logged(r, since=mark) == [joined("lobby", 7, now, relisted=True)]
 
     async def test_raw_evalsha(self, r: redis.Redis) -> None:
         """KEYS/ARGV/return exactly as the script header documents them."""
@@ -129,7 +130,7 @@ class TestJoin:
 
         assert r.evalsha(sha, 6, *ks, now, GRACE_MS, "c1", 7, "lobby", 1_000) == 1
         assert r.evalsha(sha, 6, *ks, now, GRACE_MS, "c1", 7, "lobby", 1_000) == 0
-        assert logged(r, since=mark) == [joined("lobby", 7, now)]
+        assert logged(r, since=mark) == [joined("lobby", 7, now, occupied=True)]
 
 
 class TestLeave:
@@ -147,7 +148,15 @@ class TestLeave:
         assert r.scard(k.room_user("lobby", 7)) == 0
         # The user is still online: the leave carries their current status.
         assert logged_by_clock(r, mark, before, store.now_ms()) == [
-            {"k": "leave", "r": "lobby", "u": "7", "n": "user7", "s": "away", "why": "left"}
+            {
+                "k": "leave",
+                "r": "lobby",
+                "u": "7",
+                "n": "user7",
+                "s": "away",
+                "why": "left",
+                "v": "1",
+            }
         ]
 
     async def test_leave_a_room_never_joined(self, r: redis.Redis) -> None:
@@ -188,7 +197,7 @@ class TestLeave:
         mark, now = log_mark(r), store.now_ms()
 
         assert await join(conn, "lobby", now) == 1
-        assert logged(r, since=mark) == [joined("lobby", 7, now)]
+        assert logged(r, since=mark) == [joined("lobby", 7, now, occupied=True)]
 
     async def test_raw_evalsha(self, r: redis.Redis) -> None:
         """KEYS/ARGV/return exactly as the script header documents them."""
@@ -210,8 +219,57 @@ class TestLeave:
                 "n": "user7",
                 "s": "online",
                 "why": "left",
+                "v": "1",
             }
         ]
+
+
+class TestOccupancy:
+    """``o``/``v`` on room joins and leaves: the room's member zset went 0 -> 1 / 1 -> 0
+    (what the server-side hooks turn into room.occupied / room.vacated)."""
+
+    async def test_second_member_does_not_occupy_and_first_leaver_does_not_vacate(
+        self, r: redis.Redis
+    ) -> None:
+        a, b = await connect("a", 1), await connect("b", 2)
+        mark = log_mark(r)
+        await join(a, "lobby")
+        await join(b, "lobby")
+        await leave(a, "lobby")
+        await leave(b, "lobby")
+
+        assert [(e["k"], e["u"], e.get("o"), e.get("v")) for e in logged(r, since=mark)] == [
+            ("join", "1", "1", None),
+            ("join", "2", None, None),
+            ("leave", "1", None, None),
+            ("leave", "2", None, "1"),
+        ]
+
+    async def test_end_of_the_last_member_vacates_only_its_empty_rooms(
+        self, r: redis.Redis
+    ) -> None:
+        a, b = await connect("a", 1), await connect("b", 2)
+        await join(a, "x")
+        await join(a, "y")
+        await join(b, "y")
+        mark = log_mark(r)
+
+        await store.end_connections(store.get_async_redis(), [store.ConnRef("a", 1, ("x", "y"))])
+
+        rooms = {e["r"]: e.get("v") for e in logged(r, since=mark) if e["k"] == "leave"}
+        assert rooms == {"x": "1", "y": None, "": None}
+
+    async def test_a_lapsed_member_keeps_the_room_occupied_until_swept(
+        self, r: redis.Redis
+    ) -> None:
+        now = store.now_ms()
+        old = await connect("old", 1, now - TTL_MS - 1_000)
+        assert store.room_join_sync(r, old, "lobby", now=now - TTL_MS) == 1
+        mark = log_mark(r)
+
+        assert await join(await connect("b", 2), "lobby", now) == 1
+
+        assert [e.get("o") for e in logged(r, since=mark) if e["k"] == "join"] == [None, None]
 
 
 class TestRoomListing:
