@@ -88,3 +88,22 @@ def screenshot(driver: WebDriver, name: str) -> Path:
     path = SCREENSHOTS / f"{name}.png"
     driver.save_screenshot(str(path))
     return path
+
+
+def assert_styled(driver: WebDriver, *stylesheets: str) -> None:
+    """The page's CSS is loaded and applied (the admin header is painted), no static file
+    failed, and each of ``stylesheets`` (path endings) is among the loaded sheets."""
+    header = driver.find_element(By.ID, "header")
+    # Unstyled, the header is transparent; the admin's CSS paints it.
+    assert header.value_of_css_property("background-color") not in ("rgba(0, 0, 0, 0)", "")
+    failed = driver.execute_script(
+        "return performance.getEntriesByType('resource')"
+        ".filter(e => e.name.includes('/static/') && e.responseStatus >= 400)"
+        ".map(e => e.name)"
+    )
+    assert failed == []
+    sheets = driver.execute_script(
+        "return [...document.styleSheets].map(s => s.href || '').filter(h => h)"
+    )
+    for wanted in stylesheets:
+        assert any(h.endswith(wanted) for h in sheets), (wanted, sheets)

@@ -183,3 +183,21 @@ def chromium(tmp_path: Path) -> Iterator[Callable[..., WebDriver]]:
     yield start
     for driver in drivers:
         driver.quit()
+
+
+@pytest.fixture
+def production_env(tmp_path: Path) -> dict[str, str]:
+    """Environment of a production server (``DJANGO_DEBUG=false``) whose static files were
+    collected (hashed, compressed) into a fresh STATIC_ROOT: pass it to ``asgi_server``."""
+    env = {
+        "DJANGO_DEBUG": "false",
+        "DJANGO_SECRET_KEY": "test-only-" + "x" * 50,
+        "DJANGO_STATIC_ROOT": str(tmp_path / "static"),
+    }
+    subprocess.run(
+        [sys.executable, "manage.py", "collectstatic", "--noinput", "--verbosity", "0"],
+        cwd=ROOT,
+        env={**os.environ, **env},
+        check=True,
+    )
+    return env

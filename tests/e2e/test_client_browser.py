@@ -11,8 +11,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -30,7 +28,7 @@ from presence import queries
 from presence.auth import mint_token
 from sessions_app.models import ConnectionSession
 from tests.e2e.browser import login, screenshot, wait_for_text
-from tests.e2e.conftest import ROOT, ASGIServer
+from tests.e2e.conftest import ASGIServer
 
 pytestmark = [
     pytest.mark.browser,
@@ -401,22 +399,11 @@ def test_demo_works_with_production_static_files(
     asgi_server: Callable[..., ASGIServer],
     chromium: Callable[..., WebDriver],
     people: Any,
-    tmp_path: Path,
+    production_env: dict[str, str],
 ) -> None:
     # Hashed file names: the page's import map points "@presence/client" at the hashed
     # presence.js, which the (hashed) demo module imports by that name.
-    env = {
-        "DJANGO_DEBUG": "false",
-        "DJANGO_SECRET_KEY": "test-only-" + "x" * 50,
-        "DJANGO_STATIC_ROOT": str(tmp_path / "static"),
-    }
-    subprocess.run(
-        [sys.executable, "manage.py", "collectstatic", "--noinput", "--verbosity", "0"],
-        cwd=ROOT,
-        env={**os.environ, **env},
-        check=True,
-    )
-    server = asgi_server(env=env)
+    server = asgi_server(env=production_env)
     alice = open_demo(chromium, server, "alice", DESKTOP)
 
     source = alice.page_source
@@ -424,4 +411,4 @@ def test_demo_works_with_production_static_files(
     assert re.search(r'src="/static/presence/demo/demo\.[0-9a-f]{12}\.js"', source)
     join(alice, "lobby", people["alice"])
     assert failed_requests(alice) == []
-    assert not (tmp_path / "static" / "presence" / "tests").exists()
+    assert not (Path(production_env["DJANGO_STATIC_ROOT"]) / "presence" / "tests").exists()

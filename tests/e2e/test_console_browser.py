@@ -35,7 +35,7 @@ from presence import flush, reap, sweep
 from presence.auth import mint_token
 from presence.models import StatsBucket
 from sessions_app.models import ConnectionSession
-from tests.e2e.browser import screenshot, wait_for_text
+from tests.e2e.browser import assert_styled, screenshot, wait_for_text
 from tests.e2e.conftest import ROOT, ASGIServer
 from tests.support import database_url
 
@@ -132,20 +132,9 @@ def set_theme(driver: WebDriver, theme: str) -> None:
     )
 
 
-def assert_styled(driver: WebDriver) -> None:
+def assert_console_styled(driver: WebDriver) -> None:
     """The admin's stylesheets and ours are loaded and applied, none failed."""
-    header = driver.find_element(By.ID, "header")
-    assert header.value_of_css_property("background-color") not in ("rgba(0, 0, 0, 0)", "")
-    failed = driver.execute_script(
-        "return performance.getEntriesByType('resource')"
-        ".filter(e => e.name.includes('/static/') && e.responseStatus >= 400)"
-        ".map(e => e.name)"
-    )
-    assert failed == []
-    sheets = driver.execute_script(
-        "return [...document.styleSheets].map(s => s.href || '').filter(h => h)"
-    )
-    assert any(h.endswith("/static/presence/console/console.css") for h in sheets), sheets
+    assert_styled(driver, "/static/presence/console/console.css")
 
 
 def listed(driver: WebDriver) -> set[str]:
@@ -194,7 +183,7 @@ def test_online_page_lists_connected_users_and_disconnect_closes_with_4410(
         "bob",
         "carol",
     }
-    assert_styled(driver)
+    assert_console_styled(driver)
     status = driver.find_element(By.CSS_SELECTOR, 'tr[data-user="carol"] .console-status')
     assert status.text == "away" and status.value_of_css_property("border-radius") == "9px"
     set_theme(driver, "light")
@@ -237,7 +226,7 @@ def test_dashboard_charts_render_and_numbers_refresh_live(
     admin_login(driver, server.url)
     driver.get(server.url + "/admin/presence/dashboard/")
     WebDriverWait(driver, 10).until(lambda d: d.title.startswith("Presence dashboard"))
-    assert_styled(driver)
+    assert_console_styled(driver)
 
     charts = driver.find_elements(By.CSS_SELECTOR, "svg.console-svg")
     assert len(charts) == 4

@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 from urllib.request import Request, urlopen
 
 import pytest
-from selenium.webdriver.common.by import By
 
-from tests.e2e.browser import screenshot
-from tests.e2e.conftest import ROOT, ASGIServer
+from tests.e2e.browser import assert_styled, screenshot
+from tests.e2e.conftest import ASGIServer
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
@@ -33,20 +28,9 @@ def test_development_server_serves_admin_static(asgi_server: Callable[..., ASGIS
 
 
 def test_production_serves_hashed_compressed_files_after_collectstatic(
-    asgi_server: Callable[..., ASGIServer], tmp_path: Path
+    asgi_server: Callable[..., ASGIServer], production_env: dict[str, str]
 ) -> None:
-    env = {
-        "DJANGO_DEBUG": "false",
-        "DJANGO_SECRET_KEY": "test-only-" + "x" * 50,
-        "DJANGO_STATIC_ROOT": str(tmp_path / "static"),
-    }
-    subprocess.run(
-        [sys.executable, "manage.py", "collectstatic", "--noinput", "--verbosity", "0"],
-        cwd=ROOT,
-        env={**os.environ, **env},
-        check=True,
-    )
-    server = asgi_server(env=env)
+    server = asgi_server(env=production_env)
     with get(server + "/admin/login/") as response:
         page = response.read().decode()
     match = re.search(r'href="(/static/admin/css/base\.[0-9a-f]{12}\.css)"', page)
@@ -66,13 +50,5 @@ def test_admin_login_is_styled_in_a_real_browser(
     server = asgi_server()
     driver = chromium()
     driver.get(server + "/admin/login/")
-    header = driver.find_element(By.ID, "header")
-    # Unstyled, the header is transparent; the admin's CSS paints it.
-    assert header.value_of_css_property("background-color") not in ("rgba(0, 0, 0, 0)", "")
-    failed = driver.execute_script(
-        "return performance.getEntriesByType('resource')"
-        ".filter(e => e.name.includes('/static/') && e.responseStatus >= 400)"
-        ".map(e => e.name)"
-    )
-    assert failed == []
+    assert_styled(driver)
     screenshot(driver, "admin-login")
