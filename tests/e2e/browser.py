@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 
 import pytest
 from selenium import webdriver
+from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
 from selenium.webdriver.chrome.options import Options
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
@@ -76,10 +77,16 @@ def login(driver: WebDriver, base_url: str, username: str, password: str) -> Non
 
 
 def wait_for_text(driver: WebDriver, css: str, text: str, timeout: float = 10) -> None:
-    """Wait until the element matched by ``css`` contains ``text``."""
-    WebDriverWait(driver, timeout).until(
-        expected_conditions.text_to_be_present_in_element((By.CSS_SELECTOR, css), text)
-    )
+    """Wait until the element matched by ``css`` contains ``text``.
+
+    While the page navigates (a form posted, a redirect), an element found in the old
+    document may be gone by the time its text is read: Chromium then answers "Node with
+    given id does not belong to the document" (a plain WebDriverException) or a stale
+    reference. Both mean "not yet": the wait goes on and fails only at its timeout.
+    """
+    WebDriverWait(
+        driver, timeout, ignored_exceptions=(StaleElementReferenceException, WebDriverException)
+    ).until(expected_conditions.text_to_be_present_in_element((By.CSS_SELECTOR, css), text))
 
 
 def screenshot(driver: WebDriver, name: str) -> Path:
