@@ -47,6 +47,7 @@ from .closecodes import (
     CLOSE_TOO_BIG,
     CLOSE_TRY_AGAIN,
     CLOSE_UNAUTHORIZED,
+    REFUSALS,
 )
 from .diffs import Event, Pos, dumps
 from .eventlog import EventLogReader, ensure_reader
@@ -62,29 +63,6 @@ logger = logging.getLogger(__name__)
 
 SUBPROTOCOL_V1 = "presence.v1"
 SUBPROTOCOL_V2 = "presence.v2"
-
-# Why the connect gate (connect.lua) refused -> (close code, error code, message).
-REFUSALS: dict[str, tuple[int, str, str]] = {
-    "blocked": (CLOSE_FORBIDDEN, "blocked", "this account is blocked by an operator"),
-    "token_revoked": (CLOSE_UNAUTHORIZED, "token_revoked", "this token was revoked"),
-    "session_revoked": (CLOSE_UNAUTHORIZED, "session_revoked", "this login session was ended"),
-    "token_used": (CLOSE_UNAUTHORIZED, "token_used", "this token was used already"),
-    "connect_rate": (
-        CLOSE_FLOODING,
-        "connect_rate_limited",
-        "too many connection attempts from this address; retry later",
-    ),
-    "too_many_connections": (
-        CLOSE_FLOODING,
-        "too_many_connections",
-        "too many open connections for this user",
-    ),
-    "too_many_from_address": (
-        CLOSE_FLOODING,
-        "too_many_connections",
-        "too many open connections from this address",
-    ),
-}
 
 
 def _client_ip(scope: dict[str, Any]) -> str | None:
@@ -239,6 +217,7 @@ class PresenceConsumer(AsyncWebsocketConsumer):
 
     async def refuse(self, result: store.ConnectResult) -> None:
         """Close a connection the gate refused, with the documented code and reason."""
+        metrics.connect_refused(result.refused)
         code, error, message = REFUSALS[result.refused]
         if result.retry_after_ms:
             seconds = max(1, -(-result.retry_after_ms // 1000))

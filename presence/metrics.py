@@ -42,6 +42,7 @@ from prometheus_client.registry import Collector
 from redis.exceptions import RedisError
 
 from . import periodic, processes, store
+from .closecodes import REFUSALS
 
 if TYPE_CHECKING:
     from .consumers import PresenceConsumer
@@ -59,6 +60,12 @@ CLOSES = Counter(
     "presence_closes",
     "WebSocket sockets that closed, by close code (refused handshakes included).",
     ["code"],
+)
+CONNECTS_REFUSED = Counter(
+    "presence_connects_refused",
+    "Connections the connect gate refused, by reason (blocked, too_many_connections, "
+    "connect_rate, token_used, ...; docs/operations.md).",
+    ["reason"],
 )
 HEARTBEATS = Counter("presence_heartbeats", "Heartbeats written to Redis (hot path batches).")
 FRAMES = Counter(
@@ -146,6 +153,8 @@ def _initial_series() -> None:
         ERRORS.labels(error_code)
     FRAMES.labels(OTHER, "error")
     FRAMES.labels(OTHER, "dropped")
+    for refusal in REFUSALS:
+        CONNECTS_REFUSED.labels(refusal)
 
 
 _handler_series: set[str] = set()
@@ -290,6 +299,11 @@ def handler_called(msg_type: str, seconds: float) -> None:
     if child is None:
         child = _durations[msg_type] = HANDLER_DURATION.labels(msg_type)
     child.observe(seconds)
+
+
+def connect_refused(reason: str) -> None:
+    """The connect gate (connect.lua) refused a connection for ``reason``."""
+    CONNECTS_REFUSED.labels(reason).inc()
 
 
 def frame_ok(msg_type: str) -> None:

@@ -190,6 +190,25 @@ class TestTraffic:
             == 1
         )
 
+    async def test_connects_the_gate_refused_are_counted_by_reason(
+        self, dev: None, auser_factory: Any, ws_client: Any, settings: Any
+    ) -> None:
+        settings.PRESENCE_MAX_CONNECTIONS_PER_USER = 1
+        user = await auser_factory()
+        before = await sync_to_async(scrape)()
+        await ws_client(user)
+        refused = await ws_client(user, expect_hello=False)
+        code, _ = await refused.recv_close()
+        assert code == 4429
+        after = await sync_to_async(scrape)()
+        name = "presence_connects_refused_total"
+        assert (
+            after.value(name, reason="too_many_connections")
+            - before.value(name, reason="too_many_connections")
+            == 1
+        )
+        assert {s.labels["reason"] for s in after.series(name)} >= {"blocked", "token_used"}
+
     async def test_rate_limited_frames_are_dropped_and_counted(
         self, dev: None, settings: Any, auser_factory: Any, ws_client: Any
     ) -> None:
