@@ -310,14 +310,7 @@ def test_make_run_serves_a_styled_admin(
                 time.sleep(0.2)
         driver = chromium()
         driver.get(f"http://127.0.0.1:{port}/admin/login/")
-        header = driver.find_element(By.ID, "header")
-        assert header.value_of_css_property("background-color") not in ("rgba(0, 0, 0, 0)", "")
-        failed = driver.execute_script(
-            "return performance.getEntriesByType('resource')"
-            ".filter(e => e.name.includes('/static/') && e.responseStatus >= 400)"
-            ".map(e => e.name)"
-        )
-        assert failed == []
+        assert_styled(driver)
         assert (tmp_path / "var" / "static" / "admin" / "css" / "base.css").exists()
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
