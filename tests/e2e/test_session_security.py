@@ -40,6 +40,14 @@ pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow, pytest.
 ServerFactory = Callable[..., ASGIServer]
 
 
+async def offline_at_once(r: redis.Redis, uid: int, server: ASGIServer) -> None:
+    """The user is gone from presence within a few seconds (no ghost until a TTL)."""
+    deadline = time.monotonic() + 5
+    while r.zscore(store.keys().users, str(uid)) is not None:
+        assert time.monotonic() < deadline, f"ghost; server log:\n{server.log()}"
+        await asyncio.sleep(0.05)
+
+
 class TestHostileFrames:
     async def test_deep_nesting_is_an_error_frame_not_a_dead_connection(
         self, asgi_server: ServerFactory, auser_factory: UserFactory, r: redis.Redis
@@ -56,10 +64,7 @@ class TestHostileFrames:
             assert ack == {"type": "heartbeat.ack", "id": 5}
             assert r.zscore(store.keys().conns, sid) is not None
         # Closed by the client: gone at once, no ghost until a TTL.
-        deadline = time.monotonic() + 5
-        while r.zscore(store.keys().users, str(alice.pk)) is not None:
-            assert time.monotonic() < deadline, f"ghost; server log:\n{server.log()}"
-            await asyncio.sleep(0.05)
+        await offline_at_once(r, alice.pk, server)
         assert "Traceback" not in server.log()
 
     async def test_invalid_utf8_is_closed_1007_and_leaves_no_ghost(
@@ -75,10 +80,7 @@ class TestHostileFrames:
                 conn.protocol.send_text(b'{"type":"\xff\xfe"}')
             code, _ = await closed_with(conn)
         assert code == 1007
-        deadline = time.monotonic() + 5
-        while r.zscore(store.keys().users, str(alice.pk)) is not None:
-            assert time.monotonic() < deadline, f"ghost; server log:\n{server.log()}"
-            await asyncio.sleep(0.05)
+        await offline_at_once(r, alice.pk, server)
 
 
 class TestLimitsAcrossProcesses:
