@@ -136,7 +136,7 @@ class Worker:
         missing = [u for u in uids if u not in self._users]
         if missing:
             self._users.update(await asyncio.to_thread(_load_users, missing))
-        from presence.auth import mint_token
+        from presence.access.auth import mint_token
 
         return {u: mint_token(self._users[u]) for u in uids}
 

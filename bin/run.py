@@ -50,7 +50,7 @@ def main() -> int:
             manage("createsuperuser", "--noinput", check=False)
         if not env.get("PROMETHEUS_MULTIPROC_DIR"):
             # Counters of every process (web, worker, beat) summed at /metrics
-            # (presence/metrics.py). Emptied at each start: files of dead pids would linger.
+            # (presence/obs/metrics.py). Emptied at each start: files of dead pids would linger.
             metrics_dir = var / "prometheus"
             shutil.rmtree(metrics_dir, ignore_errors=True)
             metrics_dir.mkdir(parents=True)

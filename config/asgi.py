@@ -10,18 +10,18 @@ django_asgi_app = get_asgi_application()
 
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
-from presence import gctune  # noqa: E402
-from presence.asgi import LoggingOriginValidator, ProcessRegistryMiddleware  # noqa: E402
-from presence.auth import PresenceAuthStack  # noqa: E402
+from presence.access.auth import PresenceAuthStack  # noqa: E402
 from presence.handlers.lifecycle import register_at_startup  # noqa: E402
+from presence.live import gctune  # noqa: E402
+from presence.live.lifespan import LoggingOriginValidator, ProcessRegistryMiddleware  # noqa: E402
 from presence.routing import websocket_urlpatterns  # noqa: E402
 
 # Every web process records its message handlers (RegisteredHandler) before serving.
 register_at_startup()
-# Start-up objects frozen out of the cyclic GC, thresholds raised (presence/gctune.py).
+# Start-up objects frozen out of the cyclic GC, thresholds raised (presence/live/gctune.py).
 gctune.configure(report_at_exit=os.environ.get("PRESENCE_GC_REPORT", "") == "1")
 
-# The process registers itself in Redis (presence/processes.py) on its first request.
+# The process registers itself in Redis (presence/live/processes.py) on its first request.
 application = ProcessRegistryMiddleware(
     ProtocolTypeRouter(
         {

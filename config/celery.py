@@ -15,7 +15,7 @@ app.autodiscover_tasks()
 
 @setup_logging.connect
 def _django_logging(**kwargs: Any) -> None:
-    """Workers and beat log through Django's LOGGING (presence/logs.py: format, redaction)
+    """Workers and beat log through Django's LOGGING (presence/obs/logs.py: format, redaction)
     instead of Celery's own set-up; connecting this signal is what turns Celery's off."""
     from logging.config import dictConfig
 

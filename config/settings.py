@@ -69,7 +69,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     # First: every later middleware's and the view's log lines carry the request id.
-    "presence.logs.request_id_middleware",
+    "presence.obs.logs.request_id_middleware",
     "django_prometheus.middleware.PrometheusBeforeMiddleware",
     "django.middleware.security.SecurityMiddleware",
     # Static files from the app server itself (no nginx needed): compressed, hashed, cached.
@@ -81,7 +81,7 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     # JSON errors (503 + Retry-After when Redis is down or slow) for the HTTP API.
-    "presence.middleware.ApiErrorMiddleware",
+    "presence.api.middleware.ApiErrorMiddleware",
     "django_prometheus.middleware.PrometheusAfterMiddleware",
 ]
 
@@ -134,11 +134,11 @@ if not REDIS_URL:
 
 CHANNEL_LAYERS = {
     "default": {
-        "BACKEND": "presence.layers.ResilientRedisChannelLayer",
+        "BACKEND": "presence.live.layers.ResilientRedisChannelLayer",
         "CONFIG": {
             # Connecting may take 2 s. No socket_timeout: on asyncio clients redis-py then
             # wraps sends in wait_for, which can swallow cancellations on Python 3.11; the
-            # process's inbox bounds its reads itself (presence/inbox.py).
+            # process's inbox bounds its reads itself (presence/live/inbox.py).
             "hosts": [{"address": REDIS_URL, "socket_connect_timeout": 2}],
             "capacity": 1000,
             "expiry": 30,
@@ -159,10 +159,10 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {"socket_timeout": 10, "socket_connect_timeout
 
 PRESENCE_SWEEP_INTERVAL = env.float("PRESENCE_SWEEP_INTERVAL", default=5.0)
 STATS_FLUSH_INTERVAL = env.float("STATS_FLUSH_INTERVAL", default=10.0)
-# Sweep tuning (presence/app_settings.py documents each; docs/operations.md when to change).
+# Sweep tuning (presence/conf.py documents each; docs/operations.md when to change).
 PRESENCE_SWEEP_BATCH_SIZE = env.int("PRESENCE_SWEEP_BATCH_SIZE", default=500)
 PRESENCE_SWEEP_CLAIM_TIMEOUT = env.float("PRESENCE_SWEEP_CLAIM_TIMEOUT", default=30.0)
-# Session rows written behind from the event log (presence/sessionlog.py, docs/operations.md).
+# Session rows written behind from the event log (presence/jobs/sessionlog.py, docs/operations.md).
 PRESENCE_SESSION_LOG_INTERVAL = env.float("PRESENCE_SESSION_LOG_INTERVAL", default=2.0)
 PRESENCE_SESSION_LOG_CLAIM_IDLE = env.float("PRESENCE_SESSION_LOG_CLAIM_IDLE", default=10.0)
 PRESENCE_REAP_INTERVAL = env.float("PRESENCE_REAP_INTERVAL", default=300.0)
@@ -194,7 +194,7 @@ CELERY_BEAT_SCHEDULE = {
         "options": {"expires": PRESENCE_SESSION_LOG_INTERVAL},
     },
 }
-# Ghost reconciliation (presence/processes.py): online in Redis, held by no live process.
+# Ghost reconciliation (presence/live/processes.py): online in Redis, held by no live process.
 PRESENCE_RECONCILE_INTERVAL = env.float("PRESENCE_RECONCILE_INTERVAL", default=30.0)
 CELERY_BEAT_SCHEDULE["presence-reconcile-connections"] = {
     "task": "presence.reconcile_connections",
@@ -223,7 +223,7 @@ PRESENCE_REDIS_CONNECT_TIMEOUT = env.float("PRESENCE_REDIS_CONNECT_TIMEOUT", def
 PRESENCE_KICK_REVOKE_SECONDS = env.int("PRESENCE_KICK_REVOKE_SECONDS", default=24 * 3600)
 # Dotted path of (user, room, action) -> bool deciding room access; empty: all allowed.
 PRESENCE_ROOM_AUTHORIZER = env.str("PRESENCE_ROOM_AUTHORIZER", default="")
-# Per-connection limits (presence/app_settings.py documents each).
+# Per-connection limits (presence/conf.py documents each).
 PRESENCE_RATE_LIMIT = env.float("PRESENCE_RATE_LIMIT", default=20.0)
 PRESENCE_RATE_BURST = env.int("PRESENCE_RATE_BURST", default=40)
 PRESENCE_FLOOD_DROPS = env.int("PRESENCE_FLOOD_DROPS", default=100)
@@ -231,7 +231,7 @@ PRESENCE_FLOOD_WINDOW = env.float("PRESENCE_FLOOD_WINDOW", default=10.0)
 PRESENCE_MAX_ROOMS_PER_CONNECTION = env.int("PRESENCE_MAX_ROOMS_PER_CONNECTION", default=50)
 PRESENCE_LIST_LIMIT = env.int("PRESENCE_LIST_LIMIT", default=1000)
 PRESENCE_TOKEN_MAX_AGE = env.int("PRESENCE_TOKEN_MAX_AGE", default=60)
-# Event log and protocol v2 (presence/app_settings.py documents each; docs/presence.md).
+# Event log and protocol v2 (presence/conf.py documents each; docs/presence.md).
 PRESENCE_EVENT_LOG_MAXLEN = env.int("PRESENCE_EVENT_LOG_MAXLEN", default=100_000)
 PRESENCE_DIFF_WINDOW = env.float("PRESENCE_DIFF_WINDOW", default=0.1)
 PRESENCE_SYNC_LIMIT = env.int("PRESENCE_SYNC_LIMIT", default=10_000)
@@ -240,7 +240,7 @@ PRESENCE_OUTBOX_MAX = env.int("PRESENCE_OUTBOX_MAX", default=2_000)
 PRESENCE_GLOBAL_EVENTS = env.bool("PRESENCE_GLOBAL_EVENTS", default=True)
 
 # --------------------------------------------------------------------------- server-side hooks
-# Django signals and signed webhooks from the event log (docs/hooks.md; presence/app_settings.py
+# Django signals and signed webhooks from the event log (docs/hooks.md; presence/conf.py
 # documents each setting). The endpoint below is the simple case; others live in the admin.
 PRESENCE_WEBHOOK_URL = env.str("PRESENCE_WEBHOOK_URL", default="")
 PRESENCE_WEBHOOK_SECRET = env.str("PRESENCE_WEBHOOK_SECRET", default="")
@@ -317,17 +317,17 @@ if not DEBUG:
     CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
 
 # --------------------------------------------------------------------------- logging
-# presence/logs.py: request/session/user ids on every line, secrets redacted from every line.
+# presence/obs/logs.py: request/session/user ids on every line, secrets redacted from every line.
 # LOG_FORMAT=json: one JSON object per line; anything else: readable lines. uvicorn's loggers
 # (access log, WebSocket handshakes) drop their own handlers and come through these.
 LOG_FORMAT = env.str("LOG_FORMAT", default="plain")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "filters": {"context": {"()": "presence.logs.ContextFilter"}},
+    "filters": {"context": {"()": "presence.obs.logs.ContextFilter"}},
     "formatters": {
-        "plain": {"()": "presence.logs.PlainFormatter"},
-        "json": {"()": "presence.logs.JsonFormatter"},
+        "plain": {"()": "presence.obs.logs.PlainFormatter"},
+        "json": {"()": "presence.obs.logs.JsonFormatter"},
     },
     "handlers": {
         "console": {

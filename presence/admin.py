@@ -16,18 +16,17 @@ from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 
-from sessions_app.display import format_timestamp
-
-from .handlers.lifecycle import (
+from presence.actions.revocation import do_block_user, do_lift_blocks
+from presence.handlers.lifecycle import (
     ControlResult,
     do_disable_handlers,
     do_enable_handlers,
     latency_quantile,
 )
-from .hooks import admin as hooks_admin  # noqa: F401 - registers the hooks' admin pages
-from .models import RegisteredHandler, StatsBucket, UserBlock
-from .revocation import do_block_user, do_lift_blocks
-from .store import LATENCY_BUCKETS
+from presence.hooks import admin as hooks_admin  # noqa: F401 - registers the hooks' admin pages
+from presence.models import RegisteredHandler, StatsBucket, UserBlock
+from presence.store import LATENCY_BUCKETS
+from sessions_app.display import format_timestamp
 
 
 def format_latency(seconds: float | None) -> str:
@@ -218,7 +217,7 @@ class UserBlockForm(forms.ModelForm):
 @admin.register(UserBlock)
 class UserBlockAdmin(admin.ModelAdmin):
     """Operators block a user for a chosen time: their sockets close with 4403 at once and
-    new ones are refused until the block ends (presence.revocation)."""
+    new ones are refused until the block ends (presence.actions.revocation)."""
 
     form = UserBlockForm
     list_display = ("user", "until", "active", "reason", "created_by", "created_at")

@@ -13,9 +13,9 @@ class PresenceConfig(AppConfig):
     presence_handlers = ["presence.handlers.core", "presence.handlers.chat"]
 
     def ready(self) -> None:
-        from . import checks  # noqa: F401 - registers the system checks
-        from .handlers.registry import registry
-        from .revocation import connect_receivers
+        from presence import checks  # noqa: F401 - registers the system checks
+        from presence.actions.revocation import connect_receivers
+        from presence.handlers.registry import registry
 
         connect_receivers()
 

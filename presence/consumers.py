@@ -6,11 +6,11 @@ consumer raises on bad JSON, which would drop the connection) and never lets an 
 or traceback reach the client.
 
 Presence events do not come through the channel layer: this process's event log reader
-(presence/eventlog.py) finds the socket in its local index and calls :meth:`deliver`. The
+(presence/live/eventlog.py) finds the socket in its local index and calls :meth:`deliver`. The
 channel layer still carries the messages addressed to this one connection (kick, expiry).
 
 WARNING: the connect path is one Redis round trip (connect.lua) and no SQL; the session
-row is written behind from the event log (presence/sessionlog.py).
+row is written behind from the event log (presence/jobs/sessionlog.py).
 """
 
 from __future__ import annotations
@@ -31,13 +31,22 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from channels.layers import get_channel_layer
 from redis.exceptions import RedisError
 
-from sessions_app.models import EndReason
-
-from . import actions, frames, metrics, store
-from .app_settings import app_settings
-from .auth import TokenAuth, login_hash
-from .batching import get_writer
-from .closecodes import (
+from presence import store
+from presence.access.auth import TokenAuth, login_hash
+from presence.actions import connections as actions
+from presence.conf import app_settings
+from presence.handlers import FrameError, HandlerContext, registry
+from presence.handlers.lifecycle import ensure_control_watcher
+from presence.handlers.registry import NO_REPLY
+from presence.jobs.sessionlog import ensure_session_writer
+from presence.live.batching import get_writer
+from presence.live.diffs import Event, Pos, dumps
+from presence.live.eventlog import EventLogReader, ensure_reader
+from presence.live.inbox import get_inbox
+from presence.live.ratelimit import FrameLimiter
+from presence.obs import metrics
+from presence.protocol import frames
+from presence.protocol.closecodes import (
     CLOSE_EXPIRED,
     CLOSE_FLOODING,
     CLOSE_FORBIDDEN,
@@ -49,14 +58,7 @@ from .closecodes import (
     CLOSE_UNAUTHORIZED,
     REFUSALS,
 )
-from .diffs import Event, Pos, dumps
-from .eventlog import EventLogReader, ensure_reader
-from .handlers import FrameError, HandlerContext, registry
-from .handlers.lifecycle import ensure_control_watcher
-from .handlers.registry import NO_REPLY
-from .inbox import get_inbox
-from .ratelimit import FrameLimiter
-from .sessionlog import ensure_session_writer
+from sessions_app.models import EndReason
 
 logger = logging.getLogger(__name__)
 
@@ -241,7 +243,7 @@ class PresenceConsumer(AsyncWebsocketConsumer):
         and on a per-socket channel-layer receive at once (``await_many_dispatch``: a task
         per source and an ``asyncio.wait`` per message, plus channels_redis' receive tasks
         and queue per socket). Here the ASGI messages are awaited directly, and the
-        process's :class:`~presence.inbox.Inbox` hands this consumer the few messages sent to
+        process's :class:`~presence.live.inbox.Inbox` hands this consumer the few messages sent to
         its channel name (kick, expiry). Routing, auth middleware, ``channel_name`` and
         ``channel_layer.send()`` to it work as before; channel-layer groups are not used.
         """
@@ -506,7 +508,7 @@ class PresenceConsumer(AsyncWebsocketConsumer):
     async def session_kick(self, event: dict[str, Any]) -> None:
         """An operator ended this session from the admin: terminal.
 
-        The sender revoked the credentials in Redis already (presence.revocation); a socket
+        The sender revoked the credentials in Redis already (presence.actions.revocation); a socket
         that logged in with a session cookie also ends that login session here, the one
         place that knows its key, so the browser is logged out of HTTP too.
         """
@@ -520,7 +522,7 @@ class PresenceConsumer(AsyncWebsocketConsumer):
                 logger.exception("could not end the login session of %s", self.session_id)
 
     async def session_end(self, event: dict[str, Any]) -> None:
-        """The credentials of this socket stopped being good (presence.revocation)."""
+        """The credentials of this socket stopped being good (presence.actions.revocation)."""
         self.end_reason = EndReason(event["reason"])
         await self.close_with(int(event["code"]), str(event["error"]), str(event["message"]))
 

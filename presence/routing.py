@@ -2,7 +2,7 @@
 
 from django.urls import path
 
-from .consumers import PresenceConsumer
+from presence.consumers import PresenceConsumer
 
 websocket_urlpatterns = [
     path("ws/presence/", PresenceConsumer.as_asgi()),

@@ -26,14 +26,14 @@ key                             type   content
 ``{P}:flush:hbmark``            STR    expiry score below which last_heartbeat_at is known
 ``{P}:handlers:disabled``       SET    message types an operator disabled (from the DB)
 ``{P}:handlers:version``        STR    counter bumped on every change of that set
-``{P}:events``                  STREAM the presence event log (presence/eventlog.py)
+``{P}:events``                  STREAM the presence event log (presence/live/eventlog.py)
 ``{P}:addr:<ip>:conns``         ZSET   cid -> connect ms: connections from one address
 ``{P}:addr:<ip>:rate``          HASH   tokens, ts: the address's connect-rate bucket
 ``{P}:user:<uid>:block``        STR    an operator's block of the user (expires with it)
 ``{P}:user:<uid>:revoked``      STR    ms: credentials issued before it are refused
 ``{P}:login:<hash>:revoked``    STR    a revoked login session (expires with the revocation)
 ``{P}:token:<id>``              STR    a single-use token's mark once presented
-``{P}:procs``                   ZSET   process id -> last refresh ms (presence/processes.py)
+``{P}:procs``                   ZSET   process id -> last refresh ms (presence/live/processes.py)
 ``{P}:proc:<id>``               HASH   one web process's record (host, pid, sockets, ...)
 ``{P}:proc:<id>:conns``         SET    connection ids the process holds a socket for
 ``{P}:reconcile:last``          HASH   last ghost reconciliation (ghosts, scanned, ...)
@@ -64,8 +64,8 @@ import redis
 import redis.asyncio as aredis
 from redis.exceptions import NoScriptError, WatchError
 
-from .app_settings import app_settings
-from .types import PresenceUser
+from presence.conf import app_settings
+from presence.protocol.types import PresenceUser
 
 LUA_DIR = Path(__file__).resolve().parent / "lua"
 
@@ -100,14 +100,14 @@ class Keys:
 
     @property
     def events(self) -> str:
-        """The presence event log (a stream); see presence/eventlog.py and docs/presence.md."""
+        """The presence event log (a stream); see presence/live/eventlog.py and docs/presence.md."""
         return f"{self.tag}:events"
 
     @property
     def sweeping_exp(self) -> str:
         return f"{self.tag}:sweeping:exp"
 
-    # ---- sweep and stats flush keys (presence/sweep.py, presence/flush.py)
+    # ---- sweep and stats flush keys (presence/jobs/sweep.py, presence/jobs/flush.py)
     def task_lock(self, task: str) -> str:
         """Lock of a periodic task (``sweep`` or ``flush``): one run at a time."""
         return f"{self.tag}:{task}:lock"
@@ -157,7 +157,7 @@ class Keys:
     def room_user(self, room: str, uid: int | str) -> str:
         return f"{self.tag}:room:{room}:user:{uid}"
 
-    # ---- the connect gate (connect.lua; presence/revocation.py, docs/operations.md)
+    # ---- the connect gate (connect.lua; presence/actions/revocation.py, docs/operations.md)
     def addr_conns(self, ip: str) -> str:
         return f"{self.tag}:addr:{ip or '-'}:conns"
 
@@ -192,7 +192,7 @@ class Keys:
             group += [self.room(room), self.room_user(room, uid)]
         return group
 
-    # ---- process registry (presence/processes.py)
+    # ---- process registry (presence/live/processes.py)
     @property
     def procs(self) -> str:
         """Index of registered web processes: id -> last refresh ms."""
@@ -481,7 +481,7 @@ async def connect(
 
     WARNING: the whole connect path in Redis: one EVALSHA, the gate's checks included.
     ``ip`` and ``user_agent`` ride in the log entry the connection-session row is written from
-    (presence/sessionlog.py). A refusal registers and logs nothing (``result.refused``).
+    (presence/jobs/sessionlog.py). A refusal registers and logs nothing (``result.refused``).
     """
     k, g, ip = keys(), gate or ConnectGate(), ip or ""
     ks = [
@@ -501,7 +501,7 @@ async def connect(
 
 
 # --------------------------------------------------------------------------- revocation
-# ---- blocks, revoked credentials, and finding a user's sockets (presence.revocation)
+# ---- blocks, revoked credentials, and finding a user's sockets (presence.actions.revocation)
 @dataclass(frozen=True)
 class ConnTarget:
     """Where one live connection's socket can be reached, and with what credentials."""
@@ -814,7 +814,7 @@ def user_presence(client: redis.Redis, uid: int) -> tuple[str | None, int]:
 
 
 # --------------------------------------------------------------------------- event log
-# ---- event log (presence.eventlog): positions, reads and snapshots taken at a position.
+# ---- event log (presence.live.eventlog): positions, reads and snapshots taken at a position.
 LogEntry = tuple[str, dict[str, str]]
 
 
@@ -970,7 +970,7 @@ async def aread_handler_control(client: aredis.Redis) -> HandlerControl:
 
 
 # --------------------------------------------------------------------------- sweep
-# ---- sweep (presence.sweep): claims of expired connections, task locks and run metrics.
+# ---- sweep (presence.jobs.sweep): claims of expired connections, task locks and run metrics.
 @dataclass(frozen=True)
 class SweepClaim:
     """One expired connection a sweep claimed; ``uid`` is None when its hash is gone."""
@@ -1102,7 +1102,7 @@ def read_task_run(client: redis.Redis, task: str) -> dict[str, str]:
 
 
 # --------------------------------------------------------------------------- stats flush
-# ---- stats flush (presence.flush): claims of the live counters, live heartbeat scores.
+# ---- stats flush (presence.jobs.flush): claims of the live counters, live heartbeat scores.
 def claim_stats(client: redis.Redis, flush_id: str, *, now: int | None = None) -> bool:
     """Move the live counters to the claim of ``flush_id``; False when there were none."""
     k = keys()
@@ -1166,7 +1166,7 @@ def known_connections(client: redis.Redis, cids: Sequence[str]) -> set[str]:
 
 
 # --------------------------------------------------------------------------- session log
-# ---- session log (presence.sessionlog)
+# ---- session log (presence.jobs.sessionlog)
 # The connection-session writers read the event log ({P}:events) through one consumer group
 # and acknowledge an entry only once its rows are committed. A group name is not a key.
 SESSION_LOG_GROUP = "sessions"
@@ -1689,7 +1689,7 @@ def console_overview(client: redis.Redis) -> ConsoleOverview:
 
 
 # --------------------------------------------------------------------------- process registry
-# ---- process registry and ghost reconciliation (presence.processes). Each web process keeps
+# ---- process registry and ghost reconciliation (presence.live.processes). Each web process keeps
 # a record hash, an entry in the {P}:procs index and the set of connection ids it holds; all
 # three expire when the process stops refreshing them, so a crashed process disappears.
 def _plan_publish_process(
@@ -1853,7 +1853,7 @@ def read_task_runs(client: redis.Redis, tasks: Sequence[str]) -> dict[str, dict[
 
 
 # --------------------------------------------------------------------------- scrape-time reads
-# ---- read by the metrics collector on every scrape (presence.metrics): O(1) or O(log N)
+# ---- read by the metrics collector on every scrape (presence.obs.metrics): O(1) or O(log N)
 # commands only, never a scan of the keyspace or of a large index.
 SCRAPE_TASKS = ("sweep", "flush", "reap", "sessionlog", "reconcile")
 

@@ -3,8 +3,8 @@
 Both are bounded, idempotent and safe when two run at once (atomic claims in Redis, a
 token lock released by compare-and-delete, a unique FlushRecord per flush); a run that finds
 the lock held is counted (``skipped_total`` in ``{P}:<task>:last``), never silent. The
-logic lives in :mod:`presence.sweep` and :mod:`presence.flush`; docs/operations.md describes
-how to run and watch them.
+logic lives in :mod:`presence.jobs.sweep` and :mod:`presence.jobs.flush`; docs/operations.md
+describes how to run and watch them.
 """
 
 from __future__ import annotations
@@ -13,8 +13,11 @@ from typing import Any
 
 from celery import shared_task
 
-from . import flush, periodic, processes, reap, revocation, sessionlog, sweep
-from .hooks import dispatch, reader, webhooks
+from presence.actions import revocation
+from presence.hooks import dispatch, webhooks
+from presence.jobs import flush, periodic, reap, sessionlog, sweep
+from presence.jobs import groups as reader
+from presence.live import processes
 
 # What a beat-scheduled run returns when its period was run by another beat's run already.
 PERIOD_SKIPPED: dict[str, Any] = {"skipped": True, "why": "period"}

@@ -23,7 +23,7 @@ from django.conf import settings
 
 from config.embedded_redis import RedisServer
 from presence import store
-from presence.auth import mint_token
+from presence.access.auth import mint_token
 
 _server: RedisServer | None = None
 _tmp: Path | None = None

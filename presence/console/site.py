@@ -14,7 +14,7 @@ from django.contrib import admin
 from django.http import HttpRequest, HttpResponse
 from django.urls import URLPattern, URLResolver, path, reverse
 
-from . import views
+from presence.console import views
 
 ViewFunc = Callable[..., HttpResponse]
 

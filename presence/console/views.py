@@ -24,8 +24,9 @@ from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils.http import url_has_allowed_host_and_scheme
 
-from ..types import STATUSES
-from . import actions, queries
+from presence.console import actions
+from presence.console import panels as queries
+from presence.protocol.types import STATUSES
 
 if TYPE_CHECKING:
     from django.contrib.admin import AdminSite

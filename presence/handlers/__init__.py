@@ -5,7 +5,7 @@ Application code imports from here::
     from presence.handlers import FrameError, HandlerContext, registry
 """
 
-from .context import HandlerContext
-from .registry import FrameError, HandlerRegistry, HandlerSpec, registry
+from presence.handlers.context import HandlerContext
+from presence.handlers.registry import FrameError, HandlerRegistry, HandlerSpec, registry
 
 __all__ = ["FrameError", "HandlerContext", "HandlerRegistry", "HandlerSpec", "registry"]

@@ -6,9 +6,9 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from .context import HandlerContext
-from .core import ROOM_PATTERN
-from .registry import FrameError, registry
+from presence.handlers.context import HandlerContext
+from presence.handlers.core import ROOM_PATTERN
+from presence.handlers.registry import FrameError, registry
 
 
 class TypingPayload(BaseModel):

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .. import actions
+from presence.actions import connections as actions
 
 if TYPE_CHECKING:
-    from ..consumers import PresenceConsumer
+    from presence.consumers import PresenceConsumer
 
 
 class HandlerContext:

@@ -6,13 +6,14 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from .. import actions, store
-from ..app_settings import app_settings
-from ..authz import require_room_access
-from ..diffs import finish_sync, start_sync
-from ..fanout import GLOBAL
-from .context import HandlerContext
-from .registry import NO_REPLY, FrameError, registry
+from presence import store
+from presence.access.authz import require_room_access
+from presence.actions import connections as actions
+from presence.conf import app_settings
+from presence.handlers.context import HandlerContext
+from presence.handlers.registry import NO_REPLY, FrameError, registry
+from presence.live.diffs import finish_sync, start_sync
+from presence.live.fanout import GLOBAL
 
 ROOM_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$"
 # ZSCAN cursors are unsigned 64-bit integers, sent as decimal text.
@@ -46,14 +47,14 @@ async def reply_snapshot(ctx: HandlerContext, room: str | None) -> Any:
     """Answer with the scope's members and the log position they are at (protocol v2).
 
     The scope's diffs are held back from the moment the snapshot is asked for until the
-    reply is out, then released from that position on (presence/diffs.py): the client
+    reply is out, then released from that position on (presence/live/diffs.py): the client
     sees every later change once and none twice, in order after the snapshot.
     """
     consumer, scope = ctx.consumer, room or GLOBAL
     if room is None and consumer.reader is not None:
         replica = await consumer.reader.global_replica()
         if replica is not None:
-            # From the reader's replica, at its position: no Redis call (presence/replica.py).
+            # From the reader's replica, at its position: no Redis call (presence/live/replica.py).
             start_sync(consumer, GLOBAL)
             try:
                 await consumer.send_text(replica.reply_text(ctx.frame_id))

@@ -35,9 +35,9 @@ from django.db import IntegrityError, connection, connections, transaction
 from django.db.models import Case, Value, When
 from django.utils import timezone
 
-from .. import store
-from ..models import HandlerStatus, RegisteredHandler
-from .registry import VERSION_RE, HandlerRegistry, LoadFailure, registry
+from presence import store
+from presence.handlers.registry import VERSION_RE, HandlerRegistry, LoadFailure, registry
+from presence.models import HandlerStatus, RegisteredHandler
 
 logger = logging.getLogger(__name__)
 

@@ -30,10 +30,10 @@ from pydantic import BaseModel, ValidationError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .deadlines import watchdog
+from presence.handlers.deadlines import watchdog
 
 if TYPE_CHECKING:
-    from .context import HandlerContext
+    from presence.handlers.context import HandlerContext
 
 logger = logging.getLogger(__name__)
 

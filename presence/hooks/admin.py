@@ -9,9 +9,15 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.utils.html import format_html, format_html_join
 
-from . import webhooks
-from .events import EVENT_TYPES
-from .models import DeliveryState, HookFailure, WebhookDelivery, WebhookEndpoint, WebhookEvent
+from presence.hooks import webhooks
+from presence.hooks.events import EVENT_TYPES
+from presence.models import (
+    DeliveryState,
+    HookFailure,
+    WebhookDelivery,
+    WebhookEndpoint,
+    WebhookEvent,
+)
 
 # Recent deliveries shown on an endpoint's page.
 RECENT_DELIVERIES = 20

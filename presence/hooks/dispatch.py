@@ -26,12 +26,12 @@ from typing import Any
 from django.db import DatabaseError, transaction
 from django.utils import timezone
 
-from .. import store
-from ..app_settings import app_settings
-from ..periodic import RunReport, run_locked
-from . import reader
-from .events import HookEvent, backoff_seconds, events_of
-from .models import HookFailure
+from presence import store
+from presence.conf import app_settings
+from presence.hooks.events import HookEvent, backoff_seconds, events_of
+from presence.jobs import groups as reader
+from presence.jobs.periodic import RunReport, run_locked
+from presence.models import HookFailure
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ def receiver_name(receiver: Any) -> str:
 def send_event(event: HookEvent) -> list[tuple[str, BaseException]]:
     """Send ``event`` to its type's signal, then ``presence_event``; every receiver is called
     even when one raises. Returns the failures as (receiver name, exception)."""
-    from ..signals import SIGNALS, presence_event
+    from presence.signals import SIGNALS, presence_event
 
     failures: list[tuple[str, BaseException]] = []
     for signal in (SIGNALS[event.type], presence_event):

@@ -25,7 +25,7 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any, TypedDict
 
-from .. import store
+from presence import store
 
 USER_ONLINE = "user.online"
 USER_OFFLINE = "user.offline"

@@ -43,12 +43,13 @@ from django.db import DatabaseError, transaction
 from django.db.models import Count, Min, QuerySet
 from django.utils import timezone
 
-from .. import metrics, store
-from ..app_settings import app_settings
-from ..periodic import RunReport, run_locked
-from . import reader
-from .events import EventPayload, HookEvent, backoff_seconds, events_of
-from .models import DeliveryState, WebhookDelivery, WebhookEndpoint, WebhookEvent
+from presence import store
+from presence.conf import app_settings
+from presence.hooks.events import EventPayload, HookEvent, backoff_seconds, events_of
+from presence.jobs import groups as reader
+from presence.jobs.periodic import RunReport, run_locked
+from presence.models import DeliveryState, WebhookDelivery, WebhookEndpoint, WebhookEvent
+from presence.obs import metrics
 
 logger = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ import pytest
 from asgiref.sync import sync_to_async
 
 from presence import store
-from presence.fanout import GLOBAL
+from presence.live.fanout import GLOBAL
 from presence.models import FlushRecord, StatsBucket
 from presence.tasks import flush_stats, sweep_expired
 from sessions_app.models import ConnectionSession, EndReason

@@ -24,8 +24,8 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
-from presence import queries
-from presence.auth import mint_token
+from presence.access.auth import mint_token
+from presence.api import listing as queries
 from sessions_app.models import ConnectionSession
 from tests.e2e.browser import login, screenshot, wait_for_text
 from tests.e2e.conftest import ASGIServer

@@ -31,8 +31,8 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
 from config.embedded_redis import free_port
-from presence import flush, reap, sweep
-from presence.auth import mint_token
+from presence.access.auth import mint_token
+from presence.jobs import flush, reap, sweep
 from presence.models import StatsBucket
 from sessions_app.models import ConnectionSession
 from tests.e2e.browser import assert_styled, screenshot, wait_for_text

@@ -24,7 +24,7 @@ from django.urls import reverse
 from websockets.asyncio.client import ClientConnection, connect
 
 from presence import store
-from presence.auth import mint_token
+from presence.access.auth import mint_token
 from presence.handlers import registry
 from presence.models import RegisteredHandler
 

@@ -22,8 +22,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidStatus
 
-from presence import processes
-from presence.auth import mint_token
+from presence.access.auth import mint_token
+from presence.live import processes
 
 from .conftest import ASGIServer
 
@@ -305,10 +305,10 @@ class TestCeleryLogs:
         await asyncio.to_thread(sweep_expired.delay)
 
         def swept() -> bool:
-            return '"logger": "presence.sweep"' in worker.text()
+            return '"logger": "presence.jobs.sweep"' in worker.text()
 
         await eventually(swept, within=20)
         records = [json.loads(line) for line in worker.text().splitlines() if line.startswith("{")]
-        (summary,) = [r for r in records if r["logger"] == "presence.sweep"]
+        (summary,) = [r for r in records if r["logger"] == "presence.jobs.sweep"]
         assert summary["level"] == "INFO" and "ended=1" in summary["message"]
         assert any(r["message"].endswith(" ready.") for r in records)  # Celery's own lines too

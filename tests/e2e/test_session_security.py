@@ -19,7 +19,7 @@ from asgiref.sync import sync_to_async
 from websockets.exceptions import InvalidStatus
 
 from presence import store
-from presence.auth import TOKEN_SUBPROTOCOL
+from presence.access.auth import TOKEN_SUBPROTOCOL
 
 from .conftest import ASGIServer
 from .wsclient import (

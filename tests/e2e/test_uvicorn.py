@@ -20,7 +20,8 @@ import redis
 from asgiref.sync import sync_to_async
 from websockets.exceptions import InvalidStatus
 
-from presence import sessionlog, store
+from presence import store
+from presence.jobs import sessionlog
 from sessions_app.actions import do_kick_session
 from sessions_app.models import ConnectionSession, EndReason
 from tests.support import session_row

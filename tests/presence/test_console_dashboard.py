@@ -16,9 +16,10 @@ import redis
 from django.test import Client
 from django.utils import timezone
 
-from presence import flush, reap, store, sweep
+from presence import store
+from presence.jobs import flush, reap, sweep
+from presence.live.processes import LocalProcess
 from presence.models import StatsBucket
-from presence.processes import LocalProcess
 from tests.presence.console_support import seed_presence
 
 pytestmark = pytest.mark.django_db

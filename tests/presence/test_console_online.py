@@ -20,7 +20,7 @@ from django.test import Client
 from django.test.utils import CaptureQueriesContext
 
 from config.embedded_redis import RedisServer
-from presence.console import queries
+from presence.console import panels as queries
 from tests.presence.console_support import RoundTrips, seed_presence
 from tests.support import session_row
 

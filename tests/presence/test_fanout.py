@@ -19,9 +19,9 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from presence.diffs import Event, Pos
-from presence.eventlog import EventLogReader
-from presence.fanout import GLOBAL, LocalIndex
+from presence.live.diffs import Event, Pos
+from presence.live.eventlog import EventLogReader
+from presence.live.fanout import GLOBAL, LocalIndex
 
 ROOMS = st.sampled_from(["a", "b", "c", "doc:1"])
 _ids = itertools.count(1)

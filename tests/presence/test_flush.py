@@ -1,4 +1,4 @@
-"""The stats flush against real Redis and the real database (presence/flush.py).
+"""The stats flush against real Redis and the real database (presence/jobs/flush.py).
 
 Counters come from the real hot-path scripts (connect.lua, heartbeat.lua). Interrupted
 flushes (kill -9 at every step) and an unreachable database are in test_flush_faults.py and
@@ -13,7 +13,9 @@ import datetime as dt
 import pytest
 from asgiref.sync import sync_to_async
 
-from presence import flush, queries, store
+from presence import store
+from presence.api import listing as queries
+from presence.jobs import flush
 from presence.models import FlushRecord, RegisteredHandler, StatsBucket
 from sessions_app.models import ConnectionSession
 
@@ -131,7 +133,7 @@ class TestCounters:
         assert detail["h:not.registered:calls"] == 5 and detail["h:chat.typing:calls"] == 4
 
     def test_task_counters_are_kept_per_minute(self, r):
-        from presence import sweep
+        from presence.jobs import sweep
 
         token = store.acquire_task_lock(r, "sweep", 10_000)
         sweep.sweep_expired()  # skipped: counted into the live stats

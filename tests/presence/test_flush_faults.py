@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 from asgiref.sync import sync_to_async
 
-from presence import flush, store
+from presence import store
+from presence.jobs import flush
 from presence.models import FlushRecord, StatsBucket
 from tests.conftest import ROOT, celery_env
 

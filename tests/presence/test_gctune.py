@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from presence import gctune
+from presence.live import gctune
 
 
 @pytest.fixture

@@ -18,9 +18,9 @@ import redis
 from pydantic import BaseModel, Field
 
 from presence import store
-from presence.batching import get_writer
 from presence.handlers import FrameError, HandlerContext, registry
 from presence.handlers.lifecycle import CONTROL_POLL_INTERVAL
+from presence.live.batching import get_writer
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(60)]
 

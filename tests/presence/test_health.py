@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from django.test import Client
 
-from presence import periodic
+from presence.jobs import periodic
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

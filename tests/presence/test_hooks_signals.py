@@ -14,9 +14,10 @@ from asgiref.sync import sync_to_async
 from pytest_django.fixtures import Settings
 
 from presence import signals, store
-from presence.app_settings import app_settings
-from presence.hooks import dispatch, reader
+from presence.conf import app_settings
+from presence.hooks import dispatch
 from presence.hooks.events import HookEvent
+from presence.jobs import groups as reader
 from presence.models import HookFailure
 from tests.presence.hook_log import Log
 

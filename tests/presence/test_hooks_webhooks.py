@@ -16,9 +16,11 @@ import redis
 from django.utils import timezone
 from pytest_django.fixtures import Settings
 
-from presence import metrics, store
-from presence.hooks import reader, webhooks
+from presence import store
+from presence.hooks import webhooks
+from presence.jobs import groups as reader
 from presence.models import DeliveryState, WebhookDelivery, WebhookEndpoint, WebhookEvent
+from presence.obs import metrics
 from tests.presence.hook_log import Log
 from tests.webhook_receiver import Receiver
 

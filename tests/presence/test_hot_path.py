@@ -23,8 +23,8 @@ from pytest_django.fixtures import Settings
 
 from config.embedded_redis import RedisServer
 from presence import consumers, store
-from presence.auth import mint_token
-from presence.batching import HotPathWriter, get_writer
+from presence.access.auth import mint_token
+from presence.live.batching import HotPathWriter, get_writer
 from sessions_app.models import ConnectionSession
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(60)]

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 from django.core import signing
 
-from presence.auth import mint_token
-from presence.logs import (
+from presence.access.auth import mint_token
+from presence.obs.logs import (
     ContextFilter,
     JsonFormatter,
     PlainFormatter,
@@ -181,12 +181,13 @@ class TestConnectionContext:
 @pytest.mark.django_db(transaction=True)
 class TestTaskSummaries:
     def test_flush_and_reap_runs_are_summarised_at_info(self, caplog: Any) -> None:
-        from presence import flush, reap, store
+        from presence import store
+        from presence.jobs import flush, reap
 
         store.get_redis().hincrby(store.keys().stats, "heartbeats", 3)  # something to flush
         with caplog.at_level(logging.INFO):
             flush.flush_stats()
             reap.reap_sessions()
         messages = {r.name: r.getMessage() for r in caplog.records if r.levelno == logging.INFO}
-        assert "claims_applied=1" in messages["presence.flush"]
-        assert messages["presence.reap"].startswith("reap: ReapReport(")
+        assert "claims_applied=1" in messages["presence.jobs.flush"]
+        assert messages["presence.jobs.reap"].startswith("reap: ReapReport(")

@@ -18,7 +18,9 @@ from asgiref.sync import sync_to_async
 from django.test import Client
 from prometheus_client.parser import text_string_to_metric_families
 
-from presence import processes, store, sweep
+from presence import store
+from presence.jobs import sweep
+from presence.live import processes
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -299,14 +301,14 @@ class TestAccess:
     def test_production_without_configuration_refuses_and_says_so_once(
         self, settings: Any, caplog: Any, monkeypatch: Any
     ) -> None:
-        from presence import opsviews
+        from presence.ops import views as opsviews
 
         monkeypatch.setattr(opsviews, "_warned_unconfigured", False)
         settings.DEBUG, settings.METRICS_TOKEN, settings.METRICS_ALLOWED_NETWORKS = False, "", []
-        with caplog.at_level(logging.WARNING, logger="presence.opsviews"):
+        with caplog.at_level(logging.WARNING, logger="presence.ops.views"):
             assert Client().get("/metrics").status_code == 403
             assert Client().get("/metrics").status_code == 403
-        lines = [r for r in caplog.records if r.name == "presence.opsviews"]
+        lines = [r for r in caplog.records if r.name == "presence.ops.views"]
         assert len(lines) == 1
         assert "METRICS_TOKEN" in lines[0].getMessage()
 
@@ -339,7 +341,7 @@ class TestProcessesEndpoint:
             client = Client()
             if user is not None:
                 client.force_login(user)
-            return client.get("/api/presence/processes/")
+            return client.get("/api/presence/live/processes/")
 
         assert (await sync_to_async(get)(None)).status_code == 401
         assert (await sync_to_async(get)(plain)).status_code == 403

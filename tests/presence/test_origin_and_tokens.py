@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from asgiref.sync import sync_to_async
 
-from presence.auth import TOKEN_SUBPROTOCOL, mint_token
+from presence.access.auth import TOKEN_SUBPROTOCOL, mint_token
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(30)]
 

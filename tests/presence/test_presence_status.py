@@ -14,7 +14,9 @@ from typing import Any
 import pytest
 from django.core.management import CommandError, call_command
 
-from presence import periodic, processes, store
+from presence import store
+from presence.jobs import periodic
+from presence.live import processes
 
 pytestmark = pytest.mark.django_db(transaction=True)
 ROOT = Path(__file__).resolve().parents[2]

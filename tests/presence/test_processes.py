@@ -11,8 +11,9 @@ from typing import Any
 
 import pytest
 
-from presence import processes, store
-from presence.processes import LocalProcess, list_processes, run_reconcile
+from presence import store
+from presence.live import processes
+from presence.live.processes import LocalProcess, list_processes, run_reconcile
 
 
 async def connect(cid: str, *, age: float = 0.0, uid: int = 1) -> None:
@@ -220,7 +221,7 @@ def test_record_ttl(settings: Any, refresh: float, ttl: int) -> None:
 
 class TestLastRuns:
     def test_last_runs_of_every_task(self, r: Any) -> None:
-        from presence import periodic
+        from presence.jobs import periodic
 
         assert periodic.last_runs()["sweep"]["last_finished_at"] is None  # never ran
         report = periodic.run_locked("sweep", 1000, periodic.RunReport(), lambda rep: None)
@@ -235,7 +236,7 @@ class TestLastRuns:
         assert sweep["last_duration_seconds"] is not None
 
     def test_a_failed_run_is_no_success(self, r: Any) -> None:
-        from presence import periodic
+        from presence.jobs import periodic
 
         def boom(report: Any) -> None:
             raise ValueError("no")
@@ -251,6 +252,6 @@ class TestLastRuns:
         "ms,bucket", [(0, "0.005"), (5, "0.005"), (6, "0.01"), (1000, "1"), (31_000, "inf")]
     )
     def test_duration_buckets(self, ms: int, bucket: str) -> None:
-        from presence import periodic
+        from presence.jobs import periodic
 
         assert periodic.duration_fields(ms) == {f"duration_le_{bucket}": 1, "duration_sum_ms": ms}

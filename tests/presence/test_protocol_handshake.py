@@ -19,7 +19,7 @@ from django.test import AsyncClient, Client
 from pytest_django.fixtures import Settings
 
 from presence import store
-from presence.auth import TOKEN_SALT, mint_token
+from presence.access.auth import TOKEN_SALT, mint_token
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(30)]
 

@@ -14,8 +14,9 @@ import pytest
 import redis
 from pytest_django.fixtures import Settings
 
-from presence import eventlog, store
-from presence.diffs import position
+from presence import store
+from presence.live import eventlog
+from presence.live.diffs import position
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(30)]
 

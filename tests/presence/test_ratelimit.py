@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from presence.ratelimit import FrameLimiter, TokenBucket
+from presence.live.ratelimit import FrameLimiter, TokenBucket
 
 
 class TestTokenBucket:

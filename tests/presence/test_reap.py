@@ -11,8 +11,8 @@ import pytest
 from asgiref.sync import sync_to_async
 from django.utils import timezone
 
-from presence import reap
-from presence.app_settings import app_settings
+from presence.conf import app_settings
+from presence.jobs import reap
 from presence.tasks import reap_sessions
 from sessions_app.models import ConnectionSession, EndReason
 

@@ -18,9 +18,9 @@ from django.contrib.auth import get_user_model
 from django.test import Client
 from django.utils import timezone
 
-from presence.auth import mint_token
+from presence.access.auth import mint_token
+from presence.actions.revocation import do_block_user, do_lift_blocks
 from presence.models import UserBlock
-from presence.revocation import do_block_user, do_lift_blocks
 from sessions_app.actions import do_kick_session
 from sessions_app.models import EndReason
 from tests.support import session_row

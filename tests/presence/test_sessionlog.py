@@ -1,4 +1,4 @@
-"""Session rows written behind from the event log (presence/sessionlog.py).
+"""Session rows written behind from the event log (presence/jobs/sessionlog.py).
 
 Real Redis (the stream and its consumer group), the real database, no mocks. Entries are
 appended here in the format connect.lua and end.lua write (``open`` / ``close``), so these
@@ -23,7 +23,8 @@ from django.db import connections
 from pytest_django.fixtures import Settings
 
 from config.embedded_redis import free_port
-from presence import sessionlog, store
+from presence import store
+from presence.jobs import sessionlog
 from sessions_app.models import ConnectionSession, EndReason
 
 pytestmark = pytest.mark.django_db(transaction=True)

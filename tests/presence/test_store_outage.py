@@ -51,6 +51,6 @@ class TestRedisOutage:
         finally:
             redis_server.start()
         # connect.lua never ran, so no `open` was logged: the refused connection leaves no
-        # session row (rows are written behind from the log, presence/sessionlog.py).
+        # session row (rows are written behind from the log, presence/jobs/sessionlog.py).
         await session_log_written()
         assert not await ConnectionSession.objects.filter(user=bob).aexists()

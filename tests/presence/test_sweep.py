@@ -1,4 +1,4 @@
-"""The expiry sweep against real Redis and the real database (presence/sweep.py).
+"""The expiry sweep against real Redis and the real database (presence/jobs/sweep.py).
 
 Scripts: claim_expired.lua, sweep_ack.lua, lock_release.lua; the run: sweep.run_sweep and
 the locked sweep.sweep_expired. Real worker processes are in tests/e2e/test_celery_*.py.
@@ -16,9 +16,11 @@ import pytest
 from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
 
-from presence import queries, store, sweep
-from presence.app_settings import app_settings
-from presence.fanout import GLOBAL
+from presence import store
+from presence.api import listing as queries
+from presence.conf import app_settings
+from presence.jobs import sweep
+from presence.live.fanout import GLOBAL
 from sessions_app.models import ConnectionSession, EndReason
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -19,7 +19,7 @@ import pytest
 from asgiref.sync import sync_to_async
 
 from presence import store
-from presence.fanout import GLOBAL
+from presence.live.fanout import GLOBAL
 from sessions_app.models import ConnectionSession, EndReason
 from tests.conftest import ROOT, celery_env
 from tests.presence.eventlog_helpers import logged

@@ -3,7 +3,7 @@
 Covers the row written for a connection (id == hello session_id, channel, client IP with and
 without a trusted proxy header, user agent), each end reason, "first ending wins", and the
 operator kick through the real admin action (Django test client, superuser, channel layer).
-Rows are written behind from the event log (presence/sessionlog.py): tests wait for them
+Rows are written behind from the event log (presence/jobs/sessionlog.py): tests wait for them
 with ``tests.support.session_row``.
 """
 

@@ -14,8 +14,10 @@ from urllib.parse import urlsplit, urlunsplit
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from redis.exceptions import RedisError
 
-from presence import periodic, processes, store
-from presence.app_settings import app_settings
+from presence import store
+from presence.conf import app_settings
+from presence.jobs import periodic
+from presence.live import processes
 
 
 def safe_url(url: str) -> str:

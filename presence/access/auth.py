@@ -1,0 +1,158 @@
+"""WebSocket authentication: Django session cookie, or a short-lived signed token.
+
+Tokens are minted by ``POST /api/presence/token/`` for the logged-in user, carry a salt that
+makes them good for nothing but this endpoint, expire after ``PRESENCE_TOKEN_MAX_AGE`` seconds,
+die with a password change (they embed the session auth hash), open one connection at most
+(connect.lua marks each token used), and are refused once the user was kicked after they were
+minted or their login session was logged out. A token is sent in the ``Sec-WebSocket-Protocol``
+header as ``presence.token.<token>`` (kept out of URLs and access logs) or as ``?token=``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qs
+
+from channels.auth import AuthMiddleware
+from channels.db import database_sync_to_async
+from channels.sessions import CookieMiddleware, SessionMiddleware
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
+from django.core import signing
+from django.utils.crypto import constant_time_compare, get_random_string, salted_hmac
+
+from presence.conf import app_settings
+
+TOKEN_SALT = "presence.ws-token"  # noqa: S105 - a signing salt, not a secret
+TOKEN_SUBPROTOCOL = "presence.token."  # noqa: S105 - a protocol name
+# '.' instead of signing's ':' so that a token is a valid Sec-WebSocket-Protocol value
+# (RFC 6455 subprotocols are HTTP tokens: no ':').
+TOKEN_SEP = "."  # noqa: S105 - a separator
+
+
+def login_hash(session_key: str | None) -> str:
+    """A stable, non-reversible name for a login session (kept in Redis, never the key)."""
+    if not session_key:
+        return ""
+    return salted_hmac("presence.login", session_key, algorithm="sha256").hexdigest()[:32]
+
+
+def _signer() -> signing.TimestampSigner:
+    return signing.TimestampSigner(salt=TOKEN_SALT, sep=TOKEN_SEP)
+
+
+def mint_token(user: AbstractBaseUser, *, session_key: str | None = None) -> str:
+    """A signed token identifying ``user`` (and the login session it came from)."""
+    payload = {
+        "u": user.pk,
+        "h": user.get_session_auth_hash(),
+        "s": login_hash(session_key),
+        # Two tokens minted in the same second must differ: each is used once.
+        "n": get_random_string(8),
+    }
+    return _signer().sign_object(payload)
+
+
+@dataclass(frozen=True)
+class TokenAuth:
+    """What a valid token proves, for the connect gate (presence.store.ConnectGate)."""
+
+    user: AbstractBaseUser
+    issued_ms: int
+    token_id: str  # its signature: unique per token, marks it used
+    login: str  # login_hash of the session that minted it
+
+
+def user_from_token(token: str) -> TokenAuth | None:
+    """What a valid, unexpired token proves, else None (inactive users are returned)."""
+    signer = _signer()
+    try:
+        payload = signer.unsign_object(token, max_age=app_settings.TOKEN_MAX_AGE)
+        # The timestamp again (unsign_object drops it): when the token was minted. Signer's
+        # own unsign (not TimestampSigner's) returns "value<sep>timestamp".
+        stamped = signing.Signer.unsign(signer, token)
+        issued = signing.b62_decode(stamped.rsplit(TOKEN_SEP, 1)[1])
+    except (signing.BadSignature, ValueError, IndexError):  # includes SignatureExpired
+        return None
+    if not isinstance(payload, dict):
+        return None
+    uid = payload.get("u")
+    if not isinstance(uid, (int, str)):
+        return None
+    user = get_user_model()._default_manager.filter(pk=uid).first()
+    if user is None or not constant_time_compare(
+        str(payload.get("h", "")), user.get_session_auth_hash()
+    ):
+        return None
+    return TokenAuth(
+        user=user,
+        issued_ms=issued * 1000,
+        token_id=token.rsplit(TOKEN_SEP, 1)[1],
+        login=str(payload.get("s", "")),
+    )
+
+
+class TokenAuthMiddleware:
+    """Sets ``scope["user"]`` from a token when the session cookie gave no user.
+
+    The token comes from the ``presence.token.<token>`` subprotocol or ``?token=``; what it
+    proves (:class:`TokenAuth`) goes to ``scope["presence_token"]`` for the connect gate.
+    """
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> Any:
+        # This frame lives as long as the socket: keep nothing in it but what is passed on.
+        token = _subprotocol_token(scope) or _query_token(scope)
+        if token and not scope["user"].is_authenticated:
+            # On the thread-sensitive thread like every ORM call here: Channels closes
+            # connections around calls there; on other executor threads (asgiref 3.13) the
+            # connection a call opens is not the one it closes, and they pile up.
+            found = await database_sync_to_async(user_from_token)(token)
+            scope = {
+                **scope,
+                "user": found.user if found else AnonymousUser(),
+                "presence_token": found,
+            }
+            del found
+        return await self.inner(scope, receive, send)
+
+
+class SessionAuthMiddleware(AuthMiddleware):
+    """Channels' ``AuthMiddleware``, minus its database hop for handshakes without a cookie.
+
+    Without a session cookie the session can name no user, yet Channels still resolves it
+    in the thread-sensitive executor: one queued thread hop per connect (token clients, a
+    connect storm). Here such a handshake is anonymous at once; with the cookie, Channels'
+    own resolution runs unchanged.
+    """
+
+    async def resolve_scope(self, scope: dict[str, Any]) -> None:
+        if settings.SESSION_COOKIE_NAME not in scope.get("cookies", {}):
+            scope["user"]._wrapped = AnonymousUser()
+            return
+        await super().resolve_scope(scope)
+
+
+def _subprotocol_token(scope: dict[str, Any]) -> str:
+    """The token offered as the ``presence.token.<token>`` subprotocol ("" when absent)."""
+    for offered in scope.get("subprotocols") or ():
+        if offered.startswith(TOKEN_SUBPROTOCOL):
+            return str(offered[len(TOKEN_SUBPROTOCOL) :])
+    return ""
+
+
+def _query_token(scope: dict[str, Any]) -> str:
+    """``?token=`` of the handshake URL ("" when absent)."""
+    raw = scope.get("query_string", b"")
+    if b"token=" not in raw:
+        return ""
+    return (parse_qs(raw.decode("latin-1")).get("token") or [""])[0]
+
+
+def PresenceAuthStack(inner: Any) -> Any:  # noqa: N802 - mirrors AuthMiddlewareStack
+    """Session-cookie auth, then token auth, around ``inner`` (Channels' stack otherwise)."""
+    return CookieMiddleware(SessionMiddleware(SessionAuthMiddleware(TokenAuthMiddleware(inner))))

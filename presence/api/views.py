@@ -1,0 +1,75 @@
+"""HTTP API for logged-in users: presence reads and WebSocket tokens."""
+
+from __future__ import annotations
+
+import re
+
+from django.http import HttpRequest, HttpResponseRedirect, JsonResponse
+from django.templatetags.static import static
+from django.views.decorators.cache import cache_control
+from django.views.decorators.http import require_GET, require_POST
+
+from presence.access.auth import mint_token
+from presence.access.authz import can_access_room
+from presence.api import listing as queries
+from presence.conf import app_settings
+from presence.handlers.core import ROOM_PATTERN
+
+
+def _json_login_required(view):  # type: ignore[no-untyped-def]
+    """Like login_required, but an API answers 401 JSON instead of redirecting."""
+
+    def wrapper(request: HttpRequest, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if not request.user.is_authenticated:
+            return JsonResponse({"error": "authentication required"}, status=401)
+        return view(request, *args, **kwargs)
+
+    wrapper.__name__ = view.__name__
+    wrapper.__doc__ = view.__doc__
+    return wrapper
+
+
+@require_GET
+@_json_login_required
+def online(request: HttpRequest) -> JsonResponse:
+    """``GET /api/presence/online/?room=`` -> ``{"count": n, "users": [...]}``."""
+    room = request.GET.get("room") or None
+    # fullmatch: with re.match, "$" also matches before a trailing newline ("lobby\n").
+    if room is not None and not re.fullmatch(ROOM_PATTERN, room):
+        return JsonResponse({"error": "room: 1-64 characters of [A-Za-z0-9_.:-]"}, status=400)
+    if room is not None and not can_access_room(request.user, room, "list"):
+        return JsonResponse({"error": f"you may not list room {room!r}"}, status=403)
+    return JsonResponse(queries.get_online(room))
+
+
+@require_GET
+@_json_login_required
+def user_detail(request: HttpRequest, user_id: int) -> JsonResponse:
+    """``GET /api/presence/users/<id>/`` -> one user's presence."""
+    data = queries.get_user_presence(user_id)
+    if data is None:
+        return JsonResponse({"error": "no such user"}, status=404)
+    return JsonResponse(data)
+
+
+@require_POST
+@_json_login_required
+def token(request: HttpRequest) -> JsonResponse:
+    """``POST /api/presence/token/`` -> a signed WebSocket token for the logged-in user."""
+    return JsonResponse(
+        {
+            "token": mint_token(request.user, session_key=request.session.session_key),  # type: ignore[arg-type]
+            "expires_in": app_settings.TOKEN_MAX_AGE,
+        }
+    )
+
+
+@require_GET
+@cache_control(max_age=86400, public=True)
+def favicon(request: HttpRequest) -> HttpResponseRedirect:
+    """``/favicon.ico`` -> the site icon (pages link it; browsers still ask for this name).
+
+    A temporary redirect: in production the target's name carries a content hash that
+    changes with the file.
+    """
+    return HttpResponseRedirect(static("presence/favicon.svg"))

@@ -1,0 +1,314 @@
+"""Every PRESENCE_* setting with its default, read live so ``override_settings`` works."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+
+
+class AppSettings:
+    """Typed, live view of the presence settings."""
+
+    def _get(self, name: str, default: Any) -> Any:
+        return getattr(settings, name, default)
+
+    @property
+    def HEARTBEAT_INTERVAL(self) -> float:
+        """Seconds between client heartbeats, announced in ``hello``."""
+        return float(self._get("PRESENCE_HEARTBEAT_INTERVAL", 25.0))
+
+    @property
+    def TTL(self) -> float:
+        """Seconds a connection stays online after its last heartbeat."""
+        return float(self._get("PRESENCE_TTL", 60.0))
+
+    @property
+    def KEY_GRACE(self) -> float:
+        """Seconds Redis keeps a lapsed connection's keys so the sweep can still read them."""
+        return float(self._get("PRESENCE_KEY_GRACE", 600.0))
+
+    @property
+    def KEY_PREFIX(self) -> str:
+        """Hash tag every presence key carries; all keys of one deployment share a cluster slot."""
+        return str(self._get("PRESENCE_KEY_PREFIX", "presence"))
+
+    @property
+    def REDIS_URL(self) -> str:
+        """Redis server holding presence state."""
+        return str(self._get("REDIS_URL", "redis://127.0.0.1:6379/0"))
+
+    @property
+    def WS_MAX_MESSAGE_BYTES(self) -> int:
+        """Largest accepted client frame; larger frames close the socket with 1009."""
+        return int(self._get("WS_MAX_MESSAGE_BYTES", 65536))
+
+    @property
+    def MAX_CONNECTIONS_PER_USER(self) -> int:
+        """Live connections one user may hold across all processes (0 = no limit)."""
+        return int(self._get("PRESENCE_MAX_CONNECTIONS_PER_USER", 32))
+
+    @property
+    def MAX_CONNECTIONS_PER_ADDRESS(self) -> int:
+        """Connections one client address may hold across all processes (0 = no limit)."""
+        return int(self._get("PRESENCE_MAX_CONNECTIONS_PER_ADDRESS", 5000))
+
+    @property
+    def ADDRESS_CONNECT_RATE(self) -> float:
+        """Sustained connects per second one client address may make (0 = no limit)."""
+        return float(self._get("PRESENCE_ADDRESS_CONNECT_RATE", 50.0))
+
+    @property
+    def ADDRESS_CONNECT_BURST(self) -> int:
+        """Connects one address may make at once before the rate applies (bucket size)."""
+        return int(self._get("PRESENCE_ADDRESS_CONNECT_BURST", 2000))
+
+    @property
+    def CONNECT_TIMEOUT(self) -> float:
+        """Seconds a new connection may wait on the store before it is closed with 1013."""
+        return float(self._get("PRESENCE_CONNECT_TIMEOUT", 5.0))
+
+    @property
+    def REDIS_SOCKET_TIMEOUT(self) -> float:
+        """Seconds any presence Redis command may wait for its answer (then it fails)."""
+        return float(self._get("PRESENCE_REDIS_SOCKET_TIMEOUT", 3.0))
+
+    @property
+    def REDIS_CONNECT_TIMEOUT(self) -> float:
+        """Seconds opening a connection to Redis may take."""
+        return float(self._get("PRESENCE_REDIS_CONNECT_TIMEOUT", 2.0))
+
+    @property
+    def KICK_REVOKE_SECONDS(self) -> int:
+        """How long a kicked connection's login session may not open sockets again."""
+        return int(self._get("PRESENCE_KICK_REVOKE_SECONDS", 24 * 3600))
+
+    @property
+    def ROOM_AUTHORIZER(self) -> str:
+        """Dotted path of ``(user, room, action) -> bool`` deciding room access ("" = allow)."""
+        return str(self._get("PRESENCE_ROOM_AUTHORIZER", ""))
+
+    @property
+    def ALLOWED_ORIGINS(self) -> list[str]:
+        """Exact ``scheme://host[:port]`` origins allowed to open sockets ([] = allowed hosts)."""
+        return list(self._get("PRESENCE_ALLOWED_ORIGINS", []))
+
+    @property
+    def MAX_JSON_DEPTH(self) -> int:
+        """Deepest nesting of arrays/objects a client frame may have (deeper: bad_json)."""
+        return int(self._get("PRESENCE_MAX_JSON_DEPTH", 32))
+
+    @property
+    def MAX_JSON_NUMBER_DIGITS(self) -> int:
+        """Longest number (in digits) a client frame may hold (longer: bad_json)."""
+        return int(self._get("PRESENCE_MAX_JSON_NUMBER_DIGITS", 64))
+
+    @property
+    def RATE_LIMIT(self) -> float:
+        """Sustained frames per second allowed per connection (token bucket refill rate)."""
+        return float(self._get("PRESENCE_RATE_LIMIT", 20.0))
+
+    @property
+    def RATE_BURST(self) -> int:
+        """Token bucket size: frames a connection may send in a burst."""
+        return int(self._get("PRESENCE_RATE_BURST", 40))
+
+    @property
+    def FLOOD_DROPS(self) -> int:
+        """Dropped frames within FLOOD_WINDOW that close the connection with 4429."""
+        return int(self._get("PRESENCE_FLOOD_DROPS", 100))
+
+    @property
+    def FLOOD_WINDOW(self) -> float:
+        """Seconds over which dropped frames are counted towards FLOOD_DROPS."""
+        return float(self._get("PRESENCE_FLOOD_WINDOW", 10.0))
+
+    @property
+    def MAX_ROOMS_PER_CONNECTION(self) -> int:
+        """Rooms one connection may be in; bounds the work of each heartbeat."""
+        return int(self._get("PRESENCE_MAX_ROOMS_PER_CONNECTION", 50))
+
+    @property
+    def LIST_LIMIT(self) -> int:
+        """Most users returned by one presence listing (``count`` is always the full count)."""
+        return int(self._get("PRESENCE_LIST_LIMIT", 1000))
+
+    @property
+    def TOKEN_MAX_AGE(self) -> int:
+        """Seconds a WebSocket token from ``POST /api/presence/token/`` stays valid."""
+        return int(self._get("PRESENCE_TOKEN_MAX_AGE", 60))
+
+    @property
+    def TRUSTED_PROXY_HEADER(self) -> str:
+        """Header a trusted proxy puts the client IP in (e.g. ``X-Forwarded-For``); empty = none."""
+        return str(self._get("PRESENCE_TRUSTED_PROXY_HEADER", ""))
+
+    @property
+    def GLOBAL_EVENTS(self) -> bool:
+        """Whether every connection receives global join/leave/status events (``room`` null)."""
+        return bool(self._get("PRESENCE_GLOBAL_EVENTS", True))
+
+    @property
+    def EVENT_LOG_MAXLEN(self) -> int:
+        """Entries the event log stream keeps (trimmed approximately, ``MAXLEN ~``)."""
+        return int(self._get("PRESENCE_EVENT_LOG_MAXLEN", 100_000))
+
+    @property
+    def DIFF_WINDOW(self) -> float:
+        """Seconds over which protocol v2 coalesces a scope's events into one presence.diff."""
+        return float(self._get("PRESENCE_DIFF_WINDOW", 0.1))
+
+    @property
+    def SYNC_LIMIT(self) -> int:
+        """Most users one presence.sync snapshot carries (``complete`` is false beyond it)."""
+        return int(self._get("PRESENCE_SYNC_LIMIT", 10_000))
+
+    @property
+    def OUTBOX_MAX(self) -> int:
+        """Frames queued for one socket that does not read before it is closed (1013)."""
+        return int(self._get("PRESENCE_OUTBOX_MAX", 2_000))
+
+    @property
+    def HEARTBEAT_BATCH_MAX(self) -> int:
+        """Most connections refreshed by one heartbeat script call."""
+        return int(self._get("PRESENCE_HEARTBEAT_BATCH_MAX", 500))
+
+    @property
+    def COUNTER_FLUSH_INTERVAL(self) -> float:
+        """Seconds buffered message counters wait for a heartbeat batch to ride along with."""
+        return float(self._get("PRESENCE_COUNTER_FLUSH_INTERVAL", 1.0))
+
+    @property
+    def SWEEP_INTERVAL(self) -> float:
+        """Seconds between expiry sweeps (Celery beat)."""
+        return float(self._get("PRESENCE_SWEEP_INTERVAL", 5.0))
+
+    @property
+    def SWEEP_BATCH_SIZE(self) -> int:
+        """Connections one sweep claims at a time; bounds one Lua call and one bulk UPDATE."""
+        return int(self._get("PRESENCE_SWEEP_BATCH_SIZE", 500))
+
+    @property
+    def SWEEP_CLAIM_TIMEOUT(self) -> float:
+        """Seconds after which a claim by a crashed sweep may be taken over by another."""
+        return float(self._get("PRESENCE_SWEEP_CLAIM_TIMEOUT", 30.0))
+
+    @property
+    def STATS_FLUSH_INTERVAL(self) -> float:
+        """Seconds between stats flushes (Celery beat)."""
+        return float(self._get("STATS_FLUSH_INTERVAL", 10.0))
+
+    @property
+    def SESSION_LOG_BATCH(self) -> int:
+        """Event-log entries one session-row write reads at most (presence/jobs/sessionlog.py)."""
+        return int(self._get("PRESENCE_SESSION_LOG_BATCH", 500))
+
+    @property
+    def SESSION_LOG_BLOCK(self) -> float:
+        """Seconds a web process's session writer waits for new entries per read (XREADGROUP)."""
+        return float(self._get("PRESENCE_SESSION_LOG_BLOCK", 1.0))
+
+    @property
+    def SESSION_LOG_CLAIM_IDLE(self) -> float:
+        """Seconds an entry read but not acknowledged waits before another writer takes it."""
+        return float(self._get("PRESENCE_SESSION_LOG_CLAIM_IDLE", 10.0))
+
+    @property
+    def SESSION_LOG_INTERVAL(self) -> float:
+        """Seconds between runs of the Celery fallback writer ``presence.write_sessions``."""
+        return float(self._get("PRESENCE_SESSION_LOG_INTERVAL", 2.0))
+
+    # ---- observability (presence/live/processes.py, presence/obs/metrics.py, presence/ops/health.py)
+    @property
+    def VERSION(self) -> str:
+        """Version of the deployed code, shown in the process registry (e.g. a git commit)."""
+        return str(self._get("PRESENCE_VERSION", "dev"))
+
+    @property
+    def PROCESS_REFRESH(self) -> float:
+        """Seconds between refreshes of a web process's registry record (expires after 3)."""
+        return float(self._get("PRESENCE_PROCESS_REFRESH", 5.0))
+
+    @property
+    def RECONCILE_INTERVAL(self) -> float:
+        """Seconds between ghost reconciliations (Celery beat)."""
+        return float(self._get("PRESENCE_RECONCILE_INTERVAL", 30.0))
+
+    @property
+    def READY_SWEEP_MAX_AGE(self) -> float:
+        """Seconds after which /readyz calls the last successful sweep stale (503); 0 = never."""
+        return float(self._get("PRESENCE_READY_SWEEP_MAX_AGE", 60.0))
+
+    # ---- server-side hooks (presence/hooks/, docs/hooks.md)
+    @property
+    def HOOKS_INTERVAL(self) -> float:
+        """Seconds between runs of the signal sender and the webhook router (Celery beat)."""
+        return float(self._get("PRESENCE_HOOKS_INTERVAL", 1.0))
+
+    @property
+    def HOOKS_BATCH(self) -> int:
+        """Event-log entries the signal sender and the webhook router read per batch."""
+        return int(self._get("PRESENCE_HOOKS_BATCH", 500))
+
+    @property
+    def HOOKS_RETRY_FOR(self) -> float:
+        """Seconds a failing signal receiver is retried for one event before it is given up."""
+        return float(self._get("PRESENCE_HOOKS_RETRY_FOR", 3600.0))
+
+    @property
+    def HOOKS_BACKOFF_BASE(self) -> float:
+        """First retry delay (s) of a failing receiver or webhook; doubles per attempt."""
+        return float(self._get("PRESENCE_HOOKS_BACKOFF_BASE", 1.0))
+
+    @property
+    def HOOKS_BACKOFF_MAX(self) -> float:
+        """Longest retry delay (s) of a failing receiver or webhook (before jitter)."""
+        return float(self._get("PRESENCE_HOOKS_BACKOFF_MAX", 300.0))
+
+    @property
+    def WEBHOOK_URL(self) -> str:
+        """URL of the endpoint configured from the environment ('' = none)."""
+        return str(self._get("PRESENCE_WEBHOOK_URL", ""))
+
+    @property
+    def WEBHOOK_SECRET(self) -> str:
+        """Signing secret of the endpoint configured from the environment."""
+        return str(self._get("PRESENCE_WEBHOOK_SECRET", ""))
+
+    @property
+    def WEBHOOK_EVENTS(self) -> list[str]:
+        """Event types the environment's endpoint receives (empty = all)."""
+        return [str(e) for e in self._get("PRESENCE_WEBHOOK_EVENTS", [])]
+
+    @property
+    def WEBHOOK_BATCH_SIZE(self) -> int:
+        """Most events one webhook POST carries."""
+        return int(self._get("PRESENCE_WEBHOOK_BATCH_SIZE", 100))
+
+    @property
+    def WEBHOOK_BATCH_WINDOW(self) -> float:
+        """Seconds an event may wait for a fuller batch before its endpoint is sent a POST."""
+        return float(self._get("PRESENCE_WEBHOOK_BATCH_WINDOW", 1.0))
+
+    @property
+    def WEBHOOK_TIMEOUT(self) -> float:
+        """Seconds a webhook POST may take (connect and each read) before it counts as failed."""
+        return float(self._get("PRESENCE_WEBHOOK_TIMEOUT", 5.0))
+
+    @property
+    def WEBHOOK_RETRY_FOR(self) -> float:
+        """Seconds an event is retried for before it becomes a dead letter."""
+        return float(self._get("PRESENCE_WEBHOOK_RETRY_FOR", 21600.0))
+
+    @property
+    def WEBHOOK_RUN_BUDGET(self) -> float:
+        """Seconds one delivery run of an endpoint starts new POSTs for."""
+        return float(self._get("PRESENCE_WEBHOOK_RUN_BUDGET", 10.0))
+
+    @property
+    def WEBHOOK_KEEP(self) -> float:
+        """Seconds delivered events and delivery records are kept for the admin."""
+        return float(self._get("PRESENCE_WEBHOOK_KEEP", 86400.0))
+
+
+app_settings = AppSettings()

@@ -1,0 +1,186 @@
+"""What every periodic presence task shares: a period claim, a run lock, a report, metrics.
+
+Two beat schedulers started by mistake (a deploy that briefly runs two), or a run that
+outlasts its period, must not double the work:
+
+- a run scheduled by beat first claims its period (:func:`claim_period`: SET NX with a
+  lifetime of most of the period), so two beats' runs of one period make one run;
+- each run takes a token lock (SET NX PX, released by compare-and-delete in Lua), so two
+  runs never overlap.
+
+A run that finds the period claimed or the lock held is *skipped*, and that is counted and
+logged, never silent. Runs asked for by hand (``task.delay()``) claim no period.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import TypedDict, TypeVar
+
+from presence import store
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class RunReport:
+    """Fields every task report has; subclasses add their counts."""
+
+    skipped: bool = False  # another run held the lock
+    error: str = ""
+    duration_ms: int = 0
+
+    def as_dict(self) -> dict[str, int | str]:
+        """The report as flat Redis hash fields (booleans as 0/1)."""
+        return {k: int(v) if isinstance(v, bool) else v for k, v in asdict(self).items()}
+
+    def totals(self) -> dict[str, int]:
+        """Running totals this run adds to (``*_total`` fields of the task's metrics hash)."""
+        return {"runs_total": 1, "errors_total": 1 if self.error else 0}
+
+    def stats_counters(self, task: str) -> dict[str, int]:
+        """Counters this run adds to the live stats hash (kept per minute by the flush)."""
+        return {}
+
+
+R = TypeVar("R", bound=RunReport)
+
+
+# A claim lives this share of the period: long enough that a second beat's run of the same
+# period is refused, short enough that the next period's run, a little early, is not.
+PERIOD_CLAIM_SHARE = 0.9
+
+
+def claim_period(task: str, period: float | None) -> bool:
+    """Claim the current period of ``task`` for this run; False (a counted skip) when another
+    run has it. ``period`` None (a run asked for by hand) claims nothing."""
+    if not period:
+        return True
+    client = store.get_redis()
+    if store.claim_task_period(client, task, int(period * 1000 * PERIOD_CLAIM_SHARE)):
+        return True
+    logger.info("%s skipped: this period ran already (a second beat?)", task)
+    _record(task, RunReport(skipped=True))
+    return False
+
+
+def run_locked(task: str, lock_ttl_ms: int, report: R, body: Callable[[R], object]) -> R:
+    """Run ``body(report)`` under the task's lock and record the run in Redis.
+
+    A held lock makes the run a counted skip. Any exception (time limit, Redis down) is
+    recorded in the report and re-raised, after the lock is released.
+    """
+    client = store.get_redis()
+    started = time.monotonic()
+    token = store.acquire_task_lock(client, task, lock_ttl_ms)
+    if token is None:
+        logger.info("%s skipped: another run holds the lock", task)
+        report.skipped = True
+        _record(task, report)
+        return report
+    try:
+        body(report)
+    except BaseException as exc:
+        report.error = report.error or f"{type(exc).__name__}: {exc}"[:200]
+        raise
+    finally:
+        report.duration_ms = int((time.monotonic() - started) * 1000)
+        try:
+            store.release_task_lock(client, task, token)
+            _record(task, report)
+        except Exception:  # Redis down: the lock expires by itself
+            logger.exception("%s: could not release the lock or record the run", task)
+    return report
+
+
+def _record(task: str, report: RunReport) -> None:
+    client = store.get_redis()
+    if report.skipped:
+        store.record_task_run(
+            client,
+            task,
+            {"last_skipped_at_ms": store.now_ms()},
+            {"skipped_total": 1},
+            {f"task:{task}:skipped": 1},
+        )
+        return
+    last: dict[str, int | str] = {f"last_{k}": v for k, v in report.as_dict().items()}
+    last["last_finished_at_ms"] = store.now_ms()
+    if not report.error:
+        last["last_success_at_ms"] = last["last_finished_at_ms"]
+    # The duration histogram of presence_<task>_duration_seconds, kept in the same hash (same
+    # pipeline): whichever Celery process ran the task, every scrape sees all runs.
+    totals = {**report.totals(), **duration_fields(report.duration_ms)}
+    store.record_task_run(client, task, last, totals, report.stats_counters(task))
+
+
+# --------------------------------------------------------------------------- run durations
+# Upper bounds (seconds) of the task duration histograms; fields ``duration_le_<bound>`` count
+# the runs that fell in each bucket (not cumulative), ``duration_sum_ms`` their total.
+DURATION_BUCKETS: tuple[float, ...] = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+def duration_bucket(seconds: float) -> str:
+    """The name of the bucket a run of ``seconds`` falls in (``inf`` beyond the last bound)."""
+    for bound in DURATION_BUCKETS:
+        if seconds <= bound:
+            return f"{bound:g}"
+    return "inf"
+
+
+def duration_fields(duration_ms: int) -> dict[str, int]:
+    """The hash fields one run of ``duration_ms`` adds to."""
+    return {
+        f"duration_le_{duration_bucket(duration_ms / 1000)}": 1,
+        "duration_sum_ms": duration_ms,
+    }
+
+
+# --------------------------------------------------------------------------- reads
+TASKS = ("sweep", "flush", "reap", "sessionlog", "reconcile")
+
+
+class TaskRun(TypedDict):
+    """The last run of a periodic task and its totals, as operators see them."""
+
+    task: str
+    last_finished_at: float | None  # Unix seconds; None: never ran
+    last_success_at: float | None  # the last run without error
+    last_skipped_at: float | None  # the last run that found the lock held
+    last_duration_seconds: float | None
+    last_error: str
+    runs_total: int
+    skipped_total: int
+    errors_total: int
+    last: dict[str, str]  # every last_* field of the report (counts differ per task)
+
+
+def _seconds(raw: dict[str, str], name: str) -> float | None:
+    value = raw.get(name)
+    return int(value) / 1000 if value else None
+
+
+def parse_task_run(task: str, raw: dict[str, str]) -> TaskRun:
+    """A :class:`TaskRun` from the task's Redis hash (``{P}:<task>:last``)."""
+    duration = raw.get("last_duration_ms")
+    return {
+        "task": task,
+        "last_finished_at": _seconds(raw, "last_finished_at_ms"),
+        "last_success_at": _seconds(raw, "last_success_at_ms"),
+        "last_skipped_at": _seconds(raw, "last_skipped_at_ms"),
+        "last_duration_seconds": int(duration) / 1000 if duration else None,
+        "last_error": raw.get("last_error", ""),
+        "runs_total": int(raw.get("runs_total") or 0),
+        "skipped_total": int(raw.get("skipped_total") or 0),
+        "errors_total": int(raw.get("errors_total") or 0),
+        "last": {k: v for k, v in raw.items() if k.startswith("last_")},
+    }
+
+
+def last_runs(tasks: tuple[str, ...] = TASKS) -> dict[str, TaskRun]:
+    """The last run of each periodic task (sweep, flush, reap, ...) from Redis, one pipeline."""
+    raw = store.read_task_runs(store.get_redis(), tasks)
+    return {task: parse_task_run(task, raw[task]) for task in tasks}

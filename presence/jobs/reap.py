@@ -1,0 +1,78 @@
+"""End connection sessions that presence forgot: the reaper (``presence.reap_sessions``).
+
+The sweep ends every connection it finds in Redis. A session row can outlive that state:
+Redis restarted without persistence (or was flushed) while the server process holding the
+socket died too, so no heartbeat ever learns the session is gone and no sweep ever sees it.
+Such rows would stay "live" in the admin forever. The reaper ends them as ``timeout``.
+
+A row is a candidate when it has not been heard from (``last_heartbeat_at``, refreshed by
+every stats flush, else ``connected_at``) for longer than ``PRESENCE_TTL`` plus
+``PRESENCE_KEY_GRACE``; it is ended only if Redis does not know its connection either, so a
+live socket whose row is merely stale (flush behind) is never touched.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from dataclasses import dataclass
+
+from django.db.models import F
+from django.db.models.functions import Coalesce
+from django.utils import timezone
+
+from presence import store
+from presence.conf import app_settings
+from presence.jobs.periodic import RunReport, run_locked
+from sessions_app.actions import do_end_sessions
+from sessions_app.models import ConnectionSession, EndReason
+
+logger = logging.getLogger(__name__)
+
+TASK = "reap"
+# WARNING: bounds one run (one SELECT, one Redis pipeline, a few UPDATEs). Orphans only
+# appear after a Redis data loss; a large batch of them is worked off over several runs.
+REAP_BATCH_SIZE = 500
+REAP_TIME_LIMIT = 120
+
+
+@dataclass
+class ReapReport(RunReport):
+    """What one reaper run did."""
+
+    candidates: int = 0  # silent rows looked at
+    still_known: int = 0  # Redis still tracks them: left to the sweep
+    reaped: int = 0  # rows ended as timeout
+
+    def totals(self) -> dict[str, int]:
+        return {**super().totals(), "reaped_total": self.reaped}
+
+
+def run_reap(report: ReapReport | None = None) -> ReapReport:
+    """One reaper pass without the lock."""
+    report = report or ReapReport()
+    ttl = dt.timedelta(seconds=app_settings.TTL)
+    cutoff = timezone.now() - ttl - dt.timedelta(seconds=app_settings.KEY_GRACE)
+    rows = list(
+        ConnectionSession.objects.live()
+        .annotate(heard=Coalesce(F("last_heartbeat_at"), F("connected_at")))
+        .filter(heard__lt=cutoff)
+        .order_by("heard")
+        .values_list("id", "heard")[:REAP_BATCH_SIZE]
+    )
+    report.candidates = len(rows)
+    known = store.known_connections(store.get_redis(), [str(sid) for sid, _ in rows])
+    report.still_known = len(known)
+    orphans = [(str(sid), heard + ttl) for sid, heard in rows if str(sid) not in known]
+    report.reaped = do_end_sessions(orphans, reason=EndReason.TIMEOUT)
+    if report.reaped:
+        logger.warning("reaper: ended %d sessions presence no longer knew", report.reaped)
+    return report
+
+
+def reap_sessions() -> ReapReport:
+    """One reaper run under its lock; a run that finds the lock held is counted skipped."""
+    report = run_locked(TASK, REAP_TIME_LIMIT * 1000, ReapReport(), run_reap)
+    if not report.skipped:
+        logger.info("reap: %s", report)  # every run: one line per PRESENCE_REAP_INTERVAL
+    return report

@@ -1,0 +1,143 @@
+"""Keep Python's cyclic garbage collector from stalling the event loop of a web process.
+
+A full (generation 2) collection walks every tracked object. A web process holding tens of
+thousands of sockets tracks millions of long-lived objects (Django's import graph, then
+each connection's consumer, scope, tasks and buffers), and CPython starts a full
+collection each time the long-lived objects grew by a quarter: during a connect storm that
+is several collections of seconds each, during which no socket is served (measured: six
+pauses of 2.4-2.9 s at 10,000 connections, docs/performance.md).
+
+What we do:
+
+- :func:`configure` at start-up: collect once, then ``gc.freeze()`` everything that exists
+  (the framework and the app: never garbage), and raise the generation-0 threshold so the
+  young collections run less often over the allocation churn of frames;
+- :class:`ConnectionGrowthFreezer`: when the process's socket count has grown by half since
+  the last freeze (a connect burst), freeze again, so the new long-lived connection
+  objects are not walked by every later full collection either. When the count has
+  fallen under half of what it was at the freeze, unfreeze: cycles among objects of
+  closed connections are only reclaimed by a collection that may walk them;
+- :func:`pause_stats`: the duration of every collection, per generation, from
+  ``gc.callbacks``, so the pauses can be reported (the benchmark reads them).
+
+``gc.freeze()`` itself is O(1) (it moves the generation lists to the permanent one).
+"""
+
+from __future__ import annotations
+
+import atexit
+import gc
+import json
+import logging
+import sys
+import time
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+# Young collections every 50,000 net allocations instead of 700: each is cheap but they add
+# up to percent-level CPU when every frame allocates dicts and strings. Old generations keep
+# CPython's ratios.
+GEN0_THRESHOLD = 50_000
+GEN1_THRESHOLD = 20
+GEN2_THRESHOLD = 10
+# Refreeze after this growth of the socket count (and at least MIN_GROWTH sockets).
+GROWTH_RATIO = 1.5
+MIN_GROWTH = 500
+# A collection longer than this is logged: it stalled every socket of the process.
+SLOW_PAUSE = 0.1
+
+_started: dict[int, float] = {}
+_pauses: dict[int, list[float]] = {0: [], 1: [], 2: []}
+MAX_KEPT = 10_000  # pauses kept per generation (the newest)
+
+
+def _on_gc(phase: str, info: dict[str, Any]) -> None:
+    if sys.is_finalizing():
+        return  # the interpreter is going: nothing to report to, streams may be closed
+    generation = int(info.get("generation", 0))
+    if phase == "start":
+        _started[generation] = time.perf_counter()
+        return
+    began = _started.pop(generation, None)
+    if began is None:
+        return
+    pause = time.perf_counter() - began
+    kept = _pauses.setdefault(generation, [])
+    kept.append(pause)
+    if len(kept) > MAX_KEPT:
+        del kept[: len(kept) - MAX_KEPT]
+    if pause > SLOW_PAUSE:
+        logger.warning(
+            "gc generation %d paused the event loop for %.0f ms", generation, pause * 1e3
+        )
+
+
+def configure(*, report_at_exit: bool = False) -> None:
+    """Freeze what start-up created and set the thresholds (once per process).
+
+    ``report_at_exit`` writes the pause distribution to stderr when the process exits
+    (``PRESENCE_GC_REPORT=1``; the benchmark reads it there).
+    """
+    if _on_gc not in gc.callbacks:
+        gc.callbacks.append(_on_gc)
+        # Out again before logging shuts down: collections at exit are nobody's stall.
+        atexit.register(_uninstall)
+        if report_at_exit:
+            atexit.register(_report_at_exit)
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GEN0_THRESHOLD, GEN1_THRESHOLD, GEN2_THRESHOLD)
+
+
+def pause_stats() -> dict[str, dict[str, float]]:
+    """Per generation: number of collections and their p50, p99 and max pause (ms)."""
+    out: dict[str, dict[str, float]] = {}
+    for generation, pauses in sorted(_pauses.items()):
+        ordered = sorted(pauses)
+        if not ordered:
+            out[str(generation)] = {"count": 0}
+            continue
+
+        def pct(q: float, ordered: list[float] = ordered) -> float:
+            return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1e3, 2)
+
+        out[str(generation)] = {
+            "count": len(ordered),
+            "p50_ms": pct(0.5),
+            "p99_ms": pct(0.99),
+            "max_ms": round(ordered[-1] * 1e3, 2),
+        }
+    out["frozen"] = {"count": gc.get_freeze_count()}
+    return out
+
+
+def _uninstall() -> None:
+    if _on_gc in gc.callbacks:
+        gc.callbacks.remove(_on_gc)
+
+
+def _report_at_exit() -> None:
+    # Straight to stderr: logging handlers may be closed by the time atexit runs.
+    try:
+        sys.stderr.write(f"presence.live.gctune gc pauses: {json.dumps(pause_stats())}\n")
+    except (OSError, ValueError):
+        pass
+
+
+class ConnectionGrowthFreezer:
+    """Refreezes after connect bursts and unfreezes after the sockets are mostly gone."""
+
+    def __init__(self) -> None:
+        self.at_freeze = 0
+
+    def observe(self, sockets: int, *, grew: bool) -> None:
+        """Called with the process's socket count after a socket registered or left."""
+        if grew:
+            if sockets >= max(self.at_freeze * GROWTH_RATIO, self.at_freeze + MIN_GROWTH):
+                gc.freeze()
+                self.at_freeze = sockets
+        elif self.at_freeze and sockets < self.at_freeze / 2:
+            # Let the next full collection reclaim what closed connections left in cycles.
+            gc.unfreeze()
+            self.at_freeze = 0

@@ -1,0 +1,362 @@
+"""The process registry: every web process announces itself in Redis; ghosts are found from it.
+
+Each web process (one event loop serving sockets) keeps a record in Redis, refreshed every
+``PRESENCE_PROCESS_REFRESH`` seconds by a background task and expiring after three missed
+refreshes, so a crashed or stopped process disappears by itself:
+
+* ``{P}:proc:<id>`` -- id, host, pid, version, started_at, sockets, rss_bytes,
+  loop_lag_seconds (the worst delay of a timer since the last refresh: a stalled loop
+  delays every socket of the process), asyncio_tasks, last_seen;
+* ``{P}:proc:<id>:conns`` -- the ids of the connections it holds a socket for, sent as the
+  changes since the previous refresh (a full rewrite when Redis lost the set);
+* ``{P}:procs`` -- the index of live processes.
+
+:func:`list_processes` reads them (the metrics collector, the staff JSON endpoint, the
+operator console, ``manage.py presence_status``). :func:`reconcile_connections` (Celery task
+``presence.reconcile_connections``) compares the connections Redis holds as online with the
+sockets the live processes hold: a *ghost* is online in Redis while no live process holds
+its socket (its process crashed, or a disconnect was lost). Ghosts lapse at their TTL and are
+swept; ghosts that persist mean the sweep is not running or connections leak.
+
+WARNING: nothing here runs per frame. The consumer reports opens and closes through
+:func:`track_open` / :func:`track_close` (set operations in memory); Redis is written once
+per refresh period per process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+import os
+import resource
+import secrets
+import socket
+import time
+from dataclasses import dataclass, field
+from typing import TypedDict
+
+from redis.exceptions import RedisError
+
+from presence import store
+from presence.conf import app_settings
+from presence.jobs.periodic import RunReport, run_locked
+
+logger = logging.getLogger(__name__)
+
+# How often the loop-lag probe wakes up: lag is how much later than this it actually runs.
+LAG_TICK = 0.25
+
+
+class ProcessRecord(TypedDict):
+    """One registered web process, as :func:`list_processes` returns it."""
+
+    id: str  # host:pid:<random>, unique even when a pid is reused (containers: pid 1)
+    host: str
+    pid: int
+    version: str  # PRESENCE_VERSION of the code it runs
+    started_at: float  # Unix seconds
+    sockets: int  # WebSocket connections it holds
+    rss_bytes: int  # resident memory
+    loop_lag_seconds: float  # worst timer delay since its previous refresh
+    asyncio_tasks: int  # tasks alive in its event loop (a leak shows as growth)
+    last_seen: float  # Unix seconds of its last refresh
+
+
+def record_ttl_ms() -> int:
+    """How long a record outlives its last refresh: three missed refreshes, at least 2 s."""
+    return int(max(3 * app_settings.PROCESS_REFRESH, 2.0) * 1000)
+
+
+def rss_bytes() -> int:
+    """Resident memory of this process (peak RSS where /proc is missing)."""
+    try:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        # ru_maxrss is kilobytes on Linux (bytes on macOS): good enough as a fallback.
+        return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
+@dataclass
+class LocalProcess:
+    """This process's own record and the connections it holds (one per process)."""
+
+    host: str = field(default_factory=socket.gethostname)
+    pid: int = field(default_factory=os.getpid)
+    started_at: float = field(default_factory=time.time)
+    id: str = ""
+    held: set[str] = field(default_factory=set)
+    # Changes to ``held`` not yet published; ``rewrite``: publish the whole set next time.
+    added: set[str] = field(default_factory=set)
+    removed: set[str] = field(default_factory=set)
+    rewrite: bool = True
+    lag_max: float = 0.0  # worst lag since the last publish
+    lag_last: float = 0.0  # the worst lag of the previous window (what was published)
+    loop: asyncio.AbstractEventLoop | None = None
+    task: asyncio.Task[None] | None = None
+    failing: bool = False
+
+    def __post_init__(self) -> None:
+        self.id = self.id or f"{self.host}:{self.pid}:{secrets.token_hex(3)}"
+
+    # ----------------------------------------------------------------- sockets
+    def track_open(self, cid: str) -> None:
+        """A socket of ``cid`` is held from now on."""
+        self.held.add(cid)
+        if cid in self.removed:
+            self.removed.discard(cid)
+        else:
+            self.added.add(cid)
+
+    def track_close(self, cid: str) -> None:
+        """The socket of ``cid`` closed."""
+        if cid not in self.held:
+            return
+        self.held.discard(cid)
+        if cid in self.added:
+            self.added.discard(cid)
+        else:
+            self.removed.add(cid)
+
+    # ----------------------------------------------------------------- the record
+    def record(self) -> ProcessRecord:
+        """This process's record as of now."""
+        loop = self.loop
+        tasks = 0
+        if loop is not None and not loop.is_closed():
+            try:
+                tasks = len(asyncio.all_tasks(loop))
+            except RuntimeError:  # the set changed size while another thread read it
+                tasks = 0
+        return {
+            "id": self.id,
+            "host": self.host,
+            "pid": self.pid,
+            "version": app_settings.VERSION,
+            "started_at": self.started_at,
+            "sockets": len(self.held),
+            "rss_bytes": rss_bytes(),
+            "loop_lag_seconds": round(max(self.lag_max, self.lag_last), 6),
+            "asyncio_tasks": tasks,
+            "last_seen": time.time(),
+        }
+
+    async def publish(self) -> None:
+        """Write the record and the changes to the held set (one MULTI; two on a rewrite)."""
+        record = self.record()
+        client = store.get_async_redis()
+        ttl = record_ttl_ms()
+        fields = _to_hash(record)
+        if self.rewrite:
+            self.added.clear()
+            self.removed.clear()
+            expected = len(self.held)
+            size = await store.publish_process(
+                client, self.id, fields, full=list(self.held), ttl_ms=ttl
+            )
+            self.rewrite = size != expected
+        else:
+            added, removed = self.added, self.removed
+            self.added, self.removed = set(), set()
+            expected = len(self.held)
+            try:
+                size = await store.publish_process(
+                    client, self.id, fields, added=added, removed=removed, ttl_ms=ttl
+                )
+            except BaseException:
+                self.rewrite = True  # the changes may or may not have landed
+                raise
+            if size != expected:
+                # Redis lost the set (restart, flush, expiry after a long stall): rewrite now,
+                # or the reconciliation would count this process's sockets as ghosts.
+                self.rewrite = True
+                await self.publish()
+                return
+        self.lag_last, self.lag_max = self.lag_max, 0.0
+
+    async def withdraw(self) -> None:
+        """Stop refreshing and remove the record now (a graceful shutdown), not after its TTL."""
+        if self.task is not None:
+            self.task.cancel()
+        try:
+            async with asyncio.timeout(1.0):  # best effort: Redis may be gone already
+                await store.aremove_process(store.get_async_redis(), self.id)
+        except Exception as exc:  # the record expires by itself
+            logger.info("process registry: %s not withdrawn (%r); it expires", self.id, exc)
+
+    async def run(self) -> None:
+        """Probe the loop's lag every LAG_TICK and publish every PRESENCE_PROCESS_REFRESH."""
+        loop = asyncio.get_running_loop()
+        next_publish = loop.time()
+        while True:
+            if loop.time() >= next_publish:
+                next_publish = loop.time() + app_settings.PROCESS_REFRESH
+                try:
+                    # Bounded: a stalled Redis must not stall the refresher (nor its lag probe).
+                    async with store.bounded():
+                        await self.publish()
+                except (RedisError, OSError, TimeoutError) as exc:
+                    if not self.failing:  # one line per outage
+                        logger.warning("process registry: cannot publish %s: %s", self.id, exc)
+                    self.failing = True
+                else:
+                    if self.failing:
+                        logger.info("process registry: publishing %s again", self.id)
+                    self.failing = False
+            started = loop.time()
+            await asyncio.sleep(LAG_TICK)
+            self.lag_max = max(self.lag_max, loop.time() - started - LAG_TICK)
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Run the refresh task in ``loop`` (the server's loop; tests start one per loop)."""
+        self.loop = loop
+        # A context of its own: started from whichever request or socket came first, the task
+        # must not carry that one's request or session id into its log lines.
+        self.task = loop.create_task(
+            self.run(), name="presence-process-registry", context=contextvars.Context()
+        )
+        self.rewrite = True
+
+
+def _to_hash(record: ProcessRecord) -> dict[str, str | int | float]:
+    out: dict[str, str | int | float] = {}
+    for name, value in record.items():
+        if name in ("started_at", "last_seen"):
+            out[name] = int(float(value) * 1000)  # type: ignore[arg-type]  # stored as ms
+        else:
+            out[name] = value  # type: ignore[assignment]
+    return out
+
+
+def _from_hash(raw: dict[str, str]) -> ProcessRecord:
+    return {
+        "id": raw.get("id", ""),
+        "host": raw.get("host", ""),
+        "pid": int(raw.get("pid") or 0),
+        "version": raw.get("version", ""),
+        "started_at": int(raw.get("started_at") or 0) / 1000,
+        "sockets": int(raw.get("sockets") or 0),
+        "rss_bytes": int(raw.get("rss_bytes") or 0),
+        "loop_lag_seconds": float(raw.get("loop_lag_seconds") or 0.0),
+        "asyncio_tasks": int(raw.get("asyncio_tasks") or 0),
+        "last_seen": int(raw.get("last_seen") or 0) / 1000,
+    }
+
+
+# --------------------------------------------------------------------------- this process
+_local = LocalProcess()
+
+
+def local() -> LocalProcess:
+    """This process's registry entry."""
+    return _local
+
+
+def ensure_started() -> None:
+    """Start the refresh task in the running loop unless it runs there already (cheap)."""
+    loop = asyncio.get_running_loop()
+    task = _local.task
+    if _local.loop is loop and task is not None and not task.done():
+        return
+    _local.start(loop)
+
+
+def track_open(cid: str) -> None:
+    """The consumer of ``cid`` is registered (called from presence.obs.metrics)."""
+    _local.track_open(cid)
+
+
+def track_close(cid: str) -> None:
+    """The consumer of ``cid`` ended."""
+    _local.track_close(cid)
+
+
+# --------------------------------------------------------------------------- reads
+def list_processes() -> list[ProcessRecord]:
+    """Every live web process's record, from the configured Redis (sorted by host, pid)."""
+    records = [_from_hash(raw) for raw in store.read_processes(store.get_redis())]
+    return sorted(records, key=lambda r: (r["host"], r["pid"], r["id"]))
+
+
+# --------------------------------------------------------------------------- ghosts
+TASK = "reconcile"
+# WARNING: bounds one run. Each page is one ZSCAN plus one pipeline of one SMISMEMBER per live
+# process; 200 pages of 1,000 cover 200,000 connections (a larger deployment gets a lower
+# bound, flagged ``capped``).
+RECONCILE_PAGE = 1000
+RECONCILE_MAX_PAGES = 200
+# Clock skew between web hosts tolerated when deciding a connection is older than the
+# newest refresh every live process made.
+RECONCILE_SKEW_MS = 1000
+GHOST_SAMPLE = 10
+
+
+@dataclass
+class ReconcileReport(RunReport):
+    """What one reconciliation found; stored in ``{P}:reconcile:last``."""
+
+    processes: int = 0  # live process records
+    scanned: int = 0  # live connections looked at
+    ghosts: int = 0  # online in Redis, held by no live process
+    ghost_sample: str = ""  # a few ghost ids, for operators
+    capped: bool = False  # stopped at RECONCILE_MAX_PAGES
+
+    def totals(self) -> dict[str, int]:
+        return {**super().totals(), "ghosts_found_total": self.ghosts}
+
+
+def run_reconcile(report: ReconcileReport | None = None) -> ReconcileReport:
+    """Count ghosts without the lock (see the module docstring)."""
+    report = report or ReconcileReport()
+    client = store.get_redis()
+    now = store.now_ms()
+    records = store.read_processes(client)
+    ids = [rec["id"] for rec in records if rec.get("id")]
+    report.processes = len(ids)
+    # A connection newer than some process's last refresh may simply not be published yet.
+    seen = [int(rec.get("last_seen") or 0) for rec in records]
+    before = min([now, *seen]) - RECONCILE_SKEW_MS
+    ghosts: set[str] = set()
+    cursor, pages = 0, 0
+    while True:
+        cursor, cids = store.scan_live_connections(client, cursor, RECONCILE_PAGE, now=now)
+        pages += 1
+        report.scanned += len(cids)
+        held = store.connections_held(client, ids, cids)
+        missing = [cid for cid in cids if cid not in held and cid not in ghosts]
+        ghosts.update(store.connections_connected_before(client, missing, before, now=now))
+        if cursor == 0:
+            break
+        if pages >= RECONCILE_MAX_PAGES:
+            report.capped = True
+            break
+    report.ghosts = len(ghosts)
+    report.ghost_sample = ",".join(sorted(ghosts)[:GHOST_SAMPLE])
+    return report
+
+
+def reconcile_lock_ttl_ms() -> int:
+    """The reconciliation lock: one run at a time, released at the end of each run."""
+    return 60_000
+
+
+def reconcile_connections() -> ReconcileReport:
+    """One reconciliation under its lock; the ghost count is kept for the metrics."""
+    report = run_locked(TASK, reconcile_lock_ttl_ms(), ReconcileReport(), run_reconcile)
+    if report.ghosts:
+        logger.warning(
+            "reconcile: %d ghost connections (online in Redis, no live process holds them; "
+            "e.g. %s) among %d live, %d processes",
+            report.ghosts,
+            report.ghost_sample,
+            report.scanned,
+            report.processes,
+        )
+    elif not report.skipped:
+        logger.info(
+            "reconcile: no ghosts among %d live connections, %d processes",
+            report.scanned,
+            report.processes,
+        )
+    return report

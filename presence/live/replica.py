@@ -1,0 +1,110 @@
+"""A process-local replica of who is online, kept by the event log reader.
+
+``presence.sync`` for the global scope must hand the client everyone online at a log
+position. Read from Redis that is O(users) commands per sync; in a connect storm, where
+every new client syncs, O(users²) — tens of millions of commands for 5,000 clients. The
+reader sees every event in log order anyway, so it keeps the global membership here and a
+sync is answered from memory, at the reader's own position: exactly consistent with the
+diffs the socket gets next, at no Redis cost.
+
+The replica is built on the first global sync (one Redis snapshot at a position ``S``),
+then replays the reader's recent events after ``S`` that it has already dispatched (kept
+in :attr:`EventLogReader.recent`), then follows every new event. A gap in the log drops it
+(the next sync rebuilds it).
+
+Each user's wire form is kept as a JSON fragment, so a reply with thousands of users is
+one string join, not thousands of dict serialisations.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from presence import store
+from presence.live.diffs import Pos, position
+
+# What the replica follows: membership of the global scope, and connection counts.
+MEMBERSHIP = frozenset({"join", "leave", "status"})
+
+
+class GlobalReplica:
+    """uid -> (username, status, live connections) of everyone online, at ``pos``."""
+
+    def __init__(self, snap: store.Snapshot) -> None:
+        self.seq = snap.seq
+        self.pos: Pos = position(snap.seq)
+        self._users: dict[int, list[Any]] = {}  # uid -> [username, status, connections]
+        self._fragments: dict[int, str] = {}
+        for user in snap.users:
+            self._users[user["id"]] = [user["username"], user["status"], user["connections"]]
+        self._cache: str | None = None
+
+    def apply(self, eid: str, pos: Pos, fields: Mapping[str, str]) -> None:
+        """Follow one log entry (in log order); entries at or before ``pos`` are in already."""
+        if pos <= self.pos:
+            return
+        self.pos, self.seq = pos, eid
+        kind = fields.get("k")
+        uid = int(fields.get("u") or 0)
+        entry = self._users.get(uid)
+        if kind == "open":
+            if entry is not None:
+                entry[2] += 1
+                self._changed(uid)
+        elif kind == "close":
+            if entry is not None and entry[2] > 1:
+                entry[2] -= 1
+                self._changed(uid)
+        elif kind in MEMBERSHIP and fields.get("r", "") == "":
+            if kind == "leave":
+                self._users.pop(uid, None)
+            elif entry is None:
+                if kind != "join":
+                    return  # a status of someone gone: the log's leave was first
+                self._users[uid] = [fields.get("n", ""), fields.get("s", "online"), 1]
+            else:
+                entry[0], entry[1] = fields.get("n", entry[0]), fields.get("s", entry[1])
+            self._changed(uid)
+
+    def replay(self, events: Iterable[tuple[str, Pos, Mapping[str, str]]]) -> None:
+        """Apply already-dispatched entries newer than the snapshot."""
+        for eid, pos, fields in events:
+            self.apply(eid, pos, fields)
+
+    def _changed(self, uid: int) -> None:
+        self._fragments.pop(uid, None)
+        self._cache = None
+
+    def users_json(self) -> str:
+        """The ``users`` array as JSON text (cached until the next change)."""
+        if self._cache is None:
+            parts = []
+            for uid, (username, status, conns) in self._users.items():
+                fragment = self._fragments.get(uid)
+                if fragment is None:
+                    fragment = self._fragments[uid] = json.dumps(
+                        {"id": uid, "username": username, "status": status, "connections": conns},
+                        separators=(",", ":"),
+                    )
+                parts.append(fragment)
+            self._cache = "[" + ",".join(parts) + "]"
+        return self._cache
+
+    def __len__(self) -> int:
+        return len(self._users)
+
+    def reply_text(self, frame_id: str | int | None) -> str:
+        """The whole ``presence.sync`` reply frame for the global scope, as text."""
+        return (
+            '{"type":"reply","id":'
+            + json.dumps(frame_id)
+            + ',"data":{"count":'
+            + str(len(self._users))
+            + ',"users":'
+            + self.users_json()
+            + ',"seq":"'
+            + self.seq
+            + '","complete":true}}'
+        )

@@ -1,0 +1,142 @@
+"""Health checks: liveness (no dependencies) and readiness (database, Redis, channel layer, tasks).
+
+``/healthz`` answers as long as the process serves requests. ``/readyz`` checks, concurrently
+and each within ``CHECK_TIMEOUT``: a ``SELECT 1`` on the database, a ``PING`` to the presence
+Redis, a message sent and received through the channel layer, and the age of the last
+successful sweep and flush. It is not ready (503) when a dependency fails or the last sweep
+is older than ``PRESENCE_READY_SWEEP_MAX_AGE`` (0 turns that check off): without sweeps,
+vanished clients would stay online forever. The flush's age is reported, never fatal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any, TypedDict
+
+from channels.db import database_sync_to_async
+from channels.layers import get_channel_layer
+from django.db import connection
+
+from presence import store
+from presence.conf import app_settings
+from presence.jobs import periodic
+
+# Seconds each check may take before it counts as failed.
+CHECK_TIMEOUT = 2.0
+
+
+class CheckResult(TypedDict):
+    """One dependency check."""
+
+    ok: bool
+    latency_ms: float
+    error: str
+
+
+class TaskAge(TypedDict):
+    """How long ago a periodic task last succeeded."""
+
+    last_success_age_seconds: float | None  # None: never succeeded (per Redis)
+    max_age_seconds: float | None  # None: no threshold (reported only)
+    stale: bool
+
+
+class Readiness(TypedDict):
+    """The body of ``/readyz``."""
+
+    ready: bool
+    checks: dict[str, CheckResult]
+    tasks: dict[str, TaskAge]
+
+
+def _db_ping() -> None:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 1")
+        cursor.fetchone()
+
+
+async def check_database() -> None:
+    """One ``SELECT 1`` on the default database."""
+    await database_sync_to_async(_db_ping)()
+
+
+async def check_redis() -> None:
+    """``PING`` the presence Redis."""
+    await store.get_async_redis().ping()
+
+
+async def check_channel_layer() -> None:
+    """Send a message to a fresh channel and receive it back (a real round trip)."""
+    layer = get_channel_layer()
+    if layer is None:
+        raise RuntimeError("no channel layer configured")
+    # A plain channel name (no "!"): not routed through this process's inbox reader.
+    name = f"presence.readyz.{uuid.uuid4().hex}"
+    await layer.send(name, {"type": "readyz.ping"})
+    message = await layer.receive(name)
+    if message.get("type") != "readyz.ping":
+        raise RuntimeError(f"channel layer returned {message!r}")
+
+
+async def _timed(check: Callable[[], Awaitable[None]]) -> CheckResult:
+    started = time.perf_counter()
+    try:
+        await asyncio.wait_for(check(), CHECK_TIMEOUT)
+    except TimeoutError:
+        error = f"timed out after {CHECK_TIMEOUT:g} s"
+    except Exception as exc:
+        error = f"{type(exc).__name__}: {exc}"[:200]
+    else:
+        error = ""
+    latency = round((time.perf_counter() - started) * 1000, 2)
+    return {"ok": not error, "latency_ms": latency, "error": error}
+
+
+def task_ages(runs: dict[str, periodic.TaskRun], now: float) -> dict[str, TaskAge]:
+    """Sweep and flush ages; only a sweep older than its threshold is ``stale``."""
+    thresholds: dict[str, float | None] = {
+        "sweep": app_settings.READY_SWEEP_MAX_AGE or None,
+        "flush": None,
+    }
+    out: dict[str, TaskAge] = {}
+    for task, limit in thresholds.items():
+        last = runs[task]["last_success_at"] if task in runs else None
+        age = round(max(0.0, now - last), 3) if last is not None else None
+        stale = limit is not None and (age is None or age > limit)
+        out[task] = {"last_success_age_seconds": age, "max_age_seconds": limit, "stale": stale}
+    return out
+
+
+async def readiness() -> Readiness:
+    """Run every check concurrently; ``ready`` only when all pass and the sweep is fresh."""
+    names = ("database", "redis", "channel_layer")
+    results = await asyncio.gather(
+        _timed(check_database), _timed(check_redis), _timed(check_channel_layer)
+    )
+    checks = dict(zip(names, results, strict=True))
+    runs: dict[str, periodic.TaskRun] = {}
+    if checks["redis"]["ok"]:
+        try:
+            runs = await asyncio.wait_for(
+                asyncio.to_thread(periodic.last_runs, ("sweep", "flush")), CHECK_TIMEOUT
+            )
+        except Exception as exc:
+            checks["redis"] = {"ok": False, "latency_ms": 0.0, "error": f"task runs: {exc}"}
+    ages = task_ages(runs, time.time())
+    ready = all(c["ok"] for c in checks.values()) and not any(a["stale"] for a in ages.values())
+    return {"ready": ready, "checks": checks, "tasks": ages}
+
+
+def liveness() -> dict[str, Any]:
+    """The body of ``/healthz``: this process answers; nothing else is asked."""
+    from presence.live import processes
+
+    local = processes.local()
+    return {
+        "status": "ok",
+        "process": local.id,
+        "uptime_seconds": round(time.time() - local.started_at, 3),
+    }

@@ -1,0 +1,108 @@
+"""Operator endpoints: ``/metrics``, ``/healthz``, ``/readyz`` and the staff process listing.
+
+``/metrics`` is open in development (``DEBUG``). In production it needs
+``Authorization: Bearer $METRICS_TOKEN`` or a client address (``REMOTE_ADDR``: scrape the
+server directly, not through a proxy) in one of ``METRICS_ALLOWED_NETWORKS``; with neither
+setting configured it refuses everyone (403) and logs once why.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from typing import Any
+
+from django.conf import settings
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.utils.crypto import constant_time_compare
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_GET
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from presence.jobs import periodic
+from presence.live import processes
+from presence.obs import metrics
+from presence.ops import health
+
+logger = logging.getLogger(__name__)
+
+_warned_unconfigured = False
+
+
+def _networks() -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    nets = []
+    for raw in getattr(settings, "METRICS_ALLOWED_NETWORKS", []) or []:
+        try:
+            nets.append(ipaddress.ip_network(str(raw).strip(), strict=False))
+        except ValueError:
+            logger.error("METRICS_ALLOWED_NETWORKS: %r is not a network; ignored", raw)
+    return nets
+
+
+def metrics_access(request: HttpRequest) -> tuple[bool, str]:
+    """Whether ``request`` may read ``/metrics``, and why (for the log and the 403 body)."""
+    global _warned_unconfigured
+    if settings.DEBUG:
+        return True, "development (DEBUG)"
+    token = str(getattr(settings, "METRICS_TOKEN", "") or "")
+    networks = _networks()
+    if not token and not networks:
+        if not _warned_unconfigured:
+            _warned_unconfigured = True
+            logger.warning(
+                "/metrics refused: neither METRICS_TOKEN nor METRICS_ALLOWED_NETWORKS is set "
+                "(production answers 403 to every scrape until one is)"
+            )
+        return False, "metrics access is not configured"
+    if token:
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() == "bearer" and given and constant_time_compare(given.strip(), token):
+            return True, "token"
+    if networks:
+        try:
+            addr = ipaddress.ip_address(request.META.get("REMOTE_ADDR", ""))
+        except ValueError:
+            addr = None
+        if addr is not None and any(addr in net for net in networks):
+            return True, "network"
+    return False, "a valid bearer token or an allowed client address is required"
+
+
+@never_cache
+@require_GET
+def metrics_view(request: HttpRequest) -> HttpResponse:
+    """``GET /metrics``: Prometheus text exposition (presence, Django, every process)."""
+    allowed, why = metrics_access(request)
+    if not allowed:
+        return HttpResponse(f"403 Forbidden: {why}\n", status=403, content_type="text/plain")
+    return HttpResponse(metrics.exposition(), content_type=CONTENT_TYPE_LATEST)
+
+
+@never_cache
+@require_GET
+def healthz(request: HttpRequest) -> JsonResponse:
+    """``GET /healthz``: 200 while the process serves requests; checks no dependency."""
+    return JsonResponse(health.liveness())
+
+
+@never_cache
+@require_GET
+async def readyz(request: HttpRequest) -> JsonResponse:
+    """``GET /readyz``: 200 when database, Redis, channel layer and the sweep are fine; else 503."""
+    result = await health.readiness()
+    return JsonResponse(result, status=200 if result["ready"] else 503)
+
+
+@never_cache
+@require_GET
+def processes_view(request: HttpRequest) -> JsonResponse:
+    """``GET /api/presence/live/processes/`` (staff): live web processes and the last task runs."""
+    user: Any = request.user
+    if not user.is_authenticated:
+        return JsonResponse({"error": "authentication required"}, status=401)
+    if not user.is_staff:
+        return JsonResponse({"error": "staff only"}, status=403)
+    return JsonResponse(
+        {"processes": processes.list_processes(), "tasks": periodic.last_runs()},
+        json_dumps_params={"indent": 1},
+    )
