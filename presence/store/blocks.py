@@ -1,0 +1,76 @@
+"""Blocks, revoked credentials, and finding a user's sockets (presence.actions.revocation)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from presence.conf import app_settings
+from presence.store.clients import now_ms
+from presence.store.keys import keys
+
+
+# --------------------------------------------------------------------------- revocation
+# ---- blocks, revoked credentials, and finding a user's sockets (presence.actions.revocation)
+@dataclass(frozen=True)
+class ConnTarget:
+    """Where one live connection's socket can be reached, and with what credentials."""
+
+    cid: str
+    channel: str
+    login: str
+
+
+def user_connection_targets(
+    client: redis.Redis, uid: int, *, now: int | None = None
+) -> list[ConnTarget]:
+    """The user's live connections with their channel names: two round trips, bounded by
+    the per-user connection limit."""
+    k = keys()
+    cids: Any = client.zrangebyscore(k.user_conns(uid), f"({now or now_ms()}", "+inf")
+    if not cids:
+        return []
+    pipe = client.pipeline(transaction=False)
+    for cid in cids:
+        pipe.hmget(k.conn(cid), ["channel", "login"])
+    targets = []
+    for cid, (channel, login) in zip(cids, pipe.execute(), strict=True):
+        if channel:
+            targets.append(ConnTarget(str(cid), str(channel), str(login or "")))
+    return targets
+
+
+def connection_login(client: redis.Redis, cid: str) -> str:
+    """The login-session hash a live connection authenticated with ("" when unknown)."""
+    return str(client.hget(keys().conn(cid), "login") or "")
+
+
+def revoke_user_credentials(client: redis.Redis, uid: int, *, now: int | None = None) -> None:
+    """Refuse credentials of ``uid`` issued until now (tokens minted before a kick)."""
+    # Tokens live PRESENCE_TOKEN_MAX_AGE at most: the mark may go when the last one expired.
+    ttl_ms = int(app_settings.TOKEN_MAX_AGE * 1000) + 60_000
+    client.set(keys().user_revoked(uid), now or now_ms(), px=ttl_ms)
+
+
+def revoke_login(client: redis.Redis, login: str, *, seconds: float) -> None:
+    """Refuse new connections of the login session ``login`` for ``seconds``."""
+    if login and seconds > 0:
+        client.set(keys().login_revoked(login), 1, px=int(seconds * 1000))
+
+
+def set_user_block(client: redis.Redis, uid: int, *, until_ms: int, reason: str) -> None:
+    """Refuse new connections of ``uid`` until ``until_ms`` (the key expires then)."""
+    client.set(keys().user_block(uid), reason or "blocked", pxat=until_ms)
+
+
+def clear_user_block(client: redis.Redis, uid: int) -> None:
+    """Lift an operator's block of ``uid``."""
+    client.delete(keys().user_block(uid))
+
+
+def user_block_ttl_ms(client: redis.Redis, uid: int) -> int:
+    """Milliseconds left of ``uid``'s block (0 when not blocked)."""
+    left: Any = client.pttl(keys().user_block(uid))
+    return max(0, int(left))

@@ -1,0 +1,103 @@
+"""Redis clients (sync, and asyncio per event loop), bounded waits, and the time base."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import weakref
+from typing import Any
+
+import redis
+import redis.asyncio as aredis
+
+from presence.conf import app_settings
+
+
+def now_ms() -> int:
+    """Wall-clock milliseconds, the time base of every score."""
+    return int(time.time() * 1000)
+
+
+# --------------------------------------------------------------------------- clients
+_sync_clients: dict[str, redis.Redis] = {}
+_async_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, aredis.Redis]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def client_options(*, for_asyncio: bool = False) -> dict[str, Any]:
+    """Options of every presence Redis client: bounded waits everywhere.
+
+    A command waits at most PRESENCE_REDIS_SOCKET_TIMEOUT for its answer and a new connection
+    PRESENCE_REDIS_CONNECT_TIMEOUT; a failed command is retried once (a pooled connection
+    may be stale after a Redis restart). Without these, a paused Redis held callers for as
+    long as it stayed paused, and redis-py's default three retries multiplied every wait.
+    """
+    from redis.asyncio.retry import Retry as AsyncRetry
+    from redis.backoff import ExponentialBackoff
+    from redis.retry import Retry
+
+    retry_class = AsyncRetry if for_asyncio else Retry
+    return {
+        "decode_responses": True,
+        "health_check_interval": 30,
+        # WARNING: asyncio clients get no socket_timeout. redis-py then wraps every send in
+        # asyncio.wait_for, which on Python 3.11 can swallow a cancellation (a cancelled
+        # heartbeat batch kept running, and a closing event loop waited on it). Their reads
+        # are bounded by the callers with asyncio.timeout instead (see bounded()).
+        "socket_timeout": None if for_asyncio else app_settings.REDIS_SOCKET_TIMEOUT,
+        "socket_connect_timeout": app_settings.REDIS_CONNECT_TIMEOUT,
+        "retry": retry_class(ExponentialBackoff(cap=0.2, base=0.05), 1),
+    }
+
+
+def bounded(extra: float = 0.0) -> asyncio.Timeout:
+    """``async with bounded():`` around an asyncio Redis call: at most the socket timeout
+    (plus ``extra``, e.g. a blocking read's BLOCK time), then TimeoutError."""
+    return asyncio.timeout(app_settings.REDIS_SOCKET_TIMEOUT + extra)
+
+
+def get_redis() -> redis.Redis:
+    """Process-wide sync client (thread-safe connection pool) for views, admin and tasks."""
+    url = app_settings.REDIS_URL
+    client = _sync_clients.get(url)
+    if client is None:
+        client = _sync_clients[url] = redis.Redis.from_url(url, **client_options())
+    return client
+
+
+def get_async_redis(*, blocking: bool = False) -> aredis.Redis:
+    """Async client of the running event loop (asyncio connections cannot cross loops).
+
+    ``blocking``: a separate client for the background readers' blocking reads (XREAD BLOCK,
+    XREADGROUP BLOCK). Each holds a connection for seconds; on the shared pool they would
+    make the hot path open new connections (a handshake on a heartbeat's way).
+    """
+    loop = asyncio.get_running_loop()
+    per_loop = _async_clients.setdefault(loop, {})
+    url = app_settings.REDIS_URL
+    key = url + "#blocking" if blocking else url
+    client = per_loop.get(key)
+    if client is None:
+        client = per_loop[key] = aredis.Redis.from_url(url, **client_options(for_asyncio=True))
+    return client
+
+
+def reset_clients() -> None:
+    """Forget cached clients (after the Redis URL changed, e.g. in tests)."""
+    for client in _sync_clients.values():
+        client.close()
+    _sync_clients.clear()
+    _async_clients.clear()
+
+
+def ttl_ms() -> int:
+    return int(app_settings.TTL * 1000)
+
+
+def grace_ms() -> int:
+    return int(app_settings.KEY_GRACE * 1000)
+
+
+def log_maxlen() -> int:
+    return app_settings.EVENT_LOG_MAXLEN
