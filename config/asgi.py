@@ -11,9 +11,10 @@ django_asgi_app = get_asgi_application()
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
 from presence.access.auth import PresenceAuthStack  # noqa: E402
+from presence.access.origin import LoggingOriginValidator  # noqa: E402
 from presence.handlers.lifecycle import register_at_startup  # noqa: E402
 from presence.live import gctune  # noqa: E402
-from presence.live.lifespan import LoggingOriginValidator, ProcessRegistryMiddleware  # noqa: E402
+from presence.live.lifespan import ProcessRegistryMiddleware  # noqa: E402
 from presence.routing import websocket_urlpatterns  # noqa: E402
 
 # Every web process records its message handlers (RegisteredHandler) before serving.

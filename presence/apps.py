@@ -16,8 +16,12 @@ class PresenceConfig(AppConfig):
         from presence import checks  # noqa: F401 - registers the system checks
         from presence.actions.revocation import connect_receivers
         from presence.handlers.registry import registry
+        from presence.live import processes
+        from presence.obs import metrics
 
         connect_receivers()
+        # The process registry counts the sockets this process holds as they open and end.
+        metrics.on_connection(opened=processes.track_open, closed=processes.track_close)
 
         # No database access here (Django forbids it in ready()): a broken application module
         # is recorded and persisted as a `failed` row when the web process starts

@@ -31,7 +31,7 @@ def check_presence_timing(app_configs: Any = None, **kwargs: Any) -> list[Error]
 @register()
 def check_webhook_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]:
     """The environment's webhook endpoint must be signable and recognise its event types."""
-    from presence.hooks.events import EVENT_TYPES
+    from presence.protocol.events import EVENT_TYPES
 
     errors = []
     if app_settings.WEBHOOK_URL and not app_settings.WEBHOOK_SECRET:

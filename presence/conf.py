@@ -218,7 +218,7 @@ class AppSettings:
         """Seconds between runs of the Celery fallback writer ``presence.write_sessions``."""
         return float(self._get("PRESENCE_SESSION_LOG_INTERVAL", 2.0))
 
-    # ---- observability (presence/live/processes.py, presence/obs/metrics.py, presence/ops/health.py)
+    # ---- observability (live/processes.py, obs/metrics.py, ops/health.py)
     @property
     def VERSION(self) -> str:
         """Version of the deployed code, shown in the process registry (e.g. a git commit)."""

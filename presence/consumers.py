@@ -549,7 +549,7 @@ class PresenceConsumer(AsyncWebsocketConsumer):
             # Logs the leaves and the `close` the session row is ended from; a no-op when
             # the sweep ended the connection first (exactly one of them ends it).
             async with store.bounded():
-                await actions.do_disconnect_user(self.conn_ref, reason=self.end_reason.value)
+                await actions.do_end_connection(self.conn_ref, reason=self.end_reason.value)
         except (RedisError, TimeoutError) as exc:
             # Redis down: the sweep ends the connection, and its row, once its TTL lapses.
             logger.warning("could not remove connection %s from presence: %s", self.session_id, exc)

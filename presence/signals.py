@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from django.dispatch import Signal
 
-from presence.hooks import events
+from presence.protocol import events
 
 user_online = Signal()
 user_offline = Signal()

@@ -15,9 +15,8 @@ from celery import shared_task
 
 from presence.actions import revocation
 from presence.hooks import dispatch, webhooks
-from presence.jobs import flush, periodic, reap, sessionlog, sweep
+from presence.jobs import flush, periodic, reap, reconcile, sessionlog, sweep
 from presence.jobs import groups as reader
-from presence.live import processes
 
 # What a beat-scheduled run returns when its period was run by another beat's run already.
 PERIOD_SKIPPED: dict[str, Any] = {"skipped": True, "why": "period"}
@@ -94,9 +93,9 @@ def write_sessions() -> dict[str, Any]:
 )
 def reconcile_connections(period: float | None = None) -> dict[str, Any]:
     """Count ghosts: connections online in Redis that no live web process holds a socket for."""
-    if not periodic.claim_period(processes.TASK, period):
+    if not periodic.claim_period(reconcile.TASK, period):
         return PERIOD_SKIPPED
-    return processes.reconcile_connections().as_dict()
+    return reconcile.reconcile_connections().as_dict()
 
 
 # ---- server-side hooks (presence/hooks/, docs/hooks.md)

@@ -127,7 +127,7 @@ def do_kick_session(session: ConnectionSession, *, revoke_seconds: float | None 
     return True
 
 
-# ---- bulk writes of the periodic tasks (presence.sweep, presence.flush)
+# ---- bulk writes of the periodic tasks (presence.jobs.sweep, presence.jobs.flush)
 # One UPDATE ... CASE per call: callers pass at most a few hundred rows (their batch size),
 # which keeps every statement far below the database's bound-parameter limits.
 def _parse_ids(ids: Iterable[str]) -> dict[str, uuid.UUID]:

@@ -23,7 +23,7 @@ from channels.db import database_sync_to_async
 from django.utils.module_loading import import_string
 
 from presence.conf import app_settings
-from presence.handlers import FrameError
+from presence.protocol.errors import FrameError
 
 Action = Literal["join", "list"]
 Authorizer = Callable[[Any, str, Action], Any]

@@ -10,6 +10,7 @@ out on either side. A refused handshake is answered with HTTP 403.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 from urllib.parse import ParseResult
 
@@ -17,6 +18,8 @@ from channels.security.websocket import OriginValidator
 from django.conf import settings
 
 from presence.conf import app_settings
+
+logger = logging.getLogger("presence.ws")
 
 DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
 
@@ -56,3 +59,20 @@ class PresenceOriginValidator(OriginValidator):
             hosts = ["localhost", "127.0.0.1", "[::1]"]
         self.allowed_origins = hosts
         return bool(super().valid_origin(parsed_origin))
+
+
+class LoggingOriginValidator(PresenceOriginValidator):
+    """The presence Origin check (above), logging each handshake it refuses."""
+
+    def valid_origin(self, parsed_origin: Any) -> bool:
+        ok = bool(super().valid_origin(parsed_origin))
+        if not ok:
+            origin = parsed_origin.geturl() if parsed_origin is not None else None
+            reason = "origin not allowed" if origin else "no Origin header"
+            logger.warning(
+                "handshake refused: %s (Origin %r)",
+                reason,
+                origin,
+                extra={"event": "refused", "reason": reason, "origin": origin},
+            )
+        return ok

@@ -117,7 +117,7 @@ async def do_set_status(conn: store.ConnRef, status: str, *, username: str) -> s
     )
 
 
-async def do_disconnect_user(conn: store.ConnRef, *, reason: str) -> store.EndResult:
+async def do_end_connection(conn: store.ConnRef, *, reason: str) -> store.EndResult:
     """Remove a closed connection at once; its leaves and ``close`` (``reason``) are logged."""
     (result,) = await store.end_connections(store.get_async_redis(), [conn], reason=reason)
     return result

@@ -6,6 +6,7 @@ Application code imports from here::
 """
 
 from presence.handlers.context import HandlerContext
-from presence.handlers.registry import FrameError, HandlerRegistry, HandlerSpec, registry
+from presence.handlers.registry import HandlerRegistry, HandlerSpec, registry
+from presence.protocol.errors import FrameError
 
 __all__ = ["FrameError", "HandlerContext", "HandlerRegistry", "HandlerSpec", "registry"]

@@ -2,12 +2,41 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from typing import Any, Protocol
 
+from presence import store
 from presence.actions import connections as actions
+from presence.live.diffs import Subscriber
+from presence.live.eventlog import EventLogReader
 
-if TYPE_CHECKING:
-    from presence.consumers import PresenceConsumer
+
+class Connection(Subscriber, Protocol):
+    """What handlers may use of the connection that sent a frame.
+
+    ``presence.consumers.Connection`` implements it; the handlers sit below the
+    consumer in the layers, so they name this protocol instead of the class.
+    """
+
+    user_id: int
+    username: str
+    session_id: str
+    scope: Mapping[str, Any]
+    rooms: set[str]
+    reader: EventLogReader | None
+
+    @property
+    def conn_ref(self) -> store.ConnRef: ...
+
+    async def send_frame(self, frame: dict[str, Any]) -> None: ...
+
+    async def send_text(self, text: str) -> None: ...
+
+    async def expire(self) -> None: ...
+
+    def join_scope(self, room: str) -> None: ...
+
+    def leave_scope(self, room: str) -> None: ...
 
 
 class HandlerContext:
@@ -16,7 +45,7 @@ class HandlerContext:
     Identity comes only from the authenticated connection; nothing in a frame can change it.
     """
 
-    def __init__(self, consumer: PresenceConsumer, frame_id: str | int | None) -> None:
+    def __init__(self, consumer: Connection, frame_id: str | int | None) -> None:
         self._consumer = consumer
         self.frame_id = frame_id
 
@@ -43,7 +72,7 @@ class HandlerContext:
         return frozenset(self._consumer.rooms)
 
     @property
-    def consumer(self) -> PresenceConsumer:
+    def consumer(self) -> Connection:
         """The consumer itself, for the built-in handlers; applications should not need it."""
         return self._consumer
 

@@ -11,7 +11,8 @@ tasks whose deadline passed, at most :data:`GRANULARITY` late. The semantics are
 from __future__ import annotations
 
 import asyncio
-import weakref
+
+from presence.loops import LoopLocal
 
 # How late a timeout may fire. Handler timeouts are seconds; 50 ms late is immaterial, and
 # it lets calls with the same timeout share one timer run.
@@ -74,23 +75,7 @@ class Watchdog:
             self._arm(max(earliest, now + GRANULARITY))
 
 
-_watchdogs: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Watchdog] = (
-    weakref.WeakKeyDictionary()
-)
+_watchdogs: LoopLocal[Watchdog] = LoopLocal(Watchdog)
 
-
-_last: Watchdog | None = None  # one-entry cache: a web process has one loop
-
-
-def watchdog() -> Watchdog:
-    """The running loop's watchdog."""
-    global _last
-    loop = asyncio.get_running_loop()
-    dog = _last
-    if dog is not None and dog._loop is loop:
-        return dog
-    dog = _watchdogs.get(loop)
-    if dog is None:
-        dog = _watchdogs[loop] = Watchdog(loop)
-    _last = dog
-    return dog
+# The running loop's watchdog. WARNING: hot path (every handler call): the bound method itself.
+watchdog = _watchdogs.get

@@ -27,7 +27,6 @@ import logging
 import os
 import socket
 import threading
-import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -37,6 +36,7 @@ from django.utils import timezone
 
 from presence import store
 from presence.handlers.registry import VERSION_RE, HandlerRegistry, LoadFailure, registry
+from presence.loops import LoopLocal
 from presence.models import HandlerStatus, RegisteredHandler
 
 logger = logging.getLogger(__name__)
@@ -462,20 +462,18 @@ class ControlWatcher:
                 task.cancel()
 
 
-_watchers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, ControlWatcher] = (
-    weakref.WeakKeyDictionary()
-)
+_watchers: LoopLocal[ControlWatcher] = LoopLocal()
 
 
 async def ensure_control_watcher(reg: HandlerRegistry = registry) -> ControlWatcher:
     """Start this event loop's watcher on first use; waits for its first read (once)."""
-    loop = asyncio.get_running_loop()
-    watcher = _watchers.get(loop)
-    if watcher is None:
-        for old in [lp for lp in _watchers if lp.is_closed()]:
-            del _watchers[old]  # a task keeps its loop alive: drop finished ones (tests)
-        watcher = _watchers[loop] = ControlWatcher(reg)
+
+    def start(loop: asyncio.AbstractEventLoop) -> ControlWatcher:
+        watcher = ControlWatcher(reg)
         watcher.ready = loop.create_task(watcher._initial())
+        return watcher
+
+    watcher = _watchers.get(start)
     assert watcher.ready is not None
     await asyncio.shield(watcher.ready)
     return watcher

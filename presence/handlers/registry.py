@@ -31,6 +31,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from presence.handlers.deadlines import watchdog
+from presence.obs import metrics
+from presence.protocol.errors import FrameError
 
 if TYPE_CHECKING:
     from presence.handlers.context import HandlerContext
@@ -47,15 +49,6 @@ DEFAULT_TIMEOUT = 5.0
 MAX_ERROR_CHARS = 4000
 # A handler returns this when it answered (or closed the socket) itself.
 NO_REPLY: Any = object()
-
-
-class FrameError(Exception):
-    """Raised by dispatch or a handler: answered with ``{"type": "error", "code": ...}``."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 @dataclass(frozen=True)
@@ -246,6 +239,10 @@ class HandlerRegistry:
     def __iter__(self) -> Iterator[HandlerSpec]:
         return iter(sorted(self._handlers.values(), key=lambda s: s.type))
 
+    def types(self) -> list[str]:
+        """The registered message types (the metrics' handler labels)."""
+        return [spec.type for spec in self]
+
     def __contains__(self, msg_type: object) -> bool:
         return msg_type in self._handlers
 
@@ -338,3 +335,5 @@ def _format_error(exc: BaseException) -> str:
 
 
 registry = HandlerRegistry()
+# Frames and handler series are labelled by registered type only (a client cannot invent labels).
+metrics.use_handler_types(registry)

@@ -10,7 +10,6 @@ from django.http import HttpRequest
 from django.utils.html import format_html, format_html_join
 
 from presence.hooks import webhooks
-from presence.hooks.events import EVENT_TYPES
 from presence.models import (
     DeliveryState,
     HookFailure,
@@ -18,6 +17,7 @@ from presence.models import (
     WebhookEndpoint,
     WebhookEvent,
 )
+from presence.protocol.events import EVENT_TYPES
 
 # Recent deliveries shown on an endpoint's page.
 RECENT_DELIVERIES = 20

@@ -23,47 +23,22 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
-from typing import Any, TypedDict
+from typing import Any
 
 from presence import store
-
-USER_ONLINE = "user.online"
-USER_OFFLINE = "user.offline"
-USER_STATUS = "user.status"
-ROOM_OCCUPIED = "room.occupied"
-ROOM_VACATED = "room.vacated"
-ROOM_JOIN = "room.join"
-ROOM_LEAVE = "room.leave"
-EVENT_TYPES = (
-    USER_ONLINE,
-    USER_OFFLINE,
-    USER_STATUS,
-    ROOM_OCCUPIED,
-    ROOM_VACATED,
+from presence.protocol.events import (
     ROOM_JOIN,
     ROOM_LEAVE,
+    ROOM_OCCUPIED,
+    ROOM_VACATED,
+    USER_OFFLINE,
+    USER_ONLINE,
+    USER_STATUS,
+    EventPayload,
 )
+
 # End reasons in the log whose hook name differs: a lapsed connection "expired".
 REASONS = {"timeout": "expired"}
-
-
-class UserRef(TypedDict):
-    id: int
-    username: str
-
-
-class EventPayload(TypedDict):
-    """One event as a webhook body carries it (docs/hooks.md)."""
-
-    id: str
-    type: str
-    at: str
-    at_ms: int
-    user: UserRef
-    room: str | None
-    status: str
-    reason: str | None
-    position: str
 
 
 @dataclass(frozen=True)

@@ -45,11 +45,12 @@ from django.utils import timezone
 
 from presence import store
 from presence.conf import app_settings
-from presence.hooks.events import EventPayload, HookEvent, backoff_seconds, events_of
+from presence.hooks.events import HookEvent, backoff_seconds, events_of
 from presence.jobs import groups as reader
 from presence.jobs.periodic import RunReport, run_locked
 from presence.models import DeliveryState, WebhookDelivery, WebhookEndpoint, WebhookEvent
 from presence.obs import metrics
+from presence.protocol.events import EventPayload
 
 logger = logging.getLogger(__name__)
 

@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass
 from typing import TypedDict, TypeVar
 
 from presence import store
+from presence.obs.buckets import DURATION_BUCKETS
 
 logger = logging.getLogger(__name__)
 
@@ -120,7 +121,6 @@ def _record(task: str, report: RunReport) -> None:
 # --------------------------------------------------------------------------- run durations
 # Upper bounds (seconds) of the task duration histograms; fields ``duration_le_<bound>`` count
 # the runs that fell in each bucket (not cumulative), ``duration_sum_ms`` their total.
-DURATION_BUCKETS: tuple[float, ...] = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 
 def duration_bucket(seconds: float) -> str:

@@ -47,7 +47,6 @@ import os
 import socket
 import time
 import uuid
-import weakref
 from collections import defaultdict
 from dataclasses import dataclass, field
 
@@ -58,6 +57,7 @@ from django.db import DatabaseError, transaction
 from presence import store
 from presence.conf import app_settings
 from presence.jobs.periodic import RunReport, run_locked
+from presence.loops import LoopLocal
 from sessions_app.actions import (
     SessionStart,
     do_end_sessions_at,
@@ -454,9 +454,7 @@ class SessionWriter:
             self.next_scan = time.monotonic() + RESCAN_DELAY
 
 
-_writers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, SessionWriter] = (
-    weakref.WeakKeyDictionary()
-)
+_writers: LoopLocal[SessionWriter] = LoopLocal(lambda loop: SessionWriter(consumer_name(loop)))
 
 
 async def ensure_session_writer() -> SessionWriter:
@@ -465,17 +463,12 @@ async def ensure_session_writer() -> SessionWriter:
     Called by the consumer at connect. Nothing is awaited: the connect path never waits for
     the writer, which creates the consumer group itself.
     """
-    loop = asyncio.get_running_loop()
-    writer = _writers.get(loop)
-    if writer is None:
-        for old in [lp for lp in _writers if lp.is_closed()]:
-            del _writers[old]  # a task keeps its loop alive: drop finished ones (tests)
-        writer = _writers[loop] = SessionWriter(consumer_name(loop))
+    writer = _writers.get()
     if writer.task is None or writer.task.done():
-        writer.start(loop)
+        writer.start(asyncio.get_running_loop())
     return writer
 
 
 def running_writer() -> SessionWriter | None:
     """The running event loop's writer, if one was started (tests, diagnostics)."""
-    return _writers.get(asyncio.get_running_loop())
+    return _writers.peek()

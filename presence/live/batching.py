@@ -12,11 +12,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import weakref
 from collections import Counter
 
 from presence import store
 from presence.conf import app_settings
+from presence.loops import LoopLocal
 from presence.obs import metrics
 
 logger = logging.getLogger(__name__)
@@ -95,27 +95,8 @@ class HotPathWriter:
                     future.set_result(alive)
 
 
-_writers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, HotPathWriter] = (
-    weakref.WeakKeyDictionary()
-)
+_writers: LoopLocal[HotPathWriter] = LoopLocal(lambda loop: HotPathWriter())
 
-
-# The last loop asked about and its writer. WARNING: hot path: get_writer() runs several
-# times per frame, and a WeakKeyDictionary lookup there was ~6 % of a heartbeat's CPU.
-# A web process has one loop, so this one-entry cache nearly always answers.
-_last: tuple[asyncio.AbstractEventLoop | None, HotPathWriter | None] = (None, None)
-
-
-def get_writer() -> HotPathWriter:
-    """The writer of the running event loop."""
-    global _last
-    loop = asyncio.get_running_loop()
-    cached_loop, cached = _last
-    if cached_loop is loop and cached is not None:
-        return cached
-    writer = _writers.get(loop)
-    if writer is None:
-        writer = _writers[loop] = HotPathWriter()
-    # A strong reference to the loop until another loop asks: only tests run several.
-    _last = (loop, writer)
-    return writer
+# The writer of the running event loop. WARNING: hot path: called several times per frame,
+# so it is the LoopLocal's bound method itself, not a function around it.
+get_writer = _writers.get

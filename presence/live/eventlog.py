@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import weakref
 from collections.abc import Mapping
 from typing import Any
 
@@ -36,6 +35,7 @@ from presence.live import gctune
 from presence.live.diffs import DiffBatcher, Event, Pos, Subscriber, dumps, position
 from presence.live.fanout import GLOBAL, LocalIndex
 from presence.live.replica import GlobalReplica
+from presence.loops import LoopLocal
 
 logger = logging.getLogger(__name__)
 
@@ -237,9 +237,13 @@ class EventLogReader:
             self.recent = None
 
 
-_readers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, EventLogReader] = (
-    weakref.WeakKeyDictionary()
-)
+def _start_reader(loop: asyncio.AbstractEventLoop) -> EventLogReader:
+    reader = EventLogReader()
+    reader.ready = loop.create_task(reader._start())
+    return reader
+
+
+_readers: LoopLocal[EventLogReader] = LoopLocal(_start_reader)
 
 
 async def ensure_reader() -> EventLogReader:
@@ -248,24 +252,17 @@ async def ensure_reader() -> EventLogReader:
     The reader's position is read before the caller's first change is logged, so a socket
     that registers before changing presence also receives its own events.
     """
-    loop = asyncio.get_running_loop()
-    reader = _readers.get(loop)
-    if reader is None:
-        reader = _readers[loop] = EventLogReader()
-        reader.ready = loop.create_task(reader._start())
+    reader = _readers.get()
     assert reader.ready is not None
     if not reader.ready.done():
         await asyncio.shield(reader.ready)
     elif reader.ready.exception() is not None:
         # The first start failed (Redis down): try again with this connection.
-        del _readers[loop]
+        _readers.discard()
         return await ensure_reader()
     return reader
 
 
 def get_reader() -> EventLogReader | None:
     """This event loop's reader, if one was started."""
-    try:
-        return _readers.get(asyncio.get_running_loop())
-    except RuntimeError:
-        return None
+    return _readers.peek()

@@ -1,19 +1,14 @@
-"""ASGI wrappers of the observability kit: process registry start-up, refused-origin logs.
+"""The web process's life in the process registry: ASGI lifespan start-up and shutdown.
 
-``config/asgi.py`` wraps the whole application in :class:`ProcessRegistryMiddleware` and the
-WebSocket stack in :class:`LoggingOriginValidator`. Both cost nothing per frame: the first
-acts at start-up, shutdown and once per request, the second only on the handshake.
+``config/asgi.py`` wraps the whole application in :class:`ProcessRegistryMiddleware`. It
+costs nothing per frame: it acts at start-up, at shutdown and once per HTTP request.
 """
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
-from presence.access.origin import PresenceOriginValidator
 from presence.live import processes
-
-logger = logging.getLogger("presence.ws")
 
 
 class ProcessRegistryMiddleware:
@@ -23,7 +18,7 @@ class ProcessRegistryMiddleware:
     process registers at start-up and withdraws its record at a graceful shutdown; Django and
     Channels do not speak lifespan, so its messages are answered here and not passed on.
     With ``--lifespan off`` the first HTTP request (a readiness probe, normally) or the first
-    registered socket (presence.obs.metrics.connection_opened) registers it, and the record
+    registered socket (presence.live.processes.track_open) registers it, and the record
     expires after a shutdown. A refused handshake writes nothing.
     """
 
@@ -48,20 +43,3 @@ class ProcessRegistryMiddleware:
                 await processes.local().withdraw()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
-
-
-class LoggingOriginValidator(PresenceOriginValidator):
-    """The presence Origin check (presence/access/origin.py), logging each handshake it refuses."""
-
-    def valid_origin(self, parsed_origin: Any) -> bool:
-        ok = bool(super().valid_origin(parsed_origin))
-        if not ok:
-            origin = parsed_origin.geturl() if parsed_origin is not None else None
-            reason = "origin not allowed" if origin else "no Origin header"
-            logger.warning(
-                "handshake refused: %s (Origin %r)",
-                reason,
-                origin,
-                extra={"event": "refused", "reason": reason, "origin": origin},
-            )
-        return ok

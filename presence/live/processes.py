@@ -12,11 +12,8 @@ refreshes, so a crashed or stopped process disappears by itself:
 * ``{P}:procs`` -- the index of live processes.
 
 :func:`list_processes` reads them (the metrics collector, the staff JSON endpoint, the
-operator console, ``manage.py presence_status``). :func:`reconcile_connections` (Celery task
-``presence.reconcile_connections``) compares the connections Redis holds as online with the
-sockets the live processes hold: a *ghost* is online in Redis while no live process holds
-its socket (its process crashed, or a disconnect was lost). Ghosts lapse at their TTL and are
-swept; ghosts that persist mean the sweep is not running or connections leak.
+operator console, ``manage.py presence_status``); the ghost reconciliation
+(:mod:`presence.jobs.reconcile`) compares them with the connections Redis holds as online.
 
 WARNING: nothing here runs per frame. The consumer reports opens and closes through
 :func:`track_open` / :func:`track_close` (set operations in memory); Redis is written once
@@ -40,7 +37,6 @@ from redis.exceptions import RedisError
 
 from presence import store
 from presence.conf import app_settings
-from presence.jobs.periodic import RunReport, run_locked
 
 logger = logging.getLogger(__name__)
 
@@ -263,7 +259,11 @@ def ensure_started() -> None:
 
 
 def track_open(cid: str) -> None:
-    """The consumer of ``cid`` is registered (called from presence.obs.metrics)."""
+    """The consumer of ``cid`` is registered: start the refresh task if needed, count it.
+
+    Called through :func:`presence.obs.metrics.on_connection` (wired in ``PresenceConfig``).
+    """
+    ensure_started()
     _local.track_open(cid)
 
 
@@ -277,86 +277,3 @@ def list_processes() -> list[ProcessRecord]:
     """Every live web process's record, from the configured Redis (sorted by host, pid)."""
     records = [_from_hash(raw) for raw in store.read_processes(store.get_redis())]
     return sorted(records, key=lambda r: (r["host"], r["pid"], r["id"]))
-
-
-# --------------------------------------------------------------------------- ghosts
-TASK = "reconcile"
-# WARNING: bounds one run. Each page is one ZSCAN plus one pipeline of one SMISMEMBER per live
-# process; 200 pages of 1,000 cover 200,000 connections (a larger deployment gets a lower
-# bound, flagged ``capped``).
-RECONCILE_PAGE = 1000
-RECONCILE_MAX_PAGES = 200
-# Clock skew between web hosts tolerated when deciding a connection is older than the
-# newest refresh every live process made.
-RECONCILE_SKEW_MS = 1000
-GHOST_SAMPLE = 10
-
-
-@dataclass
-class ReconcileReport(RunReport):
-    """What one reconciliation found; stored in ``{P}:reconcile:last``."""
-
-    processes: int = 0  # live process records
-    scanned: int = 0  # live connections looked at
-    ghosts: int = 0  # online in Redis, held by no live process
-    ghost_sample: str = ""  # a few ghost ids, for operators
-    capped: bool = False  # stopped at RECONCILE_MAX_PAGES
-
-    def totals(self) -> dict[str, int]:
-        return {**super().totals(), "ghosts_found_total": self.ghosts}
-
-
-def run_reconcile(report: ReconcileReport | None = None) -> ReconcileReport:
-    """Count ghosts without the lock (see the module docstring)."""
-    report = report or ReconcileReport()
-    client = store.get_redis()
-    now = store.now_ms()
-    records = store.read_processes(client)
-    ids = [rec["id"] for rec in records if rec.get("id")]
-    report.processes = len(ids)
-    # A connection newer than some process's last refresh may simply not be published yet.
-    seen = [int(rec.get("last_seen") or 0) for rec in records]
-    before = min([now, *seen]) - RECONCILE_SKEW_MS
-    ghosts: set[str] = set()
-    cursor, pages = 0, 0
-    while True:
-        cursor, cids = store.scan_live_connections(client, cursor, RECONCILE_PAGE, now=now)
-        pages += 1
-        report.scanned += len(cids)
-        held = store.connections_held(client, ids, cids)
-        missing = [cid for cid in cids if cid not in held and cid not in ghosts]
-        ghosts.update(store.connections_connected_before(client, missing, before, now=now))
-        if cursor == 0:
-            break
-        if pages >= RECONCILE_MAX_PAGES:
-            report.capped = True
-            break
-    report.ghosts = len(ghosts)
-    report.ghost_sample = ",".join(sorted(ghosts)[:GHOST_SAMPLE])
-    return report
-
-
-def reconcile_lock_ttl_ms() -> int:
-    """The reconciliation lock: one run at a time, released at the end of each run."""
-    return 60_000
-
-
-def reconcile_connections() -> ReconcileReport:
-    """One reconciliation under its lock; the ghost count is kept for the metrics."""
-    report = run_locked(TASK, reconcile_lock_ttl_ms(), ReconcileReport(), run_reconcile)
-    if report.ghosts:
-        logger.warning(
-            "reconcile: %d ghost connections (online in Redis, no live process holds them; "
-            "e.g. %s) among %d live, %d processes",
-            report.ghosts,
-            report.ghost_sample,
-            report.scanned,
-            report.processes,
-        )
-    elif not report.skipped:
-        logger.info(
-            "reconcile: no ghosts among %d live connections, %d processes",
-            report.scanned,
-            report.processes,
-        )
-    return report

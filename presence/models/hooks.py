@@ -6,7 +6,7 @@ from __future__ import annotations
 from django.db import models
 from django.utils import timezone
 
-from presence.hooks import events
+from presence.protocol import events
 
 
 class WebhookEndpoint(models.Model):

@@ -9,10 +9,8 @@ Two kinds of metric, for two reasons:
   uvicorn workers (prometheus_client's multiprocess mode). Without it they live in the
   default registry of the process (development, tests).
 * **State** (who is online, the process registry, the periodic tasks' runs, ghosts) is read
-  from Redis by :class:`PresenceCollector` when ``/metrics`` is scraped: the same answer
-  from every process, whichever one the scrape reaches, and correct for the Celery workers'
-  tasks too. O(1)/O(log N) commands only (ZCOUNT, HGETALL of small hashes, the process
-  records): never a scan.
+  from Redis when ``/metrics`` is scraped, by ``presence.ops.collector`` (a surface: it reads
+  the store; this module reads nothing and imports nothing of the project above it).
 
 WARNING: the hook functions below run on the hot path (per frame, per connection). They are
 in-memory increments on label children resolved once and cached; no Redis call, no SQL, no
@@ -25,31 +23,68 @@ Names follow Prometheus conventions: ``presence_`` prefix, counters ``_total``, 
 from __future__ import annotations
 
 import logging
-import os
 import time
 import weakref
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable, Mapping
+from enum import Enum
+from typing import Any, Protocol
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import (
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    HistogramMetricFamily,
-    Metric,
-)
-from prometheus_client.registry import Collector
-from redis.exceptions import RedisError
+from prometheus_client import Counter, Histogram
 
-from presence import store
-from presence.jobs import periodic
-from presence.live import processes
+from presence.obs import buckets
+from presence.obs.logs import bind_connection
 from presence.protocol.closecodes import REFUSALS
 
-if TYPE_CHECKING:
-    from presence.consumers import PresenceConsumer
-
 logger = logging.getLogger("presence.ws")
+
+
+class Connection(Protocol):
+    """What the connection hooks read of a WebSocket consumer (``presence.consumers``)."""
+
+    session_id: str
+    user_id: int
+    protocol: int
+    registered: bool
+    scope: Mapping[str, Any]
+    end_reason: Enum
+
+
+class HandlerTypes(Protocol):
+    """The message-handler registry as the metrics see it: which types have a series."""
+
+    def __contains__(self, msg_type: object) -> bool: ...
+
+    def types(self) -> Iterable[str]: ...
+
+
+class _NoHandlers:
+    def __contains__(self, msg_type: object) -> bool:
+        return False
+
+    def types(self) -> Iterable[str]:
+        return ()
+
+
+_handler_types: HandlerTypes = _NoHandlers()
+# Called at each connection's start by the process registry (presence.live.processes).
+_on_open: list[Callable[[str], None]] = []
+_on_close: list[Callable[[str], None]] = []
+
+
+def use_handler_types(types: HandlerTypes) -> None:
+    """Label frames and handler series by the types ``types`` knows (the handler registry
+    calls this when it is built: this module sits below the handlers and cannot import them).
+    """
+    global _handler_types
+    _handler_types = types
+
+
+def on_connection(*, opened: Callable[[str], None], closed: Callable[[str], None]) -> None:
+    """Also call ``opened(session_id)`` / ``closed(session_id)`` as connections start and end
+    (the per-process registry counts its sockets this way)."""
+    _on_open.append(opened)
+    _on_close.append(closed)
+
 
 # --------------------------------------------------------------------------- in-process metrics
 CONNECTS = Counter("presence_connects", "WebSocket connections accepted and registered.")
@@ -83,7 +118,7 @@ HANDLER_DURATION = Histogram(
     "presence_handler_duration_seconds",
     "Time from a frame's arrival to its handler's result, by handler (message type).",
     ["handler"],
-    buckets=store.LATENCY_BUCKETS,
+    buckets=buckets.LATENCY_BUCKETS,
 )
 HANDLER_ERRORS = Counter(
     "presence_handler_errors",
@@ -101,7 +136,7 @@ WEBHOOK_LATENCY = Histogram(
     "presence_webhook_delivery_seconds",
     "Duration of webhook POSTs, by endpoint (failed ones included).",
     ["endpoint"],
-    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+    buckets=buckets.WEBHOOK_BUCKETS,
 )
 WEBHOOK_DEAD_LETTERS = Counter(
     "presence_webhook_dead_letters",
@@ -111,7 +146,7 @@ WEBHOOK_DEAD_LETTERS = Counter(
 REDIS_ROUNDTRIP = Histogram(
     "presence_redis_roundtrip_seconds",
     "Duration of the hot path's batched Redis call (heartbeat.lua for a batch of sockets).",
-    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+    buckets=buckets.ROUNDTRIP_BUCKETS,
 )
 
 OTHER = "other"
@@ -168,15 +203,13 @@ def ensure_handler_series() -> None:
     Not at import: this module may be imported while the apps load, before the registry
     is filled. Called at each process's first connection and at every scrape.
     """
-    from presence.handlers.registry import registry
-
-    for spec in registry:
-        if spec.type not in _handler_series:
-            _handler_series.add(spec.type)
-            FRAMES.labels(spec.type, "ok")
-            HANDLER_DURATION.labels(spec.type)
+    for msg_type in _handler_types.types():
+        if msg_type not in _handler_series:
+            _handler_series.add(msg_type)
+            FRAMES.labels(msg_type, "ok")
+            HANDLER_DURATION.labels(msg_type)
             for kind in ("error", "timeout"):
-                HANDLER_ERRORS.labels(spec.type, kind)
+                HANDLER_ERRORS.labels(msg_type, kind)
 
 
 # Error codes of the protocol (docs/protocol.md) created at 0 by _initial_series.
@@ -198,9 +231,7 @@ INITIAL_ERROR_CODES = (
 def _type_label(msg_type: str) -> str:
     # Only registered types get a series: a client cannot grow the label set by inventing
     # types (the same rule the stats hash follows). Called once per (type, outcome) pair.
-    from presence.handlers.registry import registry  # here: the handlers import the hot path
-
-    return msg_type if msg_type in registry else OTHER
+    return msg_type if msg_type in _handler_types else OTHER
 
 
 def _frame_child(msg_type: str, outcome: str) -> Any:
@@ -217,17 +248,15 @@ _initial_series()
 
 
 # --------------------------------------------------------------------------- hot-path hooks
-def connection_opened(consumer: PresenceConsumer) -> None:
+def connection_opened(consumer: Connection) -> None:
     """A socket is registered in presence: count it, track it, bind the log context."""
-    from presence.obs.logs import bind_connection
-
     CONNECTS.inc()
     if not _handler_series:
         ensure_handler_series()
     sid = consumer.session_id
     _opened[sid] = time.monotonic()
-    processes.ensure_started()
-    processes.track_open(sid)
+    for opened in _on_open:
+        opened(sid)
     bind_connection(sid, consumer.user_id)
     logger.info(
         "connect protocol=%d",
@@ -236,7 +265,7 @@ def connection_opened(consumer: PresenceConsumer) -> None:
     )
 
 
-def socket_closed(consumer: PresenceConsumer, code: int) -> None:
+def socket_closed(consumer: Connection, code: int) -> None:
     """Any socket closed (first thing in ``disconnect``); logs refused handshakes.
 
     Counted once per socket: ``disconnect`` may run twice (a failing consumer's cleanup).
@@ -268,15 +297,16 @@ def socket_closed(consumer: PresenceConsumer, code: int) -> None:
         )
 
 
-def connection_ended(consumer: PresenceConsumer, code: int) -> None:
+def connection_ended(consumer: Connection, code: int) -> None:
     """A registered connection ended (its end reason is final): count, untrack, log."""
-    reason = consumer.end_reason.value
+    reason = str(consumer.end_reason.value)
     child = _disconnects.get(reason)
     if child is None:
         child = _disconnects[reason] = DISCONNECTS.labels(reason)
     child.inc()
     sid = consumer.session_id
-    processes.track_close(sid)
+    for closed in _on_close:
+        closed(sid)
     started = _opened.pop(sid, None)
     duration = time.monotonic() - started if started is not None else 0.0
     logger.info(
@@ -350,194 +380,3 @@ def redis_roundtrip(seconds: float, heartbeats: int) -> None:
     REDIS_ROUNDTRIP.observe(seconds)
     if heartbeats:
         HEARTBEATS.inc(heartbeats)
-
-
-# --------------------------------------------------------------------------- scrape time
-# Work counters of the periodic tasks: metric suffix -> field of {P}:<task>:last.
-TASK_WORK: dict[str, tuple[tuple[str, str, str], ...]] = {
-    "sweep": (("expired", "ended_total", "Connections the sweep ended (presence lapsed)."),),
-    "flush": (
-        ("claims", "claims_applied_total", "Counter claims the flush moved to the database."),
-        ("heartbeat_rows", "heartbeat_rows_total", "last_heartbeat_at rows the flush wrote."),
-    ),
-    "reap": (("reaped", "reaped_total", "Session rows the reaper ended (presence forgot)."),),
-}
-TASK_LABELS = {"sweep": "sweep", "flush": "stats flush", "reap": "session reaper"}
-
-
-def _task_histogram(task: str, raw: dict[str, str]) -> HistogramMetricFamily:
-    buckets, cumulative = [], 0
-    for bound in periodic.DURATION_BUCKETS:
-        cumulative += int(raw.get(f"duration_le_{bound:g}") or 0)
-        buckets.append((f"{bound:g}", cumulative))
-    cumulative += int(raw.get("duration_le_inf") or 0)
-    buckets.append(("+Inf", cumulative))
-    return HistogramMetricFamily(
-        f"presence_{task}_duration_seconds",
-        f"Duration of {TASK_LABELS[task]} runs (any Celery process; from Redis).",
-        buckets=buckets,
-        sum_value=int(raw.get("duration_sum_ms") or 0) / 1000,
-    )
-
-
-class PresenceCollector(Collector):
-    """Gauges and task metrics read from Redis at scrape time (see the module docstring)."""
-
-    def collect(self) -> Iterator[Metric]:
-        up = GaugeMetricFamily(
-            "presence_redis_up", "1 when this scrape could read presence state from Redis."
-        )
-        try:
-            client = store.get_redis()
-            readings = store.read_scrape(client)
-            records = processes.list_processes()
-        except (RedisError, OSError) as exc:
-            logger.warning("metrics: Redis unreachable at scrape: %s", exc)
-            up.add_metric([], 0)
-            yield up
-            return
-        up.add_metric([], 1)
-        yield up
-        yield GaugeMetricFamily(
-            "presence_users_online",
-            "Users with at least one live connection (ZCOUNT of the users index).",
-            value=readings.users_online,
-        )
-        yield GaugeMetricFamily(
-            "presence_connections_online",
-            "Live connections in Redis, all processes (ZCOUNT of the expiry index).",
-            value=readings.connections_online,
-        )
-        yield from self._processes(records)
-        yield from self._tasks(readings.tasks)
-        backlog = GaugeMetricFamily(
-            "presence_webhook_backlog",
-            "Webhook events not delivered yet, per endpoint (as of the last routing run).",
-            labels=["endpoint"],
-        )
-        for endpoint, n in sorted(store.read_webhook_backlog(client).items()):
-            backlog.add_metric([endpoint], n)
-        yield backlog
-
-    def _processes(self, records: list[processes.ProcessRecord]) -> Iterator[Metric]:
-        local = processes.local()
-        if local.task is not None and not local.task.done():
-            # This process's own figures live, not as of its last refresh.
-            mine = local.record()
-            records = [r for r in records if r["id"] != mine["id"]] + [mine]
-        families = {
-            "open": GaugeMetricFamily(
-                "presence_connections_open",
-                "WebSocket connections each web process holds (process registry).",
-                labels=["process"],
-            ),
-            "lag": GaugeMetricFamily(
-                "presence_event_loop_lag_seconds",
-                "Worst delay of a timer in each process's event loop over its last refresh "
-                "period: a stalled loop delays every socket it serves.",
-                labels=["process"],
-            ),
-            "tasks": GaugeMetricFamily(
-                "presence_asyncio_tasks",
-                "asyncio tasks alive in each process's event loop (a leak shows as growth).",
-                labels=["process"],
-            ),
-            "rss": GaugeMetricFamily(
-                "presence_process_resident_memory_bytes",
-                "Resident memory of each web process.",
-                labels=["process"],
-            ),
-            "started": GaugeMetricFamily(
-                "presence_process_start_time_seconds",
-                "Start time of each web process (Unix seconds).",
-                labels=["process"],
-            ),
-            "seen": GaugeMetricFamily(
-                "presence_process_last_seen_timestamp_seconds",
-                "Last refresh of each web process's registry record (Unix seconds).",
-                labels=["process"],
-            ),
-            "info": GaugeMetricFamily(
-                "presence_process_info",
-                "One series per live web process: host, pid and code version.",
-                labels=["process", "host", "pid", "version"],
-            ),
-        }
-        for rec in records:
-            proc = [rec["id"]]
-            families["open"].add_metric(proc, rec["sockets"])
-            families["lag"].add_metric(proc, rec["loop_lag_seconds"])
-            families["tasks"].add_metric(proc, rec["asyncio_tasks"])
-            families["rss"].add_metric(proc, rec["rss_bytes"])
-            families["started"].add_metric(proc, rec["started_at"])
-            families["seen"].add_metric(proc, rec["last_seen"])
-            families["info"].add_metric(
-                [rec["id"], rec["host"], str(rec["pid"]), rec["version"]], 1
-            )
-        yield from families.values()
-        yield GaugeMetricFamily(
-            "presence_processes", "Live web processes in the registry.", value=len(records)
-        )
-
-    def _tasks(self, tasks: dict[str, dict[str, str]]) -> Iterator[Metric]:
-        for task, label in TASK_LABELS.items():
-            raw = tasks.get(task, {})
-            yield _task_histogram(task, raw)
-            for suffix, field, doc in TASK_WORK[task]:
-                yield CounterMetricFamily(
-                    f"presence_{task}_{suffix}", doc, value=int(raw.get(field) or 0)
-                )
-            success = GaugeMetricFamily(
-                f"presence_{task}_last_success_timestamp_seconds",
-                f"End of the last {label} run without error (Unix seconds; absent: never).",
-            )
-            if raw.get("last_success_at_ms"):
-                success.add_metric([], int(raw["last_success_at_ms"]) / 1000)
-            yield success
-        runs = CounterMetricFamily(
-            "presence_task_runs",
-            "Periodic task runs by outcome (ok, error, skipped: another run held the lock).",
-            labels=["task", "outcome"],
-        )
-        for task in store.SCRAPE_TASKS:
-            raw = tasks.get(task, {})
-            total, errors = int(raw.get("runs_total") or 0), int(raw.get("errors_total") or 0)
-            runs.add_metric([task, "ok"], total - errors)
-            runs.add_metric([task, "error"], errors)
-            runs.add_metric([task, "skipped"], int(raw.get("skipped_total") or 0))
-        yield runs
-        rec = tasks.get("reconcile", {})
-        yield GaugeMetricFamily(
-            "presence_ghost_connections",
-            "Connections online in Redis that no live web process holds a socket for "
-            "(last reconciliation).",
-            value=int(rec.get("last_ghosts") or 0),
-        )
-        success = GaugeMetricFamily(
-            "presence_reconcile_last_success_timestamp_seconds",
-            "End of the last ghost reconciliation without error (Unix seconds).",
-        )
-        if rec.get("last_success_at_ms"):
-            success.add_metric([], int(rec["last_success_at_ms"]) / 1000)
-        yield success
-
-
-def multiprocess_dir() -> str | None:
-    """The prometheus_client multiprocess directory, when that mode is on."""
-    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
-
-
-def exposition() -> bytes:
-    """The text exposition ``/metrics`` serves: counters of every process, then Redis state."""
-    ensure_handler_series()
-    if multiprocess_dir():
-        from prometheus_client import multiprocess
-
-        counters = CollectorRegistry()
-        multiprocess.MultiProcessCollector(counters)
-        head = generate_latest(counters)
-    else:
-        head = generate_latest(REGISTRY)
-    state = CollectorRegistry(auto_describe=False)
-    state.register(PresenceCollector())
-    return head + generate_latest(state)

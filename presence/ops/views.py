@@ -21,8 +21,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from presence.jobs import periodic
 from presence.live import processes
-from presence.obs import metrics
-from presence.ops import health
+from presence.ops import collector, health
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +74,7 @@ def metrics_view(request: HttpRequest) -> HttpResponse:
     allowed, why = metrics_access(request)
     if not allowed:
         return HttpResponse(f"403 Forbidden: {why}\n", status=403, content_type="text/plain")
-    return HttpResponse(metrics.exposition(), content_type=CONTENT_TYPE_LATEST)
+    return HttpResponse(collector.exposition(), content_type=CONTENT_TYPE_LATEST)
 
 
 @never_cache

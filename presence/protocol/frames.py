@@ -16,7 +16,7 @@ import re
 from typing import Any
 
 from presence.conf import app_settings
-from presence.handlers import FrameError
+from presence.protocol.errors import FrameError
 
 # A JSON string (escapes included) or one bracket: brackets inside strings do not nest.
 _STRING_OR_BRACKET = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]')

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-import weakref
 from typing import Any
 
 import redis
 import redis.asyncio as aredis
 
 from presence.conf import app_settings
+from presence.loops import LoopLocal
 
 
 def now_ms() -> int:
@@ -20,9 +20,7 @@ def now_ms() -> int:
 
 # --------------------------------------------------------------------------- clients
 _sync_clients: dict[str, redis.Redis] = {}
-_async_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, aredis.Redis]] = (
-    weakref.WeakKeyDictionary()
-)
+_async_clients: LoopLocal[dict[str, aredis.Redis]] = LoopLocal(lambda loop: {})
 
 
 def client_options(*, for_asyncio: bool = False) -> dict[str, Any]:
@@ -73,8 +71,7 @@ def get_async_redis(*, blocking: bool = False) -> aredis.Redis:
     XREADGROUP BLOCK). Each holds a connection for seconds; on the shared pool they would
     make the hot path open new connections (a handshake on a heartbeat's way).
     """
-    loop = asyncio.get_running_loop()
-    per_loop = _async_clients.setdefault(loop, {})
+    per_loop = _async_clients.get()
     url = app_settings.REDIS_URL
     key = url + "#blocking" if blocking else url
     client = per_loop.get(key)

@@ -2,22 +2,11 @@
 
 from __future__ import annotations
 
+from presence.obs.buckets import LATENCY_BUCKETS
+
 # --------------------------------------------------------------------------- stats fields
 # Field names inside the {P}:stats hash. Only registered message types get a field of their
 # own, so a client cannot grow the hash by inventing types.
-LATENCY_BUCKETS: tuple[float, ...] = (
-    0.001,
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    2.5,
-    5.0,
-)
 
 
 def message_field(msg_type: str) -> str:
