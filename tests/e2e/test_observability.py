@@ -23,6 +23,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidStatus
 
 from presence.access.auth import mint_token
+from presence.jobs import reconcile
 from presence.live import processes
 
 from .conftest import ASGIServer
@@ -181,11 +182,11 @@ class TestRegistryAndGhosts:
         pids = {doomed.process.pid: 2, survivor.process.pid: 1}
         await eventually(lambda: registered() == pids)
         await asyncio.sleep(1.2)  # past every process's next refresh: sockets published
-        assert (await sync_to_async(processes.run_reconcile)()).ghosts == 0
+        assert (await sync_to_async(reconcile.run_reconcile)()).ghosts == 0
 
         doomed.kill()  # no disconnect runs: Redis still holds its two connections online
         await eventually(lambda: registered() == {survivor.process.pid: 1})  # record expired
-        report = await sync_to_async(processes.reconcile_connections)()
+        report = await sync_to_async(reconcile.reconcile_connections)()
         assert (report.processes, report.scanned, report.ghosts) == (1, 3, 2)
         samples = scrape(survivor)
         assert value(samples, "presence_ghost_connections") == 2

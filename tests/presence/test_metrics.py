@@ -19,7 +19,7 @@ from django.test import Client
 from prometheus_client.parser import text_string_to_metric_families
 
 from presence import store
-from presence.jobs import sweep
+from presence.jobs import reconcile, sweep
 from presence.live import processes
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -287,7 +287,7 @@ class TestTasksAndGhosts:
                 now=store.now_ms() - 5000,
             )
         assert (await sync_to_async(scrape)()).value("presence_ghost_connections") == 0
-        await sync_to_async(processes.reconcile_connections)()
+        await sync_to_async(reconcile.reconcile_connections)()
         s = await sync_to_async(scrape)()
         assert s.value("presence_ghost_connections") == 2
         assert s.value("presence_reconcile_last_success_timestamp_seconds") > 0

@@ -12,8 +12,10 @@ from typing import Any
 import pytest
 
 from presence import store
+from presence.jobs import reconcile
+from presence.jobs.reconcile import run_reconcile
 from presence.live import processes
-from presence.live.processes import LocalProcess, list_processes, run_reconcile
+from presence.live.processes import LocalProcess, list_processes
 
 
 async def connect(cid: str, *, age: float = 0.0, uid: int = 1) -> None:
@@ -192,7 +194,7 @@ class TestGhosts:
         assert (report.scanned, report.ghosts) == (0, 0)
 
     async def test_pages_and_many_processes(self, r: Any, monkeypatch: Any) -> None:
-        monkeypatch.setattr(processes, "RECONCILE_PAGE", 7)
+        monkeypatch.setattr(reconcile, "RECONCILE_PAGE", 7)
         procs = [LocalProcess() for _ in range(3)]
         cids = [str(uuid.uuid4()) for _ in range(300)]
         for i, cid in enumerate(cids):
@@ -206,7 +208,7 @@ class TestGhosts:
 
     async def test_the_task_records_the_count_for_metrics(self, r: Any) -> None:
         await connect(str(uuid.uuid4()), age=5)
-        report = processes.reconcile_connections()
+        report = reconcile.reconcile_connections()
         assert report.ghosts == 1
         last = store.read_task_run(store.get_redis(), "reconcile")
         assert last["last_ghosts"] == "1"
