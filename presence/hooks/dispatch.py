@@ -119,7 +119,7 @@ class Sender:
         self.holds = store.read_hook_holds(client)
         self.blocked: set[str] = set()  # users whose later entries wait in this run
 
-    def handle(self, entries: list[store.SessionLogEntry], now_ms: int) -> list[str]:
+    def handle(self, entries: list[store.GroupEntry], now_ms: int) -> list[str]:
         """Send the signals of a batch; returns the ids to acknowledge."""
         ack: list[str] = []
         released: list[str] = []
@@ -212,7 +212,7 @@ def drain(report: SignalReport) -> SignalReport:
         client, store.HOOKS_GROUP, count=app_settings.HOOKS_BATCH, reading=reading
     ):
         ack = sender.handle(entries, store.now_ms())
-        store.ack_session_log(client, ack, group=store.HOOKS_GROUP)
+        store.ack_group(client, store.HOOKS_GROUP, ack)
         report.entries += len(entries)
     report.batches, report.capped = reading.batches, reading.capped
     return report

@@ -91,7 +91,7 @@ def _types(kind: str, room: str, fields: dict[str, str]) -> list[str]:
     return []
 
 
-def events_of(entry: store.SessionLogEntry) -> list[HookEvent]:
+def events_of(entry: store.GroupEntry) -> list[HookEvent]:
     """The hook events of one log entry, in the order they are sent.
 
     Raises KeyError/ValueError when a join/leave/status entry is malformed.

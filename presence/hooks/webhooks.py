@@ -130,7 +130,7 @@ class RouteReport(RunReport):
 
 
 def outbox_rows(
-    entries: list[store.SessionLogEntry], endpoints: list[WebhookEndpoint], report: RouteReport
+    entries: list[store.GroupEntry], endpoints: list[WebhookEndpoint], report: RouteReport
 ) -> list[WebhookEvent]:
     """The outbox rows of a batch: each event for each endpoint that wants its type."""
     rows = []
@@ -178,7 +178,7 @@ def route(report: RouteReport) -> RouteReport:
         with transaction.atomic():
             WebhookEvent.objects.bulk_create(rows, ignore_conflicts=True)
         # Only after the commit: a failure above leaves the entries pending for the next run.
-        store.ack_session_log(client, [e.id for e in entries], group=store.WEBHOOKS_GROUP)
+        store.ack_group(client, store.WEBHOOKS_GROUP, [e.id for e in entries])
         report.entries += len(entries)
         report.queued += len(rows)
     report.batches, report.capped = reading.batches, reading.capped

@@ -1,10 +1,10 @@
-"""Reading the event log through a consumer group, as the hooks' Celery runs do.
+"""The one reader of the event log's consumer groups for Celery runs (sessions, hooks, webhooks).
 
-The signal sender (group ``hooks``) and the webhook router (group ``webhooks``) work like the
-session writers' Celery fallback (presence/jobs/sessionlog.py), on the same store helpers: one
-run at a time (a task lock) under a fixed consumer name, so each run first re-reads what the
-previous one read and did not acknowledge (a killed worker, a failing receiver, a database
-error), then new entries, in log order, within a bounded number of batches and seconds.
+The session writers' Celery fallback (group ``sessions``), the signal sender (``hooks``) and
+the webhook router (``webhooks``) read the same way: one run at a time (a task lock) under a
+fixed consumer name, so each run first re-reads what the previous one read and did not
+acknowledge (a killed worker, a failing receiver, a database error), then new entries, in log
+order, within a bounded number of batches and seconds. The caller acknowledges what it did.
 """
 
 from __future__ import annotations
@@ -17,13 +17,13 @@ import redis
 
 from presence import store
 
-# One consumer per group: runs hold the task lock, so they never read concurrently.
+# One consumer per group for the Celery runs: they hold the task lock, so never read at once.
 CONSUMER = "celery"
 # WARNING: bounds one run. 20 batches of PRESENCE_HOOKS_BATCH (500) is 10,000 entries per
 # run, 10,000/s at the default 1 s period; a bigger backlog is worked off over several runs.
 MAX_BATCHES = 20
 TIME_BUDGET = 5.0
-# The runs' time limits; a run's lock lives as long as it may run.
+# The hooks' runs' time limits; a run's lock lives as long as it may run.
 SOFT_TIME_LIMIT = 12
 TIME_LIMIT = 15
 
@@ -33,8 +33,10 @@ class Reading:
     """Where a run is: ``pending`` while it re-reads its own unacknowledged entries."""
 
     batches: int = 0
-    capped: bool = False  # stopped by MAX_BATCHES or TIME_BUDGET
+    capped: bool = False  # stopped by the batch or time bound
     pending: bool = True
+    claimed: int = 0  # entries taken over from consumers that stopped (claim_idle_ms)
+    trimmed: int = 0  # of those, entries Redis had already trimmed away
 
 
 def batches(
@@ -43,19 +45,29 @@ def batches(
     *,
     count: int,
     reading: Reading,
+    consumer: str = CONSUMER,
+    claim_idle_ms: int | None = None,
     max_batches: int = MAX_BATCHES,
     budget: float = TIME_BUDGET,
-) -> Iterator[list[store.SessionLogEntry]]:
-    """Yield batches of entries: this group's pending ones first (from the start, so entries
-    left pending on purpose are tried again in order), then new ones; without waiting."""
-    store.ensure_session_group(client, group=group)
+) -> Iterator[list[store.GroupEntry]]:
+    """Yield batches of ``group``'s entries for ``consumer``: its pending ones first (from
+    the start, so entries left pending on purpose are tried again in order), then new ones;
+    without waiting. With ``claim_idle_ms``, entries other consumers left unacknowledged that
+    long are taken over first (they join this consumer's pending ones)."""
+    store.ensure_group(client, group)
+    if claim_idle_ms is not None:
+        claimed, trimmed = store.claim_group(
+            client, group, consumer, min_idle_ms=claim_idle_ms, count=count
+        )
+        reading.claimed += claimed
+        reading.trimmed += trimmed
     started = time.monotonic()
     cursor: str | None = "0"
     while True:
         if reading.batches >= max_batches or time.monotonic() - started > budget:
             reading.capped = True
             return
-        entries = store.read_session_log(client, CONSUMER, count=count, after=cursor, group=group)
+        entries = store.read_group(client, group, consumer, count=count, after=cursor)
         if not entries:
             if cursor is None:
                 return

@@ -56,6 +56,7 @@ from django.db import DatabaseError, transaction
 
 from presence import store
 from presence.conf import app_settings
+from presence.jobs import groups
 from presence.jobs.periodic import RunReport, run_locked
 from presence.loops import LoopLocal
 from sessions_app.actions import (
@@ -69,13 +70,14 @@ from sessions_app.models import ConnectionSession, EndReason
 logger = logging.getLogger(__name__)
 
 TASK = "sessionlog"
+GROUP = store.SESSION_LOG_GROUP
 # The fallback writer's consumer name. One run at a time (the task lock), so a fixed name
 # lets each run retry at once what the previous run read and did not acknowledge.
-FALLBACK_CONSUMER = "celery"
+FALLBACK_CONSUMER = groups.CONSUMER
 # WARNING: bounds one fallback run. 20 batches of 500 is 10,000 entries per run (5,000/s at
 # the default 2 s period); a bigger backlog is worked off over several runs.
-DRAIN_MAX_BATCHES = 20
-DRAIN_TIME_BUDGET = 5.0
+DRAIN_MAX_BATCHES = groups.MAX_BATCHES
+DRAIN_TIME_BUDGET = groups.TIME_BUDGET
 # The fallback task's time limits; its lock lives as long as a run may.
 WRITE_SOFT_TIME_LIMIT = 8
 WRITE_TIME_LIMIT = 10
@@ -161,7 +163,7 @@ class Applied:
     malformed: int = 0
 
 
-def apply_entries(entries: list[store.SessionLogEntry]) -> Applied:
+def apply_entries(entries: list[store.GroupEntry]) -> Applied:
     """Write the rows of one batch in one transaction: every open first, then the closes.
 
     Raises DatabaseError when the database fails; nothing is written then, and the caller
@@ -282,28 +284,17 @@ def drain_session_log(
     """
     report = report or SessionLogReport()
     client = store.get_redis()
-    count = app_settings.SESSION_LOG_BATCH
-    store.ensure_session_group(client)
-    claimed, trimmed = store.claim_session_log(
+    reading = groups.Reading()
+    for entries in groups.batches(
         client,
-        consumer,
-        min_idle_ms=int(app_settings.SESSION_LOG_CLAIM_IDLE * 1000),
-        count=count,
-    )
-    report.claimed += claimed
-    report.trimmed += trimmed
-    started = time.monotonic()
-    cursor: str | None = "0"  # this consumer's pending entries first, then new ones
-    while True:
-        if report.batches >= max_batches or time.monotonic() - started > budget:
-            report.capped = True
-            break
-        entries = store.read_session_log(client, consumer, count=count, after=cursor)
-        if not entries:
-            if cursor is None:
-                break
-            cursor = None
-            continue
+        GROUP,
+        count=app_settings.SESSION_LOG_BATCH,
+        reading=reading,
+        consumer=consumer,
+        claim_idle_ms=int(app_settings.SESSION_LOG_CLAIM_IDLE * 1000),
+        max_batches=max_batches,
+        budget=budget,
+    ):
         try:
             applied = apply_entries(entries)
         except DatabaseError as exc:
@@ -312,16 +303,17 @@ def drain_session_log(
             break
         orphans, deferred = settle_missing(
             applied.missing,
-            store.oldest_pending_session_log(client, skip={e.id for e in entries})
+            store.oldest_pending(client, GROUP, skip={e.id for e in entries})
             if applied.missing
             else None,
         )
-        store.ack_session_log(client, applied.done + orphans)
+        store.ack_group(client, GROUP, applied.done + orphans)
         report.add(len(entries), applied, len(orphans), len(deferred))
-        if cursor is not None:
-            cursor = entries[-1].id
-    report.pruned += store.prune_session_consumers(
-        client, idle_ms=CONSUMER_PRUNE_IDLE_MS, keep=consumer
+    report.claimed += reading.claimed
+    report.trimmed += reading.trimmed
+    report.capped = reading.capped
+    report.pruned += store.prune_consumers(
+        client, GROUP, idle_ms=CONSUMER_PRUNE_IDLE_MS, keep=consumer
     )
     return report
 
@@ -403,14 +395,14 @@ class SessionWriter:
         client = store.get_async_redis(blocking=True)
         count = app_settings.SESSION_LOG_BATCH
         if not self.group_ready:
-            await store.aensure_session_group(client)
+            await store.aensure_group(client, GROUP)
             self.group_ready = True
         now = time.monotonic()
         if now >= self.next_claim:
             idle = app_settings.SESSION_LOG_CLAIM_IDLE
             self.next_claim = now + max(idle / 2, 0.1)
-            claimed, trimmed = await store.aclaim_session_log(
-                client, self.consumer, min_idle_ms=int(idle * 1000), count=count
+            claimed, trimmed = await store.aclaim_group(
+                client, GROUP, self.consumer, min_idle_ms=int(idle * 1000), count=count
             )
             self.report.claimed += claimed
             self.report.trimmed += trimmed
@@ -419,8 +411,8 @@ class SessionWriter:
         if self.cursor is None and self.next_scan is not None and now >= self.next_scan:
             self.cursor, self.next_scan = "0", None
         if self.cursor is not None:
-            entries = await store.aread_session_log(
-                client, self.consumer, count=count, after=self.cursor
+            entries = await store.aread_group(
+                client, GROUP, self.consumer, count=count, after=self.cursor
             )
             if not entries:
                 self.cursor = None  # scan done
@@ -430,25 +422,25 @@ class SessionWriter:
             block = int(app_settings.SESSION_LOG_BLOCK * 1000)
             if self.next_scan is not None:  # do not sleep through a planned scan
                 block = max(1, min(block, int((self.next_scan - now) * 1000)))
-            entries = await store.aread_session_log(
-                client, self.consumer, count=count, block_ms=block
+            entries = await store.aread_group(
+                client, GROUP, self.consumer, count=count, block_ms=block
             )
             if not entries:
                 return
         await self.write(client, entries)
 
-    async def write(self, client: aredis.Redis, entries: list[store.SessionLogEntry]) -> None:
+    async def write(self, client: aredis.Redis, entries: list[store.GroupEntry]) -> None:
         """Write one batch and acknowledge what is done; closes waiting for their open stay."""
         # The thread-sensitive thread (see presence/access/auth.py on why not another executor's):
         # a batch is one short transaction, so handshakes queue behind it only briefly.
         applied = await database_sync_to_async(apply_entries)(entries)
         oldest = (
-            await store.aoldest_pending_session_log(client, skip={e.id for e in entries})
+            await store.aoldest_pending(client, GROUP, skip={e.id for e in entries})
             if applied.missing
             else None
         )
         orphans, deferred = settle_missing(applied.missing, oldest)
-        await store.aack_session_log(client, applied.done + orphans)
+        await store.aack_group(client, GROUP, applied.done + orphans)
         self.report.add(len(entries), applied, len(orphans), len(deferred))
         if deferred and self.next_scan is None:
             self.next_scan = time.monotonic() + RESCAN_DELAY

@@ -10,12 +10,7 @@ import redis
 
 from presence.store.keys import keys
 
-# --------------------------------------------------------------------------- hooks
-# ---- server-side hooks (presence.hooks): two more consumer groups over the event log, one
-# for the Django signals, one routing events into the webhook outbox. They share the session
-# log's group helpers above (``group=``).
-HOOKS_GROUP = "hooks"
-WEBHOOKS_GROUP = "webhooks"
+# The hooks read the event log through their own consumer groups (presence.store.groups).
 
 
 @dataclass(frozen=True)
