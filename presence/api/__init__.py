@@ -1,1 +1,1 @@
-"""api."""
+"""The HTTP API for logged-in users: presence reads and WebSocket tokens (views parse and format)."""

@@ -1,0 +1,1 @@
+"""Server-side hooks: Django signals and signed webhooks, driven by the event log."""
