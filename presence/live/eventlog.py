@@ -1,7 +1,7 @@
 """The event log reader: one per web process (event loop), delivering to its own sockets.
 
 Every script that changes presence appends its events to the stream ``{P}:events`` in the
-same call (presence/lua/lib/eventlog.lua), so a change and its event cannot be separated.
+same call (presence/store/lua/lib/eventlog.lua), so a change and its event cannot be separated.
 Each process runs **one** :class:`EventLogReader`: it ``XREAD BLOCK``s from the last id it
 delivered and hands each event to the sockets of this process that are in its scope,
 found in the local index (presence/live/fanout.py). Redis work per event is therefore one read

@@ -57,5 +57,5 @@ class LuaScript:
 
 @cache
 def script(name: str) -> LuaScript:
-    """The named script from ``presence/lua/``."""
+    """The named script from ``presence/store/lua/``."""
     return LuaScript(name)
