@@ -30,7 +30,7 @@ import os, signal, sys
 import django
 django.setup()
 from django.db.models.signals import post_save
-from presence import flush
+from presence.jobs import flush
 from presence.models import FlushRecord, StatsBucket
 
 def die(*args, **kwargs):

@@ -20,7 +20,7 @@ from presence import store
 from presence.hooks import webhooks
 from presence.jobs import groups as reader
 from presence.models import DeliveryState, WebhookDelivery, WebhookEndpoint, WebhookEvent
-from presence.obs import metrics
+from presence.ops import collector as metrics
 from tests.presence.hook_log import Log
 from tests.webhook_receiver import Receiver
 

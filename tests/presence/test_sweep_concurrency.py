@@ -32,7 +32,7 @@ import json, os, sys, time
 import django
 django.setup()
 import redis
-from presence import sweep
+from presence.jobs import sweep
 n, barrier = int(sys.argv[1]), sys.argv[2]
 r = redis.Redis.from_url(os.environ["REDIS_URL"])
 r.incr(barrier)
