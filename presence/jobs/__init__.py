@@ -1,0 +1,1 @@
+"""Background work: the one list of jobs and what runs them."""
