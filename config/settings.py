@@ -7,10 +7,15 @@ production sets ``DJANGO_DEBUG=false`` and must then provide ``DJANGO_SECRET_KEY
 from __future__ import annotations
 
 import os
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import environ
 from django.core.exceptions import ImproperlyConfigured
+
+from presence.conf import AppSettings
+from presence.jobs.catalog import beat_schedule
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(environ.Env().str("VAR_DIR", default=str(BASE_DIR / "var")))
@@ -138,7 +143,7 @@ CHANNEL_LAYERS = {
         "CONFIG": {
             # Connecting may take 2 s. No socket_timeout: on asyncio clients redis-py then
             # wraps sends in wait_for, which can swallow cancellations on Python 3.11; the
-            # process's inbox bounds its reads itself (presence/live/inbox.py).
+            # process's inbox bounds its reads itself (presence/inbox.py).
             "hosts": [{"address": REDIS_URL, "socket_connect_timeout": 2}],
             "capacity": 1000,
             "expiry": 30,
@@ -157,129 +162,95 @@ CELERY_TIMEZONE = "UTC"
 # Bounded waits on the broker too (kombu's Redis transport polls with short timeouts itself).
 CELERY_BROKER_TRANSPORT_OPTIONS = {"socket_timeout": 10, "socket_connect_timeout": 2}
 
-PRESENCE_SWEEP_INTERVAL = env.float("PRESENCE_SWEEP_INTERVAL", default=5.0)
-STATS_FLUSH_INTERVAL = env.float("STATS_FLUSH_INTERVAL", default=10.0)
-# Sweep tuning (presence/conf.py documents each; docs/operations.md when to change).
-PRESENCE_SWEEP_BATCH_SIZE = env.int("PRESENCE_SWEEP_BATCH_SIZE", default=500)
-PRESENCE_SWEEP_CLAIM_TIMEOUT = env.float("PRESENCE_SWEEP_CLAIM_TIMEOUT", default=30.0)
-# Session rows written behind from the event log (presence/jobs/sessionlog.py, docs/operations.md).
-PRESENCE_SESSION_LOG_INTERVAL = env.float("PRESENCE_SESSION_LOG_INTERVAL", default=2.0)
-PRESENCE_SESSION_LOG_CLAIM_IDLE = env.float("PRESENCE_SESSION_LOG_CLAIM_IDLE", default=10.0)
-PRESENCE_REAP_INTERVAL = env.float("PRESENCE_REAP_INTERVAL", default=300.0)
-CELERY_BEAT_SCHEDULE = {
-    "presence-sweep-expired": {
-        "task": "presence.sweep_expired",
-        "schedule": PRESENCE_SWEEP_INTERVAL,
-        # Each scheduled run claims its period: two beats still sweep once per period.
-        "kwargs": {"period": PRESENCE_SWEEP_INTERVAL},
-        # A sweep that waited longer than a period is superseded by the next one.
-        "options": {"expires": PRESENCE_SWEEP_INTERVAL},
-    },
-    "presence-reap-sessions": {
-        "task": "presence.reap_sessions",
-        "schedule": PRESENCE_REAP_INTERVAL,
-        "kwargs": {"period": PRESENCE_REAP_INTERVAL},
-        "options": {"expires": 300.0},
-    },
-    "presence-flush-stats": {
-        "task": "presence.flush_stats",
-        "schedule": STATS_FLUSH_INTERVAL,
-        "kwargs": {"period": STATS_FLUSH_INTERVAL},
-        "options": {"expires": STATS_FLUSH_INTERVAL},
-    },
-    # The fallback writer of session rows (web processes write them within milliseconds).
-    "presence-write-sessions": {
-        "task": "presence.write_sessions",
-        "schedule": PRESENCE_SESSION_LOG_INTERVAL,
-        "options": {"expires": PRESENCE_SESSION_LOG_INTERVAL},
-    },
-}
-# Ghost reconciliation (presence/live/processes.py): online in Redis, held by no live process.
-PRESENCE_RECONCILE_INTERVAL = env.float("PRESENCE_RECONCILE_INTERVAL", default=30.0)
-CELERY_BEAT_SCHEDULE["presence-reconcile-connections"] = {
-    "task": "presence.reconcile_connections",
-    "schedule": PRESENCE_RECONCILE_INTERVAL,
-    "kwargs": {"period": PRESENCE_RECONCILE_INTERVAL},
-    "options": {"expires": PRESENCE_RECONCILE_INTERVAL},
-}
-
 # --------------------------------------------------------------------------- presence
 PORT = env.int("PORT", default=8000)
-PRESENCE_HEARTBEAT_INTERVAL = env.float("PRESENCE_HEARTBEAT_INTERVAL", default=25.0)
-PRESENCE_TTL = env.float("PRESENCE_TTL", default=60.0)
-WS_MAX_MESSAGE_BYTES = env.int("WS_MAX_MESSAGE_BYTES", default=65536)
-# Only honoured when set: the header a trusted reverse proxy puts the client IP in.
-PRESENCE_TRUSTED_PROXY_HEADER = env.str("PRESENCE_TRUSTED_PROXY_HEADER", default="")
-# Exact scheme://host[:port] origins allowed to open sockets; empty: any allowed host.
-PRESENCE_ALLOWED_ORIGINS = env.list("PRESENCE_ALLOWED_ORIGINS", default=[])
-# Limits of the connect gate (docs/operations.md: defaults and how to raise them).
-PRESENCE_MAX_CONNECTIONS_PER_USER = env.int("PRESENCE_MAX_CONNECTIONS_PER_USER", default=32)
-PRESENCE_MAX_CONNECTIONS_PER_ADDRESS = env.int("PRESENCE_MAX_CONNECTIONS_PER_ADDRESS", default=5000)
-PRESENCE_ADDRESS_CONNECT_RATE = env.float("PRESENCE_ADDRESS_CONNECT_RATE", default=50.0)
-PRESENCE_ADDRESS_CONNECT_BURST = env.int("PRESENCE_ADDRESS_CONNECT_BURST", default=2000)
-PRESENCE_CONNECT_TIMEOUT = env.float("PRESENCE_CONNECT_TIMEOUT", default=5.0)
-PRESENCE_REDIS_SOCKET_TIMEOUT = env.float("PRESENCE_REDIS_SOCKET_TIMEOUT", default=3.0)
-PRESENCE_REDIS_CONNECT_TIMEOUT = env.float("PRESENCE_REDIS_CONNECT_TIMEOUT", default=2.0)
-PRESENCE_KICK_REVOKE_SECONDS = env.int("PRESENCE_KICK_REVOKE_SECONDS", default=24 * 3600)
-# Dotted path of (user, room, action) -> bool deciding room access; empty: all allowed.
-PRESENCE_ROOM_AUTHORIZER = env.str("PRESENCE_ROOM_AUTHORIZER", default="")
-# Per-connection limits (presence/conf.py documents each).
-PRESENCE_RATE_LIMIT = env.float("PRESENCE_RATE_LIMIT", default=20.0)
-PRESENCE_RATE_BURST = env.int("PRESENCE_RATE_BURST", default=40)
-PRESENCE_FLOOD_DROPS = env.int("PRESENCE_FLOOD_DROPS", default=100)
-PRESENCE_FLOOD_WINDOW = env.float("PRESENCE_FLOOD_WINDOW", default=10.0)
-PRESENCE_MAX_ROOMS_PER_CONNECTION = env.int("PRESENCE_MAX_ROOMS_PER_CONNECTION", default=50)
-PRESENCE_LIST_LIMIT = env.int("PRESENCE_LIST_LIMIT", default=1000)
-PRESENCE_TOKEN_MAX_AGE = env.int("PRESENCE_TOKEN_MAX_AGE", default=60)
-# Event log and protocol v2 (presence/conf.py documents each; docs/presence.md).
-PRESENCE_EVENT_LOG_MAXLEN = env.int("PRESENCE_EVENT_LOG_MAXLEN", default=100_000)
-PRESENCE_DIFF_WINDOW = env.float("PRESENCE_DIFF_WINDOW", default=0.1)
-PRESENCE_SYNC_LIMIT = env.int("PRESENCE_SYNC_LIMIT", default=10_000)
-PRESENCE_OUTBOX_MAX = env.int("PRESENCE_OUTBOX_MAX", default=2_000)
-# Global join/leave events reach every connection: O(connections) messages per event.
-PRESENCE_GLOBAL_EVENTS = env.bool("PRESENCE_GLOBAL_EVENTS", default=True)
 
-# --------------------------------------------------------------------------- server-side hooks
-# Django signals and signed webhooks from the event log (docs/hooks.md; presence/conf.py
-# documents each setting). The endpoint below is the simple case; others live in the admin.
-PRESENCE_WEBHOOK_URL = env.str("PRESENCE_WEBHOOK_URL", default="")
-PRESENCE_WEBHOOK_SECRET = env.str("PRESENCE_WEBHOOK_SECRET", default="")
-PRESENCE_WEBHOOK_EVENTS = env.list("PRESENCE_WEBHOOK_EVENTS", default=[])
-PRESENCE_WEBHOOK_BATCH_SIZE = env.int("PRESENCE_WEBHOOK_BATCH_SIZE", default=100)
-PRESENCE_WEBHOOK_BATCH_WINDOW = env.float("PRESENCE_WEBHOOK_BATCH_WINDOW", default=1.0)
-PRESENCE_WEBHOOK_TIMEOUT = env.float("PRESENCE_WEBHOOK_TIMEOUT", default=5.0)
-PRESENCE_WEBHOOK_RETRY_FOR = env.float("PRESENCE_WEBHOOK_RETRY_FOR", default=6 * 3600.0)
-PRESENCE_WEBHOOK_RUN_BUDGET = env.float("PRESENCE_WEBHOOK_RUN_BUDGET", default=10.0)
-PRESENCE_WEBHOOK_KEEP = env.float("PRESENCE_WEBHOOK_KEEP", default=24 * 3600.0)
-PRESENCE_HOOKS_INTERVAL = env.float("PRESENCE_HOOKS_INTERVAL", default=1.0)
-PRESENCE_HOOKS_BATCH = env.int("PRESENCE_HOOKS_BATCH", default=500)
-PRESENCE_HOOKS_RETRY_FOR = env.float("PRESENCE_HOOKS_RETRY_FOR", default=3600.0)
-PRESENCE_HOOKS_BACKOFF_BASE = env.float("PRESENCE_HOOKS_BACKOFF_BASE", default=1.0)
-PRESENCE_HOOKS_BACKOFF_MAX = env.float("PRESENCE_HOOKS_BACKOFF_MAX", default=300.0)
-# The signal sender and the webhook router read the event log each period; the router also
-# starts the delivery of every endpoint with a batch due (presence.deliver_webhooks).
-CELERY_BEAT_SCHEDULE["presence-send-signals"] = {
-    "task": "presence.send_signals",
-    "schedule": PRESENCE_HOOKS_INTERVAL,
-    "kwargs": {"period": PRESENCE_HOOKS_INTERVAL},
-    "options": {"expires": PRESENCE_HOOKS_INTERVAL},
-}
-CELERY_BEAT_SCHEDULE["presence-route-webhooks"] = {
-    "task": "presence.route_webhooks",
-    "schedule": PRESENCE_HOOKS_INTERVAL,
-    "kwargs": {"period": PRESENCE_HOOKS_INTERVAL},
-    "options": {"expires": PRESENCE_HOOKS_INTERVAL},
-}
+# Every presence setting's default (and what it means) is in presence/conf.py, the one
+# place that holds them: a setting below is defined here only when its environment variable is
+# set, cast as its type; docs/operations.md says when to change which.
+_unset = environ.NoValue()
 
-# --------------------------------------------------------------------------- observability
-# docs/operations.md, "Metrics, health and logs". Process registry, /readyz, /metrics access.
-PRESENCE_VERSION = env.str("PRESENCE_VERSION", default="dev")
-PRESENCE_PROCESS_REFRESH = env.float("PRESENCE_PROCESS_REFRESH", default=5.0)
-PRESENCE_READY_SWEEP_MAX_AGE = env.float("PRESENCE_READY_SWEEP_MAX_AGE", default=60.0)
-# In production /metrics needs `Authorization: Bearer <METRICS_TOKEN>` or a client address in
-# one of these networks (CIDR); with neither configured it answers 403. Open when DEBUG.
-METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
-METRICS_ALLOWED_NETWORKS = env.list("METRICS_ALLOWED_NETWORKS", default=[])
+
+def _from_env(name: str, cast: Callable[..., object]) -> None:
+    """Define the setting ``name`` from its environment variable, read by ``cast`` (``env.int``,
+    ``env.list`` ...), when that is set; unset (or a ``$reference`` to an unset variable), the
+    setting is left out and presence/conf.py's default applies."""
+    value = cast(name, default=_unset)
+    if value is not _unset:
+        globals()[name] = value
+
+
+_presence_from_env: tuple[tuple[str, Callable[..., object]], ...] = (
+    # Periodic tasks (presence/jobs/catalog.py) and their tuning.
+    ("PRESENCE_SWEEP_INTERVAL", env.float),
+    ("STATS_FLUSH_INTERVAL", env.float),
+    ("PRESENCE_SWEEP_BATCH_SIZE", env.int),
+    ("PRESENCE_SWEEP_CLAIM_TIMEOUT", env.float),
+    ("PRESENCE_SESSION_LOG_INTERVAL", env.float),
+    ("PRESENCE_SESSION_LOG_CLAIM_IDLE", env.float),
+    ("PRESENCE_REAP_INTERVAL", env.float),
+    ("PRESENCE_RECONCILE_INTERVAL", env.float),
+    # Connections, the connect gate and per-connection limits.
+    ("PRESENCE_HEARTBEAT_INTERVAL", env.float),
+    ("PRESENCE_TTL", env.float),
+    ("WS_MAX_MESSAGE_BYTES", env.int),
+    ("PRESENCE_TRUSTED_PROXY_HEADER", env.str),
+    ("PRESENCE_ALLOWED_ORIGINS", env.list),
+    ("PRESENCE_MAX_CONNECTIONS_PER_USER", env.int),
+    ("PRESENCE_MAX_CONNECTIONS_PER_ADDRESS", env.int),
+    ("PRESENCE_ADDRESS_CONNECT_RATE", env.float),
+    ("PRESENCE_ADDRESS_CONNECT_BURST", env.int),
+    ("PRESENCE_CONNECT_TIMEOUT", env.float),
+    ("PRESENCE_REDIS_SOCKET_TIMEOUT", env.float),
+    ("PRESENCE_REDIS_CONNECT_TIMEOUT", env.float),
+    ("PRESENCE_KICK_REVOKE_SECONDS", env.int),
+    ("PRESENCE_ROOM_AUTHORIZER", env.str),
+    ("PRESENCE_RATE_LIMIT", env.float),
+    ("PRESENCE_RATE_BURST", env.int),
+    ("PRESENCE_FLOOD_DROPS", env.int),
+    ("PRESENCE_FLOOD_WINDOW", env.float),
+    ("PRESENCE_MAX_ROOMS_PER_CONNECTION", env.int),
+    ("PRESENCE_LIST_LIMIT", env.int),
+    ("PRESENCE_TOKEN_MAX_AGE", env.int),
+    # Event log and protocol v2 (docs/presence.md).
+    ("PRESENCE_EVENT_LOG_MAXLEN", env.int),
+    ("PRESENCE_DIFF_WINDOW", env.float),
+    ("PRESENCE_SYNC_LIMIT", env.int),
+    ("PRESENCE_OUTBOX_MAX", env.int),
+    ("PRESENCE_GLOBAL_EVENTS", env.bool),  # global events reach every connection: O(connections)
+    # Server-side hooks: Django signals and signed webhooks from the event log (docs/hooks.md).
+    # The endpoint set here is the simple case; others live in the admin.
+    ("PRESENCE_WEBHOOK_URL", env.str),
+    ("PRESENCE_WEBHOOK_SECRET", env.str),
+    ("PRESENCE_WEBHOOK_EVENTS", env.list),
+    ("PRESENCE_WEBHOOK_BATCH_SIZE", env.int),
+    ("PRESENCE_WEBHOOK_BATCH_WINDOW", env.float),
+    ("PRESENCE_WEBHOOK_TIMEOUT", env.float),
+    ("PRESENCE_WEBHOOK_RETRY_FOR", env.float),
+    ("PRESENCE_WEBHOOK_RUN_BUDGET", env.float),
+    ("PRESENCE_WEBHOOK_KEEP", env.float),
+    ("PRESENCE_HOOKS_INTERVAL", env.float),
+    ("PRESENCE_HOOKS_BATCH", env.int),
+    ("PRESENCE_HOOKS_RETRY_FOR", env.float),
+    ("PRESENCE_HOOKS_BACKOFF_BASE", env.float),
+    ("PRESENCE_HOOKS_BACKOFF_MAX", env.float),
+    # Observability (docs/operations.md, "Metrics, health and logs"): process registry,
+    # /readyz, and /metrics access in production (a bearer token or a client network).
+    ("PRESENCE_VERSION", env.str),
+    ("PRESENCE_PROCESS_REFRESH", env.float),
+    ("PRESENCE_READY_SWEEP_MAX_AGE", env.float),
+    ("METRICS_TOKEN", env.str),
+    ("METRICS_ALLOWED_NETWORKS", env.list),
+)
+for _name, _cast in _presence_from_env:
+    _from_env(_name, _cast)
+# The exception: tests/presence/test_sweep.py reads this one from django.conf.settings, so it is
+# defined always, with the value presence/conf.py gives it (its default there if unset).
+PRESENCE_SWEEP_CLAIM_TIMEOUT = AppSettings(sys.modules[__name__]).SWEEP_CLAIM_TIMEOUT
+
+# Celery beat's schedule, made by the job catalog with the periods set above (or their
+# defaults). The console reads it too (the period of each task it shows).
+CELERY_BEAT_SCHEDULE = beat_schedule(sys.modules[__name__])
 
 # --------------------------------------------------------------------------- static, i18n, auth
 STATIC_URL = "static/"
@@ -317,7 +288,7 @@ if not DEBUG:
     CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
 
 # --------------------------------------------------------------------------- logging
-# presence/obs/logs.py: request/session/user ids on every line, secrets redacted from every line.
+# presence/logs.py: request/session/user ids on every line, secrets redacted from every line.
 # LOG_FORMAT=json: one JSON object per line; anything else: readable lines. uvicorn's loggers
 # (access log, WebSocket handshakes) drop their own handlers and come through these.
 LOG_FORMAT = env.str("LOG_FORMAT", default="plain")

@@ -1,4 +1,8 @@
-"""Every PRESENCE_* setting with its default, read live so ``override_settings`` works."""
+"""Every presence setting with its default, read live so ``override_settings`` works.
+
+This is the one place that holds the defaults: config/settings.py defines a presence setting
+only when its environment variable is set, and everything else falls back to the value here.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +12,17 @@ from django.conf import settings
 
 
 class AppSettings:
-    """Typed, live view of the presence settings."""
+    """Typed, live view of the presence settings.
+
+    ``source``: where the settings are read, ``django.conf.settings`` unless given (the
+    settings module itself, while it is being loaded, reads its own values through one).
+    """
+
+    def __init__(self, source: object = None) -> None:
+        self._source = source
 
     def _get(self, name: str, default: Any) -> Any:
-        return getattr(settings, name, default)
+        return getattr(settings if self._source is None else self._source, name, default)
 
     @property
     def HEARTBEAT_INTERVAL(self) -> float:
@@ -218,6 +229,11 @@ class AppSettings:
         """Seconds between runs of the Celery fallback writer ``presence.write_sessions``."""
         return float(self._get("PRESENCE_SESSION_LOG_INTERVAL", 2.0))
 
+    @property
+    def REAP_INTERVAL(self) -> float:
+        """Seconds between runs of the session reaper ``presence.reap_sessions`` (Celery beat)."""
+        return float(self._get("PRESENCE_REAP_INTERVAL", 300.0))
+
     # ---- observability (live/processes.py, obs/metrics.py, ops/health.py)
     @property
     def VERSION(self) -> str:
@@ -238,6 +254,16 @@ class AppSettings:
     def READY_SWEEP_MAX_AGE(self) -> float:
         """Seconds after which /readyz calls the last successful sweep stale (503); 0 = never."""
         return float(self._get("PRESENCE_READY_SWEEP_MAX_AGE", 60.0))
+
+    @property
+    def METRICS_TOKEN(self) -> str:
+        """Bearer token /metrics accepts when DEBUG is off ("" = none)."""
+        return str(self._get("METRICS_TOKEN", "") or "")
+
+    @property
+    def METRICS_ALLOWED_NETWORKS(self) -> list[str]:
+        """Networks (CIDR) whose client addresses may read /metrics without the token."""
+        return [str(n) for n in self._get("METRICS_ALLOWED_NETWORKS", []) or []]
 
     # ---- server-side hooks (presence/hooks/, docs/hooks.md)
     @property

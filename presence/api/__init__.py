@@ -1,1 +1,1 @@
-"""The HTTP API for logged-in users: presence reads and WebSocket tokens (views parse and format)."""
+"""The HTTP API for logged-in users: presence reads and WebSocket tokens."""
