@@ -34,6 +34,8 @@ lint: $(DEV)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-logo
+	$(BIN)/python bin/check_sizes.py
 
 format: $(DEV)
 	$(BIN)/ruff format .

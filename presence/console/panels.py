@@ -18,7 +18,6 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import redis
-from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db.models import Max, Sum
 from django.db.models.functions import TruncHour
@@ -27,6 +26,7 @@ from django.utils import timezone
 from presence import store
 from presence.conf import app_settings
 from presence.console import charts
+from presence.jobs import catalog
 from presence.live.processes import ProcessRecord, list_processes
 from presence.models import StatsBucket
 
@@ -44,11 +44,6 @@ ROOM_EVENTS_SHOWN = 50
 RATE_WINDOW_MINUTES = 5
 # A periodic task is "late" when its last run is older than this many periods.
 LATE_PERIODS = 3
-TASK_NAMES = {
-    "sweep": "presence.sweep_expired",
-    "flush": "presence.flush_stats",
-    "reap": "presence.reap_sessions",
-}
 
 
 def ms_to_datetime(ms: int) -> dt.datetime:
@@ -345,11 +340,8 @@ def _process_row(record: ProcessRecord) -> ProcessRow:
 
 
 def _task_period(task: str) -> float | None:
-    for entry in getattr(settings, "CELERY_BEAT_SCHEDULE", {}).values():
-        if entry.get("task") == TASK_NAMES[task]:
-            schedule = entry.get("schedule")
-            return float(schedule) if isinstance(schedule, int | float) else None
-    return None
+    job = catalog.by_key(task)
+    return job.period() if job.scheduled else None
 
 
 def _task_run(task: str, run: dict[str, str], now: dt.datetime) -> TaskRun:
@@ -371,7 +363,7 @@ def _task_run(task: str, run: dict[str, str], now: dt.datetime) -> TaskRun:
     duration = run.get("last_duration_ms")
     return TaskRun(
         task=task,
-        name=TASK_NAMES[task],
+        name=catalog.by_key(task).task,
         period=period,
         finished_at=finished_at,
         lag=lag,
@@ -426,8 +418,10 @@ def _rates(now: dt.datetime, overview: store.ConsoleOverview, flush: TaskRun) ->
 def get_dashboard(*, with_charts: bool = True) -> Dashboard:
     """The dashboard's numbers (three Redis round trips, two SQL queries) and its charts."""
     now = timezone.now()
-    overview = store.console_overview(store.get_redis())
-    tasks = [_task_run(task, overview.task_runs.get(task, {}), now) for task in TASK_NAMES]
+    overview = store.console_overview(store.get_redis(), catalog.console_keys())
+    tasks = [
+        _task_run(task, overview.task_runs.get(task, {}), now) for task in catalog.console_keys()
+    ]
     flush = next(t for t in tasks if t.task == "flush")
     has_stats = StatsBucket.objects.filter(minute__gte=now - dt.timedelta(days=7)).exists()
     dashboard = Dashboard(

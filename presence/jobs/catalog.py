@@ -1,11 +1,9 @@
 """The one list of background jobs: every Celery task of presence, and how beat runs it.
 
-Each :class:`Job` says what the lists spread over the code today say about a task: its Celery
-name (presence/tasks.py), the short key its lock, run record and period claim use in Redis
-(``TASK`` in presence/sweep.py, flush.py, reap.py, sessionlog.py, processes.py and
-presence/hooks/), whether beat schedules it and how (``CELERY_BEAT_SCHEDULE``), and where its
-runs are shown (``periodic.TASKS``, ``store.SCRAPE_TASKS``, ``store.CONSOLE_TASKS``, the
-console's ``TASK_NAMES``, the metrics' ``TASK_LABELS``).
+Each :class:`Job` says all the code needs to know of a task: its Celery name (the wrappers in
+presence/tasks.py), the short key its lock, run record and period claim use in Redis (the
+``TASK`` of its module), whether beat schedules it and how (``CELERY_BEAT_SCHEDULE`` is built
+from here), and where its runs are shown (``presence_status``, ``/metrics``, the console).
 
 config/settings.py imports this module while the settings load: it imports nothing of the
 project but :mod:`presence.conf`, and that only inside the functions that need it.
@@ -106,7 +104,7 @@ JOBS: tuple[Job, ...] = (
         locked=True,
         reported=True,
     ),
-    # Ghosts: online in Redis, held by no live web process (presence/processes.py).
+    # Ghosts: online in Redis, held by no live web process (presence/jobs/reconcile.py).
     Job(
         key="reconcile",
         task="presence.reconcile_connections",
@@ -168,12 +166,12 @@ def scheduled() -> tuple[Job, ...]:
 
 
 def recorded_keys() -> tuple[str, ...]:
-    """Keys of the jobs whose recorded runs are read back (periodic.TASKS, SCRAPE_TASKS)."""
+    """Keys of the jobs whose recorded runs are read back (``presence_status``, ``/metrics``)."""
     return tuple(job.key for job in JOBS if job.reported)
 
 
 def console_keys() -> tuple[str, ...]:
-    """Keys of the jobs on the console (CONSOLE_TASKS, console TASK_NAMES, TASK_LABELS)."""
+    """Keys of the jobs on the console dashboard, each with a duration histogram in /metrics."""
     return tuple(job.key for job in JOBS if job.on_console)
 
 

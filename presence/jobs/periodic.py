@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass
 from typing import TypedDict, TypeVar
 
 from presence import store
+from presence.jobs import catalog
 from presence.obs.buckets import DURATION_BUCKETS
 
 logger = logging.getLogger(__name__)
@@ -140,7 +141,6 @@ def duration_fields(duration_ms: int) -> dict[str, int]:
 
 
 # --------------------------------------------------------------------------- reads
-TASKS = ("sweep", "flush", "reap", "sessionlog", "reconcile")
 
 
 class TaskRun(TypedDict):
@@ -180,7 +180,9 @@ def parse_task_run(task: str, raw: dict[str, str]) -> TaskRun:
     }
 
 
-def last_runs(tasks: tuple[str, ...] = TASKS) -> dict[str, TaskRun]:
-    """The last run of each periodic task (sweep, flush, reap, ...) from Redis, one pipeline."""
+def last_runs(tasks: tuple[str, ...] | None = None) -> dict[str, TaskRun]:
+    """The last run of each periodic task (``tasks``; every job whose runs are read back by
+    default: presence.jobs.catalog) from Redis, one pipeline."""
+    tasks = catalog.recorded_keys() if tasks is None else tasks
     raw = store.read_task_runs(store.get_redis(), tasks)
     return {task: parse_task_run(task, raw[task]) for task in tasks}

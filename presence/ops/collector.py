@@ -24,6 +24,7 @@ from prometheus_client.registry import Collector
 from redis.exceptions import RedisError
 
 from presence import store
+from presence.jobs import catalog
 from presence.live import processes
 from presence.obs.buckets import DURATION_BUCKETS
 from presence.obs.metrics import ensure_handler_series
@@ -41,7 +42,6 @@ TASK_WORK: dict[str, tuple[tuple[str, str, str], ...]] = {
     ),
     "reap": (("reaped", "reaped_total", "Session rows the reaper ended (presence forgot)."),),
 }
-TASK_LABELS = {"sweep": "sweep", "flush": "stats flush", "reap": "session reaper"}
 
 
 def _task_histogram(task: str, raw: dict[str, str]) -> HistogramMetricFamily:
@@ -53,7 +53,7 @@ def _task_histogram(task: str, raw: dict[str, str]) -> HistogramMetricFamily:
     buckets.append(("+Inf", cumulative))
     return HistogramMetricFamily(
         f"presence_{task}_duration_seconds",
-        f"Duration of {TASK_LABELS[task]} runs (any Celery process; from Redis).",
+        f"Duration of {catalog.by_key(task).label} runs (any Celery process; from Redis).",
         buckets=buckets,
         sum_value=int(raw.get("duration_sum_ms") or 0) / 1000,
     )
@@ -68,7 +68,7 @@ class PresenceCollector(Collector):
         )
         try:
             client = store.get_redis()
-            readings = store.read_scrape(client)
+            readings = store.read_scrape(client, catalog.recorded_keys())
             records = processes.list_processes()
         except (RedisError, OSError) as exc:
             logger.warning("metrics: Redis unreachable at scrape: %s", exc)
@@ -159,7 +159,8 @@ class PresenceCollector(Collector):
         )
 
     def _tasks(self, tasks: dict[str, dict[str, str]]) -> Iterator[Metric]:
-        for task, label in TASK_LABELS.items():
+        for task in catalog.console_keys():
+            label = catalog.by_key(task).label
             raw = tasks.get(task, {})
             yield _task_histogram(task, raw)
             for suffix, field, doc in TASK_WORK[task]:
@@ -178,7 +179,7 @@ class PresenceCollector(Collector):
             "Periodic task runs by outcome (ok, error, skipped: another run held the lock).",
             labels=["task", "outcome"],
         )
-        for task in store.SCRAPE_TASKS:
+        for task in catalog.recorded_keys():
             raw = tasks.get(task, {})
             total, errors = int(raw.get("runs_total") or 0), int(raw.get("errors_total") or 0)
             runs.add_metric([task, "ok"], total - errors)

@@ -46,7 +46,6 @@ from presence.store.connections import (
 )
 from presence.store.console import (
     CONSOLE_CONNS_PER_USER,
-    CONSOLE_TASKS,
     ConsoleConnection,
     ConsoleOverview,
     ConsoleUser,
@@ -158,7 +157,6 @@ from presence.store.rooms import (
     set_status,
 )
 from presence.store.scrape import (
-    SCRAPE_TASKS,
     ScrapeReadings,
     read_scrape,
 )
@@ -181,7 +179,6 @@ __all__ = [
     "BACKLOG_PAGE",
     "CLAIM_ROUNDS",
     "CONSOLE_CONNS_PER_USER",
-    "CONSOLE_TASKS",
     "GROUPS",
     "HOOKS_GROUP",
     "INCLUDE",
@@ -190,7 +187,6 @@ __all__ = [
     "PROCESS_CONNS_SLICE",
     "PROCESS_LIST_MAX",
     "PUBLISH_ATTEMPTS",
-    "SCRAPE_TASKS",
     "SESSION_LOG_GROUP",
     "WEBHOOKS_GROUP",
     "ClaimBatch",

@@ -20,7 +20,6 @@ from presence.store.reads import plan_index
 # snapshot of what it reads, and one unit the tests count (tests/presence/test_console_*).
 # Connections listed per user row; the row's connection count stays exact.
 CONSOLE_CONNS_PER_USER = 20
-CONSOLE_TASKS = ("sweep", "flush", "reap")
 
 
 @dataclass(frozen=True)
@@ -185,19 +184,19 @@ def console_recent_events(client: redis.Redis, count: int) -> list[LogEntry]:
     return [(str(eid), dict(fields)) for eid, fields in raw]
 
 
-def console_overview(client: redis.Redis) -> ConsoleOverview:
-    """Users and connections online, unflushed counters and the periodic tasks' last runs."""
+def console_overview(client: redis.Redis, tasks: Sequence[str]) -> ConsoleOverview:
+    """Users and connections online, unflushed counters and the last runs of ``tasks``."""
     k, now = keys(), now_ms()
     pipe = client.pipeline(transaction=True)
     pipe.zcount(k.users, f"({now}", "+inf")
     pipe.zcount(k.conns, f"({now}", "+inf")
     pipe.hgetall(k.stats)
-    for task in CONSOLE_TASKS:
+    for task in tasks:
         pipe.hgetall(k.task_last(task))
     users, conns, stats, *runs = pipe.execute()
     return ConsoleOverview(
         users=int(users),
         connections=int(conns),
         live_stats={name: int(value) for name, value in stats.items()},
-        task_runs={task: dict(run) for task, run in zip(CONSOLE_TASKS, runs, strict=True)},
+        task_runs={task: dict(run) for task, run in zip(tasks, runs, strict=True)},
     )

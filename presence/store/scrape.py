@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import redis
@@ -9,10 +10,8 @@ import redis
 from presence.store.clients import now_ms
 from presence.store.keys import keys
 
-# --------------------------------------------------------------------------- scrape-time reads
-# ---- read by the metrics collector on every scrape (presence.obs.metrics): O(1) or O(log N)
+# Read by the metrics collector on every scrape (presence.ops.collector): O(1) or O(log N)
 # commands only, never a scan of the keyspace or of a large index.
-SCRAPE_TASKS = ("sweep", "flush", "reap", "sessionlog", "reconcile")
 
 
 @dataclass
@@ -24,17 +23,19 @@ class ScrapeReadings:
     tasks: dict[str, dict[str, str]]
 
 
-def read_scrape(client: redis.Redis, *, now: int | None = None) -> ScrapeReadings:
-    """Online counts (ZCOUNT, O(log N)) and the tasks' run hashes, in one round trip."""
+def read_scrape(
+    client: redis.Redis, tasks: Sequence[str], *, now: int | None = None
+) -> ScrapeReadings:
+    """Online counts (ZCOUNT, O(log N)) and the run hashes of ``tasks``, in one round trip."""
     k, now = keys(), now or now_ms()
     pipe = client.pipeline(transaction=False)
     pipe.zcount(k.users, f"({now}", "+inf")
     pipe.zcount(k.conns, f"({now}", "+inf")
-    for task in SCRAPE_TASKS:
+    for task in tasks:
         pipe.hgetall(k.task_last(task))
-    users, conns, *tasks = pipe.execute()
+    users, conns, *runs = pipe.execute()
     return ScrapeReadings(
         users_online=int(users),
         connections_online=int(conns),
-        tasks={task: dict(raw) for task, raw in zip(SCRAPE_TASKS, tasks, strict=True)},
+        tasks={task: dict(raw) for task, raw in zip(tasks, runs, strict=True)},
     )

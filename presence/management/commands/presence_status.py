@@ -16,7 +16,7 @@ from redis.exceptions import RedisError
 
 from presence import store
 from presence.conf import app_settings
-from presence.jobs import periodic
+from presence.jobs import catalog, periodic
 from presence.live import processes
 
 
@@ -43,7 +43,7 @@ def status() -> dict[str, Any]:
     started = time.perf_counter()
     client.ping()
     ping_ms = (time.perf_counter() - started) * 1000
-    readings = store.read_scrape(client)
+    readings = store.read_scrape(client, catalog.recorded_keys())
     runs = periodic.last_runs()
     return {
         "redis": {"url": safe_url(app_settings.REDIS_URL), "ping_ms": round(ping_ms, 2)},
