@@ -120,7 +120,7 @@ def _uninstall() -> None:
 def _report_at_exit() -> None:
     # Straight to stderr: logging handlers may be closed by the time atexit runs.
     try:
-        sys.stderr.write(f"presence.live.gctune gc pauses: {json.dumps(pause_stats())}\n")
+        sys.stderr.write(f"presence.gctune gc pauses: {json.dumps(pause_stats())}\n")
     except (OSError, ValueError):
         pass
 

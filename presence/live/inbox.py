@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import weakref
 from typing import Any, Protocol
 
 from channels_redis.core import RedisChannelLayer
 from redis.exceptions import RedisError
+
+from presence.loops import LoopLocal
 
 logger = logging.getLogger(__name__)
 
@@ -81,15 +82,15 @@ class Inbox:
                     asyncio.get_running_loop().create_task(consumer.dispatch_from_inbox(message))
 
 
-_inboxes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Inbox] = weakref.WeakKeyDictionary()
+_inboxes: LoopLocal[Inbox] = LoopLocal()
 
 
 def get_inbox(layer: Any) -> Inbox | None:
     """The running loop's inbox for ``layer``; None when the layer is not channels_redis'."""
     if not isinstance(layer, RedisChannelLayer):
         return None
-    loop = asyncio.get_running_loop()
-    inbox = _inboxes.get(loop)
-    if inbox is None or inbox.layer is not layer:
-        inbox = _inboxes[loop] = Inbox(layer)
+    inbox = _inboxes.get(lambda loop: Inbox(layer))
+    if inbox.layer is not layer:  # the layer was replaced (settings changed, in tests)
+        _inboxes.discard()
+        inbox = _inboxes.get(lambda loop: Inbox(layer))
     return inbox

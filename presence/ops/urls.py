@@ -8,5 +8,5 @@ urlpatterns = [
     path("metrics", opsviews.metrics_view, name="metrics"),
     path("healthz", opsviews.healthz, name="healthz"),
     path("readyz", opsviews.readyz, name="readyz"),
-    path("api/presence/live/processes/", opsviews.processes_view, name="presence-processes"),
+    path("api/presence/processes/", opsviews.processes_view, name="presence-processes"),
 ]

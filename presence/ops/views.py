@@ -19,6 +19,7 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from presence.conf import app_settings
 from presence.jobs import periodic
 from presence.live import processes
 from presence.ops import collector, health
@@ -30,7 +31,7 @@ _warned_unconfigured = False
 
 def _networks() -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
     nets = []
-    for raw in getattr(settings, "METRICS_ALLOWED_NETWORKS", []) or []:
+    for raw in app_settings.METRICS_ALLOWED_NETWORKS:
         try:
             nets.append(ipaddress.ip_network(str(raw).strip(), strict=False))
         except ValueError:
@@ -43,7 +44,7 @@ def metrics_access(request: HttpRequest) -> tuple[bool, str]:
     global _warned_unconfigured
     if settings.DEBUG:
         return True, "development (DEBUG)"
-    token = str(getattr(settings, "METRICS_TOKEN", "") or "")
+    token = app_settings.METRICS_TOKEN
     networks = _networks()
     if not token and not networks:
         if not _warned_unconfigured:
@@ -95,7 +96,7 @@ async def readyz(request: HttpRequest) -> JsonResponse:
 @never_cache
 @require_GET
 def processes_view(request: HttpRequest) -> JsonResponse:
-    """``GET /api/presence/live/processes/`` (staff): live web processes and the last task runs."""
+    """``GET /api/presence/processes/`` (staff): live web processes and the last task runs."""
     user: Any = request.user
     if not user.is_authenticated:
         return JsonResponse({"error": "authentication required"}, status=401)

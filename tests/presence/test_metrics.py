@@ -341,7 +341,7 @@ class TestProcessesEndpoint:
             client = Client()
             if user is not None:
                 client.force_login(user)
-            return client.get("/api/presence/live/processes/")
+            return client.get("/api/presence/processes/")
 
         assert (await sync_to_async(get)(None)).status_code == 401
         assert (await sync_to_async(get)(plain)).status_code == 403
