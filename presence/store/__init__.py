@@ -4,7 +4,9 @@ Each module owns one domain's keys, scripts and reads (``keys`` builds every key
 hash tag; ``scripts`` loads ``lua/``; ``clients`` holds the connections). This package
 re-exports their public names so that callers write ``store.connect(...)`` and
 ``store.keys().conns`` without knowing which file a function lives in; it holds no code of its
-own. Nothing outside ``presence.store`` imports redis-py to talk to presence state.
+own. Helpers the domain modules share among themselves (``clients.ttl_ms``, the listing plans
+of ``reads``) are not re-exported. Nothing outside ``presence.store`` talks to Redis about
+presence state.
 
 Each operation is split into a pure *plan* (keys and arguments) and a run on a sync or an
 async client, so the WebSocket consumers (async) and Celery tasks and views (sync) share it.
@@ -27,11 +29,8 @@ from presence.store.clients import (
     client_options,
     get_async_redis,
     get_redis,
-    grace_ms,
-    log_maxlen,
     now_ms,
     reset_clients,
-    ttl_ms,
 )
 from presence.store.connections import (
     ConnectGate,
@@ -111,7 +110,6 @@ from presence.store.jobs import (
     record_task_run,
     release_stats_claim,
     release_task_lock,
-    score_ms,
     set_heartbeat_mark,
     task_lock_held,
 )
@@ -141,11 +139,7 @@ from presence.store.processes import (
 )
 from presence.store.reads import (
     alist_online,
-    format_users,
     list_online,
-    plan_index,
-    queue_details,
-    queue_listing,
     user_presence,
 )
 from presence.store.rooms import (
@@ -161,8 +155,6 @@ from presence.store.scrape import (
     read_scrape,
 )
 from presence.store.scripts import (
-    INCLUDE,
-    LUA_DIR,
     LuaScript,
     script,
 )
@@ -181,9 +173,7 @@ __all__ = [
     "CONSOLE_CONNS_PER_USER",
     "GROUPS",
     "HOOKS_GROUP",
-    "INCLUDE",
     "LATENCY_BUCKETS",
-    "LUA_DIR",
     "PROCESS_CONNS_SLICE",
     "PROCESS_LIST_MAX",
     "PUBLISH_ATTEMPTS",
@@ -243,12 +233,10 @@ __all__ = [
     "end_swept_connections",
     "ensure_group",
     "error_field",
-    "format_users",
     "get_async_redis",
     "get_heartbeat_mark",
     "get_redis",
     "get_status",
-    "grace_ms",
     "group_backlog",
     "handler_call_fields",
     "handler_error_field",
@@ -259,18 +247,14 @@ __all__ = [
     "list_online",
     "list_stats_claims",
     "live_connections_page",
-    "log_maxlen",
     "log_position",
     "message_field",
     "now_ms",
     "oldest_pending",
-    "plan_index",
     "prune_consumers",
     "publish",
     "publish_disabled_handlers",
     "publish_process",
-    "queue_details",
-    "queue_listing",
     "read_group",
     "read_handler_control",
     "read_hook_holds",
@@ -292,7 +276,6 @@ __all__ = [
     "room_join_sync",
     "room_leave",
     "scan_live_connections",
-    "score_ms",
     "script",
     "set_heartbeat_mark",
     "set_hook_hold",
@@ -301,7 +284,6 @@ __all__ = [
     "snapshots",
     "stream_id_order",
     "task_lock_held",
-    "ttl_ms",
     "user_block_ttl_ms",
     "user_connection_targets",
     "user_presence",
