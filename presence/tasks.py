@@ -1,10 +1,10 @@
-"""Periodic presence tasks, scheduled by Celery beat (``CELERY_BEAT_SCHEDULE`` in settings).
+"""The Celery tasks of presence: thin wrappers over the jobs in :mod:`presence.jobs`.
 
-Both are bounded, idempotent and safe when two run at once (atomic claims in Redis, a
-token lock released by compare-and-delete, a unique FlushRecord per flush); a run that finds
-the lock held is counted (``skipped_total`` in ``{P}:<task>:last``), never silent. The
-logic lives in :mod:`presence.jobs.sweep` and :mod:`presence.jobs.flush`; docs/operations.md
-describes how to run and watch them.
+Every task is listed once, in :mod:`presence.jobs.catalog`, which also builds Celery beat's
+schedule (``CELERY_BEAT_SCHEDULE``). Each is bounded, idempotent and safe when two run at once
+(atomic claims in Redis, a token lock released by compare-and-delete, a unique FlushRecord per
+flush); a run that finds the lock held is counted (``skipped_total`` in ``{P}:<task>:last``),
+never silent. docs/operations.md describes how to run and watch them.
 """
 
 from __future__ import annotations
@@ -15,8 +15,7 @@ from celery import shared_task
 
 from presence.actions import revocation
 from presence.hooks import dispatch, webhooks
-from presence.jobs import flush, periodic, reap, reconcile, sessionlog, sweep
-from presence.jobs import groups as reader
+from presence.jobs import flush, groups, periodic, reap, reconcile, sessionlog, sweep
 
 # What a beat-scheduled run returns when its period was run by another beat's run already.
 PERIOD_SKIPPED: dict[str, Any] = {"skipped": True, "why": "period"}
@@ -101,8 +100,8 @@ def reconcile_connections(period: float | None = None) -> dict[str, Any]:
 # ---- server-side hooks (presence/hooks/, docs/hooks.md)
 @shared_task(
     name="presence.send_signals",
-    soft_time_limit=reader.SOFT_TIME_LIMIT,
-    time_limit=reader.TIME_LIMIT,
+    soft_time_limit=groups.SOFT_TIME_LIMIT,
+    time_limit=groups.TIME_LIMIT,
     ignore_result=True,
 )
 def send_signals(period: float | None = None) -> dict[str, Any]:
@@ -114,8 +113,8 @@ def send_signals(period: float | None = None) -> dict[str, Any]:
 
 @shared_task(
     name="presence.route_webhooks",
-    soft_time_limit=reader.SOFT_TIME_LIMIT,
-    time_limit=reader.TIME_LIMIT,
+    soft_time_limit=groups.SOFT_TIME_LIMIT,
+    time_limit=groups.TIME_LIMIT,
     ignore_result=True,
 )
 def route_webhooks(period: float | None = None) -> dict[str, Any]:

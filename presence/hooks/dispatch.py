@@ -29,7 +29,7 @@ from django.utils import timezone
 from presence import store
 from presence.conf import app_settings
 from presence.hooks.events import HookEvent, backoff_seconds, events_of
-from presence.jobs import groups as reader
+from presence.jobs import groups
 from presence.jobs.periodic import RunReport, run_locked
 from presence.models import HookFailure
 
@@ -207,8 +207,8 @@ def drain(report: SignalReport) -> SignalReport:
     """One bounded pass over the log (pending entries first, then new ones)."""
     client = store.get_redis()
     sender = Sender(client, report)
-    reading = reader.Reading()
-    for entries in reader.batches(
+    reading = groups.Reading()
+    for entries in groups.batches(
         client, store.HOOKS_GROUP, count=app_settings.HOOKS_BATCH, reading=reading
     ):
         ack = sender.handle(entries, store.now_ms())
@@ -220,7 +220,7 @@ def drain(report: SignalReport) -> SignalReport:
 
 def send_signals() -> SignalReport:
     """One run under the lock; a run that finds the lock held is counted skipped."""
-    report = run_locked(TASK, reader.TIME_LIMIT * 1000, SignalReport(), drain)
+    report = run_locked(TASK, groups.TIME_LIMIT * 1000, SignalReport(), drain)
     if report.failed or report.given_up or report.malformed:
         logger.info("hooks: %s", report)
     return report

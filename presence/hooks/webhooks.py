@@ -46,7 +46,7 @@ from django.utils import timezone
 from presence import store
 from presence.conf import app_settings
 from presence.hooks.events import HookEvent, backoff_seconds, events_of
-from presence.jobs import groups as reader
+from presence.jobs import groups
 from presence.jobs.periodic import RunReport, run_locked
 from presence.models import DeliveryState, WebhookDelivery, WebhookEndpoint, WebhookEvent
 from presence.obs import metrics
@@ -170,8 +170,8 @@ def route(report: RouteReport) -> RouteReport:
     client = store.get_redis()
     sync_environment_endpoint()
     endpoints = list(WebhookEndpoint.objects.filter(enabled=True))
-    reading = reader.Reading()
-    for entries in reader.batches(
+    reading = groups.Reading()
+    for entries in groups.batches(
         client, store.WEBHOOKS_GROUP, count=app_settings.HOOKS_BATCH, reading=reading
     ):
         rows = outbox_rows(entries, endpoints, report)
@@ -189,7 +189,7 @@ def route(report: RouteReport) -> RouteReport:
 
 def route_webhooks() -> RouteReport:
     """One routing run under its lock (a held lock: a counted skip)."""
-    report = run_locked(TASK, reader.TIME_LIMIT * 1000, RouteReport(), route)
+    report = run_locked(TASK, groups.TIME_LIMIT * 1000, RouteReport(), route)
     if report.malformed or report.trimmed:
         logger.info("webhooks: %s", report)
     return report
