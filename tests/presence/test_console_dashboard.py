@@ -20,7 +20,7 @@ from presence import store
 from presence.jobs import flush, reap, sweep
 from presence.live.processes import LocalProcess
 from presence.models import StatsBucket
-from tests.presence.console_support import seed_presence
+from tests.support.console import seed_presence
 
 pytestmark = pytest.mark.django_db
 

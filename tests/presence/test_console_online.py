@@ -21,8 +21,8 @@ from django.test.utils import CaptureQueriesContext
 
 from config.embedded_redis import RedisServer
 from presence.console import panels as queries
-from tests.presence.console_support import RoundTrips, seed_presence
-from tests.support import session_row
+from tests.support.console import RoundTrips, seed_presence
+from tests.support.db import session_row
 
 pytestmark = pytest.mark.django_db
 

@@ -20,7 +20,8 @@ from asgiref.sync import sync_to_async
 from presence import store
 from presence.jobs import flush
 from presence.models import FlushRecord, StatsBucket
-from tests.conftest import ROOT, celery_env
+from tests.support.celery import celery_env
+from tests.support.paths import ROOT
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -19,7 +19,7 @@ from presence.hooks import dispatch
 from presence.hooks.events import HookEvent
 from presence.jobs import groups as reader
 from presence.models import HookFailure
-from tests.presence.hook_log import Log
+from tests.support.hook_log import Log
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

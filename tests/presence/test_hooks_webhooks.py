@@ -1,5 +1,5 @@
 """Webhooks (presence/hooks/webhooks.py): routing from the event log into the outbox and
-signed, batched delivery to a real HTTP receiver (tests/webhook_receiver.py). Real Redis,
+signed, batched delivery to a real HTTP receiver (tests/support/webhook_receiver.py). Real Redis,
 real database; the Celery tasks' bodies are called in this process (the delivery runs the
 router starts are queued on the test Redis and never run here)."""
 
@@ -21,8 +21,8 @@ from presence.hooks import webhooks
 from presence.jobs import groups as reader
 from presence.models import DeliveryState, WebhookDelivery, WebhookEndpoint, WebhookEvent
 from presence.obs import metrics
-from tests.presence.hook_log import Log
-from tests.webhook_receiver import Receiver
+from tests.support.hook_log import Log
+from tests.support.webhook_receiver import Receiver
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -16,7 +16,7 @@ from django.test import AsyncClient
 from django.utils import timezone
 
 from sessions_app.models import ConnectionSession, EndReason
-from tests.support import session_row
+from tests.support.db import session_row
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(30)]
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 import redis
 
 from presence import store
-from tests.presence.eventlog_helpers import join, log_entries, log_mark, logged
-from tests.presence.lua_timing import GRACE_MS, TTL_MS, _timing  # noqa: F401 - autouse fixture
+from tests.support.eventlog import join, log_entries, log_mark, logged
+from tests.support.lua_timing import GRACE_MS, TTL_MS, _timing  # noqa: F401 - autouse fixture
 
 
 async def connect(cid: str, uid: int, now: int, username: str = "", channel: str = "ch") -> bool:

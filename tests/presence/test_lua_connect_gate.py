@@ -11,7 +11,7 @@ import pytest
 import redis
 
 from presence import store
-from tests.presence.eventlog_helpers import logged
+from tests.support.eventlog import logged
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -12,9 +12,9 @@ from __future__ import annotations
 import redis
 
 from presence import store
-from tests.presence.eventlog_helpers import close as closed_entry
-from tests.presence.eventlog_helpers import leave, log_mark, logged
-from tests.presence.lua_timing import TTL_MS, _timing  # noqa: F401 - autouse fixture
+from tests.support.eventlog import close as closed_entry
+from tests.support.eventlog import leave, log_mark, logged
+from tests.support.lua_timing import TTL_MS, _timing  # noqa: F401 - autouse fixture
 
 
 async def connect(cid: str, uid: int, now: int, rooms: tuple[str, ...] = ()) -> store.ConnRef:

@@ -20,8 +20,8 @@ from pytest_django.fixtures import Settings
 
 from config.embedded_redis import RedisServer
 from presence import store
-from tests.presence.eventlog_helpers import log_entries, log_len, log_mark, logged
-from tests.presence.lua_timing import GRACE_MS, TTL_MS, _timing  # noqa: F401 - autouse fixture
+from tests.support.eventlog import log_entries, log_len, log_mark, logged
+from tests.support.lua_timing import GRACE_MS, TTL_MS, _timing  # noqa: F401 - autouse fixture
 
 State = dict[str, tuple[bytes | None, int]]  # key -> (DUMP, PTTL)
 

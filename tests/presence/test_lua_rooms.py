@@ -12,9 +12,9 @@ import json
 import redis
 
 from presence import store
-from tests.presence.eventlog_helpers import join as joined
-from tests.presence.eventlog_helpers import log_entries, log_len, log_mark, logged
-from tests.presence.lua_timing import GRACE_MS, TTL_MS, _timing  # noqa: F401 - autouse fixture
+from tests.support.eventlog import join as joined
+from tests.support.eventlog import log_entries, log_len, log_mark, logged
+from tests.support.lua_timing import GRACE_MS, TTL_MS, _timing  # noqa: F401 - autouse fixture
 
 
 async def connect(cid: str, uid: int, now: int | None = None) -> store.ConnRef:

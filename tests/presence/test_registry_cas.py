@@ -26,7 +26,7 @@ from presence.handlers import HandlerRegistry, lifecycle, registry
 from presence.handlers.lifecycle import Outcome, register_all, register_handler
 from presence.models import HandlerStatus, RegisteredHandler
 from tests.presence import test_registry
-from tests.support import database_url
+from tests.support.db import database_url
 
 ROOT = Path(__file__).resolve().parents[2]
 scratch = test_registry.scratch  # the fixture: a scratch registry and module writer

@@ -23,7 +23,7 @@ from presence.actions.revocation import do_block_user, do_lift_blocks
 from presence.models import UserBlock
 from sessions_app.actions import do_kick_session
 from sessions_app.models import EndReason
-from tests.support import session_row
+from tests.support.db import session_row
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(30)]
 

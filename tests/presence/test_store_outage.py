@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from asgiref.sync import sync_to_async
 
-from tests.support import session_log_written
+from tests.support.db import session_log_written
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -21,9 +21,10 @@ from asgiref.sync import sync_to_async
 from presence import store
 from presence.live.fanout import GLOBAL
 from sessions_app.models import ConnectionSession, EndReason
-from tests.conftest import ROOT, celery_env
-from tests.presence.eventlog_helpers import logged
 from tests.presence.test_sweep import TTL_MS, drain, leaves, listen
+from tests.support.celery import celery_env
+from tests.support.eventlog import logged
+from tests.support.paths import ROOT
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -1,13 +1,59 @@
-"""Helpers shared by fixtures and tests that start subprocesses."""
+"""The test database: its URL for subprocesses, waits for session rows written behind, and
+the fixtures that keep asgiref's sync thread from holding it (plugin of tests/conftest.py)."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import time
+from collections.abc import Iterator
 from typing import Any
 from urllib.parse import quote
 
+import pytest
 from django.db import connection
+
+
+def no_persistent_connections() -> None:
+    """No persistent database connections in tests (called from ``pytest_configure``).
+
+    Each test's event loop has its own threads, whose connections would otherwise outlive
+    them until the test database's teardown (PostgreSQL refuses to drop a database in use).
+    """
+    os.environ["DJANGO_CONN_MAX_AGE"] = "0"
+    from django.db import connections
+
+    for alias in connections:
+        connections.settings[alias]["CONN_MAX_AGE"] = 0
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _close_sync_thread_connections(django_db_setup: None) -> Iterator[None]:
+    """Close the DB connection of asgiref's sync thread before the test DB is dropped.
+
+    Async tests reach the ORM through sync_to_async, whose one thread keeps its connection
+    open; on PostgreSQL that blocks DROP DATABASE at the end of the run.
+    """
+    yield
+    from asgiref.sync import SyncToAsync
+    from django.db import connections
+
+    SyncToAsync.single_thread_executor.submit(connections.close_all).result(timeout=10)
+
+
+@pytest.fixture(autouse=True)
+def _sync_thread_idle_before_db_teardown(_django_db_marker: None) -> Iterator[None]:
+    """Wait for work still running on asgiref's sync thread before the database is reset.
+
+    The session-row writer is a background task: when a test ends it may be inside a bulk
+    write there. Torn down after pytest-django's database fixture is set up, so this runs
+    before its teardown (PostgreSQL's TRUNCATE would otherwise deadlock with the inserts).
+    Nothing new starts meanwhile: no event loop runs during a sync fixture's teardown.
+    """
+    yield
+    from asgiref.sync import SyncToAsync
+
+    SyncToAsync.single_thread_executor.submit(lambda: None).result(timeout=30)
 
 
 def database_url() -> str:

@@ -19,7 +19,7 @@ from django.test import Client
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from .conftest import ASGIServer
+from tests.support.servers import ASGIServer
 
 UserFactory = Callable[..., Awaitable[Any]]
 CSRF = "e2e0csrf0secret0of032characters0"  # a valid unmasked CSRF secret (32 chars)
