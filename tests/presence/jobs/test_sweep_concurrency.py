@@ -21,7 +21,7 @@ from asgiref.sync import sync_to_async
 from presence import store
 from presence.live.fanout import GLOBAL
 from sessions_app.models import ConnectionSession, EndReason
-from tests.presence.test_sweep import TTL_MS, drain, leaves, listen
+from tests.presence.jobs.test_sweep import TTL_MS, drain, leaves, listen
 from tests.support.celery import celery_env
 from tests.support.eventlog import logged
 from tests.support.paths import ROOT

@@ -17,9 +17,9 @@ from django.core.management import CommandError, call_command
 from presence import store
 from presence.jobs import periodic
 from presence.live import processes
+from tests.support.paths import ROOT
 
 pytestmark = pytest.mark.django_db(transaction=True)
-ROOT = Path(__file__).resolve().parents[2]
 
 
 async def _seed() -> processes.LocalProcess:

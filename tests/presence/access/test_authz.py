@@ -33,7 +33,7 @@ async def no_listing(user: Any, room: str, action: str) -> bool:
 
 @pytest.fixture
 def staff_only(settings: Any) -> None:
-    settings.PRESENCE_ROOM_AUTHORIZER = "tests.presence.test_authz.staff_rooms"
+    settings.PRESENCE_ROOM_AUTHORIZER = "tests.presence.access.test_authz.staff_rooms"
     calls.clear()
 
 
@@ -77,7 +77,7 @@ class TestWebSocket:
     async def test_an_async_authorizer_is_awaited(
         self, ws_client: WSFactory, auser_factory: UserFactory, settings: Any
     ) -> None:
-        settings.PRESENCE_ROOM_AUTHORIZER = "tests.presence.test_authz.no_listing"
+        settings.PRESENCE_ROOM_AUTHORIZER = "tests.presence.access.test_authz.no_listing"
         client = await ws_client(await auser_factory("alice"))
 
         assert (await client.request("room.join", {"room": "a"}))["type"] == "reply"

@@ -25,10 +25,10 @@ from presence import store
 from presence.handlers import HandlerRegistry, lifecycle, registry
 from presence.handlers.lifecycle import Outcome, register_all, register_handler
 from presence.models import HandlerStatus, RegisteredHandler
-from tests.presence import test_registry
+from tests.presence.handlers import test_registry
 from tests.support.db import database_url
+from tests.support.paths import ROOT
 
-ROOT = Path(__file__).resolve().parents[2]
 scratch = test_registry.scratch  # the fixture: a scratch registry and module writer
 BY = "test-host:1"
 
@@ -207,7 +207,7 @@ class TestConcurrency:
             from pathlib import Path
             from django.db import connection
             from presence.handlers.lifecycle import register_all, register_handler
-            from tests.presence.test_registry_cas import slow_reads
+            from tests.presence.handlers.test_registry_cas import slow_reads
             version = int(sys.argv[1])
             go = Path({str(go)!r})
             while not go.exists():
