@@ -1,4 +1,4 @@
-"""Real ASGI server processes for end-to-end tests.
+"""Fixtures of the end-to-end tests: real ASGI servers, headless Chromium, production settings.
 
 ``asgi_server`` is a factory: each call starts one more ``uvicorn config.asgi:application``
 subprocess on a free port, sharing this test run's Redis and test database, and returns once
@@ -7,152 +7,25 @@ the port accepts connections. Every server started in a test is stopped at its t
     def test_two_servers(asgi_server):
         first, second = asgi_server(), asgi_server(env={"PRESENCE_TTL": "4"})
         urlopen(first + "/api/presence/online/"), connect(second.ws_url + "/ws/presence/")
+
+The servers themselves are ``tests.support.servers``; the browser, ``tests.support.browser``.
 """
 
 from __future__ import annotations
 
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from selenium.webdriver.remote.webdriver import WebDriver
 
-from config.embedded_redis import free_port
-from tests.e2e.browser import start_chromium
-from tests.support import database_url
-
-ROOT = Path(__file__).resolve().parents[2]
-START_TIMEOUT = 30.0
-
-
-class ASGIServer(str):
-    """One running uvicorn process; the string itself is its base URL ``http://127.0.0.1:<port>``."""
-
-    port: int
-    process: subprocess.Popen[bytes]
-    log_path: Path
-    env: dict[str, str]
-
-    def __new__(
-        cls, port: int, process: subprocess.Popen[bytes], log_path: Path, env: dict[str, str]
-    ) -> ASGIServer:
-        server = super().__new__(cls, f"http://127.0.0.1:{port}")
-        server.port, server.process, server.log_path, server.env = port, process, log_path, env
-        return server
-
-    @property
-    def url(self) -> str:
-        """Base HTTP URL, also the Origin its WebSocket endpoint accepts."""
-        return str.__str__(self)
-
-    @property
-    def ws_url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}"
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def alive(self) -> bool:
-        return self.process.poll() is None
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """SIGTERM (uvicorn shuts down gracefully), SIGKILL after ``timeout``."""
-        if not self.alive():
-            return
-        os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.kill()
-
-    def kill(self) -> None:
-        """SIGKILL the process group: a crash, no disconnect handlers run."""
-        if self.alive():
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
-
-
-class ASGIServerFactory:
-    """Starts uvicorn subprocesses and remembers them for teardown."""
-
-    def __init__(self, log_dir: Path) -> None:
-        self.log_dir = log_dir
-        self.servers: list[ASGIServer] = []
-
-    def __call__(
-        self,
-        *,
-        ws_max_size: int = 65536,
-        env: Mapping[str, str] | None = None,
-        port: int | None = None,
-        extra_args: tuple[str, ...] = (),
-    ) -> ASGIServer:
-        port = port or free_port()
-        full_env = {
-            **os.environ,
-            "REDIS_URL": os.environ["REDIS_URL"],
-            "DATABASE_URL": database_url(),
-            "DJANGO_ALLOWED_HOSTS": "127.0.0.1,localhost",
-            "DJANGO_SETTINGS_MODULE": "config.settings",
-            "WS_MAX_MESSAGE_BYTES": str(ws_max_size),
-            "PYTHONUNBUFFERED": "1",
-            **(env or {}),
-        }
-        log_path = self.log_dir / f"uvicorn-{port}-{len(self.servers)}.log"
-        with log_path.open("wb") as log:
-            process = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "uvicorn",
-                    "config.asgi:application",
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(port),
-                    "--ws-max-size",
-                    str(ws_max_size),
-                    "--ws-per-message-deflate",
-                    "false",
-                    "--lifespan",
-                    "off",
-                    *extra_args,
-                ],
-                cwd=ROOT,
-                env=full_env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # its own process group: stop() reaches children
-            )
-        server = ASGIServer(port=port, process=process, log_path=log_path, env=full_env)
-        self.servers.append(server)
-        self._wait_ready(server)
-        return server
-
-    @staticmethod
-    def _wait_ready(server: ASGIServer) -> None:
-        deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline:
-            if not server.alive():
-                raise RuntimeError(f"uvicorn exited ({server.process.returncode}):\n{server.log()}")
-            try:
-                with socket.create_connection(("127.0.0.1", server.port), timeout=0.5):
-                    return
-            except OSError:
-                time.sleep(0.05)
-        server.kill()
-        raise RuntimeError(f"uvicorn did not listen on {server.port}:\n{server.log()}")
-
-    def stop_all(self) -> None:
-        for server in reversed(self.servers):
-            server.stop()
+from tests.support.browser import start_chromium
+from tests.support.paths import ROOT
+from tests.support.servers import ASGIServer, ASGIServerFactory
 
 
 @pytest.fixture

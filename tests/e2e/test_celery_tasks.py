@@ -21,8 +21,8 @@ from presence.live.fanout import GLOBAL
 from presence.models import FlushRecord, StatsBucket
 from presence.tasks import flush_stats, sweep_expired
 from sessions_app.models import ConnectionSession, EndReason
-from tests.presence.test_flush_faults import bump, database_totals, expected
-from tests.presence.test_sweep import drain, leaves, listen
+from tests.presence.jobs.test_flush_faults import bump, database_totals, expected
+from tests.presence.jobs.test_sweep import drain, leaves, listen
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 

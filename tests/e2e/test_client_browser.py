@@ -27,8 +27,8 @@ from selenium.webdriver.support.ui import Select, WebDriverWait
 from presence.access.auth import mint_token
 from presence.api import listing as queries
 from sessions_app.models import ConnectionSession
-from tests.e2e.browser import login, screenshot, wait_for_text
-from tests.e2e.conftest import ASGIServer
+from tests.support.browser import login, screenshot, wait_for_text
+from tests.support.servers import ASGIServer
 
 pytestmark = [
     pytest.mark.browser,

@@ -35,9 +35,10 @@ from presence.access.auth import mint_token
 from presence.jobs import flush, reap, sweep
 from presence.models import StatsBucket
 from sessions_app.models import ConnectionSession
-from tests.e2e.browser import assert_styled, screenshot, wait_for_text
-from tests.e2e.conftest import ROOT, ASGIServer
-from tests.support import database_url
+from tests.support.browser import assert_styled, screenshot, wait_for_text
+from tests.support.db import database_url
+from tests.support.paths import ROOT
+from tests.support.servers import ASGIServer
 
 pytestmark = [
     pytest.mark.slow,

@@ -27,8 +27,7 @@ from presence import store
 from presence.access.auth import mint_token
 from presence.handlers import registry
 from presence.models import RegisteredHandler
-
-from .conftest import ASGIServer
+from tests.support.servers import ASGIServer
 
 pytestmark = [
     pytest.mark.django_db(transaction=True),

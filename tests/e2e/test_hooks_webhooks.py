@@ -1,5 +1,5 @@
 """Acceptance of the server-side hooks (issue 11): real uvicorn servers, real Celery worker and
-beat processes, a real HTTP receiver started here (tests/webhook_receiver.py).
+beat processes, a real HTTP receiver started here (tests/support/webhook_receiver.py).
 
 The endpoint is the one configured from the environment (PRESENCE_WEBHOOK_URL/SECRET), so
 these also cover that path. Intervals are short (env) to keep each test within seconds.
@@ -18,12 +18,12 @@ from asgiref.sync import sync_to_async
 from django.test import Client
 
 from presence.models import DeliveryState, WebhookDelivery, WebhookEndpoint, WebhookEvent
-from tests.conftest import CeleryProcess
-from tests.webhook_receiver import Receiver
+from tests.support.celery import CeleryProcess
+from tests.support.e2e_clients import recv, request, token_for, ws
+from tests.support.servers import ASGIServer
+from tests.support.webhook_receiver import Receiver
 
-from .conftest import ASGIServer
 from .test_celery_tasks import until
-from .wsclient import recv, request, token_for, ws
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 

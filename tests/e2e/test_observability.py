@@ -25,8 +25,7 @@ from websockets.exceptions import InvalidStatus
 from presence.access.auth import mint_token
 from presence.jobs import reconcile
 from presence.live import processes
-
-from .conftest import ASGIServer
+from tests.support.servers import ASGIServer
 
 pytestmark = [
     pytest.mark.django_db(transaction=True),

@@ -22,10 +22,10 @@ from websockets.asyncio.client import connect
 
 from presence import store
 from sessions_app.models import EndReason
-from tests.conftest import CeleryProcess
-from tests.support import session_log_written, session_row
+from tests.support.celery import CeleryProcess
+from tests.support.db import session_log_written, session_row
+from tests.support.servers import ASGIServer
 
-from .conftest import ASGIServer
 from .test_uvicorn import token_for
 
 pytestmark = [

@@ -20,9 +20,7 @@ from websockets.exceptions import InvalidStatus
 
 from presence import store
 from presence.access.auth import TOKEN_SUBPROTOCOL
-
-from .conftest import ASGIServer
-from .wsclient import (
+from tests.support.e2e_clients import (
     CSRF,
     UserFactory,
     closed_with,
@@ -34,6 +32,7 @@ from .wsclient import (
     token_for,
     ws,
 )
+from tests.support.servers import ASGIServer
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow, pytest.mark.timeout(90)]
 
@@ -168,7 +167,7 @@ class TestEndingAcrossProcesses:
     ) -> None:
         """The token's login session is revoked: minting more from it does not help."""
         from sessions_app.actions import do_kick_session
-        from tests.support import session_row
+        from tests.support.db import session_row
 
         one, two = asgi_server(), asgi_server()
         alice = await auser_factory("alice")

@@ -9,8 +9,8 @@ from urllib.request import Request, urlopen
 
 import pytest
 
-from tests.e2e.browser import assert_styled, screenshot
-from tests.e2e.conftest import ASGIServer
+from tests.support.browser import assert_styled, screenshot
+from tests.support.servers import ASGIServer
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 

@@ -24,10 +24,8 @@ from presence import store
 from presence.jobs import sessionlog
 from sessions_app.actions import do_kick_session
 from sessions_app.models import ConnectionSession, EndReason
-from tests.support import session_row
-
-from .conftest import ASGIServer
-from .wsclient import (
+from tests.support.db import session_row
+from tests.support.e2e_clients import (
     UserFactory,
     alice_connected,
     closed_with,
@@ -39,6 +37,7 @@ from .wsclient import (
     token_for,
     ws,
 )
+from tests.support.servers import ASGIServer
 
 pytestmark = [
     pytest.mark.django_db(transaction=True),

@@ -4,7 +4,7 @@ Covers the row written for a connection (id == hello session_id, channel, client
 without a trusted proxy header, user agent), each end reason, "first ending wins", and the
 operator kick through the real admin action (Django test client, superuser, channel layer).
 Rows are written behind from the event log (presence/jobs/sessionlog.py): tests wait for them
-with ``tests.support.session_row``.
+with ``tests.support.db.session_row``.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from pytest_django.fixtures import Settings
 from presence import store
 from sessions_app.actions import do_end_session, do_end_sessions, do_kick_session
 from sessions_app.models import ConnectionSession, EndReason
-from tests.support import session_log_written, session_row
+from tests.support.db import session_log_written, session_row
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(30)]
 

@@ -1,0 +1,25 @@
+"""Helpers shared by the tests: import them, never a test module or a conftest.
+
+Fixture plugins (registered by ``pytest_plugins`` in tests/conftest.py, so every test sees them):
+
+- ``db``: ``database_url()`` for subprocesses, ``session_row`` / ``session_log_written`` (waits
+  for rows written behind), the sync thread's DB connection fixtures (autouse).
+- ``redis``: the private redis-server (``start``/``stop`` from the root conftest's hooks),
+  ``redis_server``, ``r``, and ``_clean_redis`` (autouse: an empty Redis for every test).
+- ``users``: ``user_factory``, ``auser_factory``.
+- ``ws``: ``WSClient`` (a communicator speaking protocol frames) and ``ws_client``.
+- ``celery``: ``CeleryProcess``, ``celery_env``, ``celery_worker_process``.
+- ``seed``: ``seed_connections`` (session rows and presence, no sockets).
+
+Plain helpers:
+
+- ``paths``: ``ROOT``, the project root (cwd and PYTHONPATH of subprocesses).
+- ``servers``: ``ASGIServer``, ``ASGIServerFactory`` (real uvicorn processes; the e2e fixtures).
+- ``browser``: headless Chromium through Selenium (``start_chromium``, ``login``, ``screenshot``).
+- ``e2e_clients``: HTTP and ``websockets`` clients against a real server (tokens, sessions).
+- ``webhook_receiver``: a real HTTP receiver that records every POST.
+- ``console``: presence seeded through the real scripts, Redis round trips of a request.
+- ``eventlog``: reading the presence event log in the Lua script tests.
+- ``lua_timing``: fixed TTL and key grace (``_timing``, an autouse fixture to import).
+- ``hook_log``: appending events to the event log as the Lua scripts write them.
+"""

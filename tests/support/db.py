@@ -1,0 +1,107 @@
+"""The test database: its URL for subprocesses, waits for session rows written behind, and
+the fixtures that keep asgiref's sync thread from holding it (plugin of tests/conftest.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import quote
+
+import pytest
+from django.db import connection
+
+
+def no_persistent_connections() -> None:
+    """No persistent database connections in tests (called from ``pytest_configure``).
+
+    Each test's event loop has its own threads, whose connections would otherwise outlive
+    them until the test database's teardown (PostgreSQL refuses to drop a database in use).
+    """
+    os.environ["DJANGO_CONN_MAX_AGE"] = "0"
+    from django.db import connections
+
+    for alias in connections:
+        connections.settings[alias]["CONN_MAX_AGE"] = 0
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _close_sync_thread_connections(django_db_setup: None) -> Iterator[None]:
+    """Close the DB connection of asgiref's sync thread before the test DB is dropped.
+
+    Async tests reach the ORM through sync_to_async, whose one thread keeps its connection
+    open; on PostgreSQL that blocks DROP DATABASE at the end of the run.
+    """
+    yield
+    from asgiref.sync import SyncToAsync
+    from django.db import connections
+
+    SyncToAsync.single_thread_executor.submit(connections.close_all).result(timeout=10)
+
+
+@pytest.fixture(autouse=True)
+def _sync_thread_idle_before_db_teardown(_django_db_marker: None) -> Iterator[None]:
+    """Wait for work still running on asgiref's sync thread before the database is reset.
+
+    The session-row writer is a background task: when a test ends it may be inside a bulk
+    write there. Torn down after pytest-django's database fixture is set up, so this runs
+    before its teardown (PostgreSQL's TRUNCATE would otherwise deadlock with the inserts).
+    Nothing new starts meanwhile: no event loop runs during a sync fixture's teardown.
+    """
+    yield
+    from asgiref.sync import SyncToAsync
+
+    SyncToAsync.single_thread_executor.submit(lambda: None).result(timeout=30)
+
+
+def database_url() -> str:
+    """The test database as a DATABASE_URL (django-environ syntax) for a subprocess."""
+    s = connection.settings_dict
+    if connection.vendor == "sqlite":
+        return "sqlite:///" + str(s["NAME"])
+    if connection.vendor == "postgresql":
+        auth = quote(str(s.get("USER") or ""), safe="")
+        if s.get("PASSWORD"):
+            auth += ":" + quote(str(s["PASSWORD"]), safe="")
+        host = f"{s.get('HOST') or '127.0.0.1'}:{s.get('PORT') or 5432}"
+        return f"postgres://{auth + '@' if auth else ''}{host}/{s['NAME']}"
+    raise NotImplementedError(f"no DATABASE_URL for {connection.vendor}")
+
+
+async def session_row(sid: str, *, live: bool | None = None, within: float = 5.0) -> Any:
+    """The ConnectionSession of ``sid`` once its writer wrote it (rows are written behind).
+
+    Waits until the row exists and, with ``live`` given, is live (True) or ended (False);
+    fails after ``within`` seconds. Never needed to pass: it only waits for the write-behind.
+    """
+    from sessions_app.models import ConnectionSession
+
+    deadline = time.monotonic() + within
+    row = None
+    while time.monotonic() < deadline:
+        row = await ConnectionSession.objects.filter(id=sid).afirst()
+        if row is not None and (live is None or row.is_live == live):
+            return row
+        await asyncio.sleep(0.02)
+    state = "missing" if row is None else ("live" if row.is_live else f"ended ({row.end_reason})")
+    wanted = "a row" if live is None else ("live" if live else "ended")
+    raise AssertionError(f"session {sid}: wanted {wanted}, still {state} after {within} s")
+
+
+async def session_log_written(within: float = 5.0) -> None:
+    """Wait until the session writers hold nothing unwritten (nothing undelivered or pending
+    in the ``sessions`` group): rows that are absent then will not appear."""
+    from presence import store
+
+    deadline = time.monotonic() + within
+    backlog: dict[str, int] = {}
+    while time.monotonic() < deadline:
+        backlog = await asyncio.to_thread(
+            store.group_backlog, store.get_redis(), store.SESSION_LOG_GROUP
+        )
+        if not any(backlog.values()):
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"session log not written after {within} s: {backlog}")

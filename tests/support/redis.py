@@ -1,0 +1,75 @@
+"""The private redis-server of a test run, and the fixtures on it (plugin of tests/conftest.py).
+
+``start()`` runs it once per test run on a free port (never the shared 6379) and points the
+settings, the Celery app and subprocesses' ``REDIS_URL`` at it; ``_clean_redis`` empties it
+before each test; fault tests may kill and restart it through ``redis_server``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from channels.layers import channel_layers
+from django.conf import settings
+
+from config.embedded_redis import RedisServer
+from presence import store
+
+_server: RedisServer | None = None
+_tmp: Path | None = None
+
+
+def start() -> RedisServer:
+    """Start the private Redis and point everything at it (called from ``pytest_configure``)."""
+    global _server, _tmp
+    _tmp = Path(tempfile.mkdtemp(prefix="presence-tests-"))
+    _server = RedisServer(_tmp / "redis").start()
+    url = _server.url
+    os.environ["REDIS_URL"] = url  # for subprocesses (ASGI server, Celery worker)
+    settings.REDIS_URL = url
+    settings.CELERY_BROKER_URL = url
+    settings.CHANNEL_LAYERS["default"]["CONFIG"]["hosts"][0]["address"] = url
+    from config.celery import app as celery_app
+
+    celery_app.conf.broker_url = url
+    return _server
+
+
+def stop() -> None:
+    """Stop it and remove its files (called from ``pytest_unconfigure``)."""
+    if _server is not None:
+        _server.stop()
+    if _tmp is not None:
+        shutil.rmtree(_tmp, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> RedisServer:
+    """The private redis-server of this test run (kill/restart it in fault tests)."""
+    assert _server is not None
+    return _server
+
+
+@pytest.fixture(autouse=True)
+def _clean_redis(redis_server: RedisServer) -> Iterator[None]:
+    """Every test starts with an empty Redis and fresh clients."""
+    if not redis_server.ping():
+        redis_server.start()
+    redis.Redis.from_url(redis_server.url).flushall()
+    store.reset_clients()
+    channel_layers.backends.clear()
+    yield
+    store.reset_clients()
+    channel_layers.backends.clear()
+
+
+@pytest.fixture
+def r(redis_server: RedisServer) -> redis.Redis:
+    """A plain sync client on the test Redis (decoded strings)."""
+    return redis.Redis.from_url(redis_server.url, decode_responses=True)
