@@ -12,8 +12,7 @@ from presence.store.clients import now_ms
 from presence.store.keys import keys
 
 
-# --------------------------------------------------------------------------- revocation
-# ---- blocks, revoked credentials, and finding a user's sockets (presence.actions.revocation)
+# Used by presence.actions.revocation.
 @dataclass(frozen=True)
 class ConnTarget:
     """Where one live connection's socket can be reached, and with what credentials."""

@@ -18,7 +18,6 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
-# --------------------------------------------------------------------------- clients
 _sync_clients: dict[str, redis.Redis] = {}
 _async_clients: LoopLocal[dict[str, aredis.Redis]] = LoopLocal(lambda loop: {})
 

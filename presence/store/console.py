@@ -14,8 +14,7 @@ from presence.store.keys import keys
 from presence.store.log import LogEntry
 from presence.store.reads import plan_index
 
-# --------------------------------------------------------------------------- operator console
-# ---- operator console (presence.console): reads for the admin pages, a fixed number of
+# operator console (presence.console): reads for the admin pages, a fixed number of
 # round trips per page whatever its rows. Each step is one MULTI pipeline: a consistent
 # snapshot of what it reads, and one unit the tests count (tests/presence/console/test_console_*).
 # Connections listed per user row; the row's connection count stays exact.

@@ -11,8 +11,7 @@ from redis.exceptions import WatchError
 
 from presence.store.keys import keys
 
-# --------------------------------------------------------------------------- handler control
-# ---- handler control (presence.handlers.lifecycle)
+# handler control (presence.handlers.lifecycle)
 # The RegisteredHandler rows are the truth about which handlers are disabled; these two keys
 # carry that truth to every web process, which polls the version (one round trip per poll,
 # never per message) and re-reads the set when it moved.

@@ -16,7 +16,7 @@ from presence.store.scripts import script
 
 
 # --------------------------------------------------------------------------- sweep
-# ---- sweep (presence.jobs.sweep): claims of expired connections, task locks and run metrics.
+# sweep (presence.jobs.sweep): claims of expired connections, task locks and run metrics.
 @dataclass(frozen=True)
 class SweepClaim:
     """One expired connection a sweep claimed; ``uid`` is None when its hash is gone."""
@@ -148,7 +148,7 @@ def read_task_run(client: redis.Redis, task: str) -> dict[str, str]:
 
 
 # --------------------------------------------------------------------------- stats flush
-# ---- stats flush (presence.jobs.flush): claims of the live counters, live heartbeat scores.
+# stats flush (presence.jobs.flush): claims of the live counters, live heartbeat scores.
 def claim_stats(client: redis.Redis, flush_id: str, *, now: int | None = None) -> bool:
     """Move the live counters to the claim of ``flush_id``; False when there were none."""
     k = keys()
@@ -193,7 +193,7 @@ def set_heartbeat_mark(client: redis.Redis, mark: int) -> None:
     client.set(keys().heartbeat_mark, mark)
 
 
-# --------------------------------------------------------------------------- ---- session reaper
+# --------------------------------------------------------------------------- session reaper
 def known_connections(client: redis.Redis, cids: Sequence[str]) -> set[str]:
     """The ``cids`` presence still tracks (in the expiry index or claimed by a sweep)."""
     if not cids:

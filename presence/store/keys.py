@@ -51,7 +51,6 @@ from collections.abc import Iterable
 from presence.conf import app_settings
 
 
-# --------------------------------------------------------------------------- keys
 class Keys:
     """Builds every presence key. Nothing else in the project spells a key."""
 

@@ -12,8 +12,7 @@ from presence.store.clients import bounded, now_ms
 from presence.store.keys import keys
 from presence.store.reads import format_users, plan_index, queue_details, queue_listing
 
-# --------------------------------------------------------------------------- event log
-# ---- event log (presence.live.eventlog): positions, reads and snapshots taken at a position.
+# event log (presence.live.eventlog): positions, reads and snapshots taken at a position.
 LogEntry = tuple[str, dict[str, str]]
 
 

@@ -12,10 +12,10 @@ from presence.store.clients import now_ms
 from presence.store.keys import keys
 
 
-# --------------------------------------------------------------------------- process registry
-# ---- process registry and ghost reconciliation (presence.live.processes). Each web process keeps
-# a record hash, an entry in the {P}:procs index and the set of connection ids it holds; all
-# three expire when the process stops refreshing them, so a crashed process disappears.
+# Written by presence.live.processes, read by it and by presence.jobs.reconcile. Each web
+# process keeps a record hash, an entry in the {P}:procs index and the set of connection ids
+# it holds; all three expire when the process stops refreshing them, so a crashed process
+# disappears.
 def _plan_publish_process(
     pipe: Any,
     proc_id: str,

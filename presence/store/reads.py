@@ -14,7 +14,6 @@ from presence.store.clients import now_ms
 from presence.store.keys import keys
 
 
-# --------------------------------------------------------------------------- reads
 def plan_index(room: str | None) -> str:
     k = keys()
     return k.room(room) if room else k.users

@@ -14,7 +14,6 @@ from presence.store.keys import keys
 from presence.store.scripts import script
 
 
-# --------------------------------------------------------------------------- rooms, status
 def _plan_room_join(conn: ConnRef, room: str, now: int) -> tuple[list[str], list[Any]]:
     k = keys()
     return (

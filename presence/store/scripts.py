@@ -14,7 +14,6 @@ from redis.exceptions import NoScriptError
 
 LUA_DIR = Path(__file__).resolve().parent / "lua"
 
-# --------------------------------------------------------------------------- scripts
 INCLUDE = "--!include "
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from presence.obs.buckets import LATENCY_BUCKETS
 
-# --------------------------------------------------------------------------- stats fields
 # Field names inside the {P}:stats hash. Only registered message types get a field of their
 # own, so a client cannot grow the hash by inventing types.
 
