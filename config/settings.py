@@ -244,12 +244,12 @@ _presence_from_env: tuple[tuple[str, Callable[..., object]], ...] = (
 )
 for _name, _cast in _presence_from_env:
     _from_env(_name, _cast)
-# The exception: tests/presence/test_sweep.py reads this one from django.conf.settings, so it is
+# The exception: tests/presence/jobs/test_sweep.py reads this one from django.conf.settings, so it is
 # defined always, with the value presence/conf.py gives it (its default there if unset).
 PRESENCE_SWEEP_CLAIM_TIMEOUT = AppSettings(sys.modules[__name__]).SWEEP_CLAIM_TIMEOUT
 
 # Celery beat's schedule, made by the job catalog with the periods set above (or their
-# defaults). The console reads it too (the period of each task it shows).
+# defaults). Read by Celery beat (config/celery.py loads the CELERY_ settings).
 CELERY_BEAT_SCHEDULE = beat_schedule(sys.modules[__name__])
 
 # --------------------------------------------------------------------------- static, i18n, auth
