@@ -1,0 +1,65 @@
+"""The one list of background jobs (presence/jobs/catalog.py) against what runs them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from django.conf import settings
+
+from config.celery import app as celery_app
+from presence import tasks
+from presence.hooks import dispatch, webhooks
+from presence.jobs import catalog, flush, reap, reconcile, sessionlog, sweep
+
+
+class TestCatalog:
+    def test_every_presence_celery_task_is_listed_once(self) -> None:
+        registered = {name for name in celery_app.tasks if name.startswith("presence.")}
+        listed = [job.task for job in catalog.JOBS]
+        assert sorted(listed) == sorted(registered)
+        assert len({job.key for job in catalog.JOBS}) == len(catalog.JOBS)
+
+    def test_each_job_module_records_its_runs_under_a_listed_key(self) -> None:
+        for module in (sweep, flush, reap, sessionlog, reconcile, dispatch, webhooks):
+            job = catalog.by_key(module.TASK)
+            assert job.locked, module.__name__
+
+    def test_the_settings_beat_schedule_is_the_catalogs(self) -> None:
+        assert settings.CELERY_BEAT_SCHEDULE == catalog.beat_schedule()
+        assert {e["task"] for e in settings.CELERY_BEAT_SCHEDULE.values()} == {
+            job.task for job in catalog.scheduled()
+        }
+
+    def test_beat_periods_follow_the_settings(self, settings: Any) -> None:
+        settings.PRESENCE_SWEEP_INTERVAL = 7.5
+        entry = catalog.beat_schedule()["presence-sweep-expired"]
+        assert entry == {
+            "task": "presence.sweep_expired",
+            "schedule": 7.5,
+            "kwargs": {"period": 7.5},
+            "options": {"expires": 7.5},
+        }
+        assert catalog.by_key("sweep").period() == 7.5
+
+    def test_on_demand_jobs_have_no_period_and_no_beat_entry(self) -> None:
+        deliver = catalog.by_task(webhooks.DELIVER_TASK)
+        assert deliver.period() is None
+        assert deliver.beat_entry not in catalog.beat_schedule()
+
+    def test_console_jobs_are_recorded_jobs(self) -> None:
+        assert set(catalog.console_keys()) <= set(catalog.recorded_keys())
+
+    def test_task_wrappers_exist_for_every_job(self) -> None:
+        names = {
+            getattr(tasks, attr).name
+            for attr in dir(tasks)
+            if hasattr(getattr(tasks, attr), "delay")
+        }
+        assert names == {job.task for job in catalog.JOBS}
+
+    def test_unknown_keys_raise(self) -> None:
+        with pytest.raises(KeyError):
+            catalog.by_key("nope")
+        with pytest.raises(KeyError):
+            catalog.by_task("presence.nope")
