@@ -244,8 +244,8 @@ _presence_from_env: tuple[tuple[str, Callable[..., object]], ...] = (
 )
 for _name, _cast in _presence_from_env:
     _from_env(_name, _cast)
-# The exception: tests/presence/jobs/test_sweep.py reads this one from django.conf.settings, so it is
-# defined always, with the value presence/conf.py gives it (its default there if unset).
+# The exception: tests/presence/jobs/test_sweep.py reads this one from django.conf.settings,
+# so it is defined always, with the value presence/conf.py gives it (its default if unset).
 PRESENCE_SWEEP_CLAIM_TIMEOUT = AppSettings(sys.modules[__name__]).SWEEP_CLAIM_TIMEOUT
 
 # Celery beat's schedule, made by the job catalog with the periods set above (or their
