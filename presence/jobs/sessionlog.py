@@ -71,13 +71,9 @@ logger = logging.getLogger(__name__)
 
 TASK = "sessionlog"
 GROUP = store.SESSION_LOG_GROUP
-# The fallback writer's consumer name. One run at a time (the task lock), so a fixed name
-# lets each run retry at once what the previous run read and did not acknowledge.
-FALLBACK_CONSUMER = groups.CONSUMER
-# WARNING: bounds one fallback run. 20 batches of 500 is 10,000 entries per run (5,000/s at
-# the default 2 s period); a bigger backlog is worked off over several runs.
-DRAIN_MAX_BATCHES = groups.MAX_BATCHES
-DRAIN_TIME_BUDGET = groups.TIME_BUDGET
+# The fallback run reads as groups.CONSUMER within groups' bounds (MAX_BATCHES of
+# PRESENCE_SESSION_LOG_BATCH, TIME_BUDGET): 10,000 entries per run at the defaults, 5,000/s
+# at the default 2 s period; a bigger backlog is worked off over several runs.
 # The fallback task's time limits; its lock lives as long as a run may.
 WRITE_SOFT_TIME_LIMIT = 8
 WRITE_TIME_LIMIT = 10
@@ -244,7 +240,7 @@ class SessionLogReport(RunReport):
     deferred: int = 0  # closes kept pending for their open (counted per attempt)
     claimed: int = 0  # entries taken over from writers that stopped
     pruned: int = 0  # idle consumers forgotten
-    capped: bool = False  # stopped by DRAIN_MAX_BATCHES or the time budget
+    capped: bool = False  # stopped by the batch or time bound of the run
 
     def add(self, entries: int, applied: Applied, orphans: int, deferred: int) -> None:
         """Count one written batch."""
@@ -270,9 +266,9 @@ class SessionLogReport(RunReport):
 # --------------------------------------------------------------------------- fallback (Celery)
 def drain_session_log(
     *,
-    consumer: str = FALLBACK_CONSUMER,
-    max_batches: int = DRAIN_MAX_BATCHES,
-    budget: float = DRAIN_TIME_BUDGET,
+    consumer: str = groups.CONSUMER,
+    max_batches: int = groups.MAX_BATCHES,
+    budget: float = groups.TIME_BUDGET,
     report: SessionLogReport | None = None,
 ) -> SessionLogReport:
     """Write what the log holds, synchronously, as ``consumer`` (the Celery fallback).
