@@ -23,6 +23,13 @@ VAR_DIR = Path(environ.Env().str("VAR_DIR", default=str(BASE_DIR / "var")))
 env = environ.Env()
 
 
+def _secret(name: str, default: object = "") -> object:
+    """A secret from the environment, verbatim. django-environ reads a value starting with ``$``
+    as a reference to another variable; a generated key or token starts with ``$`` about one
+    time in fifty (CI met it: the key vanished and a production-mode server refused to start)."""
+    return os.environ.get(name, default)
+
+
 def _dev_secret_key(path: Path) -> str:
     """The development secret key kept in ``path``, created (mode 600) on first use."""
     import time
@@ -48,7 +55,7 @@ def _dev_secret_key(path: Path) -> str:
 
 # --------------------------------------------------------------------------- core
 DEBUG = env.bool("DJANGO_DEBUG", default=True)
-SECRET_KEY = env.str("DJANGO_SECRET_KEY", default="")
+SECRET_KEY = str(_secret("DJANGO_SECRET_KEY"))
 if not SECRET_KEY:
     if not DEBUG:
         # Signed WebSocket tokens and sessions would be forgeable with a known key.
@@ -221,7 +228,7 @@ _presence_from_env: tuple[tuple[str, Callable[..., object]], ...] = (
     # Server-side hooks: Django signals and signed webhooks from the event log (docs/hooks.md).
     # The endpoint set here is the simple case; others live in the admin.
     ("PRESENCE_WEBHOOK_URL", env.str),
-    ("PRESENCE_WEBHOOK_SECRET", env.str),
+    ("PRESENCE_WEBHOOK_SECRET", _secret),
     ("PRESENCE_WEBHOOK_EVENTS", env.list),
     ("PRESENCE_WEBHOOK_BATCH_SIZE", env.int),
     ("PRESENCE_WEBHOOK_BATCH_WINDOW", env.float),
@@ -239,7 +246,7 @@ _presence_from_env: tuple[tuple[str, Callable[..., object]], ...] = (
     ("PRESENCE_VERSION", env.str),
     ("PRESENCE_PROCESS_REFRESH", env.float),
     ("PRESENCE_READY_SWEEP_MAX_AGE", env.float),
-    ("METRICS_TOKEN", env.str),
+    ("METRICS_TOKEN", _secret),
     ("METRICS_ALLOWED_NETWORKS", env.list),
 )
 for _name, _cast in _presence_from_env:

@@ -37,3 +37,26 @@ def test_each_checkout_generates_and_keeps_its_own_key(tmp_path: Path) -> None:
     # No published constant to fall back on.
     assert key not in (ROOT / "config" / "settings.py").read_text()
     assert "dev-only-insecure-key" not in (ROOT / "config" / "settings.py").read_text()
+
+
+def test_secrets_are_read_verbatim_even_when_they_start_with_a_dollar(tmp_path: Path) -> None:
+    # django-environ reads "$abc" as a reference to the variable "abc" (unset: empty): a
+    # production server would refuse to start for want of a key, or run without its token.
+    secrets = {
+        "SECRET_KEY": "$k3y-that-get_random_secret_key-could-make-" + "x" * 20,
+        "METRICS_TOKEN": "$token",
+        "PRESENCE_WEBHOOK_SECRET": "$hook",
+    }
+    env = {**os.environ, "DJANGO_DEBUG": "false", "VAR_DIR": str(tmp_path)}
+    env.update(DJANGO_SETTINGS_MODULE="config.settings", DJANGO_SECRET_KEY=secrets["SECRET_KEY"])
+    env.update(METRICS_TOKEN="$token", PRESENCE_WEBHOOK_SECRET="$hook")
+    show = "; ".join(f"print(settings.{name})" for name in secrets)
+    out = subprocess.run(
+        [sys.executable, "-c", f"import django; django.setup(); {PRINT_KEY.split(';')[0]}; {show}"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert out.stdout.split() == list(secrets.values())
