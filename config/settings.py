@@ -201,6 +201,7 @@ _presence_from_env: tuple[tuple[str, Callable[..., object]], ...] = (
     ("PRESENCE_HEARTBEAT_INTERVAL", env.float),
     ("PRESENCE_TTL", env.float),
     ("WS_MAX_MESSAGE_BYTES", env.int),
+    ("PRESENCE_TRUSTED_PROXIES", env.list),  # the Procfile gives uvicorn the same list
     ("PRESENCE_TRUSTED_PROXY_HEADER", env.str),
     ("PRESENCE_ALLOWED_ORIGINS", env.list),
     ("PRESENCE_MAX_CONNECTIONS_PER_USER", env.int),
@@ -218,6 +219,8 @@ _presence_from_env: tuple[tuple[str, Callable[..., object]], ...] = (
     ("PRESENCE_FLOOD_WINDOW", env.float),
     ("PRESENCE_MAX_ROOMS_PER_CONNECTION", env.int),
     ("PRESENCE_LIST_LIMIT", env.int),
+    ("PRESENCE_API_LIST_ALL_USERS", env.bool),
+    ("PRESENCE_HTTP_REDIS_DEADLINE", env.float),
     ("PRESENCE_TOKEN_MAX_AGE", env.int),
     # Event log and protocol v2 (docs/presence.md).
     ("PRESENCE_EVENT_LOG_MAXLEN", env.int),
@@ -236,6 +239,8 @@ _presence_from_env: tuple[tuple[str, Callable[..., object]], ...] = (
     ("PRESENCE_WEBHOOK_RETRY_FOR", env.float),
     ("PRESENCE_WEBHOOK_RUN_BUDGET", env.float),
     ("PRESENCE_WEBHOOK_KEEP", env.float),
+    ("PRESENCE_WEBHOOK_ALLOWED_HOSTS", env.list),
+    ("PRESENCE_WEBHOOK_ALLOW_PRIVATE", env.bool),
     ("PRESENCE_HOOKS_INTERVAL", env.float),
     ("PRESENCE_HOOKS_BATCH", env.int),
     ("PRESENCE_HOOKS_RETRY_FOR", env.float),

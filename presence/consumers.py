@@ -16,7 +16,6 @@ row is written behind from the event log (presence/jobs/sessionlog.py).
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import time
 import uuid
@@ -32,6 +31,7 @@ from channels.layers import get_channel_layer
 from redis.exceptions import RedisError
 
 from presence import store
+from presence.access.addresses import client_address
 from presence.access.auth import TokenAuth, login_hash
 from presence.actions import connections as actions
 from presence.conf import app_settings
@@ -65,22 +65,6 @@ logger = logging.getLogger(__name__)
 
 SUBPROTOCOL_V1 = "presence.v1"
 SUBPROTOCOL_V2 = "presence.v2"
-
-
-def _client_ip(scope: dict[str, Any]) -> str | None:
-    header = app_settings.TRUSTED_PROXY_HEADER.lower().encode()
-    if header:
-        for name, value in scope.get("headers", []):
-            if name == header:
-                # The right-most address is the peer the trusted proxy saw: a proxy appends
-                # to the header, so anything left of it is whatever the client sent.
-                address = value.decode("latin-1").split(",")[-1].strip()
-                try:
-                    return str(ipaddress.ip_address(address))
-                except ValueError:  # not an address: record none rather than a forgery
-                    return None
-    client = scope.get("client")
-    return client[0] if client else None
 
 
 def _header(scope: dict[str, Any], name: bytes) -> str:
@@ -200,7 +184,7 @@ class PresenceConsumer(AsyncWebsocketConsumer):
             uid=self.user_id,
             username=self.username,
             channel=self.channel_name,
-            ip=_client_ip(self.scope),
+            ip=client_address(self.scope),
             user_agent=_header(self.scope, b"user-agent"),
             gate=self._gate(),
         )
