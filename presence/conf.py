@@ -10,6 +10,13 @@ from typing import Any
 
 from django.conf import settings
 
+# Only this site's own resources; the nonce is for the demo page's inline import map.
+DEFAULT_CSP = (
+    "default-src 'self'; script-src 'self' 'nonce-{nonce}'; style-src 'self'; "
+    "img-src 'self' data:; font-src 'self'; connect-src 'self'; object-src 'none'; "
+    "base-uri 'self'; form-action 'self'; frame-ancestors 'none'"
+)
+
 
 class AppSettings:
     """Typed, live view of the presence settings.
@@ -174,6 +181,12 @@ class AppSettings:
         """Whether any logged-in user may list every online user over HTTP (off: staff only;
         a room's listing goes through the room authorizer either way)."""
         return bool(self._get("PRESENCE_API_LIST_ALL_USERS", False))
+
+    @property
+    def CONTENT_SECURITY_POLICY(self) -> str:
+        """Content-Security-Policy header of every response (``{nonce}``: the request's nonce,
+        presence/ops/csp.py); empty: none is sent."""
+        return str(self._get("PRESENCE_CONTENT_SECURITY_POLICY", DEFAULT_CSP))
 
     @property
     def GLOBAL_EVENTS(self) -> bool:
