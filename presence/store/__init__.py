@@ -139,6 +139,7 @@ from presence.store.processes import (
 )
 from presence.store.reads import (
     alist_online,
+    auser_presence,
     list_online,
     user_presence,
 )
@@ -210,6 +211,7 @@ __all__ = [
     "aread_group",
     "aread_handler_control",
     "aremove_process",
+    "auser_presence",
     "bounded",
     "claim_expired",
     "claim_group",
