@@ -28,6 +28,7 @@ from channels.db import database_sync_to_async
 from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 from channels.layers import get_channel_layer
+from django.conf import settings
 from redis.exceptions import RedisError
 
 from presence import store
@@ -116,6 +117,10 @@ class PresenceConsumer(AsyncWebsocketConsumer):
         user = self.scope.get("user")
         if user is None or not user.is_authenticated:
             await self.accept(subprotocol=chosen)
+            if await self._cookie_login_revoked():
+                # A kick ended this login session (its row is gone too): say so, as documented.
+                await self.close_with(*REFUSALS["session_revoked"])
+                return
             await self.close_with(CLOSE_UNAUTHORIZED, "unauthorized", "authentication required")
             return
         if not user.is_active:
@@ -188,6 +193,18 @@ class PresenceConsumer(AsyncWebsocketConsumer):
             user_agent=_header(self.scope, b"user-agent"),
             gate=self._gate(),
         )
+
+    async def _cookie_login_revoked(self) -> bool:
+        """Whether the handshake's session cookie names a revoked login session (a kick
+        deletes the session, so the cookie alone no longer authenticates anyone)."""
+        key = (self.scope.get("cookies") or {}).get(settings.SESSION_COOKIE_NAME, "")
+        if not key:
+            return False
+        try:
+            async with store.bounded():
+                return await store.alogin_revoked(store.get_async_redis(), login_hash(key))
+        except (RedisError, OSError, TimeoutError):
+            return False  # refused either way: "unauthorized" then
 
     def _gate(self) -> store.ConnectGate:
         """The configured limits, with what this handshake's credentials are."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from presence.store.blocks import (
     ConnTarget,
+    alogin_revoked,
     clear_user_block,
     connection_login,
     revoke_login,
@@ -207,6 +208,7 @@ __all__ = [
     "aensure_group",
     "alist_online",
     "alist_page",
+    "alogin_revoked",
     "aoldest_pending",
     "aread_group",
     "aread_handler_control",
