@@ -89,11 +89,21 @@ def metrics_view(request: HttpRequest) -> HttpResponse:
     return HttpResponse(collector.exposition(), content_type=CONTENT_TYPE_LATEST)
 
 
+def _shows_details(request: HttpRequest, user: Any) -> bool:
+    """Whether a health answer may carry its details (host, pid, uptime, each check's error
+    text): in development, to staff, and to whoever may read /metrics. Anyone else gets the
+    status alone: a probe needs no more, and the details map the deployment."""
+    return bool(getattr(user, "is_staff", False)) or metrics_access(request)[0]
+
+
 @never_cache
 @require_GET
 def healthz(request: HttpRequest) -> JsonResponse:
     """``GET /healthz``: 200 while the process serves requests; checks no dependency."""
-    return JsonResponse(health.liveness())
+    body = health.liveness()
+    if not _shows_details(request, request.user):
+        return JsonResponse({"status": body["status"]})
+    return JsonResponse(body)
 
 
 @never_cache
@@ -101,7 +111,10 @@ def healthz(request: HttpRequest) -> JsonResponse:
 async def readyz(request: HttpRequest) -> JsonResponse:
     """``GET /readyz``: 200 when database, Redis, channel layer and the sweep are fine; else 503."""
     result = await health.readiness()
-    return JsonResponse(result, status=200 if result["ready"] else 503)
+    status = 200 if result["ready"] else 503
+    if not _shows_details(request, await request.auser()):
+        return JsonResponse({"ready": result["ready"]}, status=status)
+    return JsonResponse(result, status=status)
 
 
 @never_cache
