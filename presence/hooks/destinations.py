@@ -116,14 +116,18 @@ _SHARED = ipaddress.ip_network("100.64.0.0/10")
 
 
 def _allowed_host(host: str) -> bool:
-    return host.lower().strip("[]") in app_settings.WEBHOOK_ALLOWED_HOSTS
+    allowed = {h.strip("[]") for h in app_settings.WEBHOOK_ALLOWED_HOSTS}
+    return host.lower().strip("[]") in allowed
 
 
 def _own_host(host: str) -> bool:
     """Whether ``host`` is one of this site's names (``ALLOWED_HOSTS``, wildcards included,
     ``*`` not: it would make every host the site's own)."""
     patterns = [h for h in settings.ALLOWED_HOSTS if h != "*"]
-    return bool(patterns) and validate_host(host.lower(), patterns)
+    host = host.lower()
+    if ":" in host:  # an IPv6 literal, written in brackets in ALLOWED_HOSTS
+        host = f"[{host.strip('[]')}]"
+    return bool(patterns) and validate_host(host, patterns)
 
 
 def _resolve(host: str, port: int) -> list[Address]:

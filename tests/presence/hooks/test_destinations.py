@@ -118,6 +118,14 @@ class TestCheck:
 
         assert check("http://127.0.0.1:9000/").address == "127.0.0.1"
 
+    def test_ipv6_literals_in_the_settings(self, settings: Settings) -> None:
+        settings.ALLOWED_HOSTS = ["[2606:4700:4700::1111]"]
+        with pytest.raises(DestinationRefusedError):
+            check("http://[2606:4700:4700::1111]/")  # public, but this site's own
+        settings.PRESENCE_WEBHOOK_ALLOWED_HOSTS = ["[::1]"]
+
+        assert check("http://[::1]:9000/").address == "::1"
+
     def test_allow_private_allows_private_networks_only(self, settings: Settings) -> None:
         settings.PRESENCE_WEBHOOK_ALLOW_PRIVATE = True
 
