@@ -93,7 +93,11 @@ def _shows_details(request: HttpRequest, user: Any) -> bool:
     """Whether a health answer may carry its details (host, pid, uptime, each check's error
     text): in development, to staff, and to whoever may read /metrics. Anyone else gets the
     status alone: a probe needs no more, and the details map the deployment."""
-    return bool(getattr(user, "is_staff", False)) or metrics_access(request)[0]
+    if settings.DEBUG or getattr(user, "is_staff", False):
+        return True
+    if not app_settings.METRICS_TOKEN and not app_settings.METRICS_ALLOWED_NETWORKS:
+        return False  # (metrics_access would log that /metrics is refused: not this request)
+    return metrics_access(request)[0]
 
 
 @never_cache
