@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from presence.store.blocks import (
     ConnTarget,
+    alogin_revoked,
     clear_user_block,
     connection_login,
     revoke_login,
@@ -139,6 +140,7 @@ from presence.store.processes import (
 )
 from presence.store.reads import (
     alist_online,
+    auser_presence,
     list_online,
     user_presence,
 )
@@ -206,10 +208,12 @@ __all__ = [
     "aensure_group",
     "alist_online",
     "alist_page",
+    "alogin_revoked",
     "aoldest_pending",
     "aread_group",
     "aread_handler_control",
     "aremove_process",
+    "auser_presence",
     "bounded",
     "claim_expired",
     "claim_group",
