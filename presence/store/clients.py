@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import Any
 
@@ -11,6 +10,7 @@ import redis.asyncio as aredis
 
 from presence.conf import app_settings
 from presence.loops import LoopLocal
+from presence.store.faults import Bounded
 
 
 def now_ms() -> int:
@@ -48,10 +48,10 @@ def client_options(*, for_asyncio: bool = False) -> dict[str, Any]:
     }
 
 
-def bounded(extra: float = 0.0) -> asyncio.Timeout:
+def bounded(extra: float = 0.0) -> Bounded:
     """``async with bounded():`` around an asyncio Redis call: at most the socket timeout
-    (plus ``extra``, e.g. a blocking read's BLOCK time), then TimeoutError."""
-    return asyncio.timeout(app_settings.REDIS_SOCKET_TIMEOUT + extra)
+    (plus ``extra``, e.g. a blocking read's BLOCK time), then StoreTimeoutError (a TimeoutError)."""
+    return Bounded(app_settings.REDIS_SOCKET_TIMEOUT + extra)
 
 
 def get_redis() -> redis.Redis:

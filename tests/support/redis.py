@@ -73,3 +73,12 @@ def _clean_redis(redis_server: RedisServer) -> Iterator[None]:
 def r(redis_server: RedisServer) -> redis.Redis:
     """A plain sync client on the test Redis (decoded strings)."""
     return redis.Redis.from_url(redis_server.url, decode_responses=True)
+
+
+def mark_ended(r: redis.Redis, cid: str) -> None:
+    """Leave a connection as end.lua does when a sweep or a kick ends it: its hash replaced by
+    the tombstone heartbeat.lua reads (a deleted hash without one reads as "lost by the
+    store", which the socket re-asserts instead of closing)."""
+    key = store.keys().conn(cid)
+    r.delete(key)
+    r.hset(key, "ended", store.now_ms())
