@@ -41,8 +41,9 @@ def is_unavailable(exc: BaseException) -> bool:
     if isinstance(exc, ResponseError):
         # A script's error reply is prefixed by the script's context on some versions
         # ("ERR Error running script ...: READONLY ..."), so look at the words, not the start.
-        words = str(exc)[:200].replace(":", " ").split()
-        return any(word in TRANSIENT_REPLIES for word in words)
+        # Redis 7 writes a script's inner error as "... @user_script: 33: -READONLY ...".
+        words = str(exc)[:300].replace(":", " ").split()
+        return any(word.lstrip("-") in TRANSIENT_REPLIES for word in words)
     return False
 
 
