@@ -44,6 +44,7 @@ from presence.live.diffs import Event, Pos, dumps
 from presence.live.eventlog import EventLogReader, ensure_reader
 from presence.live.inbox import get_inbox
 from presence.live.ratelimit import FrameLimiter
+from presence.live.switchover import ensure_switchover_watcher
 from presence.obs import metrics
 from presence.obs.logs import store_outage
 from presence.protocol import frames
@@ -195,6 +196,7 @@ class PresenceConsumer(AsyncWebsocketConsumer):
         await ensure_control_watcher()
         self.reader = await ensure_reader()
         await ensure_session_writer()
+        ensure_switchover_watcher()  # Sentinel: follow a new primary at once
         # In the index before the change is logged, so this socket gets its own join;
         # nothing is sent to it before hello (deliver() holds frames until _ready).
         self.reader.register(self)

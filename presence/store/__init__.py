@@ -177,6 +177,7 @@ from presence.store.stats import (
     latency_bucket,
     message_field,
 )
+from presence.store.switchover import await_switch, drop_async_connections
 
 __all__ = [
     "BACKLOG_PAGE",
@@ -228,6 +229,7 @@ __all__ = [
     "aread_group",
     "aread_handler_control",
     "aremove_process",
+    "await_switch",
     "bounded",
     "claim_expired",
     "claim_group",
@@ -247,6 +249,7 @@ __all__ = [
     "console_recent_events",
     "console_statuses",
     "console_users",
+    "drop_async_connections",
     "end_connections",
     "end_swept_connections",
     "ensure_group",

@@ -122,6 +122,11 @@ def get_async_redis(*, blocking: bool = False) -> aredis.Redis:
     return client
 
 
+def live_async_clients() -> list[aredis.Redis]:
+    """The async clients this event loop created so far (store/switchover.py resets them)."""
+    return list(_async_clients.get().values())
+
+
 def reset_clients() -> None:
     """Forget cached clients (after the Redis URL changed, e.g. in tests)."""
     for client in _sync_clients.values():

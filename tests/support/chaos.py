@@ -167,7 +167,12 @@ class Swarm:
     def pending_longest(self) -> float:
         """The oldest heartbeat still unanswered (counts toward the longest wait)."""
         now = time.monotonic()
-        waits = [now - t for c in self.clients for t in c.sent.values() if c.closed_code is None]
+        waits = [
+            now - t
+            for c in self.clients
+            if c.closed_code is None and not c.closing
+            for t in c.sent.values()
+        ]
         return max(waits, default=0.0)
 
     async def close_some(self, k: int) -> list[int]:

@@ -155,3 +155,28 @@ class TestFailover:
 
         assert tally.closes == [] and tally.errors == [], tally
         assert listed(sentinel_topology, uids) == uids
+
+
+class TestSwitchOver:
+    async def test_writes_follow_the_new_primary_before_the_old_one_is_demoted(
+        self,
+        on_sentinel: None,
+        sentinel_topology: SentinelTopology,
+        ws_client: WSFactory,
+        auser_factory: UserFactory,
+    ) -> None:
+        """Without the +switch-master watcher the pool's open connections kept writing to the
+        old primary (still accepting writes for ~10 s) and those writes were lost."""
+        first = await ws_client(await auser_factory("first"))  # opens this loop's pool
+        old = sentinel_topology.primary()
+
+        new_address = await asyncio.to_thread(sentinel_topology.failover, wait_demoted=False)
+        await asyncio.sleep(0.5)  # the watcher hears +switch-master and drops the pool
+        assert old.role() == "master"  # not demoted yet: it would still take writes
+        late = await ws_client(await auser_factory("late"))
+        assert await first.request("heartbeat", id_="hb") == {"type": "heartbeat.ack", "id": "hb"}
+
+        new = sentinel_topology.node_at(new_address).client()
+        k = store.keys()
+        assert new.hexists(k.conn(late.hello["session_id"]), "uid")
+        assert not old.client().hexists(k.conn(late.hello["session_id"]), "uid")
