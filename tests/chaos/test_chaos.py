@@ -12,11 +12,12 @@ machine, every process stopped by its fixture.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,15 @@ from django.contrib.auth import get_user_model
 from config.embedded_redis import RedisServer
 from presence.access.auth import mint_token
 from tests.support.celery import CeleryProcess
-from tests.support.chaos import Outcome, Swarm, render, run_scenario, stack_env, write_report
+from tests.support.chaos import (
+    CLOSED_DURING_FAULT,
+    Outcome,
+    Swarm,
+    render,
+    run_scenario,
+    stack_env,
+    write_report,
+)
 from tests.support.paths import ROOT
 from tests.support.sentinel import SentinelTopology
 from tests.support.servers import ASGIServer, ASGIServerFactory
@@ -95,8 +104,8 @@ class Stack:
         self.worker: CeleryProcess | None = None
         self.beat: CeleryProcess | None = None
 
-    def start(self, redis_url: str) -> list[ASGIServer]:
-        env = stack_env(redis_url, self.broker.url, self.receiver)
+    def start(self, redis_url: str, extra: dict[str, str] | None = None) -> list[ASGIServer]:
+        env = {**stack_env(redis_url, self.broker.url, self.receiver), **(extra or {})}
         self.worker = self.celery(env=env, concurrency=1)
         self.beat = self.celery(env=env, beat=True)
         self.servers = [self.factory(env=env) for _ in range(2)]
@@ -151,8 +160,12 @@ async def scenario(
     fault: Callable[[], Any],
     store_client: Callable[[], Any],
     notes: str = "",
+    *,
+    close_during: int = CLOSED_DURING_FAULT,
+    after: Callable[[Swarm, Outcome], Awaitable[None]] | None = None,
+    env: dict[str, str] | None = None,
 ) -> Outcome:
-    swarm = await swarm_on(stack.start(redis_url))
+    swarm = await swarm_on(stack.start(redis_url, env))
     try:
         outcome = await run_scenario(
             name,
@@ -162,7 +175,10 @@ async def scenario(
             receiver=stack.receiver,
             alive=stack.alive,
             notes=notes,
+            close_during=close_during,
         )
+        if after is not None:
+            await after(swarm, outcome)
     finally:
         await swarm.stop()
     RESULTS.append(outcome)
@@ -260,3 +276,83 @@ def plain_store_client(server: RedisServer) -> Any:
     import redis
 
     return redis.Redis.from_url(server.url, decode_responses=True, socket_timeout=2)
+
+
+# --------------------------------------------------------------------------- PostgreSQL
+# The stack's processes connect with PGAPPNAME=presence-chaos (libpq reads it); the test's
+# own connections are left alone.
+TERMINATE = """
+SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+WHERE datname = current_database() AND application_name = 'presence-chaos'
+"""
+
+
+def terminate_backends_for(seconds: float, ended: list[int]) -> None:
+    """Every 0.2 s for ``seconds``, end every session of the stack on the test database: what
+    a restart does to the web processes' and the worker's connections (the machine's server
+    itself cannot be restarted by a test)."""
+    from django.db import connection
+
+    deadline = time.monotonic() + seconds
+    with connection.cursor() as cursor:
+        while time.monotonic() < deadline:
+            cursor.execute(TERMINATE)
+            ended.append(int(cursor.fetchone()[0]))
+            time.sleep(0.2)
+
+
+def _flushed_totals(client: Any) -> tuple[int, int]:
+    """(heartbeats in StatsBucket rows, heartbeats still waiting in Redis)."""
+    from django.db.models import Sum
+
+    from presence import store
+    from presence.models import StatsBucket
+
+    k = store.keys()
+    waiting = int(client.hget(k.stats, "heartbeats") or 0)
+    for flush_id in client.smembers(k.stats_claims) or ():
+        waiting += int(client.hget(k.stats_claim(flush_id), "heartbeats") or 0)
+    db = StatsBucket.objects.aggregate(n=Sum("heartbeats"))["n"] or 0
+    return int(db), waiting
+
+
+class TestPostgreSQL:
+    async def test_backends_terminated_during_flushes(
+        self, stack: Stack, plain_store: RedisServer
+    ) -> None:
+        from django.db import connection
+
+        if connection.vendor != "postgresql":
+            pytest.skip("needs DATABASE_URL=postgres://... (the flush's transactions)")
+
+        ended: list[int] = []
+
+        async def flush_exact(swarm: Swarm, outcome: Outcome) -> None:
+            await swarm.quiesce()
+            client = plain_store_client(plain_store)
+            deadline = time.monotonic() + 60
+            while True:
+                db, waiting = await sync_to_async(_flushed_totals)(client)
+                if waiting == 0 or time.monotonic() > deadline:
+                    break
+                await asyncio.sleep(0.5)
+            exact = db == swarm.total_acks and waiting == 0
+            outcome.notes = (
+                f"{sum(ended)} sessions terminated; flush totals "
+                f"{'exact' if exact else 'NOT exact'}: {db} heartbeats in the database, "
+                f"{swarm.total_acks} acked, {waiting} still in Redis"
+            )
+            assert sum(ended) > 0, "no session of the stack was terminated"
+            assert exact, outcome.notes
+
+        outcome = await scenario(
+            "PostgreSQL backends terminated during flushes (6 s)",
+            stack,
+            plain_store.url,
+            lambda: terminate_backends_for(6, ended),
+            lambda: plain_store_client(plain_store),
+            close_during=0,
+            after=flush_exact,
+            env={"STATS_FLUSH_INTERVAL": "1"},
+        )
+        assert_no_socket_cost(outcome)

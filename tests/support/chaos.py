@@ -65,6 +65,7 @@ def stack_env(redis_url: str, broker_url: str, receiver: Receiver) -> dict[str, 
         "PRESENCE_HOOKS_INTERVAL": "0.5",
         "PRESENCE_WEBHOOK_BATCH_WINDOW": "0.2",
         "PRESENCE_WEBHOOK_RUN_BUDGET": "2",
+        "PGAPPNAME": "presence-chaos",  # PostgreSQL: the sessions a scenario may terminate
         "http_proxy": "",
         "HTTP_PROXY": "",
         "no_proxy": "127.0.0.1,localhost",
@@ -101,7 +102,9 @@ class Swarm:
         self.servers, self.tokens = servers, tokens
         self.clients: list[Client] = []
         self.tally = Tally()
+        self.total_acks = 0  # over the swarm's life (the flush check compares with it)
         self._tasks: list[asyncio.Task[None]] = []
+        self._beaters: list[asyncio.Task[None]] = []
 
     async def connect(self, batch: int = 50) -> None:
         """Connect every client (``batch`` at a time), each past its hello."""
@@ -130,6 +133,7 @@ class Swarm:
     async def _run(self, client: Client) -> None:
         assert client.conn is not None
         beater = asyncio.create_task(self._beat(client))
+        self._beaters.append(beater)
         try:
             async for raw in client.conn:
                 frame = json.loads(raw)
@@ -137,6 +141,7 @@ class Swarm:
                     sent = client.sent.pop(frame["id"], None)
                     if sent is not None:
                         self.tally.acks += 1
+                        self.total_acks += 1
                         wait = time.monotonic() - sent
                         self.tally.longest_wait = max(self.tally.longest_wait, wait)
                 elif frame.get("type") == "error":
@@ -174,6 +179,15 @@ class Swarm:
             for t in c.sent.values()
         ]
         return max(waits, default=0.0)
+
+    async def quiesce(self, within: float = 30) -> None:
+        """Stop heartbeating and wait until every sent heartbeat was answered."""
+        for beater in self._beaters:
+            beater.cancel()
+        deadline = time.monotonic() + within
+        while any(c.sent for c in self.clients if c.closed_code is None and not c.closing):
+            assert time.monotonic() < deadline, "heartbeats still unanswered"
+            await asyncio.sleep(0.1)
 
     async def close_some(self, k: int) -> list[int]:
         """Close ``k`` clients on purpose (their users go offline); returns their user ids."""
@@ -264,19 +278,28 @@ START, END = "<!-- chaos-table:start -->", "<!-- chaos-table:end -->"
 
 
 def write_report(path: Path, outcomes: list[Outcome], command: str) -> None:
-    """Replace the table between the markers of ``path`` with this run's."""
+    """Put this run's rows into the table between the markers of ``path``; rows of other
+    scenarios (from an earlier run, e.g. the PostgreSQL one) are kept with their run line."""
     text = path.read_text()
     head, _, rest = text.partition(START)
-    _, _, tail = rest.partition(END)
+    old, _, tail = rest.partition(END)
+    names = {o.scenario for o in outcomes}
+    kept_rows = [
+        line
+        for line in old.splitlines()
+        if line.startswith("| ")
+        and not line.startswith("| scenario |")
+        and line[2:].split(" | ")[0] not in names
+    ]
+    kept_runs = [line for line in old.splitlines() if line.startswith("- Run ")]
     machine = f"{platform.node()}, {os.cpu_count()} cores, {platform.platform()}"
+    run = (
+        f"- Run {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {machine}: `{command}` "
+        f"({', '.join(o.scenario for o in outcomes)})"
+    )
+    table = render(outcomes).splitlines()
     block = "\n".join(
-        [
-            START,
-            f"Run {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {machine}; command: `{command}`.",
-            "",
-            render(outcomes),
-            END,
-        ]
+        [START, *kept_runs[-3:], run, "", table[0], table[1], *kept_rows, *table[2:], END]
     )
     path.write_text(head + block + tail)
 
@@ -323,6 +346,7 @@ async def run_scenario(
     receiver: Receiver,
     alive: Callable[[], tuple[bool, bool]],
     notes: str = "",
+    close_during: int = CLOSED_DURING_FAULT,
 ) -> Outcome:
     """Apply ``fault`` (a blocking callable, run in a thread) to a connected swarm; measure."""
     outcome = Outcome(name, len(swarm.clients), notes=notes)
@@ -333,7 +357,7 @@ async def run_scenario(
 
     faulted = asyncio.create_task(asyncio.to_thread(fault))
     await asyncio.sleep(0.5)
-    closed = await swarm.close_some(CLOSED_DURING_FAULT)  # while the fault lasts
+    closed = await swarm.close_some(close_during)  # while the fault lasts
     await faulted
     outcome.relisted_after = await wait_listed(store_client, swarm, 60)
     # TTL + sweep: connections whose end was lost with the store lapse and are swept.
