@@ -167,6 +167,11 @@ CHANNEL_LAYERS = {
 # Sentinel form, whose master name goes to the transport options).
 _broker_source = env.str("CELERY_BROKER_URL", default="") or REDIS_URL
 CELERY_BROKER_URL, _broker_options = celery_broker(_broker_source)
+if CELERY_BROKER_URL != _broker_source:
+    # Celery prefers the CELERY_BROKER_URL environment variable to this setting
+    # (celery.app.utils.Settings.broker_url): the project's spelling would reach kombu
+    # untranslated. Its read and write URLs come before both.
+    CELERY_BROKER_READ_URL = CELERY_BROKER_WRITE_URL = CELERY_BROKER_URL
 CELERY_TASK_IGNORE_RESULT = True  # no result backend: tasks report through Redis and the DB
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True

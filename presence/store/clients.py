@@ -55,12 +55,21 @@ def bounded(extra: float = 0.0) -> Bounded:
     return Bounded(app_settings.REDIS_SOCKET_TIMEOUT + extra)
 
 
+# Seconds a sentinel may take to name the primary before the next sentinel is asked. A
+# sentinel answers from memory; one that hangs (paused, its host overloaded) must leave time,
+# within the caller's own bound, to ask the others.
+SENTINEL_TIMEOUT = 1.0
+
+
 def _sentinel_options(options: dict[str, Any]) -> dict[str, Any]:
-    """Bounded waits for the sentinels too: asking one for the primary happens on every new
-    connection, and a sentinel that hangs must not hold it longer than a Redis command."""
+    """Options of the connections to the sentinels (asked on every new connection).
+
+    Asyncio included: a bounded question beats the wait_for caveat above here, since without
+    it a hung first sentinel would keep every new connection from the others' answer.
+    """
     return {
-        "socket_timeout": app_settings.REDIS_SOCKET_TIMEOUT,
-        "socket_connect_timeout": options["socket_connect_timeout"],
+        "socket_timeout": min(app_settings.REDIS_SOCKET_TIMEOUT, SENTINEL_TIMEOUT),
+        "socket_connect_timeout": min(options["socket_connect_timeout"], SENTINEL_TIMEOUT),
     }
 
 

@@ -197,7 +197,7 @@ class SentinelTopology:
             replica.start(replica_of=primary.address)
             self._wait_replica_synced(replica, primary)
             for sentinel in self.sentinels:
-                self._write_sentinel_conf(sentinel, primary.address)
+                self._write_sentinel_conf(sentinel, primary.address, replica.address)
                 sentinel.start()
             _wait_until("the sentinels to see the replica and each other", self._sentinels_settled)
         except BaseException:
@@ -205,10 +205,17 @@ class SentinelTopology:
             raise
         return self
 
-    def _write_sentinel_conf(self, sentinel: Node, primary: Address) -> None:
+    def _write_sentinel_conf(self, sentinel: Node, primary: Address, replica: Address) -> None:
         # Sentinel rewrites its config file (discovered peers, epochs): it must be writable.
+        # The peers and the replica are written in as Sentinel itself would after discovering
+        # them, so the topology is usable at once instead of after a few hello periods (2 s).
         sentinel.directory.mkdir(parents=True, exist_ok=True)
         name = self.master_name
+        peers = [
+            f"sentinel known-sentinel {name} 127.0.0.1 {other.port} {self._myid(other)}"
+            for other in self.sentinels
+            if other is not sentinel
+        ]
         (sentinel.directory / "sentinel.conf").write_text(
             "\n".join(
                 [
@@ -216,14 +223,21 @@ class SentinelTopology:
                     f"port {sentinel.port}",
                     f"dir {sentinel.directory}",
                     f"logfile {sentinel.log}",
+                    f"sentinel myid {self._myid(sentinel)}",
                     f"sentinel monitor {name} {primary[0]} {primary[1]} 2",
                     f"sentinel down-after-milliseconds {name} {DOWN_AFTER_MS}",
                     f"sentinel failover-timeout {name} {FAILOVER_TIMEOUT_MS}",
                     f"sentinel parallel-syncs {name} 1",
+                    f"sentinel known-replica {name} {replica[0]} {replica[1]}",
+                    *peers,
                     "",
                 ]
             )
         )
+
+    def _myid(self, sentinel: Node) -> str:
+        """A fixed 40-hex-digit Sentinel id per sentinel of this topology."""
+        return f"{self.sentinels.index(sentinel) + 1:x}".rjust(8, "0") + f"{sentinel.port:032x}"
 
     def _sentinels_settled(self) -> bool:
         for sentinel in self.sentinels:

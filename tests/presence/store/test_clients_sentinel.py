@@ -12,6 +12,7 @@ import pytest
 import redis
 
 from presence import store
+from presence.store.clients import SENTINEL_TIMEOUT
 from tests.support.sentinel import SentinelTopology
 
 pytestmark = pytest.mark.slow
@@ -115,6 +116,21 @@ def test_the_sentinel_client_keeps_the_bounded_waits(sentinel_url: SentinelTopol
     assert kwargs["retry"] is not None and kwargs["db"] == 2
     # ... and so do the sentinels themselves (asked on every new connection).
     sentinel = pool.sentinel_manager.sentinels[0]
-    assert sentinel.connection_pool.connection_kwargs["socket_timeout"] == (
-        app_settings.REDIS_SOCKET_TIMEOUT
+    assert sentinel.connection_pool.connection_kwargs["socket_timeout"] == min(
+        app_settings.REDIS_SOCKET_TIMEOUT, SENTINEL_TIMEOUT
     )
+
+
+async def test_a_hung_sentinel_is_passed_over(sentinel_url: SentinelTopology) -> None:
+    first = sentinel_url.sentinels[0]
+    first.pause()  # SIGSTOP: connections open, questions never answered
+    try:
+        started = time.monotonic()
+        store.get_redis().set("sync", "1")  # a new connection: asks the sentinels
+        async with store.bounded():
+            await store.get_async_redis().set("async", "1")
+        elapsed = time.monotonic() - started
+    finally:
+        first.resume()
+    assert elapsed < 2 * SENTINEL_TIMEOUT + 1.5
+    assert sentinel_url.primary_client(db=2).mget("sync", "async") == ["1", "1"]
