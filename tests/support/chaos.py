@@ -327,14 +327,22 @@ async def wait_listed(
     return None
 
 
-def hook_tallies(receiver: Receiver, closed: list[int], everyone: set[int]) -> tuple[int, int, int]:
-    """(lost, duplicated, invented): closed users without one user.offline, users with more
-    than one, and user.offline for users the test did not close (``everyone``: the swarm)."""
-    offline = Counter(e["user"]["id"] for e in receiver.events() if e.get("type") == "user.offline")
-    lost = sum(1 for uid in closed if offline[uid] == 0)
-    duplicated = sum(1 for n in offline.values() if n > 1)
-    invented = sum(1 for uid in offline if uid not in closed and uid in everyone)
-    return lost, duplicated, invented
+def hook_tallies(
+    receiver: Receiver, closed: list[int], everyone: set[int]
+) -> tuple[int, int, int, int]:
+    """(lost, duplicated, invented, redelivered) ``user.offline`` events: closed users without
+    one, users with more than one distinct event, events for users the test did not close
+    (``everyone``: the swarm), and deliveries of an event id already delivered (the hooks
+    are at least once: receivers deduplicate on the id, docs/hooks.md)."""
+    events = [e for e in receiver.events() if e.get("type") == "user.offline"]
+    ids: dict[int, set[str]] = {}
+    for e in events:
+        ids.setdefault(e["user"]["id"], set()).add(str(e.get("id")))
+    lost = sum(1 for uid in closed if not ids.get(uid))
+    duplicated = sum(1 for seen in ids.values() if len(seen) > 1)
+    invented = sum(1 for uid in ids if uid not in closed and uid in everyone)
+    redelivered = len(events) - sum(len(seen) for seen in ids.values())
+    return lost, duplicated, invented, redelivered
 
 
 async def run_scenario(
@@ -372,8 +380,10 @@ async def run_scenario(
     outcome.missing = len(online - now_listed)
     outcome.sockets_closed = sum(swarm.tally.closes.values())
     outcome.error_frames = sum(swarm.tally.errors.values())
-    lost, dup, invented = hook_tallies(receiver, closed, {c.uid for c in swarm.clients})
+    lost, dup, invented, again = hook_tallies(receiver, closed, {c.uid for c in swarm.clients})
     outcome.events_lost, outcome.events_duplicated, outcome.invented_leaves = lost, dup, invented
+    if again:
+        outcome.notes = f"{outcome.notes} {again} user.offline redelivered (same id)".strip()
     outcome.worker_alive, outcome.beat_alive = alive()
     if swarm.tally.errors:
         outcome.notes = (outcome.notes + " errors: " + json.dumps(dict(swarm.tally.errors))).strip()
