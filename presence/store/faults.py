@@ -3,8 +3,10 @@
 A Redis primary that fails over, restarts or stalls shows itself to a client in a few ways:
 refused or reset connections and timeouts; ``READONLY`` from a primary that was demoted to a
 replica while a connection still pointed at it; ``LOADING`` from a server reading its data
-set back; ``MASTERDOWN`` from a replica that lost its primary; ``TRYAGAIN``/``CLUSTERDOWN``
-during a resharding or a Cluster failover. All of them end by themselves, so callers hold or
+set back; ``MASTERDOWN`` from a replica that lost its primary; ``NOREPLICAS`` from a
+primary configured with ``min-replicas-to-write`` that lost its replicas (a primary being
+failed over away from); ``TRYAGAIN``/``CLUSTERDOWN`` during a resharding or a Cluster
+failover. All of them end by themselves, so callers hold or
 retry the work (presence/live/batching.py) or answer ``unavailable``; none of them is a bug,
 and none deserves a traceback (docs/reliability.md).
 """
@@ -19,7 +21,14 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 # Error replies that mean "this server cannot take the command now", not "the command is bad".
-TRANSIENT_REPLIES = ("READONLY", "LOADING", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN")
+TRANSIENT_REPLIES = (
+    "READONLY",
+    "LOADING",
+    "MASTERDOWN",
+    "TRYAGAIN",
+    "CLUSTERDOWN",
+    "NOREPLICAS",
+)
 
 
 class StoreTimeoutError(RedisTimeoutError, TimeoutError):

@@ -62,7 +62,11 @@ def table() -> Iterator[None]:
         return
     print("\n" + render(RESULTS))
     if os.environ.get("CHAOS_WRITE_REPORT", "1") == "1":
+        from django.db import connection
+
         command = "make chaos CHAOS_CLIENTS=" + str(CLIENTS)
+        if connection.vendor == "postgresql":
+            command = "DATABASE_URL=postgres://postgres@127.0.0.1:5432/test " + command
         write_report(REPORT, RESULTS, command)
 
 

@@ -291,7 +291,12 @@ def write_report(path: Path, outcomes: list[Outcome], command: str) -> None:
         and not line.startswith("| scenario |")
         and line[2:].split(" | ")[0] not in names
     ]
-    kept_runs = [line for line in old.splitlines() if line.startswith("- Run ")]
+    kept_names = {line[2:].split(" | ")[0] for line in kept_rows}
+    kept_runs = [  # earlier runs that still have a row in the table
+        line
+        for line in old.splitlines()
+        if line.startswith("- Run ") and any(name in line for name in kept_names)
+    ]
     machine = f"{platform.node()}, {os.cpu_count()} cores, {platform.platform()}"
     run = (
         f"- Run {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {machine}: `{command}` "

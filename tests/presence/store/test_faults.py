@@ -31,7 +31,8 @@ class TestIsUnavailable:
         assert not store.is_unavailable(caught.value)
 
     @pytest.mark.parametrize(
-        "reply", ["LOADING Redis is loading", "MASTERDOWN Link down", "TRYAGAIN x"]
+        "reply",
+        ["LOADING Redis is loading", "MASTERDOWN Link down", "TRYAGAIN x", "NOREPLICAS Not enough"],
     )
     def test_transient_replies(self, reply: str) -> None:
         assert store.is_unavailable(ResponseError(reply))
