@@ -152,7 +152,7 @@ class HotPathWriter:
                     p.future.set_result(state)
 
     def _store_away(self, exc: BaseException) -> None:
-        """Count the failure once per held heartbeat, and give up on those held too long."""
+        """Count this failed try (once, not per heartbeat) and give up on those held too long."""
         now = time.monotonic()
         if not self._away_since:
             self._away_since = now

@@ -44,7 +44,6 @@ from tests.support.webhook_receiver import Receiver
 
 pytestmark = [
     pytest.mark.chaos,
-    pytest.mark.slow,
     pytest.mark.django_db(transaction=True),
     pytest.mark.timeout(420),
 ]
