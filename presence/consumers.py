@@ -545,11 +545,7 @@ class PresenceConsumer(AsyncWebsocketConsumer):
         if code == CLOSE_SERVICE_RESTART and self.end_reason == EndReason.CLOSED:
             self.end_reason = EndReason.SERVER_SHUTDOWN
         metrics.connection_ended(self, code)
-        try:
-            # Logs the leaves and the `close` the session row is ended from; a no-op when
-            # the sweep ended the connection first (exactly one of them ends it).
-            async with store.bounded():
-                await actions.do_end_connection(self.conn_ref, reason=self.end_reason.value)
-        except (RedisError, TimeoutError) as exc:
-            # Redis down: the sweep ends the connection, and its row, once its TTL lapses.
-            logger.warning("could not remove connection %s from presence: %s", self.session_id, exc)
+        # Logs the leaves and the `close` the session row is ended from; a no-op when the
+        # sweep ended the connection first (exactly one of them ends it). Never given up: an
+        # end Redis cannot take now stays queued in this process and is retried.
+        await actions.do_end_connection(self.conn_ref, reason=self.end_reason.value)

@@ -18,6 +18,7 @@ from channels.layers import BaseChannelLayer, get_channel_layer
 from presence import store
 from presence.live.batching import get_writer
 from presence.live.diffs import dumps
+from presence.live.endings import get_end_queue
 
 logger = logging.getLogger(__name__)
 
@@ -117,10 +118,14 @@ async def do_set_status(conn: store.ConnRef, status: str, *, username: str) -> s
     )
 
 
-async def do_end_connection(conn: store.ConnRef, *, reason: str) -> store.EndResult:
-    """Remove a closed connection at once; its leaves and ``close`` (``reason``) are logged."""
-    (result,) = await store.end_connections(store.get_async_redis(), [conn], reason=reason)
-    return result
+async def do_end_connection(conn: store.ConnRef, *, reason: str) -> store.EndResult | None:
+    """Remove a closed connection; its leaves and ``close`` (``reason``) are logged.
+
+    Through the process's end queue (presence/live/endings.py): ends that arrive together
+    share one script call, and one that cannot be written now is retried until Redis answers.
+    Returns its result when written within the store's bound, else None (still queued).
+    """
+    return await get_end_queue().end(conn, reason=reason)
 
 
 async def do_broadcast(room: str, frame: dict[str, Any]) -> None:
