@@ -115,6 +115,8 @@ class PresenceConsumer(AsyncWebsocketConsumer):
 
     async def connect(self) -> None:
         self.rooms: set[str] = set()
+        # room -> its join's write while on its way (presence.handlers.core.room_join)
+        self.joining: dict[str, asyncio.Future[int]] = {}
         self.end_reason = EndReason.CLOSED
         # protocol v2: scope -> log position the client is at / diffs held during a snapshot
         self.positions: dict[str, Pos] = {}
@@ -545,6 +547,8 @@ class PresenceConsumer(AsyncWebsocketConsumer):
         if code == CLOSE_SERVICE_RESTART and self.end_reason == EndReason.CLOSED:
             self.end_reason = EndReason.SERVER_SHUTDOWN
         metrics.connection_ended(self, code)
+        # A join whose write is on its way may land before the end: end.lua takes it out too.
+        self.rooms.update(self.joining)
         # Logs the leaves and the `close` the session row is ended from; a no-op when the
         # sweep ended the connection first (exactly one of them ends it). Never given up: an
         # end Redis cannot take now stays queued in this process and is retried.

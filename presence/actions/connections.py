@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from channels.layers import BaseChannelLayer, get_channel_layer
@@ -90,6 +90,29 @@ async def _undo_connect(conn: store.ConnRef) -> None:
         if result.state == 1:
             logger.warning("connect %s finished after it was given up; undone", conn.cid)
             return
+
+
+def undo_join(conn: store.ConnRef, room: str, *, unwanted: Callable[[], bool]) -> None:
+    """Take a connection out of ``room`` after a join whose outcome is unknown (its answer
+    was lost); in the background, retried like :func:`undo_connect` while ``unwanted()``
+    (a later join of the same room by the client stops it). A no-op when the join never
+    landed; a leave is logged when it did."""
+    task = asyncio.get_running_loop().create_task(_undo_join(conn, room, unwanted))
+    _undoing.add(task)
+    task.add_done_callback(_undoing.discard)
+
+
+async def _undo_join(conn: store.ConnRef, room: str, unwanted: Callable[[], bool]) -> None:
+    waited = 0.0
+    for at in UNDO_CONNECT_AFTER:
+        await asyncio.sleep(at - waited)
+        waited = at
+        if not unwanted():
+            return
+        try:
+            await store.room_leave(store.get_async_redis(), conn, room)
+        except Exception as exc:  # Redis still down: the key expiry or the sweep ends it
+            logger.info("undoing join of %s to %s: %r", conn.cid, room, exc)
 
 
 async def do_heartbeat(conn: store.ConnRef) -> bool:

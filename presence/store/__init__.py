@@ -119,9 +119,12 @@ from presence.store.keys import (
 )
 from presence.store.log import (
     LogEntry,
+    Members,
     Snapshot,
+    adetails,
     alist_page,
     log_position,
+    members,
     read_log,
     snapshots,
 )
@@ -194,6 +197,7 @@ __all__ = [
     "Keys",
     "LogEntry",
     "LuaScript",
+    "Members",
     "ScrapeReadings",
     "Snapshot",
     "SweepClaim",
@@ -203,6 +207,7 @@ __all__ = [
     "aclaim_group",
     "acquire_task_lock",
     "add_counters",
+    "adetails",
     "aensure_group",
     "alist_online",
     "alist_page",
@@ -248,6 +253,7 @@ __all__ = [
     "list_stats_claims",
     "live_connections_page",
     "log_position",
+    "members",
     "message_field",
     "now_ms",
     "oldest_pending",
