@@ -176,6 +176,12 @@ class RedisProbe:
         stats = cast(dict[str, Any], self.client.info("commandstats"))
         return {k.removeprefix("cmdstat_"): int(v["calls"]) for k, v in stats.items()}
 
+    def online(self) -> int:
+        """Users listed online on the platform (0 for servers that keep no presence)."""
+        from presence.store.keys import keys
+
+        return int(cast(int, self.client.zcard(keys().users)))
+
     def reset(self) -> None:
         """Empty the data and the counters (between servers: each starts from a clean store)."""
         self.client.flushall()
