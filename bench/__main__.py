@@ -96,6 +96,9 @@ TABLE_KEYS = {
         "reconnect_server_cpu_ms_per_connect",
         "drop_online_zero_s",
         "drop_give_up_lines",
+        "server_kib_per_connection",
+        "gc_max_pause_ms",
+        "gc_pauses_over_50ms",
     ],
     "bigroom_room": [
         "fill_s",
@@ -254,6 +257,8 @@ def _specs(args: argparse.Namespace, tmp: Path) -> dict[str, ServerSpec]:
                 "PRESENCE_GLOBAL_EVENTS": "false",
                 # A presence.sync must list every user or no view can converge.
                 "PRESENCE_LIST_LIMIT": "1000000",
+                # The collector's pauses, written to the log at exit (presence/live/gctune.py).
+                "PRESENCE_GC_REPORT": "1",
             },
         ),
         CEILING: ServerSpec(CEILING, "bench.ceiling_asgi:application", port(2), python),
@@ -311,7 +316,8 @@ def _table_keys(scenario: str, args: argparse.Namespace, summary: dict[str, Any]
                 if key.startswith("room_")
             }
         )
-        return [f"room_{s}.{k}" for s in sizes for k in TABLE_KEYS["bigroom_room"]]
+        rooms = [f"room_{s}.{k}" for s in sizes for k in TABLE_KEYS["bigroom_room"]]
+        return [*rooms, "gc_max_pause_ms", "gc_pauses_over_50ms"]
     return TABLE_KEYS.get(scenario, [])
 
 

@@ -8,6 +8,7 @@ milliseconds; a figure that does not apply to a server (rooms on an echo server)
 from __future__ import annotations
 
 import asyncio
+import json
 import statistics
 import time
 import uuid
@@ -134,6 +135,26 @@ def _online_zero_after(ctx: Context, since: float, *, wait: float = 30.0) -> flo
             return None
         time.sleep(0.01)
     return round(max(0.0, time.monotonic() - since), 3)
+
+
+GC_REPORT = "presence.gctune gc pauses: "
+
+
+def gc_pauses(server: Server) -> dict[str, float]:
+    """The platform's collector pauses over the server's life (its exit report), if any."""
+    try:
+        log = server.log_path.read_text(errors="replace")
+    except OSError:
+        return {}
+    reports = [line for line in log.splitlines() if line.startswith(GC_REPORT)]
+    if not reports:
+        return {}
+    stats = json.loads(reports[-1][len(GC_REPORT) :])
+    generations = [v for k, v in stats.items() if k.isdigit()]
+    return {
+        "gc_max_pause_ms": max((g.get("max_ms", 0.0) for g in generations), default=0.0),
+        "gc_pauses_over_50ms": sum(g.get("over_50_ms", 0) for g in generations),
+    }
 
 
 # Log lines of a close the server could not write (the platform's old and new wording).
@@ -306,6 +327,7 @@ def run_storm(ctx: Context, spec: ServerSpec) -> dict[str, Any]:
     target = view_hash(uids)
     result: dict[str, Any] = {"clients": len(uids), "views": views, "auth": o.storm_auth}
     with serving(ctx, spec) as server:
+        rss_idle = rss_kib(server.pid)
         for phase in ("connect", "reconnect"):
             cpu = cpu_seconds(server.pid)
             opened = open_clients(ctx, spec, uids, v2=platform, sync=views, cookie=cookie)
@@ -337,6 +359,9 @@ def run_storm(ctx: Context, spec: ServerSpec) -> dict[str, Any]:
                 phase_cpu / max(1, opened["opened"]) * 1000, 3
             )
             if phase == "connect":
+                result["server_kib_per_connection"] = round(
+                    (rss_kib(server.pid) - rss_idle) / max(1, opened["opened"]), 1
+                )
                 result["drop_s"], last_close = _close_clients(ctx)
                 # Nobody may stay listed online after their socket is gone (ghosts).
                 zero = _online_zero_after(ctx, last_close)
@@ -346,6 +371,7 @@ def run_storm(ctx: Context, spec: ServerSpec) -> dict[str, Any]:
         log = server.log_path.read_text(errors="replace") if server.log_path.exists() else ""
         result["drop_give_up_lines"] = sum(log.count(line) for line in GIVE_UP_LINES)
         close_clients(ctx)
+    result.update(gc_pauses(server))  # written by the server at its exit
     return result
 
 
@@ -364,6 +390,7 @@ def run_bigroom(ctx: Context, spec: ServerSpec) -> dict[str, Any]:
     with serving(ctx, spec) as server:
         for size in sizes:
             result[f"room_{size}"] = _one_room(ctx, spec, server, size)
+    result.update(gc_pauses(server))  # written by the server at its exit
     small, big = (result[f"room_{s}"] for s in (sizes[0], sizes[-1]))
     for event in ("join", "leave"):
         key = f"redis_commands_per_{event}"
