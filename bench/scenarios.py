@@ -151,10 +151,10 @@ def gc_pauses(server: Server) -> dict[str, float]:
         return {}
     stats = json.loads(reports[-1][len(GC_REPORT) :])
     generations = [v for k, v in stats.items() if k.isdigit()]
-    return {
-        "gc_max_pause_ms": max((g.get("max_ms", 0.0) for g in generations), default=0.0),
-        "gc_pauses_over_50ms": sum(g.get("over_50_ms", 0) for g in generations),
-    }
+    out = {"gc_max_pause_ms": max((g.get("max_ms", 0.0) for g in generations), default=0.0)}
+    if all("over_50_ms" in g for g in generations if g.get("count")):  # older reports lack it
+        out["gc_pauses_over_50ms"] = sum(g.get("over_50_ms", 0) for g in generations)
+    return out
 
 
 # Log lines of a close the server could not write (the platform's old and new wording).
