@@ -14,7 +14,7 @@ from django.contrib import admin
 from django.http import HttpRequest, HttpResponse
 from django.urls import URLPattern, URLResolver, path, reverse
 
-from presence.console import views
+from presence.console import inspect, views
 
 ViewFunc = Callable[..., HttpResponse]
 
@@ -51,6 +51,26 @@ class PresenceAdminSite(admin.AdminSite):
                 self._console_view(views.dashboard_data),
                 name="presence_dashboard_data",
             ),
+            path(
+                "presence/processes/",
+                self._console_view(inspect.process_list),
+                name="presence_processes",
+            ),
+            path(
+                "presence/processes/<str:proc_id>/",
+                self._console_view(inspect.process_detail),
+                name="presence_process",
+            ),
+            path(
+                "presence/processes/<str:proc_id>/profile/",
+                self._console_view(inspect.process_profile),
+                name="presence_process_profile",
+            ),
+            path(
+                "presence/processes/<str:proc_id>/profile/<str:request_id>.speedscope.json",
+                self._console_view(inspect.profile_download),
+                name="presence_process_profile_download",
+            ),
         ]
         return console + super().get_urls()
 
@@ -65,6 +85,8 @@ class PresenceAdminSite(admin.AdminSite):
             self._page_entry("Online now", "Online", "presence_online"),
             self._page_entry("Dashboard", "Dashboard", "presence_dashboard"),
         ]
+        if inspect.can_inspect(request.user):
+            pages.append(self._page_entry("Web processes", "Processes", "presence_processes"))
         for app in app_list:
             if app["app_label"] == "presence":
                 app["models"] = pages + app["models"]
