@@ -136,8 +136,10 @@ class TreeNode(TypedDict):
 
 
 def call_tree(profile: Profile, *, min_percent: float = 0.5) -> list[TreeNode]:
-    """Per thread, the tree of calls with their share of the samples (small nodes pruned)."""
-    total = sum(count for _, _, count in profile["stacks"]) or 1
+    """Per thread (the main thread first), the tree of calls with their share of the wall
+    time: the samples a frame was on the stack in, over the sampling rounds (nodes under
+    ``min_percent`` pruned). A thread waiting all along is at 100 % in its waiting frame."""
+    total = profile["samples"] or 1
     roots: dict[int, dict[str, Any]] = {}
     for thread, idxs, count in profile["stacks"]:
         node = roots.setdefault(thread, {"samples": 0, "children": {}})
@@ -161,19 +163,25 @@ def call_tree(profile: Profile, *, min_percent: float = 0.5) -> list[TreeNode]:
             "children": children,
         }
 
+    names = profile["threads"]
     return [
-        convert(f"thread {profile['threads'][thread]}", "", raw)
-        for thread, raw in sorted(roots.items(), key=lambda kv: -kv[1]["samples"])
+        convert(f"thread {names[thread]}", "", raw)
+        for thread, raw in sorted(
+            roots.items(), key=lambda kv: (names[kv[0]] != "MainThread", names[kv[0]])
+        )
     ]
 
 
 def to_speedscope(profile: Profile, *, name: str) -> dict[str, Any]:
     """The profile in speedscope's file format: one sampled profile per thread."""
+    # Each sampling round stands for the wall time it covered: under a thread holding the
+    # GIL, rounds come later than the nominal interval, and the file must still add up.
+    per_round = profile["seconds"] / profile["samples"] if profile["samples"] else 0.0
     per_thread: dict[int, tuple[list[list[int]], list[float]]] = {}
     for thread, idxs, count in profile["stacks"]:
         samples, weights = per_thread.setdefault(thread, ([], []))
         samples.append(list(idxs))
-        weights.append(round(count * profile["interval"], 6))
+        weights.append(round(count * per_round, 6))
     return {
         "$schema": "https://www.speedscope.app/file-format-schema.json",
         "name": name,

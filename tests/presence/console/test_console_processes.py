@@ -160,27 +160,19 @@ class TestProcessPage:
         assert "is not registered any more" in gone.content.decode()
 
 
-def test_the_call_tree_escapes_frame_names() -> None:
+def leaf(name: str, samples: int) -> dict[str, Any]:
+    return {"name": name, "where": "", "samples": samples, "percent": samples, "children": []}
+
+
+def test_the_call_tree_escapes_names_and_indents_only_at_branches() -> None:
     from presence.console.inspect import render_call_tree
 
-    html = render_call_tree(
-        [
-            {
-                "name": "<module>",
-                "where": "a<b>.py:1",
-                "samples": 1,
-                "percent": 100.0,
-                "children": [
-                    {
-                        "name": "<lambda>",
-                        "where": "",
-                        "samples": 1,
-                        "percent": 100.0,
-                        "children": [],
-                    }
-                ],
-            }
-        ]
-    )
+    chain = {**leaf("<module>", 100), "where": "a<b>.py:1"}
+    branch = {**leaf("run", 100), "children": [leaf("<lambda>", 60), leaf("idle", 3)]}
+    chain["children"] = [branch]
+    html = str(render_call_tree([chain]))  # type: ignore[list-item]
     assert "&lt;module&gt;" in html and "&lt;lambda&gt;" in html and "a&lt;b&gt;.py" in html
-    assert "<module>" not in html and "<details open>" in html
+    assert "<module>" not in html
+    # The chain <module> -> run is one level; run branches: one <details>, open (first root).
+    assert html.count("<details") == 1 and "<details open>" in html
+    assert html.index("&lt;module&gt;") < html.index("<details open>")

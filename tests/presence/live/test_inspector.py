@@ -129,7 +129,7 @@ class TestProfile:
                 assert time.monotonic() < deadline
                 time.sleep(0.1)
         profile = done["profile"]
-        assert 100 <= profile["samples"] <= 160  # 100 Hz for 1.5 s
+        assert 60 <= profile["samples"] <= 160  # 100 Hz for 1.5 s, slower under a busy GIL
         names = {f["name"] for f in profile["frames"]}
         assert {"spin", "spinning_in_the_loop"} <= names
         spin_index = next(i for i, f in enumerate(profile["frames"]) if f["name"] == "spin")
