@@ -14,6 +14,7 @@ from presence.access.authz import can_access_room
 from presence.api import listing as queries
 from presence.conf import app_settings
 from presence.handlers.core import ROOM_PATTERN
+from presence.models.routers import reads_from_replica
 
 
 def _json_login_required(view):  # type: ignore[no-untyped-def]
@@ -31,6 +32,7 @@ def _json_login_required(view):  # type: ignore[no-untyped-def]
 
 @require_GET
 @_json_login_required
+@reads_from_replica
 def online(request: HttpRequest) -> JsonResponse:
     """``GET /api/presence/online/?room=`` -> ``{"count": n, "users": [...]}``."""
     room = request.GET.get("room") or None
@@ -44,6 +46,7 @@ def online(request: HttpRequest) -> JsonResponse:
 
 @require_GET
 @_json_login_required
+@reads_from_replica
 def user_detail(request: HttpRequest, user_id: int) -> JsonResponse:
     """``GET /api/presence/users/<id>/`` -> one user's presence."""
     data = queries.get_user_presence(user_id)

@@ -15,6 +15,7 @@ from django.http import HttpRequest, HttpResponse
 from django.urls import URLPattern, URLResolver, path, reverse
 
 from presence.console import inspect, views
+from presence.models.routers import reads_from_replica
 
 ViewFunc = Callable[..., HttpResponse]
 
@@ -27,7 +28,8 @@ class PresenceAdminSite(admin.AdminSite):
             return view(self, request, *args, **kwargs)
 
         bound.__name__ = view.__name__
-        return self.admin_view(bound)
+        # GETs read from the replica when one is configured; POSTs (writes) never do.
+        return self.admin_view(reads_from_replica(bound))
 
     def get_urls(self) -> list[URLResolver | URLPattern]:
         # First: the admin's own "presence/<model>/" patterns must not shadow these.
