@@ -91,6 +91,7 @@ TABLE_KEYS = {
         "profiling_over_off",
         "cpu_us_per_heartbeat_off",
         "cpu_us_per_heartbeat_profiling",
+        "cpu_profiling_over_off",
         "sampler_cpu_percent",
     ],
     "storm": [

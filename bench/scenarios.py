@@ -235,7 +235,12 @@ def run_profiling(ctx: Context, spec: ServerSpec) -> dict[str, Any]:
     with serving(ctx, spec) as server:
         opened = open_clients(ctx, spec, ctx.uids[: o.sat_connections])
         settle(server.pid)
-        proc_id = next(p["id"] for p in list_processes() if p["pid"] == server.pid)
+        deadline = time.monotonic() + 15
+        while not (ids := [p["id"] for p in list_processes() if p["pid"] == server.pid]):
+            if time.monotonic() > deadline:
+                raise RuntimeError("the server never registered in the process registry")
+            time.sleep(0.2)
+        proc_id = ids[0]
         before = _saturate_once(ctx, server)
         seconds = min(float(inspector.PROFILE_MAX_SECONDS), o.sat_duration + 2.0)
         asked = inspector.ask_process(proc_id, "profile", by="bench", seconds=seconds)
@@ -260,6 +265,17 @@ def run_profiling(ctx: Context, spec: ServerSpec) -> dict[str, Any]:
             (before["cpu_us_per_heartbeat"] + after["cpu_us_per_heartbeat"]) / 2
         ),
         "cpu_us_per_heartbeat_profiling": round(during["cpu_us_per_heartbeat"]),
+        "cpu_profiling_over_off": round(
+            2
+            * during["cpu_us_per_heartbeat"]
+            / (before["cpu_us_per_heartbeat"] + after["cpu_us_per_heartbeat"]),
+            3,
+        ),
+        "heartbeats_per_s_phases": [
+            round(before["heartbeats_per_s"]),
+            round(during["heartbeats_per_s"]),
+            round(after["heartbeats_per_s"]),
+        ],
         "ack_p99_ms_off": round(max(before["ack_p99_ms"], after["ack_p99_ms"]), 2),
         "ack_p99_ms_profiling": round(during["ack_p99_ms"], 2),
         "profile_samples": profile.get("samples"),
