@@ -43,6 +43,10 @@ PROFILE_MAX_SECONDS = 30
 LISTEN_BLOCK = 10  # seconds per BLPOP while idle
 REPLY_TTL_MS = 15 * 60 * 1000  # answers (profiles) stay readable this long
 REQUEST_TTL_MS = int(ASK_WAIT * 2 * 1000)  # a request list nobody pops is gone after this
+# A request older than this (by the asker's clock) is dropped unanswered: its page gave up
+# long ago. Far beyond ASK_WAIT so that clocks a few seconds apart between hosts never make
+# a live request look stale.
+STALE_AFTER = 30.0
 
 Kind = Literal["snapshot", "profile"]
 Outcome = Literal["answered", "running", "busy", "done", "not_answering", "gone", "error"]
@@ -93,7 +97,7 @@ class Inspector:
         except (ValueError, KeyError, TypeError):
             logger.warning("inspector of %s: malformed request dropped", self.source.id)
             return
-        if time.time() - asked_at > ASK_WAIT:
+        if time.time() - asked_at > STALE_AFTER:
             # The operator's page gave up on it already: answering now would only cost.
             logger.info("inspector of %s: stale request %s dropped", self.source.id, rid)
             return
