@@ -11,6 +11,10 @@ refreshes, so a crashed or stopped process disappears by itself:
   changes since the previous refresh (a full rewrite when Redis lost the set);
 * ``{P}:procs`` -- the index of live processes.
 
+Beside the refresher, each process runs its inspector (presence.live.inspector): operators
+ask it, through Redis, for its tasks, threads, collector, loop-lag history (kept here, one
+probe per LAG_TICK for two minutes) and a CPU profile.
+
 :func:`list_processes` reads them (the metrics collector, the staff JSON endpoint, the
 operator console, ``manage.py presence_status``); the ghost reconciliation
 (:mod:`presence.jobs.reconcile`) compares them with the connections Redis holds as online.
