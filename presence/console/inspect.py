@@ -91,8 +91,8 @@ def render_call_tree(nodes: list[sampler.TreeNode]) -> SafeString:
     than the template engine's recursion allows.
     """
 
-    def node_html(node: sampler.TreeNode, *, opened: bool = True) -> str:
-        row = format_html(
+    def row(node: sampler.TreeNode) -> SafeString:
+        return format_html(
             '<span class="tree-row"><meter min="0" max="100" value="{}"></meter> '
             '<span class="tree-pct">{}&nbsp;%</span> <code class="tree-name">{}</code> '
             '<span class="quiet small">{}</span></span>',
@@ -101,18 +101,22 @@ def render_call_tree(nodes: list[sampler.TreeNode]) -> SafeString:
             node["name"],
             node["where"],
         )
-        children = node["children"]
-        if not children:
-            return f"<li>{row}</li>"
-        if len(children) == 1 and children[0]["samples"] == node["samples"]:
-            # A call chain without a branch stays at one depth: only branches indent, or
-            # the ~40 frames from the interpreter's start to a handler run off the page.
-            return f"<li>{row}</li>{node_html(children[0], opened=opened)}"
-        inner = "".join(node_html(child) for child in children)
+
+    def node_html(node: sampler.TreeNode, *, opened: bool = True) -> str:
+        # A call chain without a branch is one block at one depth: only branches indent, or
+        # the ~40 frames from the interpreter's start to a handler run off the page.
+        chain = []
+        while len(node["children"]) == 1 and node["children"][0]["samples"] == node["samples"]:
+            chain.append(f'<div class="tree-link">{row(node)}</div>')
+            node = node["children"][0]
+        links = "".join(chain)
+        if not node["children"]:
+            return f'<li>{links}<div class="tree-link">{row(node)}</div></li>'
+        inner = "".join(node_html(child) for child in node["children"])
         attr = " open" if opened and node["percent"] >= 5 else ""
         return (
-            f'<li><details{attr}><summary>{row}</summary><ul class="call-tree">{inner}</ul>'
-            "</details></li>"
+            f"<li>{links}<details{attr}><summary>{row(node)}</summary>"
+            f'<ul class="call-tree">{inner}</ul></details></li>'
         )
 
     html = "".join(node_html(node, opened=i == 0) for i, node in enumerate(nodes))
