@@ -137,7 +137,11 @@ def thread_stacks() -> list[ThreadStack]:
     out: list[ThreadStack] = []
     for ident, frame in list(sys._current_frames().items())[:THREADS_MAX]:
         thread = threads.get(ident)
-        summary = traceback.extract_stack(frame, limit=STACK_DEPTH)
+        # The innermost frames, without reading source files (this runs in the event loop).
+        summary = traceback.StackSummary.extract(
+            traceback.walk_stack(frame), limit=STACK_DEPTH, lookup_lines=False
+        )
+        summary.reverse()
         out.append(
             {
                 "name": thread.name if thread is not None else f"thread {ident}",
