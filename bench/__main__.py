@@ -9,7 +9,8 @@ with identical uvicorn flags and driven by the same multi-process load client:
 - ceiling:  a raw ASGI WebSocket echo, no Django (bench/ceiling_asgi.py);
 - peer:     django-channels-presence 1.0.0 (bench/peer_asgi.py), when it installs.
 
-Scenarios (docs/performance.md explains each): store, saturation, steady, storm, bigroom.
+Scenarios (docs/performance.md explains each): store, saturation, steady, storm, bigroom,
+profiling (platform only: saturation without and with a CPU profile running in the process).
 It prints one JSON line per (scenario, server), then the ratios against the floor and the
 targets, and writes everything to bench/results/<timestamp>.json. It starts its own
 redis-server and uses a throw-away SQLite database; ``--port-base`` and ``--redis-port``
@@ -84,6 +85,15 @@ TABLE_KEYS = {
         "server_stall_estimate_ms",
         "server_cpu_us_per_heartbeat",
     ],
+    "profiling": [
+        "heartbeats_per_s_off",
+        "heartbeats_per_s_profiling",
+        "profiling_over_off",
+        "cpu_us_per_heartbeat_off",
+        "cpu_us_per_heartbeat_profiling",
+        "cpu_profiling_over_off",
+        "sampler_cpu_percent",
+    ],
     "storm": [
         "connect_s",
         "connect_converge_s",
@@ -122,7 +132,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--scenarios",
         default="store,saturation,steady,storm,bigroom",
-        help="comma-separated subset of store,saturation,steady,storm,bigroom",
+        help="comma-separated subset of store,saturation,steady,storm,bigroom,profiling",
     )
     p.add_argument("--repeat", type=int, default=1, help="runs per pair, alternating order")
     p.add_argument("--workers", type=int, default=4, help="load-client processes")
@@ -368,6 +378,10 @@ def check_targets(summary: dict[str, Any], args: argparse.Namespace) -> list[dic
 
     r = ratio("saturation", "heartbeats_per_s")
     check("saturation >= 1.5x floor", r, r is not None and r >= 1.5, f"{_fmt(r)}x")
+    r = get("profiling", PLATFORM, "profiling_over_off")
+    cpu = get("profiling", PLATFORM, "sampler_cpu_percent")
+    ok = r is not None and cpu is not None and r >= 0.95 and cpu < 5
+    check("profiling: saturation >= 0.95x, sampler < 5 % of a core", r, ok, f"{r}x, {cpu} %")
     for phase in (f"at_{args.interval:g}s", f"at_{args.fast_interval:g}s"):
         p99 = get("steady", PLATFORM, f"{phase}.ack_p99_ms")
         check(f"steady {phase}: ack p99 <= 50 ms", p99, p99 is not None and p99 <= 50, f"{p99}")

@@ -22,7 +22,7 @@ from typing import Any
 from .loadclient import Fleet, view_hash
 from .servers import PEER, PLATFORM, RedisProbe, Server, ServerSpec, cpu_seconds, rss_kib, settle
 
-SCENARIOS = ("store", "saturation", "steady", "storm", "bigroom")
+SCENARIOS = ("store", "saturation", "steady", "storm", "bigroom", "profiling")
 
 
 @dataclass
@@ -247,6 +247,85 @@ def run_saturation(ctx: Context, spec: ServerSpec) -> dict[str, Any]:
         "server_cpu_share": round(cpu / elapsed, 2),
         "server_cpu_us_per_heartbeat": round(cpu / max(1, acked) * 1e6),
         "client_lag_max_ms": round(max(a["client_lag_max"] for a in answers) * 1000, 1),
+    }
+
+
+# ---------------------------------------------------------------------- profiling
+def _saturate_once(ctx: Context, server: Server) -> dict[str, Any]:
+    cpu = cpu_seconds(server.pid)
+    start_at = time.monotonic() + 0.5
+    answers = ctx.fleet.call(
+        "saturate", {"start_at": start_at, "duration": ctx.options.sat_duration}
+    )
+    elapsed = max(a["finished"] for a in answers) - start_at
+    cpu = cpu_seconds(server.pid) - cpu
+    acked = sum(a["acked"] for a in answers)
+    return {
+        "heartbeats_per_s": acked / elapsed,
+        "cpu_us_per_heartbeat": cpu / max(1, acked) * 1e6,
+        **_latency_stats([a["latencies"] for a in answers]),
+    }
+
+
+def run_profiling(ctx: Context, spec: ServerSpec) -> dict[str, Any]:
+    """Saturation of one platform process without, with, and again without a CPU profile
+    running in it (presence.live.sampler, asked for through Redis as the console does)."""
+    if spec.name != PLATFORM:
+        raise NotApplicableError("the process inspector is the platform's")
+    from presence.live import inspector
+    from presence.live.processes import list_processes
+
+    o = ctx.options
+    with serving(ctx, spec) as server:
+        opened = open_clients(ctx, spec, ctx.uids[: o.sat_connections])
+        settle(server.pid)
+        deadline = time.monotonic() + 15
+        while not (ids := [p["id"] for p in list_processes() if p["pid"] == server.pid]):
+            if time.monotonic() > deadline:
+                raise RuntimeError("the server never registered in the process registry")
+            time.sleep(0.2)
+        proc_id = ids[0]
+        before = _saturate_once(ctx, server)
+        seconds = min(float(inspector.PROFILE_MAX_SECONDS), o.sat_duration + 2.0)
+        asked = inspector.ask_process(proc_id, "profile", by="bench", seconds=seconds)
+        if asked.outcome != "running":
+            raise RuntimeError(f"profile not started: {asked.outcome} {asked.data}")
+        during = _saturate_once(ctx, server)
+        deadline = time.monotonic() + 30
+        while (answer := inspector.read_answer(proc_id, asked.request_id) or {}).get(
+            "state"
+        ) == "running" and time.monotonic() < deadline:
+            time.sleep(0.2)
+        after = _saturate_once(ctx, server)
+        close_clients(ctx)
+    profile = answer.get("profile") or {}
+    off = (before["heartbeats_per_s"] + after["heartbeats_per_s"]) / 2
+    return {
+        "connections": opened["opened"],
+        "heartbeats_per_s_off": round(off),
+        "heartbeats_per_s_profiling": round(during["heartbeats_per_s"]),
+        "profiling_over_off": round(during["heartbeats_per_s"] / off, 3) if off else None,
+        "cpu_us_per_heartbeat_off": round(
+            (before["cpu_us_per_heartbeat"] + after["cpu_us_per_heartbeat"]) / 2
+        ),
+        "cpu_us_per_heartbeat_profiling": round(during["cpu_us_per_heartbeat"]),
+        "cpu_profiling_over_off": round(
+            2
+            * during["cpu_us_per_heartbeat"]
+            / (before["cpu_us_per_heartbeat"] + after["cpu_us_per_heartbeat"]),
+            3,
+        ),
+        "heartbeats_per_s_phases": [
+            round(before["heartbeats_per_s"]),
+            round(during["heartbeats_per_s"]),
+            round(after["heartbeats_per_s"]),
+        ],
+        "ack_p99_ms_off": round(max(before["ack_p99_ms"], after["ack_p99_ms"]), 2),
+        "ack_p99_ms_profiling": round(during["ack_p99_ms"], 2),
+        "profile_samples": profile.get("samples"),
+        "sampler_cpu_percent": round(100 * profile["sampler_cpu_seconds"] / profile["seconds"], 2)
+        if profile
+        else None,
     }
 
 

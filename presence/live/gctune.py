@@ -114,6 +114,14 @@ def pause_stats() -> dict[str, dict[str, float]]:
     return out
 
 
+def last_pauses(count: int = 10) -> dict[str, list[float]]:
+    """Per generation: the newest ``count`` pauses (ms, oldest first; the process inspector)."""
+    return {
+        str(generation): [round(p * 1e3, 2) for p in pauses[-count:]]
+        for generation, pauses in sorted(_pauses.items())
+    }
+
+
 def _uninstall() -> None:
     if _on_gc in gc.callbacks:
         gc.callbacks.remove(_on_gc)

@@ -105,6 +105,14 @@ from presence.store.hooks import (
     set_hook_hold,
     write_webhook_backlog,
 )
+from presence.store.inspect import (
+    INSPECT_ASK_MAX,
+    INSPECT_REPLY_MAX_BYTES,
+    await_inspect_request,
+    push_inspect_request,
+    read_inspect_reply,
+    write_inspect_reply,
+)
 from presence.store.jobs import (
     ClaimBatch,
     SweepClaim,
@@ -193,6 +201,8 @@ __all__ = [
     "HB_ENDED",
     "HB_LOST",
     "HOOKS_GROUP",
+    "INSPECT_ASK_MAX",
+    "INSPECT_REPLY_MAX_BYTES",
     "LATENCY_BUCKETS",
     "PROCESS_CONNS_SLICE",
     "PROCESS_LIST_MAX",
@@ -238,6 +248,7 @@ __all__ = [
     "aread_handler_control",
     "aremove_process",
     "auser_presence",
+    "await_inspect_request",
     "await_switch",
     "bounded",
     "claim_expired",
@@ -287,9 +298,11 @@ __all__ = [
     "publish",
     "publish_disabled_handlers",
     "publish_process",
+    "push_inspect_request",
     "read_group",
     "read_handler_control",
     "read_hook_holds",
+    "read_inspect_reply",
     "read_log",
     "read_processes",
     "read_scrape",
@@ -320,5 +333,6 @@ __all__ = [
     "user_block_ttl_ms",
     "user_connection_targets",
     "user_presence",
+    "write_inspect_reply",
     "write_webhook_backlog",
 ]
