@@ -113,9 +113,13 @@ def _mark_recovered(event_ids: list[str]) -> None:
 class Sender:
     """One run's state: the holds read at its start and the users held during it."""
 
-    def __init__(self, client: Any, report: SignalReport) -> None:
+    def __init__(self, client: Any, report: SignalReport, *, strict: bool = False) -> None:
         self.client = client
         self.report = report
+        # strict: reading new entries while older ones may wait pending (the long-running
+        # reader): a held user's entries wait even when the hold is due, since the retry of
+        # the older held entries comes first, in the reader's next scan of its pending ones.
+        self.strict = strict
         self.holds = store.read_hook_holds(client)
         self.blocked: set[str] = set()  # users whose later entries wait in this run
 
@@ -141,7 +145,7 @@ class Sender:
                 continue
             uid = entry.fields["u"]
             hold = self.holds.get(uid)
-            if uid in self.blocked or (hold is not None and hold.due_ms > now_ms):
+            if uid in self.blocked or (hold is not None and (self.strict or hold.due_ms > now_ms)):
                 self.blocked.add(uid)
                 self.report.held += 1
                 continue

@@ -35,6 +35,7 @@ import random
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -199,9 +200,18 @@ def _pending(endpoint_id: int) -> QuerySet[WebhookEvent]:
     return WebhookEvent.objects.filter(endpoint_id=endpoint_id, state=DeliveryState.PENDING)
 
 
-def start_due_deliveries(client: Any, endpoints: list[WebhookEndpoint]) -> int:
-    """Start ``presence.deliver_webhooks`` for every endpoint with a batch due; record the
-    backlog per endpoint for the metrics."""
+def start_due_deliveries(
+    client: Any,
+    endpoints: list[WebhookEndpoint],
+    start: Callable[[int], None] | None = None,
+) -> int:
+    """Start a delivery (``start``; by default the task ``presence.deliver_webhooks``) for
+    every endpoint with a batch due; record the backlog per endpoint for the metrics.
+
+    Due: a retry is due, ``PRESENCE_WEBHOOK_BATCH_SIZE`` events wait, or the oldest waited
+    ``PRESENCE_WEBHOOK_BATCH_WINDOW`` (0 by default: at once; what piles up while a POST is
+    in flight makes the next batch)."""
+    start = start or start_delivery
     now = timezone.now()
     window = dt.timedelta(seconds=app_settings.WEBHOOK_BATCH_WINDOW)
     backlog = {
@@ -226,7 +236,7 @@ def start_due_deliveries(client: Any, endpoints: list[WebhookEndpoint]) -> int:
             or head.attempts > 0
         )
         if due and not store.task_lock_held(client, lock_name(endpoint.pk)):
-            start_delivery(endpoint.pk)
+            start(endpoint.pk)
             started += 1
     return started
 

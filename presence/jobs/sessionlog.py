@@ -50,13 +50,14 @@ import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
 
+import redis
 import redis.asyncio as aredis
 from channels.db import database_sync_to_async
 from django.db import DatabaseError, transaction
 
 from presence import store
 from presence.conf import app_settings
-from presence.jobs import groups
+from presence.jobs import consumers, groups
 from presence.jobs.periodic import RunReport, run_locked
 from presence.loops import LoopLocal
 from sessions_app.actions import (
@@ -327,6 +328,47 @@ def write_sessions() -> SessionLogReport:
     if report.claimed or report.orphans or report.trimmed or report.error:
         logger.info("session log: %s", report)
     return report
+
+
+# --------------------------------------------------------------------------- log consumer
+class SessionHandler:
+    """The session writer of ``manage.py presence_consume`` (presence.jobs.consumers)."""
+
+    job = TASK
+    group = GROUP
+    exclusive = False  # rows are idempotent and closes wait for their open: any order
+
+    def __init__(self) -> None:
+        self.batch = app_settings.SESSION_LOG_BATCH
+        self.claim_idle = app_settings.SESSION_LOG_CLAIM_IDLE
+        self.next_prune = 0.0
+
+    def handle(
+        self, client: redis.Redis, entries: list[store.GroupEntry], *, scan: bool
+    ) -> consumers.Handled:
+        """Write one batch; closes waiting for their open stay pending and are re-read."""
+        applied = apply_entries(entries)  # DatabaseError: all stay pending, retried
+        oldest = (
+            store.oldest_pending(client, GROUP, skip={e.id for e in entries})
+            if applied.missing
+            else None
+        )
+        orphans, deferred = settle_missing(applied.missing, oldest)
+        return consumers.Handled(
+            ack=applied.done + orphans,
+            retry_in=RESCAN_DELAY if deferred else None,
+            work={"opened_total": applied.opened, "ended_total": applied.ended},
+        )
+
+    def idle(self, client: redis.Redis) -> None:
+        """Forget consumers of web processes long gone, once a minute."""
+        now = time.monotonic()
+        if now >= self.next_prune:
+            self.next_prune = now + 60.0
+            store.prune_consumers(client, GROUP, idle_ms=CONSUMER_PRUNE_IDLE_MS)
+
+    def stop(self) -> None:
+        """Nothing runs beside the reader."""
 
 
 # --------------------------------------------------------------------------- web writers

@@ -5,7 +5,9 @@ and each within ``CHECK_TIMEOUT``: a ``SELECT 1`` on the database, a ``PING`` to
 Redis, a message sent and received through the channel layer, and the age of the last
 successful sweep and flush. It is not ready (503) when a dependency fails or the last sweep
 is older than ``PRESENCE_READY_SWEEP_MAX_AGE`` (0 turns that check off): without sweeps,
-vanished clients would stay online forever. The flush's age is reported, never fatal.
+vanished clients would stay online forever. The flush's age is reported, never fatal; so
+are the event-log consumers' (``stale`` after ``catalog.CONSUMER_LATE`` without a read): a
+web process serves sockets without them, and the PresenceConsumerStalled alert watches them.
 """
 
 from __future__ import annotations
@@ -22,10 +24,12 @@ from django.db import connection
 
 from presence import store
 from presence.conf import app_settings
-from presence.jobs import periodic
+from presence.jobs import catalog, periodic
 
 # Seconds each check may take before it counts as failed.
 CHECK_TIMEOUT = 2.0
+# The jobs whose last success /readyz reports (one Redis pipeline).
+READ_TASKS = ("sweep", "flush", *(job.key for job in catalog.consumers()))
 
 
 class CheckResult(TypedDict):
@@ -96,10 +100,12 @@ async def _timed(check: Callable[[], Awaitable[None]]) -> CheckResult:
 
 
 def task_ages(runs: dict[str, periodic.TaskRun], now: float) -> dict[str, TaskAge]:
-    """Sweep and flush ages; only a sweep older than its threshold is ``stale``."""
+    """Sweep, flush and consumer ages; a sweep older than its threshold or a consumer
+    without a read for ``CONSUMER_LATE`` is ``stale`` (only the sweep's makes it unready)."""
     thresholds: dict[str, float | None] = {
         "sweep": app_settings.READY_SWEEP_MAX_AGE or None,
         "flush": None,
+        **{job.key: job.late_after() for job in catalog.consumers()},
     }
     out: dict[str, TaskAge] = {}
     for task, limit in thresholds.items():
@@ -121,12 +127,13 @@ async def readiness() -> Readiness:
     if checks["redis"]["ok"]:
         try:
             runs = await asyncio.wait_for(
-                asyncio.to_thread(periodic.last_runs, ("sweep", "flush")), CHECK_TIMEOUT
+                asyncio.to_thread(periodic.last_runs, READ_TASKS), CHECK_TIMEOUT
             )
         except Exception as exc:
             checks["redis"] = {"ok": False, "latency_ms": 0.0, "error": f"task runs: {exc}"}
     ages = task_ages(runs, time.time())
-    ready = all(c["ok"] for c in checks.values()) and not any(a["stale"] for a in ages.values())
+    fatal = ("sweep", "flush")
+    ready = all(c["ok"] for c in checks.values()) and not any(ages[t]["stale"] for t in fatal)
     return {"ready": ready, "checks": checks, "tasks": ages}
 
 
