@@ -320,12 +320,16 @@ _loggers: dict[str, dict[str, Any]] = {
     name: {"handlers": [], "propagate": True}
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access")
 }
+_loggers["uvicorn.error"]["filters"] = ["socket_chatter"]
 for _name, _level in LOG_LEVELS.items():
     _loggers.setdefault(_name, {})["level"] = _level
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "filters": {"context": {"()": "presence.obs.logs.ContextFilter"}},
+    "filters": {
+        "context": {"()": "presence.obs.logs.ContextFilter"},
+        "socket_chatter": {"()": "presence.obs.logs.SocketChatterFilter"},
+    },
     "formatters": {
         "plain": {"()": "presence.obs.logs.PlainFormatter"},
         "json": {"()": "presence.obs.logs.JsonFormatter"},
