@@ -185,9 +185,15 @@ class WebhookHandler:
             with transaction.atomic():
                 WebhookEvent.objects.bulk_create(rows, ignore_conflicts=True)
             touched = {row.endpoint_id for row in rows}
-            webhooks.start_due_deliveries(
-                client, [e for e in endpoints if e.pk in touched], self.deliveries.kick
-            )
+            if app_settings.WEBHOOK_BATCH_WINDOW <= 0:
+                # WARNING: the latency path. No window: deliver at once; the delivery itself
+                # leaves an endpoint in back-off alone (its head waits for its retry).
+                for endpoint_id in sorted(touched):
+                    self.deliveries.kick(endpoint_id)
+            else:
+                webhooks.start_due_deliveries(
+                    client, [e for e in endpoints if e.pk in touched], self.deliveries.kick
+                )
         return Handled(ack=[e.id for e in entries], work={"queued_total": len(rows)})
 
     def idle(self, client: redis.Redis) -> None:
