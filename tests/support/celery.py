@@ -14,7 +14,6 @@ import pytest
 from tests.support.db import database_url
 from tests.support.paths import ROOT
 
-
 VERBOSE_CELERY = "celery.beat=INFO,celery.app.trace=INFO,celery.worker.strategy=INFO"
 
 
