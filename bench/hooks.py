@@ -143,6 +143,15 @@ def _ms(entry_id: str) -> float:
     return int(entry_id.split("-")[0]) / 1000
 
 
+def _start_floor(receiver_url: str) -> list[subprocess.Popen[bytes]]:
+    from django.conf import settings
+
+    from presence import store
+
+    args = [sys.executable, "-m", "bench.hooks_floor", settings.REDIS_URL, store.keys().events]
+    return [subprocess.Popen([*args, receiver_url], cwd=ROOT)]
+
+
 def _start_consumers(n: int, tmp: Path) -> list[subprocess.Popen[bytes]]:
     env = {
         **os.environ,
@@ -180,7 +189,8 @@ def _wait_reading(n_jobs: int = 3, timeout: float = 30.0) -> None:
 
 
 def one_run(consumers: int, uids: list[int], tmp: Path, *, rate: float, duration: float) -> dict:
-    """``duration`` seconds of connects at ``rate`` with ``consumers`` consume processes."""
+    """``duration`` seconds of connects at ``rate`` with ``consumers`` consume processes
+    (0: the floor, bench/hooks_floor.py, which writes no rows)."""
     from django.db import connection
 
     from presence import store
@@ -195,12 +205,13 @@ def one_run(consumers: int, uids: list[int], tmp: Path, *, rate: float, duration
     receiver = Receiver()
     WebhookEndpoint.objects.create(name="bench", url=receiver.url, secret="bench")
     connection.close()
-    procs = _start_consumers(consumers, tmp)
+    procs = _start_consumers(consumers, tmp) if consumers else _start_floor(receiver.url)
     watcher = RowWatcher()
     sent: list[tuple[str, str, str]] = []  # (open id, join id, session id)
     try:
-        _wait_reading()
-        time.sleep(1.0)  # every reader (both processes) up and blocked
+        if consumers:
+            _wait_reading()
+        time.sleep(1.0 if consumers else 2.0)  # every reader up and blocked
         watcher.start()
         key = store.keys().events
         total = int(rate * duration)
@@ -225,7 +236,7 @@ def one_run(consumers: int, uids: list[int], tmp: Path, *, rate: float, duration
         achieved = total / (time.monotonic() - started)
         deadline = time.monotonic() + DRAIN
         while time.monotonic() < deadline:
-            if len(receiver.arrived) >= total and len(watcher.seen) >= total:
+            if len(receiver.arrived) >= total and (len(watcher.seen) >= total or not consumers):
                 break
             time.sleep(0.1)
     finally:
@@ -252,7 +263,7 @@ def one_run(consumers: int, uids: list[int], tmp: Path, *, rate: float, duration
         "events": len(sent),
         "rate_per_s": round(achieved, 1),
         "webhook": {**_stats(hook), "lost": len(sent) - len(hook), "posts": receiver.posts},
-        "session_row": {**_stats(rows), "lost": len(sent) - len(rows)},
+        **({"session_row": {**_stats(rows), "lost": len(sent) - len(rows)}} if consumers else {}),
     }
 
 
@@ -260,9 +271,17 @@ def run_hooks(options: Any, uids: list[int], tmp: Path) -> dict[str, Any]:
     """The scenario: one run per consumer count (bench/__main__.py calls it)."""
     rate = getattr(options, "hooks_rate", RATE)
     duration = getattr(options, "hooks_duration", DURATION)
-    return {
-        f"consumers_{n}": one_run(n, uids, tmp, rate=rate, duration=duration) for n in CONSUMERS
-    }
+    result = {"floor": one_run(0, uids, tmp, rate=rate, duration=duration)}
+    for n in CONSUMERS:
+        run = one_run(n, uids, tmp, rate=rate, duration=duration)
+        # Ratios to the floor measured in this run: how much the platform adds.
+        for q in ("p50_ms", "p99_ms"):
+            floor = result["floor"]["webhook"][q]
+            run["webhook"][f"{q[:3]}_vs_floor"] = (
+                round(run["webhook"][q] / floor, 2) if floor > 0 else None
+            )
+        result[f"consumers_{n}"] = run
+    return result
 
 
 def targets(result: dict[str, Any]) -> list[tuple[str, bool, str]]:

@@ -171,9 +171,6 @@ class PresenceConsumer(AsyncWebsocketConsumer):
             return
         self.registered = True
         metrics.connection_opened(self)
-        logger.info(
-            "connect: %s (user %s), session %s", self.username, self.user_id, self.session_id
-        )
         hello: dict[str, Any] = {
             "type": "hello",
             "session_id": self.session_id,
@@ -548,14 +545,6 @@ class PresenceConsumer(AsyncWebsocketConsumer):
         if code == CLOSE_SERVICE_RESTART and self.end_reason == EndReason.CLOSED:
             self.end_reason = EndReason.SERVER_SHUTDOWN
         metrics.connection_ended(self, code)
-        logger.info(
-            "disconnect: %s (user %s), session %s, reason %s, code %s",
-            self.username,
-            self.user_id,
-            self.session_id,
-            self.end_reason.value,
-            code,
-        )
         try:
             # Logs the leaves and the `close` the session row is ended from; a no-op when
             # the sweep ended the connection first (exactly one of them ends it).
