@@ -1,11 +1,12 @@
-"""Sending the Django signals of presence.signals from the event log (Celery task
+"""Sending the Django signals of presence.signals from the event log (the signal sender of
+``manage.py presence_consume``, presence/hooks/readers.py; by hand, the Celery task
 ``presence.send_signals``).
 
 Guarantees (docs/hooks.md):
 
 * **At least once.** Entries are read through the consumer group ``hooks`` and acknowledged
-  (XACK) only after every receiver of every event of the entry returned. A worker killed
-  mid-run leaves its entries pending; the next run reads them again first.
+  (XACK) only after every receiver of every event of the entry returned. A reader killed
+  mid-batch leaves its entries pending; the reader that takes over reads them again first.
 * **In order per user.** Entries are handled in log order. When a receiver raises, the
   user is *held*: that entry and every later entry of the same user stay pending, while
   other users' entries go on. Held users are retried after an exponential back-off with

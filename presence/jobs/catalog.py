@@ -1,9 +1,11 @@
-"""The one list of background jobs: every Celery task of presence, and how beat runs it.
+"""The one list of background jobs: the periodic Celery tasks and the event log's consumers.
 
-Each :class:`Job` says all the code needs to know of a task: its Celery name (the wrappers in
-presence/tasks.py), the short key its lock, run record and period claim use in Redis (the
-``TASK`` of its module), whether beat schedules it and how (``CELERY_BEAT_SCHEDULE`` is built
-from here), and where its runs are shown (``presence_status``, ``/metrics``, the console).
+Each :class:`Job` says all the code needs to know of a job: its kind (periodic: beat runs it;
+consumer: a long-running reader of a consumer group, ``manage.py presence_consume``), its
+Celery name (the wrappers in presence/tasks.py), the short key its lock, run record and
+period claim use in Redis (the ``TASK`` of its module), whether beat schedules it and how
+(``CELERY_BEAT_SCHEDULE`` is built from here), when it is late, and where it is shown
+(``presence_status``, ``/metrics``, ``/readyz``, the console's "Background jobs").
 
 config/settings.py imports this module while the settings load: it imports nothing of the
 project but :mod:`presence.conf`, and that only inside the functions that need it.

@@ -26,10 +26,11 @@ trimmed away, and the close is acknowledged as an orphan.
 Writers. Every web process runs an async :class:`SessionWriter` per event loop (started by
 the consumer's first connection, :func:`ensure_session_writer`): XREADGROUP BLOCK, write,
 XACK, in a loop; entries arriving while a write is in flight make up the next batch, so
-batches grow with load by themselves. Rows appear in the admin within milliseconds. The
-Celery task ``presence.write_sessions`` (:func:`write_sessions`, every
-``PRESENCE_SESSION_LOG_INTERVAL``) is the fallback when no web process is alive, e.g. after
-a ``kill -9`` of the only one: it claims what dead writers left and drains the rest.
+batches grow with load by themselves. Rows appear in the admin within milliseconds.
+``manage.py presence_consume`` runs :class:`SessionHandler` the same way in a long-running
+reader (presence/jobs/consumers.py), whether or not a web process is alive, e.g. after a
+``kill -9`` of the only one: it takes over what dead writers left. The Celery task
+``presence.write_sessions`` (:func:`write_sessions`) is one bounded drain, run by hand.
 
 Durability. The log is trimmed (``MAXLEN ~ PRESENCE_EVENT_LOG_MAXLEN``); an entry trimmed
 before any writer read it is gone (it comes back without fields: counted as ``trimmed`` and
@@ -264,7 +265,7 @@ class SessionLogReport(RunReport):
         }
 
 
-# --------------------------------------------------------------------------- fallback (Celery)
+# --------------------------------------------------------------------------- one drain (Celery)
 def drain_session_log(
     *,
     consumer: str = groups.CONSUMER,
@@ -272,7 +273,7 @@ def drain_session_log(
     budget: float = groups.TIME_BUDGET,
     report: SessionLogReport | None = None,
 ) -> SessionLogReport:
-    """Write what the log holds, synchronously, as ``consumer`` (the Celery fallback).
+    """Write what the log holds, synchronously, as ``consumer`` (one bounded drain).
 
     Takes over entries other writers left unacknowledged for ``PRESENCE_SESSION_LOG_CLAIM_IDLE``,
     retries this consumer's own pending entries, then reads new ones without waiting, until
