@@ -5,7 +5,8 @@ The Celery tasks of the session writer (group ``sessions``), the signal sender (
 and the webhook router (``webhooks``), run by hand for a one-off drain, read the same way:
 one run at a time (a task lock) under a fixed consumer name, so each run first re-reads
 what the previous one read and did not acknowledge (a killed worker, a failing receiver, a
-database error), then new entries, in log order, within a bounded number of batches and seconds. The caller acknowledges what it did.
+database error), then new entries, in log order, within a bounded number of batches and
+seconds. The caller acknowledges what it did.
 """
 
 from __future__ import annotations
