@@ -156,6 +156,8 @@ def _start_consumers(n: int, tmp: Path) -> list[subprocess.Popen[bytes]]:
     env = {
         **os.environ,
         "LOG_LEVEL": "WARNING",
+        # The receiver is on loopback: a deliberate internal receiver (docs/hooks.md).
+        "PRESENCE_WEBHOOK_ALLOWED_HOSTS": "127.0.0.1",
         "http_proxy": "",
         "HTTP_PROXY": "",
         "no_proxy": "127.0.0.1,localhost",

@@ -17,6 +17,7 @@ from django.core.exceptions import ImproperlyConfigured
 
 from presence.conf import AppSettings
 from presence.jobs.catalog import beat_schedule
+from presence.redis_url import celery_broker, channel_layer_host, is_redis_url
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(environ.Env().str("VAR_DIR", default=str(BASE_DIR / "var")))
@@ -85,6 +86,8 @@ MIDDLEWARE = [
     "presence.obs.logs.request_id_middleware",
     "django_prometheus.middleware.PrometheusBeforeMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    # Content-Security-Policy (and a nonce) on every response.
+    "presence.ops.csp.csp_middleware",
     # Static files from the app server itself (no nginx needed): compressed, hashed, cached.
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -144,6 +147,8 @@ REDIS_URL = env.str("REDIS_URL", default="") or (
 )
 if not REDIS_URL:
     REDIS_URL = "redis://127.0.0.1:6379/0"
+# Every Redis URL here may also be redis+sentinel://h1:26379,h2:26379,h3:26379/<master>/<db>
+# (presence/redis_url.py translates it for each library; `manage.py check` explains a bad one).
 
 CHANNEL_LAYERS = {
     "default": {
@@ -152,7 +157,7 @@ CHANNEL_LAYERS = {
             # Connecting may take 2 s. No socket_timeout: on asyncio clients redis-py then
             # wraps sends in wait_for, which can swallow cancellations on Python 3.11; the
             # process's inbox bounds its reads itself (presence/inbox.py).
-            "hosts": [{"address": REDIS_URL, "socket_connect_timeout": 2}],
+            "hosts": [channel_layer_host(REDIS_URL, socket_connect_timeout=2)],
             "capacity": 1000,
             "expiry": 30,
         },
@@ -160,15 +165,44 @@ CHANNEL_LAYERS = {
 }
 
 # --------------------------------------------------------------------------- celery
-CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="") or REDIS_URL
-CELERY_TASK_IGNORE_RESULT = True
+# Unset: the broker is the presence Redis (Sentinel form included); amqp://... is RabbitMQ.
+# The setting holds kombu's spelling of the URL (sentinel://h1/<db>;sentinel://h2/<db> for the
+# Sentinel form, whose master name goes to the transport options).
+_broker_source = env.str("CELERY_BROKER_URL", default="") or REDIS_URL
+CELERY_BROKER_URL, _broker_options = celery_broker(_broker_source)
+if CELERY_BROKER_URL != _broker_source:
+    # Celery prefers the CELERY_BROKER_URL environment variable to this setting
+    # (celery.app.utils.Settings.broker_url): the project's spelling would reach kombu
+    # untranslated. Its read and write URLs come before both.
+    CELERY_BROKER_READ_URL = CELERY_BROKER_WRITE_URL = CELERY_BROKER_URL
+CELERY_TASK_IGNORE_RESULT = True  # no result backend: tasks report through Redis and the DB
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
-CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TIMEZONE = "UTC"
-# Bounded waits on the broker too (kombu's Redis transport polls with short timeouts itself).
-CELERY_BROKER_TRANSPORT_OPTIONS = {"socket_timeout": 10, "socket_connect_timeout": 2}
+# Worker and beat ride out a broker restart or failover: reconnect forever (with kombu's
+# backoff) instead of exiting, also at start-up and after a channel error.
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_BROKER_CONNECTION_RETRY = True
+CELERY_BROKER_CONNECTION_MAX_RETRIES = None
+CELERY_BROKER_CHANNEL_ERROR_RETRY = True
+if is_redis_url(_broker_source):
+    # Bounded waits on the broker too (kombu's Redis transport polls with short timeouts
+    # itself); a Sentinel broker also names its master here.
+    CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, object] = {
+        "socket_timeout": 10,
+        "socket_connect_timeout": 2,
+        **_broker_options,
+    }
+    if _broker_options and _broker_source.lower().startswith("rediss+"):
+        CELERY_BROKER_USE_SSL = {"ssl_cert_reqs": "required"}
+elif _broker_source.lower().startswith(("amqp://", "amqps://", "pyamqp://")):
+    # RabbitMQ: replicated quorum queues (they survive a node's loss), publisher confirms
+    # so a sent task is on the queue before .delay() returns. Celery turns off global QoS
+    # for quorum queues itself (worker_detect_quorum_queues).
+    CELERY_TASK_DEFAULT_QUEUE_TYPE = "quorum"
+    CELERY_TASK_CREATE_MISSING_QUEUE_TYPE = "quorum"
+    CELERY_BROKER_TRANSPORT_OPTIONS = {"confirm_publish": True}
 
 # --------------------------------------------------------------------------- presence
 PORT = env.int("PORT", default=8000)
@@ -201,8 +235,10 @@ _presence_from_env: tuple[tuple[str, Callable[..., object]], ...] = (
     ("PRESENCE_HEARTBEAT_INTERVAL", env.float),
     ("PRESENCE_TTL", env.float),
     ("WS_MAX_MESSAGE_BYTES", env.int),
+    ("PRESENCE_TRUSTED_PROXIES", env.list),  # the Procfile gives uvicorn the same list
     ("PRESENCE_TRUSTED_PROXY_HEADER", env.str),
     ("PRESENCE_ALLOWED_ORIGINS", env.list),
+    ("PRESENCE_CONTENT_SECURITY_POLICY", env.str),
     ("PRESENCE_MAX_CONNECTIONS_PER_USER", env.int),
     ("PRESENCE_MAX_CONNECTIONS_PER_ADDRESS", env.int),
     ("PRESENCE_ADDRESS_CONNECT_RATE", env.float),
@@ -210,6 +246,9 @@ _presence_from_env: tuple[tuple[str, Callable[..., object]], ...] = (
     ("PRESENCE_CONNECT_TIMEOUT", env.float),
     ("PRESENCE_REDIS_SOCKET_TIMEOUT", env.float),
     ("PRESENCE_REDIS_CONNECT_TIMEOUT", env.float),
+    ("PRESENCE_HEARTBEAT_HOLD", env.float),
+    ("PRESENCE_HEARTBEAT_HOLD_MAX", env.int),
+    ("PRESENCE_STORE_WARNING_INTERVAL", env.float),
     ("PRESENCE_KICK_REVOKE_SECONDS", env.int),
     ("PRESENCE_ROOM_AUTHORIZER", env.str),
     ("PRESENCE_RATE_LIMIT", env.float),
@@ -218,6 +257,8 @@ _presence_from_env: tuple[tuple[str, Callable[..., object]], ...] = (
     ("PRESENCE_FLOOD_WINDOW", env.float),
     ("PRESENCE_MAX_ROOMS_PER_CONNECTION", env.int),
     ("PRESENCE_LIST_LIMIT", env.int),
+    ("PRESENCE_API_LIST_ALL_USERS", env.bool),
+    ("PRESENCE_HTTP_REDIS_DEADLINE", env.float),
     ("PRESENCE_TOKEN_MAX_AGE", env.int),
     # Event log and protocol v2 (docs/presence.md).
     ("PRESENCE_EVENT_LOG_MAXLEN", env.int),
@@ -236,6 +277,8 @@ _presence_from_env: tuple[tuple[str, Callable[..., object]], ...] = (
     ("PRESENCE_WEBHOOK_RETRY_FOR", env.float),
     ("PRESENCE_WEBHOOK_RUN_BUDGET", env.float),
     ("PRESENCE_WEBHOOK_KEEP", env.float),
+    ("PRESENCE_WEBHOOK_ALLOWED_HOSTS", env.list),
+    ("PRESENCE_WEBHOOK_ALLOW_PRIVATE", env.bool),
     ("PRESENCE_HOOKS_INTERVAL", env.float),
     ("PRESENCE_HOOKS_BATCH", env.int),
     ("PRESENCE_HOOKS_RETRY_FOR", env.float),
@@ -293,6 +336,27 @@ AUTH_PASSWORD_VALIDATORS = [
 if not DEBUG:
     SESSION_COOKIE_SECURE = env.bool("DJANGO_SECURE_COOKIES", default=True)
     CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
+
+# --------------------------------------------------------------------------- behind a TLS proxy
+# docs/operations.md, "Deploying behind a proxy". Off by default: the proxy usually redirects
+# to https and sends HSTS itself; set them when it does not.
+# The https origin(s) the browser shows, e.g. https://presence.example.com (CSRF compares them).
+CSRF_TRUSTED_ORIGINS = env.list("DJANGO_CSRF_TRUSTED_ORIGINS", default=[])
+# "HTTP_X_FORWARDED_PROTO,https": a request is https when the proxy says so. Only safe when
+# the proxy sets (overwrites) that header and clients cannot reach the server around it.
+_ssl_header = env.list("DJANGO_SECURE_PROXY_SSL_HEADER", default=[])
+if _ssl_header:
+    if len(_ssl_header) != 2:
+        raise ImproperlyConfigured(
+            "DJANGO_SECURE_PROXY_SSL_HEADER is 'HEADER,value', e.g. HTTP_X_FORWARDED_PROTO,https"
+        )
+    SECURE_PROXY_SSL_HEADER = (_ssl_header[0], _ssl_header[1])
+SECURE_HSTS_SECONDS = env.int("DJANGO_SECURE_HSTS_SECONDS", default=0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("DJANGO_SECURE_HSTS_INCLUDE_SUBDOMAINS", default=False)
+SECURE_HSTS_PRELOAD = env.bool("DJANGO_SECURE_HSTS_PRELOAD", default=False)
+SECURE_SSL_REDIRECT = env.bool("DJANGO_SECURE_SSL_REDIRECT", default=False)
+# Probes and scrapes reach the server directly over http: never redirected.
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$", r"^metrics$"]
 
 # --------------------------------------------------------------------------- logging
 # presence/logs.py: request/session/user ids on every line, secrets redacted from every line.

@@ -16,7 +16,6 @@ row is written behind from the event log (presence/jobs/sessionlog.py).
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import time
 import uuid
@@ -29,9 +28,11 @@ from channels.db import database_sync_to_async
 from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 from channels.layers import get_channel_layer
+from django.conf import settings
 from redis.exceptions import RedisError
 
 from presence import store
+from presence.access.addresses import client_address
 from presence.access.auth import TokenAuth, login_hash
 from presence.actions import connections as actions
 from presence.conf import app_settings
@@ -44,7 +45,9 @@ from presence.live.diffs import Event, Pos, dumps
 from presence.live.eventlog import EventLogReader, ensure_reader
 from presence.live.inbox import get_inbox
 from presence.live.ratelimit import FrameLimiter
+from presence.live.switchover import ensure_switchover_watcher
 from presence.obs import metrics
+from presence.obs.logs import store_outage
 from presence.protocol import frames
 from presence.protocol.closecodes import (
     CLOSE_EXPIRED,
@@ -65,22 +68,6 @@ logger = logging.getLogger(__name__)
 
 SUBPROTOCOL_V1 = "presence.v1"
 SUBPROTOCOL_V2 = "presence.v2"
-
-
-def _client_ip(scope: dict[str, Any]) -> str | None:
-    header = app_settings.TRUSTED_PROXY_HEADER.lower().encode()
-    if header:
-        for name, value in scope.get("headers", []):
-            if name == header:
-                # The right-most address is the peer the trusted proxy saw: a proxy appends
-                # to the header, so anything left of it is whatever the client sent.
-                address = value.decode("latin-1").split(",")[-1].strip()
-                try:
-                    return str(ipaddress.ip_address(address))
-                except ValueError:  # not an address: record none rather than a forgery
-                    return None
-    client = scope.get("client")
-    return client[0] if client else None
 
 
 def _header(scope: dict[str, Any], name: bytes) -> str:
@@ -112,6 +99,8 @@ class PresenceConsumer(AsyncWebsocketConsumer):
     # A client frame is being handled: events wait for its reply, so a client always sees
     # the answer to its request before the events it caused (its own room join, say).
     _handling = False
+    # The last status this connection set: what it re-asserts after a store loss.
+    status = "online"
 
     async def connect(self) -> None:
         self.rooms: set[str] = set()
@@ -132,6 +121,10 @@ class PresenceConsumer(AsyncWebsocketConsumer):
         user = self.scope.get("user")
         if user is None or not user.is_authenticated:
             await self.accept(subprotocol=chosen)
+            if await self._cookie_login_revoked():
+                # A kick ended this login session (its row is gone too): say so, as documented.
+                await self.close_with(*REFUSALS["session_revoked"])
+                return
             await self.close_with(CLOSE_UNAUTHORIZED, "unauthorized", "authentication required")
             return
         if not user.is_active:
@@ -156,11 +149,11 @@ class PresenceConsumer(AsyncWebsocketConsumer):
             # retry later, rather than keep a socket that is online for no one. The connect
             # script may have run all the same (a timeout while its answer was on the way):
             # undo it, so the connection does not stay registered until its TTL.
-            logger.warning(
-                "presence store unreachable or slow; refusing connection %s: %r",
-                self.session_id,
-                exc,
-            )
+            if store.is_unavailable(exc):  # an outage: one summary per interval, not per socket
+                metrics.store_unavailable("connect")
+                store_outage.failed("connect", exc)
+            else:
+                logger.warning("refusing connection %s: the store failed: %r", self.session_id, exc)
             self._forget()
             actions.undo_connect(self.conn_ref)
             await self.close_with(CLOSE_TRY_AGAIN, "unavailable", "presence is unavailable")
@@ -192,6 +185,7 @@ class PresenceConsumer(AsyncWebsocketConsumer):
         await ensure_control_watcher()
         self.reader = await ensure_reader()
         await ensure_session_writer()
+        ensure_switchover_watcher()  # Sentinel: follow a new primary at once
         # In the index before the change is logged, so this socket gets its own join;
         # nothing is sent to it before hello (deliver() holds frames until _ready).
         self.reader.register(self)
@@ -200,10 +194,22 @@ class PresenceConsumer(AsyncWebsocketConsumer):
             uid=self.user_id,
             username=self.username,
             channel=self.channel_name,
-            ip=_client_ip(self.scope),
+            ip=client_address(self.scope),
             user_agent=_header(self.scope, b"user-agent"),
             gate=self._gate(),
         )
+
+    async def _cookie_login_revoked(self) -> bool:
+        """Whether the handshake's session cookie names a revoked login session (a kick
+        deletes the session, so the cookie alone no longer authenticates anyone)."""
+        key = (self.scope.get("cookies") or {}).get(settings.SESSION_COOKIE_NAME, "")
+        if not key:
+            return False
+        try:
+            async with store.bounded():
+                return await store.alogin_revoked(store.get_async_redis(), login_hash(key))
+        except (RedisError, OSError, TimeoutError):
+            return False  # refused either way: "unauthorized" then
 
     def _gate(self) -> store.ConnectGate:
         """The configured limits, with what this handshake's credentials are."""
@@ -295,6 +301,17 @@ class PresenceConsumer(AsyncWebsocketConsumer):
     def conn_ref(self) -> store.ConnRef:
         """This connection as the store sees it."""
         return store.ConnRef(self.session_id, self.user_id, tuple(sorted(self.rooms)))
+
+    def liveness(self) -> store.Liveness:
+        """What this open socket proves, for a store that lost it (actions/recovery.py)."""
+        return store.Liveness(
+            conn=self.conn_ref,
+            username=self.username,
+            channel=self.channel_name,
+            status=self.status,
+            ip=_client_ip(self.scope) or "",
+            login=self._gate().login,
+        )
 
     async def dispatch(self, message: dict[str, Any]) -> None:
         """Route an ASGI or channel-layer message to its handler method.

@@ -1,13 +1,16 @@
-"""Health checks: liveness (no dependencies) and readiness (database, Redis, channel layer, tasks).
+"""Health checks: liveness (no dependencies) and readiness (database, Redis, channel layer,
+broker, tasks).
 
 ``/healthz`` answers as long as the process serves requests. ``/readyz`` checks, concurrently
 and each within ``CHECK_TIMEOUT``: a ``SELECT 1`` on the database, a ``PING`` to the presence
-Redis, a message sent and received through the channel layer, and the age of the last
-successful sweep and flush. It is not ready (503) when a dependency fails or the last sweep
-is older than ``PRESENCE_READY_SWEEP_MAX_AGE`` (0 turns that check off): without sweeps,
-vanished clients would stay online forever. The flush's age is reported, never fatal; so
-are the event-log consumers' (``stale`` after ``catalog.CONSUMER_LATE`` without a read): a
-web process serves sockets without them, and the PresenceConsumerStalled alert watches them.
+Redis, a message sent and received through the channel layer, a connection to the Celery
+broker, and the age of the last successful sweep and flush. It is not ready (503, the failing
+dependencies listed in ``degraded``) when a dependency fails (for instance during a Redis
+failover or a broker restart; ready again once it answers) or the last sweep is older than
+``PRESENCE_READY_SWEEP_MAX_AGE`` (0 turns that check off): without sweeps, vanished clients
+would stay online forever. The flush's age is reported, never fatal; so are the event-log
+consumers' (``stale`` after ``catalog.CONSUMER_LATE`` without a read): a web process serves
+sockets without them, and the PresenceConsumerStalled alert watches them.
 """
 
 from __future__ import annotations
@@ -26,10 +29,13 @@ from presence import store
 from presence.conf import app_settings
 from presence.jobs import catalog, periodic
 
-# Seconds each check may take before it counts as failed.
-CHECK_TIMEOUT = 2.0
-# The jobs whose last success /readyz reports (one Redis pipeline).
+# Seconds each check may take before it counts as failed. A probe hanging on a paused or
+# failing-over dependency must not make the probe itself time out (orchestrators give ~1-5 s).
+CHECK_TIMEOUT = 1.0
+# The jobs whose last success /readyz reports (one Redis pipeline); only the sweep's and the
+# flush's can make it unready (the flush's never does: no threshold).
 READ_TASKS = ("sweep", "flush", *(job.key for job in catalog.consumers()))
+FATAL_TASKS = ("sweep", "flush")
 
 
 class CheckResult(TypedDict):
@@ -54,6 +60,7 @@ class Readiness(TypedDict):
     ready: bool
     checks: dict[str, CheckResult]
     tasks: dict[str, TaskAge]
+    degraded: list[str]  # the failing checks and stale tasks, by name
 
 
 def _db_ping() -> None:
@@ -83,6 +90,27 @@ async def check_channel_layer() -> None:
     message = await layer.receive(name)
     if message.get("type") != "readyz.ping":
         raise RuntimeError(f"channel layer returned {message!r}")
+
+
+def _broker_ping() -> None:
+    from celery import current_app
+
+    # The connection web processes send tasks on; a fresh one, so that a dead broker is
+    # found out (pooled connections are only checked when used). Redis: connecting PINGs
+    # (through the sentinels for the Sentinel form); AMQP: the handshake.
+    options = {"socket_timeout": CHECK_TIMEOUT, "socket_connect_timeout": CHECK_TIMEOUT}
+    connection = current_app.connection_for_write(
+        connect_timeout=CHECK_TIMEOUT, transport_options=options
+    )
+    try:
+        connection.connect()
+    finally:
+        connection.release()
+
+
+async def check_broker() -> None:
+    """Connect to the Celery broker (Redis, Redis behind Sentinel or RabbitMQ)."""
+    await asyncio.to_thread(_broker_ping)
 
 
 async def _timed(check: Callable[[], Awaitable[None]]) -> CheckResult:
@@ -118,9 +146,12 @@ def task_ages(runs: dict[str, periodic.TaskRun], now: float) -> dict[str, TaskAg
 
 async def readiness() -> Readiness:
     """Run every check concurrently; ``ready`` only when all pass and the sweep is fresh."""
-    names = ("database", "redis", "channel_layer")
+    names = ("database", "redis", "channel_layer", "broker")
     results = await asyncio.gather(
-        _timed(check_database), _timed(check_redis), _timed(check_channel_layer)
+        _timed(check_database),
+        _timed(check_redis),
+        _timed(check_channel_layer),
+        _timed(check_broker),
     )
     checks = dict(zip(names, results, strict=True))
     runs: dict[str, periodic.TaskRun] = {}
@@ -132,9 +163,9 @@ async def readiness() -> Readiness:
         except Exception as exc:
             checks["redis"] = {"ok": False, "latency_ms": 0.0, "error": f"task runs: {exc}"}
     ages = task_ages(runs, time.time())
-    fatal = ("sweep", "flush")
-    ready = all(c["ok"] for c in checks.values()) and not any(ages[t]["stale"] for t in fatal)
-    return {"ready": ready, "checks": checks, "tasks": ages}
+    degraded = [name for name, c in checks.items() if not c["ok"]]
+    degraded += [name for name in FATAL_TASKS if ages[name]["stale"]]
+    return {"ready": not degraded, "checks": checks, "tasks": ages, "degraded": degraded}
 
 
 def liveness() -> dict[str, Any]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from presence.store.blocks import (
     ConnTarget,
+    alogin_revoked,
     clear_user_block,
     connection_login,
     revoke_login,
@@ -33,15 +34,20 @@ from presence.store.clients import (
     reset_clients,
 )
 from presence.store.connections import (
+    HB_ALIVE,
+    HB_ENDED,
+    HB_LOST,
     ConnectGate,
     ConnectResult,
     ConnRef,
     EndResult,
+    Liveness,
     add_counters,
     connect,
     end_connections,
     end_swept_connections,
     heartbeat_many,
+    reassert,
 )
 from presence.store.console import (
     CONSOLE_CONNS_PER_USER,
@@ -62,6 +68,12 @@ from presence.store.control import (
     aread_handler_control,
     publish_disabled_handlers,
     read_handler_control,
+)
+from presence.store.faults import (
+    TRANSIENT_REPLIES,
+    StoreTimeoutError,
+    StoreUnavailableError,
+    is_unavailable,
 )
 from presence.store.groups import (
     BACKLOG_PAGE,
@@ -141,6 +153,7 @@ from presence.store.processes import (
 )
 from presence.store.reads import (
     alist_online,
+    auser_presence,
     list_online,
     user_presence,
 )
@@ -168,18 +181,23 @@ from presence.store.stats import (
     latency_bucket,
     message_field,
 )
+from presence.store.switchover import await_switch, drop_async_connections
 
 __all__ = [
     "BACKLOG_PAGE",
     "CLAIM_ROUNDS",
     "CONSOLE_CONNS_PER_USER",
     "GROUPS",
+    "HB_ALIVE",
+    "HB_ENDED",
+    "HB_LOST",
     "HOOKS_GROUP",
     "LATENCY_BUCKETS",
     "PROCESS_CONNS_SLICE",
     "PROCESS_LIST_MAX",
     "PUBLISH_ATTEMPTS",
     "SESSION_LOG_GROUP",
+    "TRANSIENT_REPLIES",
     "WEBHOOKS_GROUP",
     "ClaimBatch",
     "ConnRef",
@@ -194,10 +212,13 @@ __all__ = [
     "HandlerControl",
     "HookHold",
     "Keys",
+    "Liveness",
     "LogEntry",
     "LuaScript",
     "ScrapeReadings",
     "Snapshot",
+    "StoreTimeoutError",
+    "StoreUnavailableError",
     "SweepClaim",
     "aack_group",
     "ack_group",
@@ -208,10 +229,13 @@ __all__ = [
     "aensure_group",
     "alist_online",
     "alist_page",
+    "alogin_revoked",
     "aoldest_pending",
     "aread_group",
     "aread_handler_control",
     "aremove_process",
+    "auser_presence",
+    "await_switch",
     "bounded",
     "claim_expired",
     "claim_group",
@@ -231,6 +255,7 @@ __all__ = [
     "console_recent_events",
     "console_statuses",
     "console_users",
+    "drop_async_connections",
     "end_connections",
     "end_swept_connections",
     "ensure_group",
@@ -245,6 +270,7 @@ __all__ = [
     "handler_call_fields",
     "handler_error_field",
     "heartbeat_many",
+    "is_unavailable",
     "keys",
     "known_connections",
     "latency_bucket",
@@ -269,6 +295,7 @@ __all__ = [
     "read_task_run",
     "read_task_runs",
     "read_webhook_backlog",
+    "reassert",
     "record_task_run",
     "release_stats_claim",
     "release_task_lock",
