@@ -93,8 +93,17 @@ TABLE_KEYS = {
         "reconnect_s",
         "reconnect_converge_s",
         "connect_frames_per_client",
+        "connect_server_cpu_ms_per_connect",
+        "reconnect_server_cpu_ms_per_connect",
+        "drop_online_zero_s",
+        "drop_give_up_lines",
+        "server_kib_per_connection",
+        "gc_max_pause_ms",
+        "gc_pauses_over_50ms",
     ],
     "bigroom_room": [
+        "fill_s",
+        "fill_errors",
         "redis_commands_per_join",
         "frames_per_join",
         "reply_ms_max_join",
@@ -140,6 +149,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action=argparse.BooleanOptionalAction,
         default=True,
         help="platform clients sync and track their views (--no-storm-views: hellos only)",
+    )
+    g.add_argument(
+        "--storm-auth",
+        choices=("cookie", "token"),
+        default="cookie",
+        help="how platform clients authenticate: a session cookie (the browser's path) or a token",
     )
     g = p.add_argument_group("bigroom")
     g.add_argument("--room-sizes", help="members before the probes join (10,2000)")
@@ -246,6 +261,8 @@ def _specs(args: argparse.Namespace, tmp: Path) -> dict[str, ServerSpec]:
                 "PRESENCE_GLOBAL_EVENTS": "false",
                 # A presence.sync must list every user or no view can converge.
                 "PRESENCE_LIST_LIMIT": "1000000",
+                # The collector's pauses, written to the log at exit (presence/live/gctune.py).
+                "PRESENCE_GC_REPORT": "1",
             },
         ),
         CEILING: ServerSpec(CEILING, "bench.ceiling_asgi:application", port(2), python),
@@ -303,7 +320,8 @@ def _table_keys(scenario: str, args: argparse.Namespace, summary: dict[str, Any]
                 if key.startswith("room_")
             }
         )
-        return [f"room_{s}.{k}" for s in sizes for k in TABLE_KEYS["bigroom_room"]]
+        rooms = [f"room_{s}.{k}" for s in sizes for k in TABLE_KEYS["bigroom_room"]]
+        return [*rooms, "gc_max_pause_ms", "gc_pauses_over_50ms"]
     return TABLE_KEYS.get(scenario, [])
 
 
@@ -375,7 +393,24 @@ def check_targets(summary: dict[str, Any], args: argparse.Namespace) -> list[dic
         done = get("storm", PLATFORM, f"{phase}_converged")
         ok = s is not None and bool(done) and s <= 5
         check(f"storm {phase}: v2 views converge <= 5 s", s, ok, f"{s} s, converged={bool(done)}")
+    for phase in ("connect", "reconnect"):
+        r = ratio("storm", f"{phase}_server_cpu_ms_per_connect")
+        ms = get("storm", PLATFORM, f"{phase}_server_cpu_ms_per_connect")
+        ok = r is not None and r <= 2
+        check(f"storm {phase}: server CPU per connect <= 2x floor", r, ok, f"{ms} ms, {_fmt(r)}x")
+    zero = get("storm", PLATFORM, "drop_online_zero_s")
+    lines = get("storm", PLATFORM, "drop_give_up_lines")
+    ok = zero is not None and 0 <= zero <= 2 and lines == 0
+    check("storm drop-all: online 0 within 2 s, no give-up line", zero, ok, f"{zero} s, {lines}")
     small, big = args.room_sizes[0], args.room_sizes[-1]
+    fill = get("bigroom", PLATFORM, f"room_{big}.fill_s")
+    errors = get("bigroom", PLATFORM, f"room_{big}.fill_errors")
+    ok = fill is not None and fill < 10 and errors == 0
+    check(f"bigroom: fill {big} from empty < 10 s, 0 errors", fill, ok, f"{fill} s, {errors}")
+    a = get("bigroom", PLATFORM, f"room_{small}.redis_commands_per_join")
+    b = get("bigroom", PLATFORM, f"room_{big}.redis_commands_per_join")
+    ok = a is not None and b is not None and abs(b - a) <= 0.2 * a
+    check(f"bigroom: commands per join at {big} within 20% of {small}", b, ok, f"{a} vs {b}")
     for event in ("join", "leave"):
         a = get("bigroom", PLATFORM, f"room_{small}.redis_commands_per_{event}")
         b = get("bigroom", PLATFORM, f"room_{big}.redis_commands_per_{event}")

@@ -235,6 +235,21 @@ class AppSettings:
         return float(self._get("PRESENCE_STORE_WARNING_INTERVAL", 10.0))
 
     @property
+    def END_BATCH_MAX(self) -> int:
+        """Most closed connections removed by one end script call (presence/live/endings.py)."""
+        return int(self._get("PRESENCE_END_BATCH_MAX", 200))
+
+    @property
+    def END_QUEUE_MAX(self) -> int:
+        """Connection ends one process holds unwritten before a closing socket waits for room."""
+        return int(self._get("PRESENCE_END_QUEUE_MAX", 20_000))
+
+    @property
+    def END_DRAIN_TIMEOUT(self) -> float:
+        """Seconds a graceful shutdown waits for queued connection ends to be written."""
+        return float(self._get("PRESENCE_END_DRAIN_TIMEOUT", 4.0))
+
+    @property
     def COUNTER_FLUSH_INTERVAL(self) -> float:
         """Seconds buffered message counters wait for a heartbeat batch to ride along with."""
         return float(self._get("PRESENCE_COUNTER_FLUSH_INTERVAL", 1.0))

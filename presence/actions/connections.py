@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from channels.layers import BaseChannelLayer, get_channel_layer
@@ -18,6 +18,7 @@ from channels.layers import BaseChannelLayer, get_channel_layer
 from presence import store
 from presence.live.batching import get_writer
 from presence.live.diffs import dumps
+from presence.live.endings import get_end_queue
 
 logger = logging.getLogger(__name__)
 
@@ -91,6 +92,29 @@ async def _undo_connect(conn: store.ConnRef) -> None:
             return
 
 
+def undo_join(conn: store.ConnRef, room: str, *, unwanted: Callable[[], bool]) -> None:
+    """Take a connection out of ``room`` after a join whose outcome is unknown (its answer
+    was lost); in the background, retried like :func:`undo_connect` while ``unwanted()``
+    (a later join of the same room by the client stops it). A no-op when the join never
+    landed; a leave is logged when it did."""
+    task = asyncio.get_running_loop().create_task(_undo_join(conn, room, unwanted))
+    _undoing.add(task)
+    task.add_done_callback(_undoing.discard)
+
+
+async def _undo_join(conn: store.ConnRef, room: str, unwanted: Callable[[], bool]) -> None:
+    waited = 0.0
+    for at in UNDO_CONNECT_AFTER:
+        await asyncio.sleep(at - waited)
+        waited = at
+        if not unwanted():
+            return
+        try:
+            await store.room_leave(store.get_async_redis(), conn, room)
+        except Exception as exc:  # Redis still down: the key expiry or the sweep ends it
+            logger.info("undoing join of %s to %s: %r", conn.cid, room, exc)
+
+
 async def do_heartbeat(conn: store.ConnRef) -> int:
     """Refresh a connection through the batched hot path: ``store.HB_ALIVE``; ``HB_ENDED``
     when its session ended; ``HB_LOST`` when the store lost it (presence/actions/recovery.py).
@@ -118,10 +142,14 @@ async def do_set_status(conn: store.ConnRef, status: str, *, username: str) -> s
     )
 
 
-async def do_end_connection(conn: store.ConnRef, *, reason: str) -> store.EndResult:
-    """Remove a closed connection at once; its leaves and ``close`` (``reason``) are logged."""
-    (result,) = await store.end_connections(store.get_async_redis(), [conn], reason=reason)
-    return result
+async def do_end_connection(conn: store.ConnRef, *, reason: str) -> store.EndResult | None:
+    """Remove a closed connection; its leaves and ``close`` (``reason``) are logged.
+
+    Through the process's end queue (presence/live/endings.py): ends that arrive together
+    share one script call, and one that cannot be written now is retried until Redis answers.
+    Returns its result when written within the store's bound, else None (still queued).
+    """
+    return await get_end_queue().end(conn, reason=reason)
 
 
 async def do_broadcast(room: str, frame: dict[str, Any]) -> None:

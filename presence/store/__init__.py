@@ -133,9 +133,12 @@ from presence.store.keys import (
 )
 from presence.store.log import (
     LogEntry,
+    Members,
     Snapshot,
+    adetails,
     alist_page,
     log_position,
+    members,
     read_log,
     snapshots,
 )
@@ -215,6 +218,7 @@ __all__ = [
     "Liveness",
     "LogEntry",
     "LuaScript",
+    "Members",
     "ScrapeReadings",
     "Snapshot",
     "StoreTimeoutError",
@@ -226,6 +230,7 @@ __all__ = [
     "aclaim_group",
     "acquire_task_lock",
     "add_counters",
+    "adetails",
     "aensure_group",
     "alist_online",
     "alist_page",
@@ -278,6 +283,7 @@ __all__ = [
     "list_stats_claims",
     "live_connections_page",
     "log_position",
+    "members",
     "message_field",
     "now_ms",
     "oldest_pending",
