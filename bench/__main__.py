@@ -10,7 +10,8 @@ with identical uvicorn flags and driven by the same multi-process load client:
 - peer:     django-channels-presence 1.0.0 (bench/peer_asgi.py), when it installs.
 
 Scenarios (docs/performance.md explains each): store, saturation, steady, storm, bigroom,
-profiling (platform only: saturation without and with a CPU profile running in the process).
+profiling (platform only: saturation without and with a CPU profile running in the process)
+and hooks (the platform alone: event log to webhook POST and to session row, bench/hooks.py).
 It prints one JSON line per (scenario, server), then the ratios against the floor and the
 targets, and writes everything to bench/results/<timestamp>.json. It starts its own
 redis-server and uses a throw-away SQLite database; ``--port-base`` and ``--redis-port``
@@ -132,7 +133,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--scenarios",
         default="store,saturation,steady,storm,bigroom",
-        help="comma-separated subset of store,saturation,steady,storm,bigroom,profiling",
+        help="comma-separated subset of store,saturation,steady,storm,bigroom,profiling,hooks "
+        "(profiling and hooks are not in the default set: --scenarios hooks)",
     )
     p.add_argument("--repeat", type=int, default=1, help="runs per pair, alternating order")
     p.add_argument("--workers", type=int, default=4, help="load-client processes")
@@ -217,7 +219,9 @@ def _setup(tmp: Path, redis_url: str) -> None:
     os.environ.update(
         {
             "REDIS_URL": redis_url,
-            "DATABASE_URL": f"sqlite:///{tmp / 'bench.sqlite3'}",
+            # BENCH_DATABASE_URL: an empty database of the caller's instead (PostgreSQL).
+            "DATABASE_URL": os.environ.get("BENCH_DATABASE_URL")
+            or f"sqlite:///{tmp / 'bench.sqlite3'}",
             "DJANGO_SETTINGS_MODULE": "config.settings",
             # Production mode: no per-query debug bookkeeping in the servers.
             "DJANGO_DEBUG": "false",
@@ -435,6 +439,12 @@ def check_targets(summary: dict[str, Any], args: argparse.Namespace) -> list[dic
             ok,
             f"{a} vs {b}",
         )
+    if "hooks" in args.scenarios:
+        from bench import hooks
+
+        for record in getattr(args, "hook_records", []):
+            for name, ok, measured in hooks.targets(record):
+                check(name, 1.0, ok, measured)
     return checks
 
 
@@ -486,8 +496,16 @@ def main(argv: list[str] | None = None) -> None:
             args.storm_clients if "storm" in args.scenarios else 0,
             args.sat_connections,
             args.room_sizes[-1] + args.room_probes,
+            200 if "hooks" in args.scenarios else 0,  # bench/hooks.py USERS
         )
         uids = _create_users(wanted)
+        if "hooks" in args.scenarios:
+            from bench import hooks
+
+            record = {"scenario": "hooks", "server": PLATFORM, "repeat": 0}
+            record["result"] = hooks.run_hooks(args, uids[: hooks.USERS], tmp)
+            records.append(record)
+            print(json.dumps(record), flush=True)
         servers = [s for s in SERVER_NAMES if s in args.servers]
         not_run: dict[str, str] = {}
         if PEER in servers:
@@ -502,7 +520,7 @@ def main(argv: list[str] | None = None) -> None:
         for repeat in range(args.repeat):
             order = servers if repeat % 2 == 0 else servers[::-1]
             for scenario in args.scenarios:
-                if scenario == "store":
+                if scenario in ("store", "hooks"):
                     continue
                 for name in order:
                     record = {"scenario": scenario, "server": name, "repeat": repeat}
@@ -516,6 +534,7 @@ def main(argv: list[str] | None = None) -> None:
             fleet.stop()
         redis_server.stop()
     summary = summarize(records)
+    args.hook_records = [r["result"] for r in records if r["scenario"] == "hooks" and "result" in r]
     checks = check_targets(summary, args)
     print()
     for line in ratio_table(summary, args):

@@ -22,7 +22,7 @@ from typing import Any
 from .loadclient import Fleet, view_hash
 from .servers import PEER, PLATFORM, RedisProbe, Server, ServerSpec, cpu_seconds, rss_kib, settle
 
-SCENARIOS = ("store", "saturation", "steady", "storm", "bigroom", "profiling")
+SCENARIOS = ("store", "saturation", "steady", "storm", "bigroom", "profiling", "hooks")
 
 
 @dataclass

@@ -286,13 +286,9 @@ class AppSettings:
 
     @property
     def SESSION_LOG_CLAIM_IDLE(self) -> float:
-        """Seconds an entry read but not acknowledged waits before another writer takes it."""
+        """Seconds an entry read but not acknowledged waits before another reader of its group
+        takes it over (XAUTOCLAIM): every event-log consumer (sessions, hooks, webhooks)."""
         return float(self._get("PRESENCE_SESSION_LOG_CLAIM_IDLE", 10.0))
-
-    @property
-    def SESSION_LOG_INTERVAL(self) -> float:
-        """Seconds between runs of the Celery fallback writer ``presence.write_sessions``."""
-        return float(self._get("PRESENCE_SESSION_LOG_INTERVAL", 2.0))
 
     @property
     def REAP_INTERVAL(self) -> float:
@@ -378,8 +374,9 @@ class AppSettings:
 
     @property
     def WEBHOOK_BATCH_WINDOW(self) -> float:
-        """Seconds an event may wait for a fuller batch before its endpoint is sent a POST."""
-        return float(self._get("PRESENCE_WEBHOOK_BATCH_WINDOW", 1.0))
+        """Seconds a lone event may be held for a fuller batch (0: sent at once; events that
+        pile up while a POST is in flight make the next batch either way)."""
+        return float(self._get("PRESENCE_WEBHOOK_BATCH_WINDOW", 0.0))
 
     @property
     def WEBHOOK_TIMEOUT(self) -> float:
