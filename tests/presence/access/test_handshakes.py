@@ -81,7 +81,7 @@ async def test_concurrent_handshakes_share_two_queries_and_keep_djangos_rules(
     assert outcomes == {
         "alice": users["alice"].pk,
         "bob": users["bob"].pk,
-        "carol": "unauthorized",
+        "carol": "session_revoked",  # logged out: her login is revoked (docs/protocol.md)
         "dave": "unauthorized",
         "erin": "unauthorized",
         "nobody": "unauthorized",

@@ -28,6 +28,7 @@ from pytest_django.fixtures import Settings
 from config.embedded_redis import RedisServer
 from presence import consumers, store
 from presence.access.auth import mint_token
+from presence.live import inbox
 from presence.live.batching import HotPathWriter, get_writer
 from presence.obs.logs import store_outage
 from sessions_app.models import ConnectionSession
@@ -182,6 +183,13 @@ async def sql() -> AsyncIterator[QueryCounter]:
     yield counter
     connection_created.disconnect(counter.on_connection_created)
     counter.uninstall()
+
+
+@pytest.fixture(autouse=True)
+def _no_inbox_probe(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The inbox pings the channel layer's Redis after 10 s without a message (a keyless PING
+    # the command log cannot tell from a client's): on a slow machine a test outlasts that.
+    monkeypatch.setattr(inbox, "PROBE_INTERVAL", 3600.0)
 
 
 @pytest.fixture(autouse=True)
