@@ -219,6 +219,8 @@ _presence_from_env: tuple[tuple[str, Callable[..., object]], ...] = (
     ("PRESENCE_MAX_ROOMS_PER_CONNECTION", env.int),
     ("PRESENCE_LIST_LIMIT", env.int),
     ("PRESENCE_TOKEN_MAX_AGE", env.int),
+    ("PRESENCE_ACTIVITY_RESOLUTION", env.float),
+    ("PRESENCE_API_TOKENS", _secret),  # comma-separated, read verbatim
     # Event log and protocol v2 (docs/presence.md).
     ("PRESENCE_EVENT_LOG_MAXLEN", env.int),
     ("PRESENCE_DIFF_WINDOW", env.float),

@@ -145,6 +145,19 @@ class AppSettings:
         return int(self._get("PRESENCE_LIST_LIMIT", 1000))
 
     @property
+    def ACTIVITY_RESOLUTION(self) -> float:
+        """Seconds between two writes of a user's ``last_active`` (``activity`` frames)."""
+        return float(self._get("PRESENCE_ACTIVITY_RESOLUTION", 60.0))
+
+    @property
+    def API_TOKENS(self) -> list[str]:
+        """Bearer tokens of server-to-server callers of ``POST /api/presence/status/``."""
+        value = self._get("PRESENCE_API_TOKENS", [])
+        if isinstance(value, str):
+            value = value.split(",")
+        return [t.strip() for t in value if t.strip()]
+
+    @property
     def TOKEN_MAX_AGE(self) -> int:
         """Seconds a WebSocket token from ``POST /api/presence/token/`` stays valid."""
         return int(self._get("PRESENCE_TOKEN_MAX_AGE", 60))

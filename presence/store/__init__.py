@@ -166,6 +166,7 @@ from presence.store.stats import (
     latency_bucket,
     message_field,
 )
+from presence.store.status import UserStatus, ausers_status, users_status
 
 __all__ = [
     "BACKLOG_PAGE",
@@ -197,6 +198,7 @@ __all__ = [
     "ScrapeReadings",
     "Snapshot",
     "SweepClaim",
+    "UserStatus",
     "aack_group",
     "ack_group",
     "ack_swept",
@@ -210,6 +212,7 @@ __all__ = [
     "aread_group",
     "aread_handler_control",
     "aremove_process",
+    "ausers_status",
     "bounded",
     "claim_expired",
     "claim_group",
@@ -287,5 +290,6 @@ __all__ = [
     "user_block_ttl_ms",
     "user_connection_targets",
     "user_presence",
+    "users_status",
     "write_webhook_backlog",
 ]

@@ -102,7 +102,7 @@ async def connect(
         *(k.conns, k.users, k.stats, k.conn(cid), k.conn_rooms(cid)),
         *(k.user(uid), k.user_conns(uid), k.events),
         *(k.addr_conns(ip), k.addr_rate(ip), k.user_block(uid), k.user_revoked(uid)),
-        *(k.login_revoked(g.login), k.token_used(g.token_id)),
+        *(k.login_revoked(g.login), k.token_used(g.token_id), k.active),
     ]
     args = [now or now_ms(), ttl_ms(), grace_ms(), cid, uid, username, channel]
     args += [log_maxlen(), ip, user_agent[:512]]
@@ -116,13 +116,16 @@ async def connect(
 
 # --------------------------------------------------------------------------- heartbeat
 def _plan_heartbeat(
-    conns: Sequence[ConnRef], counters: Mapping[str, int], now: int
+    conns: Sequence[ConnRef], counters: Mapping[str, int], active: Mapping[int, int], now: int
 ) -> tuple[list[str], list[Any]]:
     k = keys()
-    ks = k.fixed()
+    ks = [*k.fixed(), k.active]
     args: list[Any] = [now, ttl_ms(), grace_ms(), len(counters)]
     for name, inc in counters.items():
         args += [name, inc]
+    args.append(len(active))
+    for uid, at in active.items():
+        args += [uid, at]
     args.append(len(conns))
     for c in conns:
         ks += k.conn_group(c.cid, c.uid, c.rooms)
@@ -136,13 +139,17 @@ async def heartbeat_many(
     counters: Mapping[str, int] | None = None,
     *,
     now: int | None = None,
+    active: Mapping[int, int] | None = None,
 ) -> list[bool]:
     """Refresh many connections (and add buffered counters) in one round trip.
+
+    ``active``: uid -> Unix seconds of the users' latest ``activity`` frames, written in the
+    same call (``last_active`` rides with the heartbeats, never a round trip of its own).
 
     WARNING: this is the hot path. One EVALSHA, no other Redis command, no SQL.
     Returns, per connection, whether it is still known (False: its session ended).
     """
-    ks, args = _plan_heartbeat(conns, counters or {}, now or now_ms())
+    ks, args = _plan_heartbeat(conns, counters or {}, active or {}, now or now_ms())
     result = await script("heartbeat").arun(client, ks, args)
     return [int(r) == 1 for r in result]
 

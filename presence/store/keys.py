@@ -37,6 +37,7 @@ key                             type   content
 ``{P}:proc:<id>``               HASH   one web process's record (host, pid, sockets, ...)
 ``{P}:proc:<id>:conns``         SET    connection ids the process holds a socket for
 ``{P}:reconcile:last``          HASH   last ghost reconciliation (ghosts, scanned, ...)
+``{P}:active``                  ZSET   uid -> last activity (Unix s): connect, ``activity``
 ==============================  =====  ==================================================
 
 Scores, not key TTLs, decide who is online: a member counts while its score is in the
@@ -77,6 +78,12 @@ class Keys:
     def events(self) -> str:
         """The presence event log (a stream); see presence/live/eventlog.py and docs/presence.md."""
         return f"{self.tag}:events"
+
+    @property
+    def active(self) -> str:
+        """When each user was last active (Unix seconds): set by a connect and by ``activity``
+        frames (presence/live/batching.py), read by the bulk status and the watch list."""
+        return f"{self.tag}:active"
 
     @property
     def sweeping_exp(self) -> str:

@@ -16,6 +16,7 @@ KEYS[11] {P}:user:<uid>:block STR   reason; set with an expiry by an operator's 
 KEYS[12] {P}:user:<uid>:revoked STR ms: credentials issued before it are refused (a kick)
 KEYS[13] {P}:login:<hash>:revoked STR set while a login session is revoked (logout, kick)
 KEYS[14] {P}:token:<id>       STR   a single-use token's mark, once presented
+KEYS[15] {P}:active           ZSET  uid -> last activity (Unix s): a connect is activity
 
 ARGV[1] now (ms)   ARGV[2] ttl (ms)   ARGV[3] key grace (ms)
 ARGV[4] cid        ARGV[5] uid        ARGV[6] username   ARGV[7] channel name
@@ -61,7 +62,7 @@ local cid, uid, username = ARGV[4], ARGV[5], ARGV[6]
 -- wrong type) before it is the script's first write, and the string keys are only tested
 -- (EXISTS, GET) or set with NX, which writes nothing over a key of another type.
 expect_types({KEYS[1], 'zset', KEYS[2], 'zset', KEYS[3], 'hash', KEYS[4], 'hash',
-  KEYS[5], 'set', KEYS[6], 'hash', KEYS[7], 'zset', KEYS[9], 'zset'})
+  KEYS[5], 'set', KEYS[6], 'hash', KEYS[7], 'zset', KEYS[9], 'zset', KEYS[15], 'zset'})
 local live_before = redis.call('ZCOUNT', KEYS[7], '(' .. now, '+inf')
 log_open(KEYS[8], ARGV[8], now)
 
@@ -129,6 +130,8 @@ redis.call('ZADD', KEYS[1], exp, cid)
 redis.call('ZADD', KEYS[2], 'GT', exp, uid)
 redis.call('ZADD', KEYS[7], exp, cid)
 redis.call('PEXPIREAT', KEYS[7], keyexp)
+-- GT: an activity written with a later time (another process's batch) is never moved back.
+redis.call('ZADD', KEYS[15], 'GT', math.floor(now / 1000), uid)
 
 redis.call('HSET', KEYS[6], 'username', username)
 if live_before == 0 then

@@ -21,6 +21,7 @@ from presence.handlers.registry import code_version
 
 BUILTINS = {
     "heartbeat",
+    "activity",
     "status.set",
     "room.join",
     "room.leave",

@@ -45,7 +45,7 @@ def connect_command(sha: str, cid: str, uid: int, now: int) -> list[Any]:
     ks = [k.conns, k.users, k.stats, k.conn(cid), k.conn_rooms(cid), k.user(uid)]
     ks += [k.user_conns(uid), k.events]
     ks += [k.addr_conns("192.0.2.1"), k.addr_rate("192.0.2.1"), k.user_block(uid)]
-    ks += [k.user_revoked(uid), k.login_revoked(""), k.token_used("")]
+    ks += [k.user_revoked(uid), k.login_revoked(""), k.token_used(""), k.active]
     args = [now, TTL_MS, GRACE_MS, cid, uid, f"user{uid}", "ch", 1_000, "192.0.2.1", "UA"]
     args += [0, 0, 0, 0, 0, "", 0, "", k.conn_prefix]
     return ["EVALSHA", sha, len(ks), *ks, *args]

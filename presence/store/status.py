@@ -1,0 +1,75 @@
+"""Many users' presence at once: online, status and last activity, in one round trip.
+
+The bulk status of the HTTP API (``POST /api/presence/status/``) and the watch list's
+reply read through here. Whatever the number of users, it is ONE round trip: a
+``MULTI``/``EXEC`` block (every key shares the deployment's hash tag, and the answer is one
+consistent moment) of a ``ZMSCORE`` of the activity index, then per user an ``HGET`` of the
+status and a ``ZCOUNT`` of the live connections (the same test of "online" as the listings:
+a connection counts while its expiry is in the future).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+import redis.asyncio as aredis
+
+from presence.store.clients import now_ms
+from presence.store.keys import keys
+
+
+@dataclass(frozen=True)
+class UserStatus:
+    """One user's presence as the store knows it (``last_seen`` lives in the session rows)."""
+
+    uid: int
+    online: bool
+    status: str  # "offline" when not online
+    connections: int
+    last_active: int | None  # Unix seconds of the last connect or activity; None: never
+
+
+def _queue(pipe: Any, uids: Sequence[int], now: int) -> None:
+    k = keys()
+    pipe.zmscore(k.active, [str(u) for u in uids])
+    for uid in uids:
+        pipe.hget(k.user(uid), "status")
+        pipe.zcount(k.user_conns(uid), f"({now}", "+inf")
+
+
+def _format(uids: Sequence[int], replies: Sequence[Any]) -> list[UserStatus]:
+    active, out = replies[0], []
+    for i, uid in enumerate(uids):
+        status, connections = replies[1 + 2 * i], int(replies[2 + 2 * i])
+        online = connections > 0
+        out.append(
+            UserStatus(
+                uid=uid,
+                online=online,
+                status=(status or "online") if online else "offline",
+                connections=connections,
+                last_active=None if active[i] is None else int(active[i]),
+            )
+        )
+    return out
+
+
+def users_status(client: redis.Redis, uids: Sequence[int]) -> list[UserStatus]:
+    """Presence of each of ``uids``, in their order. ONE round trip (a transaction)."""
+    if not uids:
+        return []
+    pipe = client.pipeline(transaction=True)
+    _queue(pipe, uids, now_ms())
+    return _format(uids, pipe.execute())
+
+
+async def ausers_status(client: aredis.Redis, uids: Sequence[int]) -> list[UserStatus]:
+    """Async twin of :func:`users_status` (the watch list's reply)."""
+    if not uids:
+        return []
+    pipe = client.pipeline(transaction=True)
+    _queue(pipe, uids, now_ms())
+    return _format(uids, await pipe.execute())
