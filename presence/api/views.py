@@ -45,10 +45,12 @@ def online(request: HttpRequest) -> JsonResponse:
 @require_GET
 @_json_login_required
 def user_detail(request: HttpRequest, user_id: int) -> JsonResponse:
-    """``GET /api/presence/users/<id>/`` -> one user's presence."""
+    """``GET /api/presence/users/<id>/`` -> one user's presence, with the rooms they are in
+    that the asking user may list."""
     data = queries.get_user_presence(user_id)
     if data is None:
         return JsonResponse({"error": "no such user"}, status=404)
+    data["rooms"] = queries.get_user_rooms(request.user, user_id) if data["online"] else []
     return JsonResponse(data)
 
 

@@ -166,7 +166,7 @@ from presence.store.stats import (
     latency_bucket,
     message_field,
 )
-from presence.store.status import UserStatus, ausers_status, users_status
+from presence.store.status import UserStatus, ausers_status, user_rooms, users_status
 
 __all__ = [
     "BACKLOG_PAGE",
@@ -290,6 +290,7 @@ __all__ = [
     "user_block_ttl_ms",
     "user_connection_targets",
     "user_presence",
+    "user_rooms",
     "users_status",
     "write_webhook_backlog",
 ]

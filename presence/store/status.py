@@ -73,3 +73,18 @@ async def ausers_status(client: aredis.Redis, uids: Sequence[int]) -> list[UserS
     pipe = client.pipeline(transaction=True)
     _queue(pipe, uids, now_ms())
     return _format(uids, await pipe.execute())
+
+
+def user_rooms(client: redis.Redis, uid: int) -> list[str]:
+    """The rooms ``uid`` is in (any live connection of theirs), sorted: where-now.
+
+    Two round trips whatever the number of connections and rooms: the live connections
+    (``ZRANGEBYSCORE``, at most PRESENCE_MAX_CONNECTIONS_PER_USER), then one ``SUNION`` of
+    their room sets.
+    """
+    k = keys()
+    cids = client.zrangebyscore(k.user_conns(uid), f"({now_ms()}", "+inf")
+    if not cids:
+        return []
+    rooms: Any = client.sunion([k.conn_rooms(str(cid)) for cid in cids])
+    return sorted(str(room) for room in rooms)

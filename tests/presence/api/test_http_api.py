@@ -144,6 +144,7 @@ class TestUserDetail:
             "status": "away",
             "connections": 2,
             "last_seen": None,
+            "rooms": [],
         }
 
     async def test_offline_user_after_a_connection(
@@ -207,6 +208,7 @@ class TestUserDetail:
             "status": "offline",
             "connections": 0,
             "last_seen": None,
+            "rooms": [],
         }
 
     async def test_unknown_user_is_404(self, viewer: AsyncClient) -> None:
