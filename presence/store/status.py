@@ -83,7 +83,7 @@ def user_rooms(client: redis.Redis, uid: int) -> list[str]:
     their room sets.
     """
     k = keys()
-    cids = client.zrangebyscore(k.user_conns(uid), f"({now_ms()}", "+inf")
+    cids: Any = client.zrangebyscore(k.user_conns(uid), f"({now_ms()}", "+inf")
     if not cids:
         return []
     rooms: Any = client.sunion([k.conn_rooms(str(cid)) for cid in cids])
