@@ -212,6 +212,8 @@ _presence_from_env: tuple[tuple[str, Callable[..., object]], ...] = (
     ("PRESENCE_REDIS_CONNECT_TIMEOUT", env.float),
     ("PRESENCE_KICK_REVOKE_SECONDS", env.int),
     ("PRESENCE_ROOM_AUTHORIZER", env.str),
+    ("PRESENCE_WATCH_AUTHORIZER", env.str),
+    ("PRESENCE_MAX_WATCHED", env.int),
     ("PRESENCE_RATE_LIMIT", env.float),
     ("PRESENCE_RATE_BURST", env.int),
     ("PRESENCE_FLOOD_DROPS", env.int),

@@ -100,6 +100,16 @@ class AppSettings:
         return str(self._get("PRESENCE_ROOM_AUTHORIZER", ""))
 
     @property
+    def WATCH_AUTHORIZER(self) -> str:
+        """Dotted path of ``(user, watched_user_id, "watch") -> bool`` ("" = anyone may watch)."""
+        return str(self._get("PRESENCE_WATCH_AUTHORIZER", ""))
+
+    @property
+    def MAX_WATCHED(self) -> int:
+        """Most users one connection may watch (``presence.watch``; more: too_many_watched)."""
+        return int(self._get("PRESENCE_MAX_WATCHED", 200))
+
+    @property
     def ALLOWED_ORIGINS(self) -> list[str]:
         """Exact ``scheme://host[:port]`` origins allowed to open sockets ([] = allowed hosts)."""
         return list(self._get("PRESENCE_ALLOWED_ORIGINS", []))

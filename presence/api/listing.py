@@ -13,6 +13,7 @@ from presence import store
 from presence.access.authz import can_access_room
 from presence.protocol.types import PresenceListing
 from sessions_app.models import ConnectionSession, EndReason
+from sessions_app.queries import last_seen_by_user
 
 
 def get_online(room: str | None = None) -> PresenceListing:
@@ -52,14 +53,6 @@ def get_user_rooms(viewer: Any, user_id: int) -> list[str]:
     return [room for room in rooms if can_access_room(viewer, room, "list")]
 
 
-def _last_seen() -> Case:
-    """The latest moment of a user's sessions (a timed-out one: its last heartbeat)."""
-    return Case(
-        When(end_reason=EndReason.TIMEOUT, then=Coalesce("last_heartbeat_at", "ended_at")),
-        default=Coalesce("ended_at", "last_heartbeat_at", "connected_at"),
-    )
-
-
 def get_users_status(user_ids: Sequence[int]) -> list[dict[str, Any]]:
     """Presence of many users, in the order asked (each once); ids of no user are left out.
 
@@ -72,16 +65,7 @@ def get_users_status(user_ids: Sequence[int]) -> list[dict[str, Any]]:
     )
     ids = [uid for uid in wanted if uid in known]
     statuses = store.users_status(store.get_redis(), ids)
-    offline = [s.uid for s in statuses if not s.online]
-    seen: dict[int, Any] = {}
-    if offline:
-        rows = (
-            ConnectionSession.objects.filter(user_id__in=offline)
-            .values("user_id")
-            .annotate(seen=Max(_last_seen()))
-            .values_list("user_id", "seen")
-        )
-        seen = {uid: at for uid, at in rows if at is not None}
+    seen = last_seen_by_user(s.uid for s in statuses if not s.online)
     return [
         {
             "id": s.uid,

@@ -166,7 +166,7 @@ from presence.store.stats import (
     latency_bucket,
     message_field,
 )
-from presence.store.status import UserStatus, ausers_status, user_rooms, users_status
+from presence.store.status import UserStatus, awatch_snapshot, user_rooms, users_status
 
 __all__ = [
     "BACKLOG_PAGE",
@@ -212,7 +212,7 @@ __all__ = [
     "aread_group",
     "aread_handler_control",
     "aremove_process",
-    "ausers_status",
+    "awatch_snapshot",
     "bounded",
     "claim_expired",
     "claim_group",

@@ -66,13 +66,21 @@ def users_status(client: redis.Redis, uids: Sequence[int]) -> list[UserStatus]:
     return _format(uids, pipe.execute())
 
 
-async def ausers_status(client: aredis.Redis, uids: Sequence[int]) -> list[UserStatus]:
-    """Async twin of :func:`users_status` (the watch list's reply)."""
-    if not uids:
-        return []
+async def awatch_snapshot(
+    client: aredis.Redis, uids: Sequence[int]
+) -> tuple[str, list[UserStatus]]:
+    """(log position, presence of each of ``uids``), read together: the watch list's reply.
+
+    ONE round trip: the newest log id joins the same MULTI, so the states are exactly those
+    after that entry, and the watch frames continue from it (presence/live/watches.py).
+    """
     pipe = client.pipeline(transaction=True)
-    _queue(pipe, uids, now_ms())
-    return _format(uids, await pipe.execute())
+    pipe.xrevrange(keys().events, "+", "-", count=1)
+    if uids:
+        _queue(pipe, uids, now_ms())
+    last, *rest = await pipe.execute()
+    seq = str(last[0][0]) if last else "0-0"
+    return seq, _format(uids, rest) if uids else []
 
 
 def user_rooms(client: redis.Redis, uid: int) -> list[str]:
