@@ -16,6 +16,7 @@ from django.core.exceptions import ImproperlyConfigured
 
 from presence.conf import AppSettings
 from presence.jobs.catalog import beat_schedule
+from presence.redis_url import celery_broker, channel_layer_host, is_redis_url
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(environ.Env().str("VAR_DIR", default=str(BASE_DIR / "var")))
@@ -143,6 +144,8 @@ REDIS_URL = env.str("REDIS_URL", default="") or (
 )
 if not REDIS_URL:
     REDIS_URL = "redis://127.0.0.1:6379/0"
+# Every Redis URL here may also be redis+sentinel://h1:26379,h2:26379,h3:26379/<master>/<db>
+# (presence/redis_url.py translates it for each library; `manage.py check` explains a bad one).
 
 CHANNEL_LAYERS = {
     "default": {
@@ -151,7 +154,7 @@ CHANNEL_LAYERS = {
             # Connecting may take 2 s. No socket_timeout: on asyncio clients redis-py then
             # wraps sends in wait_for, which can swallow cancellations on Python 3.11; the
             # process's inbox bounds its reads itself (presence/inbox.py).
-            "hosts": [{"address": REDIS_URL, "socket_connect_timeout": 2}],
+            "hosts": [channel_layer_host(REDIS_URL, socket_connect_timeout=2)],
             "capacity": 1000,
             "expiry": 30,
         },
@@ -159,15 +162,44 @@ CHANNEL_LAYERS = {
 }
 
 # --------------------------------------------------------------------------- celery
-CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="") or REDIS_URL
-CELERY_TASK_IGNORE_RESULT = True
+# Unset: the broker is the presence Redis (Sentinel form included); amqp://... is RabbitMQ.
+# The setting holds kombu's spelling of the URL (sentinel://h1/<db>;sentinel://h2/<db> for the
+# Sentinel form, whose master name goes to the transport options).
+_broker_source = env.str("CELERY_BROKER_URL", default="") or REDIS_URL
+CELERY_BROKER_URL, _broker_options = celery_broker(_broker_source)
+if CELERY_BROKER_URL != _broker_source:
+    # Celery prefers the CELERY_BROKER_URL environment variable to this setting
+    # (celery.app.utils.Settings.broker_url): the project's spelling would reach kombu
+    # untranslated. Its read and write URLs come before both.
+    CELERY_BROKER_READ_URL = CELERY_BROKER_WRITE_URL = CELERY_BROKER_URL
+CELERY_TASK_IGNORE_RESULT = True  # no result backend: tasks report through Redis and the DB
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
-CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TIMEZONE = "UTC"
-# Bounded waits on the broker too (kombu's Redis transport polls with short timeouts itself).
-CELERY_BROKER_TRANSPORT_OPTIONS = {"socket_timeout": 10, "socket_connect_timeout": 2}
+# Worker and beat ride out a broker restart or failover: reconnect forever (with kombu's
+# backoff) instead of exiting, also at start-up and after a channel error.
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_BROKER_CONNECTION_RETRY = True
+CELERY_BROKER_CONNECTION_MAX_RETRIES = None
+CELERY_BROKER_CHANNEL_ERROR_RETRY = True
+if is_redis_url(_broker_source):
+    # Bounded waits on the broker too (kombu's Redis transport polls with short timeouts
+    # itself); a Sentinel broker also names its master here.
+    CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, object] = {
+        "socket_timeout": 10,
+        "socket_connect_timeout": 2,
+        **_broker_options,
+    }
+    if _broker_options and _broker_source.lower().startswith("rediss+"):
+        CELERY_BROKER_USE_SSL = {"ssl_cert_reqs": "required"}
+elif _broker_source.lower().startswith(("amqp://", "amqps://", "pyamqp://")):
+    # RabbitMQ: replicated quorum queues (they survive a node's loss), publisher confirms
+    # so a sent task is on the queue before .delay() returns. Celery turns off global QoS
+    # for quorum queues itself (worker_detect_quorum_queues).
+    CELERY_TASK_DEFAULT_QUEUE_TYPE = "quorum"
+    CELERY_TASK_CREATE_MISSING_QUEUE_TYPE = "quorum"
+    CELERY_BROKER_TRANSPORT_OPTIONS = {"confirm_publish": True}
 
 # --------------------------------------------------------------------------- presence
 PORT = env.int("PORT", default=8000)

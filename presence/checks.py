@@ -52,3 +52,36 @@ def check_webhook_settings(app_configs: Any = None, **kwargs: Any) -> list[Error
             )
         )
     return errors
+
+
+@register()
+def check_redis_urls(app_configs: Any = None, **kwargs: Any) -> list[Error]:
+    """REDIS_URL and a Redis CELERY_BROKER_URL must parse (presence/redis_url.py says why not).
+
+    Settings keep a malformed URL as given (so that this check can run at all); without it
+    the first client would fail at run time, far from the setting's name.
+    """
+    from django.conf import settings
+
+    from presence.redis_url import SCHEMES, RedisUrlError, is_redis_url, parse_redis_url
+
+    forms = ", ".join(f"{s}://" for s in SCHEMES)
+    errors = []
+    urls = [("REDIS_URL", app_settings.REDIS_URL, "presence.E030")]
+    broker = str(getattr(settings, "CELERY_BROKER_URL", "") or "")
+    if is_redis_url(broker):  # amqp:// and kombu's own spellings are Celery's to check
+        urls.append(("CELERY_BROKER_URL", broker, "presence.E031"))
+    for name, url, error_id in urls:
+        try:
+            parse_redis_url(url)
+        except RedisUrlError as exc:
+            errors.append(
+                Error(
+                    f"{name} is malformed: {exc}.",
+                    hint=f"Use one of {forms}; the Sentinel form is "
+                    "redis+sentinel://[[user]:password@]host1:26379,host2:26379/<master>/<db> "
+                    "(docs/operations.md, High availability).",
+                    id=error_id,
+                )
+            )
+    return errors

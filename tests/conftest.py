@@ -17,6 +17,7 @@ pytest_plugins = [
     "tests.support.ws",  # ws_client
     "tests.support.celery",  # celery_worker_process
     "tests.support.seed",  # seed_connections
+    "tests.support.sentinel",  # sentinel_topology (primary + replica + three sentinels)
 ]
 
 

@@ -60,3 +60,65 @@ def test_secrets_are_read_verbatim_even_when_they_start_with_a_dollar(tmp_path: 
         check=True,
     )
     assert out.stdout.split() == list(secrets.values())
+
+
+def settings_json(names: list[str], **environment: str) -> dict[str, object]:
+    """The settings ``names`` of a fresh process with ``environment`` (JSON-serialised)."""
+    import json
+
+    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "CELERY_BROKER_URL")}
+    env.update(DJANGO_SETTINGS_MODULE="config.settings", **environment)
+    show = f"print(json.dumps({{n: getattr(settings, n, None) for n in {names!r}}}))"
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            f"import django, json; django.setup(); from django.conf import settings; {show}",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return dict(json.loads(out.stdout))
+
+
+def test_a_sentinel_redis_url_is_translated_for_the_channel_layer_and_the_broker() -> None:
+    url = "redis+sentinel://:pw@127.0.0.1:26379,127.0.0.1:26380/presence/2"
+    names = ["REDIS_URL", "CHANNEL_LAYERS", "CELERY_BROKER_URL", "CELERY_BROKER_TRANSPORT_OPTIONS"]
+
+    got = settings_json(names, REDIS_URL=url)  # CELERY_BROKER_URL unset: follows REDIS_URL
+
+    assert got["REDIS_URL"] == url  # the store reads it as given (presence/store/clients.py)
+    host = got["CHANNEL_LAYERS"]["default"]["CONFIG"]["hosts"][0]  # type: ignore[index]
+    assert host["master_name"] == "presence"
+    assert host["sentinels"] == [["127.0.0.1", 26379], ["127.0.0.1", 26380]]
+    assert (host["db"], host["password"]) == (2, "pw")
+    assert got["CELERY_BROKER_URL"] == (
+        "sentinel://:pw@127.0.0.1:26379/2;sentinel://:pw@127.0.0.1:26380/2"
+    )
+    options = got["CELERY_BROKER_TRANSPORT_OPTIONS"]
+    assert options["master_name"] == "presence"  # type: ignore[index]
+    assert options["socket_timeout"] == 10  # type: ignore[index]
+
+
+def test_rabbitmq_broker_uses_quorum_queues_and_publisher_confirms() -> None:
+    names = [
+        "CELERY_BROKER_URL",
+        "CELERY_TASK_DEFAULT_QUEUE_TYPE",
+        "CELERY_TASK_CREATE_MISSING_QUEUE_TYPE",
+        "CELERY_BROKER_TRANSPORT_OPTIONS",
+        "CELERY_BROKER_CONNECTION_MAX_RETRIES",
+    ]
+    amqp = "amqp://guest:guest@127.0.0.1:5672//"
+
+    got = settings_json(names, CELERY_BROKER_URL=amqp, REDIS_URL="redis://127.0.0.1:1/0")
+
+    assert got == {
+        "CELERY_BROKER_URL": amqp,
+        "CELERY_TASK_DEFAULT_QUEUE_TYPE": "quorum",
+        "CELERY_TASK_CREATE_MISSING_QUEUE_TYPE": "quorum",
+        "CELERY_BROKER_TRANSPORT_OPTIONS": {"confirm_publish": True},
+        "CELERY_BROKER_CONNECTION_MAX_RETRIES": None,
+    }

@@ -1,11 +1,14 @@
-"""Health checks: liveness (no dependencies) and readiness (database, Redis, channel layer, tasks).
+"""Health checks: liveness (no dependencies) and readiness (database, Redis, channel layer,
+broker, tasks).
 
 ``/healthz`` answers as long as the process serves requests. ``/readyz`` checks, concurrently
 and each within ``CHECK_TIMEOUT``: a ``SELECT 1`` on the database, a ``PING`` to the presence
-Redis, a message sent and received through the channel layer, and the age of the last
-successful sweep and flush. It is not ready (503) when a dependency fails or the last sweep
-is older than ``PRESENCE_READY_SWEEP_MAX_AGE`` (0 turns that check off): without sweeps,
-vanished clients would stay online forever. The flush's age is reported, never fatal.
+Redis, a message sent and received through the channel layer, a connection to the Celery
+broker, and the age of the last successful sweep and flush. It is not ready (503, the failing
+dependencies listed in ``degraded``) when a dependency fails (for instance during a Redis
+failover or a broker restart; ready again once it answers) or the last sweep is older than
+``PRESENCE_READY_SWEEP_MAX_AGE`` (0 turns that check off): without sweeps, vanished clients
+would stay online forever. The flush's age is reported, never fatal.
 """
 
 from __future__ import annotations
@@ -24,8 +27,9 @@ from presence import store
 from presence.conf import app_settings
 from presence.jobs import periodic
 
-# Seconds each check may take before it counts as failed.
-CHECK_TIMEOUT = 2.0
+# Seconds each check may take before it counts as failed. A probe hanging on a paused or
+# failing-over dependency must not make the probe itself time out (orchestrators give ~1-5 s).
+CHECK_TIMEOUT = 1.0
 
 
 class CheckResult(TypedDict):
@@ -50,6 +54,7 @@ class Readiness(TypedDict):
     ready: bool
     checks: dict[str, CheckResult]
     tasks: dict[str, TaskAge]
+    degraded: list[str]  # the failing checks and stale tasks, by name
 
 
 def _db_ping() -> None:
@@ -79,6 +84,27 @@ async def check_channel_layer() -> None:
     message = await layer.receive(name)
     if message.get("type") != "readyz.ping":
         raise RuntimeError(f"channel layer returned {message!r}")
+
+
+def _broker_ping() -> None:
+    from celery import current_app
+
+    # The connection web processes send tasks on; a fresh one, so that a dead broker is
+    # found out (pooled connections are only checked when used). Redis: connecting PINGs
+    # (through the sentinels for the Sentinel form); AMQP: the handshake.
+    options = {"socket_timeout": CHECK_TIMEOUT, "socket_connect_timeout": CHECK_TIMEOUT}
+    connection = current_app.connection_for_write(
+        connect_timeout=CHECK_TIMEOUT, transport_options=options
+    )
+    try:
+        connection.connect()
+    finally:
+        connection.release()
+
+
+async def check_broker() -> None:
+    """Connect to the Celery broker (Redis, Redis behind Sentinel or RabbitMQ)."""
+    await asyncio.to_thread(_broker_ping)
 
 
 async def _timed(check: Callable[[], Awaitable[None]]) -> CheckResult:
@@ -112,9 +138,12 @@ def task_ages(runs: dict[str, periodic.TaskRun], now: float) -> dict[str, TaskAg
 
 async def readiness() -> Readiness:
     """Run every check concurrently; ``ready`` only when all pass and the sweep is fresh."""
-    names = ("database", "redis", "channel_layer")
+    names = ("database", "redis", "channel_layer", "broker")
     results = await asyncio.gather(
-        _timed(check_database), _timed(check_redis), _timed(check_channel_layer)
+        _timed(check_database),
+        _timed(check_redis),
+        _timed(check_channel_layer),
+        _timed(check_broker),
     )
     checks = dict(zip(names, results, strict=True))
     runs: dict[str, periodic.TaskRun] = {}
@@ -126,8 +155,9 @@ async def readiness() -> Readiness:
         except Exception as exc:
             checks["redis"] = {"ok": False, "latency_ms": 0.0, "error": f"task runs: {exc}"}
     ages = task_ages(runs, time.time())
-    ready = all(c["ok"] for c in checks.values()) and not any(a["stale"] for a in ages.values())
-    return {"ready": ready, "checks": checks, "tasks": ages}
+    degraded = [name for name, c in checks.items() if not c["ok"]]
+    degraded += [name for name, a in ages.items() if a["stale"]]
+    return {"ready": not degraded, "checks": checks, "tasks": ages, "degraded": degraded}
 
 
 def liveness() -> dict[str, Any]:

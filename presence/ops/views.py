@@ -88,7 +88,7 @@ def healthz(request: HttpRequest) -> JsonResponse:
 @never_cache
 @require_GET
 async def readyz(request: HttpRequest) -> JsonResponse:
-    """``GET /readyz``: 200 when database, Redis, channel layer and the sweep are fine; else 503."""
+    """``GET /readyz``: 200 when every dependency and the sweep are fine; else 503."""
     result = await health.readiness()
     return JsonResponse(result, status=200 if result["ready"] else 503)
 

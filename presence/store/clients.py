@@ -11,6 +11,7 @@ import redis.asyncio as aredis
 
 from presence.conf import app_settings
 from presence.loops import LoopLocal
+from presence.redis_url import RedisTarget, parse_redis_url
 
 
 def now_ms() -> int:
@@ -54,12 +55,63 @@ def bounded(extra: float = 0.0) -> asyncio.Timeout:
     return asyncio.timeout(app_settings.REDIS_SOCKET_TIMEOUT + extra)
 
 
+# Seconds a sentinel may take to name the primary before the next sentinel is asked. A
+# sentinel answers from memory; one that hangs (paused, its host overloaded) must leave time,
+# within the caller's own bound, to ask the others.
+SENTINEL_TIMEOUT = 1.0
+
+
+def _sentinel_options(options: dict[str, Any]) -> dict[str, Any]:
+    """Options of the connections to the sentinels (asked on every new connection).
+
+    Asyncio included: a bounded question beats the wait_for caveat above here, since without
+    it a hung first sentinel would keep every new connection from the others' answer.
+    """
+    return {
+        "socket_timeout": min(app_settings.REDIS_SOCKET_TIMEOUT, SENTINEL_TIMEOUT),
+        "socket_connect_timeout": min(options["socket_connect_timeout"], SENTINEL_TIMEOUT),
+    }
+
+
+def _sync_client(target: RedisTarget) -> redis.Redis:
+    options = client_options()
+    if not target.is_sentinel:
+        return redis.Redis.from_url(target.url, **options)
+    from redis.sentinel import Sentinel
+
+    # The pool asks a sentinel for the primary on each new connection, and drops its
+    # connections when the primary it reached answers READONLY (it was demoted): the retry
+    # in ``options`` then reconnects to the new primary.
+    sentinel = Sentinel(
+        list(target.sentinels),
+        sentinel_kwargs=target.sentinel_kwargs(**_sentinel_options(options)),
+    )
+    return sentinel.master_for(target.master_name, **target.master_kwargs(), **options)
+
+
+def _async_client(target: RedisTarget) -> aredis.Redis:
+    options = client_options(for_asyncio=True)
+    if not target.is_sentinel:
+        return aredis.Redis.from_url(target.url, **options)
+    from redis.asyncio.sentinel import Sentinel
+
+    sentinel = Sentinel(
+        list(target.sentinels),
+        sentinel_kwargs=target.sentinel_kwargs(**_sentinel_options(options)),
+    )
+    return sentinel.master_for(target.master_name, **target.master_kwargs(), **options)
+
+
 def get_redis() -> redis.Redis:
-    """Process-wide sync client (thread-safe connection pool) for views, admin and tasks."""
+    """Process-wide sync client (thread-safe connection pool) for views, admin and tasks.
+
+    ``REDIS_URL`` may be any form of presence/redis_url.py: a Sentinel URL gives a client on
+    the current primary that follows a failover.
+    """
     url = app_settings.REDIS_URL
     client = _sync_clients.get(url)
     if client is None:
-        client = _sync_clients[url] = redis.Redis.from_url(url, **client_options())
+        client = _sync_clients[url] = _sync_client(parse_redis_url(url))
     return client
 
 
@@ -75,7 +127,7 @@ def get_async_redis(*, blocking: bool = False) -> aredis.Redis:
     key = url + "#blocking" if blocking else url
     client = per_loop.get(key)
     if client is None:
-        client = per_loop[key] = aredis.Redis.from_url(url, **client_options(for_asyncio=True))
+        client = per_loop[key] = _async_client(parse_redis_url(url))
     return client
 
 

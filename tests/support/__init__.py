@@ -10,6 +10,8 @@ Fixture plugins (registered by ``pytest_plugins`` in tests/conftest.py, so every
 - ``ws``: ``WSClient`` (a communicator speaking protocol frames) and ``ws_client``.
 - ``celery``: ``CeleryProcess``, ``celery_env``, ``celery_worker_process``.
 - ``seed``: ``seed_connections`` (session rows and presence, no sockets).
+- ``sentinel``: ``SentinelTopology`` (a primary, a replica and three sentinels: ``url``,
+  ``failover``, ``kill_primary``, ``restart``, ``pause_primary``) and ``sentinel_topology``.
 
 Plain helpers:
 

@@ -83,7 +83,8 @@ def celery_worker_process(
 
     The worker consumes from this run's private Redis and writes the test database file, so
     tests using it see committed data (the fixture implies ``transaction=True``). Pass
-    ``beat=True`` for a beat process instead (schedule in settings, from ``env``). All are
+    ``beat=True`` for a beat process instead (schedule in settings, from ``env``); ``queues``
+    (comma-separated) for a worker consuming other queues than Celery's default. All are
     stopped at teardown.
     """
     import subprocess
@@ -98,6 +99,7 @@ def celery_worker_process(
         concurrency: int = 2,
         pool: str = "prefork",
         beat: bool = False,
+        queues: str = "",
     ) -> CeleryProcess:
         n = len(started)
         log = tmp_path / f"celery-{n}.log"
@@ -115,6 +117,7 @@ def celery_worker_process(
                 "--without-mingle",
                 "--without-heartbeat",
                 f"--hostname=test-{uuid.uuid4().hex[:8]}@%h",
+                *([f"--queues={queues}"] if queues else []),
             ]
             ready = " ready."
         with log.open("wb") as out:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import time
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from redis.exceptions import RedisError
@@ -18,16 +17,12 @@ from presence import store
 from presence.conf import app_settings
 from presence.jobs import catalog, periodic
 from presence.live import processes
+from presence.redis_url import redacted
 
 
 def safe_url(url: str) -> str:
-    """``url`` without its password."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
+    """``url`` without its password (any form of presence/redis_url.py, Sentinel included)."""
+    return redacted(url)
 
 
 def ago(seconds_ts: float | None, now: float) -> str:

@@ -80,3 +80,13 @@ def test_finds_the_embedded_redis_through_var_redis_url(redis_server: Any, tmp_p
     assert result.returncode == 0, result.stderr
     assert redis_server.url in result.stdout
     assert "Online      0 users, 0 connections" in result.stdout
+
+
+def test_the_url_shown_hides_the_password_in_every_form() -> None:
+    from presence.management.commands.presence_status import safe_url
+
+    assert safe_url("redis://:pw@h:6379/0") == "redis://:***@h:6379/0"
+    assert safe_url("redis+sentinel://app:pw@h1:26379,h2:26379/m/0") == (
+        "redis+sentinel://app:***@h1:26379,h2:26379/m/0"
+    )
+    assert safe_url("redis://h:6379/0") == "redis://h:6379/0"
