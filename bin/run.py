@@ -27,6 +27,8 @@ def main() -> int:
     var = Path(os.environ.get("VAR_DIR", ROOT / "var"))
     var.mkdir(parents=True, exist_ok=True)
     env = os.environ
+    # The Procfile's beat keeps its schedule file here (not a var/ of the working directory).
+    env["VAR_DIR"] = str(var)
     server = None
     if not env.get("REDIS_URL"):
         port = int(env["EMBEDDED_REDIS_PORT"]) if env.get("EMBEDDED_REDIS_PORT") else None

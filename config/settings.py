@@ -85,6 +85,8 @@ MIDDLEWARE = [
     "presence.obs.logs.request_id_middleware",
     "django_prometheus.middleware.PrometheusBeforeMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    # Content-Security-Policy (and a nonce) on every response.
+    "presence.ops.csp.csp_middleware",
     # Static files from the app server itself (no nginx needed): compressed, hashed, cached.
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -233,8 +235,10 @@ _presence_from_env: tuple[tuple[str, Callable[..., object]], ...] = (
     ("PRESENCE_HEARTBEAT_INTERVAL", env.float),
     ("PRESENCE_TTL", env.float),
     ("WS_MAX_MESSAGE_BYTES", env.int),
+    ("PRESENCE_TRUSTED_PROXIES", env.list),  # the Procfile gives uvicorn the same list
     ("PRESENCE_TRUSTED_PROXY_HEADER", env.str),
     ("PRESENCE_ALLOWED_ORIGINS", env.list),
+    ("PRESENCE_CONTENT_SECURITY_POLICY", env.str),
     ("PRESENCE_MAX_CONNECTIONS_PER_USER", env.int),
     ("PRESENCE_MAX_CONNECTIONS_PER_ADDRESS", env.int),
     ("PRESENCE_ADDRESS_CONNECT_RATE", env.float),
@@ -252,6 +256,8 @@ _presence_from_env: tuple[tuple[str, Callable[..., object]], ...] = (
     ("PRESENCE_FLOOD_WINDOW", env.float),
     ("PRESENCE_MAX_ROOMS_PER_CONNECTION", env.int),
     ("PRESENCE_LIST_LIMIT", env.int),
+    ("PRESENCE_API_LIST_ALL_USERS", env.bool),
+    ("PRESENCE_HTTP_REDIS_DEADLINE", env.float),
     ("PRESENCE_TOKEN_MAX_AGE", env.int),
     ("PRESENCE_ACTIVITY_RESOLUTION", env.float),
     ("PRESENCE_API_TOKENS", _secret),  # comma-separated, read verbatim
@@ -272,6 +278,8 @@ _presence_from_env: tuple[tuple[str, Callable[..., object]], ...] = (
     ("PRESENCE_WEBHOOK_RETRY_FOR", env.float),
     ("PRESENCE_WEBHOOK_RUN_BUDGET", env.float),
     ("PRESENCE_WEBHOOK_KEEP", env.float),
+    ("PRESENCE_WEBHOOK_ALLOWED_HOSTS", env.list),
+    ("PRESENCE_WEBHOOK_ALLOW_PRIVATE", env.bool),
     ("PRESENCE_HOOKS_INTERVAL", env.float),
     ("PRESENCE_HOOKS_BATCH", env.int),
     ("PRESENCE_HOOKS_RETRY_FOR", env.float),
@@ -329,6 +337,27 @@ AUTH_PASSWORD_VALIDATORS = [
 if not DEBUG:
     SESSION_COOKIE_SECURE = env.bool("DJANGO_SECURE_COOKIES", default=True)
     CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
+
+# --------------------------------------------------------------------------- behind a TLS proxy
+# docs/operations.md, "Deploying behind a proxy". Off by default: the proxy usually redirects
+# to https and sends HSTS itself; set them when it does not.
+# The https origin(s) the browser shows, e.g. https://presence.example.com (CSRF compares them).
+CSRF_TRUSTED_ORIGINS = env.list("DJANGO_CSRF_TRUSTED_ORIGINS", default=[])
+# "HTTP_X_FORWARDED_PROTO,https": a request is https when the proxy says so. Only safe when
+# the proxy sets (overwrites) that header and clients cannot reach the server around it.
+_ssl_header = env.list("DJANGO_SECURE_PROXY_SSL_HEADER", default=[])
+if _ssl_header:
+    if len(_ssl_header) != 2:
+        raise ImproperlyConfigured(
+            "DJANGO_SECURE_PROXY_SSL_HEADER is 'HEADER,value', e.g. HTTP_X_FORWARDED_PROTO,https"
+        )
+    SECURE_PROXY_SSL_HEADER = (_ssl_header[0], _ssl_header[1])
+SECURE_HSTS_SECONDS = env.int("DJANGO_SECURE_HSTS_SECONDS", default=0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("DJANGO_SECURE_HSTS_INCLUDE_SUBDOMAINS", default=False)
+SECURE_HSTS_PRELOAD = env.bool("DJANGO_SECURE_HSTS_PRELOAD", default=False)
+SECURE_SSL_REDIRECT = env.bool("DJANGO_SECURE_SSL_REDIRECT", default=False)
+# Probes and scrapes reach the server directly over http: never redirected.
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$", r"^metrics$"]
 
 # --------------------------------------------------------------------------- logging
 # presence/logs.py: request/session/user ids on every line, secrets redacted from every line.

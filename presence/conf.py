@@ -10,6 +10,13 @@ from typing import Any
 
 from django.conf import settings
 
+# Only this site's own resources; the nonce is for the demo page's inline import map.
+DEFAULT_CSP = (
+    "default-src 'self'; script-src 'self' 'nonce-{nonce}'; style-src 'self'; "
+    "img-src 'self' data:; font-src 'self'; connect-src 'self'; object-src 'none'; "
+    "base-uri 'self'; form-action 'self'; frame-ancestors 'none'"
+)
+
 
 class AppSettings:
     """Typed, live view of the presence settings.
@@ -176,6 +183,33 @@ class AppSettings:
     def TRUSTED_PROXY_HEADER(self) -> str:
         """Header a trusted proxy puts the client IP in (e.g. ``X-Forwarded-For``); empty = none."""
         return str(self._get("PRESENCE_TRUSTED_PROXY_HEADER", ""))
+
+    @property
+    def TRUSTED_PROXIES(self) -> list[str]:
+        """Addresses or networks (CIDR) of the proxies whose forwarded headers are believed, for
+        uvicorn (``--forwarded-allow-ips``, the Procfile) and ``TRUSTED_PROXY_HEADER``; none = no
+        forwarded header is believed."""
+        raw = self._get("PRESENCE_TRUSTED_PROXIES", [])
+        items = raw.split(",") if isinstance(raw, str) else raw
+        return [str(item).strip() for item in items or [] if str(item).strip()]
+
+    @property
+    def HTTP_REDIS_DEADLINE(self) -> float:
+        """Seconds one HTTP request may wait on Redis in all (not per command) before its
+        answer is a JSON 503."""
+        return float(self._get("PRESENCE_HTTP_REDIS_DEADLINE", 2.5))
+
+    @property
+    def API_LIST_ALL_USERS(self) -> bool:
+        """Whether any logged-in user may list every online user over HTTP (off: staff only;
+        a room's listing goes through the room authorizer either way)."""
+        return bool(self._get("PRESENCE_API_LIST_ALL_USERS", False))
+
+    @property
+    def CONTENT_SECURITY_POLICY(self) -> str:
+        """Content-Security-Policy header of every response (``{nonce}``: the request's nonce,
+        presence/ops/csp.py); empty: none is sent."""
+        return str(self._get("PRESENCE_CONTENT_SECURITY_POLICY", DEFAULT_CSP))
 
     @property
     def GLOBAL_EVENTS(self) -> bool:
@@ -353,6 +387,20 @@ class AppSettings:
     def WEBHOOK_RUN_BUDGET(self) -> float:
         """Seconds one delivery run of an endpoint starts new POSTs for."""
         return float(self._get("PRESENCE_WEBHOOK_RUN_BUDGET", 10.0))
+
+    @property
+    def WEBHOOK_ALLOWED_HOSTS(self) -> list[str]:
+        """Host names (or addresses) webhooks may be sent to even when they resolve to a
+        loopback, private or otherwise internal address (a deliberate internal receiver)."""
+        raw = self._get("PRESENCE_WEBHOOK_ALLOWED_HOSTS", [])
+        items = raw.split(",") if isinstance(raw, str) else raw
+        return [str(item).strip().lower() for item in items or [] if str(item).strip()]
+
+    @property
+    def WEBHOOK_ALLOW_PRIVATE(self) -> bool:
+        """Whether webhooks may go to any internal address (loopback, private, link-local ...);
+        off: only ``WEBHOOK_ALLOWED_HOSTS`` may (docs/hooks.md, "Where webhooks may go")."""
+        return bool(self._get("PRESENCE_WEBHOOK_ALLOW_PRIVATE", False))
 
     @property
     def WEBHOOK_KEEP(self) -> float:

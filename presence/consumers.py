@@ -16,7 +16,6 @@ row is written behind from the event log (presence/jobs/sessionlog.py).
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import time
 import uuid
@@ -29,9 +28,11 @@ from channels.db import database_sync_to_async
 from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 from channels.layers import get_channel_layer
+from django.conf import settings
 from redis.exceptions import RedisError
 
 from presence import store
+from presence.access.addresses import client_address
 from presence.access.auth import TokenAuth, login_hash
 from presence.actions import connections as actions
 from presence.conf import app_settings
@@ -65,22 +66,6 @@ logger = logging.getLogger(__name__)
 
 SUBPROTOCOL_V1 = "presence.v1"
 SUBPROTOCOL_V2 = "presence.v2"
-
-
-def _client_ip(scope: dict[str, Any]) -> str | None:
-    header = app_settings.TRUSTED_PROXY_HEADER.lower().encode()
-    if header:
-        for name, value in scope.get("headers", []):
-            if name == header:
-                # The right-most address is the peer the trusted proxy saw: a proxy appends
-                # to the header, so anything left of it is whatever the client sent.
-                address = value.decode("latin-1").split(",")[-1].strip()
-                try:
-                    return str(ipaddress.ip_address(address))
-                except ValueError:  # not an address: record none rather than a forgery
-                    return None
-    client = scope.get("client")
-    return client[0] if client else None
 
 
 def _header(scope: dict[str, Any], name: bytes) -> str:
@@ -132,6 +117,10 @@ class PresenceConsumer(AsyncWebsocketConsumer):
         user = self.scope.get("user")
         if user is None or not user.is_authenticated:
             await self.accept(subprotocol=chosen)
+            if await self._cookie_login_revoked():
+                # A kick ended this login session (its row is gone too): say so, as documented.
+                await self.close_with(*REFUSALS["session_revoked"])
+                return
             await self.close_with(CLOSE_UNAUTHORIZED, "unauthorized", "authentication required")
             return
         if not user.is_active:
@@ -200,10 +189,22 @@ class PresenceConsumer(AsyncWebsocketConsumer):
             uid=self.user_id,
             username=self.username,
             channel=self.channel_name,
-            ip=_client_ip(self.scope),
+            ip=client_address(self.scope),
             user_agent=_header(self.scope, b"user-agent"),
             gate=self._gate(),
         )
+
+    async def _cookie_login_revoked(self) -> bool:
+        """Whether the handshake's session cookie names a revoked login session (a kick
+        deletes the session, so the cookie alone no longer authenticates anyone)."""
+        key = (self.scope.get("cookies") or {}).get(settings.SESSION_COOKIE_NAME, "")
+        if not key:
+            return False
+        try:
+            async with store.bounded():
+                return await store.alogin_revoked(store.get_async_redis(), login_hash(key))
+        except (RedisError, OSError, TimeoutError):
+            return False  # refused either way: "unauthorized" then
 
     def _gate(self) -> store.ConnectGate:
         """The configured limits, with what this handshake's credentials are."""

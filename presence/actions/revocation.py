@@ -11,14 +11,16 @@ ending stick: a kicked connection's login session may not connect again for
 ``PRESENCE_KICK_REVOKE_SECONDS`` and tokens minted before the kick are refused; a logged-out
 session's tokens are refused; a blocked user is refused until the block ends.
 
-Receivers are connected by :func:`connect_receivers` (``PresenceConfig.ready()``).
+Receivers are connected by :func:`connect_receivers` (``PresenceConfig.ready()``). They see
+``save()`` and ``delete()`` only: a bulk ``update()`` goes through :func:`do_deactivate_users`
+or :func:`do_end_connections_after_bulk_change`.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -28,7 +30,7 @@ from channels.layers import get_channel_layer
 from django.contrib.auth import get_user_model
 from django.contrib.auth.signals import user_logged_out
 from django.db import transaction
-from django.db.models import Max
+from django.db.models import Max, QuerySet
 from django.db.models.signals import post_delete, post_save, pre_save
 from django.http import HttpRequest
 from django.utils import timezone
@@ -115,6 +117,28 @@ def _end_quietly(uid: int, ending: Ending, *, login: str | None = None) -> None:
         do_end_user_connections(uid, ending, login=login)
     except (RedisError, OSError) as exc:
         logger.error("could not close the connections of user %s (%s): %s", uid, ending.error, exc)
+
+
+# --------------------------------------------------------------------------- bulk changes
+# WARNING: QuerySet.update() sends no signal, so ``User.objects.filter(...).update(
+# is_active=False)`` (or a new password) closes no socket: the receivers below only see
+# save() and delete(). Bulk changes go through these helpers instead.
+def do_deactivate_users(users: QuerySet[Any]) -> int:
+    """Deactivate every active user of ``users`` in one UPDATE and, after the commit, close
+    their sockets (4403 ``account_disabled``); returns how many were deactivated."""
+    with transaction.atomic():
+        ids = list(users.filter(is_active=True).values_list("pk", flat=True))
+        count = users.model._default_manager.filter(pk__in=ids).update(is_active=False)
+        do_end_connections_after_bulk_change(ids, ending=DEACTIVATED)
+    return int(count)
+
+
+def do_end_connections_after_bulk_change(user_ids: Iterable[int], *, ending: Ending) -> None:
+    """Close the sockets of ``user_ids`` with ``ending`` (``DEACTIVATED``,
+    ``PASSWORD_CHANGED``, ``DELETED``, ``BLOCKED``) once the current transaction commits: for
+    a bulk change made with ``update()`` or raw SQL, which the signals do not see."""
+    for uid in dict.fromkeys(int(u) for u in user_ids):
+        transaction.on_commit(partial(_end_quietly, uid, ending))
 
 
 # --------------------------------------------------------------------------- blocks

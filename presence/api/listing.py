@@ -1,19 +1,27 @@
-"""Presence reads for HTTP: pure, cheap, no side effects."""
+"""Presence reads for HTTP: pure, cheap, no side effects.
+
+The ``a*`` functions are the HTTP API's: asyncio Redis reads inside the request's one Redis
+deadline (``within``, presence/api/deadline.py). The sync ones serve tasks and tests.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+from collections.abc import Callable, Sequence
 from typing import Any
 
+from asgiref.sync import sync_to_async
 from django.contrib.auth import get_user_model
 from django.db.models import Case, Max, When
 from django.db.models.functions import Coalesce
 
 from presence import store
-from presence.access.authz import can_access_room
+from presence.access.authz import acan_access_room
 from presence.protocol.types import PresenceListing
 from sessions_app.models import ConnectionSession, EndReason
 from sessions_app.queries import last_seen_by_user
+
+Within = Callable[[], asyncio.Timeout]
 
 
 def get_online(room: str | None = None) -> PresenceListing:
@@ -22,19 +30,23 @@ def get_online(room: str | None = None) -> PresenceListing:
     return {"count": count, "users": users}
 
 
-def get_user_presence(user_id: int) -> dict[str, Any] | None:
-    """One user's presence, or None if there is no such user."""
-    user = get_user_model()._default_manager.filter(pk=user_id).first()
-    if user is None:
-        return None
-    status, connections = store.user_presence(store.get_redis(), user_id)
+async def aget_online(room: str | None, *, within: Within) -> PresenceListing:
+    """Everyone online, or the members of ``room``; both round trips inside ``within()``."""
+    async with within():
+        count, users = await store.alist_online(store.get_async_redis(), room)
+    return {"count": count, "users": users}
+
+
+def _last_seen_expression() -> Any:
     # The latest moment of any session: a session that started later may have ended earlier.
     # A timed-out session "ended" a TTL after the user was last heard from: use the heartbeat.
-    seen = Case(
+    return Case(
         When(end_reason=EndReason.TIMEOUT, then=Coalesce("last_heartbeat_at", "ended_at")),
         default=Coalesce("ended_at", "last_heartbeat_at", "connected_at"),
     )
-    last_seen = ConnectionSession.objects.filter(user_id=user_id).aggregate(seen=Max(seen))["seen"]
+
+
+def _format(user: Any, status: str | None, connections: int, last_seen: Any) -> dict[str, Any]:
     online = status is not None
     return {
         "id": user.pk,
@@ -46,26 +58,16 @@ def get_user_presence(user_id: int) -> dict[str, Any] | None:
     }
 
 
-def get_user_rooms(viewer: Any, user_id: int) -> list[str]:
+async def aget_user_rooms(viewer: Any, user_id: int, *, within: Within) -> list[str]:
     """The rooms ``user_id`` is in that ``viewer`` may list (PRESENCE_ROOM_AUTHORIZER, action
-    ``list``): where-now. Two Redis round trips whatever the number of rooms."""
-    rooms = store.user_rooms(store.get_redis(), user_id)
-    return [room for room in rooms if can_access_room(viewer, room, "list")]
+    ``list``): where-now. Two Redis round trips (inside ``within()``) whatever the number of
+    rooms."""
+    async with within():
+        rooms = await store.auser_rooms(store.get_async_redis(), user_id)
+    return [room for room in rooms if await acan_access_room(viewer, room, "list")]
 
 
-def get_users_status(user_ids: Sequence[int]) -> list[dict[str, Any]]:
-    """Presence of many users, in the order asked (each once); ids of no user are left out.
-
-    One Redis round trip whatever the number (store.users_status), and two SQL queries:
-    which ids are users, and the offline ones' last moment seen.
-    """
-    wanted = list(dict.fromkeys(user_ids))
-    known = set(
-        get_user_model()._default_manager.filter(pk__in=wanted).values_list("pk", flat=True)
-    )
-    ids = [uid for uid in wanted if uid in known]
-    statuses = store.users_status(store.get_redis(), ids)
-    seen = last_seen_by_user(s.uid for s in statuses if not s.online)
+def _status_rows(statuses: list[store.UserStatus], seen: dict[int, Any]) -> list[dict[str, Any]]:
     return [
         {
             "id": s.uid,
@@ -76,3 +78,49 @@ def get_users_status(user_ids: Sequence[int]) -> list[dict[str, Any]]:
         }
         for s in statuses
     ]
+
+
+async def aget_users_status(user_ids: Sequence[int], *, within: Within) -> list[dict[str, Any]]:
+    """Presence of many users, in the order asked (each once); ids of no user are left out.
+
+    One Redis round trip (inside ``within()``) whatever the number, and two SQL queries:
+    which ids are users, and the offline ones' last moment seen.
+    """
+    wanted = list(dict.fromkeys(user_ids))
+    known = {
+        pk
+        async for pk in get_user_model()
+        ._default_manager.filter(pk__in=wanted)
+        .values_list("pk", flat=True)
+    }
+    ids = [uid for uid in wanted if uid in known]
+    async with within():
+        statuses = await store.ausers_status(store.get_async_redis(), ids)
+    seen = await sync_to_async(last_seen_by_user)([s.uid for s in statuses if not s.online])
+    return _status_rows(statuses, seen)
+
+
+def get_user_presence(user_id: int) -> dict[str, Any] | None:
+    """One user's presence, or None if there is no such user."""
+    user = get_user_model()._default_manager.filter(pk=user_id).first()
+    if user is None:
+        return None
+    status, connections = store.user_presence(store.get_redis(), user_id)
+    last_seen = ConnectionSession.objects.filter(user_id=user_id).aggregate(
+        seen=Max(_last_seen_expression())
+    )["seen"]
+    return _format(user, status, connections, last_seen)
+
+
+async def aget_user_presence(user_id: int, *, within: Within) -> dict[str, Any] | None:
+    """One user's presence, or None if there is no such user; the Redis read inside
+    ``within()``."""
+    user = await get_user_model()._default_manager.filter(pk=user_id).afirst()
+    if user is None:
+        return None
+    async with within():
+        status, connections = await store.auser_presence(store.get_async_redis(), user_id)
+    seen = await ConnectionSession.objects.filter(user_id=user_id).aaggregate(
+        seen=Max(_last_seen_expression())
+    )
+    return _format(user, status, connections, seen["seen"])

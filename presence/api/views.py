@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+from functools import partial
+from typing import Any
 
 from django.http import HttpRequest, HttpResponseRedirect, JsonResponse
 from django.templatetags.static import static
@@ -10,8 +12,9 @@ from django.views.decorators.cache import cache_control
 from django.views.decorators.http import require_GET, require_POST
 
 from presence.access.auth import mint_token
-from presence.access.authz import can_access_room
+from presence.access.authz import acan_access_room
 from presence.api import listing as queries
+from presence.api.deadline import redis_deadline
 from presence.conf import app_settings
 from presence.handlers.core import ROOM_PATTERN
 
@@ -29,28 +32,63 @@ def _json_login_required(view):  # type: ignore[no-untyped-def]
     return wrapper
 
 
+def _ajson_login_required(view):  # type: ignore[no-untyped-def]
+    """``_json_login_required`` of an async view (the user is read with ``auser()``)."""
+
+    async def wrapper(request: HttpRequest, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if not (await request.auser()).is_authenticated:
+            return JsonResponse({"error": "authentication required"}, status=401)
+        return await view(request, *args, **kwargs)
+
+    wrapper.__name__ = view.__name__
+    wrapper.__doc__ = view.__doc__
+    return wrapper
+
+
+def _may_read_everyone(user: Any) -> bool:
+    """Whether ``user`` may list every online user and read any user's presence (id,
+    username, last seen): staff, or anyone with PRESENCE_API_LIST_ALL_USERS on."""
+    return bool(app_settings.API_LIST_ALL_USERS or user.is_staff)
+
+
+EVERYONE_FORBIDDEN = {
+    "error": "only staff may read every user's presence (PRESENCE_API_LIST_ALL_USERS)",
+    "code": "forbidden",
+}
+
+
 @require_GET
-@_json_login_required
-def online(request: HttpRequest) -> JsonResponse:
+@_ajson_login_required
+async def online(request: HttpRequest) -> JsonResponse:
     """``GET /api/presence/online/?room=`` -> ``{"count": n, "users": [...]}``."""
     room = request.GET.get("room") or None
     # fullmatch: with re.match, "$" also matches before a trailing newline ("lobby\n").
     if room is not None and not re.fullmatch(ROOM_PATTERN, room):
         return JsonResponse({"error": "room: 1-64 characters of [A-Za-z0-9_.:-]"}, status=400)
-    if room is not None and not can_access_room(request.user, room, "list"):
+    user = await request.auser()
+    if room is None and not _may_read_everyone(user):
+        return JsonResponse(EVERYONE_FORBIDDEN, status=403)
+    if room is not None and not await acan_access_room(user, room, "list"):
         return JsonResponse({"error": f"you may not list room {room!r}"}, status=403)
-    return JsonResponse(queries.get_online(room))
+    listing = await queries.aget_online(room, within=partial(redis_deadline, request))
+    return JsonResponse(listing)
 
 
 @require_GET
-@_json_login_required
-def user_detail(request: HttpRequest, user_id: int) -> JsonResponse:
-    """``GET /api/presence/users/<id>/`` -> one user's presence, with the rooms they are in
-    that the asking user may list."""
-    data = queries.get_user_presence(user_id)
+@_ajson_login_required
+async def user_detail(request: HttpRequest, user_id: int) -> JsonResponse:
+    """``GET /api/presence/users/<id>/`` -> one user's presence (one's own, or anyone's for
+    those who may read everyone's), with the rooms they are in that the asker may list."""
+    user = await request.auser()
+    if user_id != user.pk and not _may_read_everyone(user):
+        return JsonResponse(EVERYONE_FORBIDDEN, status=403)
+    within = partial(redis_deadline, request)
+    data = await queries.aget_user_presence(user_id, within=within)
     if data is None:
         return JsonResponse({"error": "no such user"}, status=404)
-    data["rooms"] = queries.get_user_rooms(request.user, user_id) if data["online"] else []
+    data["rooms"] = (
+        await queries.aget_user_rooms(user, user_id, within=within) if data["online"] else []
+    )
     return JsonResponse(data)
 
 

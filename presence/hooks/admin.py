@@ -9,7 +9,7 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.utils.html import format_html, format_html_join
 
-from presence.hooks import webhooks
+from presence.hooks import destinations, webhooks
 from presence.models import (
     DeliveryState,
     HookFailure,
@@ -47,6 +47,13 @@ class WebhookEndpointForm(forms.ModelForm):
         model = WebhookEndpoint
         fields = ["name", "url", "secret", "event_types", "enabled"]
         widgets = {"secret": forms.PasswordInput(render_value=True)}
+
+    def clean_url(self) -> str:
+        """Refuse internal destinations now, not at the first delivery (docs/hooks.md)."""
+        url = str(self.cleaned_data["url"])
+        if destinations.refusal(url) is not None:
+            raise forms.ValidationError(destinations.REFUSED_HELP, code="destination")
+        return url
 
 
 @admin.register(WebhookEndpoint)

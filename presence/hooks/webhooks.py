@@ -45,6 +45,7 @@ from django.utils import timezone
 
 from presence import store
 from presence.conf import app_settings
+from presence.hooks import destinations
 from presence.hooks.events import HookEvent, backoff_seconds, events_of
 from presence.jobs import groups
 from presence.jobs.periodic import RunReport, run_locked
@@ -283,15 +284,6 @@ class PostResult:
     error: str = ""
 
 
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    # A redirect would turn the POST into a GET, unsigned for the new URL: count it a failure.
-    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
-        return None
-
-
-_opener = urllib.request.build_opener(_NoRedirect)
-
-
 def post(endpoint: WebhookEndpoint, payloads: list[EventPayload]) -> PostResult:
     """POST one batch, signed; never raises."""
     body = json.dumps(
@@ -312,7 +304,8 @@ def post(endpoint: WebhookEndpoint, payloads: list[EventPayload]) -> PostResult:
         # file:, ftp: and the like are never fetched (a misconfigured environment URL).
         return PostResult("failed", None, 0.0, "not an http(s) URL")
     try:
-        with _opener.open(request, timeout=app_settings.WEBHOOK_TIMEOUT) as response:
+        # Checked and connected to the checked address (no redirects, no proxy).
+        with destinations.open_checked(request, timeout=app_settings.WEBHOOK_TIMEOUT) as response:
             response.read(65536)  # the receiver's answer is not used; bounded
             status = int(response.status)
     except urllib.error.HTTPError as exc:

@@ -1,8 +1,9 @@
 """Operator endpoints: ``/metrics``, ``/healthz``, ``/readyz`` and the staff process listing.
 
 ``/metrics`` is open in development (``DEBUG``). In production it needs
-``Authorization: Bearer $METRICS_TOKEN`` or a client address (``REMOTE_ADDR``: scrape the
-server directly, not through a proxy) in one of ``METRICS_ALLOWED_NETWORKS``; with neither
+``Authorization: Bearer $METRICS_TOKEN`` or a client address in one of
+``METRICS_ALLOWED_NETWORKS`` (the peer's, or the one a trusted proxy forwarded:
+``PRESENCE_TRUSTED_PROXIES``); with neither
 setting configured it refuses everyone (403) and logs once why.
 """
 
@@ -19,6 +20,7 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from presence.access.addresses import client_address
 from presence.conf import app_settings
 from presence.jobs import periodic
 from presence.live import processes
@@ -37,6 +39,15 @@ def _networks() -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
         except ValueError:
             logger.error("METRICS_ALLOWED_NETWORKS: %r is not a network; ignored", raw)
     return nets
+
+
+def _client(request: HttpRequest) -> str | None:
+    """The client's address: the ASGI scope's, read as the WebSocket side reads it (trusted
+    proxies only, presence/access/addresses.py); ``REMOTE_ADDR`` outside ASGI (test clients)."""
+    scope = getattr(request, "scope", None)
+    if scope is not None:
+        return client_address(scope)
+    return request.META.get("REMOTE_ADDR")
 
 
 def metrics_access(request: HttpRequest) -> tuple[bool, str]:
@@ -60,7 +71,7 @@ def metrics_access(request: HttpRequest) -> tuple[bool, str]:
             return True, "token"
     if networks:
         try:
-            addr = ipaddress.ip_address(request.META.get("REMOTE_ADDR", ""))
+            addr = ipaddress.ip_address(_client(request) or "")
         except ValueError:
             addr = None
         if addr is not None and any(addr in net for net in networks):
@@ -78,11 +89,25 @@ def metrics_view(request: HttpRequest) -> HttpResponse:
     return HttpResponse(collector.exposition(), content_type=CONTENT_TYPE_LATEST)
 
 
+def _shows_details(request: HttpRequest, user: Any) -> bool:
+    """Whether a health answer may carry its details (host, pid, uptime, each check's error
+    text): in development, to staff, and to whoever may read /metrics. Anyone else gets the
+    status alone: a probe needs no more, and the details map the deployment."""
+    if settings.DEBUG or getattr(user, "is_staff", False):
+        return True
+    if not app_settings.METRICS_TOKEN and not app_settings.METRICS_ALLOWED_NETWORKS:
+        return False  # (metrics_access would log that /metrics is refused: not this request)
+    return metrics_access(request)[0]
+
+
 @never_cache
 @require_GET
 def healthz(request: HttpRequest) -> JsonResponse:
     """``GET /healthz``: 200 while the process serves requests; checks no dependency."""
-    return JsonResponse(health.liveness())
+    body = health.liveness()
+    if not _shows_details(request, request.user):
+        return JsonResponse({"status": body["status"]})
+    return JsonResponse(body)
 
 
 @never_cache
@@ -90,7 +115,10 @@ def healthz(request: HttpRequest) -> JsonResponse:
 async def readyz(request: HttpRequest) -> JsonResponse:
     """``GET /readyz``: 200 when every dependency and the sweep are fine; else 503."""
     result = await health.readiness()
-    return JsonResponse(result, status=200 if result["ready"] else 503)
+    status = 200 if result["ready"] else 503
+    if not _shows_details(request, await request.auser()):
+        return JsonResponse({"ready": result["ready"]}, status=status)
+    return JsonResponse(result, status=status)
 
 
 @never_cache

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from presence.store.blocks import (
     ConnTarget,
+    alogin_revoked,
     clear_user_block,
     connection_login,
     revoke_login,
@@ -139,6 +140,7 @@ from presence.store.processes import (
 )
 from presence.store.reads import (
     alist_online,
+    auser_presence,
     list_online,
     user_presence,
 )
@@ -166,7 +168,14 @@ from presence.store.stats import (
     latency_bucket,
     message_field,
 )
-from presence.store.status import UserStatus, awatch_snapshot, user_rooms, users_status
+from presence.store.status import (
+    UserStatus,
+    auser_rooms,
+    ausers_status,
+    awatch_snapshot,
+    user_rooms,
+    users_status,
+)
 
 __all__ = [
     "BACKLOG_PAGE",
@@ -208,10 +217,14 @@ __all__ = [
     "aensure_group",
     "alist_online",
     "alist_page",
+    "alogin_revoked",
     "aoldest_pending",
     "aread_group",
     "aread_handler_control",
     "aremove_process",
+    "auser_presence",
+    "auser_rooms",
+    "ausers_status",
     "awatch_snapshot",
     "bounded",
     "claim_expired",

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
+import redis.asyncio as aredis
 
 from presence.conf import app_settings
 from presence.store.clients import now_ms
@@ -57,6 +58,11 @@ def revoke_login(client: redis.Redis, login: str, *, seconds: float) -> None:
     """Refuse new connections of the login session ``login`` for ``seconds``."""
     if login and seconds > 0:
         client.set(keys().login_revoked(login), 1, px=int(seconds * 1000))
+
+
+async def alogin_revoked(client: aredis.Redis, login: str) -> bool:
+    """Whether new connections of the login session ``login`` are refused now."""
+    return bool(login) and bool(await client.exists(keys().login_revoked(login)))
 
 
 def set_user_block(client: redis.Redis, uid: int, *, until_ms: int, reason: str) -> None:

@@ -77,6 +77,16 @@ def list_online(
     return int(count), users
 
 
+async def auser_presence(client: aredis.Redis, uid: int) -> tuple[str | None, int]:
+    """(status, live connection count) of one user; status is None when offline."""
+    pipe = client.pipeline(transaction=False)
+    queue_details(pipe, [str(uid)], now_ms())
+    (_username, status), connections = await pipe.execute()
+    if int(connections) == 0:
+        return None, 0
+    return status or "online", int(connections)
+
+
 def user_presence(client: redis.Redis, uid: int) -> tuple[str | None, int]:
     """(status, live connection count) of one user; status is None when offline."""
     pipe = client.pipeline(transaction=False)

@@ -66,6 +66,15 @@ def users_status(client: redis.Redis, uids: Sequence[int]) -> list[UserStatus]:
     return _format(uids, pipe.execute())
 
 
+async def ausers_status(client: aredis.Redis, uids: Sequence[int]) -> list[UserStatus]:
+    """Async twin of :func:`users_status` (the HTTP API's reads run on the asyncio client)."""
+    if not uids:
+        return []
+    pipe = client.pipeline(transaction=True)
+    _queue(pipe, uids, now_ms())
+    return _format(uids, await pipe.execute())
+
+
 async def awatch_snapshot(
     client: aredis.Redis, uids: Sequence[int]
 ) -> tuple[str, list[UserStatus]]:
@@ -95,4 +104,14 @@ def user_rooms(client: redis.Redis, uid: int) -> list[str]:
     if not cids:
         return []
     rooms: Any = client.sunion([k.conn_rooms(str(cid)) for cid in cids])
+    return sorted(str(room) for room in rooms)
+
+
+async def auser_rooms(client: aredis.Redis, uid: int) -> list[str]:
+    """Async twin of :func:`user_rooms`."""
+    k = keys()
+    cids: Any = await client.zrangebyscore(k.user_conns(uid), f"({now_ms()}", "+inf")
+    if not cids:
+        return []
+    rooms: Any = await client.sunion([k.conn_rooms(str(cid)) for cid in cids])  # type: ignore[misc]
     return sorted(str(room) for room in rooms)

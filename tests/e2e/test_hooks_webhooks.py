@@ -48,6 +48,8 @@ def fast(receiver: Receiver, **extra: str) -> dict[str, str]:
         "PRESENCE_HOOKS_BACKOFF_MAX": "1",
         "PRESENCE_WEBHOOK_TIMEOUT": "2",
         "PRESENCE_WEBHOOK_RUN_BUDGET": "1",
+        # The receiver is on loopback: a deliberate internal receiver (docs/hooks.md).
+        "PRESENCE_WEBHOOK_ALLOWED_HOSTS": "127.0.0.1",
         # The receiver is local: a proxy from the environment must not be used.
         "http_proxy": "",
         "HTTP_PROXY": "",

@@ -100,7 +100,8 @@ class TestPresence:
             await token_for(server, alice_user),
             await token_for(server, bob_user),
         )
-        viewer = await sync_to_async(session_id_for)(await auser_factory("viewer"))
+        # Staff: may list everyone (PRESENCE_API_LIST_ALL_USERS is off).
+        viewer = await sync_to_async(session_id_for)(await auser_factory("viewer", is_staff=True))
 
         async with ws(server, alice_token) as alice:
             hello = await recv(alice)

@@ -140,6 +140,7 @@ class TestClientIp:
         expected: str | None,
     ) -> None:
         settings.PRESENCE_TRUSTED_PROXY_HEADER = "X-Forwarded-For"
+        settings.PRESENCE_TRUSTED_PROXIES = ["10.0.0.0/8"]
 
         client = await ws_client(
             await auser_factory("alice"),
@@ -148,6 +149,20 @@ class TestClientIp:
         )
 
         assert (await row_of(client)).ip == expected
+
+    async def test_proxy_header_ignored_from_a_peer_not_trusted(
+        self, ws_client: WSFactory, auser_factory: UserFactory, settings: Settings
+    ) -> None:
+        settings.PRESENCE_TRUSTED_PROXY_HEADER = "X-Forwarded-For"
+        settings.PRESENCE_TRUSTED_PROXIES = ["192.0.2.1"]
+
+        client = await ws_client(
+            await auser_factory("alice"),
+            headers=[(b"x-forwarded-for", b"198.51.100.7")],
+            client_addr=("10.0.0.2", 5000),
+        )
+
+        assert (await row_of(client)).ip == "10.0.0.2"
 
     async def test_configured_header_absent_falls_back_to_the_peer(
         self, ws_client: WSFactory, auser_factory: UserFactory, settings: Settings

@@ -63,6 +63,8 @@ def start_chromium(profile_dir: Path, *, width: int = 1280, height: int = 900) -
         options.add_argument(flag)
     options.add_argument(f"--user-data-dir={profile_dir}")
     options.add_argument(f"--window-size={width},{height}")
+    # The console's messages (CSP violations among them) for browser_log().
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     os.environ.setdefault("SE_OFFLINE", "true")  # Selenium Manager must not look for drivers
     driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
     driver.set_page_load_timeout(30)
@@ -89,6 +91,16 @@ def wait_for_text(driver: WebDriver, css: str, text: str, timeout: float = 10) -
     WebDriverWait(
         driver, timeout, ignored_exceptions=(StaleElementReferenceException, WebDriverException)
     ).until(expected_conditions.text_to_be_present_in_element((By.CSS_SELECTOR, css), text))
+
+
+def browser_log(driver: WebDriver) -> list[str]:
+    """The console's messages since the last call (reading empties the buffer)."""
+    return [str(entry.get("message", "")) for entry in driver.get_log("browser")]
+
+
+def csp_violations(driver: WebDriver) -> list[str]:
+    """Console messages since the last call that report a Content-Security-Policy violation."""
+    return [m for m in browser_log(driver) if "Content Security Policy" in m]
 
 
 def screenshot(driver: WebDriver, name: str) -> Path:

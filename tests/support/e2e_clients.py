@@ -79,14 +79,16 @@ async def ws(
     *,
     session: str | None = None,
     subprotocols: list[str] | None = None,
+    headers: dict[str, str] | None = None,
 ) -> AsyncIterator[ClientConnection]:
     """A socket to ``server``: authenticated by ``?token=``, a ``session`` cookie, or a token
-    among ``subprotocols`` (``presence.token.<token>``)."""
+    among ``subprotocols`` (``presence.token.<token>``); ``headers`` are sent as well."""
     uri = server.ws_url + "/ws/presence/" + (f"?token={token}" if token else "")
+    extra = {**({"Cookie": f"sessionid={session}"} if session else {}), **(headers or {})}
     async with connect(
         uri,
         origin=origin or server.url,  # type: ignore[arg-type]
-        additional_headers={"Cookie": f"sessionid={session}"} if session else None,
+        additional_headers=extra or None,
         subprotocols=subprotocols,  # type: ignore[arg-type]
         compression=None,
         proxy=None,

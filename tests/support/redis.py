@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -73,3 +75,13 @@ def _clean_redis(redis_server: RedisServer) -> Iterator[None]:
 def r(redis_server: RedisServer) -> redis.Redis:
     """A plain sync client on the test Redis (decoded strings)."""
     return redis.Redis.from_url(redis_server.url, decode_responses=True)
+
+
+@contextmanager
+def paused(server: RedisServer) -> Iterator[None]:
+    """The redis-server process stopped (SIGSTOP): connections open, nothing answers."""
+    os.kill(server.process.pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(server.process.pid, signal.SIGCONT)

@@ -20,6 +20,15 @@ from tests.support.paths import ROOT
 START_TIMEOUT = 30.0
 
 
+def procfile_command(name: str) -> str:
+    """The command of the Procfile's process ``name`` (``web``, ``worker``, ``beat``)."""
+    for line in (ROOT / "Procfile").read_text().splitlines():
+        key, sep, command = line.partition(":")
+        if sep and key.strip() == name:
+            return command.strip()
+    raise KeyError(f"no {name!r} process in the Procfile")
+
+
 class ASGIServer(str):
     """One running uvicorn process; the string itself is its base URL ``http://127.0.0.1:<port>``."""
 
@@ -81,7 +90,10 @@ class ASGIServerFactory:
         env: Mapping[str, str] | None = None,
         port: int | None = None,
         extra_args: tuple[str, ...] = (),
+        procfile: bool = False,
     ) -> ASGIServer:
+        """``procfile``: run the Procfile's ``web:`` line through the shell, as honcho does
+        (``--lifespan on``, the flags it passes uvicorn from the environment)."""
         port = port or free_port()
         full_env = {
             **os.environ,
@@ -94,25 +106,34 @@ class ASGIServerFactory:
             **(env or {}),
         }
         log_path = self.log_dir / f"uvicorn-{port}-{len(self.servers)}.log"
+        if procfile:
+            full_env.update(
+                WEB_HOST="127.0.0.1",
+                WEB_PORT=str(port),
+                PATH=os.pathsep.join([str(Path(sys.executable).parent), full_env["PATH"]]),
+            )
+            command = ["/bin/sh", "-c", procfile_command("web") + " " + " ".join(extra_args)]
+        else:
+            command = [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "config.asgi:application",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--ws-max-size",
+                str(ws_max_size),
+                "--ws-per-message-deflate",
+                "false",
+                "--lifespan",
+                "off",
+                *extra_args,
+            ]
         with log_path.open("wb") as log:
             process = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "uvicorn",
-                    "config.asgi:application",
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(port),
-                    "--ws-max-size",
-                    str(ws_max_size),
-                    "--ws-per-message-deflate",
-                    "false",
-                    "--lifespan",
-                    "off",
-                    *extra_args,
-                ],
+                command,
                 cwd=ROOT,
                 env=full_env,
                 stdout=log,

@@ -8,6 +8,7 @@ same credentials connected (or able to reconnect at once).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -15,11 +16,18 @@ from typing import Any
 import pytest
 from asgiref.sync import sync_to_async
 from django.contrib.auth import get_user_model
+from django.db import transaction
 from django.test import Client
 from django.utils import timezone
 
 from presence.access.auth import mint_token
-from presence.actions.revocation import do_block_user, do_lift_blocks
+from presence.actions.revocation import (
+    PASSWORD_CHANGED,
+    do_block_user,
+    do_deactivate_users,
+    do_end_connections_after_bulk_change,
+    do_lift_blocks,
+)
 from presence.models import UserBlock
 from sessions_app.actions import do_kick_session
 from sessions_app.models import EndReason
@@ -140,6 +148,62 @@ class TestAccountChanges:
         assert await tab.request("heartbeat", id_=3) == {"type": "heartbeat.ack", "id": 3}
 
 
+class TestBulkChanges:
+    """``QuerySet.update()`` sends no signal: the helpers close the sockets instead."""
+
+    async def test_deactivating_in_bulk_closes_every_socket_of_those_users(
+        self, ws_client: WSFactory, auser_factory: UserFactory
+    ) -> None:
+        alice, bob, carol = [await auser_factory(n) for n in ("alice", "bob", "carol")]
+        tabs = [await ws_client(alice), await ws_client(alice), await ws_client(bob)]
+        bystander = await ws_client(carol)
+        users = get_user_model().objects.filter(username__in=["alice", "bob"])
+
+        count = await sync_to_async(do_deactivate_users)(users)
+
+        assert count == 2
+        for tab in tabs:
+            code, frames = await closed(tab)
+            assert (code, frames[-1]["code"]) == (4403, "account_disabled")
+        assert await bystander.request("heartbeat", id_=1) == {"type": "heartbeat.ack", "id": 1}
+        refused = await ws_client(alice, expect_hello=False)
+        assert (await closed(refused))[0] == 4403
+        active = get_user_model().objects.filter(is_active=True).values_list("username", flat=True)
+        assert await sync_to_async(list)(active) == ["carol"]
+
+    async def test_after_an_update_of_ones_own(
+        self, ws_client: WSFactory, auser_factory: UserFactory
+    ) -> None:
+        alice = await auser_factory("alice")
+        tab = await ws_client(alice)
+
+        def change_passwords() -> None:
+            with transaction.atomic():
+                get_user_model().objects.filter(pk=alice.pk).update(password="!")
+                do_end_connections_after_bulk_change([alice.pk], ending=PASSWORD_CHANGED)
+
+        await sync_to_async(change_passwords)()
+
+        code, frames = await closed(tab)
+        assert (code, frames[-1]["code"]) == (4401, "credentials_changed")
+
+    async def test_a_rolled_back_change_closes_nothing(
+        self, ws_client: WSFactory, auser_factory: UserFactory
+    ) -> None:
+        alice = await auser_factory("alice")
+        tab = await ws_client(alice)
+
+        def roll_back() -> None:
+            with contextlib.suppress(RuntimeError), transaction.atomic():
+                do_deactivate_users(get_user_model().objects.filter(pk=alice.pk))
+                raise RuntimeError("rolled back")
+
+        await sync_to_async(roll_back)()
+
+        assert await tab.request("heartbeat", id_=2) == {"type": "heartbeat.ack", "id": 2}
+        assert (await get_user_model().objects.aget(pk=alice.pk)).is_active
+
+
 class TestKickIsTerminal:
     async def test_the_same_cookie_cannot_reconnect(
         self, ws_client: WSFactory, auser_factory: UserFactory
@@ -155,8 +219,20 @@ class TestKickIsTerminal:
         assert (code, frames[-1]["code"]) == (4410, "terminated")
         again = await by_cookie(ws_client, browser, expect_hello=False)
         code, frames = await closed(again)
-        assert code == 4401  # the login session is gone (logged out of HTTP too) or revoked
+        # The login session is gone (logged out of HTTP too), and its revocation says why.
+        assert (code, frames[0]["code"]) == (4401, "session_revoked")
         assert (await sync_to_async(browser.get)("/api/presence/online/")).status_code == 401
+
+    async def test_a_cookie_of_a_session_merely_gone_is_unauthorized(
+        self, ws_client: WSFactory, auser_factory: UserFactory
+    ) -> None:
+        browser = await sync_to_async(login)(await auser_factory("alice"))
+        await sync_to_async(browser.session.delete)()  # expired or cleared, never kicked
+
+        again = await by_cookie(ws_client, browser, expect_hello=False)
+
+        code, frames = await closed(again)
+        assert (code, frames[0]["code"]) == (4401, "unauthorized")
 
     async def test_a_token_minted_before_the_kick_is_refused(
         self, ws_client: WSFactory, auser_factory: UserFactory

@@ -25,10 +25,17 @@ from presence import store
 from sessions_app.models import ConnectionSession, EndReason
 from tests.support.console import RoundTrips, seed_presence
 
-pytestmark = [pytest.mark.django_db, pytest.mark.timeout(60)]
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(60)]
 
 URL = "/api/presence/status/"
 TOKEN = "s3cret-token-for-tests"
+
+
+def sent_commands(round_trips: RoundTrips) -> list[str]:
+    """Command names sent since start(); the PING of a new pooled connection left out (each
+    request of the test client runs in an event loop of its own, with its own connection)."""
+    names = [command.split()[0].upper() for command in round_trips.stop()]
+    return [name for name in names if name != "PING"]
 
 
 @pytest.fixture
@@ -40,7 +47,8 @@ def round_trips(redis_server: RedisServer) -> Iterator[RoundTrips]:
 
 @pytest.fixture
 def viewer(client: Client, user_factory: Any) -> Client:
-    client.force_login(user_factory("viewer"))
+    """A logged-in staff member: staff may read everyone's presence."""
+    client.force_login(user_factory("viewer", is_staff=True))
     return client
 
 
@@ -142,7 +150,11 @@ class TestRoundTrips:
 
         response = post(viewer, {"users": [u.pk for u in users]})
 
-        assert round_trips.count() == 1
+        sent = sent_commands(round_trips)
+        # One MULTI ... EXEC block: ZMSCORE, then HMGET + ZCOUNT per id, sent in one write.
+        assert sent[0] == "MULTI" and sent[-1] == "EXEC"
+        assert "MULTI" not in sent[1:] and "EXEC" not in sent[:-1]
+        assert len(sent) == 2 + 1 + 2 * n
         answer = response.json()["users"]
         assert len(answer) == n
         assert [u["status"] for u in answer[:3]] == ["busy"] * min(3, n)
@@ -155,6 +167,22 @@ class TestWhoMayAsk:
 
         assert response.status_code == 401
         assert response.json()["code"] == "unauthorized"
+
+    def test_others_presence_is_for_staff_or_when_listing_all_is_on(
+        self, client: Client, user_factory: Any, settings: Settings
+    ) -> None:
+        me, other = user_factory("me"), user_factory("other")
+        client.force_login(me)
+
+        own = post(client, {"users": [me.pk]})
+        refused = post(client, {"users": [me.pk, other.pk]})
+        settings.PRESENCE_API_LIST_ALL_USERS = True
+        allowed = post(client, {"users": [me.pk, other.pk]})
+
+        assert own.status_code == 200
+        assert refused.status_code == 403
+        assert refused.json()["code"] == "forbidden"
+        assert allowed.status_code == 200
 
     def test_a_configured_token_may_ask(
         self, client: Client, user_factory: Any, settings: Settings
@@ -188,7 +216,7 @@ class TestWhoMayAsk:
 
     def test_a_cookie_caller_needs_the_csrf_token(self, user_factory: Any) -> None:
         browser = Client(enforce_csrf_checks=True)
-        browser.force_login(user_factory("alice"))
+        browser.force_login(user_factory("alice", is_staff=True))
 
         refused = post(browser, {"users": [1]})
         browser.get("/accounts/login/")  # sets the CSRF cookie

@@ -7,6 +7,7 @@ every endpoint requires a logged-in user and answers 401 JSON otherwise.
 from __future__ import annotations
 
 import datetime as dt
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -15,8 +16,11 @@ import pytest
 from django.test import AsyncClient
 from django.utils import timezone
 
+from config.embedded_redis import RedisServer
+from presence.conf import app_settings
 from sessions_app.models import ConnectionSession, EndReason
 from tests.support.db import session_row
+from tests.support.redis import paused
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(30)]
 
@@ -31,8 +35,9 @@ def user_url(uid: int) -> str:
 
 @pytest.fixture
 async def viewer(async_client: AsyncClient, auser_factory: UserFactory) -> AsyncClient:
-    """An HTTP client logged in as ``viewer`` (who is not connected by WebSocket)."""
-    await async_client.aforce_login(await auser_factory("viewer"))
+    """An HTTP client logged in as ``viewer`` (who is not connected by WebSocket), staff: may
+    read everyone's presence (TestWhoMayReadEveryone has the others)."""
+    await async_client.aforce_login(await auser_factory("viewer", is_staff=True))
     return async_client
 
 
@@ -216,6 +221,95 @@ class TestUserDetail:
 
         assert response.status_code == 404
         assert response.json() == {"error": "no such user"}
+
+
+class TestWhoMayReadEveryone:
+    @pytest.fixture
+    async def member(self, async_client: AsyncClient, auser_factory: UserFactory) -> Any:
+        user = await auser_factory("member")
+        await async_client.aforce_login(user)
+        return user
+
+    async def test_a_user_not_staff_may_not_list_everyone_by_default(
+        self, async_client: AsyncClient, member: Any, auser_factory: UserFactory
+    ) -> None:
+        bob = await auser_factory("bob")
+
+        listing = await async_client.get(ONLINE)
+        detail = await async_client.get(user_url(bob.pk))
+
+        assert (listing.status_code, listing.json()["code"]) == (403, "forbidden")
+        assert (detail.status_code, detail.json()["code"]) == (403, "forbidden")
+        assert "bob" not in detail.content.decode()
+
+    async def test_nor_probe_ids_for_existence(
+        self, async_client: AsyncClient, member: Any
+    ) -> None:
+        assert (await async_client.get(user_url(999_999))).status_code == 403
+
+    async def test_own_presence_and_a_rooms_listing_stay_open(
+        self, async_client: AsyncClient, member: Any
+    ) -> None:
+        mine = await async_client.get(user_url(member.pk))
+        room = await async_client.get(ONLINE + "?room=lobby")
+
+        assert (mine.status_code, mine.json()["username"]) == (200, "member")
+        assert (room.status_code, room.json()) == (200, {"count": 0, "users": []})
+
+    async def test_the_setting_opens_it_to_every_user(
+        self, async_client: AsyncClient, member: Any, auser_factory: UserFactory, settings: Any
+    ) -> None:
+        settings.PRESENCE_API_LIST_ALL_USERS = True
+        bob = await auser_factory("bob")
+
+        assert (await async_client.get(ONLINE)).status_code == 200
+        assert (await async_client.get(user_url(bob.pk))).json()["username"] == "bob"
+
+
+class TestRedisDeadline:
+    """One deadline per request against a paused Redis: a JSON 503 within it, not one
+    socket timeout per command (6-9 s were measured with two commands and a retry)."""
+
+    @pytest.mark.parametrize("path", [ONLINE, ONLINE + "?room=lobby", "user"])
+    async def test_paused_store_answers_503_within_the_deadline(
+        self,
+        viewer: AsyncClient,
+        auser_factory: UserFactory,
+        redis_server: RedisServer,
+        settings: Any,
+        path: str,
+    ) -> None:
+        settings.PRESENCE_HTTP_REDIS_DEADLINE = 1.0
+        settings.PRESENCE_REDIS_SOCKET_TIMEOUT = 3.0  # per command: what used to add up
+        if path == "user":
+            path = user_url((await auser_factory("bob")).pk)
+        await viewer.get(path)  # the client's connection is open before the pause
+
+        with paused(redis_server):
+            started = time.monotonic()
+            response = await viewer.get(path)
+            took = time.monotonic() - started
+
+        assert response.status_code == 503
+        assert response.json()["code"] == "unavailable"
+        assert response["Retry-After"]
+        assert 0.9 <= took < 2.5, took  # the per-command timeout alone was 3 s
+
+    async def test_a_fresh_connection_is_bounded_too(
+        self, viewer: AsyncClient, redis_server: RedisServer, settings: Any
+    ) -> None:
+        settings.PRESENCE_HTTP_REDIS_DEADLINE = 1.0
+
+        with paused(redis_server):
+            started = time.monotonic()
+            response = await viewer.get(ONLINE)
+            took = time.monotonic() - started
+
+        assert response.status_code == 503
+        assert took < 2.5, took
+
+    async def test_the_default_is_at_most_3_s(self) -> None:
+        assert 0 < app_settings.HTTP_REDIS_DEADLINE <= 3.0
 
 
 class TestToken:

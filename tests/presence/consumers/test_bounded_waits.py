@@ -122,7 +122,7 @@ class TestHttpApi:
     async def test_redis_down_is_a_json_503_with_retry_after(
         self, auser_factory: UserFactory, redis_server: RedisServer, short_timeouts: None
     ) -> None:
-        alice = await auser_factory("alice")
+        alice = await auser_factory("alice", is_staff=True)  # may list everyone
         redis_server.kill()
         try:
             started = time.monotonic()
@@ -139,7 +139,7 @@ class TestHttpApi:
     async def test_redis_paused_is_a_json_503_within_seconds(
         self, auser_factory: UserFactory, redis_server: RedisServer, short_timeouts: None
     ) -> None:
-        alice = await auser_factory("alice")
+        alice = await auser_factory("alice", is_staff=True)  # may list everyone
         await sync_to_async(self._get)(alice)  # a pooled connection exists: no connect wait
         with paused(redis_server):
             started = time.monotonic()
@@ -150,7 +150,7 @@ class TestHttpApi:
         assert waited < 5, waited
 
     async def test_pages_keep_their_own_error_handling(self, auser_factory: UserFactory) -> None:
-        alice = await auser_factory("alice")
+        alice = await auser_factory("alice", is_staff=True)  # may list everyone
         response = await sync_to_async(self._get)(alice, "/api/presence/users/999999/")
         assert response.status_code == 404
         assert response.json() == {"error": "no such user"}

@@ -12,6 +12,19 @@ from presence.jobs import periodic
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
+TOKEN = "ops-token"
+
+
+@pytest.fixture(autouse=True)
+def metrics_token(settings: Any) -> None:
+    settings.DEBUG = False
+    settings.METRICS_TOKEN = TOKEN
+
+
+def operator() -> Client:
+    """A client that may see the details (the metrics token)."""
+    return Client(HTTP_AUTHORIZATION=f"Bearer {TOKEN}")
+
 
 def sweep_ran() -> None:
     """Record a successful sweep run now (what presence.sweep_expired does)."""
@@ -22,7 +35,7 @@ class TestLiveness:
     def test_healthz_answers_without_any_dependency(self, redis_server: Any) -> None:
         redis_server.kill()
         try:
-            response = Client().get("/healthz")
+            response = operator().get("/healthz")
         finally:
             redis_server.start()
         assert response.status_code == 200
@@ -31,10 +44,57 @@ class TestLiveness:
         assert body["uptime_seconds"] >= 0
 
 
+class TestAnonymousSeeStatusOnly:
+    def test_healthz(self) -> None:
+        assert Client().get("/healthz").json() == {"status": "ok"}
+
+    def test_readyz_ready(self) -> None:
+        sweep_ran()
+
+        response = Client().get("/readyz")
+
+        assert (response.status_code, response.json()) == (200, {"ready": True})
+
+    def test_readyz_not_ready_hides_the_error_text(self, redis_server: Any) -> None:
+        redis_server.kill()
+        try:
+            response = Client().get("/readyz")
+        finally:
+            redis_server.start()
+
+        assert (response.status_code, response.json()) == (503, {"ready": False})
+
+    def test_a_wrong_token_is_anonymous(self) -> None:
+        body = Client(HTTP_AUTHORIZATION="Bearer nope").get("/healthz").json()
+
+        assert body == {"status": "ok"}
+
+    def test_staff_see_the_details(self, django_user_model: Any) -> None:
+        client = Client()
+        client.force_login(django_user_model.objects.create_user("op", is_staff=True))
+
+        body = client.get("/healthz").json()
+        ready = client.get("/readyz").json()
+
+        assert {"status", "process", "uptime_seconds"} <= set(body)
+        assert "checks" in ready and "tasks" in ready
+
+    def test_a_user_not_staff_sees_status_only(self, django_user_model: Any) -> None:
+        client = Client()
+        client.force_login(django_user_model.objects.create_user("someone"))
+
+        assert client.get("/healthz").json() == {"status": "ok"}
+
+    def test_development_shows_everything(self, settings: Any) -> None:
+        settings.DEBUG = True
+
+        assert "process" in Client().get("/healthz").json()
+
+
 class TestReadiness:
     def test_ready_when_everything_answers(self) -> None:
         sweep_ran()
-        response = Client().get("/readyz")
+        response = operator().get("/readyz")
         body = response.json()
         assert response.status_code == 200, body
         assert body["ready"] is True
@@ -52,7 +112,7 @@ class TestReadiness:
         redis_server.kill()
         try:
             started = time.monotonic()
-            response = Client().get("/readyz")
+            response = operator().get("/readyz")
             elapsed = time.monotonic() - started
         finally:
             redis_server.start()
@@ -68,18 +128,18 @@ class TestReadiness:
     def test_503_when_the_sweep_is_stale(self, settings: Any) -> None:
         settings.PRESENCE_READY_SWEEP_MAX_AGE = 0.2
         sweep_ran()
-        assert Client().get("/readyz").status_code == 200
+        assert operator().get("/readyz").status_code == 200
         time.sleep(0.3)
-        response = Client().get("/readyz")
+        response = operator().get("/readyz")
         assert response.status_code == 503
         body = response.json()
         assert body["tasks"]["sweep"]["stale"] is True
         assert all(c["ok"] for c in body["checks"].values())  # only the sweep is wrong
 
     def test_a_sweep_that_never_ran_is_stale_unless_the_check_is_off(self, settings: Any) -> None:
-        assert Client().get("/readyz").status_code == 503
+        assert operator().get("/readyz").status_code == 503
         settings.PRESENCE_READY_SWEEP_MAX_AGE = 0
-        response = Client().get("/readyz")
+        response = operator().get("/readyz")
         assert response.status_code == 200
         assert response.json()["tasks"]["sweep"]["max_age_seconds"] is None
 
@@ -89,8 +149,8 @@ class TestReadiness:
 
         with pytest.raises(RuntimeError):
             periodic.run_locked("sweep", 1000, periodic.RunReport(), boom)
-        assert Client().get("/readyz").status_code == 503
+        assert operator().get("/readyz").status_code == 503
 
     def test_responses_carry_a_request_id(self) -> None:
-        response = Client().get("/healthz", HTTP_X_REQUEST_ID="probe-1")
+        response = operator().get("/healthz", HTTP_X_REQUEST_ID="probe-1")
         assert response["X-Request-ID"] == "probe-1"
