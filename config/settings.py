@@ -260,6 +260,7 @@ _presence_from_env: tuple[tuple[str, Callable[..., object]], ...] = (
     ("PRESENCE_HTTP_REDIS_DEADLINE", env.float),
     ("PRESENCE_TOKEN_MAX_AGE", env.int),
     ("PRESENCE_ACTIVITY_RESOLUTION", env.float),
+    ("PRESENCE_LEAVE_GRACE", env.float),
     ("PRESENCE_API_TOKENS", _secret),  # comma-separated, read verbatim
     # Event log and protocol v2 (docs/presence.md).
     ("PRESENCE_EVENT_LOG_MAXLEN", env.int),

@@ -162,6 +162,11 @@ class AppSettings:
         return int(self._get("PRESENCE_LIST_LIMIT", 1000))
 
     @property
+    def LEAVE_GRACE(self) -> float:
+        """Seconds a closed last connection's leaves are held for a reconnect (0 = off)."""
+        return float(self._get("PRESENCE_LEAVE_GRACE", 5.0))
+
+    @property
     def ACTIVITY_RESOLUTION(self) -> float:
         """Seconds between two writes of a user's ``last_active`` (``activity`` frames)."""
         return float(self._get("PRESENCE_ACTIVITY_RESOLUTION", 60.0))

@@ -86,6 +86,7 @@ from presence.store.groups import (
     read_group,
     stream_id_order,
 )
+from presence.store.held import RELEASE_BATCH, arelease_due, release_due, release_user
 from presence.store.hooks import (
     HookHold,
     clear_hook_holds,
@@ -187,6 +188,7 @@ __all__ = [
     "PROCESS_CONNS_SLICE",
     "PROCESS_LIST_MAX",
     "PUBLISH_ATTEMPTS",
+    "RELEASE_BATCH",
     "SESSION_LOG_GROUP",
     "WEBHOOKS_GROUP",
     "ClaimBatch",
@@ -221,6 +223,7 @@ __all__ = [
     "aoldest_pending",
     "aread_group",
     "aread_handler_control",
+    "arelease_due",
     "aremove_process",
     "auser_presence",
     "auser_rooms",
@@ -282,8 +285,10 @@ __all__ = [
     "read_task_runs",
     "read_webhook_backlog",
     "record_task_run",
+    "release_due",
     "release_stats_claim",
     "release_task_lock",
+    "release_user",
     "remove_process",
     "reset_clients",
     "revoke_login",

@@ -33,6 +33,7 @@ class EndResult:
     state: int  # 1 ended now, 0 already ended, -1 rescued by a heartbeat
     global_left: bool = False
     rooms_left: list[str] = field(default_factory=list)
+    held: bool = False  # a leave was held for the grace window (release_held.lua logs it)
 
 
 @dataclass(frozen=True)
@@ -103,6 +104,7 @@ async def connect(
         *(k.user(uid), k.user_conns(uid), k.events),
         *(k.addr_conns(ip), k.addr_rate(ip), k.user_block(uid), k.user_revoked(uid)),
         *(k.login_revoked(g.login), k.token_used(g.token_id), k.active),
+        *(k.held, k.held_why),
     ]
     args = [now or now_ms(), ttl_ms(), grace_ms(), cid, uid, username, channel]
     args += [log_maxlen(), ip, user_agent[:512]]
@@ -160,12 +162,24 @@ async def add_counters(client: aredis.Redis, counters: Mapping[str, int]) -> Non
 
 
 # --------------------------------------------------------------------------- end
+# Close reasons that end the user's presence for good: their leaves are never held.
+FINAL_REASONS = frozenset({"kicked", "logged_out", "revoked", "timeout"})
+
+
+def leave_grace_ms(reason: str) -> int:
+    """The grace window a close with ``reason`` holds its leaves for (0: none)."""
+    if reason in FINAL_REASONS:
+        return 0
+    return int(app_settings.LEAVE_GRACE * 1000)
+
+
 def _plan_end(
     conns: Sequence[ConnRef], mode: str, reason: str, now: int
 ) -> tuple[list[str], list[Any]]:
     k = keys()
-    ks = [*k.fixed(), k.events]
-    args: list[Any] = [now, mode, reason, ttl_ms(), log_maxlen(), len(conns)]
+    ks = [*k.fixed(), k.events, k.held, k.held_why]
+    grace = leave_grace_ms(reason) if mode == "closed" else 0
+    args: list[Any] = [now, mode, reason, ttl_ms(), log_maxlen(), grace, len(conns)]
     for c in conns:
         ks += k.conn_group(c.cid, c.uid, c.rooms)
         args += [c.cid, c.uid, len(c.rooms), *c.rooms]
@@ -179,6 +193,7 @@ def _parse_end(raw: list[list[Any]]) -> list[EndResult]:
             state=int(e[1]),
             global_left=int(e[2]) == 1,
             rooms_left=[str(r) for r in e[3:]],
+            held=int(e[2]) == 2,
         )
         for e in raw
     ]

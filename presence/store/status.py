@@ -3,9 +3,10 @@
 The bulk status of the HTTP API (``POST /api/presence/status/``) and the watch list's
 reply read through here. Whatever the number of users, it is ONE round trip: a
 ``MULTI``/``EXEC`` block (every key shares the deployment's hash tag, and the answer is one
-consistent moment) of a ``ZMSCORE`` of the activity index, then per user an ``HGET`` of the
-status and a ``ZCOUNT`` of the live connections (the same test of "online" as the listings:
-a connection counts while its expiry is in the future).
+consistent moment) of a ``ZMSCORE`` of the activity index, then per user an ``HMGET`` of
+the status and held leave, and a ``ZCOUNT`` of the live connections (the same test of
+"online" as the listings: a connection counts while its expiry is in the future, and a
+leave held by the grace window keeps the user online).
 """
 
 from __future__ import annotations
@@ -36,15 +37,16 @@ def _queue(pipe: Any, uids: Sequence[int], now: int) -> None:
     k = keys()
     pipe.zmscore(k.active, [str(u) for u in uids])
     for uid in uids:
-        pipe.hget(k.user(uid), "status")
+        pipe.hmget(k.user(uid), "status", "held")
         pipe.zcount(k.user_conns(uid), f"({now}", "+inf")
 
 
 def _format(uids: Sequence[int], replies: Sequence[Any]) -> list[UserStatus]:
-    active, out = replies[0], []
+    active, out, now = replies[0], [], now_ms()
     for i, uid in enumerate(uids):
-        status, connections = replies[1 + 2 * i], int(replies[2 + 2 * i])
-        online = connections > 0
+        (status, held), connections = replies[1 + 2 * i], int(replies[2 + 2 * i])
+        # A held leave (the grace window) keeps the user online with no live connection.
+        online = connections > 0 or (held is not None and int(held) > now)
         out.append(
             UserStatus(
                 uid=uid,

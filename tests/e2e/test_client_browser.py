@@ -417,7 +417,7 @@ def test_demo_works_with_production_static_files(
 def test_the_watch_box_follows_the_other_user_and_their_tab_closing(
     asgi_server: Callable[..., ASGIServer], chromium: Callable[..., WebDriver], people: Any
 ) -> None:
-    server = asgi_server()
+    server = asgi_server(env={"PRESENCE_LEAVE_GRACE": "2"})
     bob_user = people["bob"]
     alice = open_demo(chromium, server, "alice", DESKTOP)
 
@@ -437,7 +437,9 @@ def test_the_watch_box_follows_the_other_user_and_their_tab_closing(
 
     bob.switch_to.window(demo_tab)
     bob.close()
+    closed_at = time.monotonic()
     wait_js(alice, f"document.querySelector('{watched}[data-online=\"false\"]')", timeout=15)
+    assert time.monotonic() - closed_at >= 1.5  # after the grace window, not at the close
     wait_for_text(alice, "#log", "Watched: bob went offline")
     # A reload of the page keeps the list (per tab), loaded again from the server.
     alice.refresh()
