@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 RUNTIME := $(VENV)/.runtime-installed
 DEV := $(VENV)/.dev-installed
 
-.PHONY: run test test-js lint format bench clean
+.PHONY: run test test-js lint format bench chaos clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,12 @@ lint: $(DEV)
 format: $(DEV)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
+
+# The chaos suite (docs/reliability.md): one scenario at a time on real processes, ~1 min each;
+# CHAOS_CLIENTS sets the number of WebSocket clients (default 300). Rewrites the table there.
+CHAOS_CLIENTS ?= 300
+chaos: $(DEV)
+	CHAOS_CLIENTS=$(CHAOS_CLIENTS) timeout 900 $(BIN)/python -m pytest -m chaos tests/chaos -s $(PYTEST_ARGS)
 
 bench: $(DEV)
 	$(BIN)/python -m bench $(BENCH_ARGS)

@@ -247,6 +247,22 @@ class AppSettings:
         return int(self._get("PRESENCE_HEARTBEAT_BATCH_MAX", 500))
 
     @property
+    def HEARTBEAT_HOLD(self) -> float:
+        """Seconds a heartbeat is held and retried while the store is away (a failover, a
+        restart), then answered with ``unavailable``; the ack comes late, not as an error."""
+        return float(self._get("PRESENCE_HEARTBEAT_HOLD", 20.0))
+
+    @property
+    def HEARTBEAT_HOLD_MAX(self) -> int:
+        """Most heartbeats one process holds while the store is away; more get ``unavailable``."""
+        return int(self._get("PRESENCE_HEARTBEAT_HOLD_MAX", 20_000))
+
+    @property
+    def STORE_WARNING_INTERVAL(self) -> float:
+        """Seconds between a process's warnings that the store is away (each with a count)."""
+        return float(self._get("PRESENCE_STORE_WARNING_INTERVAL", 10.0))
+
+    @property
     def COUNTER_FLUSH_INTERVAL(self) -> float:
         """Seconds buffered message counters wait for a heartbeat batch to ride along with."""
         return float(self._get("PRESENCE_COUNTER_FLUSH_INTERVAL", 1.0))

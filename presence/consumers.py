@@ -45,7 +45,9 @@ from presence.live.diffs import Event, Pos, dumps
 from presence.live.eventlog import EventLogReader, ensure_reader
 from presence.live.inbox import get_inbox
 from presence.live.ratelimit import FrameLimiter
+from presence.live.switchover import ensure_switchover_watcher
 from presence.obs import metrics
+from presence.obs.logs import store_outage
 from presence.protocol import frames
 from presence.protocol.closecodes import (
     CLOSE_EXPIRED,
@@ -97,6 +99,8 @@ class PresenceConsumer(AsyncWebsocketConsumer):
     # A client frame is being handled: events wait for its reply, so a client always sees
     # the answer to its request before the events it caused (its own room join, say).
     _handling = False
+    # The last status this connection set: what it re-asserts after a store loss.
+    status = "online"
 
     async def connect(self) -> None:
         self.rooms: set[str] = set()
@@ -145,11 +149,11 @@ class PresenceConsumer(AsyncWebsocketConsumer):
             # retry later, rather than keep a socket that is online for no one. The connect
             # script may have run all the same (a timeout while its answer was on the way):
             # undo it, so the connection does not stay registered until its TTL.
-            logger.warning(
-                "presence store unreachable or slow; refusing connection %s: %r",
-                self.session_id,
-                exc,
-            )
+            if store.is_unavailable(exc):  # an outage: one summary per interval, not per socket
+                metrics.store_unavailable("connect")
+                store_outage.failed("connect", exc)
+            else:
+                logger.warning("refusing connection %s: the store failed: %r", self.session_id, exc)
             self._forget()
             actions.undo_connect(self.conn_ref)
             await self.close_with(CLOSE_TRY_AGAIN, "unavailable", "presence is unavailable")
@@ -181,6 +185,7 @@ class PresenceConsumer(AsyncWebsocketConsumer):
         await ensure_control_watcher()
         self.reader = await ensure_reader()
         await ensure_session_writer()
+        ensure_switchover_watcher()  # Sentinel: follow a new primary at once
         # In the index before the change is logged, so this socket gets its own join;
         # nothing is sent to it before hello (deliver() holds frames until _ready).
         self.reader.register(self)
@@ -296,6 +301,17 @@ class PresenceConsumer(AsyncWebsocketConsumer):
     def conn_ref(self) -> store.ConnRef:
         """This connection as the store sees it."""
         return store.ConnRef(self.session_id, self.user_id, tuple(sorted(self.rooms)))
+
+    def liveness(self) -> store.Liveness:
+        """What this open socket proves, for a store that lost it (actions/recovery.py)."""
+        return store.Liveness(
+            conn=self.conn_ref,
+            username=self.username,
+            channel=self.channel_name,
+            status=self.status,
+            ip=client_address(self.scope) or "",
+            login=self._gate().login,
+        )
 
     async def dispatch(self, message: dict[str, Any]) -> None:
         """Route an ASGI or channel-layer message to its handler method.

@@ -94,8 +94,9 @@ async def _undo_connect(conn: store.ConnRef) -> None:
             return
 
 
-async def do_heartbeat(conn: store.ConnRef) -> bool:
-    """Refresh a connection through the batched hot path; False when its session ended.
+async def do_heartbeat(conn: store.ConnRef) -> int:
+    """Refresh a connection through the batched hot path: ``store.HB_ALIVE``; ``HB_ENDED``
+    when its session ended; ``HB_LOST`` when the store lost it (presence/actions/recovery.py).
 
     WARNING: hot path. No SQL and no Redis call of its own: the batch writer does one
     EVALSHA for all heartbeats of this process that arrive together.

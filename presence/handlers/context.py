@@ -24,6 +24,7 @@ class Connection(Subscriber, Protocol):
     scope: Mapping[str, Any]
     rooms: set[str]
     reader: EventLogReader | None
+    status: str  # the last status this connection set ("online" until it sets one)
 
     @property
     def conn_ref(self) -> store.ConnRef: ...
@@ -33,6 +34,8 @@ class Connection(Subscriber, Protocol):
     async def send_text(self, text: str) -> None: ...
 
     async def expire(self) -> None: ...
+
+    def liveness(self) -> store.Liveness: ...
 
     def join_scope(self, room: str) -> None: ...
 

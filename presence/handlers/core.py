@@ -9,6 +9,7 @@ from pydantic import BaseModel, Field
 from presence import store
 from presence.access.authz import require_room_access
 from presence.actions import connections as actions
+from presence.actions import recovery
 from presence.conf import app_settings
 from presence.handlers.context import HandlerContext
 from presence.handlers.registry import NO_REPLY, FrameError, registry
@@ -81,13 +82,20 @@ async def reply_snapshot(ctx: HandlerContext, room: str | None) -> Any:
     return NO_REPLY
 
 
-@registry.handler("heartbeat", core=True, version="1", reply_type="heartbeat.ack")
+# No handler timeout: the hot-path writer bounds the wait itself. While the store is away it
+# holds the heartbeat up to PRESENCE_HEARTBEAT_HOLD (plus one bounded call) and then answers
+# `unavailable`; a shorter timeout here would turn a failover into handler_timeout errors.
+@registry.handler("heartbeat", core=True, version="1", reply_type="heartbeat.ack", timeout=None)
 async def heartbeat(ctx: HandlerContext, data: dict[str, Any]) -> Any:
     """Keep this connection online for another PRESENCE_TTL seconds."""
-    if await actions.do_heartbeat(ctx.consumer.conn_ref):
+    consumer = ctx.consumer
+    state = await actions.do_heartbeat(consumer.conn_ref)
+    if state == store.HB_ALIVE:
         return None
-    # The sweep (or a Redis restart) ended this session: tell the client to reconnect.
-    await ctx.consumer.expire()
+    if state == store.HB_LOST and await recovery.do_reassert_connection(consumer.liveness()):
+        return None  # the store lost it (failover, restart): written back, socket kept
+    # The sweep or an operator ended this session: tell the client to reconnect.
+    await consumer.expire()
     return NO_REPLY
 
 
@@ -95,7 +103,9 @@ async def heartbeat(ctx: HandlerContext, data: dict[str, Any]) -> Any:
 async def status_set(ctx: HandlerContext, data: StatusPayload) -> dict[str, Any]:
     """Set the user's status (online, away, busy), shown to others."""
     consumer = ctx.consumer
-    await actions.do_set_status(consumer.conn_ref, data.status, username=consumer.username)
+    async with store.bounded():  # a store that is away answers `unavailable`, not a timeout
+        await actions.do_set_status(consumer.conn_ref, data.status, username=consumer.username)
+    consumer.status = data.status  # re-asserted after a store loss (actions/recovery.py)
     return {"status": data.status}
 
 
@@ -146,9 +156,11 @@ async def presence_list(ctx: HandlerContext, data: ListPayload) -> dict[str, Any
         await require_room_access(ctx.user, data.room, "list")
     client = store.get_async_redis()
     limit = min(data.limit or app_settings.LIST_LIMIT, app_settings.LIST_LIMIT)
-    if data.cursor is None:
-        return _listing(*await store.alist_online(client, data.room, limit=limit))
-    count, users, cursor = await store.alist_page(client, data.room, int(data.cursor), limit)
+    # Bounded: a store that is away answers `unavailable` (not handler_timeout) in seconds.
+    async with store.bounded():
+        if data.cursor is None:
+            return _listing(*await store.alist_online(client, data.room, limit=limit))
+        count, users, cursor = await store.alist_page(client, data.room, int(data.cursor), limit)
     return {**_listing(count, users), "cursor": str(cursor) if cursor else None}
 
 

@@ -28,11 +28,14 @@ from typing import TYPE_CHECKING, Any
 from channels.db import database_sync_to_async
 from pydantic import BaseModel, ValidationError
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from presence.handlers.deadlines import watchdog
 from presence.obs import metrics
+from presence.obs.logs import store_outage
 from presence.protocol.errors import FrameError
+from presence.store.faults import StoreTimeoutError, is_unavailable
 
 if TYPE_CHECKING:
     from presence.handlers.context import HandlerContext
@@ -300,15 +303,27 @@ class HandlerRegistry:
             raise FrameError(
                 "handler_timeout", f"{spec.type} did not answer within {spec.timeout} s"
             ) from None
+        except (StoreTimeoutError, RedisConnectionError, RedisTimeoutError, ResponseError) as exc:
+            if not is_unavailable(exc):
+                logger.exception(
+                    "handler %s failed (session %s, user %s)",
+                    spec.type,
+                    ctx.session_id,
+                    ctx.user_id,
+                )
+                raise FrameError(
+                    "handler_error", f"{spec.type} failed; the error was logged"
+                ) from None
+            # The store is away (down, paused, failing over), not the handler: the client may
+            # retry later. Counted, and logged once per interval for the whole process.
+            metrics.store_unavailable("handler")
+            store_outage.failed("handler", exc)
+            raise FrameError("unavailable", "presence is unavailable; retry later") from None
         except TimeoutError:
             logger.exception(
                 "handler %s raised TimeoutError (session %s)", spec.type, ctx.session_id
             )
             raise FrameError("handler_error", f"{spec.type} failed; the error was logged") from None
-        except (RedisConnectionError, RedisTimeoutError) as exc:
-            # The store is down, not the handler: the client may retry later.
-            logger.warning("handler %s: presence store unreachable: %s", spec.type, exc)
-            raise FrameError("unavailable", "presence is unavailable; retry later") from None
         except Exception:
             logger.exception(
                 "handler %s failed (session %s, user %s)", spec.type, ctx.session_id, ctx.user_id

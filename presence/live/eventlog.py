@@ -37,6 +37,7 @@ from presence.live.fanout import GLOBAL, LocalIndex
 from presence.live.replica import GlobalReplica
 from presence.live.watches import WatchIndex
 from presence.loops import LoopLocal
+from presence.obs import metrics
 
 logger = logging.getLogger(__name__)
 
@@ -148,6 +149,7 @@ class EventLogReader:
             except (RedisError, OSError) as exc:
                 if not lost:
                     logger.warning("event log reader: Redis unreachable, retrying: %s", exc)
+                    metrics.store_unavailable("eventlog")
                 lost = True
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RETRY_MAX)
@@ -160,6 +162,7 @@ class EventLogReader:
                         eid,
                         fields.get("p"),
                     )
+                    metrics.event_log_gap()
                     lost = True  # resync before the next read; these entries are in it
                     break
                 self.last = eid
@@ -200,6 +203,11 @@ class EventLogReader:
             client, [s or None for s in scopes], limit=app_settings.SYNC_LIMIT
         )
         seq = snaps[0].seq if snaps else await store.log_position(client)
+        if position(seq) < position(self.last):
+            # The log is behind what this reader delivered: a failover or a restart lost
+            # entries (replication is asynchronous). Counted; the snapshots below replace them.
+            logger.warning("event log went back from %s to %s: entries were lost", self.last, seq)
+            metrics.event_log_gap()
         self.batcher.reset(seq)
         pos = position(seq)
         for scope, snap in zip(scopes, snaps, strict=True):

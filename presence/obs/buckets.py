@@ -44,3 +44,6 @@ ROUNDTRIP_BUCKETS: tuple[float, ...] = (
 
 # Webhook POSTs.
 WEBHOOK_BUCKETS: tuple[float, ...] = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+# Held heartbeats (a failover, a pause): from a blip to past the default hold of 20 s.
+HOLD_BUCKETS: tuple[float, ...] = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0)

@@ -21,6 +21,7 @@ import datetime as dt
 import json
 import logging
 import re
+import time
 import uuid
 from collections.abc import Callable
 from contextvars import ContextVar
@@ -30,6 +31,8 @@ from asgiref.sync import iscoroutinefunction
 from django.core.handlers.asgi import ASGIRequest
 from django.http import HttpRequest, HttpResponse
 from django.utils.decorators import sync_and_async_middleware
+
+from presence.conf import app_settings
 
 request_id_var: ContextVar[str | None] = ContextVar("presence_request_id", default=None)
 session_id_var: ContextVar[str | None] = ContextVar("presence_session_id", default=None)
@@ -194,3 +197,68 @@ def request_id_middleware(
         return response
 
     return middleware
+
+
+class OutageLog:
+    """The store's absence, logged once per interval with a count, never once per socket.
+
+    While Redis is away every socket's frame fails the same way; a warning (let alone a
+    traceback) for each would bury the log and cost more than the outage. Failures are
+    counted by where they happened (``heartbeat``, ``handler``, ``connect``, ...); the first
+    one of a quiet period is logged at once, later ones in a summary at most once per
+    ``PRESENCE_STORE_WARNING_INTERVAL``, and the first success after failures says so once.
+    """
+
+    def __init__(self, name: str = "presence.store") -> None:
+        self._logger = logging.getLogger(name)
+        self._counts: dict[str, int] = {}
+        self._last_log = 0.0
+        self._last_error = ""
+        self._failing_since = 0.0
+        self._total = 0
+
+    def failed(self, where: str, exc: BaseException) -> None:
+        """Count one failure at ``where``; log a summary when the interval has passed."""
+        now = time.monotonic()
+        if not self._failing_since:
+            self._failing_since = now
+        self._counts[where] = self._counts.get(where, 0) + 1
+        self._total += 1
+        self._last_error = f"{type(exc).__name__}: {str(exc)[:200]}"
+        if now - self._last_log >= app_settings.STORE_WARNING_INTERVAL:
+            self._flush(now)
+
+    def _flush(self, now: float) -> None:
+        counts = ", ".join(f"{where} {n}" for where, n in sorted(self._counts.items()))
+        self._logger.warning(
+            "presence store unavailable for %.1f s: %d failures since the last report (%s); "
+            "last: %s",
+            now - self._failing_since,
+            sum(self._counts.values()),
+            counts,
+            self._last_error,
+        )
+        self._counts.clear()
+        self._last_log = now
+
+    def recovered(self) -> None:
+        """The store answered: close the outage with one line (only if one was open)."""
+        if not self._failing_since:
+            return
+        now = time.monotonic()
+        self._logger.warning(
+            "presence store back after %.1f s (%d failures in all)",
+            now - self._failing_since,
+            self._total,
+        )
+        self._counts.clear()
+        self._failing_since, self._total, self._last_log = 0.0, 0, 0.0
+
+    @property
+    def failing(self) -> bool:
+        """Whether failures were seen since the last success."""
+        return bool(self._failing_since)
+
+
+# The process's one outage log: every hot-path site reports to it.
+store_outage = OutageLog()

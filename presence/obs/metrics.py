@@ -148,6 +148,33 @@ REDIS_ROUNDTRIP = Histogram(
     "Duration of the hot path's batched Redis call (heartbeat.lua for a batch of sockets).",
     buckets=buckets.ROUNDTRIP_BUCKETS,
 )
+STORE_UNAVAILABLE = Counter(
+    "presence_store_unavailable",
+    "Calls that found the presence store away (refused, timed out, READONLY, LOADING, "
+    "MASTERDOWN, ...), by where: heartbeat (held and retried), handler, connect, eventlog.",
+    ["where"],
+)
+HEARTBEATS_HELD = Counter(
+    "presence_heartbeats_held",
+    "Heartbeats held while the store was away, by outcome: acked (late, once it answered) "
+    "or unavailable (past PRESENCE_HEARTBEAT_HOLD or PRESENCE_HEARTBEAT_HOLD_MAX).",
+    ["outcome"],
+)
+HEARTBEAT_HOLD = Histogram(
+    "presence_heartbeat_hold_seconds",
+    "How long held heartbeats waited for the store before their answer.",
+    buckets=buckets.HOLD_BUCKETS,
+)
+REASSERTED = Counter(
+    "presence_connections_reasserted",
+    "Live connections this process wrote back after the store lost them (a failover, "
+    "a restart without data): the socket was open all along.",
+)
+EVENT_LOG_GAPS = Counter(
+    "presence_event_log_gaps",
+    "Times a process's event-log reader found entries missing (trimmed, or lost in a "
+    "failover or restart) and resynchronised its v2 sockets.",
+)
 
 OTHER = "other"
 # Close codes reported as themselves; any other code a client sends is counted as "other"
@@ -163,6 +190,8 @@ REFUSAL_REASONS = {
     4429: "too many connections or connection attempts",
     1013: "unavailable (the presence store is unreachable or slow)",
 }
+
+STORE_SITES = ("heartbeat", "handler", "connect", "eventlog")
 
 # Label children resolved once: labels() validates and takes a lock on every call.
 _frames: dict[tuple[str, str], Any] = {}
@@ -192,6 +221,10 @@ def _initial_series() -> None:
     FRAMES.labels(OTHER, "dropped")
     for refusal in REFUSALS:
         CONNECTS_REFUSED.labels(refusal)
+    for where in STORE_SITES:
+        STORE_UNAVAILABLE.labels(where)
+    for outcome in ("acked", "unavailable"):
+        HEARTBEATS_HELD.labels(outcome)
 
 
 _handler_series: set[str] = set()
@@ -380,3 +413,28 @@ def redis_roundtrip(seconds: float, heartbeats: int) -> None:
     REDIS_ROUNDTRIP.observe(seconds)
     if heartbeats:
         HEARTBEATS.inc(heartbeats)
+
+
+def store_unavailable(where: str) -> None:
+    """A call at ``where`` found the store away (counted; logged by obs.logs.store_outage)."""
+    STORE_UNAVAILABLE.labels(where).inc()
+
+
+def heartbeats_held(outcome: str, waits: Iterable[float]) -> None:
+    """Held heartbeats were answered (``acked`` late, or ``unavailable``) after ``waits``."""
+    n = 0
+    for wait in waits:
+        HEARTBEAT_HOLD.observe(wait)
+        n += 1
+    if n:
+        HEARTBEATS_HELD.labels(outcome).inc(n)
+
+
+def connections_reasserted(n: int) -> None:
+    """``n`` live connections were written back to a store that had lost them."""
+    REASSERTED.inc(n)
+
+
+def event_log_gap() -> None:
+    """An event-log reader found a gap and resynchronised."""
+    EVENT_LOG_GAPS.inc()

@@ -34,15 +34,20 @@ from presence.store.clients import (
     reset_clients,
 )
 from presence.store.connections import (
+    HB_ALIVE,
+    HB_ENDED,
+    HB_LOST,
     ConnectGate,
     ConnectResult,
     ConnRef,
     EndResult,
+    Liveness,
     add_counters,
     connect,
     end_connections,
     end_swept_connections,
     heartbeat_many,
+    reassert,
 )
 from presence.store.console import (
     CONSOLE_CONNS_PER_USER,
@@ -63,6 +68,12 @@ from presence.store.control import (
     aread_handler_control,
     publish_disabled_handlers,
     read_handler_control,
+)
+from presence.store.faults import (
+    TRANSIENT_REPLIES,
+    StoreTimeoutError,
+    StoreUnavailableError,
+    is_unavailable,
 )
 from presence.store.groups import (
     BACKLOG_PAGE,
@@ -177,12 +188,16 @@ from presence.store.status import (
     user_rooms,
     users_status,
 )
+from presence.store.switchover import await_switch, drop_async_connections
 
 __all__ = [
     "BACKLOG_PAGE",
     "CLAIM_ROUNDS",
     "CONSOLE_CONNS_PER_USER",
     "GROUPS",
+    "HB_ALIVE",
+    "HB_ENDED",
+    "HB_LOST",
     "HOOKS_GROUP",
     "LATENCY_BUCKETS",
     "PROCESS_CONNS_SLICE",
@@ -190,6 +205,7 @@ __all__ = [
     "PUBLISH_ATTEMPTS",
     "RELEASE_BATCH",
     "SESSION_LOG_GROUP",
+    "TRANSIENT_REPLIES",
     "WEBHOOKS_GROUP",
     "ClaimBatch",
     "ConnRef",
@@ -204,10 +220,13 @@ __all__ = [
     "HandlerControl",
     "HookHold",
     "Keys",
+    "Liveness",
     "LogEntry",
     "LuaScript",
     "ScrapeReadings",
     "Snapshot",
+    "StoreTimeoutError",
+    "StoreUnavailableError",
     "SweepClaim",
     "UserStatus",
     "aack_group",
@@ -228,6 +247,7 @@ __all__ = [
     "auser_presence",
     "auser_rooms",
     "ausers_status",
+    "await_switch",
     "awatch_snapshot",
     "bounded",
     "claim_expired",
@@ -248,6 +268,7 @@ __all__ = [
     "console_recent_events",
     "console_statuses",
     "console_users",
+    "drop_async_connections",
     "end_connections",
     "end_swept_connections",
     "ensure_group",
@@ -260,6 +281,7 @@ __all__ = [
     "handler_call_fields",
     "handler_error_field",
     "heartbeat_many",
+    "is_unavailable",
     "keys",
     "known_connections",
     "latency_bucket",
@@ -284,6 +306,7 @@ __all__ = [
     "read_task_run",
     "read_task_runs",
     "read_webhook_backlog",
+    "reassert",
     "record_task_run",
     "release_due",
     "release_stats_claim",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import Any
 
@@ -12,6 +11,7 @@ import redis.asyncio as aredis
 from presence.conf import app_settings
 from presence.loops import LoopLocal
 from presence.redis_url import RedisTarget, parse_redis_url
+from presence.store.faults import Bounded
 
 
 def now_ms() -> int:
@@ -49,10 +49,10 @@ def client_options(*, for_asyncio: bool = False) -> dict[str, Any]:
     }
 
 
-def bounded(extra: float = 0.0) -> asyncio.Timeout:
+def bounded(extra: float = 0.0) -> Bounded:
     """``async with bounded():`` around an asyncio Redis call: at most the socket timeout
-    (plus ``extra``, e.g. a blocking read's BLOCK time), then TimeoutError."""
-    return asyncio.timeout(app_settings.REDIS_SOCKET_TIMEOUT + extra)
+    (plus ``extra``, e.g. a blocking read's BLOCK time), then StoreTimeoutError (a TimeoutError)."""
+    return Bounded(app_settings.REDIS_SOCKET_TIMEOUT + extra)
 
 
 # Seconds a sentinel may take to name the primary before the next sentinel is asked. A
@@ -129,6 +129,11 @@ def get_async_redis(*, blocking: bool = False) -> aredis.Redis:
     if client is None:
         client = per_loop[key] = _async_client(parse_redis_url(url))
     return client
+
+
+def live_async_clients() -> list[aredis.Redis]:
+    """The async clients this event loop created so far (store/switchover.py resets them)."""
+    return list(_async_clients.get().values())
 
 
 def reset_clients() -> None:

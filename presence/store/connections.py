@@ -135,6 +135,12 @@ def _plan_heartbeat(
     return ks, args
 
 
+# heartbeat_many's answer per connection (heartbeat.lua's header).
+HB_ALIVE = 1  # refreshed
+HB_ENDED = 0  # its session ended (swept, kicked): close the socket with 4408
+HB_LOST = 2  # unknown but never ended: the store lost it; re-assert (reassert.lua)
+
+
 async def heartbeat_many(
     client: aredis.Redis,
     conns: Sequence[ConnRef],
@@ -142,18 +148,19 @@ async def heartbeat_many(
     *,
     now: int | None = None,
     active: Mapping[int, int] | None = None,
-) -> list[bool]:
+) -> list[int]:
     """Refresh many connections (and add buffered counters) in one round trip.
 
     ``active``: uid -> Unix seconds of the users' latest ``activity`` frames, written in the
     same call (``last_active`` rides with the heartbeats, never a round trip of its own).
 
     WARNING: this is the hot path. One EVALSHA, no other Redis command, no SQL.
-    Returns, per connection, whether it is still known (False: its session ended).
+    Returns, per connection, :data:`HB_ALIVE`, :data:`HB_ENDED` or :data:`HB_LOST`
+    (``HB_ALIVE == True``: callers that only ask "alive?" may compare with True).
     """
     ks, args = _plan_heartbeat(conns, counters or {}, active or {}, now or now_ms())
     result = await script("heartbeat").arun(client, ks, args)
-    return [int(r) == 1 for r in result]
+    return [int(r) for r in result]
 
 
 async def add_counters(client: aredis.Redis, counters: Mapping[str, int]) -> None:
@@ -222,3 +229,34 @@ def end_swept_connections(
     """Remove connections a sweep claimed, unless they heartbeated since the claim."""
     ks, args = _plan_end(conns, "swept", "timeout", now or now_ms())
     return _parse_end(script("end").run(client, ks, args))
+
+
+# --------------------------------------------------------------------------- re-assert
+@dataclass(frozen=True)
+class Liveness:
+    """What a web process's live socket proves about its connection (reassert.lua)."""
+
+    conn: ConnRef
+    username: str
+    channel: str
+    status: str = "online"
+    ip: str = ""
+    login: str = ""
+
+
+async def reassert(
+    client: aredis.Redis, live: Liveness, *, now: int | None = None
+) -> tuple[int, int]:
+    """Write back a live connection the store lost (a failover, a restart without data).
+
+    Returns (state, entries logged): state 1 written back, 2 it was there (topped up),
+    0 it was ended here (the caller closes the socket). No leave and no hook-visible join
+    is logged (reassert.lua's header says why).
+    """
+    k, c = keys(), live.conn
+    ks = [k.conns, k.users, k.stats, k.events, *k.conn_group(c.cid, c.uid, c.rooms)]
+    args: list[Any] = [now or now_ms(), ttl_ms(), grace_ms(), log_maxlen(), c.cid, c.uid]
+    args += [live.username, live.channel, live.status, live.ip, live.login, len(c.rooms)]
+    args += list(c.rooms)
+    state, logged = await script("reassert").arun(client, ks, args)
+    return int(state), int(logged)

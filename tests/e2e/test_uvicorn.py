@@ -37,6 +37,7 @@ from tests.support.e2e_clients import (
     token_for,
     ws,
 )
+from tests.support.redis import mark_ended
 from tests.support.servers import ASGIServer
 
 pytestmark = [
@@ -189,7 +190,7 @@ class TestServerClose:
     ) -> None:
         server = asgi_server()
         async with alice_connected(server, auser_factory) as (conn, sid):
-            r.delete(store.keys().conn(sid))  # as if a sweep had ended it
+            mark_ended(r, sid)  # as if a sweep had ended it
             for i in range(5):  # the first is answered with 4408; the rest are in flight
                 await conn.send(json.dumps({"type": "heartbeat", "id": i}))
             code, frames = await closed_with(conn)
@@ -220,7 +221,7 @@ class TestServerClose:
 
         rows = [await ended_row(server, sid) for sid in sids]
         assert [row.end_reason for row in rows] == [EndReason.CLOSED] * len(sids)
-        assert [sid for sid in sids if r.exists(store.keys().conn(sid))] == []
+        assert [sid for sid in sids if r.hexists(store.keys().conn(sid), "uid")] == []
         assert "Traceback" not in server.log()
 
 

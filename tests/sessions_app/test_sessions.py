@@ -25,6 +25,7 @@ from presence import store
 from sessions_app.actions import do_end_session, do_end_sessions, do_kick_session
 from sessions_app.models import ConnectionSession, EndReason
 from tests.support.db import session_log_written, session_row
+from tests.support.redis import mark_ended
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(30)]
 
@@ -199,7 +200,7 @@ class TestEndReasons:
         self, ws_client: WSFactory, auser_factory: UserFactory, r: redis.Redis
     ) -> None:
         client = await ws_client(await auser_factory("alice"))
-        r.delete(store.keys().conn(client.hello["session_id"]))
+        mark_ended(r, client.hello["session_id"])
 
         await client.send({"type": "heartbeat", "id": 1})
         assert (await client.recv_close())[0] == 4408
@@ -303,7 +304,7 @@ class TestKick:
         row = await row_of(target, live=False)
         assert row.end_reason == EndReason.KICKED
         assert row.ended_at is not None
-        assert not r.exists(store.keys().conn(sid))
+        assert not r.hexists(store.keys().conn(sid), "uid")  # a tombstone at most
         # The user's other tab is untouched.
         assert (await other.request("heartbeat", id_=1))["type"] == "heartbeat.ack"
         assert (await row_of(other)).is_live

@@ -85,3 +85,12 @@ def paused(server: RedisServer) -> Iterator[None]:
         yield
     finally:
         os.kill(server.process.pid, signal.SIGCONT)
+
+
+def mark_ended(r: redis.Redis, cid: str) -> None:
+    """Leave a connection as end.lua does when a sweep or a kick ends it: its hash replaced by
+    the tombstone heartbeat.lua reads (a deleted hash without one reads as "lost by the
+    store", which the socket re-asserts instead of closing)."""
+    key = store.keys().conn(cid)
+    r.delete(key)
+    r.hset(key, "ended", store.now_ms())

@@ -115,7 +115,7 @@ local max_addr = tonumber(ARGV[12])
 if max_addr > 0 and ARGV[9] ~= '' then
   if redis.call('ZCARD', KEYS[9]) >= max_addr then
     for _, other in ipairs(redis.call('ZRANGE', KEYS[9], 0, -1)) do
-      if redis.call('EXISTS', ARGV[19] .. other) == 0 then
+      if redis.call('HEXISTS', ARGV[19] .. other, 'uid') == 0 then
         redis.call('ZREM', KEYS[9], other)
       end
     end

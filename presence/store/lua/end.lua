@@ -49,6 +49,11 @@ join finds the user still a member and logs none (room_join.lua). release_held.l
 the leaves still due. Exactly one leave either way: ZREM of the user from {P}:users (or from
 the room's zset) is what logs it, here or there, and a leave logged here drops the hold.
 
+An ended connection leaves a tombstone: its hash is replaced by one holding only `ended`
+(the end time), kept for 10 x TTL. heartbeat.lua tells "ended" (0: close the socket) from
+"lost by the store" (2: re-assert it) by it; every reader of the hash treats a hash without
+`uid` as gone.
+
 Exactly one caller sees state 1 for a connection: this script deletes the connection hash,
 and that deletion is the ownership token between a closing socket and a sweep. So every
 leave and close is logged exactly once, however many sweeps and sockets race.
@@ -117,6 +122,8 @@ for i = 1, nconns do
       at = tonumber(redis.call('HGET', KEYS[5], cid) or exp)
     end
     redis.call('DEL', conn, rooms)
+    redis.call('HSET', conn, 'ended', at)
+    redis.call('PEXPIRE', conn, 10 * ttl)
     redis.call('ZREM', KEYS[1], cid)
     redis.call('ZREM', uconns, cid)
     if mode ~= 'swept' and redis.call('ZREM', KEYS[4], cid) == 1 then

@@ -17,8 +17,11 @@ then nactive, then nactive pairs (uid, Unix s): `activity` frames the batch carr
 (throttled per user by the writer; ZADD GT, so a late batch never moves a time back)
 then nconns, then per connection: cid, nrooms
 
-Returns one integer per connection, in order: 1 refreshed, 0 unknown (its session ended:
-the caller closes the socket with 4408).
+Returns one integer per connection, in order: 1 refreshed, 0 its session ended (end.lua
+left its tombstone, a hash with only `ended`: the caller closes the socket with 4408),
+2 unknown and never ended here: the store lost it (a failover took the latest writes with
+it, or Redis restarted empty) while its socket stayed open; the caller re-asserts it
+(reassert.lua), the socket is not closed.
 
 A connection a sweep has claimed but not yet ended is rescued: it returns to the expiry
 index and leaves the claim set, and the sweep's end script then leaves it alone.
@@ -71,8 +74,10 @@ for i = 1, nconns do
     end
     result[i] = 1
     refreshed = refreshed + 1
-  else
+  elseif redis.call('HEXISTS', conn, 'ended') == 1 then
     result[i] = 0
+  else
+    result[i] = 2
   end
   k = k + 4 + 2 * nrooms
 end

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import redis
+from prometheus_client import REGISTRY
 from pytest_django.fixtures import Settings
 
 from presence import store
@@ -270,6 +271,37 @@ class TestGaps:
                 await alice.recv_until(lambda f: f["type"] == "presence.state", timeout=10)
             )
         assert sorted((s["room"] or "", s["count"]) for s in states) == [("", 0), ("lobby", 0)]
+
+    async def test_entries_lost_with_the_store_are_counted_and_the_socket_comes_back(
+        self, ws_client: WSFactory, auser_factory: UserFactory, redis_server: Any
+    ) -> None:
+        gaps = REGISTRY.get_sample_value("presence_event_log_gaps_total") or 0
+        alice = await v2_client(ws_client, await auser_factory("alice"))
+        await alice.request("room.join", {"room": "lobby"}, id_="j")
+        redis_server.kill()
+        try:
+            await asyncio.sleep(0.5)  # the reader notices
+        finally:
+            redis_server.start()  # empty: the log went back to nothing
+        states = []
+        while len(states) < 2:
+            states.append(
+                await alice.recv_until(lambda f: f["type"] == "presence.state", timeout=10)
+            )
+        # The loss is counted: the log is behind what the reader had delivered.
+        assert (REGISTRY.get_sample_value("presence_event_log_gaps_total") or 0) > gaps
+
+        # Alice's socket never closed: her next heartbeat writes her back, and the diffs
+        # list her again (joins marked x = 1: no user.online for the hooks).
+        assert await alice.request("heartbeat", id_="hb") == {"type": "heartbeat.ack", "id": "hb"}
+        back = [
+            await alice.recv_until(lambda f: f["type"] == "presence.diff", timeout=5)
+            for _ in range(2)
+        ]
+        assert sorted((d.get("room") or "", joined([d])) for d in back) == [
+            ("", ["alice"]),
+            ("lobby", ["alice"]),
+        ]
 
 
 class TestReplica:

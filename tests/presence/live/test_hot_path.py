@@ -9,7 +9,11 @@ Redis commands are counted server-side from ``INFO commandstats`` of the private
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
+import signal
 import threading
+import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
@@ -25,6 +29,7 @@ from config.embedded_redis import RedisServer
 from presence import consumers, store
 from presence.access.auth import mint_token
 from presence.live.batching import HotPathWriter, get_writer
+from presence.obs.logs import store_outage
 from sessions_app.models import ConnectionSession
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(60)]
@@ -342,14 +347,15 @@ class TestBatching:
 
     async def test_writer_batches_what_arrives_together(self, redis_log: CommandLog) -> None:
         refs = [store.ConnRef(f"c{i}", i) for i in range(30)]
-        await register(refs[:20])  # the last 10 are unknown connections
+        await register(refs[:25])  # the last 5 are unknown connections (the store lost them)
+        await store.end_connections(store.get_async_redis(), refs[20:25])  # 5 ended ones
         writer = HotPathWriter()
         await writer.heartbeat(refs[0])  # warm-up
         redis_log.start()
 
         results = await asyncio.gather(*(writer.heartbeat(ref) for ref in refs))
 
-        assert results == [True] * 20 + [False] * 10
+        assert results == [store.HB_ALIVE] * 20 + [store.HB_ENDED] * 5 + [store.HB_LOST] * 5
         assert redis_log.names() == Counter({"EVALSHA": 1})
 
     async def test_batches_are_capped(self, redis_log: CommandLog, settings: Settings) -> None:
@@ -374,7 +380,7 @@ class TestBatching:
         writer.count("msg:test", 2)
         redis_log.start()
 
-        assert await writer.heartbeat(store.ConnRef("c", 1)) is True
+        assert await writer.heartbeat(store.ConnRef("c", 1)) == store.HB_ALIVE
 
         assert redis_log.names() == Counter({"EVALSHA": 1})
         assert r.hget(k.stats, "msg:test") == "2"
@@ -400,26 +406,117 @@ class TestBatching:
 
 
 class TestRedisDown:
-    async def test_a_failed_call_fails_every_waiting_heartbeat(
+    """The store away: heartbeats are held and acknowledged late, within bounds."""
+
+    async def test_a_pause_holds_heartbeats_and_acks_them_when_it_ends(
+        self, redis_server: RedisServer, settings: Settings
+    ) -> None:
+        settings.PRESENCE_REDIS_SOCKET_TIMEOUT = 0.5  # each try gives up quickly
+        store.reset_clients()
+        refs = [store.ConnRef(f"c{i}", i) for i in range(5)]
+        await register(refs)
+        writer = HotPathWriter()
+        loop = asyncio.get_running_loop()
+        os.kill(redis_server.process.pid, signal.SIGSTOP)
+        resumed = loop.call_later(2.0, os.kill, redis_server.process.pid, signal.SIGCONT)
+        try:
+            started = time.monotonic()
+            async with asyncio.timeout(15):
+                results = await asyncio.gather(*(writer.heartbeat(ref) for ref in refs))
+            waited = time.monotonic() - started
+        finally:
+            resumed.cancel()
+            os.kill(redis_server.process.pid, signal.SIGCONT)
+
+        assert results == [store.HB_ALIVE] * 5  # late, but no error
+        assert waited >= 1.5, waited
+        assert writer.holding == 0
+
+    async def test_past_the_hold_a_heartbeat_is_answered_unavailable(
         self, redis_server: RedisServer, settings: Settings
     ) -> None:
         settings.PRESENCE_HEARTBEAT_BATCH_MAX = 2  # five heartbeats: three batches
+        settings.PRESENCE_HEARTBEAT_HOLD = 0.5
         refs = [store.ConnRef(f"c{i}", i) for i in range(5)]
         writer = HotPathWriter()
         redis_server.kill()
         try:
+            started = time.monotonic()
             async with asyncio.timeout(10):
                 results = await asyncio.gather(
                     *(writer.heartbeat(ref) for ref in refs), return_exceptions=True
                 )
+            waited = time.monotonic() - started
         finally:
             redis_server.start()
 
-        assert all(isinstance(res, redis.RedisError) for res in results), results
+        assert all(isinstance(res, store.StoreUnavailableError) for res in results), results
+        assert 0.5 <= waited < 5, waited
 
         # Once Redis is back, heartbeats go through again (script reloaded, new connections).
         await store.connect(store.get_async_redis(), cid="c0", uid=0, username="u", channel="x")
-        assert await writer.heartbeat(refs[0]) is True
+        assert await writer.heartbeat(refs[0]) == store.HB_ALIVE
+
+    async def test_a_full_hold_refuses_at_once(
+        self, redis_server: RedisServer, settings: Settings
+    ) -> None:
+        settings.PRESENCE_HEARTBEAT_HOLD_MAX = 2
+        settings.PRESENCE_HEARTBEAT_HOLD = 3
+        refs = [store.ConnRef(f"c{i}", i) for i in range(3)]
+        writer = HotPathWriter()
+        redis_server.kill()
+        try:
+            held = [asyncio.ensure_future(writer.heartbeat(ref)) for ref in refs[:2]]
+            for _ in range(500):  # until the first try failed: the store is away
+                if writer.holding:
+                    break
+                await asyncio.sleep(0.01)
+            started = time.monotonic()
+            with pytest.raises(store.StoreUnavailableError):
+                await writer.heartbeat(refs[2])
+            assert time.monotonic() - started < 0.1
+        finally:
+            redis_server.start()
+        await register(refs[:2])
+        assert await asyncio.gather(*held) == [store.HB_ALIVE] * 2
+
+    async def test_a_broken_key_fails_at_once_and_is_not_held(self, r: redis.Redis) -> None:
+        r.set(store.keys().conn("c"), "not a hash")  # WRONGTYPE: a bug, not an outage
+        writer = HotPathWriter()
+        started = time.monotonic()
+        with pytest.raises(redis.ResponseError):
+            await writer.heartbeat(store.ConnRef("c", 1))
+        assert time.monotonic() - started < 2
+        assert writer.holding == 0
+
+    async def test_an_outage_logs_one_warning_per_interval_with_a_count(
+        self, redis_server: RedisServer, settings: Settings, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        settings.PRESENCE_HEARTBEAT_HOLD = 1.0
+        settings.PRESENCE_STORE_WARNING_INTERVAL = 60
+        refs = [store.ConnRef(f"c{i}", i) for i in range(50)]
+        writer = HotPathWriter()
+        store_outage.recovered()  # no outage left open by an earlier test
+        redis_server.kill()
+        caplog.set_level(logging.WARNING)
+        try:
+            results = await asyncio.gather(
+                *(writer.heartbeat(ref) for ref in refs), return_exceptions=True
+            )
+        finally:
+            redis_server.start()
+        await register(refs[:1])
+        assert await writer.heartbeat(refs[0]) == store.HB_ALIVE
+
+        assert len(results) == 50
+        outage = [rec.getMessage() for rec in caplog.records if rec.name == "presence.store"]
+        # One report when it started, one when it ended: not one per socket or per try.
+        assert len(outage) == 2, outage
+        assert outage[0].startswith("presence store unavailable for 0.0 s: 1 failures"), outage
+        assert outage[1].startswith("presence store back after "), outage
+        failures = int(outage[1].split("(")[1].split()[0])
+        assert 2 <= failures < 50, outage  # counted per try of a batch, not per heartbeat
+        assert not any(rec.exc_info for rec in caplog.records)
 
 
 class TestActivity:

@@ -42,7 +42,10 @@ class TestClosed:
         (res,) = await close(conn, now=t0 + 1)
 
         assert res == store.EndResult(cid="c1", state=1, global_left=True, rooms_left=["a", "b"])
-        assert not r.exists(k.conn("c1"), k.conn_rooms("c1"))
+        assert not r.exists(k.conn_rooms("c1"))
+        # The hash is replaced by a tombstone: heartbeat.lua tells "ended" from "lost" by it.
+        assert r.hgetall(k.conn("c1")) == {"ended": str(t0 + 1)}
+        assert 0 < r.pttl(k.conn("c1")) <= 10 * store.clients.ttl_ms()
         assert r.zscore(k.conns, "c1") is None
         assert r.zscore(k.users, "7") is None
         assert r.zcard(k.user_conns(7)) == 0
@@ -283,7 +286,7 @@ class TestSwept:
         (res,) = store.end_swept_connections(r, [conn], now=t0)
 
         assert res == store.EndResult(cid="c1", state=1, global_left=True, rooms_left=["x"])
-        assert not r.exists(k.conn("c1"))
+        assert r.hgetall(k.conn("c1")).keys() == {"ended"}
         assert logged(r, since=mark) == [
             leave("x", 7, t0, "timeout", vacated=True),
             leave("", 7, t0, "timeout"),

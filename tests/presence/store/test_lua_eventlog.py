@@ -454,7 +454,7 @@ class TestOutOfMemory:
             (res,) = await store.end_connections(store.get_async_redis(), [ref])
 
         assert res.state == 1
-        assert not r.exists(store.keys().conn("c1"))
+        assert not r.hexists(store.keys().conn("c1"), "uid")  # a tombstone at most
         assert store.user_presence(r, 7) == (None, 0)
         assert [(e["k"], e.get("r"), e.get("c")) for e in logged(r, since=mark)] == [
             ("leave", "lobby", None),
@@ -491,7 +491,7 @@ class TestKilledCaller:
 
         send_and_vanish(redis_server, end_command(sha, ref, now + 1, "server_shutdown"))
 
-        await asyncio.to_thread(wait_for, lambda: not r.exists(k.conn("c1")))
+        await asyncio.to_thread(wait_for, lambda: not r.hexists(k.conn("c1"), "uid"))
         assert store.user_presence(r, 7) == (None, 0)
         assert store.list_online(r, "lobby") == (0, [])
         assert [(e["k"], e.get("r"), e["why"]) for e in logged(r, since=mark)] == [

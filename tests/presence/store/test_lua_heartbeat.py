@@ -99,11 +99,22 @@ class TestBatch:
             store.ConnRef("a", 1), store.ConnRef("gone", 2), store.ConnRef("c", 3), now=t0 + 1
         )
 
-        assert result == [True, False, True]
+        assert result == [store.HB_ALIVE, store.HB_LOST, store.HB_ALIVE]
         # The unknown connection left nothing behind.
         assert not r.exists(k.conn("gone"))
         assert r.zscore(k.conns, "gone") is None
         assert r.zscore(k.users, "2") is None
+
+    async def test_an_ended_connection_is_told_from_a_lost_one(self, r: redis.Redis) -> None:
+        t0 = store.now_ms()
+        await connect("ended", 1, t0)
+        await connect("lost", 2, t0)
+        await store.end_connections(store.get_async_redis(), [store.ConnRef("ended", 1)])
+        r.delete(store.keys().conn("lost"))  # what a failover or an empty restart does
+
+        result = await heartbeat(store.ConnRef("ended", 1), store.ConnRef("lost", 2), now=t0 + 1)
+
+        assert result == [store.HB_ENDED, store.HB_LOST]
 
     async def test_connections_with_different_room_counts(self, r: redis.Redis) -> None:
         k, t0 = store.keys(), store.now_ms()
