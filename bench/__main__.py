@@ -9,7 +9,9 @@ with identical uvicorn flags and driven by the same multi-process load client:
 - ceiling:  a raw ASGI WebSocket echo, no Django (bench/ceiling_asgi.py);
 - peer:     django-channels-presence 1.0.0 (bench/peer_asgi.py), when it installs.
 
-Scenarios (docs/performance.md explains each): store, saturation, steady, storm, bigroom.
+Scenarios (docs/performance.md explains each): store, saturation, steady, storm, bigroom,
+profiling (platform only: saturation without and with a CPU profile running in the process)
+and hooks (the platform alone: event log to webhook POST and to session row, bench/hooks.py).
 It prints one JSON line per (scenario, server), then the ratios against the floor and the
 targets, and writes everything to bench/results/<timestamp>.json. It starts its own
 redis-server and uses a throw-away SQLite database; ``--port-base`` and ``--redis-port``
@@ -84,6 +86,15 @@ TABLE_KEYS = {
         "server_stall_estimate_ms",
         "server_cpu_us_per_heartbeat",
     ],
+    "profiling": [
+        "heartbeats_per_s_off",
+        "heartbeats_per_s_profiling",
+        "profiling_over_off",
+        "cpu_us_per_heartbeat_off",
+        "cpu_us_per_heartbeat_profiling",
+        "cpu_profiling_over_off",
+        "sampler_cpu_percent",
+    ],
     "storm": [
         "connect_s",
         "connect_converge_s",
@@ -92,8 +103,17 @@ TABLE_KEYS = {
         "reconnect_s",
         "reconnect_converge_s",
         "connect_frames_per_client",
+        "connect_server_cpu_ms_per_connect",
+        "reconnect_server_cpu_ms_per_connect",
+        "drop_online_zero_s",
+        "drop_give_up_lines",
+        "server_kib_per_connection",
+        "gc_max_pause_ms",
+        "gc_pauses_over_50ms",
     ],
     "bigroom_room": [
+        "fill_s",
+        "fill_errors",
         "redis_commands_per_join",
         "frames_per_join",
         "reply_ms_max_join",
@@ -113,7 +133,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--scenarios",
         default="store,saturation,steady,storm,bigroom",
-        help="comma-separated subset of store,saturation,steady,storm,bigroom",
+        help="comma-separated subset of store,saturation,steady,storm,bigroom,profiling,hooks "
+        "(profiling and hooks are not in the default set: --scenarios hooks)",
     )
     p.add_argument("--repeat", type=int, default=1, help="runs per pair, alternating order")
     p.add_argument("--workers", type=int, default=4, help="load-client processes")
@@ -138,6 +159,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action=argparse.BooleanOptionalAction,
         default=True,
         help="platform clients sync and track their views (--no-storm-views: hellos only)",
+    )
+    g.add_argument(
+        "--storm-auth",
+        choices=("cookie", "token"),
+        default="cookie",
+        help="how platform clients authenticate: a session cookie (the browser's path) or a token",
     )
     g = p.add_argument_group("bigroom")
     g.add_argument("--room-sizes", help="members before the probes join (10,2000)")
@@ -192,7 +219,9 @@ def _setup(tmp: Path, redis_url: str) -> None:
     os.environ.update(
         {
             "REDIS_URL": redis_url,
-            "DATABASE_URL": f"sqlite:///{tmp / 'bench.sqlite3'}",
+            # BENCH_DATABASE_URL: an empty database of the caller's instead (PostgreSQL).
+            "DATABASE_URL": os.environ.get("BENCH_DATABASE_URL")
+            or f"sqlite:///{tmp / 'bench.sqlite3'}",
             "DJANGO_SETTINGS_MODULE": "config.settings",
             # Production mode: no per-query debug bookkeeping in the servers.
             "DJANGO_DEBUG": "false",
@@ -242,6 +271,8 @@ def _specs(args: argparse.Namespace, tmp: Path) -> dict[str, ServerSpec]:
                 "PRESENCE_GLOBAL_EVENTS": "false",
                 # A presence.sync must list every user or no view can converge.
                 "PRESENCE_LIST_LIMIT": "1000000",
+                # The collector's pauses, written to the log at exit (presence/live/gctune.py).
+                "PRESENCE_GC_REPORT": "1",
             },
         ),
         CEILING: ServerSpec(CEILING, "bench.ceiling_asgi:application", port(2), python),
@@ -299,7 +330,8 @@ def _table_keys(scenario: str, args: argparse.Namespace, summary: dict[str, Any]
                 if key.startswith("room_")
             }
         )
-        return [f"room_{s}.{k}" for s in sizes for k in TABLE_KEYS["bigroom_room"]]
+        rooms = [f"room_{s}.{k}" for s in sizes for k in TABLE_KEYS["bigroom_room"]]
+        return [*rooms, "gc_max_pause_ms", "gc_pauses_over_50ms"]
     return TABLE_KEYS.get(scenario, [])
 
 
@@ -350,6 +382,10 @@ def check_targets(summary: dict[str, Any], args: argparse.Namespace) -> list[dic
 
     r = ratio("saturation", "heartbeats_per_s")
     check("saturation >= 1.5x floor", r, r is not None and r >= 1.5, f"{_fmt(r)}x")
+    r = get("profiling", PLATFORM, "profiling_over_off")
+    cpu = get("profiling", PLATFORM, "sampler_cpu_percent")
+    ok = r is not None and cpu is not None and r >= 0.95 and cpu < 5
+    check("profiling: saturation >= 0.95x, sampler < 5 % of a core", r, ok, f"{r}x, {cpu} %")
     for phase in (f"at_{args.interval:g}s", f"at_{args.fast_interval:g}s"):
         p99 = get("steady", PLATFORM, f"{phase}.ack_p99_ms")
         check(f"steady {phase}: ack p99 <= 50 ms", p99, p99 is not None and p99 <= 50, f"{p99}")
@@ -371,7 +407,24 @@ def check_targets(summary: dict[str, Any], args: argparse.Namespace) -> list[dic
         done = get("storm", PLATFORM, f"{phase}_converged")
         ok = s is not None and bool(done) and s <= 5
         check(f"storm {phase}: v2 views converge <= 5 s", s, ok, f"{s} s, converged={bool(done)}")
+    for phase in ("connect", "reconnect"):
+        r = ratio("storm", f"{phase}_server_cpu_ms_per_connect")
+        ms = get("storm", PLATFORM, f"{phase}_server_cpu_ms_per_connect")
+        ok = r is not None and r <= 2
+        check(f"storm {phase}: server CPU per connect <= 2x floor", r, ok, f"{ms} ms, {_fmt(r)}x")
+    zero = get("storm", PLATFORM, "drop_online_zero_s")
+    lines = get("storm", PLATFORM, "drop_give_up_lines")
+    ok = zero is not None and 0 <= zero <= 2 and lines == 0
+    check("storm drop-all: online 0 within 2 s, no give-up line", zero, ok, f"{zero} s, {lines}")
     small, big = args.room_sizes[0], args.room_sizes[-1]
+    fill = get("bigroom", PLATFORM, f"room_{big}.fill_s")
+    errors = get("bigroom", PLATFORM, f"room_{big}.fill_errors")
+    ok = fill is not None and fill < 10 and errors == 0
+    check(f"bigroom: fill {big} from empty < 10 s, 0 errors", fill, ok, f"{fill} s, {errors}")
+    a = get("bigroom", PLATFORM, f"room_{small}.redis_commands_per_join")
+    b = get("bigroom", PLATFORM, f"room_{big}.redis_commands_per_join")
+    ok = a is not None and b is not None and abs(b - a) <= 0.2 * a
+    check(f"bigroom: commands per join at {big} within 20% of {small}", b, ok, f"{a} vs {b}")
     for event in ("join", "leave"):
         a = get("bigroom", PLATFORM, f"room_{small}.redis_commands_per_{event}")
         b = get("bigroom", PLATFORM, f"room_{big}.redis_commands_per_{event}")
@@ -386,6 +439,12 @@ def check_targets(summary: dict[str, Any], args: argparse.Namespace) -> list[dic
             ok,
             f"{a} vs {b}",
         )
+    if "hooks" in args.scenarios:
+        from bench import hooks
+
+        for record in getattr(args, "hook_records", []):
+            for name, ok, measured in hooks.targets(record):
+                check(name, 1.0, ok, measured)
     return checks
 
 
@@ -437,8 +496,16 @@ def main(argv: list[str] | None = None) -> None:
             args.storm_clients if "storm" in args.scenarios else 0,
             args.sat_connections,
             args.room_sizes[-1] + args.room_probes,
+            200 if "hooks" in args.scenarios else 0,  # bench/hooks.py USERS
         )
         uids = _create_users(wanted)
+        if "hooks" in args.scenarios:
+            from bench import hooks
+
+            record = {"scenario": "hooks", "server": PLATFORM, "repeat": 0}
+            record["result"] = hooks.run_hooks(args, uids[: hooks.USERS], tmp)
+            records.append(record)
+            print(json.dumps(record), flush=True)
         servers = [s for s in SERVER_NAMES if s in args.servers]
         not_run: dict[str, str] = {}
         if PEER in servers:
@@ -453,7 +520,7 @@ def main(argv: list[str] | None = None) -> None:
         for repeat in range(args.repeat):
             order = servers if repeat % 2 == 0 else servers[::-1]
             for scenario in args.scenarios:
-                if scenario == "store":
+                if scenario in ("store", "hooks"):
                     continue
                 for name in order:
                     record = {"scenario": scenario, "server": name, "repeat": repeat}
@@ -467,6 +534,7 @@ def main(argv: list[str] | None = None) -> None:
             fleet.stop()
         redis_server.stop()
     summary = summarize(records)
+    args.hook_records = [r["result"] for r in records if r["scenario"] == "hooks" and "result" in r]
     checks = check_targets(summary, args)
     print()
     for line in ratio_table(summary, args):

@@ -117,6 +117,7 @@ class Worker:
         self.stats = {"resyncs": 0, "truncated": 0, "sync_errors": 0, "reader_errors": 0}
         self._addr = 0
         self._users: dict[int, Any] = {}
+        self._sessions: dict[int, str] = {}  # uid -> session key (cookie clients)
         self._tasks: set[asyncio.Future[None]] = set()
 
     # ------------------------------------------------------------------ connecting
@@ -140,6 +141,13 @@ class Worker:
 
         return {u: mint_token(self._users[u]) for u in uids}
 
+    async def _login(self, uids: list[int]) -> dict[int, str]:
+        """A logged-in Django session per user (a browser's cookie), made once and kept."""
+        missing = [u for u in uids if u not in self._sessions]
+        if missing:
+            self._sessions.update(await asyncio.to_thread(_create_sessions, missing))
+        return {u: self._sessions[u] for u in uids}
+
     async def connect(
         self,
         uids: list[int],
@@ -149,13 +157,16 @@ class Worker:
         sync: bool,
         concurrency: int,
         token: bool,
+        cookie: bool = False,
     ) -> dict[str, Any]:
         """Open one socket per user id; returns when each has its hello (or failed).
 
         ``url`` may hold ``{uid}`` and ``{token}``. With ``sync`` each socket asks for the
-        global view (``presence.sync``) right after its hello and keeps it up to date.
+        global view (``presence.sync``) right after its hello and keeps it up to date. With
+        ``cookie`` each socket sends its user's session cookie (the browser's path).
         """
         tokens = await self._mint(uids) if token else {}
+        cookies = await self._login(uids) if cookie else {}
         self.track_views = self.track_views or sync
         gate = asyncio.Semaphore(concurrency)
         errors: list[str] = []
@@ -170,6 +181,9 @@ class Worker:
                     ws = await connect(
                         url.format(uid=uid, token=tokens.get(uid, "")),
                         origin=origin,  # type: ignore[arg-type]
+                        additional_headers=(
+                            {"Cookie": f"sessionid={cookies[uid]}"} if uid in cookies else None
+                        ),
                         subprotocols=[Subprotocol(subprotocol)] if subprotocol else None,
                         compression=None,
                         max_queue=None,
@@ -525,6 +539,33 @@ def _load_users(uids: list[int]) -> dict[int, Any]:
     from django.contrib.auth import get_user_model
 
     return {u.pk: u for u in get_user_model().objects.filter(pk__in=uids)}
+
+
+def _create_sessions(uids: list[int]) -> dict[int, str]:
+    """One logged-in session row per user, as ``login()`` leaves it, in one bulk insert."""
+    import django
+
+    django.setup()
+    from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY
+    from django.contrib.sessions.backends.base import VALID_KEY_CHARS
+    from django.contrib.sessions.backends.db import SessionStore
+    from django.contrib.sessions.models import Session
+    from django.utils.crypto import get_random_string
+
+    users = _load_users(uids)
+    store, rows, keys = SessionStore(), [], {}
+    expires = store.get_expiry_date()
+    for uid in uids:
+        key = get_random_string(32, VALID_KEY_CHARS)
+        data = {
+            SESSION_KEY: str(uid),
+            BACKEND_SESSION_KEY: "django.contrib.auth.backends.ModelBackend",
+            HASH_SESSION_KEY: users[uid].get_session_auth_hash(),
+        }
+        rows.append(Session(session_key=key, session_data=store.encode(data), expire_date=expires))
+        keys[uid] = key
+    Session.objects.bulk_create(rows, batch_size=1000)
+    return keys
 
 
 def _raise_fd_limit() -> None:

@@ -8,6 +8,7 @@ milliseconds; a figure that does not apply to a server (rooms on an echo server)
 from __future__ import annotations
 
 import asyncio
+import json
 import statistics
 import time
 import uuid
@@ -21,7 +22,7 @@ from typing import Any
 from .loadclient import Fleet, view_hash
 from .servers import PEER, PLATFORM, RedisProbe, Server, ServerSpec, cpu_seconds, rss_kib, settle
 
-SCENARIOS = ("store", "saturation", "steady", "storm", "bigroom")
+SCENARIOS = ("store", "saturation", "steady", "storm", "bigroom", "profiling", "hooks")
 
 
 @dataclass
@@ -53,11 +54,11 @@ def serving(ctx: Context, spec: ServerSpec) -> Iterator[Server]:
         server.stop()
 
 
-def _client_url(spec: ServerSpec, room_per_user: bool) -> tuple[str, bool]:
+def _client_url(spec: ServerSpec, room_per_user: bool, cookie: bool) -> tuple[str, bool]:
     """The URL template (``{uid}``, ``{token}``) and whether it needs a platform token."""
     base = f"ws://127.0.0.1:{spec.port}/ws/presence/"
     if spec.name == PLATFORM:
-        return base + "?token={token}", True
+        return (base, False) if cookie else (base + "?token={token}", True)
     if spec.name == PEER and room_per_user:
         # django-channels-presence tracks presence per room only: one room per user is the
         # nearest match to the platform's per-user presence with global events off.
@@ -74,12 +75,13 @@ def open_clients(
     sync: bool = False,
     room_per_user: bool = True,
     only: int | None = None,
+    cookie: bool = False,
 ) -> dict[str, Any]:
     """Connect one client per user id, spread over the workers; times to the last hello.
 
     ``v2`` asks the platform for protocol v2; ``sync`` also keeps each client's global view.
     """
-    url, token = _client_url(spec, room_per_user)
+    url, token = _client_url(spec, room_per_user, cookie)
     subprotocol = "presence.v2" if v2 and spec.name == PLATFORM else None
     common = {
         "url": url,
@@ -88,6 +90,8 @@ def open_clients(
         "sync": sync,
         "concurrency": ctx.options.connect_concurrency,
         "token": token,
+        # Every server gets the cookie (a browser sends it anyway); only the platform reads it.
+        "cookie": cookie,
     }
     if only is not None:
         answers = ctx.fleet.call("connect", {**common, "uids": uids}, only=only)
@@ -113,8 +117,48 @@ def open_clients(
 
 def close_clients(ctx: Context) -> float:
     """Close every client; seconds until the last close completed."""
+    return _close_clients(ctx)[0]
+
+
+def _close_clients(ctx: Context) -> tuple[float, float]:
+    """Close every client: (seconds until the last close completed, when it did)."""
     answers = ctx.fleet.call("close_all")
-    return round(max(a["done"] for a in answers) - min(a["started"] for a in answers), 3)
+    done = max(a["done"] for a in answers)
+    return round(done - min(a["started"] for a in answers), 3), done
+
+
+def _online_zero_after(ctx: Context, since: float, *, wait: float = 30.0) -> float | None:
+    """Seconds from ``since`` until nobody is listed online (None: not within ``wait``)."""
+    deadline = time.monotonic() + wait
+    while ctx.redis.online() > 0:
+        if time.monotonic() > deadline:
+            return None
+        time.sleep(0.01)
+    return round(max(0.0, time.monotonic() - since), 3)
+
+
+GC_REPORT = "presence.gctune gc pauses: "
+
+
+def gc_pauses(server: Server) -> dict[str, float]:
+    """The platform's collector pauses over the server's life (its exit report), if any."""
+    try:
+        log = server.log_path.read_text(errors="replace")
+    except OSError:
+        return {}
+    reports = [line for line in log.splitlines() if line.startswith(GC_REPORT)]
+    if not reports:
+        return {}
+    stats = json.loads(reports[-1][len(GC_REPORT) :])
+    generations = [v for k, v in stats.items() if k.isdigit()]
+    out = {"gc_max_pause_ms": max((g.get("max_ms", 0.0) for g in generations), default=0.0)}
+    if all("over_50_ms" in g for g in generations if g.get("count")):  # older reports lack it
+        out["gc_pauses_over_50ms"] = sum(g.get("over_50_ms", 0) for g in generations)
+    return out
+
+
+# Log lines of a close the server could not write (the platform's old and new wording).
+GIVE_UP_LINES = ("could not remove connection", "could not end ")
 
 
 def _latency_stats(blobs: list[bytes]) -> dict[str, float]:
@@ -206,6 +250,85 @@ def run_saturation(ctx: Context, spec: ServerSpec) -> dict[str, Any]:
     }
 
 
+# ---------------------------------------------------------------------- profiling
+def _saturate_once(ctx: Context, server: Server) -> dict[str, Any]:
+    cpu = cpu_seconds(server.pid)
+    start_at = time.monotonic() + 0.5
+    answers = ctx.fleet.call(
+        "saturate", {"start_at": start_at, "duration": ctx.options.sat_duration}
+    )
+    elapsed = max(a["finished"] for a in answers) - start_at
+    cpu = cpu_seconds(server.pid) - cpu
+    acked = sum(a["acked"] for a in answers)
+    return {
+        "heartbeats_per_s": acked / elapsed,
+        "cpu_us_per_heartbeat": cpu / max(1, acked) * 1e6,
+        **_latency_stats([a["latencies"] for a in answers]),
+    }
+
+
+def run_profiling(ctx: Context, spec: ServerSpec) -> dict[str, Any]:
+    """Saturation of one platform process without, with, and again without a CPU profile
+    running in it (presence.live.sampler, asked for through Redis as the console does)."""
+    if spec.name != PLATFORM:
+        raise NotApplicableError("the process inspector is the platform's")
+    from presence.live import inspector
+    from presence.live.processes import list_processes
+
+    o = ctx.options
+    with serving(ctx, spec) as server:
+        opened = open_clients(ctx, spec, ctx.uids[: o.sat_connections])
+        settle(server.pid)
+        deadline = time.monotonic() + 15
+        while not (ids := [p["id"] for p in list_processes() if p["pid"] == server.pid]):
+            if time.monotonic() > deadline:
+                raise RuntimeError("the server never registered in the process registry")
+            time.sleep(0.2)
+        proc_id = ids[0]
+        before = _saturate_once(ctx, server)
+        seconds = min(float(inspector.PROFILE_MAX_SECONDS), o.sat_duration + 2.0)
+        asked = inspector.ask_process(proc_id, "profile", by="bench", seconds=seconds)
+        if asked.outcome != "running":
+            raise RuntimeError(f"profile not started: {asked.outcome} {asked.data}")
+        during = _saturate_once(ctx, server)
+        deadline = time.monotonic() + 30
+        while (answer := inspector.read_answer(proc_id, asked.request_id) or {}).get(
+            "state"
+        ) == "running" and time.monotonic() < deadline:
+            time.sleep(0.2)
+        after = _saturate_once(ctx, server)
+        close_clients(ctx)
+    profile = answer.get("profile") or {}
+    off = (before["heartbeats_per_s"] + after["heartbeats_per_s"]) / 2
+    return {
+        "connections": opened["opened"],
+        "heartbeats_per_s_off": round(off),
+        "heartbeats_per_s_profiling": round(during["heartbeats_per_s"]),
+        "profiling_over_off": round(during["heartbeats_per_s"] / off, 3) if off else None,
+        "cpu_us_per_heartbeat_off": round(
+            (before["cpu_us_per_heartbeat"] + after["cpu_us_per_heartbeat"]) / 2
+        ),
+        "cpu_us_per_heartbeat_profiling": round(during["cpu_us_per_heartbeat"]),
+        "cpu_profiling_over_off": round(
+            2
+            * during["cpu_us_per_heartbeat"]
+            / (before["cpu_us_per_heartbeat"] + after["cpu_us_per_heartbeat"]),
+            3,
+        ),
+        "heartbeats_per_s_phases": [
+            round(before["heartbeats_per_s"]),
+            round(during["heartbeats_per_s"]),
+            round(after["heartbeats_per_s"]),
+        ],
+        "ack_p99_ms_off": round(max(before["ack_p99_ms"], after["ack_p99_ms"]), 2),
+        "ack_p99_ms_profiling": round(during["ack_p99_ms"], 2),
+        "profile_samples": profile.get("samples"),
+        "sampler_cpu_percent": round(100 * profile["sampler_cpu_seconds"] / profile["seconds"], 2)
+        if profile
+        else None,
+    }
+
+
 # ---------------------------------------------------------------------- steady
 def run_steady(ctx: Context, spec: ServerSpec) -> dict[str, Any]:
     """Many sockets beating on schedule (open loop), at the default and a fast interval."""
@@ -279,12 +402,14 @@ def run_storm(ctx: Context, spec: ServerSpec) -> dict[str, Any]:
     # Without views the clients skip presence.sync: every sync lists everyone, so decoding
     # them is O(n²) client work that can bound the storm on a small machine.
     views = platform and o.storm_views
+    cookie = o.storm_auth == "cookie"
     target = view_hash(uids)
-    result: dict[str, Any] = {"clients": len(uids), "views": views}
+    result: dict[str, Any] = {"clients": len(uids), "views": views, "auth": o.storm_auth}
     with serving(ctx, spec) as server:
+        rss_idle = rss_kib(server.pid)
         for phase in ("connect", "reconnect"):
             cpu = cpu_seconds(server.pid)
-            opened = open_clients(ctx, spec, uids, v2=platform, sync=views)
+            opened = open_clients(ctx, spec, uids, v2=platform, sync=views, cookie=cookie)
             result[f"{phase}_s"] = opened["seconds"]
             result[f"{phase}_failed"] = opened["failed"]
             result[f"{phase}_client_cpu_s"] = opened["client_cpu_s"]
@@ -306,12 +431,26 @@ def run_storm(ctx: Context, spec: ServerSpec) -> dict[str, Any]:
             frames = sum(ctx.fleet.call("take_frames"))
             result[f"{phase}_frames_per_client"] = round(frames / max(1, len(uids)), 1)
             result[f"{phase}_settle_s"] = settle(server.pid)
-            result[f"{phase}_server_cpu_s"] = round(cpu_seconds(server.pid) - cpu, 2)
+            phase_cpu = cpu_seconds(server.pid) - cpu
+            result[f"{phase}_server_cpu_s"] = round(phase_cpu, 2)
+            # Everything the server did for the phase (handshakes, syncs, events, rows).
+            result[f"{phase}_server_cpu_ms_per_connect"] = round(
+                phase_cpu / max(1, opened["opened"]) * 1000, 3
+            )
             if phase == "connect":
-                result["drop_s"] = close_clients(ctx)
+                result["server_kib_per_connection"] = round(
+                    (rss_kib(server.pid) - rss_idle) / max(1, opened["opened"]), 1
+                )
+                result["drop_s"], last_close = _close_clients(ctx)
+                # Nobody may stay listed online after their socket is gone (ghosts).
+                zero = _online_zero_after(ctx, last_close)
+                result["drop_online_zero_s"] = zero if zero is not None else -1
                 result["drop_settle_s"] = settle(server.pid)
                 ctx.fleet.call("take_frames")
+        log = server.log_path.read_text(errors="replace") if server.log_path.exists() else ""
+        result["drop_give_up_lines"] = sum(log.count(line) for line in GIVE_UP_LINES)
         close_clients(ctx)
+    result.update(gc_pauses(server))  # written by the server at its exit
     return result
 
 
@@ -330,6 +469,7 @@ def run_bigroom(ctx: Context, spec: ServerSpec) -> dict[str, Any]:
     with serving(ctx, spec) as server:
         for size in sizes:
             result[f"room_{size}"] = _one_room(ctx, spec, server, size)
+    result.update(gc_pauses(server))  # written by the server at its exit
     small, big = (result[f"room_{s}"] for s in (sizes[0], sizes[-1]))
     for event in ("join", "leave"):
         key = f"redis_commands_per_{event}"
@@ -345,13 +485,16 @@ def _one_room(ctx: Context, spec: ServerSpec, server: Server, size: int) -> dict
     # Global events are off here, so the room's frames are the only presence frames; they
     # are counted, not decoded.
     opened = open_clients(ctx, spec, members, v2=v2, room_per_user=False)
+    fill_started = time.monotonic()
     joins = ctx.fleet.call(
         "request_all", {"frame_type": "room.join", "data": {"room": room}, "concurrency": 20}
     )
+    fill_s = time.monotonic() - fill_started
     kinds: dict[str, int] = {}
     for answer in joins:
         for kind, n in answer.items():
             kinds[kind] = kinds.get(kind, 0) + n
+    fill_errors = sum(n for kind, n in kinds.items() if kind != "reply")
     # The probes all live on worker 0, after its share of the members.
     worker0 = len(members[0 :: ctx.fleet.size])
     open_clients(ctx, spec, probes, v2=v2, room_per_user=False, only=0)
@@ -370,6 +513,8 @@ def _one_room(ctx: Context, spec: ServerSpec, server: Server, size: int) -> dict
     return {
         "members": opened["opened"],
         "member_joins": kinds,
+        "fill_s": round(fill_s, 3),
+        "fill_errors": fill_errors,
         "probes": len(probes),
         "redis_background_per_s": round(background, 1),
         **{f"{k}_join": v for k, v in join.items()},

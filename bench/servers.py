@@ -9,6 +9,7 @@ command counters, the raw figures every scenario is built from.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import time
@@ -105,10 +106,16 @@ class Server:
         return self.process is not None and self.process.poll() is None
 
     def stop(self) -> None:
-        """SIGTERM, then SIGKILL if it lingers (uvicorn waits for open sockets to close)."""
+        """SIGINT, then SIGKILL if it lingers (uvicorn waits for open sockets to close).
+
+        SIGINT, not SIGTERM: uvicorn shuts down the same way for both, then raises the signal
+        it caught again; SIGTERM's default action then ends the process without running its
+        exit handlers, SIGINT's is a KeyboardInterrupt that does run them (the platform's
+        collector report, presence/live/gctune.py, is written by one).
+        """
         if self.process is None or self.process.poll() is not None:
             return
-        self.process.terminate()
+        self.process.send_signal(signal.SIGINT)
         try:
             self.process.wait(timeout=15)
         except subprocess.TimeoutExpired:
@@ -175,6 +182,12 @@ class RedisProbe:
         """Calls per command name so far."""
         stats = cast(dict[str, Any], self.client.info("commandstats"))
         return {k.removeprefix("cmdstat_"): int(v["calls"]) for k, v in stats.items()}
+
+    def online(self) -> int:
+        """Users listed online on the platform (0 for servers that keep no presence)."""
+        from presence.store.keys import keys
+
+        return int(cast(int, self.client.zcard(keys().users)))
 
     def reset(self) -> None:
         """Empty the data and the counters (between servers: each starts from a clean store)."""

@@ -1,7 +1,8 @@
 """`make run`: migrations, optional superuser, embedded Redis if needed, then every process.
 
-The web server (uvicorn), Celery worker and Celery beat run under honcho (Procfile); Ctrl-C
-stops them all, and the embedded redis-server with them.
+The web server (uvicorn), the event log's consumers (``manage.py presence_consume``), Celery
+worker and Celery beat run under honcho (Procfile); Ctrl-C stops them all, and the embedded
+redis-server with them.
 """
 
 from __future__ import annotations

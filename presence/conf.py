@@ -263,6 +263,21 @@ class AppSettings:
         return float(self._get("PRESENCE_STORE_WARNING_INTERVAL", 10.0))
 
     @property
+    def END_BATCH_MAX(self) -> int:
+        """Most closed connections removed by one end script call (presence/live/endings.py)."""
+        return int(self._get("PRESENCE_END_BATCH_MAX", 200))
+
+    @property
+    def END_QUEUE_MAX(self) -> int:
+        """Connection ends one process holds unwritten before a closing socket waits for room."""
+        return int(self._get("PRESENCE_END_QUEUE_MAX", 20_000))
+
+    @property
+    def END_DRAIN_TIMEOUT(self) -> float:
+        """Seconds a graceful shutdown waits for queued connection ends to be written."""
+        return float(self._get("PRESENCE_END_DRAIN_TIMEOUT", 4.0))
+
+    @property
     def COUNTER_FLUSH_INTERVAL(self) -> float:
         """Seconds buffered message counters wait for a heartbeat batch to ride along with."""
         return float(self._get("PRESENCE_COUNTER_FLUSH_INTERVAL", 1.0))
@@ -299,13 +314,9 @@ class AppSettings:
 
     @property
     def SESSION_LOG_CLAIM_IDLE(self) -> float:
-        """Seconds an entry read but not acknowledged waits before another writer takes it."""
+        """Seconds an entry read but not acknowledged waits before another reader of its group
+        takes it over (XAUTOCLAIM): every event-log consumer (sessions, hooks, webhooks)."""
         return float(self._get("PRESENCE_SESSION_LOG_CLAIM_IDLE", 10.0))
-
-    @property
-    def SESSION_LOG_INTERVAL(self) -> float:
-        """Seconds between runs of the Celery fallback writer ``presence.write_sessions``."""
-        return float(self._get("PRESENCE_SESSION_LOG_INTERVAL", 2.0))
 
     @property
     def REAP_INTERVAL(self) -> float:
@@ -391,8 +402,9 @@ class AppSettings:
 
     @property
     def WEBHOOK_BATCH_WINDOW(self) -> float:
-        """Seconds an event may wait for a fuller batch before its endpoint is sent a POST."""
-        return float(self._get("PRESENCE_WEBHOOK_BATCH_WINDOW", 1.0))
+        """Seconds a lone event may be held for a fuller batch (0: sent at once; events that
+        pile up while a POST is in flight make the next batch either way)."""
+        return float(self._get("PRESENCE_WEBHOOK_BATCH_WINDOW", 0.0))
 
     @property
     def WEBHOOK_TIMEOUT(self) -> float:

@@ -104,6 +104,8 @@ class PresenceConsumer(AsyncWebsocketConsumer):
 
     async def connect(self) -> None:
         self.rooms: set[str] = set()
+        # room -> its join's write while on its way (presence.handlers.core.room_join)
+        self.joining: dict[str, asyncio.Future[int]] = {}
         self.end_reason = EndReason.CLOSED
         # protocol v2: scope -> log position the client is at / diffs held during a snapshot
         self.positions: dict[str, Pos] = {}
@@ -562,11 +564,9 @@ class PresenceConsumer(AsyncWebsocketConsumer):
         if code == CLOSE_SERVICE_RESTART and self.end_reason == EndReason.CLOSED:
             self.end_reason = EndReason.SERVER_SHUTDOWN
         metrics.connection_ended(self, code)
-        try:
-            # Logs the leaves and the `close` the session row is ended from; a no-op when
-            # the sweep ended the connection first (exactly one of them ends it).
-            async with store.bounded():
-                await actions.do_end_connection(self.conn_ref, reason=self.end_reason.value)
-        except (RedisError, TimeoutError) as exc:
-            # Redis down: the sweep ends the connection, and its row, once its TTL lapses.
-            logger.warning("could not remove connection %s from presence: %s", self.session_id, exc)
+        # A join whose write is on its way may land before the end: end.lua takes it out too.
+        self.rooms.update(self.joining)
+        # Logs the leaves and the `close` the session row is ended from; a no-op when the
+        # sweep ended the connection first (exactly one of them ends it). Never given up: an
+        # end Redis cannot take now stays queued in this process and is retried.
+        await actions.do_end_connection(self.conn_ref, reason=self.end_reason.value)

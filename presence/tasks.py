@@ -80,7 +80,7 @@ def reap_sessions(period: float | None = None) -> dict[str, Any]:
     ignore_result=True,
 )
 def write_sessions() -> dict[str, Any]:
-    """Write connection-session rows from the event log when no web process does (fallback)."""
+    """One bounded drain of the session log (by hand; ``presence_consume`` reads it for good)."""
     return sessionlog.write_sessions().as_dict()
 
 
@@ -105,7 +105,7 @@ def reconcile_connections(period: float | None = None) -> dict[str, Any]:
     ignore_result=True,
 )
 def send_signals(period: float | None = None) -> dict[str, Any]:
-    """Send presence.signals for new event-log entries (and retry held users' entries)."""
+    """One bounded pass of the signal sender (by hand; ``presence_consume`` runs it for good)."""
     if not periodic.claim_period(dispatch.TASK, period):
         return PERIOD_SKIPPED
     return dispatch.send_signals().as_dict()
@@ -118,7 +118,8 @@ def send_signals(period: float | None = None) -> dict[str, Any]:
     ignore_result=True,
 )
 def route_webhooks(period: float | None = None) -> dict[str, Any]:
-    """Queue new events for each webhook endpoint and start the deliveries that are due."""
+    """One bounded routing pass, deliveries started as tasks (by hand; ``presence_consume``
+    routes and delivers for good)."""
     if not periodic.claim_period(webhooks.TASK, period):
         return PERIOD_SKIPPED
     return webhooks.safe_route().as_dict()

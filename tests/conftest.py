@@ -18,6 +18,7 @@ pytest_plugins = [
     "tests.support.users",  # user_factory, auser_factory
     "tests.support.ws",  # ws_client
     "tests.support.celery",  # celery_worker_process
+    "tests.support.consume",  # consume_process
     "tests.support.seed",  # seed_connections
     "tests.support.sentinel",  # sentinel_topology (primary + replica + three sentinels)
 ]

@@ -23,6 +23,7 @@ from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.core import signing
 from django.utils.crypto import constant_time_compare, get_random_string, salted_hmac
 
+from presence.access.handshakes import get_batcher
 from presence.conf import app_settings
 
 TOKEN_SALT = "presence.ws-token"  # noqa: S105 - a signing salt, not a secret
@@ -126,15 +127,17 @@ class SessionAuthMiddleware(AuthMiddleware):
 
     Without a session cookie the session can name no user, yet Channels still resolves it
     in the thread-sensitive executor: one queued thread hop per connect (token clients, a
-    connect storm). Here such a handshake is anonymous at once; with the cookie, Channels'
-    own resolution runs unchanged.
+    connect storm). Here such a handshake is anonymous at once; with the cookie, the session
+    and user are resolved by Django's rules in a batch with the other handshakes of the
+    moment: one session query and one user query per batch, not per handshake.
     """
 
     async def resolve_scope(self, scope: dict[str, Any]) -> None:
         if settings.SESSION_COOKIE_NAME not in scope.get("cookies", {}):
             scope["user"]._wrapped = AnonymousUser()
             return
-        await super().resolve_scope(scope)
+        # Batched with the other handshakes of the moment (presence/access/handshakes.py).
+        scope["user"]._wrapped = await get_batcher().user_for(scope["session"])
 
 
 def _subprotocol_token(scope: dict[str, Any]) -> str:

@@ -10,17 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from channels.layers import BaseChannelLayer, get_channel_layer
 
 from presence import store
-from presence.conf import app_settings
 from presence.live.batching import get_writer
 from presence.live.diffs import dumps
-from presence.loops import LoopLocal
+from presence.live.endings import get_end_queue
 
 logger = logging.getLogger(__name__)
 
@@ -94,6 +92,29 @@ async def _undo_connect(conn: store.ConnRef) -> None:
             return
 
 
+def undo_join(conn: store.ConnRef, room: str, *, unwanted: Callable[[], bool]) -> None:
+    """Take a connection out of ``room`` after a join whose outcome is unknown (its answer
+    was lost); in the background, retried like :func:`undo_connect` while ``unwanted()``
+    (a later join of the same room by the client stops it). A no-op when the join never
+    landed; a leave is logged when it did."""
+    task = asyncio.get_running_loop().create_task(_undo_join(conn, room, unwanted))
+    _undoing.add(task)
+    task.add_done_callback(_undoing.discard)
+
+
+async def _undo_join(conn: store.ConnRef, room: str, unwanted: Callable[[], bool]) -> None:
+    waited = 0.0
+    for at in UNDO_CONNECT_AFTER:
+        await asyncio.sleep(at - waited)
+        waited = at
+        if not unwanted():
+            return
+        try:
+            await store.room_leave(store.get_async_redis(), conn, room)
+        except Exception as exc:  # Redis still down: the key expiry or the sweep ends it
+            logger.info("undoing join of %s to %s: %r", conn.cid, room, exc)
+
+
 async def do_heartbeat(conn: store.ConnRef) -> int:
     """Refresh a connection through the batched hot path: ``store.HB_ALIVE``; ``HB_ENDED``
     when its session ended; ``HB_LOST`` when the store lost it (presence/actions/recovery.py).
@@ -130,49 +151,14 @@ async def do_set_status(conn: store.ConnRef, status: str, *, username: str) -> s
     )
 
 
-async def do_end_connection(conn: store.ConnRef, *, reason: str) -> store.EndResult:
-    """Remove a closed connection at once; its leaves and ``close`` (``reason``) are logged.
+async def do_end_connection(conn: store.ConnRef, *, reason: str) -> store.EndResult | None:
+    """Remove a closed connection; its leaves and ``close`` (``reason``) are logged.
 
-    Unless ``reason`` is final: the leaves of the user's last connection (in a room, or
-    at all) are held for PRESENCE_LEAVE_GRACE (end.lua), and released by this process's
-    timer when due, or by the sweep if this process is gone by then.
+    Through the process's end queue (presence/live/endings.py): ends that arrive together
+    share one script call, and one that cannot be written now is retried until Redis answers.
+    Returns its result when written within the store's bound, else None (still queued).
     """
-    (result,) = await store.end_connections(store.get_async_redis(), [conn], reason=reason)
-    if result.held:
-        schedule_release()
-    return result
-
-
-# Held leaves of one event loop are released together: timers are rounded up to this (s).
-RELEASE_TICK = 0.25
-_release_timers: LoopLocal[dict[float, asyncio.TimerHandle]] = LoopLocal(lambda loop: {})
-_releasing: set[asyncio.Task[None]] = set()
-
-
-def schedule_release() -> None:
-    """Release the held leaves once the grace window of a close now is over."""
-    loop = asyncio.get_running_loop()
-    at = math.ceil((loop.time() + app_settings.LEAVE_GRACE) / RELEASE_TICK) * RELEASE_TICK
-    timers = _release_timers.get()
-    if at not in timers:
-        timers[at] = loop.call_at(at + 0.01, _start_release, timers, at)
-
-
-def _start_release(timers: dict[float, asyncio.TimerHandle], at: float) -> None:
-    timers.pop(at, None)
-    task = asyncio.get_running_loop().create_task(_release_due())
-    _releasing.add(task)
-    task.add_done_callback(_releasing.discard)
-
-
-async def _release_due() -> None:
-    try:
-        while True:
-            found, _ = await store.arelease_due(store.get_async_redis())
-            if found < store.RELEASE_BATCH:
-                return
-    except Exception as exc:  # Redis away: the sweep releases them
-        logger.info("releasing held leaves: %r (left to the sweep)", exc)
+    return await get_end_queue().end(conn, reason=reason)
 
 
 async def do_broadcast(room: str, frame: dict[str, Any]) -> None:

@@ -17,6 +17,7 @@ from presence.api import listing as queries
 from presence.api.deadline import redis_deadline
 from presence.conf import app_settings
 from presence.handlers.core import ROOM_PATTERN
+from presence.models.routers import reads_from_replica
 
 
 def _json_login_required(view):  # type: ignore[no-untyped-def]
@@ -59,6 +60,7 @@ EVERYONE_FORBIDDEN = {
 
 @require_GET
 @_ajson_login_required
+@reads_from_replica
 async def online(request: HttpRequest) -> JsonResponse:
     """``GET /api/presence/online/?room=`` -> ``{"count": n, "users": [...]}``."""
     room = request.GET.get("room") or None
@@ -76,6 +78,7 @@ async def online(request: HttpRequest) -> JsonResponse:
 
 @require_GET
 @_ajson_login_required
+@reads_from_replica
 async def user_detail(request: HttpRequest, user_id: int) -> JsonResponse:
     """``GET /api/presence/users/<id>/`` -> one user's presence (one's own, or anyone's for
     those who may read everyone's), with the rooms they are in that the asker may list."""

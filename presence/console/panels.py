@@ -43,7 +43,7 @@ ROOM_EVENTS_SHOWN = 50
 # Dashboard rates are averaged over the minutes since this many minutes ago.
 RATE_WINDOW_MINUTES = 5
 # A periodic task is "late" when its last run is older than this many periods.
-LATE_PERIODS = 3
+LATE_PERIODS = catalog.LATE_PERIODS
 
 
 def ms_to_datetime(ms: int) -> dt.datetime:
@@ -271,7 +271,8 @@ def get_room_events(room: str) -> tuple[list[RoomEvent], int]:
 # --------------------------------------------------------------------------- dashboard
 @dataclass(frozen=True)
 class TaskRun:
-    """The last run of one periodic task, as the dashboard shows it."""
+    """One background job as the dashboard shows it: a periodic task's last run, or a log
+    consumer's last read (its lag) and its group's backlog."""
 
     task: str
     name: str
@@ -286,6 +287,9 @@ class TaskRun:
     errors_total: int
     skipped_total: int
     skipped_at: dt.datetime | None
+    kind: str = catalog.PERIODIC
+    group: str = ""
+    backlog: int | None = None  # consumers: entries read and not acknowledged, plus unread
 
 
 @dataclass
@@ -345,18 +349,39 @@ def _process_row(record: ProcessRecord) -> ProcessRow:
     )
 
 
+def get_process_rows() -> list[ProcessRow]:
+    """Every registered web process, as the console shows it."""
+    return [_process_row(record) for record in list_processes()]
+
+
 def _task_period(task: str) -> float | None:
     job = catalog.by_key(task)
     return job.period() if job.scheduled else None
 
 
-def _task_run(task: str, run: dict[str, str], now: dt.datetime) -> TaskRun:
+def _backlog(group: dict[str, int] | None) -> int | None:
+    return None if group is None else group["pending"] + group["unread"]
+
+
+def _task_run(
+    task: str,
+    run: dict[str, str],
+    now: dt.datetime,
+    groups: dict[str, dict[str, int]] | None = None,
+) -> TaskRun:
+    job = catalog.by_key(task)
     finished = run.get("last_finished_at_ms")
     finished_at = ms_to_datetime(int(finished)) if finished else None
     skipped = run.get("last_skipped_at_ms")
-    lag = (now - finished_at).total_seconds() if finished_at else None
     period = _task_period(task)
     error = run.get("last_error", "")
+    if job.consumer:
+        # A consumer's lag: since its last read without error (it reads at least each second).
+        success = run.get("last_success_at_ms")
+        last = ms_to_datetime(int(success)) if success else None
+    else:
+        last = finished_at
+    lag = (now - last).total_seconds() if last else None
     if finished_at is None:
         outcome = "never ran"
     elif error:
@@ -364,14 +389,17 @@ def _task_run(task: str, run: dict[str, str], now: dt.datetime) -> TaskRun:
     elif run.get("last_capped") == "1":
         outcome = "capped"
     else:
-        outcome = "ok"
-    late = period is not None and (lag is None or lag > LATE_PERIODS * period)
+        outcome = "reading" if job.consumer else "ok"
+    late_after = job.late_after()
+    late = late_after is not None and (lag is None or lag > late_after)
+    if job.consumer and late and outcome == "reading":
+        outcome = "stalled"
     duration = run.get("last_duration_ms")
     return TaskRun(
         task=task,
-        name=catalog.by_key(task).task,
+        name=job.task if not job.consumer else f"{job.label}",
         period=period,
-        finished_at=finished_at,
+        finished_at=last,
         lag=lag,
         duration_ms=int(duration) if duration else None,
         outcome=outcome,
@@ -381,6 +409,9 @@ def _task_run(task: str, run: dict[str, str], now: dt.datetime) -> TaskRun:
         errors_total=int(run.get("errors_total", 0)),
         skipped_total=int(run.get("skipped_total", 0)),
         skipped_at=ms_to_datetime(int(skipped)) if skipped else None,
+        kind=job.kind,
+        group=job.group,
+        backlog=_backlog((groups or {}).get(job.group)) if job.consumer else None,
     )
 
 
@@ -422,11 +453,14 @@ def _rates(now: dt.datetime, overview: store.ConsoleOverview, flush: TaskRun) ->
 
 
 def get_dashboard(*, with_charts: bool = True) -> Dashboard:
-    """The dashboard's numbers (three Redis round trips, two SQL queries) and its charts."""
+    """The dashboard's numbers (four Redis round trips, two SQL queries) and its charts."""
     now = timezone.now()
-    overview = store.console_overview(store.get_redis(), catalog.console_keys())
+    client = store.get_redis()
+    overview = store.console_overview(client, catalog.console_keys())
+    groups = store.groups_backlog(client)
     tasks = [
-        _task_run(task, overview.task_runs.get(task, {}), now) for task in catalog.console_keys()
+        _task_run(task, overview.task_runs.get(task, {}), now, groups)
+        for task in catalog.console_keys()
     ]
     flush = next(t for t in tasks if t.task == "flush")
     has_stats = StatsBucket.objects.filter(minute__gte=now - dt.timedelta(days=7)).exists()

@@ -14,7 +14,8 @@ from django.contrib import admin
 from django.http import HttpRequest, HttpResponse
 from django.urls import URLPattern, URLResolver, path, reverse
 
-from presence.console import views
+from presence.console import inspect, views
+from presence.models.routers import reads_from_replica
 
 ViewFunc = Callable[..., HttpResponse]
 
@@ -27,7 +28,8 @@ class PresenceAdminSite(admin.AdminSite):
             return view(self, request, *args, **kwargs)
 
         bound.__name__ = view.__name__
-        return self.admin_view(bound)
+        # GETs read from the replica when one is configured; POSTs (writes) never do.
+        return self.admin_view(reads_from_replica(bound))
 
     def get_urls(self) -> list[URLResolver | URLPattern]:
         # First: the admin's own "presence/<model>/" patterns must not shadow these.
@@ -51,6 +53,26 @@ class PresenceAdminSite(admin.AdminSite):
                 self._console_view(views.dashboard_data),
                 name="presence_dashboard_data",
             ),
+            path(
+                "presence/processes/",
+                self._console_view(inspect.process_list),
+                name="presence_processes",
+            ),
+            path(
+                "presence/processes/<str:proc_id>/",
+                self._console_view(inspect.process_detail),
+                name="presence_process",
+            ),
+            path(
+                "presence/processes/<str:proc_id>/profile/",
+                self._console_view(inspect.process_profile),
+                name="presence_process_profile",
+            ),
+            path(
+                "presence/processes/<str:proc_id>/profile/<str:request_id>.speedscope.json",
+                self._console_view(inspect.profile_download),
+                name="presence_process_profile_download",
+            ),
         ]
         return console + super().get_urls()
 
@@ -65,6 +87,8 @@ class PresenceAdminSite(admin.AdminSite):
             self._page_entry("Online now", "Online", "presence_online"),
             self._page_entry("Dashboard", "Dashboard", "presence_dashboard"),
         ]
+        if inspect.can_inspect(request.user):
+            pages.append(self._page_entry("Web processes", "Processes", "presence_processes"))
         for app in app_list:
             if app["app_label"] == "presence":
                 app["models"] = pages + app["models"]

@@ -191,7 +191,14 @@ def dashboard_data(site: AdminSite, request: HttpRequest) -> JsonResponse:
                 "messages_per_s_by_type": dict(rates.by_type),
             },
             "tasks": {
-                t.task: {"outcome": t.outcome, "lag_s": t.lag, "late": t.late} for t in board.tasks
+                t.task: {
+                    "kind": t.kind,
+                    "outcome": t.outcome,
+                    "lag_s": t.lag,
+                    "late": t.late,
+                    "backlog": t.backlog,
+                }
+                for t in board.tasks
             },
             "processes": [{"id": p.id, "sockets": p.sockets} for p in board.processes],
             "fragments": _dashboard_fragments(request, board),

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import functools
+import json
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
@@ -15,6 +18,7 @@ from presence.handlers.context import HandlerContext
 from presence.handlers.registry import NO_REPLY, FrameError, registry
 from presence.live.diffs import finish_sync, start_sync
 from presence.live.fanout import GLOBAL
+from presence.live.replica import Listing, room_listing
 
 ROOM_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$"
 # ZSCAN cursors are unsigned 64-bit integers, sent as decimal text.
@@ -65,6 +69,17 @@ async def reply_snapshot(ctx: HandlerContext, room: str | None) -> Any:
     start_sync(consumer, scope)
     seq = None
     try:
+        if room is not None:
+            listing = await room_listing(consumer.reader, room, limit=app_settings.SYNC_LIMIT)
+            await consumer.send_text(
+                _reply_text(
+                    ctx.frame_id,
+                    listing,
+                    f',"seq":{json.dumps(listing.seq)},"complete":{_bool(listing.complete)}',
+                )
+            )
+            seq = listing.seq
+            return NO_REPLY
         (snap,) = await store.snapshots(
             store.get_async_redis(), [room], limit=app_settings.SYNC_LIMIT
         )
@@ -80,6 +95,24 @@ async def reply_snapshot(ctx: HandlerContext, room: str | None) -> Any:
     finally:
         finish_sync(consumer, scope, seq)
     return NO_REPLY
+
+
+def _bool(value: bool) -> str:
+    return "true" if value else "false"
+
+
+def _reply_text(frame_id: str | int | None, listing: Listing, extra: str = "") -> str:
+    """A reply frame with a listing's members, as text: their JSON is joined, not re-encoded."""
+    return (
+        '{"type":"reply","id":'
+        + json.dumps(frame_id)
+        + ',"data":{"count":'
+        + str(listing.count)
+        + ',"users":'
+        + listing.users_json
+        + extra
+        + "}}"
+    )
 
 
 # No handler timeout: the hot-path writer bounds the wait itself. While the store is away it
@@ -110,31 +143,60 @@ async def status_set(ctx: HandlerContext, data: StatusPayload) -> dict[str, Any]
 
 
 @registry.handler("room.join", core=True, version="1", payload=RoomPayload)
-async def room_join(ctx: HandlerContext, data: RoomPayload) -> dict[str, Any]:
-    """Join a room; the reply lists its current members."""
+async def room_join(ctx: HandlerContext, data: RoomPayload) -> Any:
+    """Join a room; the reply lists its current members.
+
+    Idempotent: the join's write, once sent, is finished and adopted by the connection even
+    when the handler times out meanwhile (the client is told ``handler_timeout``), so the
+    client's retry finds the room joined and is answered with its members, without a second
+    join event. A retry that arrives while the first write is still on its way waits for it.
+    """
     await require_room_access(ctx.user, data.room, "join")
     consumer = ctx.consumer
-    if data.room not in consumer.rooms:
-        if len(consumer.rooms) >= app_settings.MAX_ROOMS_PER_CONNECTION:
+    if data.room not in consumer.rooms and await _join(consumer, data.room) == -1:
+        await consumer.expire()
+        return NO_REPLY
+    if consumer.protocol == 2:
+        return await reply_snapshot(ctx, data.room)
+    listing = await room_listing(consumer.reader, data.room, limit=app_settings.LIST_LIMIT)
+    await consumer.send_text(_reply_text(ctx.frame_id, listing))
+    return NO_REPLY
+
+
+async def _join(consumer: Any, room: str) -> int:
+    """Write the join once per connection and room; the outcome of do_join_room."""
+    pending = consumer.joining.get(room)
+    if pending is None:
+        if len(consumer.rooms) + len(consumer.joining) >= app_settings.MAX_ROOMS_PER_CONNECTION:
             raise FrameError(
                 "limit_exceeded",
                 f"a connection may be in at most {app_settings.MAX_ROOMS_PER_CONNECTION} rooms",
             )
         # Subscribe before announcing, so this connection sees events from now on.
-        consumer.join_scope(data.room)
-        try:
-            joined = await actions.do_join_room(consumer.conn_ref, data.room)
-        except BaseException:
-            consumer.leave_scope(data.room)
-            raise
-        if joined == -1:
-            consumer.leave_scope(data.room)
-            await consumer.expire()
-            return NO_REPLY
-        consumer.rooms.add(data.room)
-    if consumer.protocol == 2:
-        return await reply_snapshot(ctx, data.room)
-    return _listing(*await store.alist_online(store.get_async_redis(), data.room))
+        consumer.join_scope(room)
+        pending = asyncio.ensure_future(actions.do_join_room(consumer.conn_ref, room))
+        consumer.joining[room] = pending
+        # Runs before any waiter resumes (callbacks run in the order they were added).
+        pending.add_done_callback(functools.partial(_settle_join, consumer, room))
+    # Shielded: a handler timeout cancels the wait, never the write.
+    return int(await asyncio.shield(pending))
+
+
+def _settle_join(consumer: Any, room: str, pending: asyncio.Future[int]) -> None:
+    """Adopt the join's outcome in the connection's state, whoever is still waiting for it."""
+    consumer.joining.pop(room, None)
+    if not pending.cancelled() and pending.exception() is None and pending.result() != -1:
+        consumer.rooms.add(room)
+        return
+    consumer.leave_scope(room)
+    if not pending.cancelled() and pending.exception() is not None:
+        # The write may have landed before its answer was lost: take it back, so the user is
+        # either in the room and the connection knows it, or not in it (a no-op if not).
+        actions.undo_join(
+            consumer.conn_ref,
+            room,
+            unwanted=lambda: room not in consumer.rooms and room not in consumer.joining,
+        )
 
 
 @registry.handler("room.leave", core=True, version="1", payload=RoomPayload)

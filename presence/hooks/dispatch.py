@@ -1,11 +1,12 @@
-"""Sending the Django signals of presence.signals from the event log (Celery task
+"""Sending the Django signals of presence.signals from the event log (the signal sender of
+``manage.py presence_consume``, presence/hooks/readers.py; by hand, the Celery task
 ``presence.send_signals``).
 
 Guarantees (docs/hooks.md):
 
 * **At least once.** Entries are read through the consumer group ``hooks`` and acknowledged
-  (XACK) only after every receiver of every event of the entry returned. A worker killed
-  mid-run leaves its entries pending; the next run reads them again first.
+  (XACK) only after every receiver of every event of the entry returned. A reader killed
+  mid-batch leaves its entries pending; the reader that takes over reads them again first.
 * **In order per user.** Entries are handled in log order. When a receiver raises, the
   user is *held*: that entry and every later entry of the same user stay pending, while
   other users' entries go on. Held users are retried after an exponential back-off with
@@ -113,9 +114,13 @@ def _mark_recovered(event_ids: list[str]) -> None:
 class Sender:
     """One run's state: the holds read at its start and the users held during it."""
 
-    def __init__(self, client: Any, report: SignalReport) -> None:
+    def __init__(self, client: Any, report: SignalReport, *, strict: bool = False) -> None:
         self.client = client
         self.report = report
+        # strict: reading new entries while older ones may wait pending (the long-running
+        # reader): a held user's entries wait even when the hold is due, since the retry of
+        # the older held entries comes first, in the reader's next scan of its pending ones.
+        self.strict = strict
         self.holds = store.read_hook_holds(client)
         self.blocked: set[str] = set()  # users whose later entries wait in this run
 
@@ -141,7 +146,7 @@ class Sender:
                 continue
             uid = entry.fields["u"]
             hold = self.holds.get(uid)
-            if uid in self.blocked or (hold is not None and hold.due_ms > now_ms):
+            if uid in self.blocked or (hold is not None and (self.strict or hold.due_ms > now_ms)):
                 self.blocked.add(uid)
                 self.report.held += 1
                 continue

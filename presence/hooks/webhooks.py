@@ -1,25 +1,23 @@
 """Signed webhooks: the event log routed into a per-endpoint outbox, delivered in batches.
 
-Two Celery tasks, neither on the WebSocket path (docs/hooks.md):
+Routing and delivery run in ``manage.py presence_consume`` (presence/hooks/readers.py), off
+the WebSocket path (docs/hooks.md); this module holds their work:
 
-* ``presence.route_webhooks`` (beat, every ``PRESENCE_HOOKS_INTERVAL``) reads the log through
-  the consumer group ``webhooks``, writes one ``WebhookEvent`` row per (endpoint, event)
-  the endpoint wants (idempotent: unique per endpoint and event id) and acknowledges the
-  entries only after that commit. It then starts ``presence.deliver_webhooks`` for each
-  endpoint with a batch due: ``PRESENCE_WEBHOOK_BATCH_SIZE`` events waiting, the oldest
-  waiting ``PRESENCE_WEBHOOK_BATCH_WINDOW``, or a retry due.
-* ``presence.deliver_webhooks(endpoint_id)`` holds the endpoint's own lock (one delivery per
-  endpoint at a time: the order holds) and POSTs the oldest pending events, in log order,
-  signed. A 2xx marks them delivered. Anything else (status, timeout, refused connection)
-  counts an attempt on each and sets their next attempt after an exponential back-off with
-  jitter; the queue's head waits, so nothing overtakes it. An event failing for longer than
+* routing (:func:`outbox_rows`) writes one ``WebhookEvent`` row per (endpoint, event) the
+  endpoint wants (idempotent: unique per endpoint and event id); the reader acknowledges the
+  entries only after that commit and has the endpoints delivered at once.
+* :func:`deliver` holds the endpoint's own lock (one delivery per endpoint at a time: the
+  order holds) and POSTs the oldest pending events, in log order, signed. A 2xx marks them
+  delivered. Anything else (status, timeout, refused connection) counts an attempt on each
+  and sets their next attempt after an exponential back-off with jitter; the queue's head
+  waits, so nothing overtakes it. An event failing for longer than
   ``PRESENCE_WEBHOOK_RETRY_FOR`` becomes a dead letter (state ``dead``, replayable from the
   admin) and the queue moves on.
 
-A worker killed mid-POST leaves the events pending and the lock expiring (its lifetime is the
-run's hard time limit): the next run sends them again. Each endpoint is its own task with
-its own timeout, so a slow or dead endpoint holds at most one worker process for one
-timeout at a time, and an endpoint in back-off holds none.
+A process killed mid-POST leaves the events pending and the lock expiring (its lifetime is a
+run's budget plus one timeout): the next delivery sends them again. The Celery tasks
+``presence.route_webhooks`` (one bounded routing run, by hand) and
+``presence.deliver_webhooks`` (the admin's replay) do the same work.
 """
 
 from __future__ import annotations
@@ -35,6 +33,7 @@ import random
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -200,9 +199,18 @@ def _pending(endpoint_id: int) -> QuerySet[WebhookEvent]:
     return WebhookEvent.objects.filter(endpoint_id=endpoint_id, state=DeliveryState.PENDING)
 
 
-def start_due_deliveries(client: Any, endpoints: list[WebhookEndpoint]) -> int:
-    """Start ``presence.deliver_webhooks`` for every endpoint with a batch due; record the
-    backlog per endpoint for the metrics."""
+def start_due_deliveries(
+    client: Any,
+    endpoints: list[WebhookEndpoint],
+    start: Callable[[int], None] | None = None,
+) -> int:
+    """Start a delivery (``start``; by default the task ``presence.deliver_webhooks``) for
+    every endpoint with a batch due; record the backlog per endpoint for the metrics.
+
+    Due: a retry is due, ``PRESENCE_WEBHOOK_BATCH_SIZE`` events wait, or the oldest waited
+    ``PRESENCE_WEBHOOK_BATCH_WINDOW`` (0 by default: at once; what piles up while a POST is
+    in flight makes the next batch)."""
+    start = start or start_delivery
     now = timezone.now()
     window = dt.timedelta(seconds=app_settings.WEBHOOK_BATCH_WINDOW)
     backlog = {
@@ -227,7 +235,7 @@ def start_due_deliveries(client: Any, endpoints: list[WebhookEndpoint]) -> int:
             or head.attempts > 0
         )
         if due and not store.task_lock_held(client, lock_name(endpoint.pk)):
-            start_delivery(endpoint.pk)
+            start(endpoint.pk)
             started += 1
     return started
 

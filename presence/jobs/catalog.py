@@ -1,9 +1,11 @@
-"""The one list of background jobs: every Celery task of presence, and how beat runs it.
+"""The one list of background jobs: the periodic Celery tasks and the event log's consumers.
 
-Each :class:`Job` says all the code needs to know of a task: its Celery name (the wrappers in
-presence/tasks.py), the short key its lock, run record and period claim use in Redis (the
-``TASK`` of its module), whether beat schedules it and how (``CELERY_BEAT_SCHEDULE`` is built
-from here), and where its runs are shown (``presence_status``, ``/metrics``, the console).
+Each :class:`Job` says all the code needs to know of a job: its kind (periodic: beat runs it;
+consumer: a long-running reader of a consumer group, ``manage.py presence_consume``), its
+Celery name (the wrappers in presence/tasks.py), the short key its lock, run record and
+period claim use in Redis (the ``TASK`` of its module), whether beat schedules it and how
+(``CELERY_BEAT_SCHEDULE`` is built from here), when it is late, and where it is shown
+(``presence_status``, ``/metrics``, ``/readyz``, the console's "Background jobs").
 
 config/settings.py imports this module while the settings load: it imports nothing of the
 project but :mod:`presence.conf`, and that only inside the functions that need it.
@@ -24,6 +26,9 @@ class Job:
 
     key: str
     """Short name: Redis keys of its lock, run record and period claim; metrics, console."""
+    kind: str
+    """``periodic`` (beat runs it), ``consumer`` (a long-running reader of a consumer group,
+    ``manage.py presence_consume``) or ``on demand`` (started by other code)."""
     task: str
     """The Celery task name."""
     label: str
@@ -42,6 +47,25 @@ class Job:
     """Its recorded runs are read back (presence_status, /metrics ``presence_task_runs``)."""
     on_console: bool = False
     """Shown on the console dashboard, with its own duration histogram in /metrics."""
+    group: str = ""
+    """A consumer's group over the event log (its backlog is shown with it)."""
+
+    @property
+    def consumer(self) -> bool:
+        """Whether it is a long-running reader of the event log."""
+        return self.kind == CONSUMER
+
+    def late_after(self, conf: AppSettings | None = None) -> float | None:
+        """Seconds since its last success after which it is late (None: never late).
+
+        A periodic job is late after ``LATE_PERIODS`` periods; a consumer records that it is
+        alive every second or so, so it is late (stalled or not running) after
+        ``CONSUMER_LATE`` seconds.
+        """
+        if self.consumer:
+            return CONSUMER_LATE
+        period = self.period(conf) if self.scheduled else None
+        return None if period is None else LATE_PERIODS * period
 
     @property
     def scheduled(self) -> bool:
@@ -59,9 +83,19 @@ class Job:
         return float(getattr(conf, self.interval))
 
 
+PERIODIC = "periodic"
+CONSUMER = "consumer"
+ON_DEMAND = "on demand"
+# A periodic job is late after this many periods without a finished run.
+LATE_PERIODS = 3
+# A consumer is late (stalled, or none running) after this many seconds without a read:
+# it reads at least once a second (presence/jobs/consumers.py BLOCK_MAX) and records it.
+CONSUMER_LATE = 30.0
+
 JOBS: tuple[Job, ...] = (
     Job(
         key="sweep",
+        kind=PERIODIC,
         task="presence.sweep_expired",
         label="sweep",
         interval="SWEEP_INTERVAL",
@@ -73,6 +107,7 @@ JOBS: tuple[Job, ...] = (
     ),
     Job(
         key="flush",
+        kind=PERIODIC,
         task="presence.flush_stats",
         label="stats flush",
         interval="STATS_FLUSH_INTERVAL",
@@ -84,6 +119,7 @@ JOBS: tuple[Job, ...] = (
     ),
     Job(
         key="reap",
+        kind=PERIODIC,
         task="presence.reap_sessions",
         label="session reaper",
         interval="REAP_INTERVAL",
@@ -94,19 +130,23 @@ JOBS: tuple[Job, ...] = (
         reported=True,
         on_console=True,
     ),
-    # The fallback writer of session rows (web processes write them within milliseconds).
+    # The log readers of ``manage.py presence_consume`` (presence/jobs/consumers.py). Their
+    # Celery tasks remain for runs by hand (a one-off drain); beat does not schedule them.
+    # Session rows (web processes write them too, within milliseconds, while they live).
     Job(
         key="sessionlog",
+        kind=CONSUMER,
         task="presence.write_sessions",
         label="session writer",
-        interval="SESSION_LOG_INTERVAL",
-        beat_entry="presence-write-sessions",
         locked=True,
         reported=True,
+        on_console=True,
+        group="sessions",
     ),
     # Ghosts: online in Redis, held by no live web process (presence/jobs/reconcile.py).
     Job(
         key="reconcile",
+        kind=PERIODIC,
         task="presence.reconcile_connections",
         label="ghost reconciliation",
         interval="RECONCILE_INTERVAL",
@@ -115,29 +155,33 @@ JOBS: tuple[Job, ...] = (
         locked=True,
         reported=True,
     ),
-    # Server-side hooks (presence/hooks/, docs/hooks.md): both read the event log each period.
+    # Server-side hooks (presence/hooks/, docs/hooks.md).
     Job(
         key="hooks",
+        kind=CONSUMER,
         task="presence.send_signals",
         label="signal sender",
-        interval="HOOKS_INTERVAL",
-        beat_entry="presence-send-signals",
-        claims_period=True,
         locked=True,
+        reported=True,
+        on_console=True,
+        group="hooks",
     ),
     Job(
         key="webhooks",
+        kind=CONSUMER,
         task="presence.route_webhooks",
-        label="webhook router",
-        interval="HOOKS_INTERVAL",
-        beat_entry="presence-route-webhooks",
-        claims_period=True,
+        label="webhook router and delivery",
         locked=True,
+        reported=True,
+        on_console=True,
+        group="webhooks",
     ),
-    # Started by the router for each endpoint with a batch due, under that endpoint's own
-    # lock (``webhook-<id>``); its limits and expiry come from presence/hooks/webhooks.py.
+    # The webhooks consumer delivers in its own threads; this task delivers an endpoint when
+    # other code asks (the admin's replay of dead letters), under the same per-endpoint lock
+    # (``webhook-<id>``); its limits and expiry come from presence/hooks/webhooks.py.
     Job(
         key="deliver",
+        kind=ON_DEMAND,
         task="presence.deliver_webhooks",
         label="webhook delivery",
     ),
@@ -158,6 +202,11 @@ def by_task(task: str) -> Job:
         if job.task == task:
             return job
     raise KeyError(task)
+
+
+def consumers() -> tuple[Job, ...]:
+    """The long-running readers of the event log."""
+    return tuple(job for job in JOBS if job.consumer)
 
 
 def scheduled() -> tuple[Job, ...]:

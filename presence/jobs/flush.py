@@ -69,6 +69,7 @@ class FlushReport(RunReport):
     claims_applied: int = 0
     claims_released: int = 0  # applied by an earlier, interrupted run: only released
     fields: int = 0  # counter fields written to buckets
+    traffic: int = 0  # of those, fields counting traffic (not the jobs' own task:* counts)
     heartbeat_rows: int = 0  # live sessions whose last_heartbeat_at was written
     heartbeat_pages: int = 0
     heartbeat_capped: bool = False
@@ -157,6 +158,7 @@ def finish(client: redis.Redis, flush_id: str, claimed_ms: int, report: FlushRep
     if apply(flush_id, claimed_ms, counters):
         report.claims_applied += 1
         report.fields += len(counters)
+        report.traffic += sum(1 for name in counters if not name.startswith("task:"))
     else:
         report.claims_released += 1
     release(client, flush_id)
@@ -268,7 +270,10 @@ def flush_stats() -> FlushReport:
     # The lock lives as long as the task may run, so runs never overlap; a worker killed
     # holding it delays flushing by at most that, and the counters simply wait in Redis.
     report = run_locked(TASK, FLUSH_TIME_LIMIT * 1000, FlushReport(), run_flush)
-    if report.claims_applied or report.heartbeat_rows or report.error:
-        # A summary of runs that did something (an idle run every 10 s would be noise).
+    if report.traffic or report.heartbeat_rows or report.error:
+        # A summary of runs that wrote traffic (an idle run every 10 s, carrying only the
+        # sweep's own run counts, would be noise: DEBUG).
         logger.info("flush: %s", report)
+    else:
+        logger.debug("flush: %s", report)
     return report

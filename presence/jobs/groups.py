@@ -1,10 +1,12 @@
-"""The one reader of the event log's consumer groups for Celery runs (sessions, hooks, webhooks).
+"""Bounded, one-off reads of the event log's consumer groups: the Celery tasks run by hand.
 
-The session writers' Celery fallback (group ``sessions``), the signal sender (``hooks``) and
-the webhook router (``webhooks``) read the same way: one run at a time (a task lock) under a
-fixed consumer name, so each run first re-reads what the previous one read and did not
-acknowledge (a killed worker, a failing receiver, a database error), then new entries, in log
-order, within a bounded number of batches and seconds. The caller acknowledges what it did.
+The long-running readers are presence/jobs/consumers.py (``manage.py presence_consume``).
+The Celery tasks of the session writer (group ``sessions``), the signal sender (``hooks``)
+and the webhook router (``webhooks``), run by hand for a one-off drain, read the same way:
+one run at a time (a task lock) under a fixed consumer name, so each run first re-reads
+what the previous one read and did not acknowledge (a killed worker, a failing receiver, a
+database error), then new entries, in log order, within a bounded number of batches and
+seconds. The caller acknowledges what it did.
 """
 
 from __future__ import annotations

@@ -73,6 +73,8 @@ def run_reap(report: ReapReport | None = None) -> ReapReport:
 def reap_sessions() -> ReapReport:
     """One reaper run under its lock; a run that finds the lock held is counted skipped."""
     report = run_locked(TASK, REAP_TIME_LIMIT * 1000, ReapReport(), run_reap)
-    if not report.skipped:
-        logger.info("reap: %s", report)  # every run: one line per PRESENCE_REAP_INTERVAL
+    if report.reaped or report.error:
+        logger.info("reap: %s", report)
+    elif not report.skipped:
+        logger.debug("reap: %s", report)
     return report

@@ -92,7 +92,7 @@ def reconcile_connections() -> ReconcileReport:
             report.processes,
         )
     elif not report.skipped:
-        logger.info(
+        logger.debug(  # every 30 s: not worth a line in the terminal
             "reconcile: no ghosts among %d live connections, %d processes",
             report.scanned,
             report.processes,

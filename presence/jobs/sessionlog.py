@@ -26,10 +26,11 @@ trimmed away, and the close is acknowledged as an orphan.
 Writers. Every web process runs an async :class:`SessionWriter` per event loop (started by
 the consumer's first connection, :func:`ensure_session_writer`): XREADGROUP BLOCK, write,
 XACK, in a loop; entries arriving while a write is in flight make up the next batch, so
-batches grow with load by themselves. Rows appear in the admin within milliseconds. The
-Celery task ``presence.write_sessions`` (:func:`write_sessions`, every
-``PRESENCE_SESSION_LOG_INTERVAL``) is the fallback when no web process is alive, e.g. after
-a ``kill -9`` of the only one: it claims what dead writers left and drains the rest.
+batches grow with load by themselves. Rows appear in the admin within milliseconds.
+``manage.py presence_consume`` runs :class:`SessionHandler` the same way in a long-running
+reader (presence/jobs/consumers.py), whether or not a web process is alive, e.g. after a
+``kill -9`` of the only one: it takes over what dead writers left. The Celery task
+``presence.write_sessions`` (:func:`write_sessions`) is one bounded drain, run by hand.
 
 Durability. The log is trimmed (``MAXLEN ~ PRESENCE_EVENT_LOG_MAXLEN``); an entry trimmed
 before any writer read it is gone (it comes back without fields: counted as ``trimmed`` and
@@ -50,13 +51,14 @@ import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
 
+import redis
 import redis.asyncio as aredis
 from channels.db import database_sync_to_async
 from django.db import DatabaseError, transaction
 
 from presence import store
 from presence.conf import app_settings
-from presence.jobs import groups
+from presence.jobs import consumers, groups
 from presence.jobs.periodic import RunReport, run_locked
 from presence.loops import LoopLocal
 from sessions_app.actions import (
@@ -263,7 +265,7 @@ class SessionLogReport(RunReport):
         }
 
 
-# --------------------------------------------------------------------------- fallback (Celery)
+# --------------------------------------------------------------------------- one drain (Celery)
 def drain_session_log(
     *,
     consumer: str = groups.CONSUMER,
@@ -271,7 +273,7 @@ def drain_session_log(
     budget: float = groups.TIME_BUDGET,
     report: SessionLogReport | None = None,
 ) -> SessionLogReport:
-    """Write what the log holds, synchronously, as ``consumer`` (the Celery fallback).
+    """Write what the log holds, synchronously, as ``consumer`` (one bounded drain).
 
     Takes over entries other writers left unacknowledged for ``PRESENCE_SESSION_LOG_CLAIM_IDLE``,
     retries this consumer's own pending entries, then reads new ones without waiting, until
@@ -327,6 +329,47 @@ def write_sessions() -> SessionLogReport:
     if report.claimed or report.orphans or report.trimmed or report.error:
         logger.info("session log: %s", report)
     return report
+
+
+# --------------------------------------------------------------------------- log consumer
+class SessionHandler:
+    """The session writer of ``manage.py presence_consume`` (presence.jobs.consumers)."""
+
+    job = TASK
+    group = GROUP
+    exclusive = False  # rows are idempotent and closes wait for their open: any order
+
+    def __init__(self) -> None:
+        self.batch = app_settings.SESSION_LOG_BATCH
+        self.claim_idle = app_settings.SESSION_LOG_CLAIM_IDLE
+        self.next_prune = 0.0
+
+    def handle(
+        self, client: redis.Redis, entries: list[store.GroupEntry], *, scan: bool
+    ) -> consumers.Handled:
+        """Write one batch; closes waiting for their open stay pending and are re-read."""
+        applied = apply_entries(entries)  # DatabaseError: all stay pending, retried
+        oldest = (
+            store.oldest_pending(client, GROUP, skip={e.id for e in entries})
+            if applied.missing
+            else None
+        )
+        orphans, deferred = settle_missing(applied.missing, oldest)
+        return consumers.Handled(
+            ack=applied.done + orphans,
+            retry_in=RESCAN_DELAY if deferred else None,
+            work={"opened_total": applied.opened, "ended_total": applied.ended},
+        )
+
+    def idle(self, client: redis.Redis) -> None:
+        """Forget consumers of web processes long gone, once a minute."""
+        now = time.monotonic()
+        if now >= self.next_prune:
+            self.next_prune = now + 60.0
+            store.prune_consumers(client, GROUP, idle_ms=CONSUMER_PRUNE_IDLE_MS)
+
+    def stop(self) -> None:
+        """Nothing runs beside the reader."""
 
 
 # --------------------------------------------------------------------------- web writers

@@ -107,9 +107,19 @@ def pause_stats() -> dict[str, dict[str, float]]:
             "p50_ms": pct(0.5),
             "p99_ms": pct(0.99),
             "max_ms": round(ordered[-1] * 1e3, 2),
+            # The loop-pause budget of docs/performance.md: collections longer than 50 ms.
+            "over_50_ms": sum(1 for pause in ordered if pause > 0.05),
         }
     out["frozen"] = {"count": gc.get_freeze_count()}
     return out
+
+
+def last_pauses(count: int = 10) -> dict[str, list[float]]:
+    """Per generation: the newest ``count`` pauses (ms, oldest first; the process inspector)."""
+    return {
+        str(generation): [round(p * 1e3, 2) for p in pauses[-count:]]
+        for generation, pauses in sorted(_pauses.items())
+    }
 
 
 def _uninstall() -> None:

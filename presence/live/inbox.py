@@ -28,7 +28,8 @@ logger = logging.getLogger(__name__)
 
 RETRY_FIRST = 0.1
 RETRY_MAX = 2.0
-READ_GRACE = 5.0  # seconds past the blocking pop's own timeout before a read is given up
+PROBE_INTERVAL = 10.0  # seconds without a message before the layer's Redis is pinged
+PROBE_TIMEOUT = 5.0  # a ping unanswered this long means the layer is unreachable
 
 
 class Addressee(Protocol):
@@ -64,10 +65,7 @@ class Inbox:
         delay = RETRY_FIRST
         while True:
             try:
-                # The layer's blocking pop waits brpop_timeout (5 s) server-side; a Redis that
-                # stopped answering (paused, network gone) is given up on a little later.
-                async with asyncio.timeout(self.layer.brpop_timeout + READ_GRACE):
-                    target, message = await self.layer.receive_single(self._real)
+                target, message = await self._receive(self._real)
             except (RedisError, OSError) as exc:  # TimeoutError is an OSError
                 if delay == RETRY_FIRST:
                     logger.warning("inbox: channel layer unreachable, retrying: %s", exc)
@@ -80,6 +78,30 @@ class Inbox:
                 if consumer is not None:
                     # Its own task: a slow close must not hold up other sockets' messages.
                     asyncio.get_running_loop().create_task(consumer.dispatch_from_inbox(message))
+
+    async def _receive(self, real: str) -> tuple[Any, dict[str, Any]]:
+        """The next message for ``real``; raises only when the layer's Redis stopped answering.
+
+        channels_redis' ``receive_single`` loops over 5 s blocking pops until a message comes:
+        on an idle layer it never returns, which is not a fault. So the read is not given a
+        deadline; instead, every ``PROBE_INTERVAL`` without a message the layer's Redis is
+        pinged, and only a ping that fails or goes unanswered gives the read up (a paused
+        or vanished Redis would otherwise hold the pop forever). Cancelling the read loses
+        nothing: channels_redis keeps a popped message in its backup queue until processed.
+        """
+        read = asyncio.ensure_future(self.layer.receive_single(real))
+        try:
+            while True:
+                done, _ = await asyncio.wait({read}, timeout=PROBE_INTERVAL)
+                if done:
+                    result: tuple[Any, dict[str, Any]] = read.result()
+                    return result
+                async with asyncio.timeout(PROBE_TIMEOUT):
+                    await self.layer.connection(self.layer.consistent_hash(real)).ping()
+        finally:
+            if not read.done():
+                read.cancel()
+                await asyncio.gather(read, return_exceptions=True)
 
 
 _inboxes: LoopLocal[Inbox] = LoopLocal()

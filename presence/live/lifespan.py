@@ -6,9 +6,14 @@ costs nothing per frame: it acts at start-up, at shutdown and once per HTTP requ
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
+from presence.conf import app_settings
 from presence.live import processes
+from presence.live.endings import get_end_queue
+
+logger = logging.getLogger(__name__)
 
 
 class ProcessRegistryMiddleware:
@@ -40,6 +45,17 @@ class ProcessRegistryMiddleware:
                 processes.ensure_started()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
+                # uvicorn closed the sockets (1012) before this: their ends that Redis has
+                # not taken yet are written now, within the budget, before the record goes.
+                await drain_endings()
                 await processes.local().withdraw()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+
+async def drain_endings() -> None:
+    """Write the connection ends still queued, up to ``PRESENCE_END_DRAIN_TIMEOUT``."""
+    queue = get_end_queue()
+    if not await queue.drain(app_settings.END_DRAIN_TIMEOUT):
+        # The sweep ends these after their TTL; the rest of the shutdown goes on.
+        logger.warning("shutdown: %d connection end(s) left unwritten", len(queue))

@@ -11,6 +11,10 @@ refreshes, so a crashed or stopped process disappears by itself:
   changes since the previous refresh (a full rewrite when Redis lost the set);
 * ``{P}:procs`` -- the index of live processes.
 
+Beside the refresher, each process runs its inspector (presence.live.inspector): operators
+ask it, through Redis, for its tasks, threads, collector, loop-lag history (kept here, one
+probe per LAG_TICK for two minutes) and a CPU profile.
+
 :func:`list_processes` reads them (the metrics collector, the staff JSON endpoint, the
 operator console, ``manage.py presence_status``); the ghost reconciliation
 (:mod:`presence.jobs.reconcile`) compares them with the connections Redis holds as online.
@@ -30,6 +34,7 @@ import resource
 import secrets
 import socket
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import TypedDict
 
@@ -37,11 +42,15 @@ from redis.exceptions import RedisError
 
 from presence import store
 from presence.conf import app_settings
+from presence.live import introspect
+from presence.live.inspector import Inspector
 
 logger = logging.getLogger(__name__)
 
 # How often the loop-lag probe wakes up: lag is how much later than this it actually runs.
 LAG_TICK = 0.25
+# Lag probes kept for the process inspector's history (two minutes at LAG_TICK).
+LAG_HISTORY = 480
 
 
 class ProcessRecord(TypedDict):
@@ -92,6 +101,9 @@ class LocalProcess:
     loop: asyncio.AbstractEventLoop | None = None
     task: asyncio.Task[None] | None = None
     failing: bool = False
+    # (Unix seconds, lag) of each probe, the newest last: the inspector's loop-lag history.
+    lags: deque[tuple[float, float]] = field(default_factory=lambda: deque(maxlen=LAG_HISTORY))
+    inspector: asyncio.Task[None] | None = None
 
     def __post_init__(self) -> None:
         self.id = self.id or f"{self.host}:{self.pid}:{secrets.token_hex(3)}"
@@ -171,10 +183,15 @@ class LocalProcess:
                 return
         self.lag_last, self.lag_max = self.lag_max, 0.0
 
+    def lag_history(self) -> list[tuple[float, float]]:
+        """The loop-lag probes of the last minutes: (Unix seconds, lag seconds), oldest first."""
+        return list(self.lags)
+
     async def withdraw(self) -> None:
         """Stop refreshing and remove the record now (a graceful shutdown), not after its TTL."""
-        if self.task is not None:
-            self.task.cancel()
+        for task in (self.task, self.inspector):
+            if task is not None:
+                task.cancel()
         try:
             async with asyncio.timeout(1.0):  # best effort: Redis may be gone already
                 await store.aremove_process(store.get_async_redis(), self.id)
@@ -202,7 +219,9 @@ class LocalProcess:
                     self.failing = False
             started = loop.time()
             await asyncio.sleep(LAG_TICK)
-            self.lag_max = max(self.lag_max, loop.time() - started - LAG_TICK)
+            lag = loop.time() - started - LAG_TICK
+            self.lag_max = max(self.lag_max, lag)
+            self.lags.append((time.time(), lag))
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         """Run the refresh task in ``loop`` (the server's loop; tests start one per loop)."""
@@ -211,6 +230,14 @@ class LocalProcess:
         # must not carry that one's request or session id into its log lines.
         self.task = loop.create_task(
             self.run(), name="presence-process-registry", context=contextvars.Context()
+        )
+        # The operators' inspector answers through Redis beside the refresher; the task clock
+        # gives its task-leak view the age of every task created from now on.
+        introspect.install_task_clock(loop)
+        if self.inspector is not None:
+            self.inspector.cancel()
+        self.inspector = loop.create_task(
+            Inspector(self).run(), name="presence-inspector", context=contextvars.Context()
         )
         self.rewrite = True
 

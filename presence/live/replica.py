@@ -18,11 +18,15 @@ one string join, not thousands of dict serialisations.
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import Iterable, Mapping
-from typing import Any
+import time
+from collections.abc import Awaitable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 from presence import store
+from presence.conf import app_settings
 from presence.live.diffs import Pos, position
 
 # What the replica follows: membership of the global scope, and connection counts.
@@ -77,20 +81,31 @@ class GlobalReplica:
         self._fragments.pop(uid, None)
         self._cache = None
 
+    def _fragment(self, uid: int) -> str:
+        fragment = self._fragments.get(uid)
+        if fragment is None:
+            username, status, conns = self._users[uid]
+            fragment = self._fragments[uid] = json.dumps(
+                {"id": uid, "username": username, "status": status, "connections": conns},
+                separators=(",", ":"),
+            )
+        return fragment
+
     def users_json(self) -> str:
         """The ``users`` array as JSON text (cached until the next change)."""
         if self._cache is None:
-            parts = []
-            for uid, (username, status, conns) in self._users.items():
-                fragment = self._fragments.get(uid)
-                if fragment is None:
-                    fragment = self._fragments[uid] = json.dumps(
-                        {"id": uid, "username": username, "status": status, "connections": conns},
-                        separators=(",", ":"),
-                    )
-                parts.append(fragment)
-            self._cache = "[" + ",".join(parts) + "]"
+            self._cache = "[" + ",".join(self._fragment(uid) for uid in self._users) + "]"
         return self._cache
+
+    def fragments(self, uids: Iterable[str]) -> tuple[list[str], list[str]]:
+        """The JSON objects of those of ``uids`` online here, and the uids not in the replica."""
+        known, missing = [], []
+        for uid in uids:
+            if int(uid) in self._users:
+                known.append(self._fragment(int(uid)))
+            else:
+                missing.append(uid)
+        return known, missing
 
     def __len__(self) -> int:
         return len(self._users)
@@ -108,3 +123,68 @@ class GlobalReplica:
             + self.seq
             + '","complete":true}}'
         )
+
+
+# ---------------------------------------------------------------- room listings
+# How long a room listing waits for the process's log reader to reach the listing's position
+# before it reads the members' names from Redis instead (the reader is normally ms behind).
+CATCH_UP_WAIT = 0.5
+
+
+class ReplicaSource(Protocol):
+    """The log reader, as far as a listing needs it (presence.live.eventlog.EventLogReader)."""
+
+    replica: GlobalReplica | None
+
+    def global_replica(self) -> Awaitable[GlobalReplica | None]: ...
+
+
+@dataclass(frozen=True)
+class Listing:
+    """A room's members at log position ``seq``; ``users_json`` is their JSON array."""
+
+    seq: str
+    count: int
+    users_json: str
+    complete: bool
+
+
+async def room_listing(source: ReplicaSource | None, room: str, *, limit: int) -> Listing:
+    """The members of ``room`` (up to ``limit``) at one log position.
+
+    WARNING: on the room.join path. The ids come from one MULTI of a fixed number of
+    commands; the names, statuses and connection counts from this process's replica of
+    everyone online, once the reader has applied the log up to the ids' position (so the
+    listing is consistent with the diffs after ``seq``, as the global sync is). So a join's
+    Redis cost does not depend on the room's size. Members the replica does not hold (it
+    could not be kept, or the reader lags too far) are read from Redis, two commands each.
+    """
+    client = store.get_async_redis()
+    members = await store.members(client, room, limit=limit)
+    replica = source.replica if source is not None else None
+    if source is not None and replica is None and members.everyone <= app_settings.SYNC_LIMIT:
+        replica = await source.global_replica()
+    parts: list[str] = []
+    missing = members.uids
+    if replica is not None and await _caught_up(replica, position(members.seq)):
+        parts, missing = replica.fragments(members.uids)
+    for user in await store.adetails(client, missing):
+        parts.append(json.dumps(user, separators=(",", ":")))
+    return Listing(
+        members.seq,
+        members.count,
+        "[" + ",".join(parts) + "]",
+        complete=len(members.uids) >= members.count,
+    )
+
+
+async def _caught_up(replica: GlobalReplica, pos: Pos) -> bool:
+    """Wait (briefly) until the replica has applied the log up to ``pos``."""
+    if replica.pos >= pos:
+        return True
+    deadline = time.monotonic() + CATCH_UP_WAIT
+    while replica.pos < pos:
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.002)
+    return True

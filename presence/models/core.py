@@ -27,6 +27,9 @@ class StatsBucket(models.Model):
 
     class Meta:
         ordering = ["-minute"]
+        # The operator console's process pages (presence.console.inspect): no table of their
+        # own holds processes (they live in Redis), so the permission hangs off the stats.
+        permissions = [("inspect_process", "Can inspect live web processes")]
 
     def __str__(self) -> str:
         return f"stats {self.minute:%Y-%m-%d %H:%M}"

@@ -105,6 +105,24 @@ class ContextFilter(logging.Filter):
         return True
 
 
+# uvicorn's INFO lines for every WebSocket: the handshake ("WebSocket /path" [accepted]),
+# "connection open" and "connection closed". presence logs one line per connect and one per
+# disconnect (with its reason) instead; these show with LOG_LEVELS=uvicorn.websocket=DEBUG.
+SOCKET_CHATTER = ("connection open", "connection closed", '%s - "WebSocket %s" [accepted]')
+SOCKET_CHATTER_LOGGER = "uvicorn.websocket"
+
+
+class SocketChatterFilter(logging.Filter):
+    """On ``uvicorn.error``: drop its per-socket INFO lines unless ``uvicorn.websocket`` is
+    at DEBUG (see SOCKET_CHATTER)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.msg if isinstance(record.msg, str) else ""
+        if msg not in SOCKET_CHATTER or record.levelno > logging.INFO:
+            return True
+        return logging.getLogger(SOCKET_CHATTER_LOGGER).isEnabledFor(logging.DEBUG)
+
+
 class PlainFormatter(logging.Formatter):
     """Readable lines: ``time LEVEL logger message [request=… session=… user=…]``."""
 

@@ -97,6 +97,39 @@ class PresenceCollector(Collector):
         for endpoint, n in sorted(store.read_webhook_backlog(client).items()):
             backlog.add_metric([endpoint], n)
         yield backlog
+        yield from self._consumers(readings.tasks, store.groups_backlog(client))
+
+    def _consumers(
+        self, tasks: dict[str, dict[str, str]], groups: dict[str, dict[str, int]]
+    ) -> Iterator[Metric]:
+        success = GaugeMetricFamily(
+            "presence_consumer_last_success_timestamp_seconds",
+            "Last read without error of each event-log consumer, any process (Unix seconds; "
+            "they read at least once a second; absent: never ran).",
+            labels=["consumer"],
+        )
+        backlog = GaugeMetricFamily(
+            "presence_consumer_backlog",
+            "Entries of each consumer's group: pending (read, not acknowledged) and unread.",
+            labels=["consumer", "state"],
+        )
+        entries = CounterMetricFamily(
+            "presence_consumer_entries",
+            "Event-log entries each consumer handled (re-reads of pending ones included).",
+            labels=["consumer"],
+        )
+        for job in catalog.consumers():
+            raw = tasks.get(job.key, {})
+            entries.add_metric([job.key], int(raw.get("entries_total") or 0))
+            if raw.get("last_success_at_ms"):
+                success.add_metric([job.key], int(raw["last_success_at_ms"]) / 1000)
+            group = groups.get(job.group)
+            if group is not None:
+                backlog.add_metric([job.key, "pending"], group["pending"])
+                backlog.add_metric([job.key, "unread"], group["unread"])
+        yield success
+        yield backlog
+        yield entries
 
     def _processes(self, records: list[processes.ProcessRecord]) -> Iterator[Metric]:
         local = processes.local()
@@ -160,6 +193,8 @@ class PresenceCollector(Collector):
 
     def _tasks(self, tasks: dict[str, dict[str, str]]) -> Iterator[Metric]:
         for task in catalog.console_keys():
+            if catalog.by_key(task).consumer:
+                continue  # its own families: _consumers
             label = catalog.by_key(task).label
             raw = tasks.get(task, {})
             yield _task_histogram(task, raw)
@@ -176,7 +211,8 @@ class PresenceCollector(Collector):
             yield success
         runs = CounterMetricFamily(
             "presence_task_runs",
-            "Periodic task runs by outcome (ok, error, skipped: another run held the lock).",
+            "Background job runs by outcome (ok, error, skipped: another run held the lock); "
+            "a consumer counts its batches as runs and its outages as errors.",
             labels=["task", "outcome"],
         )
         for task in catalog.recorded_keys():

@@ -8,7 +8,9 @@ broker, and the age of the last successful sweep and flush. It is not ready (503
 dependencies listed in ``degraded``) when a dependency fails (for instance during a Redis
 failover or a broker restart; ready again once it answers) or the last sweep is older than
 ``PRESENCE_READY_SWEEP_MAX_AGE`` (0 turns that check off): without sweeps, vanished clients
-would stay online forever. The flush's age is reported, never fatal.
+would stay online forever. The flush's age is reported, never fatal; so are the event-log
+consumers' (``stale`` after ``catalog.CONSUMER_LATE`` without a read): a web process serves
+sockets without them, and the PresenceConsumerStalled alert watches them.
 """
 
 from __future__ import annotations
@@ -25,11 +27,15 @@ from django.db import connection
 
 from presence import store
 from presence.conf import app_settings
-from presence.jobs import periodic
+from presence.jobs import catalog, periodic
 
 # Seconds each check may take before it counts as failed. A probe hanging on a paused or
 # failing-over dependency must not make the probe itself time out (orchestrators give ~1-5 s).
 CHECK_TIMEOUT = 1.0
+# The jobs whose last success /readyz reports (one Redis pipeline); only the sweep's and the
+# flush's can make it unready (the flush's never does: no threshold).
+READ_TASKS = ("sweep", "flush", *(job.key for job in catalog.consumers()))
+FATAL_TASKS = ("sweep", "flush")
 
 
 class CheckResult(TypedDict):
@@ -122,10 +128,12 @@ async def _timed(check: Callable[[], Awaitable[None]]) -> CheckResult:
 
 
 def task_ages(runs: dict[str, periodic.TaskRun], now: float) -> dict[str, TaskAge]:
-    """Sweep and flush ages; only a sweep older than its threshold is ``stale``."""
+    """Sweep, flush and consumer ages; a sweep older than its threshold or a consumer
+    without a read for ``CONSUMER_LATE`` is ``stale`` (only the sweep's makes it unready)."""
     thresholds: dict[str, float | None] = {
         "sweep": app_settings.READY_SWEEP_MAX_AGE or None,
         "flush": None,
+        **{job.key: job.late_after() for job in catalog.consumers()},
     }
     out: dict[str, TaskAge] = {}
     for task, limit in thresholds.items():
@@ -150,13 +158,13 @@ async def readiness() -> Readiness:
     if checks["redis"]["ok"]:
         try:
             runs = await asyncio.wait_for(
-                asyncio.to_thread(periodic.last_runs, ("sweep", "flush")), CHECK_TIMEOUT
+                asyncio.to_thread(periodic.last_runs, READ_TASKS), CHECK_TIMEOUT
             )
         except Exception as exc:
             checks["redis"] = {"ok": False, "latency_ms": 0.0, "error": f"task runs: {exc}"}
     ages = task_ages(runs, time.time())
     degraded = [name for name, c in checks.items() if not c["ok"]]
-    degraded += [name for name, a in ages.items() if a["stale"]]
+    degraded += [name for name in FATAL_TASKS if ages[name]["stale"]]
     return {"ready": not degraded, "checks": checks, "tasks": ages, "degraded": degraded}
 
 

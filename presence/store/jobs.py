@@ -118,6 +118,12 @@ def release_task_lock(client: redis.Redis, task: str, token: str) -> bool:
     return int(script("lock_release").run(client, [keys().task_lock(task)], [token])) == 1
 
 
+def extend_task_lock(client: redis.Redis, task: str, token: str, ttl_ms: int) -> bool:
+    """Keep holding the lock for ``ttl_ms`` more if this token still holds it (Lua)."""
+    ks = [keys().task_lock(task)]
+    return int(script("lock_extend").run(client, ks, [token, max(1, ttl_ms)])) == 1
+
+
 def record_task_run(
     client: redis.Redis,
     task: str,

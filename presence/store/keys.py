@@ -36,6 +36,8 @@ key                             type   content
 ``{P}:procs``                   ZSET   process id -> last refresh ms (presence/live/processes.py)
 ``{P}:proc:<id>``               HASH   one web process's record (host, pid, sockets, ...)
 ``{P}:proc:<id>:conns``         SET    connection ids the process holds a socket for
+``{P}:proc:<id>:ask``           LIST   operators' introspection requests to the process
+``{P}:proc:<id>:reply:<rid>``   STR    the process's answer to request <rid> (JSON, expires)
 ``{P}:reconcile:last``          HASH   last ghost reconciliation (ghosts, scanned, ...)
 ``{P}:active``                  ZSET   uid -> last activity (Unix s): connect, ``activity``
 ``{P}:held``                    ZSET   held leaves -> due ms: ``<uid>`` (the user's) or
@@ -200,6 +202,15 @@ class Keys:
     def proc_conns(self, proc_id: str) -> str:
         """The connection ids one process holds sockets for."""
         return f"{self.tag}:proc:{proc_id}:conns"
+
+    # ---- process introspection (presence/live/inspector.py)
+    def proc_ask(self, proc_id: str) -> str:
+        """Introspection requests waiting for one process (it pops them; the list expires)."""
+        return f"{self.tag}:proc:{proc_id}:ask"
+
+    def proc_reply(self, proc_id: str, request_id: str) -> str:
+        """One process's answer to one introspection request (bounded JSON, expires)."""
+        return f"{self.tag}:proc:{proc_id}:reply:{request_id}"
 
     # ---- server-side hooks (presence/hooks/)
     @property

@@ -94,3 +94,39 @@ async def alist_page(
     queue_details(pipe, uids, now)
     users = format_users(uids, await pipe.execute()) if uids else []
     return int(count), users, int(next_cursor)
+
+
+@dataclass
+class Members:
+    """A scope's member ids at log position ``seq``, without their names (room None = all)."""
+
+    seq: str
+    count: int  # members online, all of them (``uids`` may stop at the limit)
+    uids: list[str]
+    everyone: int  # users online anywhere: whether a process replica of them can be kept
+
+
+async def members(client: aredis.Redis, room: str | None, *, limit: int) -> Members:
+    """The ids in a scope at one log position: one MULTI of a fixed number of commands.
+
+    WARNING: on the room.join path. Its cost does not grow with the scope: the names and
+    statuses come from the process's replica (presence/live/replica.py), not from two
+    commands per member as in :func:`snapshots`.
+    """
+    now = now_ms()
+    pipe = client.pipeline(transaction=True)
+    pipe.xrevrange(keys().events, "+", "-", count=1)
+    queue_listing(pipe, plan_index(room), now, limit)
+    pipe.zcount(keys().users, f"({now}", "+inf")
+    last, count, uids, everyone = await pipe.execute()
+    seq = str(last[0][0]) if last else "0-0"
+    return Members(seq, int(count), [str(uid) for uid in uids], int(everyone))
+
+
+async def adetails(client: aredis.Redis, uids: Sequence[str]) -> list[PresenceUser]:
+    """Names, statuses and connection counts of ``uids`` (two commands each); lapsed left out."""
+    if not uids:
+        return []
+    pipe = client.pipeline(transaction=False)
+    queue_details(pipe, uids, now_ms())
+    return format_users(uids, await pipe.execute())

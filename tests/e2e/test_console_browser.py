@@ -32,10 +32,11 @@ from websockets.sync.client import ClientConnection, connect
 
 from config.embedded_redis import free_port
 from presence.access.auth import mint_token
-from presence.jobs import flush, reap, sweep
+from presence.jobs import catalog, flush, reap, sweep
 from presence.models import StatsBucket
 from sessions_app.models import ConnectionSession
 from tests.support.browser import assert_styled, screenshot, wait_for_text
+from tests.support.consume import ConsumeProcess
 from tests.support.db import database_url
 from tests.support.paths import ROOT
 from tests.support.servers import ASGIServer
@@ -216,12 +217,14 @@ def test_online_page_lists_connected_users_and_disconnect_closes_with_4410(
 def test_dashboard_charts_render_and_numbers_refresh_live(
     asgi_server: Callable[..., ASGIServer],
     chromium: Callable[..., WebDriver],
+    consume_process: Callable[..., ConsumeProcess],
     operator: Any,
     django_user_model: Any,
     sockets: list[Socket],
 ) -> None:
     history()
     flush.flush_stats(), sweep.sweep_expired(), reap.reap_sessions()  # real runs, recorded
+    consume_process()  # the event log's readers, reading (their lag is shown)
     server = asgi_server()
     driver = chromium(height=2700)
     admin_login(driver, server.url)
@@ -235,6 +238,20 @@ def test_dashboard_charts_render_and_numbers_refresh_live(
         assert chart.size["width"] > 300 and chart.size["height"] > 100
         line = chart.find_element(By.CSS_SELECTOR, "path.line")
         assert line.value_of_css_property("stroke") not in ("none", "")
+    # Every background job, periodic or consumer, is listed with its lag; the readers of the
+    # running presence_consume process are not late.
+    for job in catalog.JOBS:
+        if not job.on_console:
+            continue
+        row = driver.find_element(By.CSS_SELECTOR, f"tr.task-{job.key}")
+        lag = row.find_element(By.CSS_SELECTOR, "td.task-lag").text
+        assert lag and lag != "-", (job.key, lag)
+        if job.consumer:
+            assert "late" not in lag, (job.key, lag)
+            assert "consumer of group" in row.text
+            assert row.find_element(By.CSS_SELECTOR, "td.task-backlog").text.isdigit()
+        else:
+            assert "periodic, every" in row.text
     hover = charts[0].find_elements(By.CSS_SELECTOR, "g.hover rect title")
     assert hover and "users (peak): " in hover[-1].get_attribute("textContent")
     assert driver.find_element(By.ID, "stat-users").text == "0"

@@ -1,5 +1,7 @@
-"""Acceptance of the server-side hooks (issue 11): real uvicorn servers, real Celery worker and
-beat processes, a real HTTP receiver started here (tests/support/webhook_receiver.py).
+"""Acceptance of the server-side hooks (issue 11): real uvicorn servers, a real
+``presence_consume`` process (the log readers: routing and delivery), real Celery worker and
+beat processes (the sweep; the admin's replay), a real HTTP receiver started here
+(tests/support/webhook_receiver.py).
 
 The endpoint is the one configured from the environment (PRESENCE_WEBHOOK_URL/SECRET), so
 these also cover that path. Intervals are short (env) to keep each test within seconds.
@@ -19,6 +21,7 @@ from django.test import Client
 
 from presence.models import DeliveryState, WebhookDelivery, WebhookEndpoint, WebhookEvent
 from tests.support.celery import CeleryProcess
+from tests.support.consume import ConsumeProcess
 from tests.support.e2e_clients import recv, request, token_for, ws
 from tests.support.servers import ASGIServer
 from tests.support.webhook_receiver import Receiver
@@ -43,7 +46,6 @@ def fast(receiver: Receiver, **extra: str) -> dict[str, str]:
         "PRESENCE_WEBHOOK_URL": receiver.url,
         "PRESENCE_WEBHOOK_SECRET": SECRET,
         "PRESENCE_HOOKS_INTERVAL": "0.3",
-        "PRESENCE_WEBHOOK_BATCH_WINDOW": "0.2",
         "PRESENCE_HOOKS_BACKOFF_BASE": "0.3",
         "PRESENCE_HOOKS_BACKOFF_MAX": "1",
         "PRESENCE_WEBHOOK_TIMEOUT": "2",
@@ -59,20 +61,23 @@ def fast(receiver: Receiver, **extra: str) -> dict[str, str]:
     return env
 
 
-Stack = Callable[..., tuple[ASGIServer, CeleryProcess]]
+Stack = Callable[..., tuple[ASGIServer, ConsumeProcess]]
 
 
 @pytest.fixture
 def start_all(
     asgi_server: Callable[..., ASGIServer],
     celery_worker_process: Callable[..., CeleryProcess],
+    consume_process: Callable[..., ConsumeProcess],
 ) -> Stack:
-    """Start a worker, a beat and a web server, all with ``env``: returns (server, worker)."""
+    """Start the log readers, a worker, a beat and a web server, all with ``env``: returns
+    (server, the readers' process)."""
 
-    def start(env: dict[str, str], concurrency: int = 2) -> tuple[ASGIServer, CeleryProcess]:
-        worker = celery_worker_process(env=env, concurrency=concurrency)
+    def start(env: dict[str, str]) -> tuple[ASGIServer, ConsumeProcess]:
+        consume = consume_process(env=env)
+        celery_worker_process(env=env)
         celery_worker_process(env=env, beat=True)
-        return asgi_server(env=env), worker
+        return asgi_server(env=env), consume
 
     return start
 
@@ -195,29 +200,30 @@ async def test_receiver_down_for_a_while_gets_every_event_in_order_per_user(
     )
 
 
-async def test_worker_killed_mid_delivery_is_delivered_again(
+async def test_reader_killed_mid_delivery_is_delivered_again(
     start_all: Stack,
-    celery_worker_process: Callable[..., CeleryProcess],
+    consume_process: Callable[..., ConsumeProcess],
     auser_factory: Callable[..., Awaitable[Any]],
     receiver: Receiver,
 ) -> None:
     env = fast(receiver, PRESENCE_WEBHOOK_TIMEOUT="4")
-    server, worker = start_all(env)
+    server, consume = start_all(env)
     alice = await auser_factory("alice")
-    receiver.delay = 3.0  # the first POST is held open: the worker is inside it
+    receiver.delay = 3.0  # the first POST is held open: the reader's delivery is inside it
 
     async with ws(server, await token_for(server, alice)) as conn:
         await recv(conn)
         await until(receiver.arrived.is_set, 10, "the first POST")
-        worker.kill()  # SIGKILL of the worker mid-POST (its prefork children too)
+        consume.kill()  # SIGKILL mid-POST
         killed_at = time.monotonic()
         receiver.delay = 0.0
-        celery_worker_process(env=env)
-        # The dead run's lock expires (its hard time limit) and the event goes out again.
+        consume_process(env=env)
+        # The dead delivery's lock expires (budget + timeout + slack) and the event goes out
+        # again from the new process.
         await until(
             lambda: WebhookEvent.objects.filter(state=DeliveryState.DELIVERED).exists(),
             20,
-            "delivered by the new worker",
+            "delivered by the new reader",
         )
     redelivered_after = time.monotonic() - killed_at
     online = [e for e in of_user(receiver, alice.pk) if e["type"] == "user.online"]
@@ -289,7 +295,7 @@ async def test_a_slow_endpoint_does_not_delay_another(
     fast_one = Receiver()
     try:
         await WebhookEndpoint.objects.acreate(name="fast", url=fast_one.url, secret="other")
-        server, _ = start_all(env, concurrency=3)
+        server, _ = start_all(env)
         alice = await auser_factory("alice")
         receiver.delay = 4.0  # the environment's endpoint answers after 4 s
 

@@ -2,9 +2,9 @@
 
 A real uvicorn process accepts a real socket (``websockets``) and is SIGKILLed right after
 ``hello``: its session writer may or may not have written the row, and it never learns
-that the socket is gone. A real Celery worker fed by real beat then does everything: the
-fallback writer (``presence.write_sessions``) writes the row, taking over what the dead
-writer read, and after the TTL the sweep's ``close`` ends it as ``timeout``.
+that the socket is gone. A real ``presence_consume`` process (the long-running session
+writer) writes the row, taking over what the dead writer read, and a real Celery worker fed
+by real beat sweeps: after the TTL the sweep's ``close`` ends the row as ``timeout``.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from websockets.asyncio.client import connect
 from presence import store
 from sessions_app.models import EndReason
 from tests.support.celery import CeleryProcess
+from tests.support.consume import ConsumeProcess
 from tests.support.db import session_log_written, session_row
 from tests.support.servers import ASGIServer
 
@@ -39,7 +40,6 @@ FAST = {
     "PRESENCE_TTL": str(TTL),
     "PRESENCE_HEARTBEAT_INTERVAL": "1",
     "PRESENCE_SWEEP_INTERVAL": "0.5",
-    "PRESENCE_SESSION_LOG_INTERVAL": "0.5",
     "PRESENCE_SESSION_LOG_CLAIM_IDLE": "1",
 }
 
@@ -47,6 +47,7 @@ FAST = {
 async def test_row_of_a_killed_server_is_written_and_then_ended_as_timeout(
     asgi_server: Callable[..., ASGIServer],
     celery_worker_process: Callable[..., CeleryProcess],
+    consume_process: Callable[..., ConsumeProcess],
     auser_factory: Callable[..., Awaitable[Any]],
     r: redis.Redis,
 ) -> None:
@@ -69,6 +70,7 @@ async def test_row_of_a_killed_server_is_written_and_then_ended_as_timeout(
     connected_ms = int(r.hget(store.keys().conn(sid), "at") or 0)  # type: ignore[arg-type]
     channel = r.hget(store.keys().conn(sid), "channel")
 
+    consume_process(env=FAST, only="sessionlog")
     celery_worker_process(env=FAST)
     celery_worker_process(env=FAST, beat=True)
 
@@ -82,11 +84,10 @@ async def test_row_of_a_killed_server_is_written_and_then_ended_as_timeout(
     assert row.ended_at == row.connected_at + dt.timedelta(seconds=TTL)
     assert row.last_heartbeat_at == row.connected_at
     await session_log_written()
-    # The fallback writer runs under beat (every 0.5 s here, each message expiring after
-    # 0.5 s): on a busy worker the first runs may expire unrun, so wait for one.
-    deadline = time.monotonic() + 15
-    while int(store.read_task_run(r, "sessionlog").get("runs_total", 0)) < 1:
-        assert time.monotonic() < deadline, "the fallback session writer never ran"
+    # The long-running writer (the only one left) read the close, without an error; it
+    # records what it did about once a second.
+    deadline = time.monotonic() + 5
+    while int(store.read_task_run(r, "sessionlog").get("entries_total", 0)) < 1:
+        assert time.monotonic() < deadline, store.read_task_run(r, "sessionlog")
         await asyncio.sleep(0.1)
-    runs = store.read_task_run(r, "sessionlog")
-    assert int(runs.get("errors_total", 0)) == 0, runs
+    assert int(store.read_task_run(r, "sessionlog").get("errors_total", 0)) == 0

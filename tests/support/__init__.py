@@ -9,6 +9,7 @@ Fixture plugins (registered by ``pytest_plugins`` in tests/conftest.py, so every
 - ``users``: ``user_factory``, ``auser_factory``.
 - ``ws``: ``WSClient`` (a communicator speaking protocol frames) and ``ws_client``.
 - ``celery``: ``CeleryProcess``, ``celery_env``, ``celery_worker_process``.
+- ``consume``: ``ConsumeProcess``, ``consume_process`` (``manage.py presence_consume``).
 - ``seed``: ``seed_connections`` (session rows and presence, no sockets).
 - ``sentinel``: ``SentinelTopology`` (a primary, a replica and three sentinels: ``url``,
   ``failover``, ``kill_primary``, ``restart``, ``pause_primary``) and ``sentinel_topology``.

@@ -14,6 +14,8 @@ import pytest
 from tests.support.db import database_url
 from tests.support.paths import ROOT
 
+VERBOSE_CELERY = "celery.beat=INFO,celery.app.trace=INFO,celery.worker.strategy=INFO"
+
 
 class CeleryProcess:
     """A real ``celery`` subprocess (worker or beat) in its own process group."""
@@ -124,7 +126,9 @@ def celery_worker_process(
             proc = subprocess.Popen(
                 [sys.executable, "-m", "celery", "-A", "config", *args, "--loglevel=INFO"],
                 cwd=ROOT,
-                env=celery_env(env),
+                # Celery's own INFO lines (quiet by default, config/settings.py): tests wait
+                # for "beat: Starting" and read what ran.
+                env=celery_env({"LOG_LEVELS": VERBOSE_CELERY, **(env or {})}),
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # its own group: stop/kill reach prefork children

@@ -1,4 +1,5 @@
-"""``manage.py presence_status``: who is online, the web processes, the periodic tasks.
+"""``manage.py presence_status``: who is online, the web processes, the background jobs
+(the periodic tasks, and the event log's consumers with their lag and backlog).
 
 Reads the configured Redis (``REDIS_URL``, or the embedded server ``make run`` started, via
 ``var/redis.url``): the same numbers /metrics exports, for an operator at a shell.
@@ -40,12 +41,26 @@ def status() -> dict[str, Any]:
     ping_ms = (time.perf_counter() - started) * 1000
     readings = store.read_scrape(client, catalog.recorded_keys())
     runs = periodic.last_runs()
+    groups = store.groups_backlog(client)
+    now = time.time()
+    consumers = {}
+    for job in catalog.consumers():
+        last = runs[job.key]["last_success_at"]
+        lag = round(max(0.0, now - last), 3) if last is not None else None
+        late_after = job.late_after() or 0.0
+        consumers[job.key] = {
+            "group": job.group,
+            "lag_seconds": lag,
+            "late": lag is None or lag > late_after,
+            "backlog": groups.get(job.group, {"pending": 0, "unread": 0}),
+        }
     return {
         "redis": {"url": safe_url(app_settings.REDIS_URL), "ping_ms": round(ping_ms, 2)},
         "users_online": readings.users_online,
         "connections_online": readings.connections_online,
         "processes": processes.list_processes(),
         "tasks": runs,
+        "consumers": consumers,
         "ghosts": int(runs["reconcile"]["last"].get("last_ghosts") or 0),
     }
 
@@ -88,6 +103,13 @@ class Command(BaseCommand):
                     f"{p['asyncio_tasks']:>6} {now - p['started_at']:>8.0f} "
                     f"{ago(p['last_seen'], now)}"
                 )
+        out("")
+        out("Consumers   (manage.py presence_consume; lag: since the last read)")
+        for name, c in data["consumers"].items():
+            lag = "never ran" if c["lag_seconds"] is None else f"lag {c['lag_seconds']:.1f} s"
+            late = "  LATE" if c["late"] else ""
+            b = c["backlog"]
+            out(f"  {name:<11} {lag}{late}, backlog {b['pending']} pending, {b['unread']} unread")
         out("")
         out("Tasks")
         for name, run in data["tasks"].items():

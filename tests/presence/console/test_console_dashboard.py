@@ -57,7 +57,8 @@ class TestEmpty:
         assert "No data yet" in html
         assert "console-svg" not in html
         assert '<p class="console-number" id="stat-users">0</p>' in html
-        assert html.count("never ran") == 3  # sweep, flush, reap
+        # sweep, flush, reap and the three log consumers (sessions, signals, webhooks)
+        assert html.count("never ran") == 6
         assert "No web process is registered" in html
 
     def test_the_feed_of_an_empty_database(self, admin_client: Client) -> None:
@@ -65,7 +66,9 @@ class TestEmpty:
         assert data["users"] == 0 and data["connections"] == 0
         assert data["rates"]["messages_per_s"] is None
         assert "No data yet" in data["fragments"]["charts"]
-        assert set(data["tasks"]) == {"sweep", "flush", "reap"}
+        assert set(data["tasks"]) == {"sweep", "flush", "reap", "sessionlog", "hooks", "webhooks"}
+        assert data["tasks"]["hooks"]["kind"] == "consumer"
+        assert data["tasks"]["sweep"]["kind"] == "periodic"
 
 
 class TestWithData:
@@ -84,7 +87,7 @@ class TestWithData:
         assert '<p class="console-number" id="stat-connections">5</p>' in html
         # 120 messages a minute -> 0.2 / s averaged over a window that holds ~0-1 bucket
         assert "<code>chat.typing</code>" in html and "<code>room.join</code>" in html
-        tasks = html[html.index("Periodic tasks") :]
+        tasks = html[html.index("Background jobs") :]
         for name in ("presence.sweep_expired", "presence.flush_stats", "presence.reap_sessions"):
             row = tasks[tasks.index(name) :].split("</tr>")[0]
             assert "outcome-ok" in row and "ago" in row
@@ -130,6 +133,38 @@ class TestWithData:
         html = admin_client.get(DASHBOARD).content.decode()
         row = html[html.index("presence.sweep_expired") :].split("</tr>")[0]
         assert "late" in row and "outcome-error" in row and "database: down" in row
+
+    def test_a_stalled_consumer_is_late_with_its_backlog(
+        self, admin_client: Client, r: redis.Redis
+    ) -> None:
+        # The session writer read 40 s ago and 2 entries wait, unread; the signal sender read
+        # just now.
+        store.record_task_run(
+            r,
+            "sessionlog",
+            {
+                "last_finished_at_ms": store.now_ms() - 40_000,
+                "last_success_at_ms": store.now_ms() - 40_000,
+            },
+            {},
+        )
+        now = store.now_ms()
+        store.record_task_run(
+            r, "hooks", {"last_finished_at_ms": now, "last_success_at_ms": now}, {}
+        )
+        store.ensure_group(r, store.SESSION_LOG_GROUP)
+        for _ in range(2):
+            r.xadd(store.keys().events, {"k": "open"})
+
+        html = admin_client.get(DASHBOARD).content.decode()
+        row = html[html.index("task-sessionlog") :].split("</tr>")[0]
+        assert "late" in row and "outcome-stalled" in row
+        assert '<td class="num task-backlog">2</td>' in row
+        row = html[html.index("task-hooks") :].split("</tr>")[0]
+        assert "late" not in row and "outcome-reading" in row
+        data = admin_client.get(FEED).json()["tasks"]
+        assert data["sessionlog"]["late"] is True and data["sessionlog"]["backlog"] == 2
+        assert data["hooks"]["late"] is False and data["hooks"]["lag_s"] < 5
 
     def test_web_processes_with_their_connection_counts(self, admin_client: Client) -> None:
         process = LocalProcess(host="web-1", pid=4242)

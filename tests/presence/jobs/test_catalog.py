@@ -8,7 +8,7 @@ import pytest
 from django.conf import settings
 
 from config.celery import app as celery_app
-from presence import tasks
+from presence import store, tasks
 from presence.hooks import dispatch, webhooks
 from presence.jobs import catalog, flush, reap, reconcile, sessionlog, sweep
 
@@ -57,6 +57,34 @@ class TestCatalog:
             if hasattr(getattr(tasks, attr), "delay")
         }
         assert names == {job.task for job in catalog.JOBS}
+
+    def test_beat_runs_only_periodic_work_and_every_log_reader_is_a_consumer(self) -> None:
+        assert {job.key for job in catalog.scheduled()} == {"sweep", "flush", "reap", "reconcile"}
+        assert all(job.kind == catalog.PERIODIC for job in catalog.scheduled())
+        consumers = {job.key: job.group for job in catalog.consumers()}
+        assert consumers == {
+            "sessionlog": store.SESSION_LOG_GROUP,
+            "hooks": store.HOOKS_GROUP,
+            "webhooks": store.WEBHOOKS_GROUP,
+        }
+        # Each is on the dashboard, in /metrics and presence_status (its runs read back).
+        assert set(consumers) <= set(catalog.console_keys())
+
+    def test_the_consume_command_runs_every_consumer_of_the_catalog(self) -> None:
+        import threading
+
+        from presence.management.commands import presence_consume
+
+        stopping = threading.Event()
+        stopping.set()  # the webhook handler's delivery threads end at once
+        made = presence_consume.handlers(list(presence_consume.READERS), stopping)
+        assert {h.job for h in made} == {job.key for job in catalog.consumers()}
+        assert {h.group for h in made} == {job.group for job in catalog.consumers()}
+
+    def test_lateness(self) -> None:
+        assert catalog.by_key("hooks").late_after() == catalog.CONSUMER_LATE
+        assert catalog.by_key("sweep").late_after() == 3 * catalog.by_key("sweep").period()
+        assert catalog.by_key("deliver").late_after() is None
 
     def test_unknown_keys_raise(self) -> None:
         with pytest.raises(KeyError):

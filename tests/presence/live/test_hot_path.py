@@ -56,6 +56,8 @@ class CommandLog:
     # The event log's reader and the session writer read the log on their own schedule,
     # never on a client's request: their stream commands are left out.
     LOG_READERS = {"XREAD", "XREADGROUP", "XACK", "XAUTOCLAIM", "XPENDING", "XGROUP", "XINFO"}
+    # The process inspector waits for operators' requests (presence/live/inspector.py).
+    INSPECTOR = {"BLPOP"}
 
     def __init__(self, url: str) -> None:
         # Raw bytes: channel-layer payloads in the log are not text.
@@ -81,7 +83,7 @@ class CommandLog:
             key = words[1] if len(words) > 1 else ""
             if name != "EVALSHA" and any(w.startswith("asgi") for w in words[1:]):
                 continue  # the channel layer (channels_redis keys are under "asgi")
-            if (name, key) in self.BACKGROUND or name in self.LOG_READERS:
+            if (name, key) in self.BACKGROUND or name in self.LOG_READERS | self.INSPECTOR:
                 continue
             out.append([name, *words[1:]])
         return self._without_connection_setups(out)

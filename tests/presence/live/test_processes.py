@@ -229,7 +229,15 @@ class TestLastRuns:
         report = periodic.run_locked("sweep", 1000, periodic.RunReport(), lambda rep: None)
         assert not report.skipped
         runs = periodic.last_runs()
-        assert set(runs) == {"sweep", "flush", "reap", "sessionlog", "reconcile"}
+        assert set(runs) == {
+            "sweep",
+            "flush",
+            "reap",
+            "sessionlog",
+            "reconcile",
+            "hooks",
+            "webhooks",
+        }
         sweep = runs["sweep"]
         assert sweep["runs_total"] == 1 and sweep["errors_total"] == 0
         assert sweep["last_success_at"] == sweep["last_finished_at"]

@@ -55,6 +55,20 @@ async def test_prints_counts_processes_and_tasks() -> None:
     assert data["tasks"]["sweep"]["runs_total"] == 1
 
 
+def test_consumers_with_their_lag_and_backlog(r: Any) -> None:
+    now = store.now_ms()
+    store.record_task_run(r, "hooks", {"last_success_at_ms": now - 2000}, {})
+    store.ensure_group(r, store.HOOKS_GROUP)
+    r.xadd(store.keys().events, {"k": "join"})
+    text = run()
+    assert "hooks       lag 2." in text and "backlog 0 pending, 1 unread" in text
+    assert "sessionlog  never ran  LATE" in text
+    data = json.loads(run("--json"))["consumers"]
+    assert data["hooks"]["late"] is False and 2 <= data["hooks"]["lag_seconds"] < 10
+    assert data["hooks"]["backlog"] == {"pending": 0, "unread": 1}
+    assert data["webhooks"]["late"] is True
+
+
 def test_unreachable_redis_is_a_clear_error(redis_server: Any) -> None:
     redis_server.kill()
     try:

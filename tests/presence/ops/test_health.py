@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from django.test import Client
 
+from presence import store
 from presence.jobs import periodic
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -106,6 +107,19 @@ class TestReadiness:
         assert sweep["stale"] is False and 0 <= sweep["last_success_age_seconds"] < 5
         assert body["tasks"]["flush"]["last_success_age_seconds"] is None  # never ran: reported
         assert body["tasks"]["flush"]["stale"] is False  # ... but not fatal
+
+    def test_consumers_are_reported_and_a_stalled_one_is_stale_but_not_fatal(self, r: Any) -> None:
+        sweep_ran()
+        now = store.now_ms()
+        store.record_task_run(r, "hooks", {"last_success_at_ms": now}, {})
+        store.record_task_run(r, "webhooks", {"last_success_at_ms": now - 120_000}, {})
+        response = operator().get("/readyz")
+        body = response.json()
+        assert response.status_code == 200, body  # web processes serve without consumers
+        assert body["tasks"]["hooks"]["stale"] is False
+        assert body["tasks"]["webhooks"]["stale"] is True
+        assert body["tasks"]["webhooks"]["last_success_age_seconds"] >= 120
+        assert body["tasks"]["sessionlog"]["stale"] is True  # never ran
 
     def test_503_with_redis_stopped(self, redis_server: Any) -> None:
         sweep_ran()

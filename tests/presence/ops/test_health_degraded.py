@@ -23,6 +23,16 @@ from tests.support.sentinel import SentinelTopology
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
+TOKEN = "ops-token"
+
+
+@pytest.fixture(autouse=True)
+def metrics_token(settings: Any) -> None:
+    """The probes read the details (``degraded``, ``checks``), which anonymous callers in
+    production do not get: they ask with the metrics token, as an operator's probe would."""
+    settings.DEBUG = False
+    settings.METRICS_TOKEN = TOKEN
+
 
 def sweep_ran() -> None:
     periodic.run_locked("sweep", 1000, periodic.RunReport(), lambda report: None)
@@ -30,7 +40,7 @@ def sweep_ran() -> None:
 
 def readyz() -> tuple[int, dict[str, Any], float]:
     started = time.monotonic()
-    response = Client().get("/readyz")
+    response = Client(HTTP_AUTHORIZATION=f"Bearer {TOKEN}").get("/readyz")
     return response.status_code, response.json(), time.monotonic() - started
 
 
