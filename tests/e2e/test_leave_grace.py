@@ -24,6 +24,7 @@ from websockets.asyncio.client import ClientConnection
 from sessions_app.actions import do_kick_session
 from sessions_app.models import ConnectionSession
 from tests.support.celery import CeleryProcess
+from tests.support.consume import ConsumeProcess
 from tests.support.e2e_clients import recv, request, session_id_for, token_for, ws
 from tests.support.servers import ASGIServer
 from tests.support.webhook_receiver import Receiver
@@ -48,13 +49,16 @@ def receiver() -> Iterator[Receiver]:
 def start_all(
     asgi_server: Callable[..., ASGIServer],
     celery_worker_process: Callable[..., CeleryProcess],
+    consume_process: Callable[..., ConsumeProcess],
 ) -> Stack:
-    """A worker, a beat (the hooks, the sweep) and a web server, all with ``env``."""
+    """The log readers (the hooks), a worker, a beat (the sweep) and a web server, all with
+    ``env``: returns (server, the readers' process)."""
 
-    def start(env: dict[str, str]) -> tuple[ASGIServer, CeleryProcess]:
-        worker = celery_worker_process(env=env, concurrency=2)
+    def start(env: dict[str, str]) -> tuple[ASGIServer, ConsumeProcess]:
+        consume = consume_process(env=env)
+        celery_worker_process(env=env)
         celery_worker_process(env=env, beat=True)
-        return asgi_server(env=env), worker
+        return asgi_server(env=env), consume
 
     return start
 
