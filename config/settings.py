@@ -262,6 +262,8 @@ _presence_from_env: tuple[tuple[str, Callable[..., object]], ...] = (
     ("PRESENCE_STORE_WARNING_INTERVAL", env.float),
     ("PRESENCE_KICK_REVOKE_SECONDS", env.int),
     ("PRESENCE_ROOM_AUTHORIZER", env.str),
+    ("PRESENCE_WATCH_AUTHORIZER", env.str),
+    ("PRESENCE_MAX_WATCHED", env.int),
     ("PRESENCE_RATE_LIMIT", env.float),
     ("PRESENCE_RATE_BURST", env.int),
     ("PRESENCE_FLOOD_DROPS", env.int),
@@ -271,6 +273,9 @@ _presence_from_env: tuple[tuple[str, Callable[..., object]], ...] = (
     ("PRESENCE_API_LIST_ALL_USERS", env.bool),
     ("PRESENCE_HTTP_REDIS_DEADLINE", env.float),
     ("PRESENCE_TOKEN_MAX_AGE", env.int),
+    ("PRESENCE_ACTIVITY_RESOLUTION", env.float),
+    ("PRESENCE_LEAVE_GRACE", env.float),
+    ("PRESENCE_API_TOKENS", _secret),  # comma-separated, read verbatim
     # Event log and protocol v2 (docs/presence.md).
     ("PRESENCE_EVENT_LOG_MAXLEN", env.int),
     ("PRESENCE_DIFF_WINDOW", env.float),

@@ -10,7 +10,11 @@ class PresenceConfig(AppConfig):
     verbose_name = "Presence"
     default_auto_field = "django.db.models.BigAutoField"
     # Handler modules this app contributes; any installed app may declare the same attribute.
-    presence_handlers = ["presence.handlers.core", "presence.handlers.chat"]
+    presence_handlers = [
+        "presence.handlers.core",
+        "presence.handlers.users",
+        "presence.handlers.chat",
+    ]
 
     def ready(self) -> None:
         from presence import checks  # noqa: F401 - registers the system checks

@@ -107,6 +107,16 @@ class AppSettings:
         return str(self._get("PRESENCE_ROOM_AUTHORIZER", ""))
 
     @property
+    def WATCH_AUTHORIZER(self) -> str:
+        """Dotted path of ``(user, watched_user_id, "watch") -> bool`` ("" = anyone may watch)."""
+        return str(self._get("PRESENCE_WATCH_AUTHORIZER", ""))
+
+    @property
+    def MAX_WATCHED(self) -> int:
+        """Most users one connection may watch (``presence.watch``; more: too_many_watched)."""
+        return int(self._get("PRESENCE_MAX_WATCHED", 200))
+
+    @property
     def ALLOWED_ORIGINS(self) -> list[str]:
         """Exact ``scheme://host[:port]`` origins allowed to open sockets ([] = allowed hosts)."""
         return list(self._get("PRESENCE_ALLOWED_ORIGINS", []))
@@ -150,6 +160,24 @@ class AppSettings:
     def LIST_LIMIT(self) -> int:
         """Most users returned by one presence listing (``count`` is always the full count)."""
         return int(self._get("PRESENCE_LIST_LIMIT", 1000))
+
+    @property
+    def LEAVE_GRACE(self) -> float:
+        """Seconds a closed last connection's leaves are held for a reconnect (0 = off)."""
+        return float(self._get("PRESENCE_LEAVE_GRACE", 5.0))
+
+    @property
+    def ACTIVITY_RESOLUTION(self) -> float:
+        """Seconds between two writes of a user's ``last_active`` (``activity`` frames)."""
+        return float(self._get("PRESENCE_ACTIVITY_RESOLUTION", 60.0))
+
+    @property
+    def API_TOKENS(self) -> list[str]:
+        """Bearer tokens of server-to-server callers of ``POST /api/presence/status/``."""
+        value = self._get("PRESENCE_API_TOKENS", [])
+        if isinstance(value, str):
+            value = value.split(",")
+        return [t.strip() for t in value if t.strip()]
 
     @property
     def TOKEN_MAX_AGE(self) -> int:

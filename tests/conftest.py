@@ -8,6 +8,8 @@ Fixtures live in ``tests/support/`` (see its ``__init__``), registered here: pyt
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 pytest_plugins = [
@@ -24,8 +26,15 @@ pytest_plugins = [
 
 def pytest_configure(config: pytest.Config) -> None:
     """Start the private Redis before any test touches settings that point at it."""
+    # Leaves are immediate unless a test turns the grace window on (tests/presence/grace/):
+    # the suite's other tests describe what a close does, not when a held leave expires.
+    # Set in the environment so that the servers and workers tests start inherit it.
+    from django.conf import settings
+
     from tests.support import db, redis
 
+    os.environ.setdefault("PRESENCE_LEAVE_GRACE", "0")
+    settings.PRESENCE_LEAVE_GRACE = float(os.environ["PRESENCE_LEAVE_GRACE"])
     redis.start()
     db.no_persistent_connections()
 

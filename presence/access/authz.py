@@ -62,6 +62,30 @@ async def acan_access_room(user: Any, room: str, action: Action) -> bool:
     return bool(await database_sync_to_async(check)(user, room, action))
 
 
+def get_watch_authorizer() -> Callable[[Any, int, str], Any] | None:
+    """The configured watch authorizer, None when any user may watch any user."""
+    path = app_settings.WATCH_AUTHORIZER
+    return _load(path) if path else None  # type: ignore[return-value]
+
+
+async def arefused_watches(user: Any, uids: list[int]) -> list[int]:
+    """The ids of ``uids`` that ``user`` may not watch (PRESENCE_WATCH_AUTHORIZER).
+
+    Same contract as the room authorizer, called ``(user, watched_user_id, "watch")``; a
+    plain function runs in Django's thread-sensitive executor, all ids in one hop.
+    """
+    check = get_watch_authorizer()
+    if check is None:
+        return []
+    if inspect.iscoroutinefunction(check):
+        return [uid for uid in uids if not await check(user, uid, "watch")]
+
+    def refused() -> list[int]:
+        return [uid for uid in uids if not check(user, uid, "watch")]
+
+    return await database_sync_to_async(refused)()
+
+
 async def require_room_access(user: Any, room: str, action: Action) -> None:
     """Raise ``forbidden`` unless ``user`` may ``action`` ``room``."""
     if not await acan_access_room(user, room, action):

@@ -125,6 +125,15 @@ async def do_heartbeat(conn: store.ConnRef) -> int:
     return await get_writer().heartbeat(conn)
 
 
+def do_record_activity(uid: int) -> bool:
+    """Move the user's ``last_active`` to now; False when throttled (written recently).
+
+    WARNING: hot path. No Redis call of its own: the time rides with this process's next
+    heartbeat batch (presence/live/batching.py), at most one per PRESENCE_ACTIVITY_RESOLUTION.
+    """
+    return get_writer().activity(uid)
+
+
 async def do_join_room(conn: store.ConnRef, room: str) -> int:
     """Join ``room``: 1 the user joined (logged), 0 already there, -1 the connection is gone."""
     return await store.room_join(store.get_async_redis(), conn, room)

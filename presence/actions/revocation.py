@@ -102,7 +102,10 @@ async def _send_all(channels: Sequence[str], message: dict[str, Any]) -> None:
 def do_end_user_connections(uid: int, ending: Ending, *, login: str | None = None) -> int:
     """Close the live sockets of user ``uid`` (only those of login session ``login`` when
     given) with ``ending``, on every process. Returns how many were told to close."""
-    targets = store.user_connection_targets(store.get_redis(), uid)
+    client = store.get_redis()
+    # Final: leaves the grace window still holds for the user are logged now, not later.
+    store.release_user(client, uid)
+    targets = store.user_connection_targets(client, uid)
     channels = [t.channel for t in targets if login is None or t.login == login]
     if channels:
         async_to_sync(_send_all)(channels, ending.as_message())
@@ -250,6 +253,9 @@ def on_connection_kicked(
     seconds = app_settings.KICK_REVOKE_SECONDS if revoke_seconds is None else revoke_seconds
     store.revoke_user_credentials(client, session.user_id)
     store.revoke_login(client, store.connection_login(client, str(session.id)), seconds=seconds)
+    # The kicked connection leaves at once (reason kicked is never held); so do the leaves
+    # of the user's earlier closes that the grace window still holds.
+    store.release_user(client, session.user_id)
 
 
 def connect_receivers() -> None:

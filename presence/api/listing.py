@@ -7,16 +7,19 @@ deadline (``within``, presence/api/deadline.py). The sync ones serve tasks and t
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
+from asgiref.sync import sync_to_async
 from django.contrib.auth import get_user_model
 from django.db.models import Case, Max, When
 from django.db.models.functions import Coalesce
 
 from presence import store
+from presence.access.authz import acan_access_room
 from presence.protocol.types import PresenceListing
 from sessions_app.models import ConnectionSession, EndReason
+from sessions_app.queries import last_seen_by_user
 
 Within = Callable[[], asyncio.Timeout]
 
@@ -53,6 +56,48 @@ def _format(user: Any, status: str | None, connections: int, last_seen: Any) -> 
         "connections": connections,
         "last_seen": None if online or last_seen is None else last_seen.isoformat(),
     }
+
+
+async def aget_user_rooms(viewer: Any, user_id: int, *, within: Within) -> list[str]:
+    """The rooms ``user_id`` is in that ``viewer`` may list (PRESENCE_ROOM_AUTHORIZER, action
+    ``list``): where-now. Two Redis round trips (inside ``within()``) whatever the number of
+    rooms."""
+    async with within():
+        rooms = await store.auser_rooms(store.get_async_redis(), user_id)
+    return [room for room in rooms if await acan_access_room(viewer, room, "list")]
+
+
+def _status_rows(statuses: list[store.UserStatus], seen: dict[int, Any]) -> list[dict[str, Any]]:
+    return [
+        {
+            "id": s.uid,
+            "online": s.online,
+            "status": s.status,
+            "last_seen": None if s.online or s.uid not in seen else seen[s.uid].isoformat(),
+            "last_active": s.last_active,
+        }
+        for s in statuses
+    ]
+
+
+async def aget_users_status(user_ids: Sequence[int], *, within: Within) -> list[dict[str, Any]]:
+    """Presence of many users, in the order asked (each once); ids of no user are left out.
+
+    One Redis round trip (inside ``within()``) whatever the number, and two SQL queries:
+    which ids are users, and the offline ones' last moment seen.
+    """
+    wanted = list(dict.fromkeys(user_ids))
+    known = {
+        pk
+        async for pk in get_user_model()
+        ._default_manager.filter(pk__in=wanted)
+        .values_list("pk", flat=True)
+    }
+    ids = [uid for uid in wanted if uid in known]
+    async with within():
+        statuses = await store.ausers_status(store.get_async_redis(), ids)
+    seen = await sync_to_async(last_seen_by_user)([s.uid for s in statuses if not s.online])
+    return _status_rows(statuses, seen)
 
 
 def get_user_presence(user_id: int) -> dict[str, Any] | None:

@@ -81,13 +81,17 @@ async def online(request: HttpRequest) -> JsonResponse:
 @reads_from_replica
 async def user_detail(request: HttpRequest, user_id: int) -> JsonResponse:
     """``GET /api/presence/users/<id>/`` -> one user's presence (one's own, or anyone's for
-    those who may read everyone's)."""
+    those who may read everyone's), with the rooms they are in that the asker may list."""
     user = await request.auser()
     if user_id != user.pk and not _may_read_everyone(user):
         return JsonResponse(EVERYONE_FORBIDDEN, status=403)
-    data = await queries.aget_user_presence(user_id, within=partial(redis_deadline, request))
+    within = partial(redis_deadline, request)
+    data = await queries.aget_user_presence(user_id, within=within)
     if data is None:
         return JsonResponse({"error": "no such user"}, status=404)
+    data["rooms"] = (
+        await queries.aget_user_rooms(user, user_id, within=within) if data["online"] else []
+    )
     return JsonResponse(data)
 
 

@@ -74,6 +74,7 @@ class OnlineRow:
     connected_at: dt.datetime | None
     last_heartbeat: dt.datetime
     connections: list[ConnectionRow]
+    last_active: dt.datetime | None = None  # the last connect or activity frame
 
     @property
     def more_connections(self) -> int:
@@ -129,6 +130,11 @@ def _rows(users: Iterable[store.ConsoleUser]) -> list[OnlineRow]:
                 connected_at=ms_to_datetime(user.connected_ms) if user.connected_ms else None,
                 last_heartbeat=ms_to_datetime(user.expiry_ms) - ttl,
                 connections=conns,
+                last_active=(
+                    ms_to_datetime(user.last_active * 1000)
+                    if user.last_active is not None
+                    else None
+                ),
             )
         )
     return rows

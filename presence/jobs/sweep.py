@@ -66,6 +66,7 @@ class SweepReport(RunReport):
     rescued: int = 0  # heartbeated after the claim: left online
     sessions_ended: int = 0  # database rows this run ended
     expire_sent: int = 0  # presence.expire messages sent to sockets
+    released: int = 0  # held leaves (the grace window) logged by this run
     capped: bool = False  # stopped by SWEEP_MAX_BATCHES or the time budget
 
     def totals(self) -> dict[str, int]:
@@ -175,12 +176,19 @@ def run_sweep(report: SweepReport | None = None) -> SweepReport:
             break  # database down: keep the claims, try again next period
         if len(batch.claims) < size:
             break
+    # Leaves the grace window held, due and not released by the process that held them (it
+    # died, or its timer has not fired yet): whoever comes first logs each once.
+    for _ in range(SWEEP_MAX_BATCHES):
+        found, logged = store.release_due(client)
+        report.released += logged
+        if found < store.RELEASE_BATCH:
+            break
     return report
 
 
 def sweep_expired() -> SweepReport:
     """One sweep run under the sweep lock; a run that finds the lock held is counted skipped."""
     report = run_locked(TASK, lock_ttl_ms(), SweepReport(), run_sweep)
-    if report.ended or report.sessions_ended or report.error:
+    if report.ended or report.sessions_ended or report.released or report.error:
         logger.info("sweep: %s", report)
     return report

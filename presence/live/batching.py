@@ -6,6 +6,10 @@ load one EVALSHA refreshes hundreds of connections; when idle, a heartbeat goes 
 next loop iteration. Message and error counters are buffered here too and ride along with
 the next heartbeat call, or go out on their own after ``PRESENCE_COUNTER_FLUSH_INTERVAL``.
 
+``activity`` frames (``last_active``) ride the same way: the writer keeps the latest time
+per user, at most one per ``PRESENCE_ACTIVITY_RESOLUTION`` per user, and the next call
+carries them -- no round trip of their own.
+
 The store away. When the call fails because the store is away (refused, timed out,
 ``READONLY`` from a demoted primary, ``LOADING``, ``MASTERDOWN``: presence/store/faults.py),
 the batch is *held*, not failed: the writer retries with a short backoff, one call at a
@@ -56,6 +60,11 @@ class HotPathWriter:
     def __init__(self) -> None:
         self._pending: list[Pending] = []
         self._counters: Counter[str] = Counter()
+        # uid -> Unix s of the latest activity to write; uid -> monotonic time it was taken,
+        # for the throttle (pruned once per resolution, so it holds recent users only).
+        self._active: dict[int, int] = {}
+        self._active_taken: dict[int, float] = {}
+        self._active_pruned = 0.0
         self._task: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._away_since = 0.0  # monotonic time the store was first found away (0: it is up)
@@ -85,8 +94,28 @@ class HotPathWriter:
         self._counters[field] += n
         self._arm_timer()
 
+    def activity(self, uid: int) -> bool:
+        """Note that ``uid`` is active now; written with the next batch, at most once per
+        ``PRESENCE_ACTIVITY_RESOLUTION`` per user. False when throttled (nothing to write).
+
+        WARNING: hot path. No Redis call of its own: it rides with heartbeats or counters.
+        """
+        now, resolution = time.monotonic(), app_settings.ACTIVITY_RESOLUTION
+        taken = self._active_taken.get(uid)
+        if taken is not None and now - taken < resolution:
+            return False
+        if now - self._active_pruned >= resolution:
+            self._active_pruned = now
+            self._active_taken = {
+                u: t for u, t in self._active_taken.items() if now - t < resolution
+            }
+        self._active_taken[uid] = now
+        self._active[uid] = int(time.time())
+        self._arm_timer()
+        return True
+
     def _arm_timer(self) -> None:
-        if self._timer is None and self._counters:
+        if self._timer is None and (self._counters or self._active):
             loop = asyncio.get_running_loop()
             self._timer = loop.call_later(app_settings.COUNTER_FLUSH_INTERVAL, self._fire)
 
@@ -108,22 +137,28 @@ class HotPathWriter:
         # One loop iteration lets heartbeats that arrived together join the same batch.
         await asyncio.sleep(0)
         delay = RETRY_FIRST
-        while self._pending or self._counters:
+        while self._pending or self._counters or self._active:
             if self._timer is not None:
                 self._timer.cancel()
                 self._timer = None
             size = app_settings.HEARTBEAT_BATCH_MAX
             batch, self._pending = self._pending[:size], self._pending[size:]
             counters, self._counters = self._counters, Counter()
+            active, self._active = self._active, {}
             try:
                 started = time.perf_counter()
                 async with store.bounded():
                     results = await store.heartbeat_many(
-                        store.get_async_redis(), [p.conn for p in batch], counters
+                        store.get_async_redis(),
+                        [p.conn for p in batch],
+                        counters,
+                        active=active,
                     )
                 metrics.redis_roundtrip(time.perf_counter() - started, len(batch))
             except Exception as exc:
                 self._counters.update(counters)  # kept either way: they ride with a later call
+                for uid, at in active.items():  # kept too (a newer one taken meanwhile wins)
+                    self._active.setdefault(uid, at)
                 if store.is_unavailable(exc):
                     # The store is away: hold the batch (in front, it is the oldest) and retry.
                     self._pending = batch + self._pending

@@ -27,6 +27,7 @@ from collections import OrderedDict
 
 from presence import store
 from presence.conf import app_settings
+from presence.live.held import schedule_release
 from presence.loops import LoopLocal
 
 logger = logging.getLogger(__name__)
@@ -116,6 +117,8 @@ class EndQueue:
                 )
                 self.failures = 0
             delay = RETRY_FIRST
+            if any(result.held for result in results):
+                schedule_release()  # the grace window held leaves: release them when due
             for (conn, _, future), result in zip(batch, results, strict=True):
                 self._pending.pop(conn.cid, None)
                 if not future.done():

@@ -35,6 +35,7 @@ from presence.live import gctune
 from presence.live.diffs import DiffBatcher, Event, Pos, Subscriber, dumps, position
 from presence.live.fanout import GLOBAL, LocalIndex
 from presence.live.replica import GlobalReplica
+from presence.live.watches import WatchIndex
 from presence.loops import LoopLocal
 from presence.obs import metrics
 
@@ -92,6 +93,7 @@ class EventLogReader:
     def __init__(self) -> None:
         self.v1: LocalIndex[Subscriber] = LocalIndex()
         self.v2: LocalIndex[Subscriber] = LocalIndex()
+        self.watches = WatchIndex()  # watch lists of both protocols (presence/live/watches.py)
         self.last = "0-0"  # the id of the last entry delivered
         self.batcher = DiffBatcher(self.v2, app_settings.DIFF_WINDOW, self.last)
         self.ready: asyncio.Task[None] | None = None
@@ -124,6 +126,7 @@ class EventLogReader:
     def unregister(self, sub: Subscriber) -> None:
         """Forget a socket (it closed)."""
         self.index(sub).unregister(sub)
+        self.watches.clear(sub)
         self.gc.observe(len(self.v1) + len(self.v2), grew=False)
 
     # ----------------------------------------------------------------- reading
@@ -184,6 +187,7 @@ class EventLogReader:
         if kind not in PRESENCE_KINDS:
             return  # open/close: connection-level entries, for the session writer
         ev = parse_event(eid, fields)
+        self.watches.dispatch(ev)
         members = self.v1.members(ev.room)
         if members:
             text = dumps(v1_frame(ev))

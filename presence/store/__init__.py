@@ -98,6 +98,7 @@ from presence.store.groups import (
     read_group,
     stream_id_order,
 )
+from presence.store.held import RELEASE_BATCH, arelease_due, release_due, release_user
 from presence.store.hooks import (
     HookHold,
     clear_hook_holds,
@@ -192,6 +193,14 @@ from presence.store.stats import (
     latency_bucket,
     message_field,
 )
+from presence.store.status import (
+    UserStatus,
+    auser_rooms,
+    ausers_status,
+    awatch_snapshot,
+    user_rooms,
+    users_status,
+)
 from presence.store.switchover import await_switch, drop_async_connections
 
 __all__ = [
@@ -209,6 +218,7 @@ __all__ = [
     "PROCESS_CONNS_SLICE",
     "PROCESS_LIST_MAX",
     "PUBLISH_ATTEMPTS",
+    "RELEASE_BATCH",
     "SESSION_LOG_GROUP",
     "TRANSIENT_REPLIES",
     "WEBHOOKS_GROUP",
@@ -234,6 +244,7 @@ __all__ = [
     "StoreTimeoutError",
     "StoreUnavailableError",
     "SweepClaim",
+    "UserStatus",
     "aack_group",
     "ack_group",
     "ack_swept",
@@ -248,10 +259,14 @@ __all__ = [
     "aoldest_pending",
     "aread_group",
     "aread_handler_control",
+    "arelease_due",
     "aremove_process",
     "auser_presence",
+    "auser_rooms",
+    "ausers_status",
     "await_inspect_request",
     "await_switch",
+    "awatch_snapshot",
     "bounded",
     "claim_expired",
     "claim_group",
@@ -316,8 +331,10 @@ __all__ = [
     "read_webhook_backlog",
     "reassert",
     "record_task_run",
+    "release_due",
     "release_stats_claim",
     "release_task_lock",
+    "release_user",
     "remove_process",
     "reset_clients",
     "revoke_login",
@@ -337,6 +354,8 @@ __all__ = [
     "user_block_ttl_ms",
     "user_connection_targets",
     "user_presence",
+    "user_rooms",
+    "users_status",
     "write_inspect_reply",
     "write_webhook_backlog",
 ]

@@ -33,6 +33,7 @@ class EndResult:
     state: int  # 1 ended now, 0 already ended, -1 rescued by a heartbeat
     global_left: bool = False
     rooms_left: list[str] = field(default_factory=list)
+    held: bool = False  # a leave was held for the grace window (release_held.lua logs it)
 
 
 @dataclass(frozen=True)
@@ -102,7 +103,8 @@ async def connect(
         *(k.conns, k.users, k.stats, k.conn(cid), k.conn_rooms(cid)),
         *(k.user(uid), k.user_conns(uid), k.events),
         *(k.addr_conns(ip), k.addr_rate(ip), k.user_block(uid), k.user_revoked(uid)),
-        *(k.login_revoked(g.login), k.token_used(g.token_id)),
+        *(k.login_revoked(g.login), k.token_used(g.token_id), k.active),
+        *(k.held, k.held_why),
     ]
     args = [now or now_ms(), ttl_ms(), grace_ms(), cid, uid, username, channel]
     args += [log_maxlen(), ip, user_agent[:512]]
@@ -116,13 +118,16 @@ async def connect(
 
 # --------------------------------------------------------------------------- heartbeat
 def _plan_heartbeat(
-    conns: Sequence[ConnRef], counters: Mapping[str, int], now: int
+    conns: Sequence[ConnRef], counters: Mapping[str, int], active: Mapping[int, int], now: int
 ) -> tuple[list[str], list[Any]]:
     k = keys()
-    ks = k.fixed()
+    ks = [*k.fixed(), k.active]
     args: list[Any] = [now, ttl_ms(), grace_ms(), len(counters)]
     for name, inc in counters.items():
         args += [name, inc]
+    args.append(len(active))
+    for uid, at in active.items():
+        args += [uid, at]
     args.append(len(conns))
     for c in conns:
         ks += k.conn_group(c.cid, c.uid, c.rooms)
@@ -142,14 +147,18 @@ async def heartbeat_many(
     counters: Mapping[str, int] | None = None,
     *,
     now: int | None = None,
+    active: Mapping[int, int] | None = None,
 ) -> list[int]:
     """Refresh many connections (and add buffered counters) in one round trip.
+
+    ``active``: uid -> Unix seconds of the users' latest ``activity`` frames, written in the
+    same call (``last_active`` rides with the heartbeats, never a round trip of its own).
 
     WARNING: this is the hot path. One EVALSHA, no other Redis command, no SQL.
     Returns, per connection, :data:`HB_ALIVE`, :data:`HB_ENDED` or :data:`HB_LOST`
     (``HB_ALIVE == True``: callers that only ask "alive?" may compare with True).
     """
-    ks, args = _plan_heartbeat(conns, counters or {}, now or now_ms())
+    ks, args = _plan_heartbeat(conns, counters or {}, active or {}, now or now_ms())
     result = await script("heartbeat").arun(client, ks, args)
     return [int(r) for r in result]
 
@@ -160,12 +169,24 @@ async def add_counters(client: aredis.Redis, counters: Mapping[str, int]) -> Non
 
 
 # --------------------------------------------------------------------------- end
+# Close reasons that end the user's presence for good: their leaves are never held.
+FINAL_REASONS = frozenset({"kicked", "logged_out", "revoked", "timeout"})
+
+
+def leave_grace_ms(reason: str) -> int:
+    """The grace window a close with ``reason`` holds its leaves for (0: none)."""
+    if reason in FINAL_REASONS:
+        return 0
+    return int(app_settings.LEAVE_GRACE * 1000)
+
+
 def _plan_end(
     conns: Sequence[ConnRef], mode: str, reason: str, now: int
 ) -> tuple[list[str], list[Any]]:
     k = keys()
-    ks = [*k.fixed(), k.events]
-    args: list[Any] = [now, mode, reason, ttl_ms(), log_maxlen(), len(conns)]
+    ks = [*k.fixed(), k.events, k.held, k.held_why]
+    grace = leave_grace_ms(reason) if mode == "closed" else 0
+    args: list[Any] = [now, mode, reason, ttl_ms(), log_maxlen(), grace, len(conns)]
     for c in conns:
         ks += k.conn_group(c.cid, c.uid, c.rooms)
         args += [c.cid, c.uid, len(c.rooms), *c.rooms]
@@ -179,6 +200,7 @@ def _parse_end(raw: list[list[Any]]) -> list[EndResult]:
             state=int(e[1]),
             global_left=int(e[2]) == 1,
             rooms_left=[str(r) for r in e[3:]],
+            held=int(e[2]) == 2,
         )
         for e in raw
     ]

@@ -42,6 +42,7 @@ class ConsoleUser:
     expiry_ms: int  # latest expiry of any of their connections (in the listed scope)
     connection_count: int
     connections: tuple[ConsoleConnection, ...]
+    last_active: int | None = None  # Unix s of the last connect or activity frame
 
     @property
     def rooms(self) -> list[str]:
@@ -131,7 +132,9 @@ def console_users(client: redis.Redis, members: Sequence[tuple[int, int]]) -> li
         pipe.zrevrangebyscore(
             k.user_conns(uid), "+inf", low, start=0, num=CONSOLE_CONNS_PER_USER, withscores=True
         )
+    pipe.zmscore(k.active, [str(uid) for uid, _ in members])  # in the same MULTI
     first = pipe.execute()
+    active = first[-1]
     cids = [str(cid) for i in range(len(members)) for cid, _ in first[3 * i + 2]]
     pipe = client.pipeline(transaction=True)
     for cid in cids:
@@ -166,6 +169,7 @@ def console_users(client: redis.Redis, members: Sequence[tuple[int, int]]) -> li
                 expiry_ms=expiry,
                 connection_count=int(count),
                 connections=tuple(listed),
+                last_active=int(active[i]) if active[i] is not None else None,
             )
         )
     return users

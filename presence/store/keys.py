@@ -39,6 +39,10 @@ key                             type   content
 ``{P}:proc:<id>:ask``           LIST   operators' introspection requests to the process
 ``{P}:proc:<id>:reply:<rid>``   STR    the process's answer to request <rid> (JSON, expires)
 ``{P}:reconcile:last``          HASH   last ghost reconciliation (ghosts, scanned, ...)
+``{P}:active``                  ZSET   uid -> last activity (Unix s): connect, ``activity``
+``{P}:held``                    ZSET   held leaves -> due ms: ``<uid>`` (the user's) or
+                                       ``<uid>|<room>`` (a room's); PRESENCE_LEAVE_GRACE
+``{P}:held:why``                HASH   held leave -> the close reason its leave will carry
 ==============================  =====  ==================================================
 
 Scores, not key TTLs, decide who is online: a member counts while its score is in the
@@ -79,6 +83,22 @@ class Keys:
     def events(self) -> str:
         """The presence event log (a stream); see presence/live/eventlog.py and docs/presence.md."""
         return f"{self.tag}:events"
+
+    @property
+    def active(self) -> str:
+        """When each user was last active (Unix seconds): set by a connect and by ``activity``
+        frames (presence/live/batching.py), read by the bulk status and the watch list."""
+        return f"{self.tag}:active"
+
+    @property
+    def held(self) -> str:
+        """Leaves held for PRESENCE_LEAVE_GRACE: ``<uid>`` or ``<uid>|<room>`` -> due ms."""
+        return f"{self.tag}:held"
+
+    @property
+    def held_why(self) -> str:
+        """Held leave -> the close reason its leave is logged with."""
+        return f"{self.tag}:held:why"
 
     @property
     def sweeping_exp(self) -> str:

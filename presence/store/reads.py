@@ -28,15 +28,22 @@ def queue_listing(pipe: Any, index: str, now: int, limit: int) -> None:
 def queue_details(pipe: Any, uids: Sequence[str], now: int) -> None:
     k = keys()
     for uid in uids:
-        pipe.hmget(k.user(uid), "username", "status")
+        # "held": the user's leave is held for the grace window (end.lua): still present.
+        pipe.hmget(k.user(uid), "username", "status", "held")
         pipe.zcount(k.user_conns(uid), f"({now}", "+inf")
+
+
+def is_held(held: Any, now: int | None = None) -> bool:
+    """Whether a user hash's ``held`` field (the due time of a held leave) is still ahead."""
+    return held is not None and int(held) > (now or now_ms())
 
 
 def format_users(uids: Sequence[str], details: Sequence[Any]) -> list[PresenceUser]:
     users: list[PresenceUser] = []
+    now = now_ms()
     for i, uid in enumerate(uids):
-        (username, status), connections = details[2 * i], details[2 * i + 1]
-        if int(connections) == 0:
+        (username, status, held), connections = details[2 * i], details[2 * i + 1]
+        if int(connections) == 0 and not is_held(held, now):
             continue  # lapsed between the two round trips
         users.append(
             {
@@ -81,8 +88,8 @@ async def auser_presence(client: aredis.Redis, uid: int) -> tuple[str | None, in
     """(status, live connection count) of one user; status is None when offline."""
     pipe = client.pipeline(transaction=False)
     queue_details(pipe, [str(uid)], now_ms())
-    (_username, status), connections = await pipe.execute()
-    if int(connections) == 0:
+    (_username, status, held), connections = await pipe.execute()
+    if int(connections) == 0 and not is_held(held):
         return None, 0
     return status or "online", int(connections)
 
@@ -91,7 +98,7 @@ def user_presence(client: redis.Redis, uid: int) -> tuple[str | None, int]:
     """(status, live connection count) of one user; status is None when offline."""
     pipe = client.pipeline(transaction=False)
     queue_details(pipe, [str(uid)], now_ms())
-    (_username, status), connections = pipe.execute()
-    if int(connections) == 0:
+    (_username, status, held), connections = pipe.execute()
+    if int(connections) == 0 and not is_held(held):
         return None, 0
     return status or "online", int(connections)

@@ -412,3 +412,35 @@ def test_demo_works_with_production_static_files(
     join(alice, "lobby", people["alice"])
     assert failed_requests(alice) == []
     assert not (Path(production_env["DJANGO_STATIC_ROOT"]) / "presence" / "tests").exists()
+
+
+def test_the_watch_box_follows_the_other_user_and_their_tab_closing(
+    asgi_server: Callable[..., ASGIServer], chromium: Callable[..., WebDriver], people: Any
+) -> None:
+    server = asgi_server(env={"PRESENCE_LEAVE_GRACE": "2"})
+    bob_user = people["bob"]
+    alice = open_demo(chromium, server, "alice", DESKTOP)
+
+    field = alice.find_element(By.ID, "watch-ids")
+    field.send_keys(str(bob_user.pk))
+    alice.find_element(By.CSS_SELECTOR, "#watch button").click()
+    watched = f'#watched li[data-user-id="{bob_user.pk}"]'
+    wait_js(alice, f"document.querySelector('{watched}[data-online=\"false\"]')")
+
+    bob = open_demo(chromium, server, "bob", DESKTOP)
+    demo_tab = bob.current_window_handle
+    bob.switch_to.new_window("tab")  # the browser stays up when the demo's tab closes
+    bob.get(server + "/accounts/login/")
+    wait_js(alice, f"document.querySelector('{watched}[data-online=\"true\"]')")
+    wait_for_text(alice, "#log", "Watched: bob went online")
+    assert "active" in alice.find_element(By.CSS_SELECTOR, watched).text
+
+    bob.switch_to.window(demo_tab)
+    bob.close()
+    closed_at = time.monotonic()
+    wait_js(alice, f"document.querySelector('{watched}[data-online=\"false\"]')", timeout=15)
+    assert time.monotonic() - closed_at >= 1.5  # after the grace window, not at the close
+    wait_for_text(alice, "#log", "Watched: bob went offline")
+    # A reload of the page keeps the list (per tab), loaded again from the server.
+    alice.refresh()
+    wait_js(alice, f"document.querySelector('{watched}[data-online=\"false\"]')")

@@ -40,6 +40,20 @@ export interface Member {
 
 export type MemberMap = Map<number, Member>;
 
+/** A watched user (`watch()`), or one answer of `status()` (no `username` there). */
+export interface UserPresence {
+  id: number;
+  username?: string;
+  online: boolean;
+  status: Status | "offline";
+  /** ISO 8601; null while online or never seen. */
+  last_seen?: string | null;
+  /** Unix seconds of the last connect or activity; null before any. */
+  last_active?: number | null;
+}
+
+export type WatchMap = Map<number, UserPresence>;
+
 export interface Changes {
   joins: Member[];
   leaves: Member[];
@@ -83,6 +97,12 @@ export interface ClientOptions {
   token?: boolean | (() => string | Promise<string>);
   /** Default `/api/presence/token/`. */
   tokenUrl?: string;
+  /** Default `/api/presence/status/` (`status(ids)`). */
+  statusUrl?: string;
+  /** Send `activity` frames on the user's input (keys, pointer, wheel, touch). Default true. */
+  activity?: boolean;
+  /** Milliseconds between two `activity` frames at most. Default 30000. */
+  activityInterval?: number;
   /** Where the token goes: `"protocol"` (default, `presence.token.<token>`) or `"query"`. */
   tokenIn?: "protocol" | "query";
   /** CSRF token for the token request; default: the `csrftoken` cookie. */
@@ -123,6 +143,8 @@ export interface PresenceEvents {
   members: { room: string | null; members: MemberMap; snapshot: boolean };
   gap: { room: string | null; seq: string | null; prev: string };
   ownstatus: { status: Status; auto: boolean };
+  /** A watched user changed (`online`, `offline`, `status`), or the list was (re)loaded. */
+  watch: { event: "snapshot" | "online" | "offline" | "status"; user: UserPresence | null; watched: WatchMap };
   /** Every other server frame (application types such as `chat.typing`). */
   message: { type: string; [key: string]: unknown };
 }
@@ -142,7 +164,10 @@ export declare class PresenceClient {
   /** Reconnect delays (ms) scheduled since `connect()`. */
   readonly delays: number[];
   readonly rooms: string[];
-  readonly status: Status;
+  /** The status others see from this client (was `status` before `status(ids)` existed). */
+  readonly ownStatus: Status;
+  /** The live Map `watch()` returns. */
+  readonly watched: WatchMap;
   connect(options?: Partial<ClientOptions>): this;
   disconnect(): void;
   on<K extends keyof PresenceEvents>(event: K, fn: (detail: PresenceEvents[K]) => void): () => void;
@@ -153,6 +178,14 @@ export declare class PresenceClient {
   leave(room: string): Promise<void>;
   members(room?: string | null): MemberMap;
   setStatus(status: Status): Promise<void>;
+  /** Watch these users (replaces the list; `[]` stops). The live Map of the watched users. */
+  watch(ids: number[]): WatchMap;
+  /** Many users' presence over HTTP (`POST /api/presence/status/`, at most 1,000 ids). */
+  status(ids: number[]): Promise<UserPresence[]>;
+  /** When a user this client has heard of was last active (Unix seconds), or null. */
+  lastActive(id: number): number | null;
+  /** The user did something: an `activity` frame, at most once per `activityInterval`. */
+  activity(): boolean;
   typing(room: string, options?: { type?: string; interval?: number; idle?: number }): TypingSignal;
 }
 

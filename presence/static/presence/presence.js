@@ -234,6 +234,9 @@ export class PresenceClient {
       url: undefined,
       token: false,
       tokenUrl: "/api/presence/token/",
+      statusUrl: "/api/presence/status/",
+      activity: true,
+      activityInterval: 30000,
       tokenIn: "protocol",
       global: true,
       lifecycle: true,
@@ -271,6 +274,16 @@ export class PresenceClient {
     this._lastError = null; // the error frame that came before a close
     this._opened = false;
     this._lifecycleOn = false;
+    /** @type {number[]} the watch list, sent again after every reconnect */
+    this._watchIds = [];
+    /** @type {Map<number, any>} the watched users, updated in place (watch()) */
+    this._watched = new Map();
+    /** @type {Map<number, number>} user id -> last_active (Unix s), from replies and frames */
+    this._lastActive = new Map();
+    // The user's input moves last_active; the server throttles too (PRESENCE_ACTIVITY_RESOLUTION).
+    this._activity = throttle(() => this._sendActivity(), this.options.activityInterval, {
+      now: () => this._clock.now(),
+    });
     if (this.options.global) this._scope(null);
   }
 
@@ -536,6 +549,9 @@ export class PresenceClient {
       case "presence.state":
         this._snapshot(frame.room ?? null, frame);
         return;
+      case "presence.watch":
+        this._watchFrame(frame);
+        return;
       case "error":
         // Unanswerable errors (rate_limited…), and the reason sent before every 4xxx close.
         this._lastError = { code: frame.code, message: frame.message };
@@ -559,7 +575,8 @@ export class PresenceClient {
     // Positions belong to the connection: every scope is loaded again.
     if (this._scopes.has(null)) this._sync(null);
     for (const room of this._rooms) this._joinOnServer(room);
-    if (this.status !== "online") this._sendStatus();
+    if (this.ownStatus !== "online") this._sendStatus();
+    if (this._watchIds.length) this._sendWatch();
     this._emit("open", { hello, reconnected });
   }
 
@@ -802,7 +819,7 @@ export class PresenceClient {
   }
 
   /** The status others see from this client: the chosen one, or `away` while hidden. */
-  get status() {
+  get ownStatus() {
     return this._autoAway ? "away" : this._status;
   }
 
@@ -821,11 +838,125 @@ export class PresenceClient {
   }
 
   _sendStatus() {
-    const status = this.status;
+    const status = this.ownStatus;
     this._emit("ownstatus", { status, auto: this._autoAway });
     return this.send("status.set", { status }).catch((err) => {
       if (err?.code !== "disconnected") this._emit("error", { code: err?.code, message: err?.message });
     });
+  }
+
+  // ---------------------------------------------------------------- other users
+  /**
+   * Watch these users (replaces the list; `[]` stops watching). Returns the live Map of the
+   * watched users (id -> {id, username, online, status, last_seen, last_active}), filled
+   * when the server's reply is in and updated in place by its `presence.watch` frames;
+   * each change is a `watch` event. The list is sent again after every reconnect.
+   *
+   * @param {number[]} ids
+   * @returns {Map<number, any>}
+   */
+  watch(ids) {
+    this._watchIds = [...new Set(ids.map(Number))];
+    const wanted = new Set(this._watchIds);
+    for (const id of [...this._watched.keys()]) if (!wanted.has(id)) this._watched.delete(id);
+    if (this.state === State.OPEN) this._sendWatch();
+    return this._watched;
+  }
+
+  /** The live Map of watched users (the one `watch()` returns). */
+  get watched() {
+    return this._watched;
+  }
+
+  _sendWatch() {
+    const ids = this._watchIds;
+    this.send("presence.watch", { users: ids }).then(
+      (data) => {
+        if (ids !== this._watchIds) return; // a newer list was sent meanwhile
+        this._watched.clear();
+        for (const user of data?.users || []) {
+          this._watched.set(user.id, user);
+          this._noteActive(user);
+        }
+        this._emit("watch", { event: "snapshot", user: null, watched: this._watched });
+      },
+      (err) => {
+        if (err?.code !== "disconnected") this._emit("error", { code: err?.code, message: err?.message });
+      },
+    );
+  }
+
+  /** @param {any} frame a `presence.watch` frame */
+  _watchFrame(frame) {
+    const user = frame.user;
+    if (!user || !this._watchIds.includes(user.id)) return;
+    const merged = { ...(this._watched.get(user.id) || {}), ...user };
+    this._watched.set(user.id, merged);
+    this._noteActive(merged);
+    this._emit("watch", { event: frame.event, user: merged, watched: this._watched });
+  }
+
+  /** @param {{id: number, last_active?: number | null}} user */
+  _noteActive(user) {
+    if (typeof user.last_active === "number") {
+      const known = this._lastActive.get(user.id);
+      if (known === undefined || user.last_active > known) this._lastActive.set(user.id, user.last_active);
+    }
+  }
+
+  /**
+   * When a user this client has heard of was last active (Unix seconds), or null.
+   * @param {number} id
+   * @returns {number | null}
+   */
+  lastActive(id) {
+    return this._lastActive.get(Number(id)) ?? null;
+  }
+
+  /**
+   * Many users' presence over HTTP (`POST /api/presence/status/`, at most 1,000 ids):
+   * [{id, online, status, last_seen, last_active}], in the order asked.
+   *
+   * @param {number[]} ids
+   * @returns {Promise<any[]>}
+   */
+  async status(ids) {
+    const csrf = this.options.csrfToken;
+    const response = await (this.options.fetch || globalThis.fetch)(this.options.statusUrl, {
+      method: "POST",
+      credentials: "same-origin",
+      headers: {
+        "Content-Type": "application/json",
+        "X-CSRFToken": typeof csrf === "function" ? csrf() : csrf || csrfFromCookie(),
+      },
+      body: JSON.stringify({ users: ids }),
+    });
+    let body = null;
+    try {
+      body = await response.json();
+    } catch {
+      body = null;
+    }
+    if (!response.ok) {
+      throw new PresenceError(body?.code || `http_${response.status}`, body?.error || `HTTP ${response.status}`);
+    }
+    for (const user of body.users) this._noteActive(user);
+    return body.users;
+  }
+
+  /** The user did something (key, pointer): tell the server, at most once per activityInterval. */
+  activity() {
+    return this._activity();
+  }
+
+  _sendActivity() {
+    const ws = this._ws;
+    if (this.state !== State.OPEN || !ws) return;
+    try {
+      ws.send(JSON.stringify({ type: "activity" })); // no id: the server does not answer
+    } catch {
+      // closing: the connect of the next socket counts as activity anyway
+    }
   }
 
   /**
@@ -857,6 +988,11 @@ export class PresenceClient {
         this._open();
       }
     };
+    if (this.options.activity) {
+      for (const type of ["keydown", "pointerdown", "wheel", "touchstart"]) {
+        win.addEventListener(type, () => this._activity(), { passive: true, capture: true });
+      }
+    }
     win.addEventListener("pagehide", suspend);
     win.addEventListener("pageshow", resume);
     // The device's network is back: no reason to sit out the rest of a back-off.

@@ -16,6 +16,9 @@ KEYS[11] {P}:user:<uid>:block STR   reason; set with an expiry by an operator's 
 KEYS[12] {P}:user:<uid>:revoked STR ms: credentials issued before it are refused (a kick)
 KEYS[13] {P}:login:<hash>:revoked STR set while a login session is revoked (logout, kick)
 KEYS[14] {P}:token:<id>       STR   a single-use token's mark, once presented
+KEYS[15] {P}:active           ZSET  uid -> last activity (Unix s): a connect is activity
+KEYS[16] {P}:held             ZSET  held leaves -> due ms (end.lua's grace window)
+KEYS[17] {P}:held:why         HASH  held leave -> reason
 
 ARGV[1] now (ms)   ARGV[2] ttl (ms)   ARGV[3] key grace (ms)
 ARGV[4] cid        ARGV[5] uid        ARGV[6] username   ARGV[7] channel name
@@ -34,6 +37,12 @@ the user's first live connection, a global `join` (r '', u, n, s). That join car
 when the user was still listed in {P}:users: their connections lapsed but no sweep ended
 them yet, so no leave was logged, and none will be (the sweep then finds this live
 connection). The server-side hooks send no second user.online for such a join.
+
+The grace window: when the user's leave is held (their last connection closed less than
+PRESENCE_LEAVE_GRACE ago; end.lua), this connect takes the hold back: nobody saw the user
+leave, so no join is logged either, and the status is kept (joined is 0). The holds of
+their rooms stay: a room rejoined in time logs nothing (room_join.lua), one that is not
+is left when its hold expires (release_held.lua).
 
 Returns {joined, status, open_id}: joined is 1 when the user had no live connection before
 this one, status is the user's current status, open_id the id of the `open` entry.
@@ -61,7 +70,8 @@ local cid, uid, username = ARGV[4], ARGV[5], ARGV[6]
 -- wrong type) before it is the script's first write, and the string keys are only tested
 -- (EXISTS, GET) or set with NX, which writes nothing over a key of another type.
 expect_types({KEYS[1], 'zset', KEYS[2], 'zset', KEYS[3], 'hash', KEYS[4], 'hash',
-  KEYS[5], 'set', KEYS[6], 'hash', KEYS[7], 'zset', KEYS[9], 'zset'})
+  KEYS[5], 'set', KEYS[6], 'hash', KEYS[7], 'zset', KEYS[9], 'zset', KEYS[15], 'zset',
+  KEYS[16], 'zset', KEYS[17], 'hash'})
 local live_before = redis.call('ZCOUNT', KEYS[7], '(' .. now, '+inf')
 log_open(KEYS[8], ARGV[8], now)
 
@@ -123,15 +133,23 @@ end
 redis.call('HSET', KEYS[4], 'uid', uid, 'username', username, 'channel', ARGV[7], 'exp', exp,
   'at', now, 'ip', ARGV[9], 'login', ARGV[18])
 redis.call('PEXPIREAT', KEYS[4], keyexp)
+-- A held leave taken back: the user never left (for anyone watching), so no join.
+local held_back = live_before == 0 and redis.call('ZREM', KEYS[16], uid) == 1
+if held_back then
+  redis.call('HDEL', KEYS[17], uid)
+  redis.call('HDEL', KEYS[6], 'held')
+end
 -- Read before the ZADD below: still listed while no live connection = lapsed, not swept.
 local relisted = live_before == 0 and redis.call('ZSCORE', KEYS[2], uid) ~= false
 redis.call('ZADD', KEYS[1], exp, cid)
 redis.call('ZADD', KEYS[2], 'GT', exp, uid)
 redis.call('ZADD', KEYS[7], exp, cid)
 redis.call('PEXPIREAT', KEYS[7], keyexp)
+-- GT: an activity written with a later time (another process's batch) is never moved back.
+redis.call('ZADD', KEYS[15], 'GT', math.floor(now / 1000), uid)
 
 redis.call('HSET', KEYS[6], 'username', username)
-if live_before == 0 then
+if live_before == 0 and not held_back then
   redis.call('HSET', KEYS[6], 'status', 'online')
 end
 redis.call('PEXPIREAT', KEYS[6], keyexp)
@@ -149,7 +167,9 @@ end
 
 local open_id = log_event('open', 'c', cid, 'u', uid, 'n', username, 'ch', ARGV[7],
   'ip', ARGV[9], 'ua', ARGV[10])
-if relisted then
+if held_back then
+  return {0, status, open_id}
+elseif relisted then
   log_event('join', 'r', '', 'u', uid, 'n', username, 's', status, 'x', '1')
   return {1, status, open_id}
 elseif live_before == 0 then

@@ -8,6 +8,8 @@ KEYS[3]  {P}:stats            HASH  live counters
 KEYS[4]  {P}:sweeping         ZSET  cid -> claim deadline ms
 KEYS[5]  {P}:sweeping:exp     HASH  cid -> expiry ms at claim time
 KEYS[6]  {P}:events           STREAM the event log (lib/eventlog.lua)
+KEYS[7]  {P}:held             ZSET  held leaves -> due ms (`<uid>`, `<uid>|<room>`)
+KEYS[8]  {P}:held:why         HASH  held leave -> the reason its leave will carry
 then, for each connection, 4 + 2 * nrooms keys laid out as in heartbeat.lua.
 
 ARGV[1] now (ms)
@@ -17,7 +19,10 @@ ARGV[2] mode: 'closed' (the socket closed: always end), 'swept' (end only while 
 ARGV[3] end reason logged with `close` (closed, kicked, server_shutdown, error; the sweep
         passes timeout)
 ARGV[4] ttl (ms)   ARGV[5] event log max length
-ARGV[6] nconns, then per connection: cid, uid, nrooms, room names (nrooms of them)
+ARGV[6] leave grace (ms; 0 = leave at once). The caller passes 0 for final reasons
+        (kicked, logged_out, revoked) and for the sweep (a lapsed connection already had
+        its TTL); only mode 'closed' holds.
+ARGV[7] nconns, then per connection: cid, uid, nrooms, room names (nrooms of them)
 
 Returns one entry per connection:
   {cid, state, global_left, room_left_1, ...}
@@ -34,6 +39,16 @@ why, and v = '1' when the room has no member left: it was vacated) for each room
 connection, then `close` (c, u, why, at = end time ms, hb = last heartbeat ms). A swept
 connection ends at its expiry (last heartbeat + TTL), a closed one now.
 
+The grace window (ARGV[6] > 0). Where a leave would be logged -- the user's last connection
+in a room, or their last live connection -- it is held instead: the user stays a member
+(the room's / {P}:users score becomes the due time, now + grace; {P}:user:<uid> gets
+`held` = due), the leave is entered in {P}:held with its reason in {P}:held:why, and the
+entry's global_left is 2 ("held": the caller schedules release_held.lua). A connect of the
+user within the window cancels the global hold and logs no join (connect.lua); a room
+join finds the user still a member and logs none (room_join.lua). release_held.lua logs
+the leaves still due. Exactly one leave either way: ZREM of the user from {P}:users (or from
+the room's zset) is what logs it, here or there, and a leave logged here drops the hold.
+
 An ended connection leaves a tombstone: its hash is replaced by one holding only `ended`
 (the end time), kept for 10 x TTL. heartbeat.lua tells "ended" (0: close the socket) from
 "lost by the store" (2: re-assert it) by it; every reader of the hash treats a hash without
@@ -46,12 +61,14 @@ leave and close is logged exactly once, however many sweeps and sockets race.
 --!include eventlog
 local now = tonumber(ARGV[1])
 local mode, reason, ttl = ARGV[2], ARGV[3], tonumber(ARGV[4])
-local nconns = tonumber(ARGV[6])
+local grace = tonumber(ARGV[6])
+local due = now + grace
+local nconns = tonumber(ARGV[7])
 -- Every key of the batch is checked before the first connection is touched.
 local spec = {KEYS[1], 'zset', KEYS[2], 'zset', KEYS[3], 'hash', KEYS[4], 'zset',
-  KEYS[5], 'hash'}
+  KEYS[5], 'hash', KEYS[7], 'zset', KEYS[8], 'hash'}
 do
-  local a, k = 7, 7
+  local a, k = 8, 9
   for _ = 1, nconns do
     local nrooms = tonumber(ARGV[a + 2])
     -- conn, rooms, user, uconns, then a (room zset, room-user set) pair per room
@@ -71,8 +88,12 @@ do
 end
 expect_types(spec)
 log_open(KEYS[6], ARGV[5], now)
-local a = 7
-local k = 7
+local function hold(member)
+  redis.call('ZADD', KEYS[7], due, member)
+  redis.call('HSET', KEYS[8], member, reason)
+end
+local a = 8
+local k = 9
 local out = {}
 local ended = 0
 for i = 1, nconns do
@@ -111,7 +132,14 @@ for i = 1, nconns do
     for r = 0, nrooms - 1 do
       local room, uroom = KEYS[k + 4 + 2 * r], KEYS[k + 5 + 2 * r]
       redis.call('SREM', uroom, cid)
-      if redis.call('SCARD', uroom) == 0 and redis.call('ZREM', room, uid) == 1 then
+      local last_here = redis.call('SCARD', uroom) == 0
+      if last_here and grace > 0 and redis.call('ZSCORE', room, uid) then
+        redis.call('ZADD', room, due, uid)
+        hold(uid .. '|' .. ARGV[a + 3 + r])
+        entry[3] = 2
+      elseif last_here and redis.call('ZREM', room, uid) == 1 then
+        redis.call('ZREM', KEYS[7], uid .. '|' .. ARGV[a + 3 + r])
+        redis.call('HDEL', KEYS[8], uid .. '|' .. ARGV[a + 3 + r])
         entry[#entry + 1] = ARGV[a + 3 + r]
         if redis.call('ZCARD', room) == 0 then
           log_event('leave', 'r', ARGV[a + 3 + r], 'u', uid, 'n', username, 's', 'offline',
@@ -123,8 +151,16 @@ for i = 1, nconns do
       end
     end
     if redis.call('ZCOUNT', uconns, '(' .. now, '+inf') == 0 then
-      if redis.call('ZREM', KEYS[2], uid) == 1 then
+      if grace > 0 and redis.call('ZSCORE', KEYS[2], uid) then
+        redis.call('ZADD', KEYS[2], due, uid)
+        redis.call('HSET', user, 'held', due)
+        hold(uid)
+        entry[3] = 2
+      elseif redis.call('ZREM', KEYS[2], uid) == 1 then
         entry[3] = 1
+        redis.call('ZREM', KEYS[7], uid)
+        redis.call('HDEL', KEYS[8], uid)
+        redis.call('HDEL', user, 'held')
         log_event('leave', 'r', '', 'u', uid, 'n', username, 's', 'offline', 'why', reason)
       end
     else

@@ -6,12 +6,15 @@ KEYS[2]  {P}:users            ZSET  uid -> latest expiry ms
 KEYS[3]  {P}:stats            HASH  live counters
 KEYS[4]  {P}:sweeping         ZSET  cid -> claim deadline ms (claimed by a sweep)
 KEYS[5]  {P}:sweeping:exp     HASH  cid -> expiry ms at claim time
+KEYS[6]  {P}:active           ZSET  uid -> last activity (Unix s)
 then, for each connection i of the batch, a group of 4 + 2 * nrooms_i keys:
          {P}:conn:<cid>  {P}:conn:<cid>:rooms  {P}:user:<uid>  {P}:user:<uid>:conns
          and per room: {P}:room:<room>  {P}:room:<room>:user:<uid>
 
 ARGV[1] now (ms)   ARGV[2] ttl (ms)   ARGV[3] key grace (ms)
 ARGV[4] ncounters, then ncounters pairs (field, increment) added to the stats hash
+then nactive, then nactive pairs (uid, Unix s): `activity` frames the batch carries
+(throttled per user by the writer; ZADD GT, so a late batch never moves a time back)
 then nconns, then per connection: cid, nrooms
 
 Returns one integer per connection, in order: 1 refreshed, 0 its session ended (end.lua
@@ -34,9 +37,16 @@ for _ = 1, ncounters do
   a = a + 2
 end
 
+local nactive = tonumber(ARGV[a])
+a = a + 1
+for _ = 1, nactive do
+  redis.call('ZADD', KEYS[6], 'GT', tonumber(ARGV[a + 1]), ARGV[a])
+  a = a + 2
+end
+
 local nconns = tonumber(ARGV[a])
 a = a + 1
-local k = 6
+local k = 7
 local result = {}
 local refreshed = 0
 for i = 1, nconns do

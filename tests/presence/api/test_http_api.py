@@ -149,6 +149,7 @@ class TestUserDetail:
             "status": "away",
             "connections": 2,
             "last_seen": None,
+            "rooms": [],
         }
 
     async def test_offline_user_after_a_connection(
@@ -212,6 +213,7 @@ class TestUserDetail:
             "status": "offline",
             "connections": 0,
             "last_seen": None,
+            "rooms": [],
         }
 
     async def test_unknown_user_is_404(self, viewer: AsyncClient) -> None:

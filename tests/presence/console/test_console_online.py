@@ -8,10 +8,12 @@ server-side (SLOWLOG), SQL with CaptureQueriesContext.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
+import redis
 from asgiref.sync import sync_to_async
 from django.contrib.admin.models import LogEntry
 from django.contrib.auth.models import Permission
@@ -20,6 +22,7 @@ from django.test import Client
 from django.test.utils import CaptureQueriesContext
 
 from config.embedded_redis import RedisServer
+from presence import store
 from presence.console import panels as queries
 from tests.support.console import RoundTrips, seed_presence
 from tests.support.db import session_row
@@ -134,6 +137,19 @@ class TestListing:
         assert f"?user__id__exact={alice.pk}&amp;state=live" in row
         assert " s ago" in row  # last heartbeat age
         assert "(0 s ago)" in row or "(1 s ago)" in row  # connected since, to the second
+        assert "active 0 s ago" in row or "active 1 s ago" in row  # a connect is activity
+
+    def test_a_row_shows_when_the_user_was_last_active(
+        self, admin_client: Client, django_user_model: Any, r: redis.Redis
+    ) -> None:
+        alice = django_user_model.objects.create_user("alice")
+        seed_presence([alice])
+        r.zadd(store.keys().active, {str(alice.pk): int(time.time()) - 180})
+
+        html = admin_client.get(ONLINE).content.decode()
+
+        row = html[html.index('data-user="alice"') :].split("</tr>")[0]
+        assert "active 3 min ago" in row
 
     def test_the_sessions_link_lists_the_users_live_sessions(
         self, admin_client: Client, django_user_model: Any

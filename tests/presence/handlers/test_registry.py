@@ -21,6 +21,8 @@ from presence.handlers.registry import code_version
 
 BUILTINS = {
     "heartbeat",
+    "activity",
+    "presence.watch",
     "status.set",
     "room.join",
     "room.leave",

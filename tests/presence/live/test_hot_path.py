@@ -527,3 +527,78 @@ class TestRedisDown:
         failures = int(outage[1].split("(")[1].split()[0])
         assert 2 <= failures < 50, outage  # counted per try of a batch, not per heartbeat
         assert not any(rec.exc_info for rec in caplog.records)
+
+
+class TestActivity:
+    """``activity`` frames move ``last_active`` through the heartbeat batch, throttled."""
+
+    async def test_activity_rides_with_the_next_heartbeat(
+        self,
+        ws_client: WSFactory,
+        auser_factory: UserFactory,
+        r: redis.Redis,
+        redis_log: CommandLog,
+    ) -> None:
+        client = await ws_client(await auser_factory("alice"))
+        await client.request("heartbeat", id_="warm-up")
+        uid, k = str(client.hello["user"]["id"]), store.keys()
+        r.zadd(k.active, {uid: 1000})  # as if last active long ago
+        redis_log.start()
+
+        reply = await client.request("activity", id_="a")
+        written_before_heartbeat = redis_log.r.zscore(k.active, uid)  # the log skips its own
+        await client.request("heartbeat", id_=1)
+
+        assert reply["data"] == {"recorded": True}
+        assert written_before_heartbeat == 1000  # waited for the batch: no call of its own
+        assert redis_log.names() == Counter({"EVALSHA": 1})
+        assert abs((r.zscore(k.active, uid) or 0) - store.now_ms() / 1000) < 5
+
+    async def test_throttled_per_resolution(
+        self, ws_client: WSFactory, auser_factory: UserFactory, r: redis.Redis
+    ) -> None:
+        client = await ws_client(await auser_factory("alice"))
+        other_tab = await ws_client(await auser_factory("bob"))
+
+        first = await client.request("activity", id_=1)
+        second = await client.request("activity", id_=2)
+        bob = await other_tab.request("activity", id_=3)
+
+        assert first["data"] == {"recorded": True}
+        assert second["data"] == {"recorded": False}
+        assert bob["data"] == {"recorded": True}  # per user, not per process
+
+    async def test_without_an_id_there_is_no_reply(
+        self, ws_client: WSFactory, auser_factory: UserFactory
+    ) -> None:
+        client = await ws_client(await auser_factory("alice"))
+
+        await client.send({"type": "activity"})
+        await client.send({"type": "heartbeat", "id": "after"})
+
+        # The next frame is the heartbeat's ack: the activity had no answer.
+        frame = await client.recv_until(lambda f: f["type"] != "presence")
+        assert frame["id"] == "after"
+
+    async def test_heartbeats_do_not_move_it(
+        self, ws_client: WSFactory, auser_factory: UserFactory, r: redis.Redis
+    ) -> None:
+        client = await ws_client(await auser_factory("alice"))
+        uid, k = str(client.hello["user"]["id"]), store.keys()
+        r.zadd(k.active, {uid: 1000}, xx=True)
+
+        for i in range(3):
+            await client.request("heartbeat", id_=i)
+
+        assert r.zscore(k.active, uid) == 1000
+
+    async def test_written_alone_when_no_heartbeat_comes(self, auser_factory: UserFactory) -> None:
+        writer = HotPathWriter()
+        assert writer.activity(7)
+        writer._active[7] = 1234  # the time it was taken (deterministic for the check)
+
+        await writer.flush()
+
+        score = await store.get_async_redis().zscore(store.keys().active, "7")
+        assert score == 1234
+        assert writer._active == {}

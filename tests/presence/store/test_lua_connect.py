@@ -200,7 +200,7 @@ class TestMultiTab:
         ks.append(k.events)
         ip = "198.51.100.1"
         ks += [k.addr_conns(ip), k.addr_rate(ip), k.user_block(3), k.user_revoked(3)]
-        ks += [k.login_revoked(""), k.token_used("")]
+        ks += [k.login_revoked(""), k.token_used(""), k.active, k.held, k.held_why]
         args = [now, TTL_MS, GRACE_MS, "x", 3, "carol", "chan", 1_000, ip, "UA/1"]
         args += [0, 0, 0, 0, 0, "", 0, "", k.conn_prefix]  # the gate checks nothing
 

@@ -314,8 +314,8 @@ class TestSwept:
         await connect("c1", 7, t0, rooms=("a",))
         mark = log_mark(r)
         sha = r.script_load(store.script("end").source)
-        ks = [*k.fixed(), k.events, *k.conn_group("c1", 7, ["a"])]
-        args = [t0 + 1, "closed", "error", TTL_MS, 1_000, 1, "c1", 7, 1, "a"]
+        ks = [*k.fixed(), k.events, k.held, k.held_why, *k.conn_group("c1", 7, ["a"])]
+        args = [t0 + 1, "closed", "error", TTL_MS, 1_000, 0, 1, "c1", 7, 1, "a"]
 
         out = r.evalsha(sha, len(ks), *ks, *args)
 

@@ -45,7 +45,8 @@ def connect_command(sha: str, cid: str, uid: int, now: int) -> list[Any]:
     ks = [k.conns, k.users, k.stats, k.conn(cid), k.conn_rooms(cid), k.user(uid)]
     ks += [k.user_conns(uid), k.events]
     ks += [k.addr_conns("192.0.2.1"), k.addr_rate("192.0.2.1"), k.user_block(uid)]
-    ks += [k.user_revoked(uid), k.login_revoked(""), k.token_used("")]
+    ks += [k.user_revoked(uid), k.login_revoked(""), k.token_used(""), k.active]
+    ks += [k.held, k.held_why]
     args = [now, TTL_MS, GRACE_MS, cid, uid, f"user{uid}", "ch", 1_000, "192.0.2.1", "UA"]
     args += [0, 0, 0, 0, 0, "", 0, "", k.conn_prefix]
     return ["EVALSHA", sha, len(ks), *ks, *args]
@@ -54,8 +55,9 @@ def connect_command(sha: str, cid: str, uid: int, now: int) -> list[Any]:
 def end_command(sha: str, conn: store.ConnRef, now: int, reason: str) -> list[Any]:
     """EVALSHA of end.lua ('closed' mode) with KEYS/ARGV exactly as its header documents."""
     k = store.keys()
-    ks = [*k.fixed(), k.events, *k.conn_group(conn.cid, conn.uid, conn.rooms)]
-    args = [now, "closed", reason, TTL_MS, 1_000, 1, conn.cid, conn.uid, len(conn.rooms)]
+    ks = [*k.fixed(), k.events, k.held, k.held_why]
+    ks += k.conn_group(conn.cid, conn.uid, conn.rooms)
+    args = [now, "closed", reason, TTL_MS, 1_000, 0, 1, conn.cid, conn.uid, len(conn.rooms)]
     return ["EVALSHA", sha, len(ks), *ks, *args, *conn.rooms]
 
 

@@ -218,3 +218,30 @@ class TestScriptCache:
 
         assert await heartbeat(store.ConnRef("c1", 7), now=t0 + 1) == [True]
         assert r.zscore(store.keys().conns, "c1") == t0 + 1 + TTL_MS
+
+
+class TestActivity:
+    async def test_a_connect_sets_last_active(self, r: redis.Redis) -> None:
+        t0 = store.now_ms()
+        await connect("c1", 7, t0)
+
+        assert r.zscore(store.keys().active, "7") == t0 // 1000
+
+    async def test_the_batch_writes_activity_never_backwards(self, r: redis.Redis) -> None:
+        t0, k = store.now_ms(), store.keys()
+        await connect("c1", 7, t0)
+        client = store.get_async_redis()
+
+        await store.heartbeat_many(client, [], active={7: t0 // 1000 + 30, 8: 5}, now=t0)
+        await store.heartbeat_many(client, [], active={7: t0 // 1000 + 10}, now=t0)
+
+        assert r.zscore(k.active, "7") == t0 // 1000 + 30
+        assert r.zscore(k.active, "8") == 5
+
+    async def test_a_heartbeat_alone_leaves_it(self, r: redis.Redis) -> None:
+        t0, k = store.now_ms(), store.keys()
+        await connect("c1", 7, t0)
+
+        await heartbeat(store.ConnRef("c1", 7), now=t0 + 90_000)
+
+        assert r.zscore(k.active, "7") == t0 // 1000

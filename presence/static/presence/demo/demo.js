@@ -180,6 +180,63 @@ client.on("ownstatus", ({ auto }) => {
   if (auto) addLog("Page hidden for a while: you show as away");
 });
 
+// ---------------------------------------------------------------- watching
+const WATCH_KEY = "presence-demo.watch"; // per tab, like the rooms
+
+function ago(seconds) {
+  if (seconds == null) return "";
+  const s = Math.max(0, Math.round(Date.now() / 1000 - seconds));
+  if (s < 60) return `${s} s ago`;
+  if (s < 3600) return `${Math.floor(s / 60)} min ago`;
+  return `${Math.floor(s / 3600)} h ago`;
+}
+
+function renderWatched() {
+  const watched = [...client.watched.values()];
+  $("#watch-count").textContent = watched.length ? `(${watched.length})` : "";
+  $("#watched").replaceChildren(
+    ...watched.map((user) => {
+      const item = document.createElement("li");
+      item.dataset.userId = user.id;
+      item.dataset.online = String(user.online);
+      item.dataset.status = user.status;
+      const dot = document.createElement("span");
+      dot.className = `dot ${user.status}`;
+      dot.setAttribute("aria-hidden", "true");
+      const name = document.createElement("span");
+      name.className = "name";
+      name.textContent = user.username ?? `#${user.id}`;
+      const status = document.createElement("span");
+      status.className = "state";
+      const active = client.lastActive(user.id);
+      status.textContent = user.online ? `${user.status}${active ? ` · active ${ago(active)}` : ""}` : "offline";
+      item.append(dot, name, status);
+      return item;
+    }),
+  );
+}
+
+function watchIds(ids) {
+  sessionStorage.setItem(WATCH_KEY, JSON.stringify(ids));
+  client.watch(ids);
+  renderWatched();
+}
+
+client.on("watch", ({ event, user }) => {
+  renderWatched();
+  if (event !== "snapshot") addLog(`Watched: ${user.username ?? user.id} ${event === "status" ? `is ${user.status}` : `went ${event}`}`);
+});
+setInterval(renderWatched, 30000); // "active N min ago" ages
+
+$("#watch").addEventListener("submit", (event) => {
+  event.preventDefault();
+  const ids = $("#watch-ids")
+    .value.split(/[\s,]+/)
+    .map(Number)
+    .filter((id) => Number.isInteger(id) && id > 0);
+  watchIds(ids);
+});
+
 // ---------------------------------------------------------------- rooms
 function saveRooms() {
   sessionStorage.setItem(ROOMS_KEY, JSON.stringify(client.rooms));
@@ -311,5 +368,15 @@ try {
 }
 for (const room of Array.isArray(saved) ? saved : []) client.join(room).catch(() => {});
 select(client.rooms.at(-1) ?? null);
+let watching = [];
+try {
+  watching = JSON.parse(sessionStorage.getItem(WATCH_KEY) || "[]");
+} catch {
+  watching = [];
+}
+if (Array.isArray(watching) && watching.length) {
+  $("#watch-ids").value = watching.join(", ");
+  watchIds(watching);
+}
 renderOnline();
 client.connect();

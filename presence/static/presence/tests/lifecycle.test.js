@@ -105,10 +105,10 @@ describe("hidden → away, visible → online", () => {
     assert.deepEqual(statusFrames(ws()), []);
     await clock.tick(1);
     assert.deepEqual(statusFrames(ws()), ["away"]);
-    assert.equal(client.status, "away");
+    assert.equal(client.ownStatus, "away");
     page.show();
     assert.deepEqual(statusFrames(ws()), ["away", "online"]);
-    assert.equal(client.status, "online");
+    assert.equal(client.ownStatus, "online");
   });
 
   it("a short glance away changes nothing", async () => {

@@ -118,7 +118,7 @@ describe("setStatus()", () => {
     assert.deepEqual(ws().lastSent("status.set").data, { status: "away" });
     ws().reply("status.set", { status: "away" });
     await set;
-    assert.equal(client.status, "away");
+    assert.equal(client.ownStatus, "away");
   });
 
   it("refuses an unknown status", async () => {

@@ -1,0 +1,236 @@
+"""``POST /api/presence/status/``: many users' presence in one request.
+
+Presence is registered through the real scripts (connect.lua, status.lua), ``last_seen`` comes
+from real session rows, and the Redis round trips a request makes are counted server-side
+(MONITOR) for 1 and for 1,000 ids: the same, fixed number.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+from django.contrib.auth import get_user_model
+from django.test import Client
+from django.utils import timezone
+from pytest_django.fixtures import Settings
+
+from config.embedded_redis import RedisServer
+from presence import store
+from sessions_app.models import ConnectionSession, EndReason
+from tests.support.console import RoundTrips, seed_presence
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(60)]
+
+URL = "/api/presence/status/"
+TOKEN = "s3cret-token-for-tests"
+
+
+def sent_commands(round_trips: RoundTrips) -> list[str]:
+    """Command names sent since start(); the PING of a new pooled connection left out (each
+    request of the test client runs in an event loop of its own, with its own connection)."""
+    names = [command.split()[0].upper() for command in round_trips.stop()]
+    return [name for name in names if name != "PING"]
+
+
+@pytest.fixture
+def round_trips(redis_server: RedisServer) -> Iterator[RoundTrips]:
+    log = RoundTrips(redis_server.url)
+    yield log
+    log.restore()
+
+
+@pytest.fixture
+def viewer(client: Client, user_factory: Any) -> Client:
+    """A logged-in staff member: staff may read everyone's presence."""
+    client.force_login(user_factory("viewer", is_staff=True))
+    return client
+
+
+def post(client: Client, body: Any, **headers: str) -> Any:
+    return client.post(URL, json.dumps(body), content_type="application/json", headers=headers)
+
+
+def many_users(n: int) -> list[Any]:
+    """``n`` users without password hashing (one INSERT)."""
+    model = get_user_model()
+    model.objects.bulk_create([model(username=f"bulk{i}", password="!") for i in range(n)])
+    return list(model.objects.filter(username__startswith="bulk").order_by("pk"))
+
+
+class TestAnswer:
+    def test_online_away_offline_and_unknown(
+        self, viewer: Client, user_factory: Any, r: redis.Redis
+    ) -> None:
+        alice, bob, carol = user_factory("alice"), user_factory("bob"), user_factory("carol")
+        seed_presence([alice])
+        seed_presence([bob], status="away")
+        ended = timezone.now() - dt.timedelta(minutes=5)
+        ConnectionSession.objects.create(
+            id=uuid.uuid4(),
+            user=carol,
+            channel_name="gone",
+            connected_at=ended - dt.timedelta(hours=1),
+            ended_at=ended,
+            end_reason=EndReason.CLOSED,
+        )
+        r.zadd(store.keys().active, {str(carol.pk): 1_700_000_000})
+
+        response = post(viewer, {"users": [carol.pk, alice.pk, 999_999, bob.pk, alice.pk]})
+
+        assert response.status_code == 200
+        users = response.json()["users"]
+        # In the order asked, each once, the id of no user left out.
+        assert [u["id"] for u in users] == [carol.pk, alice.pk, bob.pk]
+        by_id = {u["id"]: u for u in users}
+        assert by_id[alice.pk]["online"] is True
+        assert by_id[alice.pk]["status"] == "online"
+        assert by_id[alice.pk]["last_seen"] is None
+        # A connect is activity: last_active is its time, in Unix seconds.
+        assert abs(by_id[alice.pk]["last_active"] - timezone.now().timestamp()) < 10
+        assert by_id[bob.pk]["status"] == "away"
+        assert by_id[carol.pk] == {
+            "id": carol.pk,
+            "online": False,
+            "status": "offline",
+            "last_seen": ended.isoformat(),
+            "last_active": 1_700_000_000,
+        }
+
+    def test_never_active_is_null(self, viewer: Client, user_factory: Any) -> None:
+        dave = user_factory("dave")
+
+        (user,) = post(viewer, {"users": [dave.pk]}).json()["users"]
+
+        assert user["last_active"] is None
+        assert user["last_seen"] is None
+        assert user["online"] is False
+
+    @pytest.mark.parametrize(
+        "body",
+        [
+            [1, 2],
+            {"users": "1,2"},
+            {"users": [1, "2"]},
+            {"users": [True]},
+            {"users": [0]},
+            {"users": list(range(1, 1002))},
+            {},
+        ],
+    )
+    def test_bad_bodies_are_400_json(self, viewer: Client, body: Any) -> None:
+        response = post(viewer, body)
+
+        assert response.status_code == 400
+        assert response.json()["code"] == "invalid_payload"
+
+    def test_not_json_is_400(self, viewer: Client) -> None:
+        response = viewer.post(URL, "{", content_type="application/json")
+
+        assert response.status_code == 400
+
+    def test_get_is_not_allowed(self, viewer: Client) -> None:
+        assert viewer.get(URL).status_code == 405
+
+
+class TestRoundTrips:
+    @pytest.mark.parametrize("n", [1, 1000])
+    def test_one_round_trip_for_any_number(
+        self, viewer: Client, round_trips: RoundTrips, n: int
+    ) -> None:
+        users = many_users(n)
+        seed_presence(users[:3], status="busy")
+        post(viewer, {"users": [users[0].pk]})  # warm-up: the pool's connection exists
+        round_trips.start()
+
+        response = post(viewer, {"users": [u.pk for u in users]})
+
+        sent = sent_commands(round_trips)
+        # One MULTI ... EXEC block: ZMSCORE, then HMGET + ZCOUNT per id, sent in one write.
+        assert sent[0] == "MULTI" and sent[-1] == "EXEC"
+        assert "MULTI" not in sent[1:] and "EXEC" not in sent[:-1]
+        assert len(sent) == 2 + 1 + 2 * n
+        answer = response.json()["users"]
+        assert len(answer) == n
+        assert [u["status"] for u in answer[:3]] == ["busy"] * min(3, n)
+        assert all(u["status"] == "offline" for u in answer[3:])
+
+
+class TestWhoMayAsk:
+    def test_anonymous_is_401(self, client: Client) -> None:
+        response = post(client, {"users": [1]})
+
+        assert response.status_code == 401
+        assert response.json()["code"] == "unauthorized"
+
+    def test_others_presence_is_for_staff_or_when_listing_all_is_on(
+        self, client: Client, user_factory: Any, settings: Settings
+    ) -> None:
+        me, other = user_factory("me"), user_factory("other")
+        client.force_login(me)
+
+        own = post(client, {"users": [me.pk]})
+        refused = post(client, {"users": [me.pk, other.pk]})
+        settings.PRESENCE_API_LIST_ALL_USERS = True
+        allowed = post(client, {"users": [me.pk, other.pk]})
+
+        assert own.status_code == 200
+        assert refused.status_code == 403
+        assert refused.json()["code"] == "forbidden"
+        assert allowed.status_code == 200
+
+    def test_a_configured_token_may_ask(
+        self, client: Client, user_factory: Any, settings: Settings
+    ) -> None:
+        settings.PRESENCE_API_TOKENS = f"other, {TOKEN}"
+        alice = user_factory("alice")
+        seed_presence([alice])
+
+        response = post(client, {"users": [alice.pk]}, Authorization=f"Bearer {TOKEN}")
+
+        assert response.status_code == 200
+        assert response.json()["users"][0]["online"] is True
+
+    @pytest.mark.parametrize(
+        "header", [f"Bearer {TOKEN}x", f"Bearer {TOKEN[:-1]}", "Bearer other2", f"Basic {TOKEN}"]
+    )
+    def test_a_wrong_token_is_401(self, client: Client, settings: Settings, header: str) -> None:
+        settings.PRESENCE_API_TOKENS = ["other", TOKEN]
+
+        response = post(client, {"users": [1]}, Authorization=header)
+
+        assert response.status_code == 401
+
+    def test_no_token_configured_refuses_every_token(
+        self, client: Client, settings: Settings
+    ) -> None:
+        settings.PRESENCE_API_TOKENS = ""
+
+        assert post(client, {"users": [1]}, Authorization="Bearer ").status_code == 401
+        assert post(client, {"users": [1]}, Authorization="Bearer x").status_code == 401
+
+    def test_a_cookie_caller_needs_the_csrf_token(self, user_factory: Any) -> None:
+        browser = Client(enforce_csrf_checks=True)
+        browser.force_login(user_factory("alice", is_staff=True))
+
+        refused = post(browser, {"users": [1]})
+        browser.get("/accounts/login/")  # sets the CSRF cookie
+        token = browser.cookies["csrftoken"].value
+        allowed = post(browser, {"users": [1]}, **{"X-CSRFToken": token})
+
+        assert refused.status_code == 403
+        assert refused.json()["code"] == "csrf"
+        assert allowed.status_code == 200
+
+    def test_a_token_caller_needs_no_csrf_token(self, settings: Settings) -> None:
+        settings.PRESENCE_API_TOKENS = [TOKEN]
+        server = Client(enforce_csrf_checks=True)
+
+        response = post(server, {"users": [1]}, Authorization=f"Bearer {TOKEN}")
+
+        assert response.status_code == 200
