@@ -97,27 +97,42 @@ def wait_done(proc_id: str, request_id: str, within: float = 40) -> dict[str, An
 
 def test_a_profile_under_heartbeat_load_names_the_consumers_frames(load: HeartbeatLoad) -> None:
     proc_id = the_process(load.server)
+    # A sampler thread needs the GIL to look: on a crowded machine a 5 s profile can catch the
+    # loop only between frames (docs/operations.md, "short bursts"). Up to three profiles,
+    # one at a time; the consumer's frames must show in one of them.
+    seen: list[Any] = []
+    for _ in range(3):
+        profile = profile_of(proc_id)
+        consumer = consumer_frames(profile)
+        seen.append((load.sent, sorted({f["file"] for f in profile["frames"]})[:80]))
+        if consumer:
+            break
+    assert any(name.startswith("PresenceConsumer.") for name in consumer), seen
+    assert load.sent > 100  # the load was real
+    assert profile["sampler_cpu_seconds"] < 0.05 * profile["seconds"]
+
+
+def profile_of(proc_id: str) -> dict[str, Any]:
+    """A 5 s profile of the process, as its answer carries it."""
     started = inspector.ask_process(proc_id, "profile", by="root", seconds=5)
     assert started.outcome == "running", started
     answer = wait_done(proc_id, started.request_id)
     assert answer["state"] == "done", answer
-    profile = answer["profile"]
+    profile: dict[str, Any] = answer["profile"]
+    return profile
+
+
+def consumer_frames(profile: dict[str, Any]) -> set[str]:
+    """The consumer's frames sampled on the event loop's thread."""
     frames = profile["frames"]
     main = profile["threads"].index("MainThread")
-    # The consumer's frames, sampled on the event loop's thread while it handled the load.
-    consumer = {
+    return {
         frames[i]["name"]
         for thread, idxs, _ in profile["stacks"]
         if thread == main
         for i in idxs
         if frames[i]["file"] == "presence/consumers.py"
     }
-    assert any(name.startswith("PresenceConsumer.") for name in consumer), (
-        load.sent,
-        sorted({f["file"] for f in frames})[:80],
-    )
-    assert load.sent > 100  # the load was real
-    assert profile["sampler_cpu_seconds"] < 0.05 * profile["seconds"]
 
 
 def test_a_killed_process_is_not_answering_within_5_s(load: HeartbeatLoad) -> None:
