@@ -37,6 +37,7 @@ from tests.support.chaos import (
     stack_env,
     write_report,
 )
+from tests.support.consume import ConsumeProcess
 from tests.support.paths import ROOT
 from tests.support.sentinel import SentinelTopology
 from tests.support.servers import ASGIServer, ASGIServerFactory
@@ -98,11 +99,13 @@ class Stack:
         self,
         tmp_path: Path,
         celery: Callable[..., CeleryProcess],
+        consume: Callable[..., ConsumeProcess],
         receiver: Receiver,
         broker: RedisServer,
     ) -> None:
         self.factory = ASGIServerFactory(tmp_path)
         self.celery, self.receiver, self.broker = celery, receiver, broker
+        self.consume = consume
         self.servers: list[ASGIServer] = []
         self.worker: CeleryProcess | None = None
         self.beat: CeleryProcess | None = None
@@ -111,6 +114,9 @@ class Stack:
         env = {**stack_env(redis_url, self.broker.url, self.receiver), **(extra or {})}
         self.worker = self.celery(env=env, concurrency=1)
         self.beat = self.celery(env=env, beat=True)
+        # The event log's readers (session rows, signals, webhooks): without them no hook
+        # is delivered and every user.offline of the scenario counts as lost.
+        self.consume(env=env)
         self.servers = [self.factory(env=env) for _ in range(2)]
         return self.servers
 
@@ -127,6 +133,7 @@ def stack(
     request: pytest.FixtureRequest,
     tmp_path: Path,
     celery_worker_process: Callable[..., CeleryProcess],
+    consume_process: Callable[..., ConsumeProcess],
     receiver: Receiver,
     broker: RedisServer,
 ) -> Iterator[Stack]:
@@ -134,10 +141,10 @@ def stack(
     logs = ROOT / "var" / "chaos" / request.node.name
     shutil.rmtree(logs, ignore_errors=True)
     logs.mkdir(parents=True)
-    s = Stack(logs, celery_worker_process, receiver, broker)
+    s = Stack(logs, celery_worker_process, consume_process, receiver, broker)
     yield s
     s.stop()
-    for log in tmp_path.glob("celery-*.log"):
+    for log in [*tmp_path.glob("celery-*.log"), *tmp_path.glob("consume-*.log")]:
         shutil.copy(log, logs / log.name)
 
 

@@ -60,6 +60,8 @@ def stack_env(redis_url: str, broker_url: str, receiver: Receiver) -> dict[str, 
         "PRESENCE_ADDRESS_CONNECT_RATE": "100000",
         "PRESENCE_ADDRESS_CONNECT_BURST": "100000",
         "PRESENCE_WEBHOOK_URL": receiver.url,
+        # The receiver is on loopback, which webhooks refuse unless allowed (docs/hooks.md).
+        "PRESENCE_WEBHOOK_ALLOWED_HOSTS": "127.0.0.1",
         "PRESENCE_WEBHOOK_SECRET": "chaos",
         "PRESENCE_WEBHOOK_EVENTS": "user.online,user.offline",
         "PRESENCE_HOOKS_INTERVAL": "0.5",
