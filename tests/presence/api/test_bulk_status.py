@@ -10,7 +10,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -20,36 +19,15 @@ from django.test import Client
 from django.utils import timezone
 from pytest_django.fixtures import Settings
 
-from config.embedded_redis import RedisServer
 from presence import store
 from sessions_app.models import ConnectionSession, EndReason
+from tests.presence.api.conftest import sent_commands
 from tests.support.console import RoundTrips, seed_presence
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(60)]
 
 URL = "/api/presence/status/"
 TOKEN = "s3cret-token-for-tests"
-
-
-def sent_commands(round_trips: RoundTrips) -> list[str]:
-    """Command names sent since start(); the PING of a new pooled connection left out (each
-    request of the test client runs in an event loop of its own, with its own connection)."""
-    names = [command.split()[0].upper() for command in round_trips.stop()]
-    return [name for name in names if name != "PING"]
-
-
-@pytest.fixture
-def round_trips(redis_server: RedisServer) -> Iterator[RoundTrips]:
-    log = RoundTrips(redis_server.url)
-    yield log
-    log.restore()
-
-
-@pytest.fixture
-def viewer(client: Client, user_factory: Any) -> Client:
-    """A logged-in staff member: staff may read everyone's presence."""
-    client.force_login(user_factory("viewer", is_staff=True))
-    return client
 
 
 def post(client: Client, body: Any, **headers: str) -> Any:

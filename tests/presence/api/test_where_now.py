@@ -7,14 +7,13 @@ are counted server-side (MONITOR).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from django.test import Client
 from pytest_django.fixtures import Settings
 
-from config.embedded_redis import RedisServer
+from tests.presence.api.conftest import sent_commands
 from tests.support.console import RoundTrips, seed_presence
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(60)]
@@ -27,27 +26,6 @@ def only_public_rooms(user: Any, room: str, action: str) -> bool:
 
 def url(uid: int) -> str:
     return f"/api/presence/users/{uid}/"
-
-
-def sent_commands(round_trips: RoundTrips) -> list[str]:
-    """Command names sent since start(); the PING of a new pooled connection left out (each
-    request of the test client runs in an event loop of its own, with its own connection)."""
-    names = [command.split()[0].upper() for command in round_trips.stop()]
-    return [name for name in names if name != "PING"]
-
-
-@pytest.fixture
-def round_trips(redis_server: RedisServer) -> Iterator[RoundTrips]:
-    log = RoundTrips(redis_server.url)
-    yield log
-    log.restore()
-
-
-@pytest.fixture
-def viewer(client: Client, user_factory: Any) -> Client:
-    """A logged-in staff member: staff may read anyone's presence."""
-    client.force_login(user_factory("viewer", is_staff=True))
-    return client
 
 
 class TestRooms:
