@@ -15,10 +15,12 @@ from tests.support.paths import ROOT
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The wheel of this checkout (built in an isolated environment: setuptools from PyPI)."""
     out = tmp_path_factory.mktemp("wheel")
-    subprocess.run(
+    done = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(out), str(ROOT)],
-        check=True,
+        capture_output=True,
+        text=True,
         timeout=300,
     )
+    assert done.returncode == 0, done.stdout + done.stderr
     (built,) = out.glob("*.whl")
     return built
