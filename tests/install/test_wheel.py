@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import zipfile
 from email.parser import Parser
 from pathlib import Path
@@ -85,3 +87,15 @@ class TestMetadata:
 def test_the_browser_package_has_the_python_version() -> None:
     package = json.loads((ROOT / "presence/static/presence/package.json").read_text())
     assert package["version"] == presence.__version__
+
+
+def test_twine_check_passes(wheel: Path) -> None:
+    """What PyPI would refuse (metadata, the README as the long description) fails here."""
+    done = subprocess.run(
+        [sys.executable, "-m", "twine", "check", "--strict", str(wheel)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "PASSED" in done.stdout
