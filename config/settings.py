@@ -243,6 +243,8 @@ _presence_from_env: tuple[tuple[str, Callable[..., object]], ...] = (
     ("PRESENCE_SESSION_LOG_CLAIM_IDLE", env.float),
     ("PRESENCE_REAP_INTERVAL", env.float),
     ("PRESENCE_RECONCILE_INTERVAL", env.float),
+    # The event log's consumers inside each Celery worker (instead of presence_consume).
+    ("PRESENCE_CELERY_CONSUMERS", env.bool),
     # Connections, the connect gate and per-connection limits.
     ("PRESENCE_HEARTBEAT_INTERVAL", env.float),
     ("PRESENCE_TTL", env.float),
@@ -297,8 +299,6 @@ _presence_from_env: tuple[tuple[str, Callable[..., object]], ...] = (
     ("PRESENCE_WEBHOOK_ALLOWED_HOSTS", env.list),
     ("PRESENCE_WEBHOOK_ALLOW_PRIVATE", env.bool),
     ("PRESENCE_HOOKS_INTERVAL", env.float),
-    # The event log's consumers inside each Celery worker (instead of presence_consume).
-    ("PRESENCE_CELERY_CONSUMERS", env.bool),
     ("PRESENCE_HOOKS_BATCH", env.int),
     ("PRESENCE_HOOKS_RETRY_FOR", env.float),
     ("PRESENCE_HOOKS_BACKOFF_BASE", env.float),
