@@ -8,7 +8,8 @@ redis-server. Then: a logged-in user's WebSocket gets ``hello`` and heartbeat ac
 API and the admin console list them, a close takes them offline, and a client whose process is
 frozen (SIGSTOP) is ended by the sweep within TTL + sweep interval.
 
-About a minute with a warm pip cache (most of it the virtualenv's install).
+Measured 100-160 s with a warm pip cache on a shared 2-core machine, most of it building the
+wheel and installing the virtualenv.
 """
 
 from __future__ import annotations
