@@ -16,7 +16,6 @@ import environ
 from django.core.exceptions import ImproperlyConfigured
 
 from presence.conf import AppSettings
-from presence.jobs.catalog import beat_schedule
 from presence.redis_url import celery_broker, channel_layer_host, is_redis_url
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -69,16 +68,17 @@ ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS", default=["localhost", "127.0.0.
 
 INSTALLED_APPS = [
     "daphne",  # runserver speaks ASGI; production serves with uvicorn
-    "presence.console.apps.PresenceAdminConfig",  # django.contrib.admin + the console
+    "django.contrib.admin",  # presence puts its console on the default admin.site
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
     "django.contrib.messages",
     "config.apps.StaticFilesConfig",  # django.contrib.staticfiles, minus JS tests
-    "channels",
     "django_prometheus",
-    "sessions_app",
+    # The presence app (docs/install.md).
+    "channels",
     "presence",
+    "sessions_app",
 ]
 
 MIDDLEWARE = [
@@ -108,7 +108,8 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 TEMPLATES = [
     {
         "BACKEND": "django.template.backends.django.DjangoTemplates",
-        "DIRS": [BASE_DIR / "templates"],
+        # Every template comes from an app (presence/templates/: the console, demo, login).
+        "DIRS": [],
         "APP_DIRS": True,
         "OPTIONS": {
             "context_processors": [
@@ -242,6 +243,8 @@ _presence_from_env: tuple[tuple[str, Callable[..., object]], ...] = (
     ("PRESENCE_SESSION_LOG_CLAIM_IDLE", env.float),
     ("PRESENCE_REAP_INTERVAL", env.float),
     ("PRESENCE_RECONCILE_INTERVAL", env.float),
+    # The event log's consumers inside each Celery worker (instead of presence_consume).
+    ("PRESENCE_CELERY_CONSUMERS", env.bool),
     # Connections, the connect gate and per-connection limits.
     ("PRESENCE_HEARTBEAT_INTERVAL", env.float),
     ("PRESENCE_TTL", env.float),
@@ -313,10 +316,8 @@ for _name, _cast in _presence_from_env:
 # The exception: tests/presence/jobs/test_sweep.py reads this one from django.conf.settings,
 # so it is defined always, with the value presence/conf.py gives it (its default if unset).
 PRESENCE_SWEEP_CLAIM_TIMEOUT = AppSettings(sys.modules[__name__]).SWEEP_CLAIM_TIMEOUT
-
-# Celery beat's schedule, made by the job catalog with the periods set above (or their
-# defaults). Read by Celery beat (config/celery.py loads the CELERY_ settings).
-CELERY_BEAT_SCHEDULE = beat_schedule(sys.modules[__name__])
+# Celery beat's schedule comes from the job catalog with the periods set above (or their
+# defaults): presence.celery.install(app) adds it (config/celery.py).
 
 # --------------------------------------------------------------------------- static, i18n, auth
 STATIC_URL = "static/"

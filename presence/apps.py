@@ -1,4 +1,5 @@
-"""Presence app config: loads every app's declared handler modules, registers checks."""
+"""Presence app config: loads every app's declared handler modules, registers checks, puts the
+operator console on the host's admin site."""
 
 from __future__ import annotations
 
@@ -24,6 +25,13 @@ class PresenceConfig(AppConfig):
         from presence.obs import metrics
 
         connect_receivers()
+        if apps.is_installed("django.contrib.admin"):
+            # The console's pages ride on the host's default admin site (docs/install.md).
+            from django.contrib import admin
+
+            from presence.console.site import install
+
+            install(admin.site)
         # The process registry counts the sockets this process holds as they open and end.
         metrics.on_connection(opened=processes.track_open, closed=processes.track_close)
 

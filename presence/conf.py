@@ -354,6 +354,12 @@ class AppSettings:
         """Networks (CIDR) whose client addresses may read /metrics without the token."""
         return [str(n) for n in self._get("METRICS_ALLOWED_NETWORKS", []) or []]
 
+    @property
+    def CELERY_CONSUMERS(self) -> bool:
+        """Whether each Celery worker of an app given to ``presence.celery.install`` runs the
+        event log's consumers (what ``manage.py presence_consume`` runs) in its own threads."""
+        return bool(self._get("PRESENCE_CELERY_CONSUMERS", False))
+
     # ---- server-side hooks (presence/hooks/, docs/hooks.md)
     @property
     def HOOKS_INTERVAL(self) -> float:

@@ -1,10 +1,11 @@
 """The Celery tasks of presence: thin wrappers over the jobs in :mod:`presence.jobs`.
 
 Every task is listed once, in :mod:`presence.jobs.catalog`, which also builds Celery beat's
-schedule (``CELERY_BEAT_SCHEDULE``). Each is bounded, idempotent and safe when two run at once
-(atomic claims in Redis, a token lock released by compare-and-delete, a unique FlushRecord per
-flush); a run that finds the lock held is counted (``skipped_total`` in ``{P}:<task>:last``),
-never silent. docs/operations.md describes how to run and watch them.
+schedule (``presence.celery.install`` adds it to the host's app). Each is bounded, idempotent
+and safe when two run at once (atomic claims in Redis, a token lock released by
+compare-and-delete, a unique FlushRecord per flush); a run that finds the lock held is
+counted (``skipped_total`` in ``{P}:<task>:last``), never silent. docs/operations.md
+describes how to run and watch them.
 """
 
 from __future__ import annotations

@@ -1,8 +1,11 @@
-"""The admin site with the operator console's pages, linked from the index and the sidebar.
+"""The operator console's pages on the host's admin site, linked from its index and sidebar.
 
-Installed as the default ``admin.site`` by ``presence.console.apps.PresenceAdminConfig``.
-Like ``UserAdmin``'s password page, every page is a view wrapped in ``admin_view`` (staff
-only, CSRF-protected, never cached); permissions beyond "staff" are checked in the views.
+``install(site)`` adds them to an existing ``AdminSite`` instance: ``presence.apps`` calls it
+for Django's default ``admin.site`` when ``django.contrib.admin`` is installed, so a host keeps
+its own admin (no admin site or AdminConfig of ours to swap in); a host serving a second
+``AdminSite`` of its own may call it for that one too. Like ``UserAdmin``'s password page,
+every page is a view wrapped in the site's ``admin_view`` (staff only, CSRF-protected, never
+cached); permissions beyond "staff" are checked in the views.
 """
 
 from __future__ import annotations
@@ -18,99 +21,127 @@ from presence.console import inspect, views
 from presence.models.routers import reads_from_replica
 
 ViewFunc = Callable[..., HttpResponse]
+AppList = list[dict[str, Any]]
+
+# Set on a site once its console is installed: installing twice would add the pages twice.
+INSTALLED_FLAG = "presence_console_installed"
 
 
-class PresenceAdminSite(admin.AdminSite):
-    """``admin.site`` plus /admin/presence/online/, rooms/<room>/ and dashboard/."""
+def install(site: admin.AdminSite) -> None:
+    """Add the console's URLs (/admin/presence/online/, rooms/<room>/, dashboard/ …) to ``site``
+    and its pages to the app list ("Presence" in the index and the sidebar).
 
-    def _console_view(self, view: Callable[..., HttpResponse]) -> ViewFunc:
-        def bound(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
-            return view(self, request, *args, **kwargs)
+    Must run before the site's ``urls`` are read (the host's urls.py): an ``AppConfig.ready()``
+    is. The site's own ``get_urls`` and ``get_app_list`` are wrapped on the instance, not
+    subclassed, because the instance is the host's.
+    """
+    if getattr(site, INSTALLED_FLAG, False):
+        return
+    own_urls = site.get_urls
+    own_app_list = site.get_app_list
 
-        bound.__name__ = view.__name__
-        # GETs read from the replica when one is configured; POSTs (writes) never do.
-        return self.admin_view(reads_from_replica(bound))
-
-    def get_urls(self) -> list[URLResolver | URLPattern]:
+    def get_urls() -> list[URLResolver | URLPattern]:
         # First: the admin's own "presence/<model>/" patterns must not shadow these.
-        console = [
-            path("presence/online/", self._console_view(views.online), name="presence_online"),
-            path(
-                "presence/online/disconnect/",
-                self._console_view(views.disconnect),
-                name="presence_disconnect",
-            ),
-            path(
-                "presence/rooms/<path:room>/", self._console_view(views.room), name="presence_room"
-            ),
-            path(
-                "presence/dashboard/",
-                self._console_view(views.dashboard),
-                name="presence_dashboard",
-            ),
-            path(
-                "presence/dashboard/data/",
-                self._console_view(views.dashboard_data),
-                name="presence_dashboard_data",
-            ),
-            path(
-                "presence/processes/",
-                self._console_view(inspect.process_list),
-                name="presence_processes",
-            ),
-            path(
-                "presence/processes/<str:proc_id>/",
-                self._console_view(inspect.process_detail),
-                name="presence_process",
-            ),
-            path(
-                "presence/processes/<str:proc_id>/profile/",
-                self._console_view(inspect.process_profile),
-                name="presence_process_profile",
-            ),
-            path(
-                "presence/processes/<str:proc_id>/profile/<str:request_id>.speedscope.json",
-                self._console_view(inspect.profile_download),
-                name="presence_process_profile_download",
-            ),
-        ]
-        return console + super().get_urls()
+        return console_urls(site) + own_urls()
 
-    def get_app_list(
-        self, request: HttpRequest, app_label: str | None = None
-    ) -> list[dict[str, Any]]:
-        """The admin's app list with "Online now" and "Dashboard" first in Presence."""
-        app_list = super().get_app_list(request, app_label)
-        if app_label not in (None, "presence"):
-            return app_list
-        pages = [
-            self._page_entry("Online now", "Online", "presence_online"),
-            self._page_entry("Dashboard", "Dashboard", "presence_dashboard"),
-        ]
-        if inspect.can_inspect(request.user):
-            pages.append(self._page_entry("Web processes", "Processes", "presence_processes"))
-        for app in app_list:
-            if app["app_label"] == "presence":
-                app["models"] = pages + app["models"]
-                return app_list
-        # Staff without any presence model permission still get the console pages.
-        app_list.append(
-            {
-                "name": "Presence",
-                "app_label": "presence",
-                "app_url": pages[0]["admin_url"],
-                "has_module_perms": True,
-                "models": pages,
-            }
-        )
+    def get_app_list(request: HttpRequest, app_label: str | None = None) -> AppList:
+        return with_console_pages(site, request, own_app_list(request, app_label), app_label)
+
+    # setattr: mypy rightly refuses assignments to methods; these are the instance's own.
+    setattr(site, "get_urls", get_urls)  # noqa: B010
+    setattr(site, "get_app_list", get_app_list)  # noqa: B010
+    setattr(site, INSTALLED_FLAG, True)
+
+
+def _console_view(site: admin.AdminSite, view: Callable[..., HttpResponse]) -> ViewFunc:
+    def bound(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        return view(site, request, *args, **kwargs)
+
+    bound.__name__ = view.__name__
+    # GETs read from the replica when one is configured; POSTs (writes) never do.
+    return site.admin_view(reads_from_replica(bound))
+
+
+def console_urls(site: admin.AdminSite) -> list[URLResolver | URLPattern]:
+    """The console's URL patterns, each view bound to ``site``."""
+    return [
+        path("presence/online/", _console_view(site, views.online), name="presence_online"),
+        path(
+            "presence/online/disconnect/",
+            _console_view(site, views.disconnect),
+            name="presence_disconnect",
+        ),
+        path("presence/rooms/<path:room>/", _console_view(site, views.room), name="presence_room"),
+        path(
+            "presence/dashboard/",
+            _console_view(site, views.dashboard),
+            name="presence_dashboard",
+        ),
+        path(
+            "presence/dashboard/data/",
+            _console_view(site, views.dashboard_data),
+            name="presence_dashboard_data",
+        ),
+        path(
+            "presence/processes/",
+            _console_view(site, inspect.process_list),
+            name="presence_processes",
+        ),
+        path(
+            "presence/processes/<str:proc_id>/",
+            _console_view(site, inspect.process_detail),
+            name="presence_process",
+        ),
+        path(
+            "presence/processes/<str:proc_id>/profile/",
+            _console_view(site, inspect.process_profile),
+            name="presence_process_profile",
+        ),
+        path(
+            "presence/processes/<str:proc_id>/profile/<str:request_id>.speedscope.json",
+            _console_view(site, inspect.profile_download),
+            name="presence_process_profile_download",
+        ),
+    ]
+
+
+def with_console_pages(
+    site: admin.AdminSite, request: HttpRequest, app_list: AppList, app_label: str | None
+) -> AppList:
+    """The admin's app list with "Online now" and "Dashboard" first in Presence."""
+    if app_label not in (None, "presence"):
         return app_list
-
-    def _page_entry(self, name: str, object_name: str, url_name: str) -> dict[str, Any]:
-        return {
-            "name": name,
-            "object_name": object_name,
-            "perms": {"add": False, "change": False, "delete": False, "view": True},
-            "admin_url": reverse(f"admin:{url_name}", current_app=self.name),
-            "add_url": None,
-            "view_only": True,
+    pages = [
+        _page_entry(site, "Online now", "Online", "presence_online"),
+        _page_entry(site, "Dashboard", "Dashboard", "presence_dashboard"),
+    ]
+    if inspect.can_inspect(request.user):
+        pages.append(_page_entry(site, "Web processes", "Processes", "presence_processes"))
+    for app in app_list:
+        if app["app_label"] == "presence":
+            app["models"] = pages + app["models"]
+            return app_list
+    # Staff without any presence model permission still get the console pages.
+    app_list.append(
+        {
+            "name": "Presence",
+            "app_label": "presence",
+            "app_url": pages[0]["admin_url"],
+            "has_module_perms": True,
+            "models": pages,
         }
+    )
+    return app_list
+
+
+def _page_entry(
+    site: admin.AdminSite, name: str, object_name: str, url_name: str
+) -> dict[str, Any]:
+    return {
+        "name": name,
+        "object_name": object_name,
+        "perms": {"add": False, "change": False, "delete": False, "view": True},
+        "admin_url": reverse(f"{site.name}:{url_name}", current_app=site.name),
+        "add_url": None,
+        "view_only": True,
+    }

@@ -1,6 +1,6 @@
 """Views of the operator console: parse the request, call a query or an action, render.
 
-Each takes the admin site first (``PresenceAdminSite`` binds it) so pages are rendered with
+Each takes the admin site first (``site.install`` binds it) so pages are rendered with
 the site's ``each_context`` like every admin page.
 """
 

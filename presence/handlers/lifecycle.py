@@ -2,7 +2,7 @@
 
 Three jobs, each with one entry point:
 
-* :func:`register_at_startup` (called once by ``config/asgi.py``): every web process writes
+* :func:`register_at_startup` (called once by ``presence.asgi``): every web process writes
   its handlers to ``RegisteredHandler`` with a compare-and-set on the version
   (:func:`register_handler`), records modules that failed to load as ``failed`` rows,
   publishes the operators' disabled set to Redis and marks its rows ``active``.

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from django.conf import settings
 
 from config.celery import app as celery_app
 from presence import store, tasks
@@ -25,9 +24,10 @@ class TestCatalog:
             job = catalog.by_key(module.TASK)
             assert job.locked, module.__name__
 
-    def test_the_settings_beat_schedule_is_the_catalogs(self) -> None:
-        assert settings.CELERY_BEAT_SCHEDULE == catalog.beat_schedule()
-        assert {e["task"] for e in settings.CELERY_BEAT_SCHEDULE.values()} == {
+    def test_the_celery_apps_beat_schedule_is_the_catalogs(self) -> None:
+        # presence.celery.install(app) (config/celery.py) put it there.
+        assert celery_app.conf.beat_schedule == catalog.beat_schedule()
+        assert {e["task"] for e in celery_app.conf.beat_schedule.values()} == {
             job.task for job in catalog.scheduled()
         }
 

@@ -96,8 +96,10 @@ class TestReap:
 
 
 class TestReapTask:
-    def test_scheduled_by_beat(self, settings: Any) -> None:
-        tasks = {entry["task"] for entry in settings.CELERY_BEAT_SCHEDULE.values()}
+    def test_scheduled_by_beat(self) -> None:
+        from config.celery import app
+
+        tasks = {entry["task"] for entry in app.conf.beat_schedule.values()}
         assert "presence.reap_sessions" in tasks
 
     async def test_real_worker_reaps(

@@ -1,4 +1,4 @@
-// The process page (templates/admin/presence/process.html): while a profile runs, reload
+// The process page (presence/templates/admin/presence/process.html): while a profile runs, reload
 // the page once it is due, so the finished call tree shows up without a click.
 // A static file (no inline script) so the page works under a Content-Security-Policy.
 (function () {
