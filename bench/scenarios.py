@@ -154,6 +154,12 @@ def gc_pauses(server: Server) -> dict[str, float]:
     out = {"gc_max_pause_ms": max((g.get("max_ms", 0.0) for g in generations), default=0.0)}
     if all("over_50_ms" in g for g in generations if g.get("count")):  # older reports lack it
         out["gc_pauses_over_50ms"] = sum(g.get("over_50_ms", 0) for g in generations)
+    # Per generation (in the JSON only): which collections pause, and how often.
+    for name, g in stats.items():
+        if name.isdigit() and g.get("count"):
+            out[f"gc{name}_count"] = g["count"]
+            out[f"gc{name}_max_ms"] = g.get("max_ms", 0.0)
+            out[f"gc{name}_p99_ms"] = g.get("p99_ms", 0.0)
     return out
 
 
