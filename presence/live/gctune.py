@@ -10,13 +10,16 @@ pauses of 2.4-2.9 s at 10,000 connections, docs/performance.md).
 What we do:
 
 - :func:`configure` at start-up: collect once, then ``gc.freeze()`` everything that exists
-  (the framework and the app: never garbage), and raise the generation-0 threshold so the
-  young collections run less often over the allocation churn of frames;
-- :class:`ConnectionGrowthFreezer`: when the process's socket count has grown by half since
-  the last freeze (a connect burst), freeze again, so the new long-lived connection
-  objects are not walked by every later full collection either. When the count has
-  fallen under half of what it was at the freeze, unfreeze: cycles among objects of
-  closed connections are only reclaimed by a collection that may walk them;
+  (the framework and the app: never garbage), and set the thresholds so that no young
+  collection walks more than ~75,000 objects (see the thresholds below);
+- :class:`ConnectionGrowthFreezer`: each time the process's socket count has grown by
+  ``FREEZE_STEP`` sockets over its last high (a connect burst), freeze again, so the new
+  long-lived connection objects are walked by no later full collection either: a full
+  collection walks at most the objects promoted since the last freeze. When the count has
+  fallen to a tenth of that high (a mass disconnect), unfreeze, collect at once and freeze
+  what is left: cycles among objects of closed connections are only reclaimed by a
+  collection that may walk them, and with few sockets left that one walk is short and
+  stalls few of them;
 - :func:`pause_stats`: the duration of every collection, per generation, from
   ``gc.callbacks``, so the pauses can be reported (the benchmark reads them).
 
@@ -35,15 +38,22 @@ from typing import Any
 
 logger = logging.getLogger(__name__)
 
-# Young collections every 50,000 net allocations instead of 700: each is cheap but they add
-# up to percent-level CPU when every frame allocates dicts and strings. Old generations keep
-# CPython's ratios.
-GEN0_THRESHOLD = 50_000
-GEN1_THRESHOLD = 20
+# WARNING: the pause of a collection grows with the objects it walks (~0.2-0.5 us each on a
+# busy 2-core machine: 115,000 start-up objects take 50 ms). A generation-1 collection walks
+# generation 0 (at most GEN0_THRESHOLD net allocations) and the survivors of the last
+# GEN1_THRESHOLD generation-0 collections: 25,000 + 2 x 25,000 = 75,000 objects at most.
+# (It was 50,000 and 20: up to a million objects in a connect storm, where everything
+# allocated survives, and 100-300 ms pauses, docs/performance.md.) Young collections every
+# 25,000 net allocations rather than CPython's 700: each is cheap but they add up to
+# percent-level CPU when every frame allocates dicts and strings.
+GEN0_THRESHOLD = 25_000
+GEN1_THRESHOLD = 2
 GEN2_THRESHOLD = 10
-# Refreeze after this growth of the socket count (and at least MIN_GROWTH sockets).
-GROWTH_RATIO = 1.5
-MIN_GROWTH = 500
+# Refreeze after this many sockets more than at the last freeze: the connection objects a
+# full collection may walk stay at a few hundred sockets' worth.
+FREEZE_STEP = 250
+# Unfreeze (and collect) once the sockets are down to this share of the last freeze's count.
+UNFREEZE_SHARE = 0.1
 # A collection longer than this is logged: it stalled every socket of the process.
 SLOW_PAUSE = 0.1
 
@@ -136,18 +146,21 @@ def _report_at_exit() -> None:
 
 
 class ConnectionGrowthFreezer:
-    """Refreezes after connect bursts and unfreezes after the sockets are mostly gone."""
+    """Refreezes after connect bursts; collects once when the sockets are mostly gone."""
 
     def __init__(self) -> None:
-        self.at_freeze = 0
+        self.at_freeze = 0  # the socket count at the last freeze (0: none since start-up)
 
     def observe(self, sockets: int, *, grew: bool) -> None:
         """Called with the process's socket count after a socket registered or left."""
         if grew:
-            if sockets >= max(self.at_freeze * GROWTH_RATIO, self.at_freeze + MIN_GROWTH):
-                gc.freeze()
+            if sockets >= self.at_freeze + FREEZE_STEP:
+                gc.freeze()  # O(1): moves the generations to the permanent one
                 self.at_freeze = sockets
-        elif self.at_freeze and sockets < self.at_freeze / 2:
-            # Let the next full collection reclaim what closed connections left in cycles.
+        elif self.at_freeze >= FREEZE_STEP and sockets <= self.at_freeze * UNFREEZE_SHARE:
+            # Reclaim what closed connections left in cycles now, while few sockets are
+            # left to stall, then freeze the survivors (start-up objects included) again.
             gc.unfreeze()
-            self.at_freeze = 0
+            gc.collect()
+            gc.freeze()
+            self.at_freeze = sockets

@@ -37,18 +37,43 @@ def test_pauses_are_recorded_per_generation(restore_gc: None) -> None:
     assert stats["2"]["max_ms"] >= stats["2"]["p50_ms"] >= 0
 
 
-def test_refreeze_after_growth_and_unfreeze_after_the_drop(restore_gc: None) -> None:
+def test_refreeze_after_each_step_of_growth_and_collect_after_the_drop(restore_gc: None) -> None:
+    gctune.configure()  # the pause recorder counts the collections below
     gc.unfreeze()
     freezer = gctune.ConnectionGrowthFreezer()
+    step = gctune.FREEZE_STEP
 
-    freezer.observe(100, grew=True)
+    freezer.observe(step - 1, grew=True)
     assert gc.get_freeze_count() == 0  # too few sockets to matter
-    freezer.observe(600, grew=True)
-    assert gc.get_freeze_count() > 0 and freezer.at_freeze == 600
+    freezer.observe(step, grew=True)
+    assert gc.get_freeze_count() > 0 and freezer.at_freeze == step
+    freezer.observe(2 * step - 1, grew=True)
+    assert freezer.at_freeze == step  # less than a step more: no new freeze
+    young = [[object()] for _ in range(100)]  # tracked objects allocated since the freeze
     frozen = gc.get_freeze_count()
-    freezer.observe(800, grew=True)
-    assert freezer.at_freeze == 600  # less than half again: no new freeze
-    freezer.observe(700, grew=False)
-    assert gc.get_freeze_count() >= frozen
-    freezer.observe(299, grew=False)
-    assert gc.get_freeze_count() == 0 and freezer.at_freeze == 0
+    freezer.observe(2 * step, grew=True)
+    assert freezer.at_freeze == 2 * step
+    assert gc.get_freeze_count() >= frozen + len(young)
+    del young
+
+    freezer.observe(step, grew=False)
+    assert freezer.at_freeze == 2 * step  # half gone: nothing yet
+    # Cyclic garbage that was frozen with a connection is only reclaimed by the collection
+    # after the drop.
+    cycle: list[object] = []
+    cycle.append(cycle)
+    gc.freeze()
+    collected = gctune.pause_stats()["2"].get("count", 0)
+    del cycle
+    freezer.observe(int(2 * step * gctune.UNFREEZE_SHARE), grew=False)
+    assert gctune.pause_stats()["2"].get("count", 0) == collected + 1  # one full collection
+    assert gc.get_freeze_count() > 0  # what survived it is frozen again
+    assert freezer.at_freeze == int(2 * step * gctune.UNFREEZE_SHARE)
+    freezer.observe(0, grew=False)
+    assert gctune.pause_stats()["2"].get("count", 0) == collected + 1  # no second one
+
+
+def test_young_collections_walk_a_bounded_number_of_objects() -> None:
+    # A generation-1 collection walks generation 0 and the survivors of GEN1_THRESHOLD
+    # generation-0 collections: the bound that keeps its pause under the 50 ms budget.
+    assert gctune.GEN0_THRESHOLD * (1 + gctune.GEN1_THRESHOLD) <= 75_000
