@@ -112,6 +112,8 @@ TABLE_KEYS = {
         "gc_max_pause_ms",
         "gc_pauses_over_50ms",
         "gc_max_cpu_ms",
+        "gc_max_pause_with_sockets_ms",
+        "gc_pauses_over_50ms_with_sockets",
     ],
     "bigroom_room": [
         "fill_s",
@@ -271,8 +273,6 @@ def _specs(args: argparse.Namespace, tmp: Path) -> dict[str, ServerSpec]:
                 # The storm turns global events on; elsewhere they would make every connect
                 # an O(n) fan-out that the other servers do not do.
                 "PRESENCE_GLOBAL_EVENTS": "false",
-                # A presence.sync must list every user or no view can converge.
-                "PRESENCE_LIST_LIMIT": "1000000",
                 # The collector's pauses, written to the log at exit (presence/live/gctune.py).
                 "PRESENCE_GC_REPORT": "1",
             },
@@ -333,7 +333,14 @@ def _table_keys(scenario: str, args: argparse.Namespace, summary: dict[str, Any]
             }
         )
         rooms = [f"room_{s}.{k}" for s in sizes for k in TABLE_KEYS["bigroom_room"]]
-        return [*rooms, "gc_max_pause_ms", "gc_pauses_over_50ms", "gc_max_cpu_ms"]
+        return [
+            *rooms,
+            "gc_max_pause_ms",
+            "gc_pauses_over_50ms",
+            "gc_max_cpu_ms",
+            "gc_max_pause_with_sockets_ms",
+            "gc_pauses_over_50ms_with_sockets",
+        ]
     return TABLE_KEYS.get(scenario, [])
 
 

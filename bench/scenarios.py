@@ -157,6 +157,14 @@ def gc_pauses(server: Server) -> dict[str, float]:
     if all("cpu_max_ms" in g for g in generations if g.get("count")):
         # The collections' own CPU: the wall pause less the time the process was not running.
         out["gc_max_cpu_ms"] = max((g.get("cpu_max_ms", 0.0) for g in generations), default=0.0)
+    if all("with_sockets_max_ms" in g for g in generations if g.get("count")):
+        # The pauses that stalled open sockets (a collection with none open stalls nobody).
+        out["gc_max_pause_with_sockets_ms"] = max(
+            (g.get("with_sockets_max_ms", 0.0) for g in generations), default=0.0
+        )
+        out["gc_pauses_over_50ms_with_sockets"] = sum(
+            g.get("with_sockets_over_50_ms", 0) for g in generations
+        )
     # Per generation (in the JSON only): which collections pause, and how often.
     for name, g in stats.items():
         if name.isdigit() and g.get("count"):
@@ -418,7 +426,9 @@ def run_storm(ctx: Context, spec: ServerSpec) -> dict[str, Any]:
     uids = ctx.uids[: o.storm_clients]
     platform = spec.name == PLATFORM
     if platform:
-        spec = spec.with_env(PRESENCE_GLOBAL_EVENTS="true")
+        # A presence.sync must list every user or no view can converge. Only here: elsewhere
+        # (a room join's reply) listings keep the production limit.
+        spec = spec.with_env(PRESENCE_GLOBAL_EVENTS="true", PRESENCE_LIST_LIMIT="1000000")
     # Without views the clients skip presence.sync: every sync lists everyone, so decoding
     # them is O(n²) client work that can bound the storm on a small machine.
     views = platform and o.storm_views

@@ -60,21 +60,31 @@ def test_refreeze_after_each_step_of_growth_and_collect_after_the_drop(restore_g
     assert gc.get_freeze_count() >= frozen + len(young)
     del young
 
-    freezer.observe(step, grew=False)
-    assert freezer.at_freeze == 2 * step  # half gone: nothing yet
+    freezer.observe(1, grew=False)
+    assert freezer.at_freeze == 2 * step  # a socket is still open: nothing yet
     # Cyclic garbage that was frozen with a connection is only reclaimed by the collection
-    # after the drop.
+    # once the process is empty.
     cycle: list[object] = []
     cycle.append(cycle)
     gc.freeze()
     collected = gctune.pause_stats()["2"].get("count", 0)
     del cycle
-    freezer.observe(int(2 * step * gctune.UNFREEZE_SHARE), grew=False)
-    assert gctune.pause_stats()["2"].get("count", 0) == collected + 1  # one full collection
+    freezer.observe(0, grew=False)
+    stats = gctune.pause_stats()["2"]
+    assert stats.get("count", 0) == collected + 1  # one full collection
     assert gc.get_freeze_count() > 0  # what survived it is frozen again
-    assert freezer.at_freeze == int(2 * step * gctune.UNFREEZE_SHARE)
+    assert freezer.at_freeze == 0
     freezer.observe(0, grew=False)
     assert gctune.pause_stats()["2"].get("count", 0) == collected + 1  # no second one
+
+
+def test_pauses_with_sockets_open_are_told_apart(restore_gc: None) -> None:
+    gctune.configure()
+    freezer = gctune.ConnectionGrowthFreezer()
+    freezer.observe(3, grew=True)
+    gc.collect()
+    assert gctune.pause_stats()["2"]["with_sockets_max_ms"] > 0
+    freezer.observe(0, grew=False)
 
 
 def test_young_collections_walk_a_bounded_number_of_objects() -> None:
