@@ -53,8 +53,6 @@ GEN2_THRESHOLD = 10
 # Refreeze after this many sockets more than at the last freeze: the connection objects a
 # full collection may walk stay at a few hundred sockets' worth.
 FREEZE_STEP = 250
-# Unfreeze (and collect) once the sockets are down to this share of the last freeze's count.
-
 # A collection longer than this is logged: it stalled every socket of the process.
 SLOW_PAUSE = 0.1
 
