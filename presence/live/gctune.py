@@ -15,12 +15,14 @@ What we do:
 - :class:`ConnectionGrowthFreezer`: each time the process's socket count has grown by
   ``FREEZE_STEP`` sockets over its last high (a connect burst), freeze again, so the new
   long-lived connection objects are walked by no later full collection either: a full
-  collection walks at most the objects promoted since the last freeze. When the process
-  has no socket left, unfreeze, collect at once and freeze what is left: cycles among
-  objects of closed connections are only reclaimed by a collection that may walk them, and
-  that walk (measured: ~300 ms of CPU after 2,000 sockets) then stalls no socket. (Doing it
-  at a tenth of the high, or at half as before, stalled the sockets still open; a process
-  that never empties keeps, at most, the cycles of the connections it held at its highs.)
+  collection walks at most the objects promoted since the last freeze. Cycles among
+  objects of closed connections that were frozen are only reclaimed by a collection that
+  walks everything (measured: 180-360 ms of CPU after 1,500-2,000 sockets, for ~13 objects
+  of garbage per connection): it runs only once the process has no socket left, so it
+  stalls none, and only once the garbage kept may be as large as the start-up objects
+  (``RECLAIM_GROWTH``). (Unfreezing at half of the high, as before, or at a tenth stalled
+  the sockets still open; a process that never empties keeps, at most, the cycles of the
+  connections it held at its highs.)
 - :func:`pause_stats`: the duration of every collection, per generation, from
   ``gc.callbacks``, so the pauses can be reported (the benchmark reads them).
 
@@ -53,6 +55,13 @@ GEN2_THRESHOLD = 10
 # Refreeze after this many sockets more than at the last freeze: the connection objects a
 # full collection may walk stay at a few hundred sockets' worth.
 FREEZE_STEP = 250
+# Once the process has no socket left, unfreeze and collect only when what is frozen has
+# grown to this many times what was frozen after the last collection. What a freeze keeps
+# from being reclaimed is small (measured: the full collection after a drop of 1,500 sockets
+# found 20,000 objects of garbage, ~13 per connection, but walked every live object for
+# 180-360 ms of CPU), so that walk is worth it only once the garbage kept is as large as
+# the start-up objects.
+RECLAIM_GROWTH = 2.0
 # A collection longer than this is logged: it stalled every socket of the process.
 SLOW_PAUSE = 0.1
 
@@ -92,10 +101,13 @@ def _on_gc(phase: str, info: dict[str, Any]) -> None:
             del kept[: len(kept) - MAX_KEPT]
     if pause > SLOW_PAUSE:
         logger.warning(
-            "gc generation %d paused the event loop for %.0f ms (%.0f ms of CPU)",
+            "gc generation %d paused the event loop for %.0f ms (%.0f ms of CPU, %d objects"
+            " collected, %d frozen)",
             generation,
             pause * 1e3,
             cpu * 1e3,
+            int(info.get("collected", 0)),
+            gc.get_freeze_count(),
         )
 
 
@@ -172,6 +184,7 @@ class ConnectionGrowthFreezer:
 
     def __init__(self) -> None:
         self.at_freeze = 0  # the socket count at the last freeze (0: none since start-up)
+        self.baseline = gc.get_freeze_count()  # frozen after start-up or the last reclaim
 
     def observe(self, sockets: int, *, grew: bool) -> None:
         """Called with the process's socket count after a socket registered or left."""
@@ -182,9 +195,11 @@ class ConnectionGrowthFreezer:
                 gc.freeze()  # O(1): moves the generations to the permanent one
                 self.at_freeze = sockets
         elif self.at_freeze and sockets == 0:
-            # Reclaim what closed connections left in cycles now, with no socket to stall,
-            # then freeze the survivors (start-up objects included) again.
-            gc.unfreeze()
-            gc.collect()
-            gc.freeze()
-            self.at_freeze = 0
+            self.at_freeze = 0  # the next burst freezes from its first step again
+            if gc.get_freeze_count() >= self.baseline * RECLAIM_GROWTH:
+                # Reclaim what closed connections left in cycles, with no socket to stall,
+                # then freeze the survivors (start-up objects included) again.
+                gc.unfreeze()
+                gc.collect()
+                gc.freeze()
+                self.baseline = gc.get_freeze_count()

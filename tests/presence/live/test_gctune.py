@@ -62,6 +62,7 @@ def test_refreeze_after_each_step_of_growth_and_collect_after_the_drop(restore_g
 
     freezer.observe(1, grew=False)
     assert freezer.at_freeze == 2 * step  # a socket is still open: nothing yet
+    freezer.baseline = 0  # the frozen objects have grown past any share of the baseline
     # Cyclic garbage that was frozen with a connection is only reclaimed by the collection
     # once the process is empty.
     cycle: list[object] = []
@@ -76,6 +77,18 @@ def test_refreeze_after_each_step_of_growth_and_collect_after_the_drop(restore_g
     assert freezer.at_freeze == 0
     freezer.observe(0, grew=False)
     assert gctune.pause_stats()["2"].get("count", 0) == collected + 1  # no second one
+    assert freezer.baseline == gc.get_freeze_count()
+
+
+def test_an_empty_process_keeps_a_small_frozen_remainder(restore_gc: None) -> None:
+    gctune.configure()
+    freezer = gctune.ConnectionGrowthFreezer()
+    freezer.observe(gctune.FREEZE_STEP, grew=True)
+    collected = gctune.pause_stats()["2"].get("count", 0)
+    # Frozen has not grown to RECLAIM_GROWTH x the start-up objects: no walk over them all.
+    freezer.observe(0, grew=False)
+    assert gctune.pause_stats()["2"].get("count", 0) == collected
+    assert freezer.at_freeze == 0 and gc.get_freeze_count() > 0
 
 
 def test_pauses_with_sockets_open_are_told_apart(restore_gc: None) -> None:
