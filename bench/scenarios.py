@@ -154,7 +154,35 @@ def gc_pauses(server: Server) -> dict[str, float]:
     out = {"gc_max_pause_ms": max((g.get("max_ms", 0.0) for g in generations), default=0.0)}
     if all("over_50_ms" in g for g in generations if g.get("count")):  # older reports lack it
         out["gc_pauses_over_50ms"] = sum(g.get("over_50_ms", 0) for g in generations)
+    if all("cpu_max_ms" in g for g in generations if g.get("count")):
+        # The collections' own CPU: the wall pause less the time the process was not running.
+        out["gc_max_cpu_ms"] = max((g.get("cpu_max_ms", 0.0) for g in generations), default=0.0)
+    if all("with_sockets_max_ms" in g for g in generations if g.get("count")):
+        # The pauses that stalled open sockets (a collection with none open stalls nobody).
+        out["gc_max_pause_with_sockets_ms"] = max(
+            (g.get("with_sockets_max_ms", 0.0) for g in generations), default=0.0
+        )
+        out["gc_pauses_over_50ms_with_sockets"] = sum(
+            g.get("with_sockets_over_50_ms", 0) for g in generations
+        )
+    # Per generation (in the JSON only): which collections pause, and how often.
+    for name, g in stats.items():
+        if name.isdigit() and g.get("count"):
+            out[f"gc{name}_count"] = g["count"]
+            out[f"gc{name}_max_ms"] = g.get("max_ms", 0.0)
+            out[f"gc{name}_p99_ms"] = g.get("p99_ms", 0.0)
+            if "cpu_max_ms" in g:  # the collection's own CPU (the rest: not scheduled)
+                out[f"gc{name}_cpu_max_ms"] = g["cpu_max_ms"]
+                out[f"gc{name}_cpu_over_50ms"] = g["cpu_over_50_ms"]
     return out
+
+
+def leave_grace(spec: ServerSpec) -> float:
+    """The platform's ``PRESENCE_LEAVE_GRACE`` as the server runs it (seconds)."""
+    from presence.conf import app_settings
+
+    configured = {**spec.env, **spec.extra_env}.get("PRESENCE_LEAVE_GRACE")
+    return float(configured) if configured is not None else float(app_settings.LEAVE_GRACE)
 
 
 # Log lines of a close the server could not write (the platform's old and new wording).
@@ -398,7 +426,9 @@ def run_storm(ctx: Context, spec: ServerSpec) -> dict[str, Any]:
     uids = ctx.uids[: o.storm_clients]
     platform = spec.name == PLATFORM
     if platform:
-        spec = spec.with_env(PRESENCE_GLOBAL_EVENTS="true")
+        # A presence.sync must list every user or no view can converge. Only here: elsewhere
+        # (a room join's reply) listings keep the production limit.
+        spec = spec.with_env(PRESENCE_GLOBAL_EVENTS="true", PRESENCE_LIST_LIMIT="1000000")
     # Without views the clients skip presence.sync: every sync lists everyone, so decoding
     # them is O(n²) client work that can bound the storm on a small machine.
     views = platform and o.storm_views
@@ -445,6 +475,14 @@ def run_storm(ctx: Context, spec: ServerSpec) -> dict[str, Any]:
                 # Nobody may stay listed online after their socket is gone (ghosts).
                 zero = _online_zero_after(ctx, last_close)
                 result["drop_online_zero_s"] = zero if zero is not None else -1
+                if platform:
+                    # The leave grace window holds a closed last connection's user online
+                    # for a reconnect (docs/presence.md): ghosts are what outlasts it.
+                    grace = leave_grace(spec)
+                    result["drop_leave_grace_s"] = grace
+                    result["drop_online_zero_after_grace_s"] = (
+                        round(max(0.0, zero - grace), 3) if zero is not None else -1
+                    )
                 result["drop_settle_s"] = settle(server.pid)
                 ctx.fleet.call("take_frames")
         log = server.log_path.read_text(errors="replace") if server.log_path.exists() else ""

@@ -493,7 +493,9 @@ class PresenceConsumer(AsyncWebsocketConsumer):
         if self.closing:
             return
         try:
-            await self.send(text_data=text)
+            # Straight to the server's send: Channels' send() adds two coroutine layers per
+            # frame and nothing else for text (WARNING: per frame of the fan-out).
+            await self.base_send({"type": "websocket.send", "text": text})
         except OSError:
             # ASGI: a send on a connection the client already closed raises an OSError
             # subclass (uvicorn's ClientDisconnected), e.g. an event dispatched while the

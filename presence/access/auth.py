@@ -16,7 +16,7 @@ from urllib.parse import parse_qs
 
 from channels.auth import AuthMiddleware
 from channels.db import database_sync_to_async
-from channels.sessions import CookieMiddleware, SessionMiddleware
+from channels.sessions import CookieMiddleware, InstanceSessionWrapper
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
@@ -156,6 +156,45 @@ def _query_token(scope: dict[str, Any]) -> str:
     return (parse_qs(raw.decode("latin-1")).get("token") or [""])[0]
 
 
+class WebSocketSessionMiddleware:
+    """Channels' ``SessionMiddleware`` without its wrapper around every frame sent.
+
+    Channels wraps the ASGI ``send`` of each connection to save the session (and set its
+    cookie) on the message types that can carry a cookie: ``http.response.start`` only
+    (``InstanceSessionWrapper.save_message_types``), which a WebSocket never sends. Yet
+    the wrapper reads the lazy session's ``modified`` and ``is_empty()`` on every frame.
+
+    WARNING: per frame of every cookie socket: with global events on, a connect storm sends
+    every socket a diff per window, and the wrapper was ~5 % of the server's CPU (py-spy,
+    docs/performance.md). Here a WebSocket's frames go to the server's ``send`` directly;
+    the session is resolved exactly as Channels does; other scopes keep the wrapper.
+    """
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> Any:
+        wrapper = InstanceSessionWrapper(scope, send)
+        await wrapper.resolve_session()
+        if scope.get("type") == "websocket" and not websocket_sends_save_session():
+            return await self.inner(wrapper.scope, receive, send)
+        return await self.inner(wrapper.scope, receive, wrapper.send)
+
+
+def websocket_sends_save_session() -> bool:
+    """Whether Channels' wrapper would save the session on a WebSocket message type (it
+    does not in Channels 4; a version that did keeps the wrapper here)."""
+    return any(
+        kind.startswith("websocket.")
+        for kind in (
+            *InstanceSessionWrapper.save_message_types,
+            *InstanceSessionWrapper.cookie_response_message_types,
+        )
+    )
+
+
 def PresenceAuthStack(inner: Any) -> Any:  # noqa: N802 - mirrors AuthMiddlewareStack
     """Session-cookie auth, then token auth, around ``inner`` (Channels' stack otherwise)."""
-    return CookieMiddleware(SessionMiddleware(SessionAuthMiddleware(TokenAuthMiddleware(inner))))
+    return CookieMiddleware(
+        WebSocketSessionMiddleware(SessionAuthMiddleware(TokenAuthMiddleware(inner)))
+    )

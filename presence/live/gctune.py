@@ -10,13 +10,19 @@ pauses of 2.4-2.9 s at 10,000 connections, docs/performance.md).
 What we do:
 
 - :func:`configure` at start-up: collect once, then ``gc.freeze()`` everything that exists
-  (the framework and the app: never garbage), and raise the generation-0 threshold so the
-  young collections run less often over the allocation churn of frames;
-- :class:`ConnectionGrowthFreezer`: when the process's socket count has grown by half since
-  the last freeze (a connect burst), freeze again, so the new long-lived connection
-  objects are not walked by every later full collection either. When the count has
-  fallen under half of what it was at the freeze, unfreeze: cycles among objects of
-  closed connections are only reclaimed by a collection that may walk them;
+  (the framework and the app: never garbage), and set the thresholds so that no young
+  collection walks more than ~75,000 objects (see the thresholds below);
+- :class:`ConnectionGrowthFreezer`: each time the process's socket count has grown by
+  ``FREEZE_STEP`` sockets over its last high (a connect burst), freeze again, so the new
+  long-lived connection objects are walked by no later full collection either: a full
+  collection walks at most the objects promoted since the last freeze. Cycles among
+  objects of closed connections that were frozen are only reclaimed by a collection that
+  walks everything (measured: 180-360 ms of CPU after 1,500-2,000 sockets, for ~13 objects
+  of garbage per connection): it runs only once the process has no socket left, so it
+  stalls none, and only once the garbage kept may be as large as the start-up objects
+  (``RECLAIM_GROWTH``). (Unfreezing at half of the high, as before, or at a tenth stalled
+  the sockets still open; a process that never empties keeps, at most, the cycles of the
+  connections it held at its highs.)
 - :func:`pause_stats`: the duration of every collection, per generation, from
   ``gc.callbacks``, so the pauses can be reported (the benchmark reads them).
 
@@ -35,20 +41,40 @@ from typing import Any
 
 logger = logging.getLogger(__name__)
 
-# Young collections every 50,000 net allocations instead of 700: each is cheap but they add
-# up to percent-level CPU when every frame allocates dicts and strings. Old generations keep
-# CPython's ratios.
-GEN0_THRESHOLD = 50_000
-GEN1_THRESHOLD = 20
+# WARNING: the pause of a collection grows with the objects it walks (~0.2-0.5 us each on a
+# busy 2-core machine: 115,000 start-up objects take 50 ms). A generation-1 collection walks
+# generation 0 (at most GEN0_THRESHOLD net allocations) and the survivors of the last
+# GEN1_THRESHOLD generation-0 collections: 25,000 + 2 x 25,000 = 75,000 objects at most.
+# (It was 50,000 and 20: up to a million objects in a connect storm, where everything
+# allocated survives, and 100-300 ms pauses, docs/performance.md.) Young collections every
+# 25,000 net allocations rather than CPython's 700: each is cheap but they add up to
+# percent-level CPU when every frame allocates dicts and strings.
+GEN0_THRESHOLD = 25_000
+GEN1_THRESHOLD = 2
 GEN2_THRESHOLD = 10
-# Refreeze after this growth of the socket count (and at least MIN_GROWTH sockets).
-GROWTH_RATIO = 1.5
-MIN_GROWTH = 500
+# Refreeze after this many sockets more than at the last freeze: the connection objects a
+# full collection may walk stay at a few hundred sockets' worth.
+FREEZE_STEP = 250
+# Once the process has no socket left, unfreeze and collect only when what is frozen has
+# grown to this many times what was frozen after the last collection. What a freeze keeps
+# from being reclaimed is small (measured: the full collection after a drop of 1,500 sockets
+# found 20,000 objects of garbage, ~13 per connection, but walked every live object for
+# 180-360 ms of CPU), so that walk is worth it only once the garbage kept is as large as
+# the start-up objects.
+RECLAIM_GROWTH = 2.0
 # A collection longer than this is logged: it stalled every socket of the process.
 SLOW_PAUSE = 0.1
 
-_started: dict[int, float] = {}
+# generation -> (wall clock, this thread's CPU clock) at the collection's start
+_started: dict[int, tuple[float, float]] = {}
 _pauses: dict[int, list[float]] = {0: [], 1: [], 2: []}
+# The CPU the collections took (the thread's own clock): on a shared machine a pause's wall
+# time also counts the time the process was not scheduled at all, which no tuning changes.
+_cpu: dict[int, list[float]] = {0: [], 1: [], 2: []}
+# Sockets open in this process (ConnectionGrowthFreezer.observe): a pause stalls them.
+_sockets = 0
+# generation -> [longest pause while sockets were open (s), how many were over 50 ms]
+_with_sockets: dict[int, list[float]] = {0: [0.0, 0], 1: [0.0, 0], 2: [0.0, 0]}
 MAX_KEPT = 10_000  # pauses kept per generation (the newest)
 
 
@@ -57,19 +83,31 @@ def _on_gc(phase: str, info: dict[str, Any]) -> None:
         return  # the interpreter is going: nothing to report to, streams may be closed
     generation = int(info.get("generation", 0))
     if phase == "start":
-        _started[generation] = time.perf_counter()
+        _started[generation] = (time.perf_counter(), time.thread_time())
         return
     began = _started.pop(generation, None)
     if began is None:
         return
-    pause = time.perf_counter() - began
-    kept = _pauses.setdefault(generation, [])
-    kept.append(pause)
-    if len(kept) > MAX_KEPT:
-        del kept[: len(kept) - MAX_KEPT]
+    pause = time.perf_counter() - began[0]
+    cpu = time.thread_time() - began[1]
+    if _sockets:
+        worst = _with_sockets.setdefault(generation, [0.0, 0])
+        worst[0] = max(worst[0], pause)
+        worst[1] += pause > 0.05
+    for series, value in ((_pauses, pause), (_cpu, cpu)):
+        kept = series.setdefault(generation, [])
+        kept.append(value)
+        if len(kept) > MAX_KEPT:
+            del kept[: len(kept) - MAX_KEPT]
     if pause > SLOW_PAUSE:
         logger.warning(
-            "gc generation %d paused the event loop for %.0f ms", generation, pause * 1e3
+            "gc generation %d paused the event loop for %.0f ms (%.0f ms of CPU, %d objects"
+            " collected, %d frozen)",
+            generation,
+            pause * 1e3,
+            cpu * 1e3,
+            int(info.get("collected", 0)),
+            gc.get_freeze_count(),
         )
 
 
@@ -91,7 +129,8 @@ def configure(*, report_at_exit: bool = False) -> None:
 
 
 def pause_stats() -> dict[str, dict[str, float]]:
-    """Per generation: number of collections and their p50, p99 and max pause (ms)."""
+    """Per generation: number of collections, their p50, p99 and max pause (ms, wall
+    clock) and the most CPU one took (``cpu_max_ms``)."""
     out: dict[str, dict[str, float]] = {}
     for generation, pauses in sorted(_pauses.items()):
         ordered = sorted(pauses)
@@ -109,6 +148,11 @@ def pause_stats() -> dict[str, dict[str, float]]:
             "max_ms": round(ordered[-1] * 1e3, 2),
             # The loop-pause budget of docs/performance.md: collections longer than 50 ms.
             "over_50_ms": sum(1 for pause in ordered if pause > 0.05),
+            "cpu_max_ms": round(max(_cpu.get(generation) or [0.0]) * 1e3, 2),
+            "cpu_over_50_ms": sum(1 for cpu in _cpu.get(generation, ()) if cpu > 0.05),
+            # Those that stalled open sockets (the rest ran with none open).
+            "with_sockets_max_ms": round(_with_sockets.get(generation, [0.0])[0] * 1e3, 2),
+            "with_sockets_over_50_ms": int(_with_sockets.get(generation, [0.0, 0])[1]),
         }
     out["frozen"] = {"count": gc.get_freeze_count()}
     return out
@@ -136,18 +180,26 @@ def _report_at_exit() -> None:
 
 
 class ConnectionGrowthFreezer:
-    """Refreezes after connect bursts and unfreezes after the sockets are mostly gone."""
+    """Refreezes after connect bursts; collects once when the sockets are all gone."""
 
     def __init__(self) -> None:
-        self.at_freeze = 0
+        self.at_freeze = 0  # the socket count at the last freeze (0: none since start-up)
+        self.baseline = gc.get_freeze_count()  # frozen after start-up or the last reclaim
 
     def observe(self, sockets: int, *, grew: bool) -> None:
         """Called with the process's socket count after a socket registered or left."""
+        global _sockets
+        _sockets = sockets
         if grew:
-            if sockets >= max(self.at_freeze * GROWTH_RATIO, self.at_freeze + MIN_GROWTH):
-                gc.freeze()
+            if sockets >= self.at_freeze + FREEZE_STEP:
+                gc.freeze()  # O(1): moves the generations to the permanent one
                 self.at_freeze = sockets
-        elif self.at_freeze and sockets < self.at_freeze / 2:
-            # Let the next full collection reclaim what closed connections left in cycles.
-            gc.unfreeze()
-            self.at_freeze = 0
+        elif self.at_freeze and sockets == 0:
+            self.at_freeze = 0  # the next burst freezes from its first step again
+            if gc.get_freeze_count() >= self.baseline * RECLAIM_GROWTH:
+                # Reclaim what closed connections left in cycles, with no socket to stall,
+                # then freeze the survivors (start-up objects included) again.
+                gc.unfreeze()
+                gc.collect()
+                gc.freeze()
+                self.baseline = gc.get_freeze_count()
