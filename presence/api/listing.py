@@ -17,6 +17,7 @@ from django.db.models.functions import Coalesce
 
 from presence import store
 from presence.access.authz import acan_access_room
+from presence.conf import app_settings
 from presence.protocol.types import PresenceListing
 from sessions_app.models import ConnectionSession, EndReason
 from sessions_app.queries import last_seen_by_user
@@ -26,15 +27,22 @@ Within = Callable[[], asyncio.Timeout]
 
 def get_online(room: str | None = None) -> PresenceListing:
     """Everyone online, or the members of ``room``."""
-    count, users = store.list_online(store.get_redis(), room)
+    count, users = store.list_online(room)
     return {"count": count, "users": users}
 
 
 async def aget_online(room: str | None, *, within: Within) -> PresenceListing:
     """Everyone online, or the members of ``room``; both round trips inside ``within()``."""
     async with within():
-        count, users = await store.alist_online(store.get_async_redis(), room)
+        count, users = await store.alist_online(room)
     return {"count": count, "users": users}
+
+
+async def aget_online_page(room: str | None, cursor: int, *, within: Within) -> dict[str, Any]:
+    """One page of everyone online (or of ``room``): ``next`` continues, None = the end."""
+    async with within():
+        count, users, after = await store.alist_online_page(room, cursor, app_settings.LIST_LIMIT)
+    return {"count": count, "users": users, "next": str(after) if after else None}
 
 
 def _last_seen_expression() -> Any:
@@ -63,7 +71,7 @@ async def aget_user_rooms(viewer: Any, user_id: int, *, within: Within) -> list[
     ``list``): where-now. Two Redis round trips (inside ``within()``) whatever the number of
     rooms."""
     async with within():
-        rooms = await store.auser_rooms(store.get_async_redis(), user_id)
+        rooms = await store.auser_rooms(user_id)
     return [room for room in rooms if await acan_access_room(viewer, room, "list")]
 
 
@@ -95,7 +103,7 @@ async def aget_users_status(user_ids: Sequence[int], *, within: Within) -> list[
     }
     ids = [uid for uid in wanted if uid in known]
     async with within():
-        statuses = await store.ausers_status(store.get_async_redis(), ids)
+        statuses = await store.ausers_status(ids)
     seen = await sync_to_async(last_seen_by_user)([s.uid for s in statuses if not s.online])
     return _status_rows(statuses, seen)
 
@@ -105,7 +113,7 @@ def get_user_presence(user_id: int) -> dict[str, Any] | None:
     user = get_user_model()._default_manager.filter(pk=user_id).first()
     if user is None:
         return None
-    status, connections = store.user_presence(store.get_redis(), user_id)
+    status, connections = store.user_presence(user_id)
     last_seen = ConnectionSession.objects.filter(user_id=user_id).aggregate(
         seen=Max(_last_seen_expression())
     )["seen"]
@@ -119,7 +127,7 @@ async def aget_user_presence(user_id: int, *, within: Within) -> dict[str, Any] 
     if user is None:
         return None
     async with within():
-        status, connections = await store.auser_presence(store.get_async_redis(), user_id)
+        status, connections = await store.auser_presence(user_id)
     seen = await ConnectionSession.objects.filter(user_id=user_id).aaggregate(
         seen=Max(_last_seen_expression())
     )

@@ -109,7 +109,7 @@ def sweep_batch(client: redis.Redis, batch: store.ClaimBatch, report: SweepRepor
     """End one claimed batch (steps 2-5 above); False when the database was unavailable."""
     claims = batch.claims
     known = [c for c in claims if c.uid is not None]
-    results = store.end_swept_connections(client, [c.ref for c in known]) if known else []
+    results = store.end_swept_connections([c.ref for c in known]) if known else []
     states = {r.cid: r.state for r in results}
     # No hash (state missing): the connection was ended meanwhile or its keys expired after a
     # long outage; its session may still be live in the database, so it is ended all the same.
@@ -179,7 +179,7 @@ def run_sweep(report: SweepReport | None = None) -> SweepReport:
     # Leaves the grace window held, due and not released by the process that held them (it
     # died, or its timer has not fired yet): whoever comes first logs each once.
     for _ in range(SWEEP_MAX_BATCHES):
-        found, logged = store.release_due(client)
+        found, logged = store.release_due()
         report.released += logged
         if found < store.RELEASE_BATCH:
             break

@@ -12,14 +12,18 @@ from presence import store
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(30)]
 
 
+# Far above the ids the test database hands out: with 1000 an earlier test's users could
+# push a real user's id (alice's, connected by socket) into the seeded range.
+SEED_BASE = 1_000_000_000
+
+
 async def seed(n: int, room: str | None = None) -> set[int]:
     """``n`` users online (no sockets), optionally in ``room``; their ids."""
-    client = store.get_async_redis()
-    for uid in range(1000, 1000 + n):
-        await store.connect(client, cid=f"c{uid}", uid=uid, username=f"u{uid}", channel="x")
+    for uid in range(SEED_BASE, SEED_BASE + n):
+        await store.connect(cid=f"c{uid}", uid=uid, username=f"u{uid}", channel="x")
         if room:
-            await store.room_join(client, store.ConnRef(f"c{uid}", uid), room)
-    return set(range(1000, 1000 + n))
+            await store.room_join(store.ConnRef(f"c{uid}", uid), room)
+    return set(range(SEED_BASE, SEED_BASE + n))
 
 
 async def pages(client: Any, data: dict[str, Any]) -> tuple[list[dict[str, Any]], set[int]]:
@@ -53,9 +57,7 @@ async def test_global_listing_pages_and_skips_lapsed_users(
 ) -> None:
     expected = await seed(120)
     lapsed = store.now_ms() - 120_000
-    await store.connect(
-        store.get_async_redis(), cid="old", uid=5, username="old", channel="x", now=lapsed
-    )
+    await store.connect(cid="old", uid=5, username="old", channel="x", now=lapsed)
     alice = await auser_factory("alice")
     client = await ws_client(alice)
 
