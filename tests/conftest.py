@@ -21,6 +21,7 @@ pytest_plugins = [
     "tests.support.consume",  # consume_process
     "tests.support.seed",  # seed_connections
     "tests.support.sentinel",  # sentinel_topology (primary + replica + three sentinels)
+    "tests.support.cluster",  # redis_cluster, fresh_cluster, redis_shards, sentinel_shards
 ]
 
 

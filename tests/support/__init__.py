@@ -13,6 +13,11 @@ Fixture plugins (registered by ``pytest_plugins`` in tests/conftest.py, so every
 - ``seed``: ``seed_connections`` (session rows and presence, no sockets).
 - ``sentinel``: ``SentinelTopology`` (a primary, a replica and three sentinels: ``url``,
   ``failover``, ``kill_primary``, ``restart``, ``pause_primary``) and ``sentinel_topology``.
+- ``cluster``: the sharded store's shapes: ``ClusterTopology`` (3 primaries of a Redis
+  Cluster: ``url``, ``reshard``, ``kill``, ``stop``; fixtures ``redis_cluster``,
+  ``fresh_cluster``), ``ShardsTopology`` (3 independent servers; ``redis_shards``: their URLs)
+  and ``SentinelShards`` (3 shards behind one sentinel set: ``urls``, ``failover(shard)``;
+  ``sentinel_shards``).
 
 Plain helpers:
 
