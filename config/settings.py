@@ -257,6 +257,10 @@ _presence_from_env: tuple[tuple[str, Callable[..., object]], ...] = (
     ("PRESENCE_CONNECT_TIMEOUT", env.float),
     ("PRESENCE_REDIS_SOCKET_TIMEOUT", env.float),
     ("PRESENCE_REDIS_CONNECT_TIMEOUT", env.float),
+    # The presence store's shape: one Redis (REDIS_URL), a Cluster, or several primaries.
+    ("PRESENCE_SHARDS", env.int),
+    ("PRESENCE_REDIS_CLUSTER_URL", env.str),
+    ("PRESENCE_REDIS_SHARD_URLS", env.list),
     ("PRESENCE_HEARTBEAT_HOLD", env.float),
     ("PRESENCE_HEARTBEAT_HOLD_MAX", env.int),
     ("PRESENCE_STORE_WARNING_INTERVAL", env.float),

@@ -85,3 +85,34 @@ def check_redis_urls(app_configs: Any = None, **kwargs: Any) -> list[Error]:
                 )
             )
     return errors
+
+
+@register()
+def check_presence_store_shape(app_configs: Any = None, **kwargs: Any) -> list[Error]:
+    """The presence store has one shape: one Redis, a Cluster, or independent shard URLs.
+
+    Both a Cluster URL and shard URLs would leave two answers to "where is shard n?".
+    """
+    from presence.redis_url import RedisUrlError, parse_redis_url
+
+    errors = []
+    if app_settings.REDIS_CLUSTER_URL and app_settings.REDIS_SHARD_URLS:
+        errors.append(
+            Error(
+                "PRESENCE_REDIS_CLUSTER_URL and PRESENCE_REDIS_SHARD_URLS are both set.",
+                hint="Choose one shape of the presence store (docs/operations.md, Sharding).",
+                id="presence.E032",
+            )
+        )
+    for url in app_settings.REDIS_SHARD_URLS:
+        try:
+            parse_redis_url(url)
+        except RedisUrlError as exc:
+            errors.append(
+                Error(
+                    f"PRESENCE_REDIS_SHARD_URLS: {url!r} is malformed: {exc}.", id="presence.E033"
+                )
+            )
+    if app_settings.SHARDS < 1:
+        errors.append(Error("PRESENCE_SHARDS must be at least 1.", id="presence.E034"))
+    return errors

@@ -48,13 +48,37 @@ class AppSettings:
 
     @property
     def KEY_PREFIX(self) -> str:
-        """Hash tag every presence key carries; all keys of one deployment share a cluster slot."""
+        """Prefix of every presence hash tag: ``{P}`` for control keys, ``{P:<n>:<salt>}`` for
+        logical shard n (presence/store/keys.py)."""
         return str(self._get("PRESENCE_KEY_PREFIX", "presence"))
 
     @property
     def REDIS_URL(self) -> str:
-        """Redis server holding presence state."""
+        """Redis server of the control keys, the channel layer and Celery; also the presence
+        store unless PRESENCE_REDIS_CLUSTER_URL or PRESENCE_REDIS_SHARD_URLS is set."""
         return str(self._get("REDIS_URL", "redis://127.0.0.1:6379/0"))
+
+    @property
+    def SHARDS(self) -> int:
+        """Logical shards of the presence store (users and rooms hash onto them). 64 spreads
+        evenly over up to ~16 nodes and lets jobs run in parallel while a reader can follow
+        every shard cheaply; changing it is a migration (docs/operations.md)."""
+        return int(self._get("PRESENCE_SHARDS", 64))
+
+    @property
+    def REDIS_CLUSTER_URL(self) -> str | None:
+        """Any node of a Redis Cluster holding the presence store (None: no Cluster)."""
+        value = self._get("PRESENCE_REDIS_CLUSTER_URL", None)
+        return str(value) if value else None
+
+    @property
+    def REDIS_SHARD_URLS(self) -> list[str]:
+        """Independent Redis primaries holding the presence store; logical shard n lives on
+        ``jump_hash(n, len(urls))``. Each may be a ``redis+sentinel://`` URL. Empty: none."""
+        value = self._get("PRESENCE_REDIS_SHARD_URLS", [])
+        if isinstance(value, str):
+            value = value.split(",")
+        return [str(url).strip() for url in value if str(url).strip()]
 
     @property
     def WS_MAX_MESSAGE_BYTES(self) -> int:

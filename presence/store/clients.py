@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import redis
@@ -102,28 +103,17 @@ def _async_client(target: RedisTarget) -> aredis.Redis:
     return sentinel.master_for(target.master_name, **target.master_kwargs(), **options)
 
 
-def get_redis() -> redis.Redis:
-    """Process-wide sync client (thread-safe connection pool) for views, admin and tasks.
-
-    ``REDIS_URL`` may be any form of presence/redis_url.py: a Sentinel URL gives a client on
-    the current primary that follows a failover.
-    """
-    url = app_settings.REDIS_URL
+def sync_client_for(url: str) -> redis.Redis:
+    """The process-wide sync client of ``url`` (any form of presence/redis_url.py)."""
     client = _sync_clients.get(url)
     if client is None:
         client = _sync_clients[url] = _sync_client(parse_redis_url(url))
     return client
 
 
-def get_async_redis(*, blocking: bool = False) -> aredis.Redis:
-    """Async client of the running event loop (asyncio connections cannot cross loops).
-
-    ``blocking``: a separate client for the background readers' blocking reads (XREAD BLOCK,
-    XREADGROUP BLOCK). Each holds a connection for seconds; on the shared pool they would
-    make the hot path open new connections (a handshake on a heartbeat's way).
-    """
+def async_client_for(url: str, *, blocking: bool = False) -> aredis.Redis:
+    """This event loop's async client of ``url`` (``blocking``: see get_async_redis)."""
     per_loop = _async_clients.get()
-    url = app_settings.REDIS_URL
     key = url + "#blocking" if blocking else url
     client = per_loop.get(key)
     if client is None:
@@ -131,9 +121,39 @@ def get_async_redis(*, blocking: bool = False) -> aredis.Redis:
     return client
 
 
+def get_redis() -> redis.Redis:
+    """Process-wide sync client (thread-safe connection pool) of REDIS_URL: control keys, and
+    the presence store too when it is one Redis (presence/store/topology.py).
+
+    ``REDIS_URL`` may be any form of presence/redis_url.py: a Sentinel URL gives a client on
+    the current primary that follows a failover.
+    """
+    return sync_client_for(app_settings.REDIS_URL)
+
+
+def get_async_redis(*, blocking: bool = False) -> aredis.Redis:
+    """Async client of REDIS_URL for the running event loop (asyncio connections cannot
+    cross loops).
+
+    ``blocking``: a separate client for the background readers' blocking reads (XREAD BLOCK,
+    XREADGROUP BLOCK). Each holds a connection for seconds; on the shared pool they would
+    make the hot path open new connections (a handshake on a heartbeat's way).
+    """
+    return async_client_for(app_settings.REDIS_URL, blocking=blocking)
+
+
 def live_async_clients() -> list[aredis.Redis]:
-    """The async clients this event loop created so far (store/switchover.py resets them)."""
+    """The async clients this event loop created so far, REDIS_URL's and each shard URL's
+    (store/switchover.py resets them; Cluster clients follow MOVED on their own)."""
     return list(_async_clients.get().values())
+
+
+_reset_hooks: list[Callable[[], None]] = []
+
+
+def on_reset(hook: Callable[[], None]) -> None:
+    """Run ``hook`` on :func:`reset_clients` (topology.py forgets its Cluster clients)."""
+    _reset_hooks.append(hook)
 
 
 def reset_clients() -> None:
@@ -142,6 +162,8 @@ def reset_clients() -> None:
         client.close()
     _sync_clients.clear()
     _async_clients.clear()
+    for hook in _reset_hooks:
+        hook()
 
 
 def ttl_ms() -> int:

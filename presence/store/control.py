@@ -9,7 +9,7 @@ import redis
 import redis.asyncio as aredis
 from redis.exceptions import WatchError
 
-from presence.store.keys import keys
+from presence.store.keys import control_keys
 
 # handler control (presence.handlers.lifecycle)
 # The RegisteredHandler rows are the truth about which handlers are disabled; these two keys
@@ -33,7 +33,7 @@ def publish_disabled_handlers(
     holds that set, or holds nothing and nothing is disabled: starting a process then leaves
     Redis untouched. Operator changes always publish, so every watcher sees a new version.
     """
-    k = keys()
+    k = control_keys()
     for _ in range(PUBLISH_ATTEMPTS):
         with client.pipeline(transaction=True) as pipe:
             try:
@@ -58,7 +58,7 @@ def publish_disabled_handlers(
 
 
 def _queue_handler_control(pipe: Any) -> None:
-    k = keys()
+    k = control_keys()
     pipe.get(k.handlers_version)
     pipe.smembers(k.handlers_disabled)
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import redis
 
-from presence.store.keys import keys
+from presence.store.keys import control_keys
 
 # The hooks read the event log through their own consumer groups (presence.store.groups).
 
@@ -24,7 +24,7 @@ class HookHold:
 
 def read_hook_holds(client: redis.Redis) -> dict[str, HookHold]:
     """Every held user (uid as a string) and when their events are tried again."""
-    raw: Any = client.hgetall(keys().hook_holds)
+    raw: Any = client.hgetall(control_keys().hook_holds)
     holds = {}
     for uid, value in raw.items():
         due, attempts, first = (int(x) for x in str(value).split(":"))
@@ -34,26 +34,26 @@ def read_hook_holds(client: redis.Redis) -> dict[str, HookHold]:
 
 def set_hook_hold(client: redis.Redis, uid: str, hold: HookHold) -> None:
     """Hold ``uid``'s events until ``hold.due_ms``."""
-    client.hset(keys().hook_holds, uid, f"{hold.due_ms}:{hold.attempts}:{hold.first_ms}")
+    client.hset(control_keys().hook_holds, uid, f"{hold.due_ms}:{hold.attempts}:{hold.first_ms}")
 
 
 def clear_hook_holds(client: redis.Redis, uids: Iterable[str]) -> None:
     """Release users whose held event went through (or was given up)."""
     uids = list(uids)
     if uids:
-        client.hdel(keys().hook_holds, *uids)
+        client.hdel(control_keys().hook_holds, *uids)
 
 
 def write_webhook_backlog(client: redis.Redis, backlog: Mapping[str, int]) -> None:
     """Replace the per-endpoint backlog the metrics scrape reads."""
     pipe = client.pipeline(transaction=True)
-    pipe.delete(keys().webhook_backlog)
+    pipe.delete(control_keys().webhook_backlog)
     if backlog:
-        pipe.hset(keys().webhook_backlog, mapping=dict(backlog))
+        pipe.hset(control_keys().webhook_backlog, mapping=dict(backlog))
     pipe.execute()
 
 
 def read_webhook_backlog(client: redis.Redis) -> dict[str, int]:
     """Undelivered webhook events per endpoint name (as of the last routing run)."""
-    raw: Any = client.hgetall(keys().webhook_backlog)
+    raw: Any = client.hgetall(control_keys().webhook_backlog)
     return {str(k): int(v) for k, v in raw.items()}

@@ -14,7 +14,7 @@ from typing import Any
 import redis
 import redis.asyncio as aredis
 
-from presence.store.keys import keys
+from presence.store.keys import control_keys
 
 # Requests kept per process: an operator clicking repeatedly cannot grow the list.
 INSPECT_ASK_MAX = 20
@@ -25,7 +25,7 @@ INSPECT_REPLY_MAX_BYTES = 2_000_000
 def push_inspect_request(client: redis.Redis, proc_id: str, request: str, *, ttl_ms: int) -> bool:
     """Queue ``request`` (JSON) for process ``proc_id``; False when no such process is
     registered (then nothing is queued). One MULTI."""
-    k = keys()
+    k = control_keys()
     if not client.exists(k.proc(proc_id)):
         return False
     pipe = client.pipeline(transaction=True)
@@ -38,13 +38,13 @@ def push_inspect_request(client: redis.Redis, proc_id: str, request: str, *, ttl
 
 def read_inspect_reply(client: redis.Redis, proc_id: str, request_id: str) -> str | None:
     """The process's answer to ``request_id`` (JSON), or None while there is none."""
-    raw: Any = client.get(keys().proc_reply(proc_id, request_id))
+    raw: Any = client.get(control_keys().proc_reply(proc_id, request_id))
     return None if raw is None else str(raw)
 
 
 async def await_inspect_request(client: aredis.Redis, proc_id: str, *, block: float) -> str | None:
     """Wait up to ``block`` seconds for the next request to ``proc_id`` (BLPOP)."""
-    popped: Any = await client.blpop([keys().proc_ask(proc_id)], timeout=block)  # type: ignore[misc]
+    popped: Any = await client.blpop([control_keys().proc_ask(proc_id)], timeout=block)  # type: ignore[misc]
     return None if popped is None else str(popped[1])
 
 
@@ -54,4 +54,4 @@ async def write_inspect_reply(
     """Store the answer to ``request_id``; refused when larger than INSPECT_REPLY_MAX_BYTES."""
     if len(payload) > INSPECT_REPLY_MAX_BYTES:
         raise ValueError(f"inspect reply of {len(payload)} bytes is over the bound")
-    await client.set(keys().proc_reply(proc_id, request_id), payload, px=ttl_ms)
+    await client.set(control_keys().proc_reply(proc_id, request_id), payload, px=ttl_ms)

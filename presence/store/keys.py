@@ -1,49 +1,68 @@
-"""Every presence key, built in one place, each with its hash tag (shard anchor).
+"""Every Redis key the project writes, built in one place, each with its hash tag (shard anchor).
 
-Every key carries the hash tag ``{<PRESENCE_KEY_PREFIX>}`` so each script touches one Redis
-Cluster slot. Layout (``P`` = the prefix):
+Two families (``P`` = PRESENCE_KEY_PREFIX, ``S`` = a logical shard's tag content
+``P:<n>:<salt>``, presence/store/shards.py):
 
-==============================  =====  ==================================================
-key                             type   content
-==============================  =====  ==================================================
-``{P}:conns``                   ZSET   cid -> expiry ms; the expiry index the sweep reads
-``{P}:users``                   ZSET   uid -> latest expiry ms; "who is online"
-``{P}:conn:<cid>``              HASH   uid, username, channel, exp, at (connected ms)
-``{P}:conn:<cid>:rooms``        SET    rooms the connection joined
-``{P}:user:<uid>``              HASH   username, status
-``{P}:user:<uid>:conns``        ZSET   cid -> expiry ms
-``{P}:room:<room>``             ZSET   uid -> latest expiry ms of their connections in it
-``{P}:room:<room>:user:<uid>``  SET    the user's connections in the room
-``{P}:stats``                   HASH   counters accumulated for the stats flush
-``{P}:sweeping``                ZSET   cid -> claim deadline ms (claimed by a sweep)
-``{P}:sweeping:exp``            HASH   cid -> expiry ms at claim time
-``{P}:stats:claim:<id>``        HASH   counters renamed away by flush <id>, until applied
-``{P}:stats:claims``            ZSET   flush id -> claim time ms (claims not yet released)
-``{P}:<task>:lock``             STR    token of the run holding the task lock (sweep,
-                                       flush, reap)
-``{P}:<task>:period``           STR    claim of the task's current period (expires)
-``{P}:<task>:last``             HASH   last run of the task (duration, counts), run totals
-``{P}:flush:hbmark``            STR    expiry score below which last_heartbeat_at is known
-``{P}:handlers:disabled``       SET    message types an operator disabled (from the DB)
-``{P}:handlers:version``        STR    counter bumped on every change of that set
-``{P}:events``                  STREAM the presence event log (presence/live/eventlog.py)
-``{P}:addr:<ip>:conns``         ZSET   cid -> connect ms: connections from one address
-``{P}:addr:<ip>:rate``          HASH   tokens, ts: the address's connect-rate bucket
-``{P}:user:<uid>:block``        STR    an operator's block of the user (expires with it)
-``{P}:user:<uid>:revoked``      STR    ms: credentials issued before it are refused
-``{P}:login:<hash>:revoked``    STR    a revoked login session (expires with the revocation)
-``{P}:token:<id>``              STR    a single-use token's mark once presented
-``{P}:procs``                   ZSET   process id -> last refresh ms (presence/live/processes.py)
-``{P}:proc:<id>``               HASH   one web process's record (host, pid, sockets, ...)
-``{P}:proc:<id>:conns``         SET    connection ids the process holds a socket for
-``{P}:proc:<id>:ask``           LIST   operators' introspection requests to the process
-``{P}:proc:<id>:reply:<rid>``   STR    the process's answer to request <rid> (JSON, expires)
-``{P}:reconcile:last``          HASH   last ghost reconciliation (ghosts, scanned, ...)
-``{P}:active``                  ZSET   uid -> last activity (Unix s): connect, ``activity``
-``{P}:held``                    ZSET   held leaves -> due ms: ``<uid>`` (the user's) or
-                                       ``<uid>|<room>`` (a room's); PRESENCE_LEAVE_GRACE
-``{P}:held:why``                HASH   held leave -> the close reason its leave will carry
-==============================  =====  ==================================================
+* :class:`Keys` (``Keys(shard)``): presence state, tagged ``{S}``. They live on the presence
+  store (one Redis, a Cluster or shard URLs: presence/store/topology.py). Each key is
+  *anchored*: it lives on the shard of its user (``user_shard(uid)``), of its room
+  (``room_shard(room)``), of its address (``ip_shard(ip)``), or it is one shard's own
+  (one per shard: the shard's indexes, its event-log stream, its jobs' locks).
+* :class:`ControlKeys` (``control_keys()``): control state that is not presence, tagged
+  ``{P}``, kept on REDIS_URL next to the channel layer and Celery.
+
+Every script touches keys of one tag only, so one Cluster slot (tests/presence/store/
+test_keys_anchors.py checks each key below against its anchor's slot).
+
+=================================  ======  =======  ==========================================
+key                                type    anchor   content
+=================================  ======  =======  ==========================================
+``{S}:conns``                      ZSET    shard    cid -> expiry ms of the shard's users' conns
+``{S}:users``                      ZSET    shard    uid -> latest expiry ms ("who is online")
+``{S}:stats``                      HASH    shard    counters accumulated for the stats flush
+``{S}:sweeping``                   ZSET    shard    cid -> claim deadline ms (claimed by a sweep)
+``{S}:sweeping:exp``               HASH    shard    cid -> expiry ms at claim time
+``{S}:stats:claim:<id>``           HASH    shard    counters renamed away by flush <id>
+``{S}:stats:claims``               ZSET    shard    flush id -> claim time ms (not yet released)
+``{S}:<task>:lock``                STR     shard    token of the shard's run of <task>
+``{S}:<task>:period``              STR     shard    claim of the task's current period (expires)
+``{S}:<task>:last``                HASH    shard    last run of the task on the shard, totals
+``{S}:flush:hbmark``               STR     shard    expiry score below which last_heartbeat_at
+                                                    is known
+``{S}:events``                     STREAM  shard    the shard's event log (lib/eventlog.lua)
+``{S}:active``                     ZSET    shard    uid -> last activity (Unix s)
+``{S}:held``                       ZSET    shard    held leaves -> due ms: ``<uid>`` (user's
+                                                    shard) or ``<uid>|<room>`` (room's shard)
+``{S}:held:why``                   HASH    shard    held leave -> the close reason
+``{S}:rooms``                      ZSET    shard    room -> latest member expiry ms (the sweep's
+                                                    room repair reads it)
+``{S}:conn:<cid>``                 HASH    user     uid, username, channel, exp, at, ip, login
+``{S}:conn:<cid>:rooms``           SET     user     rooms the connection joined (authoritative)
+``{S}:user:<uid>``                 HASH    user     username, status
+``{S}:user:<uid>:conns``           ZSET    user     cid -> expiry ms
+``{S}:user:<uid>:block``           STR     user     an operator's block of the user (expires)
+``{S}:user:<uid>:revoked``         STR     user     ms: credentials issued before are refused
+``{S}:login:<hash>:revoked``       STR     user     a revoked login session of the user
+``{S}:token:<id>``                 STR     user     a single-use token's mark (token's user)
+``{S}:room:<room>``                ZSET    room     uid -> latest expiry ms of their conns in it
+``{S}:room:<room>:user:<uid>``     SET     room     the user's connections in the room
+``{S}:addr:<ip>:conns``            ZSET    address  cid -> connect ms: conns from one address
+``{S}:addr:<ip>:rate``             HASH    address  tokens, ts: the connect-rate bucket
+``{P}:handlers:disabled``          SET     control  message types an operator disabled
+``{P}:handlers:version``           STR     control  counter bumped on every change of that set
+``{P}:procs``                      ZSET    control  process id -> last refresh ms
+``{P}:proc:<id>``                  HASH    control  one web process's record
+``{P}:proc:<id>:conns``            SET     control  connection ids the process holds
+``{P}:proc:<id>:ask``              LIST    control  operators' introspection requests
+``{P}:proc:<id>:reply:<rid>``      STR     control  the process's answer to request <rid>
+``{P}:<task>:lock|period|last``    ...     control  the same, for global tasks (reconcile)
+``{P}:hooks:holds``                HASH    control  users whose signal receivers failed
+``{P}:webhooks:backlog``           HASH    control  undelivered webhook events per endpoint
+=================================  ======  =======  ==========================================
+
+Token marks and login revocations are anchored on their user's shard (not on control, as
+first planned): connect.lua checks them in the same call that registers the connection, so a
+connect stays one EVALSHA on one slot, and every caller that revokes knows the user.
 
 Scores, not key TTLs, decide who is online: a member counts while its score is in the
 future. Keys also expire (at expiry + ``PRESENCE_KEY_GRACE``) so that nothing leaks even when
@@ -55,13 +74,16 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from presence.conf import app_settings
+from presence.store.shards import shard_tag
 
 
 class Keys:
-    """Builds every presence key. Nothing else in the project spells a key."""
+    """Builds every presence-state key of one logical shard (its tag). Nothing else in the
+    project spells a key: callers pick the shard (user_shard, room_shard, ip_shard)."""
 
-    def __init__(self, prefix: str | None = None) -> None:
-        self.tag = "{" + (prefix or app_settings.KEY_PREFIX) + "}"
+    def __init__(self, shard: int) -> None:
+        self.shard = shard
+        self.tag = shard_tag(shard)
 
     @property
     def conns(self) -> str:
@@ -128,14 +150,6 @@ class Keys:
     def heartbeat_mark(self) -> str:
         return f"{self.tag}:flush:hbmark"
 
-    @property
-    def handlers_disabled(self) -> str:
-        return f"{self.tag}:handlers:disabled"
-
-    @property
-    def handlers_version(self) -> str:
-        return f"{self.tag}:handlers:version"
-
     def conn(self, cid: str) -> str:
         return f"{self.tag}:conn:{cid}"
 
@@ -189,6 +203,26 @@ class Keys:
             group += [self.room(room), self.room_user(room, uid)]
         return group
 
+    @property
+    def rooms(self) -> str:
+        """The shard's rooms: room -> latest expiry ms of a member (the sweep's repair index)."""
+        return f"{self.tag}:rooms"
+
+
+class ControlKeys:
+    """Control keys (not presence state): tagged ``{P}``, kept on REDIS_URL."""
+
+    def __init__(self, prefix: str | None = None) -> None:
+        self.tag = "{" + (prefix or app_settings.KEY_PREFIX) + "}"
+
+    @property
+    def handlers_disabled(self) -> str:
+        return f"{self.tag}:handlers:disabled"
+
+    @property
+    def handlers_version(self) -> str:
+        return f"{self.tag}:handlers:version"
+
     # ---- process registry (presence/live/processes.py)
     @property
     def procs(self) -> str:
@@ -223,7 +257,25 @@ class Keys:
         """Undelivered webhook events per endpoint (as of the last routing run): name -> n."""
         return f"{self.tag}:webhooks:backlog"
 
+    # ---- global (not per-shard) periodic tasks: reconcile, the hooks' routing
+    def task_lock(self, task: str) -> str:
+        """Lock of a global periodic task: one run at a time."""
+        return f"{self.tag}:{task}:lock"
 
-def keys() -> Keys:
-    """Keys for the configured prefix (read live so tests may override it)."""
-    return Keys()
+    def task_period(self, task: str) -> str:
+        """Claim of a global task's current period."""
+        return f"{self.tag}:{task}:period"
+
+    def task_last(self, task: str) -> str:
+        """Metrics of a global task: its last run and totals."""
+        return f"{self.tag}:{task}:last"
+
+
+def keys(shard: int = 0) -> Keys:
+    """Keys of ``shard`` (read live so tests may override the prefix and shard count)."""
+    return Keys(shard)
+
+
+def control_keys() -> ControlKeys:
+    """The control keys (read live so tests may override the prefix)."""
+    return ControlKeys()

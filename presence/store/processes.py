@@ -9,7 +9,7 @@ import redis
 import redis.asyncio as aredis
 
 from presence.store.clients import now_ms
-from presence.store.keys import keys
+from presence.store.keys import control_keys, keys
 
 
 # Written by presence.live.processes, read by it and by presence.jobs.reconcile. Each web
@@ -27,7 +27,7 @@ def _plan_publish_process(
     ttl_ms: int,
     now: int,
 ) -> None:
-    k = keys()
+    k = control_keys()
     conns = k.proc_conns(proc_id)
     if full is not None:
         # A rewrite: the set was lost (expired, Redis restarted) or never written.
@@ -86,7 +86,7 @@ async def publish_process(
 
 
 def _plan_remove_process(pipe: Any, proc_id: str) -> None:
-    k = keys()
+    k = control_keys()
     pipe.delete(k.proc(proc_id), k.proc_conns(proc_id))
     pipe.zrem(k.procs, proc_id)
 
@@ -115,7 +115,7 @@ def read_processes(client: redis.Redis) -> list[dict[str, str]]:
     Two round trips: the index, then every record in one pipeline. Index entries whose
     record expired are skipped (the next refresh of any process prunes them).
     """
-    k = keys()
+    k = control_keys()
     ids: Any = client.zrange(k.procs, 0, PROCESS_LIST_MAX - 1)
     if not ids:
         return []
@@ -138,7 +138,7 @@ def connections_held(client: redis.Redis, proc_ids: Sequence[str], cids: Sequenc
     """The ``cids`` some process of ``proc_ids`` holds (one pipeline of SMISMEMBER)."""
     if not cids or not proc_ids:
         return set()
-    k = keys()
+    k = control_keys()
     pipe = client.pipeline(transaction=False)
     for proc_id in proc_ids:
         pipe.execute_command("SMISMEMBER", k.proc_conns(proc_id), *cids)

@@ -159,7 +159,7 @@ async def test_disabled_state_survives_a_server_start(
     row = await RegisteredHandler.objects.aget(type="chat.typing")
     await sync_to_async(admin_action)(operator, "disable_handlers", row)
     # Redis lost its data meanwhile: the database is the only place the change lives.
-    k = store.keys()
+    k = store.control_keys()
     assert r.delete(k.handlers_disabled, k.handlers_version) == 2
 
     late = asgi_server()

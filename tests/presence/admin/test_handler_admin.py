@@ -150,7 +150,7 @@ class TestActions:
 
         typing.refresh_from_db()
         assert typing.status == "disabled"
-        k = store.keys()
+        k = store.control_keys()
         assert r.smembers(k.handlers_disabled) == {"chat.typing"}
         assert r.get(k.handlers_version) == "1"
         assert registry.is_disabled("chat.typing")  # this process applied it at once
@@ -176,7 +176,7 @@ class TestActions:
             "app.broken": "failed",
             "app.other": "disabled",
         }
-        assert r.smembers(store.keys().handlers_disabled) == {"app.other"}
+        assert r.smembers(store.control_keys().handlers_disabled) == {"app.other"}
         assert LogEntry.objects.filter(change_message="Enabled the handler.").count() == 2
         assert any("Enabled 2 handler(s)" in m for m in messages_of(response))
 
@@ -188,7 +188,7 @@ class TestActions:
 
         assert RegisteredHandler.objects.get(type="heartbeat").status == "active"
         assert RegisteredHandler.objects.get(type="chat.typing").status == "disabled"
-        assert r.smembers(store.keys().handlers_disabled) == {"chat.typing"}
+        assert r.smembers(store.control_keys().handlers_disabled) == {"chat.typing"}
         texts = messages_of(response)
         assert "Core handlers cannot be disabled: heartbeat." in texts
         assert not LogEntry.objects.filter(object_id=str(heartbeat.pk)).exists()

@@ -63,7 +63,7 @@ class TestPermission:
             assert client.post(f"{page(p.id)}profile/", {"seconds": 1}).status_code == 403
             assert client.get(f"{page(p.id)}profile/abc.speedscope.json").status_code == 403
             # Not even a request reached the process.
-            assert r.llen(store.keys().proc_ask(p.id)) == 0
+            assert r.llen(store.control_keys().proc_ask(p.id)) == 0
         assert "Web processes" not in client.get("/admin/").content.decode()
 
     def test_anonymous_users_are_sent_to_the_login(self, client: Client) -> None:
@@ -107,7 +107,9 @@ class TestProcessPage:
         self, inspector_client: Client, r: Any
     ) -> None:
         # A killed process: its record lives on until it expires, nobody pops its requests.
-        r.hset(store.keys().proc("dead:1:abcdef"), mapping={"id": "dead:1:abcdef", "pid": 1})
+        r.hset(
+            store.control_keys().proc("dead:1:abcdef"), mapping={"id": "dead:1:abcdef", "pid": 1}
+        )
         started = time.monotonic()
         html = inspector_client.get(page("dead:1:abcdef")).content.decode()
         waited = time.monotonic() - started

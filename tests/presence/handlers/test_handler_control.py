@@ -68,7 +68,7 @@ async def until(predicate: Any, limit: float) -> float:
 
 class TestPublish:
     def test_replaces_the_set_and_bumps_the_version(self, r: redis.Redis) -> None:
-        k = store.keys()
+        k = store.control_keys()
         assert store.read_handler_control(r) == (None, frozenset())
         assert publish("demo.a", "demo.b") == 1
         assert publish("demo.b") == 2
@@ -78,7 +78,7 @@ class TestPublish:
         assert not r.exists(k.handlers_disabled)
 
     def test_only_if_changed_writes_only_a_difference(self, r: redis.Redis) -> None:
-        client, k = store.get_redis(), store.keys()
+        client, k = store.get_redis(), store.control_keys()
         # Fresh Redis, nothing disabled: nothing to say, nothing written.
         assert store.publish_disabled_handlers(client, list, only_if_changed=True) is None
         assert r.keys(k.tag + ":*") == []
@@ -119,7 +119,7 @@ class TestPublish:
         store.publish_disabled_handlers(store.get_redis(), slow_read)
         t.join(5)
         assert reads == [("demo.a",), ("demo.b",)]  # the first EXEC failed on the WATCH
-        assert r.smembers(store.keys().handlers_disabled) == {"demo.b"}
+        assert r.smembers(store.control_keys().handlers_disabled) == {"demo.b"}
 
 
 class TestWatcher:

@@ -295,13 +295,13 @@ class TestRegisterAll:
         report = register_all(by="restart:3")
         assert report.outcomes["chat.typing"] == Outcome.REFRESHED
         assert row("chat.typing").status == "disabled"
-        assert r.smembers(store.keys().handlers_disabled) == {"chat.typing"}
+        assert r.smembers(store.control_keys().handlers_disabled) == {"chat.typing"}
         assert registry.is_disabled("chat.typing")
 
     def test_rebuilds_redis_from_the_database(self, r: redis.Redis, clean_disabled: None) -> None:
         """Redis holds a stale set (an enable published while it was down): start-up fixes it."""
         register_all(by=BY)
-        k = store.keys()
+        k = store.control_keys()
         r.sadd(k.handlers_disabled, "chat.typing")
         r.set(k.handlers_version, 41)
         register_all(by="restart:4")

@@ -90,7 +90,7 @@ class TestNotAnswering:
         # nobody popping its request list.
         with ThreadedProcess() as p:
             proc_id = p.id
-        r.hset(store.keys().proc(proc_id), mapping={"id": proc_id, "pid": 1})
+        r.hset(store.control_keys().proc(proc_id), mapping={"id": proc_id, "pid": 1})
         answer = ask_process(proc_id, "snapshot", by="alice")
         assert answer.outcome == "not_answering"
         assert inspector.ASK_WAIT <= answer.waited < inspector.ASK_WAIT + 1
@@ -98,8 +98,8 @@ class TestNotAnswering:
     def test_a_stale_request_is_dropped_not_answered_late(self, r: Any) -> None:
         with ThreadedProcess() as p:
             stale = {"id": "old", "kind": "snapshot", "by": "x", "at": time.time() - 60}
-            r.rpush(store.keys().proc_ask(p.id), json.dumps(stale))
-            r.rpush(store.keys().proc_ask(p.id), "not json")
+            r.rpush(store.control_keys().proc_ask(p.id), json.dumps(stale))
+            r.rpush(store.control_keys().proc_ask(p.id), "not json")
             assert ask_process(p.id, "snapshot", by="alice").outcome == "answered"
             assert read_answer(p.id, "old") is None
 
@@ -115,7 +115,7 @@ class TestNotAnswering:
 
         with pytest.raises(ValueError):
             asyncio.run(write())
-        assert r.get(store.keys().proc_reply("p", "rid")) is None
+        assert r.get(store.control_keys().proc_reply("p", "rid")) is None
 
 
 class TestProfile:

@@ -41,7 +41,7 @@ async def wait_for(pred: Any, within: float = 5.0) -> None:
 
 
 def held_in_redis(r: Any, proc: LocalProcess) -> set[str]:
-    return set(r.smembers(store.keys().proc_conns(proc.id)))
+    return set(r.smembers(store.control_keys().proc_conns(proc.id)))
 
 
 class TestRecord:
@@ -108,7 +108,7 @@ class TestRecord:
         await asyncio.sleep(2.2)
         await second.publish()
         assert [p["id"] for p in list_processes()] == [second.id]
-        assert r.zrange(store.keys().procs, 0, -1) == [second.id]  # pruned by the refresh
+        assert r.zrange(store.control_keys().procs, 0, -1) == [second.id]  # pruned by the refresh
 
     async def test_ids_differ_for_the_same_pid(self) -> None:
         assert LocalProcess().id != LocalProcess().id

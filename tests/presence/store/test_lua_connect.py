@@ -9,6 +9,7 @@ expiry + grace, the stats counters, the listing the HTTP API builds on, and what
 from __future__ import annotations
 
 import redis
+from redis.crc import key_slot
 
 from presence import store
 from tests.support.eventlog import join, log_entries, log_mark, logged
@@ -106,7 +107,9 @@ class TestFirstConnection:
 
         found = r.keys("*")
         assert store.keys().events in found
-        assert all(key.startswith("{presence}:") for key in found), found
+        # One script, one slot: every key carries the tag of one shard.
+        assert len({key_slot(key.encode()) for key in found}) == 1, found
+        assert all(key.startswith("{presence:") for key in found), found
 
     async def test_counts_connects_and_peaks(self, r: redis.Redis) -> None:
         k, now = store.keys(), store.now_ms()

@@ -1,0 +1,155 @@
+"""Where each logical shard lives: one Redis, a Redis Cluster, or independent primaries.
+
+Three shapes of the presence store, one code path (docs/operations.md, Sharding):
+
+* ``single`` (default; ``make run``): every shard on REDIS_URL, the control keys' server.
+* ``cluster`` (PRESENCE_REDIS_CLUSTER_URL): one ``RedisCluster`` client (sync, and asyncio
+  per event loop); it routes each command and pipeline entry by slot and follows MOVED/ASK
+  while slots migrate. A shard's tag puts its keys in one slot (presence/store/shards.py).
+* ``shards`` (PRESENCE_REDIS_SHARD_URLS): logical shard n lives on URL ``jump_hash(n, len)``;
+  each URL may be a ``redis+sentinel://`` URL and then follows failover like REDIS_URL.
+
+Store functions pick clients here; callers never choose a client for presence state.
+:func:`groups` answers "which client holds which shards" for reads and writes that fan out:
+one entry per node for ``single``/``shards`` (several shards' commands go in one pipeline,
+or one script call, per node), one entry with every shard for ``cluster`` (whose pipelines
+split by slot themselves).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any, Literal, cast
+
+import redis
+import redis.asyncio as aredis
+from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
+from redis.cluster import RedisCluster
+
+from presence.conf import app_settings
+from presence.loops import LoopLocal
+from presence.store.clients import (
+    async_client_for,
+    client_options,
+    get_async_redis,
+    get_redis,
+    on_reset,
+    sync_client_for,
+)
+from presence.store.shards import all_shards, jump_hash, shard_count
+
+Shape = Literal["single", "cluster", "shards"]
+
+
+def shape() -> Shape:
+    """The configured shape of the presence store (checks.py refuses both URLs set)."""
+    if app_settings.REDIS_CLUSTER_URL:
+        return "cluster"
+    if app_settings.REDIS_SHARD_URLS:
+        return "shards"
+    return "single"
+
+
+@lru_cache(maxsize=65536)
+def _url_index(shard: int, urls: int) -> int:
+    return jump_hash(shard, urls)
+
+
+def node_of(shard: int) -> int:
+    """Index of the node holding ``shard``: into PRESENCE_REDIS_SHARD_URLS for ``shards``,
+    0 otherwise (one Redis; a Cluster routes by slot itself)."""
+    urls = app_settings.REDIS_SHARD_URLS
+    return _url_index(shard, len(urls)) if urls else 0
+
+
+# --------------------------------------------------------------------------- Cluster clients
+_sync_cluster: dict[str, RedisCluster] = {}
+_async_cluster: LoopLocal[dict[str, AsyncRedisCluster]] = LoopLocal(lambda loop: {})
+
+
+def _cluster_options(*, for_asyncio: bool) -> dict[str, Any]:
+    options = client_options(for_asyncio=for_asyncio)
+    # The cluster client's own retry (redis-py's default) re-routes after MOVED/ASK and
+    # retries connection errors while a node restarts; one retry (client_options) is too few
+    # while slots migrate.
+    options.pop("retry")
+    return options
+
+
+def _sync_cluster_client(url: str) -> RedisCluster:
+    client = _sync_cluster.get(url)
+    if client is None:
+        client = _sync_cluster[url] = RedisCluster.from_url(
+            url, **_cluster_options(for_asyncio=False)
+        )
+    return client
+
+
+def _async_cluster_client(url: str, *, blocking: bool) -> AsyncRedisCluster:
+    per_loop = _async_cluster.get()
+    key = url + "#blocking" if blocking else url
+    client = per_loop.get(key)
+    if client is None:
+        client = per_loop[key] = AsyncRedisCluster.from_url(
+            url, **_cluster_options(for_asyncio=True)
+        )
+    return client
+
+
+def _forget_cluster_clients() -> None:
+    for client in _sync_cluster.values():
+        client.close()
+    _sync_cluster.clear()
+    _async_cluster.clear()
+
+
+on_reset(_forget_cluster_clients)
+
+
+# --------------------------------------------------------------------------- per shard
+def client_for(shard: int) -> redis.Redis:
+    """The sync client holding ``shard`` (a ``RedisCluster`` speaks the same commands)."""
+    if cluster_url := app_settings.REDIS_CLUSTER_URL:
+        return cast(redis.Redis, _sync_cluster_client(cluster_url))
+    if urls := app_settings.REDIS_SHARD_URLS:
+        return sync_client_for(urls[node_of(shard)])
+    return get_redis()
+
+
+def aclient_for(shard: int, *, blocking: bool = False) -> aredis.Redis:
+    """This event loop's async client holding ``shard`` (``blocking``: the separate client of
+    blocking reads, as get_async_redis)."""
+    if cluster_url := app_settings.REDIS_CLUSTER_URL:
+        return cast(aredis.Redis, _async_cluster_client(cluster_url, blocking=blocking))
+    if urls := app_settings.REDIS_SHARD_URLS:
+        return async_client_for(urls[node_of(shard)], blocking=blocking)
+    return get_async_redis(blocking=blocking)
+
+
+def split_by_node(shards: list[int]) -> list[list[int]]:
+    """``shards`` split into one list per node holding some (in order; one list on a Cluster
+    or one Redis). Writers batch per node: one round trip per node, not per shard."""
+    if shape() != "shards":
+        return [shards] if shards else []
+    by_node: dict[int, list[int]] = {}
+    for shard in shards:
+        by_node.setdefault(node_of(shard), []).append(shard)
+    return [by_node[node] for node in sorted(by_node)]
+
+
+def groups() -> list[tuple[redis.Redis, list[int]]]:
+    """Every shard, grouped by the sync client holding it: [(client, [shards])]."""
+    return [(client_for(part[0]), part) for part in split_by_node(list(all_shards()))]
+
+
+def agroups(*, blocking: bool = False) -> list[tuple[aredis.Redis, list[int]]]:
+    """Every shard, grouped by this loop's async client holding it: [(client, [shards])]."""
+    return [
+        (aclient_for(part[0], blocking=blocking), part)
+        for part in split_by_node(list(all_shards()))
+    ]
+
+
+def node_count() -> int:
+    """How many groups :func:`groups` returns (nodes a fan-out talks to)."""
+    return len(split_by_node(list(range(shard_count()))))
