@@ -457,7 +457,7 @@ def get_dashboard(*, with_charts: bool = True) -> Dashboard:
     now = timezone.now()
     client = store.get_redis()
     overview = store.console_overview(client, catalog.console_keys())
-    groups = store.groups_backlog(client)
+    groups = store.groups_backlog()
     tasks = [
         _task_run(task, overview.task_runs.get(task, {}), now, groups)
         for task in catalog.console_keys()

@@ -42,7 +42,7 @@ class Watch:
 
 async def listen(*scopes: str) -> Watch:
     """Watch ``scopes`` in the event log from now on (what the sweep logs after this)."""
-    return Watch(scopes, await store.log_position(store.get_async_redis()))
+    return Watch(scopes, await store.log_position(0))
 
 
 async def drain(watch: Watch) -> list[dict[str, str]]:
