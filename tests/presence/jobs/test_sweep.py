@@ -317,19 +317,34 @@ class TestSweepRun:
 
 
 class TestLock:
-    def test_a_run_finding_the_lock_held_is_skipped_and_counted(self, r):
-        token = store.acquire_task_lock(r, "sweep", 10_000)
-        assert token is not None
+    def test_a_run_finding_every_shard_held_is_skipped_and_counted(self, r):
+        tokens = {
+            shard: store.acquire_task_lock(store.client_for(shard), "sweep", 10_000, shard=shard)
+            for shard in store.all_shards()
+        }
+        assert all(tokens.values())
 
         report = sweep.sweep_expired()
 
         assert report.skipped is True
+        assert report.shards_skipped == store.shard_count()
         metrics = store.read_task_run(r, "sweep")
         assert metrics["skipped_total"] == "1" and "runs_total" not in metrics
         assert r.hget(store.keys().stats, "task:sweep:skipped") == "1"
-        assert store.release_task_lock(r, "sweep", token) is True
+        for shard, token in tokens.items():
+            assert store.release_task_lock(store.client_for(shard), "sweep", token, shard=shard)
         assert sweep.sweep_expired().skipped is False
         assert store.read_task_run(r, "sweep")["runs_total"] == "1"
+
+    def test_a_held_shard_is_skipped_the_others_swept(self, r, settings):
+        settings.PRESENCE_SHARDS = 4  # shard 0 held, three others
+        token = store.acquire_task_lock(r, "sweep", 10_000, shard=0)
+        assert token is not None
+
+        report = sweep.sweep_expired()
+
+        assert (report.skipped, report.shards_skipped) == (False, 1)
+        assert report.shards == store.shard_count() - 1
 
     def test_release_is_compare_and_delete(self, r):
         mine = store.acquire_task_lock(r, "sweep", 50)
