@@ -17,6 +17,7 @@ from django.db.models.functions import Coalesce
 
 from presence import store
 from presence.access.authz import acan_access_room
+from presence.conf import app_settings
 from presence.protocol.types import PresenceListing
 from sessions_app.models import ConnectionSession, EndReason
 from sessions_app.queries import last_seen_by_user
@@ -26,15 +27,22 @@ Within = Callable[[], asyncio.Timeout]
 
 def get_online(room: str | None = None) -> PresenceListing:
     """Everyone online, or the members of ``room``."""
-    count, users = store.list_online(store.get_redis(), room)
+    count, users = store.list_online(room)
     return {"count": count, "users": users}
 
 
 async def aget_online(room: str | None, *, within: Within) -> PresenceListing:
     """Everyone online, or the members of ``room``; both round trips inside ``within()``."""
     async with within():
-        count, users = await store.alist_online(store.get_async_redis(), room)
+        count, users = await store.alist_online(room)
     return {"count": count, "users": users}
+
+
+async def aget_online_page(room: str | None, cursor: int, *, within: Within) -> dict[str, Any]:
+    """One page of everyone online (or of ``room``): ``next`` continues, None = the end."""
+    async with within():
+        count, users, after = await store.alist_online_page(room, cursor, app_settings.LIST_LIMIT)
+    return {"count": count, "users": users, "next": str(after) if after else None}
 
 
 def _last_seen_expression() -> Any:

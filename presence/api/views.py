@@ -16,7 +16,7 @@ from presence.access.authz import acan_access_room
 from presence.api import listing as queries
 from presence.api.deadline import redis_deadline
 from presence.conf import app_settings
-from presence.handlers.core import ROOM_PATTERN
+from presence.handlers.core import CURSOR_PATTERN, ROOM_PATTERN
 from presence.models.routers import reads_from_replica
 
 
@@ -62,17 +62,27 @@ EVERYONE_FORBIDDEN = {
 @_ajson_login_required
 @reads_from_replica
 async def online(request: HttpRequest) -> JsonResponse:
-    """``GET /api/presence/online/?room=`` -> ``{"count": n, "users": [...]}``."""
+    """``GET /api/presence/online/?room=`` -> ``{"count": n, "users": [...]}``.
+
+    ``?cursor=0`` pages instead (everyone: across every shard): ``{"count", "users",
+    "next"}``, where ``next`` is the cursor of the following page, or null at the end.
+    """
     room = request.GET.get("room") or None
+    cursor = request.GET.get("cursor")
     # fullmatch: with re.match, "$" also matches before a trailing newline ("lobby\n").
     if room is not None and not re.fullmatch(ROOM_PATTERN, room):
         return JsonResponse({"error": "room: 1-64 characters of [A-Za-z0-9_.:-]"}, status=400)
+    if cursor is not None and not re.fullmatch(CURSOR_PATTERN[1:-1], cursor):
+        return JsonResponse({"error": "cursor: the `next` of a previous page, or 0"}, status=400)
     user = await request.auser()
     if room is None and not _may_read_everyone(user):
         return JsonResponse(EVERYONE_FORBIDDEN, status=403)
     if room is not None and not await acan_access_room(user, room, "list"):
         return JsonResponse({"error": f"you may not list room {room!r}"}, status=403)
-    listing = await queries.aget_online(room, within=partial(redis_deadline, request))
+    within = partial(redis_deadline, request)
+    if cursor is not None:
+        return JsonResponse(await queries.aget_online_page(room, int(cursor), within=within))
+    listing = await queries.aget_online(room, within=within)
     return JsonResponse(listing)
 
 

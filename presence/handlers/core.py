@@ -21,8 +21,9 @@ from presence.live.fanout import GLOBAL
 from presence.live.replica import Listing, room_listing
 
 ROOM_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$"
-# ZSCAN cursors are unsigned 64-bit integers, sent as decimal text.
-CURSOR_PATTERN = r"^[0-9]{1,20}$"
+# A shard and its ZSCAN cursor (an unsigned 64-bit integer) in one number, as decimal text:
+# up to 2**64 * PRESENCE_SHARDS, so a few digits more than a ZSCAN cursor.
+CURSOR_PATTERN = r"^[0-9]{1,26}$"
 
 
 class RoomPayload(BaseModel):
@@ -218,13 +219,13 @@ async def presence_list(ctx: HandlerContext, data: ListPayload) -> dict[str, Any
     """Who is online: everyone, or the members of ``data.room``; pages with ``cursor``."""
     if data.room is not None:
         await require_room_access(ctx.user, data.room, "list")
-    client = store.get_async_redis()
     limit = min(data.limit or app_settings.LIST_LIMIT, app_settings.LIST_LIMIT)
     # Bounded: a store that is away answers `unavailable` (not handler_timeout) in seconds.
     async with store.bounded():
         if data.cursor is None:
-            return _listing(*await store.alist_online(client, data.room, limit=limit))
-        count, users, cursor = await store.alist_page(client, data.room, int(data.cursor), limit)
+            return _listing(*await store.alist_online(data.room, limit=limit))
+        # Everyone: the cursor walks every shard's index (presence/store/reads.py).
+        count, users, cursor = await store.alist_online_page(data.room, int(data.cursor), limit)
     return {**_listing(count, users), "cursor": str(cursor) if cursor else None}
 
 

@@ -178,6 +178,7 @@ from presence.store.processes import (
 )
 from presence.store.reads import (
     alist_online,
+    alist_online_page,
     auser_presence,
     list_online,
     user_presence,
@@ -291,6 +292,7 @@ __all__ = [
     "aensure_group",
     "agroups",
     "alist_online",
+    "alist_online_page",
     "alist_page",
     "all_shards",
     "alogin_revoked",

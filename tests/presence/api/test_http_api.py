@@ -96,6 +96,30 @@ class TestOnline:
             {"id": bob.pk, "username": "bob", "status": "busy", "connections": 1},
         ]
 
+    async def test_pages_with_a_cursor_until_next_is_null(
+        self, viewer: AsyncClient, ws_client: WSFactory, auser_factory: UserFactory, settings: Any
+    ) -> None:
+        settings.PRESENCE_LIST_LIMIT = 2
+        names = ["alice", "bob", "carol", "dave", "erin"]
+        for name in names:
+            await ws_client(await auser_factory(name))
+        seen, cursor, pages = set(), "0", 0
+        while cursor is not None:
+            response = await viewer.get(ONLINE, {"cursor": cursor})
+            assert response.status_code == 200
+            body = response.json()
+            assert body["count"] == 5
+            seen.update(u["username"] for u in body["users"])
+            cursor, pages = body["next"], pages + 1
+            assert pages < 50
+        assert seen == set(names)
+
+    @pytest.mark.parametrize("cursor", ["-1", "x", "1" * 27, ""])
+    async def test_a_malformed_cursor_is_a_400(self, viewer: AsyncClient, cursor: str) -> None:
+        response = await viewer.get(ONLINE, {"cursor": cursor})
+        assert response.status_code == 400
+        assert "cursor" in response.json()["error"]
+
     async def test_nobody_online(self, viewer: AsyncClient) -> None:
         response = await viewer.get(ONLINE)
 

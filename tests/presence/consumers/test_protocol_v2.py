@@ -320,7 +320,7 @@ class TestReplica:
 
         reply = await alice.request("presence.sync", {"room": None}, id_=2)
 
-        expected = {u["id"]: u for u in store.list_online(r)[1]}
+        expected = {u["id"]: u for u in store.list_online()[1]}
         got = {u["id"]: u for u in reply["data"]["users"]}
         assert got == expected
         assert got[carol.hello["user"]["id"]]["status"] == "busy"

@@ -202,8 +202,8 @@ class TestSweepRun:
             assert await layer.receive(channel) == {"type": "presence.expire"}
         k = store.keys()
         assert r.zcard(k.sweeping) == 0 and r.hlen(k.sweeping_exp) == 0
-        assert store.list_online(r)[0] == 1
-        assert store.list_online(r, "lobby")[1][0]["id"] == bob.pk
+        assert store.list_online()[0] == 1
+        assert store.list_online("lobby")[1][0]["id"] == bob.pk
         assert int(r.hget(k.stats, "disconnects")) == 2
 
     async def test_a_heartbeat_after_the_claim_keeps_the_user_online(

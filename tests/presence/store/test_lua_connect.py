@@ -235,8 +235,8 @@ class TestListing:
         await connect("b1", 2, now, username="bob")
         await store.set_status(store.get_async_redis(), 2, "bob", "away")
 
-        count, users = store.list_online(r)
-        acount, ausers = await store.alist_online(store.get_async_redis())
+        count, users = store.list_online()
+        acount, ausers = await store.alist_online()
 
         assert count == acount == 2
         assert sorted(users, key=lambda u: u["id"]) == [
@@ -250,7 +250,7 @@ class TestListing:
         await connect("old", 1, now - TTL_MS - 1)
         await connect("new", 2, now)
 
-        count, users = store.list_online(r)
+        count, users = store.list_online()
 
         assert count == 1
         assert [u["id"] for u in users] == [2]
@@ -262,7 +262,7 @@ class TestListing:
         for uid in range(1, 6):
             await connect(f"c{uid}", uid, now)
 
-        count, users = store.list_online(r, limit=2)
+        count, users = store.list_online(limit=2)
 
         assert count == 5
         assert len(users) == 2

@@ -280,7 +280,7 @@ class TestFailedScriptWritesNoState:
         assert r.hget(k.conn("c1"), "uid") == "7"
         assert r.zscore(k.conns, "c1") is not None
         assert store.user_presence(r, 7) == ("online", 1)
-        assert store.list_online(r, "lobby")[0] == 1
+        assert store.list_online("lobby")[0] == 1
         assert_unchanged(before, state(rb))
 
     async def test_swept_end(self, r: redis.Redis, rb: redis.Redis) -> None:
@@ -316,7 +316,7 @@ class TestFailedScriptWritesNoState:
 
         assert r.smembers(k.conn_rooms("c1")) == {"lobby"}
         assert r.smembers(k.room_user("lobby", 7)) == {"c1"}
-        assert store.list_online(r, "lobby")[0] == 1
+        assert store.list_online("lobby")[0] == 1
         assert_unchanged(before, state(rb))
 
     async def test_status(self, r: redis.Redis, rb: redis.Redis) -> None:
@@ -493,7 +493,7 @@ class TestKilledCaller:
 
         await asyncio.to_thread(wait_for, lambda: not r.hexists(k.conn("c1"), "uid"))
         assert store.user_presence(r, 7) == (None, 0)
-        assert store.list_online(r, "lobby") == (0, [])
+        assert store.list_online("lobby") == (0, [])
         assert [(e["k"], e.get("r"), e["why"]) for e in logged(r, since=mark)] == [
             ("leave", "lobby", "server_shutdown"),
             ("leave", "", "server_shutdown"),

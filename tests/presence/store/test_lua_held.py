@@ -67,9 +67,9 @@ class TestHold:
         assert r.zscore(k.users, "7") == due
         assert r.zscore(k.room("a"), "7") == due
         # Listed as present (no live connection) until the leave is released.
-        count, users = store.list_online(r)
+        count, users = store.list_online()
         assert (count, [u["id"] for u in users]) == (1, [7])
-        assert store.list_online(r, "a")[0] == 1
+        assert store.list_online("a")[0] == 1
         assert store.user_presence(r, 7) == ("online", 0)
 
     async def test_a_reconnect_within_the_window_logs_no_leave_and_no_join(
@@ -112,7 +112,7 @@ class TestHold:
             leave("", 7, t0 + 1 + GRACE_MS, "closed"),
         ]
         assert r.zscore(k.users, "7") is None
-        assert store.list_online(r) == (0, [])
+        assert store.list_online() == (0, [])
 
     async def test_the_leave_carries_the_close_reason(self, r: redis.Redis) -> None:
         t0 = store.now_ms()

@@ -280,13 +280,13 @@ class TestRoomListing:
         await join(b, "lobby")
         await join(b, "other")
 
-        count, users = store.list_online(r, "lobby")
+        count, users = store.list_online("lobby")
 
         assert count == 2
         assert sorted(u["id"] for u in users) == [1, 2]
-        assert store.list_online(r, "other")[0] == 1
-        assert store.list_online(r, "empty") == (0, [])
-        assert store.list_online(r)[0] == 3
+        assert store.list_online("other")[0] == 1
+        assert store.list_online("empty") == (0, [])
+        assert store.list_online()[0] == 3
 
 
 class TestStatus:
