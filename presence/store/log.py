@@ -30,7 +30,7 @@ from presence.protocol.types import PresenceUser
 from presence.store import topology
 from presence.store.clients import bounded, now_ms
 from presence.store.keys import Keys
-from presence.store.reads import format_users, is_held, plan_index, queue_details
+from presence.store.reads import is_held
 from presence.store.shards import all_shards, room_shard, user_shard
 
 LogEntry = tuple[str, dict[str, str]]
@@ -304,23 +304,3 @@ async def adetails(uids: Sequence[str]) -> list[PresenceUser]:
         )
     return users
 
-
-async def alist_page(
-    client: aredis.Redis, room: str | None, cursor: int, limit: int
-) -> tuple[int, list[PresenceUser], int]:
-    """One page of a scope's members: (exact count, users, next cursor; 0 = done).
-
-    ZSCAN walks the index in a stable order whatever the heartbeats do to the scores, so a
-    listing of any size can be paged; a member present throughout is returned at least
-    once (a user may show up on two pages while the index is rehashed).
-    """
-    index, now = plan_index(room), now_ms()
-    pipe = client.pipeline(transaction=False)
-    pipe.zcount(index, f"({now}", "+inf")
-    pipe.zscan(index, cursor, count=limit)
-    count, (next_cursor, members) = await pipe.execute()
-    uids = [str(uid) for uid, score in members if score > now]
-    pipe = client.pipeline(transaction=False)
-    queue_details(pipe, uids, now)
-    users = format_users(uids, await pipe.execute()) if uids else []
-    return int(count), users, int(next_cursor)
