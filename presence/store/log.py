@@ -303,4 +303,3 @@ async def adetails(uids: Sequence[str]) -> list[PresenceUser]:
             }
         )
     return users
-
