@@ -384,6 +384,38 @@ async def aclaim_group(
 ) -> tuple[int, int]:
     """Async twin of :func:`claim_group`."""
     claimed = trimmed = 0
+    if _polled():  # a Cluster: one round trip per primary, straight (store.log.cluster_round)
+        client = topology.aclient_for(0)
+        starts = {shard: "0-0" for shard in sorted(all_shards() if shards is None else shards)}
+        for _ in range(CLAIM_ROUNDS):
+            current = dict(starts)
+
+            def queue(pipe: Any, shard: int, current: dict[int, str] = current) -> None:
+                pipe.execute_command(
+                    *_claim_args(group, consumer, shard, min_idle_ms, current[shard], count)
+                )
+
+            replies = await cluster_round(client, list(current), queue)
+            missing = []
+            for shard in current:
+                raw = replies[shard]
+                if isinstance(raw, BaseException):
+                    if not _is_nogroup(raw):
+                        raise raw
+                    missing.append(shard)
+                    del starts[shard]
+                    continue
+                start, n, gone = _parse_claim(raw)
+                claimed, trimmed = claimed + n, trimmed + gone
+                if start == "0-0":
+                    del starts[shard]
+                else:
+                    starts[shard] = start
+            if missing:
+                await aensure_group(group, missing)
+            if not starts:
+                break
+        return claimed, trimmed
     for part in _parts(shards):
         client = topology.aclient_for(part[0])
         starts = {shard: "0-0" for shard in part}
