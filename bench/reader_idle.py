@@ -38,6 +38,7 @@ from config.embedded_redis import RedisServer  # noqa: E402
 
 CHILD = """
 import asyncio
+import os
 import django
 django.setup()
 from presence.live import eventlog
@@ -45,7 +46,8 @@ from presence.jobs import sessionlog
 
 async def run():
     await eventlog.ensure_reader()
-    await sessionlog.ensure_session_writer()
+    if os.environ.get("READER_IDLE_WRITER", "1") == "1":
+        await sessionlog.ensure_session_writer()
     print("ready", flush=True)
     await asyncio.sleep(10**6)
 
@@ -71,6 +73,9 @@ def main() -> None:
     parser.add_argument("--shape", choices=("single", "shards", "cluster"), default="single")
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--warmup", type=float, default=5.0)
+    parser.add_argument(
+        "--no-writer", action="store_true", help="the log reader alone (no session writer)"
+    )
     args = parser.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="reader-idle-"))
@@ -78,6 +83,7 @@ def main() -> None:
     stops: list[Callable[[], None]] = []
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": "config.settings", "PYTHONPATH": str(ROOT)}
     env["DATABASE_URL"] = f"sqlite:///{tmp / 'db.sqlite3'}"
+    env["READER_IDLE_WRITER"] = "0" if args.no_writer else "1"
     try:
         control = RedisServer(tmp / "control").start()
         servers.append(control)
@@ -114,6 +120,7 @@ def main() -> None:
         result: dict[str, Any] = {
             "shape": args.shape,
             "shards": int(env.get("PRESENCE_SHARDS", 64)),
+            "session_writer": not args.no_writer,
             "seconds": round(t1 - t0, 1),
             "cpu_seconds": round(cpu1 - cpu0, 3),
             "core_percent": round(100 * (cpu1 - cpu0) / (t1 - t0), 3),

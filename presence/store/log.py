@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 import redis.asyncio as aredis
@@ -131,6 +132,12 @@ _primaries: LoopLocal[dict[str, Any]] = LoopLocal(lambda loop: {})
 on_reset(_primaries.clear)
 
 
+@lru_cache(maxsize=4096)
+def _slot(key: str) -> int:
+    """A key's Cluster slot (cached: the same few streams are polled many times a second)."""
+    return key_slot(key.encode())
+
+
 def _primary_client(node: Any) -> aredis.Redis:
     """This loop's plain client of a Cluster primary (the cluster client's own options)."""
     clients = _primaries.get()
@@ -154,7 +161,7 @@ async def cluster_round(
         await client.initialize()
     by_node: dict[str, tuple[Any, list[int]]] = {}
     for shard in shards:
-        node = client.nodes_manager.get_node_from_slot(key_slot(Keys(shard).events.encode()))
+        node = client.nodes_manager.get_node_from_slot(_slot(Keys(shard).events))
         by_node.setdefault(node.name, (node, []))[1].append(shard)
 
     async def per_node(node: Any, part: list[int]) -> list[tuple[int, Any]]:
