@@ -240,7 +240,7 @@ def _queue_listing(pipe: Any, index: str, now: int, limit: int) -> None:
 
 async def _read_scopes(
     rooms: Sequence[str | None], *, limit: int
-) -> tuple[dict[int, str], list[tuple[int, list[str]]]]:
+) -> tuple[dict[int, str], list[tuple[int, list[tuple[int, str]]]]]:
     """Each scope's (count, uids up to ``limit``) and the positions they are consistent with.
 
     Per node, one pipeline: each shard's stream position is read before its part of each
@@ -279,7 +279,7 @@ async def _read_scopes(
 
     positions: dict[int, str] = {}
     counts = [0] * len(rooms)
-    uids: list[list[str]] = [[] for _ in rooms]
+    found: list[list[tuple[int, str]]] = [[] for _ in rooms]
     for node in await _gather(per_node(c, p) for c, p in _node_groups(involved)):
         for shard, item in node:
             if item[0] == "pos":
@@ -287,9 +287,13 @@ async def _read_scopes(
             else:
                 i, count, members = item
                 counts[i] += count
-                uids[i] += [str(uid) for uid in members]
+                # A user listed by a shard's ``users`` index has their keys on that shard;
+                # a room's members have theirs on their own (user) shards.
+                found[i] += [
+                    (shard if rooms[i] is None else user_shard(uid), str(uid)) for uid in members
+                ]
     # A global scope reads up to ``limit`` per shard: keep ``limit`` in all.
-    return positions, [(counts[i], uids[i][:limit]) for i in range(len(rooms))]
+    return positions, [(counts[i], found[i][:limit]) for i in range(len(rooms))]
 
 
 async def snapshots(rooms: Sequence[str | None], *, limit: int) -> list[Snapshot]:
@@ -299,8 +303,9 @@ async def snapshots(rooms: Sequence[str | None], *, limit: int) -> list[Snapshot
     (the reader numbers it)."""
     positions, listed = await _read_scopes(rooms, limit=limit)
     out = []
-    for room, (count, uids) in zip(rooms, listed, strict=True):
-        users = await adetails(uids)
+    for room, (count, found) in zip(rooms, listed, strict=True):
+        users = await _details(found)
+        uids = found
         seq = positions[room_shard(room)] if room is not None else ""
         scope_positions = {room_shard(room): seq} if room is not None else dict(positions)
         out.append(Snapshot(room, seq, count, users, len(uids) >= count, scope_positions))
@@ -350,12 +355,18 @@ async def aonline_count() -> int:
 async def adetails(uids: Sequence[str]) -> list[PresenceUser]:
     """Names, statuses and connection counts of ``uids`` (two commands each, on each user's
     shard, one pipeline per node); lapsed users left out, the order kept."""
-    if not uids:
+    return await _details([(user_shard(uid), uid) for uid in uids])
+
+
+async def _details(found: Sequence[tuple[int, str]]) -> list[PresenceUser]:
+    """:func:`adetails` of (shard holding the user's keys, uid) pairs."""
+    if not found:
         return []
     now = now_ms()
     by_shard: dict[int, list[str]] = {}
-    for uid in uids:
-        by_shard.setdefault(user_shard(uid), []).append(uid)
+    for shard, uid in found:
+        by_shard.setdefault(shard, []).append(uid)
+    uids = [uid for _, uid in found]
 
     async def per_node(client: aredis.Redis, part: list[int]) -> dict[str, Any]:
         pipe: Any = client.pipeline(transaction=False)
@@ -370,12 +381,12 @@ async def adetails(uids: Sequence[str]) -> list[PresenceUser]:
         raw = await pipe.execute()
         return {uid: (raw[2 * i], raw[2 * i + 1]) for i, uid in enumerate(order)}
 
-    found: dict[str, Any] = {}
+    got: dict[str, Any] = {}
     for part in await _gather(per_node(c, p) for c, p in _node_groups(by_shard)):
-        found.update(part)
+        got.update(part)
     users: list[PresenceUser] = []
     for uid in uids:
-        (username, status, held), connections = found[uid]
+        (username, status, held), connections = got[uid]
         if int(connections) == 0 and not is_held(held, now):
             continue  # lapsed between the two round trips
         users.append(
