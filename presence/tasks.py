@@ -41,9 +41,8 @@ def sweep_expired(period: float | None = None) -> dict[str, Any]:
 
     ``period``: set by beat (the schedule's interval); the run claims that period first.
     """
-    if not periodic.claim_period(sweep.TASK, period):
-        return PERIOD_SKIPPED
-    return sweep.sweep_expired().as_dict()
+    # Per shard: each shard's run claims its own period (presence/jobs/periodic.py).
+    return sweep.sweep_expired(period=period).as_dict()
 
 
 @shared_task(
@@ -54,9 +53,8 @@ def sweep_expired(period: float | None = None) -> dict[str, Any]:
 )
 def flush_stats(period: float | None = None) -> dict[str, Any]:
     """Move hot-path counters into StatsBucket rows (exactly once); write last heartbeats."""
-    if not periodic.claim_period(flush.TASK, period):
-        return PERIOD_SKIPPED
-    return flush.flush_stats().as_dict()
+    # Per shard: each shard's run claims its own period (presence/jobs/periodic.py).
+    return flush.flush_stats(period=period).as_dict()
 
 
 @shared_task(

@@ -167,7 +167,7 @@ class TestDocCommands:
     def test_commands_work_as_written(
         self, mode: str, redis_server: Any, r: Any, tmp_path: Path
     ) -> None:
-        store.ensure_group(store.get_redis(), store.SESSION_LOG_GROUP)
+        store.ensure_group(store.SESSION_LOG_GROUP)
         for task in ("sweep", "flush", "sessionlog"):
             periodic.run_locked(task, 1000, periodic.RunReport(), lambda rep: None)
         env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}

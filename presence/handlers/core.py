@@ -81,9 +81,11 @@ async def reply_snapshot(ctx: HandlerContext, room: str | None) -> Any:
             )
             seq = listing.seq
             return NO_REPLY
-        (snap,) = await store.snapshots(
-            store.get_async_redis(), [room], limit=app_settings.SYNC_LIMIT
-        )
+        # The global scope's positions are the reader's own (presence/live/eventlog.py).
+        if consumer.reader is not None:
+            snap = await consumer.reader.global_snapshot()
+        else:
+            (snap,) = await store.snapshots([None], limit=app_settings.SYNC_LIMIT)
         await ctx.reply(
             {
                 "count": snap.count,

@@ -214,10 +214,10 @@ def drain(report: SignalReport) -> SignalReport:
     sender = Sender(client, report)
     reading = groups.Reading()
     for entries in groups.batches(
-        client, store.HOOKS_GROUP, count=app_settings.HOOKS_BATCH, reading=reading
+        store.HOOKS_GROUP, count=app_settings.HOOKS_BATCH, reading=reading
     ):
         ack = sender.handle(entries, store.now_ms())
-        store.ack_group(client, store.HOOKS_GROUP, ack)
+        store.ack_group(store.HOOKS_GROUP, ack)
         report.entries += len(entries)
     report.batches, report.capped = reading.batches, reading.capped
     return report

@@ -172,13 +172,13 @@ def route(report: RouteReport) -> RouteReport:
     endpoints = list(WebhookEndpoint.objects.filter(enabled=True))
     reading = groups.Reading()
     for entries in groups.batches(
-        client, store.WEBHOOKS_GROUP, count=app_settings.HOOKS_BATCH, reading=reading
+        store.WEBHOOKS_GROUP, count=app_settings.HOOKS_BATCH, reading=reading
     ):
         rows = outbox_rows(entries, endpoints, report)
         with transaction.atomic():
             WebhookEvent.objects.bulk_create(rows, ignore_conflicts=True)
         # Only after the commit: a failure above leaves the entries pending for the next run.
-        store.ack_group(client, store.WEBHOOKS_GROUP, [e.id for e in entries])
+        store.ack_group(store.WEBHOOKS_GROUP, [e.id for e in entries])
         report.entries += len(entries)
         report.queued += len(rows)
     report.batches, report.capped = reading.batches, reading.capped

@@ -2,9 +2,12 @@
 
 Each reader (:class:`LogConsumer`) loops: XREADGROUP ... BLOCK on its group, hands the batch
 to its :class:`Handler` (write session rows, send signals, route webhooks), XACKs what the
-handler says is done, and reads again. Nothing is polled: an event is read the moment it
-is appended, and while a batch is being worked on new entries pile up and make the next
-batch, so batches grow with load by themselves.
+handler says is done, and reads again. The log is one stream per shard: a handler runs one
+reader per node of the presence store, each over that node's shards (one XREADGROUP names
+all their streams). Nothing is polled, except on a Redis Cluster (one XREADGROUP cannot name
+two slots: one non-blocking read per shard in one pipeline, then a short wait while quiet).
+An event is read the moment it is appended, and while a batch is being worked on new
+entries pile up and make the next batch, so batches grow with load by themselves.
 
 Delivery guarantees are those of the groups (presence/store/groups.py): an entry is
 acknowledged only after its work is done. Entries a reader keeps pending on purpose (a
@@ -55,6 +58,10 @@ RECORD_EVERY = 1.0
 # lapses this long after its holder died; a standby process tries to take it this often.
 LEASE_TTL = 5.0
 LEASE_RETRY = 1.0
+# A Cluster reader's wait after an empty read (doubling from the first to the second): a
+# round of one read per shard costs ~7 ms of Python for 64 shards (docs/performance.md), so
+# a quiet log is polled once a second; entries written meanwhile wait at most that long.
+POLL_IDLE = (0.01, 1.0)
 # Errors a reader survives: Redis gone or restarting, the database failing, a closed socket.
 TRANSIENT = (redis.RedisError, DatabaseError, OSError)
 
@@ -102,14 +109,28 @@ def consumer_name(job: str) -> str:
 class LogConsumer:
     """One reader of one consumer group, looping until ``stopping`` is set."""
 
-    def __init__(self, handler: Handler, stopping: threading.Event, name: str = "") -> None:
+    def __init__(
+        self,
+        handler: Handler,
+        stopping: threading.Event,
+        name: str = "",
+        *,
+        shards: list[int] | None = None,
+        part: int = 0,
+    ) -> None:
         self.handler = handler
         self.stopping = stopping
         self.name = name or consumer_name(handler.job)
-        # Re-reading this reader's own pending entries: the id after which to read (None: not
-        # scanning); a scan is due at next_scan (monotonic; None: none planned). One runs at
-        # start-up: a reused name may hold entries.
-        self.cursor: str | None = None
+        # The shards this reader follows (one node's; None: every shard) and which reader of
+        # the handler it is (its lease, when exclusive, is its own: per-shard order is all
+        # the order there is).
+        self.shards = shards
+        self.part = part
+        # Re-reading this reader's own pending entries: per shard, the id after which to read
+        # (None: not scanning); a scan is due at next_scan (monotonic; None: none planned).
+        # One runs at start-up: a reused name may hold entries.
+        self.cursor: store.Cursor | None = None
+        self.idle_wait = 0.0
         self.next_scan: float | None = 0.0
         self.next_claim = 0.0
         self.group_ready = False
@@ -155,7 +176,8 @@ class LogConsumer:
 
     @property
     def lease_name(self) -> str:
-        return f"consumer-{self.handler.job}"
+        suffix = f"-{self.part}" if self.part else ""
+        return f"consumer-{self.handler.job}{suffix}"
 
     def _hold_lease(self, client: redis.Redis) -> bool:
         """Whether this reader may read its exclusive group now (takes or extends the lease)."""
@@ -190,14 +212,14 @@ class LogConsumer:
             self.stopping.wait(LEASE_RETRY)  # standby: another process reads this group
             return
         if not self.group_ready:
-            store.ensure_group(client, h.group)
+            store.ensure_group(h.group, self.shards)
             self.group_ready = True
         now = time.monotonic()
         if now >= self.next_claim:
             self.next_claim = now + max(h.claim_idle / 2, 0.1)
             idle_ms = 0 if self.claim_all else int(h.claim_idle * 1000)
             claimed, _ = store.claim_group(
-                client, h.group, self.name, min_idle_ms=idle_ms, count=h.batch
+                h.group, self.name, min_idle_ms=idle_ms, count=h.batch, shards=self.shards
             )
             self.claim_all = False
             if claimed:
@@ -206,22 +228,35 @@ class LogConsumer:
                 )
                 self.next_scan = now
         if self.cursor is None and self.next_scan is not None and now >= self.next_scan:
-            self.cursor, self.next_scan = "0", None
+            self.cursor = store.start_cursor(self.shards or store.all_shards())
+            self.next_scan = None
         scan = self.cursor is not None
-        if scan:
-            entries = store.read_group(client, h.group, self.name, count=h.batch, after=self.cursor)
-            self.cursor = entries[-1].id if entries else None
+        if self.cursor is not None:
+            entries = store.read_group(
+                h.group, self.name, count=h.batch, shards=self.shards, after=self.cursor
+            )
+            self.cursor = store.advance_cursor(self.cursor, entries)
         else:
             block = BLOCK_MAX
             if self.next_scan is not None:  # do not sleep through a planned scan
                 block = min(block, self.next_scan - now)
             entries = store.read_group(
-                client, h.group, self.name, count=h.batch, block_ms=max(1, int(block * 1000))
+                h.group,
+                self.name,
+                count=h.batch,
+                shards=self.shards,
+                block_ms=max(1, int(block * 1000)),
             )
+            if store.log_polled():
+                # WARNING: a Cluster reader's idle cost: wait longer while the log is quiet.
+                low, high = POLL_IDLE
+                self.idle_wait = 0.0 if entries else min(max(self.idle_wait * 2, low), high)
+                if self.idle_wait:
+                    self.stopping.wait(min(self.idle_wait, block))
         started = time.monotonic()
         if entries:
             handled = h.handle(client, entries, scan=scan)
-            store.ack_group(client, h.group, handled.ack)
+            store.ack_group(h.group, handled.ack)
             if handled.retry_in is not None:
                 due = time.monotonic() + handled.retry_in
                 self.next_scan = due if self.next_scan is None else min(self.next_scan, due)
@@ -251,11 +286,18 @@ class LogConsumer:
 def run_consumers(
     handlers: list[Handler], stopping: threading.Event, *, join_timeout: float = 4.0
 ) -> list[threading.Thread]:
-    """Run one reader per handler, each in its own thread, until ``stopping`` is set; returns
-    the threads still alive after ``join_timeout`` seconds (a batch that would not end)."""
+    """Run one reader per handler and node of the presence store, each in its own thread,
+    until ``stopping`` is set; returns the threads still alive after ``join_timeout`` seconds
+    (a batch that would not end)."""
+    parts = store.group_parts()
     threads = [
-        threading.Thread(target=LogConsumer(h, stopping).run, name=f"consumer-{h.job}", daemon=True)
+        threading.Thread(
+            target=LogConsumer(h, stopping, shards=shards, part=i).run,
+            name=f"consumer-{h.job}" + (f"-{i}" if i else ""),
+            daemon=True,
+        )
         for h in handlers
+        for i, shards in enumerate(parts)
     ]
     for t in threads:
         t.start()

@@ -1,8 +1,11 @@
 """The stats flush (task ``presence.flush_stats``): Redis counters into the database, once.
 
-The hot path only increments fields of the ``{P}:stats`` hash (heartbeat.lua, connect.lua,
-end.lua). A flush moves them into one :class:`~presence.models.StatsBucket` row per minute
-in three steps, each a small function so tests can interrupt between any two:
+The hot path only increments fields of its shard's ``{S}:stats`` hash (heartbeat.lua,
+connect.lua, end.lua). A flush moves them into one :class:`~presence.models.StatsBucket` row
+per minute, shard by shard: one task run flushes every logical shard, each under that
+shard's lock and period claim, a few shards at a time in parallel (presence/jobs/periodic.py,
+``run_sharded``); the rows sum the shards. Per shard, three steps, each a small function so
+tests can interrupt between any two:
 
 1. **claim** -- ``stats_claim.lua`` RENAMEs the live hash to ``{P}:stats:claim:<flush id>``
    and registers the id in ``{P}:stats:claims``. New increments go to a fresh live hash.
@@ -36,7 +39,7 @@ from django.db.models import F
 
 from presence import store
 from presence.conf import app_settings
-from presence.jobs.periodic import RunReport, run_locked
+from presence.jobs.periodic import RunReport, merge_into, run_sharded
 from presence.models import FlushRecord, RegisteredHandler, StatsBucket
 from sessions_app.actions import do_record_heartbeats
 
@@ -118,10 +121,11 @@ def handler_deltas(counters: dict[str, int]) -> dict[str, HandlerDelta]:
 
 
 # --------------------------------------------------------------------------- the steps
-def claim(client: redis.Redis, *, now: int | None = None) -> tuple[str, int] | None:
-    """Step 1: claim the live counters; (flush id, claim time ms), or None if there were none."""
+def claim(client: redis.Redis, *, now: int | None = None, shard: int = 0) -> tuple[str, int] | None:
+    """Step 1: claim a shard's live counters; (flush id, claim time ms), or None if there
+    were none."""
     flush_id, now = new_flush_id(), now or store.now_ms()
-    if store.claim_stats(client, flush_id, now=now):
+    if store.claim_stats(client, flush_id, now=now, shard=shard):
         return flush_id, now
     return None
 
@@ -147,21 +151,23 @@ def apply(flush_id: str, claimed_ms: int, counters: dict[str, int]) -> bool:
     return True
 
 
-def release(client: redis.Redis, flush_id: str) -> None:
+def release(client: redis.Redis, flush_id: str, *, shard: int = 0) -> None:
     """Step 3: forget a claim whose counters are committed."""
-    store.release_stats_claim(client, flush_id)
+    store.release_stats_claim(client, flush_id, shard=shard)
 
 
-def finish(client: redis.Redis, flush_id: str, claimed_ms: int, report: FlushReport) -> None:
+def finish(
+    client: redis.Redis, flush_id: str, claimed_ms: int, report: FlushReport, *, shard: int = 0
+) -> None:
     """Apply (unless applied before) and release one claim."""
-    counters = store.read_stats_claim(client, flush_id)
+    counters = store.read_stats_claim(client, flush_id, shard=shard)
     if apply(flush_id, claimed_ms, counters):
         report.claims_applied += 1
         report.fields += len(counters)
         report.traffic += sum(1 for name in counters if not name.startswith("task:"))
     else:
         report.claims_released += 1
-    release(client, flush_id)
+    release(client, flush_id, shard=shard)
 
 
 def _merge_bucket(minute: dt.datetime, counters: dict[str, int]) -> None:
@@ -201,7 +207,7 @@ def _merge_handlers(deltas: dict[str, HandlerDelta]) -> None:
 
 
 # --------------------------------------------------------------------------- heartbeats
-def refresh_last_heartbeats(client: redis.Redis, report: FlushReport) -> None:
+def refresh_last_heartbeats(client: redis.Redis, report: FlushReport, *, shard: int = 0) -> None:
     """Write ``last_heartbeat_at`` of live sessions that heartbeated since the last run.
 
     Last heartbeat = expiry score - TTL. The mark is an expiry score below which the database
@@ -211,12 +217,12 @@ def refresh_last_heartbeats(client: redis.Redis, report: FlushReport) -> None:
     ascending in pages, and moves the mark only after its writes succeeded.
     """
     started = store.now_ms()
-    mark = store.get_heartbeat_mark(client)
+    mark = store.get_heartbeat_mark(client, shard=shard)
     low = max(started + 1, mark or 0)  # expiry <= now: lapsed, the sweep's business
     skip, complete = 0, False
     ttl = dt.timedelta(seconds=app_settings.TTL)
     while True:
-        page = store.live_connections_page(client, low, skip, HEARTBEAT_PAGE_SIZE)
+        page = store.live_connections_page(client, low, skip, HEARTBEAT_PAGE_SIZE, shard=shard)
         if page:
             beats = [(cid, _ms_to_datetime(exp) - ttl) for cid, exp in page]
             report.heartbeat_rows += do_record_heartbeats(beats)
@@ -235,7 +241,7 @@ def refresh_last_heartbeats(client: redis.Redis, report: FlushReport) -> None:
     # Complete: everyone who heartbeated before this run (minus the margin) is written.
     # Capped: everything below the cursor is; the next run continues from there.
     new_mark = started + int(app_settings.TTL * 1000) - HEARTBEAT_MARK_MARGIN_MS
-    store.set_heartbeat_mark(client, new_mark if complete else low)
+    store.set_heartbeat_mark(client, new_mark if complete else low, shard=shard)
 
 
 def _ms_to_datetime(ms: int) -> dt.datetime:
@@ -244,32 +250,46 @@ def _ms_to_datetime(ms: int) -> dt.datetime:
 
 # --------------------------------------------------------------------------- runs
 def run_flush(report: FlushReport | None = None) -> FlushReport:
-    """One flush without the lock: leftover claims, a new claim, last heartbeats.
-
-    A database error ends the run (recorded in the report): whatever was claimed stays
-    claimed in Redis and the next run applies it.
-    """
+    """Flush every shard one after another without the locks (tests, by hand)."""
     report = report or FlushReport()
-    client = store.get_redis()
+    for shard in store.all_shards():
+        part = FlushReport()
+        flush_shard(shard, part)
+        merge_into(report, part)
+    return report
+
+
+def flush_shard(shard: int, report: FlushReport) -> FlushReport:
+    """One shard's flush without its lock: leftover claims, a new claim, last heartbeats.
+
+    A database error ends the shard's run (recorded in the report): whatever was claimed
+    stays claimed in Redis and the next run applies it.
+    """
+    client = store.client_for(shard)
     try:
-        for flush_id, claimed_ms in store.list_stats_claims(client, FLUSH_MAX_LEFTOVER_CLAIMS):
+        for flush_id, claimed_ms in store.list_stats_claims(
+            client, FLUSH_MAX_LEFTOVER_CLAIMS, shard=shard
+        ):
             logger.info("flush: finishing claim %s left by an interrupted run", flush_id)
-            finish(client, flush_id, claimed_ms, report)
-        claimed = claim(client)
+            finish(client, flush_id, claimed_ms, report, shard=shard)
+        claimed = claim(client, shard=shard)
         if claimed is not None:
-            finish(client, *claimed, report)
-        refresh_last_heartbeats(client, report)
+            finish(client, *claimed, report, shard=shard)
+        refresh_last_heartbeats(client, report, shard=shard)
     except DatabaseError as exc:
         report.error = f"database: {exc}"[:200]
         logger.warning("flush: database unavailable, counters stay in Redis: %s", exc)
     return report
 
 
-def flush_stats() -> FlushReport:
-    """One flush run under the flush lock; a run that finds it held is counted skipped."""
+def flush_stats(*, period: float | None = None) -> FlushReport:
+    """One flush run of every shard, each under its shard's lock (and, from beat, its
+    ``period`` claim); shards another run holds are skipped and counted."""
     # The lock lives as long as the task may run, so runs never overlap; a worker killed
     # holding it delays flushing by at most that, and the counters simply wait in Redis.
-    report = run_locked(TASK, FLUSH_TIME_LIMIT * 1000, FlushReport(), run_flush)
+    report = run_sharded(
+        TASK, FLUSH_TIME_LIMIT * 1000, FlushReport(), FlushReport, flush_shard, period=period
+    )
     if report.traffic or report.heartbeat_rows or report.error:
         # A summary of runs that wrote traffic (an idle run every 10 s, carrying only the
         # sweep's own run counts, would be noise: DEBUG).

@@ -15,8 +15,6 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-import redis
-
 from presence import store
 
 # One consumer per group for the Celery runs: they hold the task lock, so never read at once.
@@ -42,7 +40,6 @@ class Reading:
 
 
 def batches(
-    client: redis.Redis,
     group: str,
     *,
     count: int,
@@ -55,21 +52,22 @@ def batches(
     """Yield batches of ``group``'s entries for ``consumer``: its pending ones first (from
     the start, so entries left pending on purpose are tried again in order), then new ones;
     without waiting. With ``claim_idle_ms``, entries other consumers left unacknowledged that
-    long are taken over first (they join this consumer's pending ones)."""
-    store.ensure_group(client, group)
+    long are taken over first (they join this consumer's pending ones). Every shard's
+    stream is read; each read takes up to ``count`` entries per stream."""
+    store.ensure_group(group)
     if claim_idle_ms is not None:
         claimed, trimmed = store.claim_group(
-            client, group, consumer, min_idle_ms=claim_idle_ms, count=count
+            group, consumer, min_idle_ms=claim_idle_ms, count=count
         )
         reading.claimed += claimed
         reading.trimmed += trimmed
     started = time.monotonic()
-    cursor: str | None = "0"
+    cursor: store.Cursor | None = store.start_cursor(store.all_shards())
     while True:
         if reading.batches >= max_batches or time.monotonic() - started > budget:
             reading.capped = True
             return
-        entries = store.read_group(client, group, consumer, count=count, after=cursor)
+        entries = store.read_group(group, consumer, count=count, after=cursor)
         if not entries:
             if cursor is None:
                 return
@@ -78,4 +76,6 @@ def batches(
         reading.batches += 1
         yield entries
         if cursor is not None:
-            cursor = entries[-1].id
+            cursor = store.advance_cursor(cursor, entries)
+            if cursor is None:
+                reading.pending = False

@@ -10,6 +10,14 @@ outlasts its period, must not double the work:
 
 A run that finds the period claimed or the lock held is *skipped*, and that is counted and
 logged, never silent. Runs asked for by hand (``task.delay()``) claim no period.
+
+Per shard (:func:`run_sharded`: the sweep and the flush). Their state is the shards' own, so
+one task run runs the job once per logical shard, each shard's run claiming that shard's
+period and taking that shard's lock (``Keys(shard)``), in a bounded pool of threads: runs on
+different Redis nodes proceed in parallel, and two task runs at once (two workers, two
+beats) split the shards between them instead of doubling the work. The shards' reports are
+summed into the task's one report, which is what the console, /metrics and the task's
+result show (docs/operations.md).
 """
 
 from __future__ import annotations
@@ -17,8 +25,11 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
-from typing import TypedDict, TypeVar
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, fields
+from typing import Any, TypedDict, TypeVar
+
+from django.db import connections
 
 from presence import store
 from presence.jobs import catalog
@@ -31,9 +42,11 @@ logger = logging.getLogger(__name__)
 class RunReport:
     """Fields every task report has; subclasses add their counts."""
 
-    skipped: bool = False  # another run held the lock
+    skipped: bool = False  # another run held the lock (per shard: every shard's)
     error: str = ""
     duration_ms: int = 0
+    shards: int = 0  # per-shard jobs: shards this run worked on
+    shards_skipped: int = 0  # per-shard jobs: shards another run held (lock or period)
 
     def as_dict(self) -> dict[str, int | str]:
         """The report as flat Redis hash fields (booleans as 0/1)."""
@@ -117,6 +130,116 @@ def _record(task: str, report: RunReport) -> None:
     # pipeline): whichever Celery process ran the task, every scrape sees all runs.
     totals = {**report.totals(), **duration_fields(report.duration_ms)}
     store.record_task_run(client, task, last, totals, report.stats_counters(task))
+
+
+# --------------------------------------------------------------------------- per shard
+# WARNING: bounds the threads of one per-shard run (and so its Redis and database connections).
+# Redis runs one thread per node: more threads than about two per node only queue there; the
+# database takes the rows of several shards at once. Measured in docs/performance.md.
+SHARD_WORKERS_PER_NODE = 2
+SHARD_WORKERS_MAX = 8
+
+
+def shard_workers() -> int:
+    """Threads a per-shard run uses: two per Redis node the shards are on (a Cluster counts
+    its primaries), at most SHARD_WORKERS_MAX; one (the caller's thread) on SQLite, which
+    takes one writer at a time anyway (and whose test transactions other threads would wait
+    for)."""
+    if connections["default"].vendor == "sqlite":
+        return 1
+    if store.shape() == "cluster":
+        client: Any = store.client_for(0)  # a RedisCluster: its primaries
+        nodes = len(client.get_primaries())
+    else:
+        nodes = store.node_count()
+    return max(1, min(SHARD_WORKERS_MAX, SHARD_WORKERS_PER_NODE * nodes, store.shard_count()))
+
+
+def merge_into(total: RunReport, part: RunReport) -> None:
+    """Add one shard's report to the run's: counts summed, flags or-ed, the first error kept."""
+    for f in fields(part):
+        if f.name in ("skipped", "duration_ms", "shards", "shards_skipped"):
+            continue
+        value, current = getattr(part, f.name), getattr(total, f.name)
+        if isinstance(value, bool):
+            setattr(total, f.name, current or value)
+        elif isinstance(value, int):
+            setattr(total, f.name, current + value)
+        elif isinstance(value, str) and value and not current:
+            setattr(total, f.name, value)
+
+
+def run_sharded(
+    task: str,
+    lock_ttl_ms: int,
+    report: R,
+    make: Callable[[], R],
+    body: Callable[[int, R], object],
+    *,
+    period: float | None = None,
+) -> R:
+    """Run ``body(shard, shard_report)`` for every logical shard, each under that shard's
+    period claim (``period``: a beat run) and lock, in at most :func:`shard_workers` threads;
+    sum the shards' reports into ``report`` and record it as the task's run.
+
+    A shard whose period or lock another run holds is skipped (``shards_skipped``); the run
+    is a counted skip when every shard was. Any exception of a shard is recorded in the
+    report and re-raised once every shard finished.
+    """
+    started = time.monotonic()
+    failures: list[BaseException] = []
+
+    def one(shard: int) -> R | None:
+        client = store.client_for(shard)
+        part = make()
+        if period and not store.claim_task_period(
+            client, task, int(period * 1000 * PERIOD_CLAIM_SHARE), shard=shard
+        ):
+            return None
+        token = store.acquire_task_lock(client, task, lock_ttl_ms, shard=shard)
+        if token is None:
+            return None
+        try:
+            body(shard, part)
+        except BaseException as exc:
+            part.error = part.error or f"{type(exc).__name__}: {exc}"[:200]
+            failures.append(exc)
+        finally:
+            try:
+                store.release_task_lock(client, task, token, shard=shard)
+            except Exception:  # Redis down: the lock expires by itself
+                logger.exception("%s: could not release shard %d's lock", task, shard)
+        return part
+
+    def in_thread(shard: int) -> R | None:
+        try:
+            return one(shard)
+        finally:
+            connections.close_all()  # this pool thread's database connections
+
+    workers = shard_workers()
+    if workers == 1:
+        parts = [one(shard) for shard in store.all_shards()]
+    else:
+        with ThreadPoolExecutor(workers, thread_name_prefix=f"presence-{task}") as pool:
+            parts = list(pool.map(in_thread, store.all_shards()))
+    for part in parts:
+        if part is None:
+            report.shards_skipped += 1
+        else:
+            report.shards += 1
+            merge_into(report, part)
+    report.skipped = report.shards == 0
+    report.duration_ms = int((time.monotonic() - started) * 1000)
+    if report.skipped:
+        logger.info("%s skipped: other runs hold every shard (or ran this period)", task)
+    try:
+        _record(task, report)
+    except Exception:
+        logger.exception("%s: could not record the run", task)
+    if failures:
+        raise failures[0]
+    return report
 
 
 # --------------------------------------------------------------------------- run durations

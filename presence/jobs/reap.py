@@ -5,6 +5,9 @@ Redis restarted without persistence (or was flushed) while the server process ho
 socket died too, so no heartbeat ever learns the session is gone and no sweep ever sees it.
 Such rows would stay "live" in the admin forever. The reaper ends them as ``timeout``.
 
+The reaper is one run (one SELECT of the oldest silent rows, whatever their shard), not one
+per shard: it asks every shard whether it still knows each candidate's connection.
+
 A row is a candidate when it has not been heard from (``last_heartbeat_at``, refreshed by
 every stats flush, else ``connected_at``) for longer than ``PRESENCE_TTL`` plus
 ``PRESENCE_KEY_GRACE``; it is ended only if Redis does not know its connection either, so a
@@ -58,16 +61,33 @@ def run_reap(report: ReapReport | None = None) -> ReapReport:
         .annotate(heard=Coalesce(F("last_heartbeat_at"), F("connected_at")))
         .filter(heard__lt=cutoff)
         .order_by("heard")
-        .values_list("id", "heard")[:REAP_BATCH_SIZE]
+        .values_list("id", "heard", "user_id")[:REAP_BATCH_SIZE]
     )
     report.candidates = len(rows)
-    known = store.known_connections(store.get_redis(), [str(sid) for sid, _ in rows])
+    known = _known([(str(sid), uid) for sid, _, uid in rows])
     report.still_known = len(known)
-    orphans = [(str(sid), heard + ttl) for sid, heard in rows if str(sid) not in known]
+    orphans = [(str(sid), heard + ttl) for sid, heard, _ in rows if str(sid) not in known]
     report.reaped = do_end_sessions(orphans, reason=EndReason.TIMEOUT)
     if report.reaped:
         logger.warning("reaper: ended %d sessions presence no longer knew", report.reaped)
     return report
+
+
+def _known(conns: list[tuple[str, int]]) -> set[str]:
+    """Which of (connection id, user id) presence still tracks, on any shard.
+
+    Every shard is asked (one pipeline per shard, two ZSCOREs per connection): a row's
+    connection is normally on its user's shard, but a reaper must not end a live session
+    because it looked in the wrong place, and candidates are few (silent rows, at most
+    REAP_BATCH_SIZE, normally none), so the price is small and paid only after a data loss.
+    """
+    cids = [cid for cid, _ in conns]
+    known: set[str] = set()
+    if not cids:
+        return known
+    for shard in store.all_shards():
+        known |= store.known_connections(store.client_for(shard), cids, shard=shard)
+    return known
 
 
 def reap_sessions() -> ReapReport:

@@ -49,10 +49,10 @@ import socket
 import time
 import uuid
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import redis
-import redis.asyncio as aredis
 from channels.db import database_sync_to_async
 from django.db import DatabaseError, transaction
 
@@ -214,17 +214,29 @@ def apply_entries(entries: list[store.GroupEntry]) -> Applied:
     return applied
 
 
-def settle_missing(missing: list[str], oldest_elsewhere: str | None) -> tuple[list[str], list[str]]:
+def settle_missing(
+    missing: list[str], oldest_elsewhere: Mapping[int, str] | None
+) -> tuple[list[str], list[str]]:
     """Split closes without a row into (orphans to acknowledge, closes to keep pending).
 
-    A close waits while an older entry is pending elsewhere (it may be its open). Otherwise
-    its open was written before, skipped or trimmed away: nothing will ever create the row.
+    A close waits while an older entry of its shard is pending elsewhere (it may be its
+    open: a connection's open and close are on its user's shard). Otherwise its open was
+    written before, skipped or trimmed away: nothing will ever create the row.
     """
-    if oldest_elsewhere is None:
+    if not oldest_elsewhere:
         return missing, []
-    bound = store.stream_id_order(oldest_elsewhere)
-    orphans = [i for i in missing if store.stream_id_order(i) < bound]
-    return orphans, [i for i in missing if store.stream_id_order(i) > bound]
+    orphans, waiting = [], []
+    for name in missing:
+        bound = oldest_elsewhere.get(store.split_id(name)[0])
+        if bound is None or store.stream_id_order(name) < store.stream_id_order(bound):
+            orphans.append(name)
+        elif store.stream_id_order(name) > store.stream_id_order(bound):
+            waiting.append(name)
+    return orphans, waiting
+
+
+def _shards_of(names: list[str]) -> set[int]:
+    return {store.split_id(name)[0] for name in names}
 
 
 @dataclass
@@ -281,10 +293,8 @@ def drain_session_log(
     its entries still pending (``report.error``); Redis failures raise.
     """
     report = report or SessionLogReport()
-    client = store.get_redis()
     reading = groups.Reading()
     for entries in groups.batches(
-        client,
         GROUP,
         count=app_settings.SESSION_LOG_BATCH,
         reading=reading,
@@ -301,18 +311,18 @@ def drain_session_log(
             break
         orphans, deferred = settle_missing(
             applied.missing,
-            store.oldest_pending(client, GROUP, skip={e.id for e in entries})
+            store.oldest_pending(
+                GROUP, skip={e.id for e in entries}, shards=_shards_of(applied.missing)
+            )
             if applied.missing
             else None,
         )
-        store.ack_group(client, GROUP, applied.done + orphans)
+        store.ack_group(GROUP, applied.done + orphans)
         report.add(len(entries), applied, len(orphans), len(deferred))
     report.claimed += reading.claimed
     report.trimmed += reading.trimmed
     report.capped = reading.capped
-    report.pruned += store.prune_consumers(
-        client, GROUP, idle_ms=CONSUMER_PRUNE_IDLE_MS, keep=consumer
-    )
+    report.pruned += store.prune_consumers(GROUP, idle_ms=CONSUMER_PRUNE_IDLE_MS, keep=consumer)
     return report
 
 
@@ -350,7 +360,9 @@ class SessionHandler:
         """Write one batch; closes waiting for their open stay pending and are re-read."""
         applied = apply_entries(entries)  # DatabaseError: all stay pending, retried
         oldest = (
-            store.oldest_pending(client, GROUP, skip={e.id for e in entries})
+            store.oldest_pending(
+                GROUP, skip={e.id for e in entries}, shards=_shards_of(applied.missing)
+            )
             if applied.missing
             else None
         )
@@ -366,7 +378,7 @@ class SessionHandler:
         now = time.monotonic()
         if now >= self.next_prune:
             self.next_prune = now + 60.0
-            store.prune_consumers(client, GROUP, idle_ms=CONSUMER_PRUNE_IDLE_MS)
+            store.prune_consumers(GROUP, idle_ms=CONSUMER_PRUNE_IDLE_MS)
 
     def stop(self) -> None:
         """Nothing runs beside the reader."""
@@ -378,30 +390,46 @@ def consumer_name(loop: asyncio.AbstractEventLoop) -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{id(loop):x}"
 
 
+@dataclass
+class _Part:
+    """One node's shards as a writer reads them, and where its reading is."""
+
+    shards: list[int]
+    # Reading this consumer's own pending entries: per shard, the id after which to read
+    # (None: not scanning). A scan starts at next_scan (monotonic; None: none planned), at
+    # start-up too, since a reused name may hold entries.
+    cursor: store.Cursor | None = None
+    next_scan: float | None = 0.0
+    next_claim: float = 0.0
+    group_ready: bool = False
+    failing: bool = False
+    idle_wait: float = 0.0
+
+
 class SessionWriter:
-    """One event loop's writer: XREADGROUP BLOCK, write in a thread, XACK, forever.
+    """One event loop's writer: XREADGROUP BLOCK, write in a thread, XACK, forever; one such
+    loop per node of the presence store, over that node's shards (store.group_parts).
 
     While a write is in flight new entries accumulate in the stream, so the next read takes
-    them all (up to ``PRESENCE_SESSION_LOG_BATCH``): one transaction per batch, not per row.
-    Redis or database failures are logged once per outage and retried with a doubling delay;
-    what was read stays pending and is read again first (``self.cursor``).
+    them all (up to ``PRESENCE_SESSION_LOG_BATCH`` per shard): one transaction per batch,
+    not per row. Redis or database failures are logged once per outage and retried with a
+    doubling delay; what was read stays pending and is read again first (``cursor``).
     """
 
     def __init__(self, consumer: str) -> None:
         self.consumer = consumer
         self.report = SessionLogReport()
         self.task: asyncio.Task[None] | None = None
-        # Reading this consumer's own pending entries: the id after which to read (None: not
-        # scanning). A scan starts at next_scan (monotonic; None: none planned), at start-up
-        # too, since a reused name may hold entries.
-        self.cursor: str | None = None
-        self.next_scan: float | None = 0.0
-        self.next_claim = 0.0
-        self.group_ready = False
-        self.failing = False
+        self.parts: list[_Part] = []
+
+    @property
+    def failing(self) -> bool:
+        """Whether a node's loop is failing now."""
+        return any(part.failing for part in self.parts)
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         """Start (or restart) the writing task on ``loop``."""
+        self.parts = [_Part(shards) for shards in store.group_parts()]
         self.task = loop.create_task(self.run(), name=f"session-writer {self.consumer}")
 
     def stop(self) -> None:
@@ -410,79 +438,91 @@ class SessionWriter:
             self.task.cancel()
 
     async def run(self) -> None:
-        """The loop; ends only by cancellation."""
+        """Every node's loop; ends only by cancellation."""
+        await asyncio.gather(*(self._run(part) for part in self.parts))
+
+    async def _run(self, part: _Part) -> None:
         delay = BACKOFF_MIN
         while True:
             try:
-                await self.step()
+                await self.step(part)
             except Exception as exc:  # CancelledError is not an Exception: it ends the loop
-                if not self.failing:  # one warning per outage, not one per retry
+                if not part.failing:  # one warning per outage, not one per retry
                     logger.warning("session writer %s failing: %r", self.consumer, exc)
-                self.failing = True
-                self.group_ready = False
-                self.cursor, self.next_scan = None, 0.0  # re-read what stayed pending
+                part.failing = True
+                part.group_ready = False
+                part.cursor, part.next_scan = None, 0.0  # re-read what stayed pending
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, BACKOFF_MAX)
             else:
-                if self.failing:
+                if part.failing:
                     logger.info("session writer %s recovered", self.consumer)
-                self.failing = False
+                part.failing = False
                 delay = BACKOFF_MIN
 
-    async def step(self) -> None:
-        """Read one batch (pending ones first when a scan is due), write it, acknowledge it."""
-        client = store.get_async_redis(blocking=True)
+    async def step(self, part: _Part) -> None:
+        """Read one batch of ``part``'s shards (pending ones first when a scan is due),
+        write it, acknowledge it."""
         count = app_settings.SESSION_LOG_BATCH
-        if not self.group_ready:
-            await store.aensure_group(client, GROUP)
-            self.group_ready = True
+        if not part.group_ready:
+            await store.aensure_group(GROUP, part.shards)
+            part.group_ready = True
         now = time.monotonic()
-        if now >= self.next_claim:
+        if now >= part.next_claim:
             idle = app_settings.SESSION_LOG_CLAIM_IDLE
-            self.next_claim = now + max(idle / 2, 0.1)
+            part.next_claim = now + max(idle / 2, 0.1)
             claimed, trimmed = await store.aclaim_group(
-                client, GROUP, self.consumer, min_idle_ms=int(idle * 1000), count=count
+                GROUP, self.consumer, min_idle_ms=int(idle * 1000), count=count, shards=part.shards
             )
             self.report.claimed += claimed
             self.report.trimmed += trimmed
             if claimed:
-                self.next_scan = now
-        if self.cursor is None and self.next_scan is not None and now >= self.next_scan:
-            self.cursor, self.next_scan = "0", None
-        if self.cursor is not None:
+                part.next_scan = now
+        if part.cursor is None and part.next_scan is not None and now >= part.next_scan:
+            part.cursor, part.next_scan = store.start_cursor(part.shards), None
+        if part.cursor is not None:
             entries = await store.aread_group(
-                client, GROUP, self.consumer, count=count, after=self.cursor
+                GROUP, self.consumer, count=count, shards=part.shards, after=part.cursor
             )
+            part.cursor = store.advance_cursor(part.cursor, entries)
             if not entries:
-                self.cursor = None  # scan done
-                return
-            self.cursor = entries[-1].id
+                return  # scan done
         else:
             block = int(app_settings.SESSION_LOG_BLOCK * 1000)
-            if self.next_scan is not None:  # do not sleep through a planned scan
-                block = max(1, min(block, int((self.next_scan - now) * 1000)))
+            if part.next_scan is not None:  # do not sleep through a planned scan
+                block = max(1, min(block, int((part.next_scan - now) * 1000)))
             entries = await store.aread_group(
-                client, GROUP, self.consumer, count=count, block_ms=block
+                GROUP, self.consumer, count=count, shards=part.shards, block_ms=block
             )
+            if store.log_polled():
+                # WARNING: a Cluster writer's idle cost: wait longer while the log is quiet.
+                low, high = consumers.POLL_IDLE
+                part.idle_wait = 0.0 if entries else min(max(part.idle_wait * 2, low), high)
+                if part.idle_wait:
+                    await asyncio.sleep(min(part.idle_wait, block / 1000))
             if not entries:
                 return
-        await self.write(client, entries)
+        await self.write(entries)
 
-    async def write(self, client: aredis.Redis, entries: list[store.GroupEntry]) -> None:
+    async def write(self, entries: list[store.GroupEntry]) -> None:
         """Write one batch and acknowledge what is done; closes waiting for their open stay."""
         # The thread-sensitive thread (see presence/access/auth.py on why not another executor's):
         # a batch is one short transaction, so handshakes queue behind it only briefly.
         applied = await database_sync_to_async(apply_entries)(entries)
         oldest = (
-            await store.aoldest_pending(client, GROUP, skip={e.id for e in entries})
+            await store.aoldest_pending(
+                GROUP, skip={e.id for e in entries}, shards=_shards_of(applied.missing)
+            )
             if applied.missing
             else None
         )
         orphans, deferred = settle_missing(applied.missing, oldest)
-        await store.aack_group(client, GROUP, applied.done + orphans)
+        await store.aack_group(GROUP, applied.done + orphans)
         self.report.add(len(entries), applied, len(orphans), len(deferred))
-        if deferred and self.next_scan is None:
-            self.next_scan = time.monotonic() + RESCAN_DELAY
+        if deferred:
+            for part in self.parts:
+                if part.next_scan is None and _shards_of(deferred) & set(part.shards):
+                    part.next_scan = time.monotonic() + RESCAN_DELAY
 
 
 _writers: LoopLocal[SessionWriter] = LoopLocal(lambda loop: SessionWriter(consumer_name(loop)))

@@ -1,8 +1,11 @@
 """The expiry sweep (task ``presence.sweep_expired``): end connections whose presence lapsed.
 
 A client that vanishes without closing (crash, network loss, a killed server process) stops
-heartbeating; its score in ``{P}:conns`` falls behind "now" and listings stop counting it at
-once. The sweep then does what a graceful close would have done. Each batch:
+heartbeating; its score in its shard's ``{S}:conns`` falls behind "now" and listings stop
+counting it at once. The sweep then does what a graceful close would have done, per shard:
+one task run sweeps every logical shard, each under that shard's lock and period claim, a
+few shards at a time in parallel (presence/jobs/periodic.py, ``run_sharded``). Each batch of
+a shard:
 
 1. ``claim_expired.lua`` *moves* up to ``PRESENCE_SWEEP_BATCH_SIZE`` expired connections from
    the expiry index into ``{P}:sweeping`` (claim deadline = now + claim timeout), plus claims
@@ -40,7 +43,7 @@ from django.db import DatabaseError, transaction
 from presence import store
 from presence.actions import connections as actions
 from presence.conf import app_settings
-from presence.jobs.periodic import RunReport, run_locked
+from presence.jobs.periodic import RunReport, merge_into, run_sharded
 from sessions_app.actions import do_end_sessions_at
 from sessions_app.models import ConnectionSession, EndReason
 
@@ -105,11 +108,13 @@ def time_budget() -> float:
     return min(app_settings.SWEEP_INTERVAL, app_settings.SWEEP_CLAIM_TIMEOUT / 3)
 
 
-def sweep_batch(client: redis.Redis, batch: store.ClaimBatch, report: SweepReport) -> bool:
+def sweep_batch(
+    client: redis.Redis, batch: store.ClaimBatch, report: SweepReport, *, shard: int = 0
+) -> bool:
     """End one claimed batch (steps 2-5 above); False when the database was unavailable."""
     claims = batch.claims
     known = [c for c in claims if c.uid is not None]
-    results = store.end_swept_connections([c.ref for c in known]) if known else []
+    results = store.end_swept_connections([c.ref for c in known], shard=shard) if known else []
     states = {r.cid: r.state for r in results}
     # No hash (state missing): the connection was ended meanwhile or its keys expired after a
     # long outage; its session may still be live in the database, so it is ended all the same.
@@ -140,7 +145,7 @@ def sweep_batch(client: redis.Redis, batch: store.ClaimBatch, report: SweepRepor
     # the database: Redis decided these connections are gone.
     report.expire_sent += async_to_sync(actions.do_notify_swept)(list(channels.values()))
     if db_ok:
-        store.ack_swept(client, batch.deadline, [c.cid for c in claims])
+        store.ack_swept(client, batch.deadline, [c.cid for c in claims], shard=shard)
     return db_ok
 
 
@@ -156,9 +161,19 @@ def _live_channels(cids: list[str]) -> dict[str, str]:
 
 
 def run_sweep(report: SweepReport | None = None) -> SweepReport:
-    """Sweep without the lock: batches until none is left, the cap or the time budget."""
+    """Sweep every shard one after another without the locks (tests, by hand)."""
     report = report or SweepReport()
-    client = store.get_redis()
+    for shard in store.all_shards():
+        part = SweepReport()
+        sweep_shard(shard, part)
+        merge_into(report, part)
+    return report
+
+
+def sweep_shard(shard: int, report: SweepReport) -> SweepReport:
+    """Sweep one shard without its lock: batches until none is left, the cap or the time
+    budget; then the shard's due held leaves."""
+    client = store.client_for(shard)
     size = app_settings.SWEEP_BATCH_SIZE
     timeout_ms = int(app_settings.SWEEP_CLAIM_TIMEOUT * 1000)
     started, budget = time.monotonic(), time_budget()
@@ -166,29 +181,35 @@ def run_sweep(report: SweepReport | None = None) -> SweepReport:
         if report.batches >= SWEEP_MAX_BATCHES or time.monotonic() - started > budget:
             report.capped = True
             break
-        batch = store.claim_expired(client, batch=size, claim_timeout_ms=timeout_ms)
+        batch = store.claim_expired(client, batch=size, claim_timeout_ms=timeout_ms, shard=shard)
         if not batch.claims:
             break
         report.batches += 1
         report.claimed += len(batch.claims)
         report.reclaimed += batch.reclaimed
-        if not sweep_batch(client, batch, report):
+        if not sweep_batch(client, batch, report, shard=shard):
             break  # database down: keep the claims, try again next period
         if len(batch.claims) < size:
             break
     # Leaves the grace window held, due and not released by the process that held them (it
     # died, or its timer has not fired yet): whoever comes first logs each once.
-    for _ in range(SWEEP_MAX_BATCHES):
-        found, logged = store.release_due()
-        report.released += logged
-        if found < store.RELEASE_BATCH:
-            break
+    # store.release_due reads one held set (shard 0's keys) until the store keeps one per
+    # shard: only shard 0's run releases, so 64 runs do not read the same set.
+    if shard == 0:
+        for _ in range(SWEEP_MAX_BATCHES):
+            found, logged = store.release_due()
+            report.released += logged
+            if found < store.RELEASE_BATCH:
+                break
     return report
 
 
-def sweep_expired() -> SweepReport:
-    """One sweep run under the sweep lock; a run that finds the lock held is counted skipped."""
-    report = run_locked(TASK, lock_ttl_ms(), SweepReport(), run_sweep)
+def sweep_expired(*, period: float | None = None) -> SweepReport:
+    """One sweep run of every shard, each under its shard's lock (and, from beat, its
+    ``period`` claim); shards another run holds are skipped and counted."""
+    report = run_sharded(
+        TASK, lock_ttl_ms(), SweepReport(), SweepReport, sweep_shard, period=period
+    )
     if report.ended or report.sessions_ended or report.released or report.error:
         logger.info("sweep: %s", report)
     return report

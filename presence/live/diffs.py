@@ -161,12 +161,16 @@ class _SharedFrame:
 class DiffBatcher:
     """Collects one process's events per scope and flushes each window as diff frames."""
 
-    def __init__(self, index: LocalIndex[Any], window: float, origin: str) -> None:
+    def __init__(
+        self, index: LocalIndex[Any], window: float, origin: str | Callable[[str], str]
+    ) -> None:
         self._index = index
         self._window = window
         self._pending: dict[str, list[Event]] = {}
         self._last: dict[str, str] = {}  # scope -> seq of the last diff this process built
-        self._origin = origin  # the position before any event this batcher saw
+        # scope -> the position before any event of it this batcher saw (positions are per
+        # scope: a room's are its shard's stream ids, the global scope's the reader's own)
+        self._origin = _origin_of(origin)
         self._timer: asyncio.TimerHandle | None = None
 
     def add(self, ev: Event) -> None:
@@ -182,20 +186,27 @@ class DiffBatcher:
             self._timer = None
         pending, self._pending = self._pending, {}
         for scope, events in pending.items():
-            prev = self._last.get(scope, self._origin)
+            prev = self._last.get(scope) or self._origin(scope)
             self._last[scope] = events[-1].id
             shared = _SharedFrame(scope, prev, events)
             for sub in list(self._index.members(scope)):
                 deliver_diff(sub, scope, prev, events, shared)
 
-    def reset(self, origin: str) -> None:
-        """Forget everything pending (a resync replaced it with snapshots at ``origin``)."""
+    def reset(self, origin: str | Callable[[str], str]) -> None:
+        """Forget everything pending (a resync replaced it with snapshots at ``origin``: one
+        position, or each scope's)."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
         self._pending.clear()
         self._last.clear()
-        self._origin = origin
+        self._origin = _origin_of(origin)
+
+
+def _origin_of(origin: str | Callable[[str], str]) -> Callable[[str], str]:
+    if isinstance(origin, str):
+        return lambda scope: origin
+    return origin
 
 
 __all__ = ["GLOBAL", "DiffBatcher", "Event", "Subscriber", "coalesce", "diff_frame"]

@@ -7,10 +7,12 @@ reader sees every event in log order anyway, so it keeps the global membership h
 sync is answered from memory, at the reader's own position: exactly consistent with the
 diffs the socket gets next, at no Redis cost.
 
-The replica is built on the first global sync (one Redis snapshot at a position ``S``),
-then replays the reader's recent events after ``S`` that it has already dispatched (kept
-in :attr:`EventLogReader.recent`), then follows every new event. A gap in the log drops it
-(the next sync rebuilds it).
+The replica is built on the first global sync (one Redis snapshot at a position of every
+shard's stream), then replays the reader's recent events after those positions that it has
+already dispatched (kept in :attr:`EventLogReader.recent`), then follows every new event.
+It keeps one position per shard (an entry at or before its shard's position is in it
+already) and the reader's global position (``seq``, what a sync reply says). A gap in the
+log drops it (the next sync rebuilds it).
 
 Each user's wire form is kept as a JSON fragment, so a reply with thousands of users is
 one string join, not thousands of dict serialisations.
@@ -37,19 +39,24 @@ class GlobalReplica:
     """uid -> (username, status, live connections) of everyone online, at ``pos``."""
 
     def __init__(self, snap: store.Snapshot) -> None:
-        self.seq = snap.seq
+        self.seq = snap.seq  # the reader's global position (presence/live/eventlog.py)
         self.pos: Pos = position(snap.seq)
+        # shard -> position of its stream the replica holds everything up to
+        self.positions: dict[int, Pos] = {s: position(p) for s, p in snap.positions.items()}
         self._users: dict[int, list[Any]] = {}  # uid -> [username, status, connections]
         self._fragments: dict[int, str] = {}
         for user in snap.users:
             self._users[user["id"]] = [user["username"], user["status"], user["connections"]]
         self._cache: str | None = None
 
-    def apply(self, eid: str, pos: Pos, fields: Mapping[str, str]) -> None:
-        """Follow one log entry (in log order); entries at or before ``pos`` are in already."""
-        if pos <= self.pos:
+    def apply(self, shard: int, pos: Pos, fields: Mapping[str, str], seq: str) -> None:
+        """Follow one entry of ``shard``'s stream at ``pos`` (in log order), which the reader
+        numbered ``seq``; entries at or before the shard's position are in already."""
+        held = self.positions.get(shard)
+        if held is not None and pos <= held:
             return
-        self.pos, self.seq = pos, eid
+        self.positions[shard] = pos
+        self.seq, self.pos = seq, position(seq)
         kind = fields.get("k")
         uid = int(fields.get("u") or 0)
         entry = self._users.get(uid)
@@ -72,10 +79,11 @@ class GlobalReplica:
                 entry[0], entry[1] = fields.get("n", entry[0]), fields.get("s", entry[1])
             self._changed(uid)
 
-    def replay(self, events: Iterable[tuple[str, Pos, Mapping[str, str]]]) -> None:
-        """Apply already-dispatched entries newer than the snapshot."""
-        for eid, pos, fields in events:
-            self.apply(eid, pos, fields)
+    def replay(self, events: Iterable[tuple[int, Pos, Mapping[str, str], str]]) -> None:
+        """Apply already-dispatched entries (shard, position, fields, reader's seq); those
+        the snapshot holds are skipped."""
+        for shard, pos, fields, seq in events:
+            self.apply(shard, pos, fields, seq)
 
     def _changed(self, uid: int) -> None:
         self._fragments.pop(uid, None)
@@ -150,25 +158,29 @@ class Listing:
 
 
 async def room_listing(source: ReplicaSource | None, room: str, *, limit: int) -> Listing:
-    """The members of ``room`` (up to ``limit``) at one log position.
+    """The members of ``room`` (up to ``limit``) at one position of its shard's stream.
 
     WARNING: on the room.join path. The ids come from one MULTI of a fixed number of
-    commands; the names, statuses and connection counts from this process's replica of
-    everyone online, once the reader has applied the log up to the ids' position (so the
-    listing is consistent with the diffs after ``seq``, as the global sync is). So a join's
-    Redis cost does not depend on the room's size. Members the replica does not hold (it
-    could not be kept, or the reader lags too far) are read from Redis, two commands each.
+    commands on the room's shard; the names, statuses and connection counts from this
+    process's replica of everyone online, once the reader has applied the room's shard up to
+    the ids' position (so the listing is consistent with the diffs after ``seq``, as the
+    global sync is). So a join's Redis cost does not depend on the room's size. Members the
+    replica does not hold (it could not be kept, or the reader lags too far) are read from
+    Redis, two commands each, on their shards.
     """
-    client = store.get_async_redis()
-    members = await store.members(client, room, limit=limit)
+    members = await store.members(room, limit=limit)
     replica = source.replica if source is not None else None
-    if source is not None and replica is None and members.everyone <= app_settings.SYNC_LIMIT:
+    if (
+        source is not None
+        and replica is None
+        and await store.aonline_count() <= app_settings.SYNC_LIMIT
+    ):
         replica = await source.global_replica()
     parts: list[str] = []
     missing = members.uids
-    if replica is not None and await _caught_up(replica, position(members.seq)):
+    if replica is not None and await _caught_up(replica, members.shard, position(members.seq)):
         parts, missing = replica.fragments(members.uids)
-    for user in await store.adetails(client, missing):
+    for user in await store.adetails(missing):
         parts.append(json.dumps(user, separators=(",", ":")))
     return Listing(
         members.seq,
@@ -178,12 +190,16 @@ async def room_listing(source: ReplicaSource | None, room: str, *, limit: int) -
     )
 
 
-async def _caught_up(replica: GlobalReplica, pos: Pos) -> bool:
-    """Wait (briefly) until the replica has applied the log up to ``pos``."""
-    if replica.pos >= pos:
+def _at(replica: GlobalReplica, shard: int) -> Pos:
+    return replica.positions.get(shard, (0, 0))
+
+
+async def _caught_up(replica: GlobalReplica, shard: int, pos: Pos) -> bool:
+    """Wait (briefly) until the replica has applied ``shard``'s stream up to ``pos``."""
+    if _at(replica, shard) >= pos:
         return True
     deadline = time.monotonic() + CATCH_UP_WAIT
-    while replica.pos < pos:
+    while _at(replica, shard) < pos:
         if time.monotonic() > deadline:
             return False
         await asyncio.sleep(0.002)

@@ -97,7 +97,7 @@ class PresenceCollector(Collector):
         for endpoint, n in sorted(store.read_webhook_backlog(client).items()):
             backlog.add_metric([endpoint], n)
         yield backlog
-        yield from self._consumers(readings.tasks, store.groups_backlog(client))
+        yield from self._consumers(readings.tasks, store.groups_backlog())
 
     def _consumers(
         self, tasks: dict[str, dict[str, str]], groups: dict[str, dict[str, int]]

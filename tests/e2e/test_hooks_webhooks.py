@@ -88,7 +88,9 @@ def of_user(receiver: Receiver, uid: int) -> list[dict[str, Any]]:
 
 def position(event: dict[str, Any]) -> tuple[int, ...]:
     """The event-log id as numbers (ids do not sort as strings)."""
-    return tuple(int(x) for x in event["position"].split("-"))
+    # "<shard>/<ms>-<seq>": one user's events are all on the user's shard
+    shard, _, stream_id = event["position"].partition("/")
+    return (int(shard), *(int(x) for x in stream_id.split("-")))
 
 
 def types(events: list[dict[str, Any]]) -> list[str]:

@@ -98,9 +98,7 @@ async def session_log_written(within: float = 5.0) -> None:
     deadline = time.monotonic() + within
     backlog: dict[str, int] = {}
     while time.monotonic() < deadline:
-        backlog = await asyncio.to_thread(
-            store.group_backlog, store.get_redis(), store.SESSION_LOG_GROUP
-        )
+        backlog = await asyncio.to_thread(store.group_backlog, store.SESSION_LOG_GROUP)
         if not any(backlog.values()):
             return
         await asyncio.sleep(0.02)

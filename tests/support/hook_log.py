@@ -27,7 +27,8 @@ class Log:
         self.t += 1
         entry = {"k": kind, "p": prev, "t": str(fields.pop("t", self.t))}
         entry.update({k: str(v) for k, v in fields.items()})
-        return str(self.r.xadd(self.key, entry))  # type: ignore[arg-type]
+        # The entry's name as readers see it (``<shard>/<stream id>``: this log is shard 0's).
+        return store.entry_id(0, str(self.r.xadd(self.key, entry)))  # type: ignore[arg-type]
 
     def join(self, uid: int, room: str = "", *, occupied: bool = False) -> str:
         extra = {"o": "1"} if occupied else {}

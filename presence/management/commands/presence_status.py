@@ -41,7 +41,7 @@ def status() -> dict[str, Any]:
     ping_ms = (time.perf_counter() - started) * 1000
     readings = store.read_scrape(catalog.recorded_keys())
     runs = periodic.last_runs()
-    groups = store.groups_backlog(client)
+    groups = store.groups_backlog()
     now = time.time()
     consumers = {}
     for job in catalog.consumers():

@@ -152,7 +152,7 @@ class TestWithData:
         store.record_task_run(
             r, "hooks", {"last_finished_at_ms": now, "last_success_at_ms": now}, {}
         )
-        store.ensure_group(r, store.SESSION_LOG_GROUP)
+        store.ensure_group(store.SESSION_LOG_GROUP)
         for _ in range(2):
             r.xadd(store.keys().events, {"k": "open"})
 

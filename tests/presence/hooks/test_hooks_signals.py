@@ -107,8 +107,8 @@ class TestSending:
         log.join(1)
         log.leave(1)
         # A run that read both entries and died before acknowledging them.
-        store.ensure_group(r, store.HOOKS_GROUP)
-        read = store.read_group(r, store.HOOKS_GROUP, reader.CONSUMER, count=10)
+        store.ensure_group(store.HOOKS_GROUP)
+        read = store.read_group(store.HOOKS_GROUP, reader.CONSUMER, count=10)
         assert len(read) == 2 and log.pending(store.HOOKS_GROUP) == 2
 
         dispatch.send_signals()

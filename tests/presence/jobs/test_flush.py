@@ -132,9 +132,15 @@ class TestCounters:
     def test_task_counters_are_kept_per_minute(self, r):
         from presence.jobs import sweep
 
-        token = store.acquire_task_lock(r, "sweep", 10_000)
-        sweep.sweep_expired()  # skipped: counted into the live stats
-        store.release_task_lock(r, "sweep", token)
+        # Another run holds every shard: this run is a (counted) skip.
+        tokens = {
+            shard: store.acquire_task_lock(store.client_for(shard), "sweep", 10_000, shard=shard)
+            for shard in store.all_shards()
+        }
+        assert sweep.sweep_expired().skipped  # counted into the live stats
+        for shard, token in tokens.items():
+            assert token is not None
+            store.release_task_lock(store.client_for(shard), "sweep", token, shard=shard)
         flush.run_flush()
         assert StatsBucket.objects.get().counters["task:sweep:skipped"] == 1
 
@@ -220,18 +226,38 @@ class TestLastHeartbeats:
 
 
 class TestLock:
-    def test_a_run_finding_the_lock_held_is_skipped_and_counted(self, r):
+    def test_a_shard_whose_lock_is_held_is_skipped_and_counted(self, r, settings):
+        settings.PRESENCE_SHARDS = 4  # shard 0 held, three others
         r.hset(store.keys().stats, "msg:a", 1)
         token = store.acquire_task_lock(r, "flush", 10_000)
 
-        assert flush.flush_stats().skipped is True
-        assert not StatsBucket.objects.exists()
-        assert store.read_task_run(r, "flush")["skipped_total"] == "1"
+        report = flush.flush_stats()
+        assert (report.skipped, report.shards_skipped) == (False, 1)
+        assert report.shards == store.shard_count() - 1
+        assert not StatsBucket.objects.exists()  # shard 0's counters wait for its lock
+        assert store.read_task_run(r, "flush")["last_shards_skipped"] == "1"
 
         store.release_task_lock(r, "flush", token)
         report = flush.flush_stats()
         assert report.claims_applied == 1
         metrics = store.read_task_run(r, "flush")
-        assert metrics["runs_total"] == "1" and metrics["last_claims_applied"] == "1"
+        assert metrics["runs_total"] == "2" and metrics["last_claims_applied"] == "1"
         assert int(metrics["last_duration_ms"]) >= 0
         assert r.exists(store.keys().task_lock("flush")) == 0
+
+    def test_a_run_finding_every_shard_held_is_a_counted_skip(self, r):
+        tokens = {
+            shard: store.acquire_task_lock(store.client_for(shard), "flush", 10_000, shard=shard)
+            for shard in store.all_shards()
+        }
+        assert all(tokens.values())
+        assert flush.flush_stats().skipped is True
+        assert store.read_task_run(r, "flush")["skipped_total"] == "1"
+
+    def test_each_shard_claims_its_own_period(self, r):
+        store.claim_task_period(r, "flush", 10_000, shard=0)  # another beat ran shard 0
+
+        report = flush.flush_stats(period=10.0)
+        assert (report.shards, report.shards_skipped) == (store.shard_count() - 1, 1)
+        # every shard's period is now claimed: a second beat's run does nothing
+        assert flush.flush_stats(period=10.0).skipped is True

@@ -86,10 +86,8 @@ class Log:
 
     def read_as(self, consumer: str, count: int = 100) -> list[str]:
         """Deliver new entries to ``consumer`` without acknowledging them (a writer dying)."""
-        store.ensure_group(self.r, store.SESSION_LOG_GROUP)
-        return [
-            e.id for e in store.read_group(self.r, store.SESSION_LOG_GROUP, consumer, count=count)
-        ]
+        store.ensure_group(store.SESSION_LOG_GROUP)
+        return [e.id for e in store.read_group(store.SESSION_LOG_GROUP, consumer, count=count)]
 
 
 @pytest.fixture
@@ -155,8 +153,8 @@ class TestBulkWrite:
         cids = [log.open(users[i % 20]) for i in range(300)]
         for i, cid in enumerate(cids[:150]):
             log.close(cid, users[i % 20].pk, why=["closed", "timeout", "error"][i % 3])
-        store.ensure_group(log.r, store.SESSION_LOG_GROUP)
-        entries = store.read_group(log.r, store.SESSION_LOG_GROUP, "test", count=500)
+        store.ensure_group(store.SESSION_LOG_GROUP)
+        entries = store.read_group(store.SESSION_LOG_GROUP, "test", count=500)
         assert len(entries) == 450
 
         # BEGIN, the users, the INSERT (SQLite splits it in 3 of 100 rows), one UPDATE per
@@ -222,8 +220,8 @@ class TestAtLeastOnce:
         alice = user_factory("alice")
         cid = log.open(alice)
         log.close(cid, alice.pk, why="timeout", at_ms=T0 + 60_000)
-        store.ensure_group(log.r, store.SESSION_LOG_GROUP)
-        entries = store.read_group(log.r, store.SESSION_LOG_GROUP, "first", count=10)
+        store.ensure_group(store.SESSION_LOG_GROUP)
+        entries = store.read_group(store.SESSION_LOG_GROUP, "first", count=10)
         sessionlog.apply_entries(entries)
         before = rows()
 
@@ -351,13 +349,13 @@ class TestTakeOver:
         assert log.pending() == 0
 
     def test_idle_consumers_holding_nothing_are_forgotten(self, log: Log) -> None:
-        store.ensure_group(log.r, store.SESSION_LOG_GROUP)
+        store.ensure_group(store.SESSION_LOG_GROUP)
         for name in ("web-gone", "web-busy"):
             log.r.xgroup_createconsumer(log.key, store.SESSION_LOG_GROUP, name)
         log.open(None, uid=1)
         log.read_as("web-busy")  # holds one entry
 
-        removed = store.prune_consumers(log.r, store.SESSION_LOG_GROUP, idle_ms=0, keep="celery")
+        removed = store.prune_consumers(store.SESSION_LOG_GROUP, idle_ms=0, keep="celery")
 
         names = {c["name"] for c in log.r.xinfo_consumers(log.key, store.SESSION_LOG_GROUP)}  # type: ignore[union-attr]
         assert removed == 1
@@ -369,7 +367,7 @@ class TestBacklog:
         self, log: Log, user_factory: Callable[..., Any]
     ) -> None:
         alice = user_factory("alice")
-        assert store.group_backlog(log.r, store.SESSION_LOG_GROUP) == {
+        assert store.group_backlog(store.SESSION_LOG_GROUP) == {
             "pending": 0,
             "undelivered": 0,
         }
@@ -377,7 +375,7 @@ class TestBacklog:
         log.read_as("web-dead")
         log.open(alice), log.open(alice)
 
-        assert store.group_backlog(log.r, store.SESSION_LOG_GROUP) == {
+        assert store.group_backlog(store.SESSION_LOG_GROUP) == {
             "pending": 1,
             "undelivered": 2,
         }

@@ -42,7 +42,7 @@ class Watch:
 
 async def listen(*scopes: str) -> Watch:
     """Watch ``scopes`` in the event log from now on (what the sweep logs after this)."""
-    return Watch(scopes, await store.log_position(store.get_async_redis()))
+    return Watch(scopes, await store.log_position(0))
 
 
 async def drain(watch: Watch) -> list[dict[str, str]]:
@@ -159,15 +159,17 @@ class TestClaimScript:
             if name[len("cmdstat_") :] not in overhead
         }
         assert report.claimed == 0 and report.batches == 0
-        # Five round trips: lock SET; claim EVALSHA (2 ZRANGEBYSCORE + 1 ZREMRANGEBYSCORE
-        # inside); the due held leaves (1 ZRANGEBYSCORE, none: no script); release EVALSHA
-        # (GET + DEL); one metrics pipeline (HSET + 7 HINCRBY: totals and the duration
-        # histogram). Nothing reads the index beyond its expired head.
-        assert calls.get("zrangebyscore") == 3
+        assert report.shards == store.shard_count()
+        # Per shard, a few round trips whatever its index holds: lock SET; claim EVALSHA
+        # (2 ZRANGEBYSCORE + 1 ZREMRANGEBYSCORE inside); release EVALSHA (GET + DEL). Once
+        # per run: the due held leaves (1 ZRANGEBYSCORE, none: no script) and one metrics
+        # pipeline (HSET + 7 HINCRBY). Nothing reads an index beyond its expired head.
+        shards = store.shard_count()
+        assert calls.get("zrangebyscore") == 2 * shards + 1
         assert "zscan" not in calls and "zrange" not in calls and "zcard" not in calls
-        assert sum(calls.values()) <= 17, calls
+        assert sum(calls.values()) <= 8 * shards + 10, calls
         assert r.zcard(k.conns) == 1_000_000
-        assert elapsed < 0.5
+        assert elapsed < 2.0
 
 
 class TestSweepRun:
@@ -317,19 +319,34 @@ class TestSweepRun:
 
 
 class TestLock:
-    def test_a_run_finding_the_lock_held_is_skipped_and_counted(self, r):
-        token = store.acquire_task_lock(r, "sweep", 10_000)
-        assert token is not None
+    def test_a_run_finding_every_shard_held_is_skipped_and_counted(self, r):
+        tokens = {
+            shard: store.acquire_task_lock(store.client_for(shard), "sweep", 10_000, shard=shard)
+            for shard in store.all_shards()
+        }
+        assert all(tokens.values())
 
         report = sweep.sweep_expired()
 
         assert report.skipped is True
+        assert report.shards_skipped == store.shard_count()
         metrics = store.read_task_run(r, "sweep")
         assert metrics["skipped_total"] == "1" and "runs_total" not in metrics
         assert r.hget(store.keys().stats, "task:sweep:skipped") == "1"
-        assert store.release_task_lock(r, "sweep", token) is True
+        for shard, token in tokens.items():
+            assert store.release_task_lock(store.client_for(shard), "sweep", token, shard=shard)
         assert sweep.sweep_expired().skipped is False
         assert store.read_task_run(r, "sweep")["runs_total"] == "1"
+
+    def test_a_held_shard_is_skipped_the_others_swept(self, r, settings):
+        settings.PRESENCE_SHARDS = 4  # shard 0 held, three others
+        token = store.acquire_task_lock(r, "sweep", 10_000, shard=0)
+        assert token is not None
+
+        report = sweep.sweep_expired()
+
+        assert (report.skipped, report.shards_skipped) == (False, 1)
+        assert report.shards == store.shard_count() - 1
 
     def test_release_is_compare_and_delete(self, r):
         mine = store.acquire_task_lock(r, "sweep", 50)

@@ -56,7 +56,7 @@ async def test_prints_counts_processes_and_tasks() -> None:
 def test_consumers_with_their_lag_and_backlog(r: Any) -> None:
     now = store.now_ms()
     store.record_task_run(r, "hooks", {"last_success_at_ms": now - 2000}, {})
-    store.ensure_group(r, store.HOOKS_GROUP)
+    store.ensure_group(store.HOOKS_GROUP)
     r.xadd(store.keys().events, {"k": "join"})
     text = run()
     assert "hooks       lag 2." in text and "backlog 0 pending, 1 unread" in text
