@@ -75,8 +75,13 @@ from presence.store.faults import (
     StoreUnavailableError,
     is_unavailable,
 )
-from presence.store.groups import (
+from presence.store.group_backlog import (
     BACKLOG_PAGE,
+    group_backlog,
+    groups_backlog,
+    prune_consumers,
+)
+from presence.store.groups import (
     CLAIM_ROUNDS,
     GROUPS,
     HOOKS_GROUP,
@@ -94,11 +99,8 @@ from presence.store.groups import (
     claim_group,
     ensure_group,
     entry_id,
-    group_backlog,
     group_parts,
-    groups_backlog,
     oldest_pending,
-    prune_consumers,
     read_group,
     split_id,
     start_cursor,

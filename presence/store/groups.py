@@ -42,11 +42,6 @@ GROUPS = (SESSION_LOG_GROUP, HOOKS_GROUP, WEBHOOKS_GROUP)
 # XAUTOCLAIM rounds per claim call and shard: bounds the work one call does for one dead
 # consumer.
 CLAIM_ROUNDS = 10
-# Undelivered entries counted by group_backlog per shard (one XRANGE page).
-BACKLOG_PAGE = 10_000
-# WARNING: what the dashboard and each scrape read at most per group and shard on Redis < 7
-# (no lag in XINFO GROUPS): a bigger backlog shows as this many.
-UNREAD_PAGE = 1_000
 
 # A reader's own pending entries are re-read from, per shard, the stream id after which to
 # read ("0": from the start).
@@ -105,7 +100,7 @@ def advance_cursor(cursor: Cursor, entries: Sequence[GroupEntry]) -> Cursor | No
 
 def group_parts() -> list[list[int]]:
     """Every shard, split per node: what one long-running reader each follows."""
-    return _parts(None)
+    return node_parts(None)
 
 
 def _is_busygroup(exc: BaseException) -> bool:
@@ -116,7 +111,7 @@ def _is_nogroup(exc: BaseException) -> bool:
     return str(exc).startswith("NOGROUP")
 
 
-def _parts(shards: Iterable[int] | None) -> list[list[int]]:
+def node_parts(shards: Iterable[int] | None) -> list[list[int]]:
     """``shards`` (all when None) split per node."""
     return topology.split_by_node(sorted(all_shards() if shards is None else set(shards)))
 
@@ -161,7 +156,7 @@ def ensure_group(group: str, shards: Iterable[int] | None = None) -> bool:
     """Create ``group`` on each shard's stream, reading from its start; False when it
     existed on every one."""
     created = False
-    for part in _parts(shards):
+    for part in node_parts(shards):
         pipe: Any = topology.client_for(part[0]).pipeline(transaction=False)
         for shard in part:
             pipe.xgroup_create(Keys(shard).events, group, id="0", mkstream=True)
@@ -177,7 +172,7 @@ def ensure_group(group: str, shards: Iterable[int] | None = None) -> bool:
 async def aensure_group(group: str, shards: Iterable[int] | None = None) -> bool:
     """Async twin of :func:`ensure_group`."""
     created = False
-    for part in _parts(shards):
+    for part in node_parts(shards):
         pipe: Any = topology.aclient_for(part[0]).pipeline(transaction=False)
         for shard in part:
             pipe.xgroup_create(Keys(shard).events, group, id="0", mkstream=True)
@@ -207,7 +202,7 @@ def read_group(
     A missing group (Redis lost its data) is created again and the read returns nothing.
     """
     out: list[GroupEntry] = []
-    for part in _parts(shards):
+    for part in node_parts(shards):
         client = topology.client_for(part[0])
         plan = list(_read_plan(part, count, after, block_ms))
         if not plan:
@@ -244,7 +239,7 @@ async def aread_group(
     if _polled():
         return await _apoll_group(group, consumer, count, shards, after)
     out: list[GroupEntry] = []
-    for part in _parts(shards):
+    for part in node_parts(shards):
         client = topology.aclient_for(part[0], blocking=True)
         plan = list(_read_plan(part, count, after, block_ms))
         if not plan:
@@ -343,7 +338,7 @@ def claim_group(
     round is one pipeline per node over the shards still claiming.
     """
     claimed = trimmed = 0
-    for part in _parts(shards):
+    for part in node_parts(shards):
         client = topology.client_for(part[0])
         starts = {shard: "0-0" for shard in part}
         for _ in range(CLAIM_ROUNDS):
@@ -416,7 +411,7 @@ async def aclaim_group(
             if not starts:
                 break
         return claimed, trimmed
-    for part in _parts(shards):
+    for part in node_parts(shards):
         client = topology.aclient_for(part[0])
         starts = {shard: "0-0" for shard in part}
         for _ in range(CLAIM_ROUNDS):
@@ -462,7 +457,7 @@ def ack_group(group: str, ids: Sequence[str]) -> int:
         return 0
     by_shard = _by_shard(ids)
     acked = 0
-    for part in _parts(by_shard):
+    for part in node_parts(by_shard):
         pipe: Any = topology.client_for(part[0]).pipeline(transaction=False)
         for shard in part:
             pipe.xack(Keys(shard).events, group, *by_shard[shard])
@@ -476,7 +471,7 @@ async def aack_group(group: str, ids: Sequence[str]) -> int:
         return 0
     by_shard = _by_shard(ids)
     acked = 0
-    for part in _parts(by_shard):
+    for part in node_parts(by_shard):
         pipe: Any = topology.aclient_for(part[0]).pipeline(transaction=False)
         for shard in part:
             pipe.xack(Keys(shard).events, group, *by_shard[shard])
@@ -505,7 +500,7 @@ def oldest_pending(group: str, *, skip: set[str], shards: Iterable[int]) -> dict
     shard of ``len(skip of that shard) + 1`` entries, one pipeline per node."""
     plan = _pending_plan(skip, shards)
     out: dict[int, str] = {}
-    for part in _parts(plan):
+    for part in node_parts(plan):
         pipe: Any = topology.client_for(part[0]).pipeline(transaction=False)
         for shard in part:
             pipe.xpending_range(Keys(shard).events, group, min="-", max="+", count=plan[shard])
@@ -519,103 +514,11 @@ async def aoldest_pending(group: str, *, skip: set[str], shards: Iterable[int]) 
     """Async twin of :func:`oldest_pending`."""
     plan = _pending_plan(skip, shards)
     out: dict[int, str] = {}
-    for part in _parts(plan):
+    for part in node_parts(plan):
         pipe: Any = topology.aclient_for(part[0]).pipeline(transaction=False)
         for shard in part:
             pipe.xpending_range(Keys(shard).events, group, min="-", max="+", count=plan[shard])
         for shard, raw in zip(part, await pipe.execute(), strict=True):
             if (first := _first_not_in(raw, shard, skip)) is not None:
                 out[shard] = first
-    return out
-
-
-# ----------------------------------------------------------------------------- backlog
-def group_backlog(group: str) -> dict[str, int]:
-    """What ``group`` has not done yet, summed over the shards: ``pending`` (read, not
-    acknowledged) and ``undelivered`` (appended after the group's last delivered id; one
-    XRANGE page per shard, so at most ``BACKLOG_PAGE`` each). Zeros where the group does not
-    exist."""
-    pending = undelivered = 0
-    for part in _parts(None):
-        client = topology.client_for(part[0])
-        pipe: Any = client.pipeline(transaction=False)
-        for shard in part:
-            pipe.xinfo_groups(Keys(shard).events)
-        infos = pipe.execute(raise_on_error=False)
-        pipe = client.pipeline(transaction=False)
-        counted = 0
-        for shard, info in zip(part, infos, strict=True):
-            if isinstance(info, Exception):
-                continue
-            mine = next((g for g in info if g["name"] == group), None)
-            if mine is None:
-                continue
-            pending += int(mine["pending"])
-            pipe.xrange(
-                Keys(shard).events,
-                f"({mine['last-delivered-id']}",
-                "+",
-                count=BACKLOG_PAGE,
-            )
-            counted += 1
-        if counted:
-            undelivered += sum(len(page) for page in pipe.execute())
-    return {"pending": pending, "undelivered": undelivered}
-
-
-def prune_consumers(group: str, *, idle_ms: int, keep: str = "") -> int:
-    """Forget ``group``'s consumers (e.g. of web processes long gone) that hold nothing and
-    were idle for ``idle_ms``, on every shard; a live one that was removed reappears at its
-    next read."""
-    removed = 0
-    for part in _parts(None):
-        client = topology.client_for(part[0])
-        pipe: Any = client.pipeline(transaction=False)
-        for shard in part:
-            pipe.xinfo_consumers(Keys(shard).events, group)
-        replies = pipe.execute(raise_on_error=False)
-        pipe = client.pipeline(transaction=False)
-        for shard, consumers in zip(part, replies, strict=True):
-            if isinstance(consumers, Exception):
-                continue
-            for c in consumers:
-                if c["name"] != keep and int(c["pending"]) == 0 and int(c["idle"]) >= idle_ms:
-                    pipe.xgroup_delconsumer(Keys(shard).events, group, c["name"])
-                    removed += 1
-        if len(pipe):
-            pipe.execute()
-    return removed
-
-
-def groups_backlog() -> dict[str, dict[str, int]]:
-    """Every group's ``pending`` (read, not acknowledged) and ``unread`` (appended after its
-    last delivered entry), summed over the shards: one XINFO GROUPS per shard, pipelined per
-    node, cheap enough for the dashboard and every scrape. Redis >= 7 counts ``unread``
-    itself (its ``lag``); before that, or when it cannot tell, one XRANGE page of at most
-    ``UNREAD_PAGE`` per shard is counted. Empty: no log yet."""
-    out: dict[str, dict[str, int]] = {}
-    for part in _parts(None):
-        client = topology.client_for(part[0])
-        pipe: Any = client.pipeline(transaction=False)
-        for shard in part:
-            pipe.xinfo_groups(Keys(shard).events)
-        infos = pipe.execute(raise_on_error=False)
-        counting: list[str] = []
-        pipe = client.pipeline(transaction=False)
-        for shard, raw in zip(part, infos, strict=True):
-            if isinstance(raw, Exception):
-                continue
-            for g in raw:
-                name, lag = str(g["name"]), g.get("lag")
-                totals = out.setdefault(name, {"pending": 0, "unread": 0})
-                totals["pending"] += int(g["pending"])
-                totals["unread"] += int(lag or 0)
-                if lag is None:
-                    counting.append(name)
-                    pipe.xrange(
-                        Keys(shard).events, f"({g['last-delivered-id']}", "+", count=UNREAD_PAGE
-                    )
-        if counting:
-            for name, page in zip(counting, pipe.execute(), strict=True):
-                out[name]["unread"] += len(page)
     return out
