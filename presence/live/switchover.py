@@ -1,7 +1,8 @@
 """This event loop's watcher of Sentinel switch-overs (presence/store/switchover.py).
 
-Only with ``REDIS_URL`` in the ``redis+sentinel://`` form: one task per event loop listens
-on one sentinel at a time for ``+switch-master`` of the store's primary and, when it comes,
+For each Redis URL of the store in the ``redis+sentinel://`` form (``REDIS_URL``, and each of
+PRESENCE_REDIS_SHARD_URLS): one task per URL and event loop listens on one of its sentinels
+at a time for ``+switch-master`` of that primary and, when it comes,
 drops the loop's store connections, so that heartbeats, connects and the log reader go to
 the new primary at once instead of writing to the old one until the sentinels demote it.
 A sentinel that does not answer is replaced by the next one; the watcher never ends the
@@ -18,7 +19,7 @@ from redis.exceptions import RedisError
 from presence import store
 from presence.conf import app_settings
 from presence.loops import LoopLocal
-from presence.redis_url import parse_redis_url
+from presence.redis_url import RedisTarget, parse_redis_url
 
 logger = logging.getLogger(__name__)
 
@@ -27,10 +28,23 @@ LISTEN = 60.0
 RETRY = 1.0
 
 
-async def _watch() -> None:
-    target = parse_redis_url(app_settings.REDIS_URL)
-    if not target.is_sentinel:
-        return
+def _sentinel_targets() -> list[RedisTarget]:
+    """The distinct Sentinel-form targets among REDIS_URL and the shard URLs."""
+    targets: dict[tuple[str, tuple[tuple[str, int], ...]], RedisTarget] = {}
+    for url in [app_settings.REDIS_URL, *app_settings.REDIS_SHARD_URLS]:
+        target = parse_redis_url(url)
+        if target.is_sentinel:
+            targets.setdefault((target.master_name, tuple(target.sentinels)), target)
+    return list(targets.values())
+
+
+async def _watch_all() -> None:
+    targets = _sentinel_targets()
+    if targets:
+        await asyncio.gather(*(_watch(target) for target in targets))
+
+
+async def _watch(target: RedisTarget) -> None:
     i = 0
     while True:
         host, port = target.sentinels[i % len(target.sentinels)]
@@ -49,10 +63,10 @@ async def _watch() -> None:
 
 
 _watchers: LoopLocal[asyncio.Task[None]] = LoopLocal(
-    lambda loop: loop.create_task(_watch(), name="presence-switchover")
+    lambda loop: loop.create_task(_watch_all(), name="presence-switchover")
 )
 
 
 def ensure_switchover_watcher() -> None:
-    """Start this event loop's watcher once (a no-op without a Sentinel URL)."""
+    """Start this event loop's watchers once (a no-op without a Sentinel URL)."""
     _watchers.get()
