@@ -25,6 +25,17 @@ pytest_plugins = [
 ]
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    """``--presence-store``: the presence store the tests run on (tests/support/cluster.py)."""
+    parser.addoption(
+        "--presence-store",
+        choices=("single", "cluster", "shards"),
+        default="single",
+        help="one Redis (default), a 3-primary Redis Cluster (PRESENCE_REDIS_CLUSTER_URL) or "
+        "3 independent primaries (PRESENCE_REDIS_SHARD_URLS)",
+    )
+
+
 def pytest_configure(config: pytest.Config) -> None:
     """Start the private Redis before any test touches settings that point at it."""
     # Leaves are immediate unless a test turns the grace window on (tests/presence/grace/):
@@ -38,9 +49,14 @@ def pytest_configure(config: pytest.Config) -> None:
     settings.PRESENCE_LEAVE_GRACE = float(os.environ["PRESENCE_LEAVE_GRACE"])
     redis.start()
     db.no_persistent_connections()
+    from tests.support.cluster import start_store_shape
+
+    start_store_shape(config.getoption("--presence-store"))
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
     from tests.support import redis
+    from tests.support.cluster import stop_store_shape
 
+    stop_store_shape()
     redis.stop()

@@ -58,8 +58,10 @@ RECORD_EVERY = 1.0
 # lapses this long after its holder died; a standby process tries to take it this often.
 LEASE_TTL = 5.0
 LEASE_RETRY = 1.0
-# A Cluster reader's wait after an empty read (doubling from the first to the second).
-POLL_IDLE = (0.01, 0.2)
+# A Cluster reader's wait after an empty read (doubling from the first to the second): a
+# round of one read per shard costs ~7 ms of Python for 64 shards (docs/performance.md), so
+# a quiet log is polled once a second; entries written meanwhile wait at most that long.
+POLL_IDLE = (0.01, 1.0)
 # Errors a reader survives: Redis gone or restarting, the database failing, a closed socket.
 TRANSIENT = (redis.RedisError, DatabaseError, OSError)
 

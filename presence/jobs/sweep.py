@@ -114,7 +114,7 @@ def sweep_batch(
     """End one claimed batch (steps 2-5 above); False when the database was unavailable."""
     claims = batch.claims
     known = [c for c in claims if c.uid is not None]
-    results = store.end_swept_connections([c.ref for c in known]) if known else []
+    results = store.end_swept_connections([c.ref for c in known], shard=shard) if known else []
     states = {r.cid: r.state for r in results}
     # No hash (state missing): the connection was ended meanwhile or its keys expired after a
     # long outage; its session may still be live in the database, so it is ended all the same.

@@ -62,7 +62,7 @@ READ_BLOCK_MS = 5000
 # from POLL_IDLE_MIN doubling up to POLL_IDLE_MAX while the log is quiet (the latency a first
 # event after a quiet spell may see; docs/performance.md has the idle CPU it buys).
 POLL_IDLE_MIN = 0.01
-POLL_IDLE_MAX = 0.2
+POLL_IDLE_MAX = 0.5
 RETRY_FIRST = 0.1
 RETRY_MAX = 2.0
 PRESENCE_KINDS = frozenset({"join", "leave", "status"})

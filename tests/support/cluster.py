@@ -18,6 +18,7 @@ ports under a temporary directory, every wait bounded and every process killed b
 
 from __future__ import annotations
 
+import os
 import random
 import shutil
 import socket
@@ -379,6 +380,46 @@ class SentinelShards:
             shard.stop()  # its data nodes and (again, harmlessly) the shared sentinels
         if self._own_directory:
             shutil.rmtree(self.directory, ignore_errors=True)
+
+
+# -- the suite on a sharded store (``pytest --presence-store=cluster|shards``) -----------------
+
+_store_shape: ClusterTopology | ShardsTopology | None = None
+
+
+def start_store_shape(shape: str) -> None:
+    """Start the store of ``shape`` and point the settings and subprocesses at it (the
+    control keys, the channel layer and Celery stay on the suite's private Redis)."""
+    global _store_shape
+    from django.conf import settings
+
+    if shape == "cluster":
+        cluster = ClusterTopology().start()
+        _store_shape = cluster
+        os.environ["PRESENCE_REDIS_CLUSTER_URL"] = cluster.url
+        settings.PRESENCE_REDIS_CLUSTER_URL = cluster.url
+    elif shape == "shards":
+        shards = ShardsTopology().start()
+        _store_shape = shards
+        os.environ["PRESENCE_REDIS_SHARD_URLS"] = ",".join(shards.urls)
+        settings.PRESENCE_REDIS_SHARD_URLS = shards.urls
+
+
+def stop_store_shape() -> None:
+    """Stop what :func:`start_store_shape` started."""
+    global _store_shape
+    if _store_shape is not None:
+        _store_shape.stop()
+        _store_shape = None
+
+
+@pytest.fixture(autouse=True)
+def _clean_store_shape() -> None:
+    """With ``--presence-store=cluster|shards``, every test starts with an empty store."""
+    if _store_shape is not None:
+        if isinstance(_store_shape, ClusterTopology):
+            _store_shape.wait_ok()
+        _store_shape.flushall()
 
 
 # -- fixtures ---------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -173,7 +174,9 @@ class TestShapes:
     async def test_independent_primaries_one_task_per_node(
         self, shards: int, redis_shards: list[str]
     ) -> None:
-        with override_settings(PRESENCE_REDIS_SHARD_URLS=redis_shards):
+        with override_settings(
+            PRESENCE_REDIS_SHARD_URLS=redis_shards, PRESENCE_REDIS_CLUSTER_URL=None
+        ):
             store.reset_clients()
             reader = await eventlog.ensure_reader()
             sock = Socket()
@@ -187,7 +190,9 @@ class TestShapes:
     async def test_a_cluster_reader_polls_every_shard(
         self, shards: int, redis_cluster: ClusterTopology
     ) -> None:
-        with override_settings(PRESENCE_REDIS_CLUSTER_URL=redis_cluster.url):
+        with override_settings(
+            PRESENCE_REDIS_CLUSTER_URL=redis_cluster.url, PRESENCE_REDIS_SHARD_URLS=[]
+        ):
             store.reset_clients()
             assert store.log_polled()
             reader = await eventlog.ensure_reader()
@@ -202,3 +207,43 @@ class TestShapes:
             # the shards' streams are spread over the three primaries
             owners = {redis_cluster.slot_owner(shard_slot(s)).port for s in range(shards)}
             assert len(owners) == 3
+
+
+@pytest.mark.slow
+async def test_a_cluster_reader_follows_slots_moving_under_it(
+    shards: int, fresh_cluster: ClusterTopology
+) -> None:
+    """Slots migrate (redis-cli --cluster reshard) while entries are appended: the reader
+    gets every entry once, in each shard's order, and sees no gap."""
+    with override_settings(
+        PRESENCE_REDIS_CLUSTER_URL=fresh_cluster.url, PRESENCE_REDIS_SHARD_URLS=[]
+    ):
+        store.reset_clients()
+        reader = await eventlog.ensure_reader()
+        sock = Socket()
+        reader.register(sock)
+        writer = fresh_cluster.client()
+        stop = threading.Event()
+        sent: list[int] = []
+
+        def write() -> None:
+            uid = 1000
+            while not stop.is_set():
+                append(writer, uid % shards, k="join", u=uid)
+                sent.append(uid)
+                uid += 1
+                time.sleep(0.002)
+
+        thread = threading.Thread(target=write)
+        thread.start()
+        try:
+            # shards 0 and 1 live in node 0's first 4096 slots: they move to node 1
+            await asyncio.to_thread(fresh_cluster.reshard, 0, 1, 4096)
+        finally:
+            stop.set()
+            await asyncio.to_thread(thread.join, 30)
+
+        assert await wait_for(lambda: len(joins(sock)) == len(sent), within=10)
+        assert sorted(joins(sock)) == sorted(sent) and len(set(joins(sock))) == len(sent)
+        assert reader.resyncs == 0
+        assert fresh_cluster.slot_owner(shard_slot(0)) is fresh_cluster.nodes[1]
