@@ -70,6 +70,10 @@ class TestShardTags:
         with override_settings(PRESENCE_KEY_PREFIX="other"):
             assert shards.shard_tag(0).startswith("{other:0:")
 
+    def test_the_docs_spell_shard_0s_default_tag(self) -> None:
+        # docs/operations.md and docs/hooks.md show redis-cli lines on shard 0's keys.
+        assert shards.shard_tag(0) == "{presence:0:23}"
+
     def test_a_shard_outside_the_count_is_refused(self) -> None:
         with pytest.raises(ValueError):
             shards.shard_tag(64)
