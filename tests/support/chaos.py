@@ -372,6 +372,16 @@ def hook_tallies(
     return lost, duplicated, invented, redelivered
 
 
+def duplicate_sample(receiver: Receiver) -> str:
+    """The distinct ``user.offline`` event ids (and times) of one user who got several."""
+    by_user: dict[int, dict[str, Any]] = {}
+    for e in receiver.events():
+        if e.get("type") == "user.offline":
+            by_user.setdefault(e["user"]["id"], {})[str(e.get("id"))] = e.get("at", e.get("time"))
+    sample = next((ids for ids in by_user.values() if len(ids) > 1), {})
+    return json.dumps(sample)
+
+
 async def run_scenario(
     name: str,
     swarm: Swarm,
@@ -416,6 +426,8 @@ async def run_scenario(
     outcome.events_lost, outcome.events_duplicated, outcome.invented_leaves = lost, dup, invented
     if again:
         outcome.notes = f"{outcome.notes} {again} user.offline redelivered (same id)".strip()
+    if dup:
+        outcome.notes = f"{outcome.notes} duplicated, e.g.: {duplicate_sample(receiver)}".strip()
     outcome.worker_alive, outcome.beat_alive = alive()
     if swarm.tally.errors:
         outcome.notes = (outcome.notes + " errors: " + json.dumps(dict(swarm.tally.errors))).strip()

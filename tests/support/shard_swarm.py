@@ -260,16 +260,31 @@ SWARM_ENV = {
 }
 
 
+def store_unsplit(client_of: ShardClient, rooms: Iterable[str]) -> bool:
+    """Whether the store still writes rooms with shard 0's tag (presence/store/rooms.py's
+    "shard 0 until the scripts are split"): some room of another shard has members there."""
+    return any(
+        client_of(0).zcard(Keys(0).room(room)) > 0 for room in rooms if room_shard(room) != 0
+    )
+
+
+UNSPLIT = (
+    "the store is not split per shard yet: presence/store/rooms.py (branch shard-store) "
+    "writes every room with shard 0's tag, so no room is on its room's shard"
+)
+
+
 def assert_exact(
     expected: dict[str, set[int]],
     expected_online: set[int],
     listed: dict[str, tuple[set[int], int]],
     listed_all: tuple[set[int], int],
-    in_rooms: dict[str, set[int]],
+    in_rooms: dict[str, set[int]] | None,
     online: set[int],
 ) -> None:
-    """Every room's listing (members and count) and its shard's keys equal the model, and
-    so does the global scope; one assertion naming every difference."""
+    """Every room's listing (members and count) and its shard's keys (``in_rooms``; None:
+    not compared) equal the model, and so does the global scope; one assertion naming every
+    difference."""
     problems: list[str] = []
     for room, members in sorted(expected.items()):
         ids, count = listed[room]
@@ -278,7 +293,7 @@ def assert_exact(
                 f"{room} listed: {len(ids)} ids (count {count}), model {len(members)}; "
                 f"missing {sorted(members - ids)[:5]}, ghosts {sorted(ids - members)[:5]}"
             )
-        if in_rooms[room] != members:
+        if in_rooms is not None and in_rooms[room] != members:
             problems.append(
                 f"{room} on its shard: {len(in_rooms[room])}, model {len(members)}; missing "
                 f"{sorted(members - in_rooms[room])[:5]}, ghosts "
