@@ -6,7 +6,7 @@ socket died too, so no heartbeat ever learns the session is gone and no sweep ev
 Such rows would stay "live" in the admin forever. The reaper ends them as ``timeout``.
 
 The reaper is one run (one SELECT of the oldest silent rows, whatever their shard), not one
-per shard: it asks each row's user's shard whether the connection is still known.
+per shard: it asks every shard whether it still knows each candidate's connection.
 
 A row is a candidate when it has not been heard from (``last_heartbeat_at``, refreshed by
 every stats flush, else ``connected_at``) for longer than ``PRESENCE_TTL`` plus
@@ -74,13 +74,18 @@ def run_reap(report: ReapReport | None = None) -> ReapReport:
 
 
 def _known(conns: list[tuple[str, int]]) -> set[str]:
-    """Which of (connection id, user id) presence still tracks: a connection's keys are on
-    its user's shard, so one pipeline per shard holding some."""
-    by_shard: dict[int, list[str]] = {}
-    for cid, uid in conns:
-        by_shard.setdefault(store.user_shard(uid), []).append(cid)
+    """Which of (connection id, user id) presence still tracks, on any shard.
+
+    Every shard is asked (one pipeline per shard, two ZSCOREs per connection): a row's
+    connection is normally on its user's shard, but a reaper must not end a live session
+    because it looked in the wrong place, and candidates are few (silent rows, at most
+    REAP_BATCH_SIZE, normally none), so the price is small and paid only after a data loss.
+    """
+    cids = [cid for cid, _ in conns]
     known: set[str] = set()
-    for shard, cids in by_shard.items():
+    if not cids:
+        return known
+    for shard in store.all_shards():
         known |= store.known_connections(store.client_for(shard), cids, shard=shard)
     return known
 

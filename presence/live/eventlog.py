@@ -49,7 +49,6 @@ from presence.live.replica import GlobalReplica
 from presence.live.watches import WatchIndex
 from presence.loops import LoopLocal
 from presence.obs import metrics
-from presence.store.shards import room_shard
 
 logger = logging.getLogger(__name__)
 
@@ -160,7 +159,7 @@ class EventLogReader:
         """The position a scope's first diff continues (``prev``) since the last reset."""
         if scope == GLOBAL:
             return self._origin_global
-        return self._origins.get(room_shard(scope), "0-0")
+        return self._origins.get(store.room_home(scope), "0-0")
 
     def _reset_batcher(self) -> None:
         self._origins = dict(self.last)

@@ -160,7 +160,9 @@ from presence.store.log import (
     log_positions,
     members,
     read_logs,
+    room_home,
     snapshots,
+    user_home,
 )
 from presence.store.log import polled as log_polled
 from presence.store.processes import (
@@ -389,6 +391,7 @@ __all__ = [
     "reset_clients",
     "revoke_login",
     "revoke_user_credentials",
+    "room_home",
     "room_join",
     "room_join_sync",
     "room_leave",
@@ -410,6 +413,7 @@ __all__ = [
     "task_lock_held",
     "user_block_ttl_ms",
     "user_connection_targets",
+    "user_home",
     "user_presence",
     "user_rooms",
     "user_shard",
