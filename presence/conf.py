@@ -6,9 +6,13 @@ only when its environment variable is set, and everything else falls back to the
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from django.conf import settings
+
+# A comma that starts another URL of PRESENCE_REDIS_SHARD_URLS (presence/redis_url.py's schemes).
+_URL_START = re.compile(r",(?=\s*(?:redis|rediss|unix|redis\+sentinel|rediss\+sentinel)://)")
 
 # Only this site's own resources; the nonce is for the demo page's inline import map.
 DEFAULT_CSP = (
@@ -76,9 +80,12 @@ class AppSettings:
         """Independent Redis primaries holding the presence store; logical shard n lives on
         ``jump_hash(n, len(urls))``. Each may be a ``redis+sentinel://`` URL. Empty: none."""
         value = self._get("PRESENCE_REDIS_SHARD_URLS", [])
-        if isinstance(value, str):
-            value = value.split(",")
-        return [str(url).strip() for url in value if str(url).strip()]
+        # A Sentinel URL lists its sentinels with commas, and the environment's list splits
+        # on every comma (config/settings.py: env.list): join the pieces back and split only
+        # where a scheme starts a new URL.
+        text = value if isinstance(value, str) else ",".join(str(url) for url in value)
+        urls = (url.strip(" ,") for url in _URL_START.split(text))
+        return [url for url in urls if url]
 
     @property
     def WS_MAX_MESSAGE_BYTES(self) -> int:

@@ -47,6 +47,10 @@ def is_unavailable(exc: BaseException) -> bool:
     """Whether ``exc`` says the store is away (and will be back), not that the call is wrong."""
     if isinstance(exc, (RedisConnectionError, RedisTimeoutError, TimeoutError, OSError)):
         return True
+    if isinstance(exc, RuntimeError) and "handler is closed" in str(exc):
+        # asyncio's answer to a write on a transport closed under the command: what the
+        # switch-over does to a connection still in use when a Sentinel shard fails over.
+        return True
     if isinstance(exc, ResponseError):
         # A script's error reply is prefixed by the script's context on some versions
         # ("ERR Error running script ...: READONLY ..."), so look at the words, not the start.

@@ -30,13 +30,16 @@ from presence.access.auth import mint_token
 from tests.support.celery import CeleryProcess
 from tests.support.chaos import (
     CLOSED_DURING_FAULT,
+    Lister,
     Outcome,
     Swarm,
     render,
     run_scenario,
+    shards_lister,
     stack_env,
     write_report,
 )
+from tests.support.cluster import SentinelShards
 from tests.support.consume import ConsumeProcess
 from tests.support.paths import ROOT
 from tests.support.sentinel import SentinelTopology
@@ -168,12 +171,13 @@ async def scenario(
     stack: Stack,
     redis_url: str,
     fault: Callable[[], Any],
-    store_client: Callable[[], Any],
+    store_client: Callable[[], Any] | None,
     notes: str = "",
     *,
     close_during: int = CLOSED_DURING_FAULT,
     after: Callable[[Swarm, Outcome], Awaitable[None]] | None = None,
     env: dict[str, str] | None = None,
+    lister: Lister | None = None,
 ) -> Outcome:
     swarm = await swarm_on(stack.start(redis_url, env))
     try:
@@ -182,6 +186,7 @@ async def scenario(
             swarm,
             fault,
             store_client=store_client,
+            lister=lister,
             receiver=stack.receiver,
             alive=stack.alive,
             notes=notes,
@@ -282,6 +287,38 @@ class TestSingleRedis:
         assert outcome.events_lost == 0, outcome
 
 
+class TestSentinelShards:
+    """The presence store as 3 shards (PRESENCE_REDIS_SHARD_URLS), each a primary and a
+    replica behind one set of three sentinels (``redis+sentinel://`` URLs); REDIS_URL (the
+    channel layer, control keys) a plain redis-server of its own."""
+
+    async def test_failover_of_one_shard_and_kill_of_another(
+        self, stack: Stack, sentinel_shards: SentinelShards, plain_store: RedisServer
+    ) -> None:
+        t = sentinel_shards
+
+        def faults() -> None:
+            # A planned failover of shard 0, then an unplanned one of shard 1 (kill -9 of
+            # its primary, wait until its replica is promoted); shard 2 keeps its primary.
+            t.failover(0)
+            t.shards[1].kill_primary()
+
+        def primaries() -> list[Any]:
+            return [s.primary_client(decode_responses=True, socket_timeout=2) for s in t.shards]
+
+        outcome = await scenario(
+            "3 Sentinel shards: failover of shard 0, kill -9 of shard 1's primary",
+            stack,
+            plain_store.url,
+            faults,
+            None,
+            notes="PRESENCE_REDIS_SHARD_URLS of 3 redis+sentinel:// URLs",
+            env={"PRESENCE_REDIS_SHARD_URLS": ",".join(t.urls)},
+            lister=shards_lister(primaries),
+        )
+        assert_no_socket_cost(outcome)
+
+
 def plain_store_client(server: RedisServer) -> Any:
     import redis
 
@@ -318,10 +355,12 @@ def _flushed_totals(client: Any) -> tuple[int, int]:
     from presence import store
     from presence.models import StatsBucket
 
-    k = store.keys()
-    waiting = int(client.hget(k.stats, "heartbeats") or 0)
-    for flush_id in client.smembers(k.stats_claims) or ():
-        waiting += int(client.hget(k.stats_claim(flush_id), "heartbeats") or 0)
+    waiting = 0
+    for shard in store.all_shards():  # every shard's counters, all on the one Redis
+        k = store.keys(shard)
+        waiting += int(client.hget(k.stats, "heartbeats") or 0)
+        for flush_id in client.smembers(k.stats_claims) or ():
+            waiting += int(client.hget(k.stats_claim(flush_id), "heartbeats") or 0)
     db = StatsBucket.objects.aggregate(n=Sum("heartbeats"))["n"] or 0
     return int(db), waiting
 

@@ -35,8 +35,8 @@ import redis
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from presence import store
 from tests.support.servers import ASGIServer
+from tests.support.shard_swarm import clients_by_url, store_online
 from tests.support.webhook_receiver import Receiver
 
 # The clients' heartbeat interval and the TTL of the stack: short, so a scenario takes
@@ -313,20 +313,40 @@ def write_report(path: Path, outcomes: list[Outcome], command: str) -> None:
 
 # --------------------------------------------------------------------------- measuring
 def listed(client: redis.Redis) -> set[int]:
-    """The users the store lists online now (the global scope's index)."""
-    now = store.now_ms()
-    raw = client.zrangebyscore(store.keys().users, f"({now}", "+inf")
-    return {int(u) for u in raw}  # type: ignore[union-attr]
+    """The users a store of one Redis lists online now (every shard's index, all on it)."""
+    return store_online(lambda shard: client)
 
 
-async def wait_listed(
-    store_client: Callable[[], redis.Redis], swarm: Swarm, within: float
-) -> float | None:
+Lister = Callable[[], set[int]]
+
+
+def single_lister(store_client: Callable[[], redis.Redis]) -> Lister:
+    """The users listed online by a store of one Redis (every shard on it)."""
+    return lambda: listed(store_client())
+
+
+def shards_lister(primaries: Callable[[], list[redis.Redis]]) -> Lister:
+    """The users listed online by every shard of a store of independent primaries
+    (``primaries()``: one client per PRESENCE_REDIS_SHARD_URLS entry, its current primary):
+    the union of the shards' ``users`` indexes."""
+
+    def listing() -> set[int]:
+        clients = primaries()
+        try:
+            return store_online(clients_by_url(clients))
+        finally:
+            for client in clients:
+                client.close()
+
+    return listing
+
+
+async def wait_listed(lister: Lister, swarm: Swarm, within: float) -> float | None:
     """Seconds until every user with an open socket is listed, or None within ``within``."""
     started = time.monotonic()
     while time.monotonic() - started < within:
         try:
-            if swarm.online() <= listed(store_client()):
+            if swarm.online() <= await asyncio.to_thread(lister):
                 return time.monotonic() - started
         except (redis.RedisError, OSError):
             pass
@@ -352,20 +372,35 @@ def hook_tallies(
     return lost, duplicated, invented, redelivered
 
 
+def duplicate_sample(receiver: Receiver) -> str:
+    """The distinct ``user.offline`` event ids (and times) of one user who got several."""
+    by_user: dict[int, dict[str, Any]] = {}
+    for e in receiver.events():
+        if e.get("type") == "user.offline":
+            by_user.setdefault(e["user"]["id"], {})[str(e.get("id"))] = e.get("at", e.get("time"))
+    sample = next((ids for ids in by_user.values() if len(ids) > 1), {})
+    return json.dumps(sample)
+
+
 async def run_scenario(
     name: str,
     swarm: Swarm,
     fault: Callable[[], Any],
     *,
-    store_client: Callable[[], redis.Redis],
+    store_client: Callable[[], redis.Redis] | None = None,
+    lister: Lister | None = None,
     receiver: Receiver,
     alive: Callable[[], tuple[bool, bool]],
     notes: str = "",
     close_during: int = CLOSED_DURING_FAULT,
 ) -> Outcome:
-    """Apply ``fault`` (a blocking callable, run in a thread) to a connected swarm; measure."""
+    """Apply ``fault`` (a blocking callable, run in a thread) to a connected swarm; measure.
+    Who is listed comes from ``lister``, or from ``store_client`` (a store of one Redis)."""
+    if lister is None:
+        assert store_client is not None, "a store_client or a lister"
+        lister = single_lister(store_client)
     outcome = Outcome(name, len(swarm.clients), notes=notes)
-    settled = await wait_listed(store_client, swarm, 60)
+    settled = await wait_listed(lister, swarm, 60)
     assert settled is not None, "the swarm was never listed in full before the fault"
     await asyncio.sleep(HEARTBEAT_INTERVAL)
     swarm.tally.reset()
@@ -374,13 +409,13 @@ async def run_scenario(
     await asyncio.sleep(0.5)
     closed = await swarm.close_some(close_during)  # while the fault lasts
     await faulted
-    outcome.relisted_after = await wait_listed(store_client, swarm, 60)
+    outcome.relisted_after = await wait_listed(lister, swarm, 60)
     # TTL + sweep: connections whose end was lost with the store lapse and are swept.
     await asyncio.sleep(TTL + 4 * SWEEP_INTERVAL + 2)
     outcome.longest_ack_wait = max(swarm.tally.longest_wait, swarm.pending_longest())
     online = swarm.online()
     try:
-        now_listed = listed(store_client())
+        now_listed = await asyncio.to_thread(lister)
     except (redis.RedisError, OSError):
         now_listed = set()
     outcome.ghosts = len(now_listed - online)
@@ -391,6 +426,8 @@ async def run_scenario(
     outcome.events_lost, outcome.events_duplicated, outcome.invented_leaves = lost, dup, invented
     if again:
         outcome.notes = f"{outcome.notes} {again} user.offline redelivered (same id)".strip()
+    if dup:
+        outcome.notes = f"{outcome.notes} duplicated, e.g.: {duplicate_sample(receiver)}".strip()
     outcome.worker_alive, outcome.beat_alive = alive()
     if swarm.tally.errors:
         outcome.notes = (outcome.notes + " errors: " + json.dumps(dict(swarm.tally.errors))).strip()
