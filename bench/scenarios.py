@@ -195,10 +195,10 @@ async def _bench_store(connections: int, batch: int, rounds: int) -> dict[str, A
     refs = []
     for i in range(connections):
         cid = str(uuid.uuid4())
-        await store.connect(client, cid=cid, uid=i + 1, username=f"u{i + 1}", channel=f"c.{i}")
+        await store.connect(cid=cid, uid=i + 1, username=f"u{i + 1}", channel=f"c.{i}")
         ref = store.ConnRef(cid, i + 1, ("lobby",) if i % 2 == 0 else ())
         if ref.rooms:
-            await store.room_join(client, ref, "lobby")
+            await store.room_join(ref, "lobby")
         refs.append(ref)
     used = int((await client.info("memory"))["used_memory"]) - base
     before = int((await client.info("commandstats"))["cmdstat_evalsha"]["calls"])
@@ -207,7 +207,7 @@ async def _bench_store(connections: int, batch: int, rounds: int) -> dict[str, A
     for _ in range(rounds):
         for i in range(0, connections, batch):
             chunk = refs[i : i + batch]
-            await store.heartbeat_many(client, chunk, {"msg:heartbeat": len(chunk)})
+            await store.heartbeat_many(chunk, {"msg:heartbeat": len(chunk)})
             beats += len(chunk)
     elapsed = time.perf_counter() - started
     after = int((await client.info("commandstats"))["cmdstat_evalsha"]["calls"])

@@ -209,7 +209,7 @@ class PresenceConsumer(AsyncWebsocketConsumer):
             return False
         try:
             async with store.bounded():
-                return await store.alogin_revoked(store.get_async_redis(), login_hash(key))
+                return await store.alogin_revoked(login_hash(key))
         except (RedisError, OSError, TimeoutError):
             return False  # refused either way: "unauthorized" then
 

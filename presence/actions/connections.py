@@ -46,7 +46,6 @@ async def do_connect_user(
     revocations are checked in the same script; a refusal registers nothing.
     """
     return await store.connect(
-        store.get_async_redis(),
         cid=cid,
         uid=uid,
         username=username,
@@ -81,9 +80,7 @@ async def _undo_connect(conn: store.ConnRef) -> None:
         await asyncio.sleep(at - waited)
         waited = at
         try:
-            (result,) = await store.end_connections(
-                store.get_async_redis(), [conn], reason="error", mode="undo"
-            )
+            (result,) = await store.end_connections([conn], reason="error", mode="undo")
         except Exception as exc:  # Redis still down: the sweep ends it later
             logger.info("undoing connect %s: %r", conn.cid, exc)
             continue
@@ -110,7 +107,7 @@ async def _undo_join(conn: store.ConnRef, room: str, unwanted: Callable[[], bool
         if not unwanted():
             return
         try:
-            await store.room_leave(store.get_async_redis(), conn, room)
+            await store.room_leave(conn, room)
         except Exception as exc:  # Redis still down: the key expiry or the sweep ends it
             logger.info("undoing join of %s to %s: %r", conn.cid, room, exc)
 
@@ -136,19 +133,17 @@ def do_record_activity(uid: int) -> bool:
 
 async def do_join_room(conn: store.ConnRef, room: str) -> int:
     """Join ``room``: 1 the user joined (logged), 0 already there, -1 the connection is gone."""
-    return await store.room_join(store.get_async_redis(), conn, room)
+    return await store.room_join(conn, room)
 
 
 async def do_leave_room(conn: store.ConnRef, room: str) -> bool:
     """Leave ``room``; True (and a logged leave) when it was the user's last connection in it."""
-    return await store.room_leave(store.get_async_redis(), conn, room)
+    return await store.room_leave(conn, room)
 
 
 async def do_set_status(conn: store.ConnRef, status: str, *, username: str) -> set[str]:
     """Store the user's status; logged for everyone and every room of any of their tabs."""
-    return await store.set_status(
-        store.get_async_redis(), conn.uid, username, status, rooms=conn.rooms
-    )
+    return await store.set_status(conn.uid, username, status, rooms=conn.rooms)
 
 
 async def do_end_connection(conn: store.ConnRef, *, reason: str) -> store.EndResult | None:
@@ -163,7 +158,7 @@ async def do_end_connection(conn: store.ConnRef, *, reason: str) -> store.EndRes
 
 async def do_broadcast(room: str, frame: dict[str, Any]) -> None:
     """Send ``frame`` to every connection in ``room``, on every process (through the log)."""
-    await store.publish(store.get_async_redis(), room, dumps(frame))
+    await store.publish(room, dumps(frame))
 
 
 # ---- sweep (presence.jobs.sweep): events for connections the expiry sweep ended

@@ -25,7 +25,7 @@ async def do_reassert_connection(live: store.Liveness) -> bool:
 
     One round trip, only after a loss (never on the normal hot path).
     """
-    state, _ = await store.reassert(store.get_async_redis(), live)
+    state, _ = await store.reassert(live)
     if state == 1:
         metrics.connections_reasserted(1)
     return state != 0

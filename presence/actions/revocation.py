@@ -102,10 +102,9 @@ async def _send_all(channels: Sequence[str], message: dict[str, Any]) -> None:
 def do_end_user_connections(uid: int, ending: Ending, *, login: str | None = None) -> int:
     """Close the live sockets of user ``uid`` (only those of login session ``login`` when
     given) with ``ending``, on every process. Returns how many were told to close."""
-    client = store.get_redis()
     # Final: leaves the grace window still holds for the user are logged now, not later.
-    store.release_user(client, uid)
-    targets = store.user_connection_targets(client, uid)
+    store.release_user(uid)
+    targets = store.user_connection_targets(uid)
     channels = [t.channel for t in targets if login is None or t.login == login]
     if channels:
         async_to_sync(_send_all)(channels, ending.as_message())
@@ -171,22 +170,20 @@ def do_lift_blocks(blocks: Sequence[UserBlock]) -> int:
 def _publish_block(uid: int) -> None:
     """Make Redis hold the user's longest active block (or none), then end their sockets."""
     until = UserBlock.objects.active().filter(user_id=uid).aggregate(until=Max("until"))["until"]
-    client = store.get_redis()
     if until is None:
-        store.clear_user_block(client, uid)
+        store.clear_user_block(uid)
         return
-    store.set_user_block(client, uid, until_ms=int(until.timestamp() * 1000), reason="blocked")
+    store.set_user_block(uid, until_ms=int(until.timestamp() * 1000), reason="blocked")
     _end_quietly(uid, BLOCKED)
 
 
 def publish_blocks() -> int:
     """Write every active block to Redis again (after Redis lost its data); returns how many
     users are blocked. Run by the session reaper and at web process start."""
-    client = store.get_redis()
     rows = UserBlock.objects.active().values("user_id").annotate(until=Max("until"))
     for row in rows:
         until_ms = int(row["until"].timestamp() * 1000)
-        store.set_user_block(client, row["user_id"], until_ms=until_ms, reason="blocked")
+        store.set_user_block(row["user_id"], until_ms=until_ms, reason="blocked")
     return len(rows)
 
 
@@ -200,7 +197,7 @@ def on_user_logged_out(sender: Any, request: HttpRequest, user: Any, **kwargs: A
         return
     try:
         # Tokens minted by this session are good for TOKEN_MAX_AGE: refuse them that long.
-        store.revoke_login(store.get_redis(), login, seconds=app_settings.TOKEN_MAX_AGE + 60)
+        store.revoke_login(login, seconds=app_settings.TOKEN_MAX_AGE + 60)
     except (RedisError, OSError) as exc:
         logger.error("could not revoke the login session of user %s: %s", user.pk, exc)
     _end_quietly(user.pk, LOGGED_OUT, login=login)
@@ -249,13 +246,12 @@ def on_connection_kicked(
 ) -> None:
     """A kick is terminal: revoke the connection's login session and older tokens (before
     its socket is told to close, so an immediate reconnect is refused)."""
-    client = store.get_redis()
     seconds = app_settings.KICK_REVOKE_SECONDS if revoke_seconds is None else revoke_seconds
-    store.revoke_user_credentials(client, session.user_id)
-    store.revoke_login(client, store.connection_login(client, str(session.id)), seconds=seconds)
+    store.revoke_user_credentials(session.user_id)
+    store.revoke_login(store.connection_login(str(session.id)), seconds=seconds)
     # The kicked connection leaves at once (reason kicked is never held); so do the leaves
     # of the user's earlier closes that the grace window still holds.
-    store.release_user(client, session.user_id)
+    store.release_user(session.user_id)
 
 
 def connect_receivers() -> None:

@@ -71,7 +71,7 @@ async def aget_user_rooms(viewer: Any, user_id: int, *, within: Within) -> list[
     ``list``): where-now. Two Redis round trips (inside ``within()``) whatever the number of
     rooms."""
     async with within():
-        rooms = await store.auser_rooms(store.get_async_redis(), user_id)
+        rooms = await store.auser_rooms(user_id)
     return [room for room in rooms if await acan_access_room(viewer, room, "list")]
 
 
@@ -103,7 +103,7 @@ async def aget_users_status(user_ids: Sequence[int], *, within: Within) -> list[
     }
     ids = [uid for uid in wanted if uid in known]
     async with within():
-        statuses = await store.ausers_status(store.get_async_redis(), ids)
+        statuses = await store.ausers_status(ids)
     seen = await sync_to_async(last_seen_by_user)([s.uid for s in statuses if not s.online])
     return _status_rows(statuses, seen)
 
@@ -113,7 +113,7 @@ def get_user_presence(user_id: int) -> dict[str, Any] | None:
     user = get_user_model()._default_manager.filter(pk=user_id).first()
     if user is None:
         return None
-    status, connections = store.user_presence(store.get_redis(), user_id)
+    status, connections = store.user_presence(user_id)
     last_seen = ConnectionSession.objects.filter(user_id=user_id).aggregate(
         seen=Max(_last_seen_expression())
     )["seen"]
@@ -127,7 +127,7 @@ async def aget_user_presence(user_id: int, *, within: Within) -> dict[str, Any] 
     if user is None:
         return None
     async with within():
-        status, connections = await store.auser_presence(store.get_async_redis(), user_id)
+        status, connections = await store.auser_presence(user_id)
     seen = await ConnectionSession.objects.filter(user_id=user_id).aaggregate(
         seen=Max(_last_seen_expression())
     )

@@ -17,7 +17,6 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-import redis
 from django.contrib.auth import get_user_model
 from django.db.models import Max, Sum
 from django.db.models.functions import TruncHour
@@ -150,17 +149,14 @@ def get_online_page(
     page_size: int = PAGE_SIZE,
 ) -> OnlinePage:
     """Users online (in ``room``), optionally matching a username ``query`` and a status."""
-    client = store.get_redis()
     if query:
-        return _search(client, query, room, status, max(1, page), page_size)
+        return _search(query, room, status, max(1, page), page_size)
     if status:
-        return _scan(client, room, status, max(0, cursor), page_size)
-    total, members = store.console_index_page(
-        client, room, (max(1, page) - 1) * page_size, page_size
-    )
+        return _scan(room, status, max(0, cursor), page_size)
+    total, members = store.console_index_page(room, (max(1, page) - 1) * page_size, page_size)
     num_pages = max(1, math.ceil(total / page_size))
     return OnlinePage(
-        rows=_rows(store.console_users(client, members)),
+        rows=_rows(store.console_users(members)),
         total=total,
         mode="all",
         page=min(max(1, page), num_pages),
@@ -168,15 +164,13 @@ def get_online_page(
     )
 
 
-def _scan(
-    client: redis.Redis, room: str | None, status: str, cursor: int, page_size: int
-) -> OnlinePage:
+def _scan(room: str | None, status: str, cursor: int, page_size: int) -> OnlinePage:
     found: list[tuple[int, int]] = []
     position, total, examined = cursor, 0, 0
     next_cursor: int | None = None
     for _ in range(SCAN_CHUNKS):
-        total, chunk = store.console_index_page(client, room, position, SCAN_CHUNK)
-        statuses = store.console_statuses(client, [uid for uid, _ in chunk])
+        total, chunk = store.console_index_page(room, position, SCAN_CHUNK)
+        statuses = store.console_statuses([uid for uid, _ in chunk])
         for i, (uid, expiry) in enumerate(chunk):
             examined += 1
             if statuses[uid][1] == status:
@@ -194,7 +188,7 @@ def _scan(
     if next_cursor is not None and next_cursor >= total:
         next_cursor = None
     return OnlinePage(
-        rows=_rows(store.console_users(client, found)),
+        rows=_rows(store.console_users(found)),
         total=total,
         mode="status",
         cursor=cursor,
@@ -204,24 +198,24 @@ def _scan(
 
 
 def _search(
-    client: redis.Redis, query: str, room: str | None, status: str | None, page: int, page_size: int
+    query: str, room: str | None, status: str | None, page: int, page_size: int
 ) -> OnlinePage:
     # Names live in the database, presence in Redis: the matching ids, then one ZMSCORE.
     users = get_user_model()._default_manager.filter(username__icontains=query)
     ids = list(users.order_by("username").values_list("pk", flat=True)[: SEARCH_LIMIT + 1])
     truncated = len(ids) > SEARCH_LIMIT
     ids = ids[:SEARCH_LIMIT]
-    scores = store.console_live_scores(client, room, ids)
+    scores = store.console_live_scores(room, ids)
     online = [uid for uid in ids if uid in scores]
     if status:
-        statuses = store.console_statuses(client, online)
+        statuses = store.console_statuses(online)
         online = [uid for uid in online if statuses[uid][1] == status]
     num_pages = max(1, math.ceil(len(online) / page_size))
     page = min(page, num_pages)
     members = [(uid, scores[uid]) for uid in online[(page - 1) * page_size : page * page_size]]
-    total, _ = store.console_index_page(client, room, 0, 0)
+    total, _ = store.console_index_page(room, 0, 0)
     result = OnlinePage(
-        rows=_rows(store.console_users(client, members)),
+        rows=_rows(store.console_users(members)),
         total=total,
         mode="search",
         page=page,
@@ -250,7 +244,7 @@ class RoomEvent:
 
 def get_room_events(room: str) -> tuple[list[RoomEvent], int]:
     """Recent joins and leaves of ``room`` (newest first) and how many log entries were read."""
-    entries = store.console_recent_events(store.get_redis(), ROOM_EVENTS_SCANNED)
+    entries = store.console_recent_events(ROOM_EVENTS_SCANNED)
     events = []
     for _eid, fields in entries:
         if fields.get("r") != room or fields.get("k") not in ("join", "leave"):
@@ -456,7 +450,7 @@ def get_dashboard(*, with_charts: bool = True) -> Dashboard:
     """The dashboard's numbers (four Redis round trips, two SQL queries) and its charts."""
     now = timezone.now()
     client = store.get_redis()
-    overview = store.console_overview(client, catalog.console_keys())
+    overview = store.console_overview(catalog.console_keys())
     groups = store.groups_backlog()
     tasks = [
         _task_run(task, overview.task_runs.get(task, {}), now, groups)

@@ -68,7 +68,7 @@ async def presence_watch(ctx: HandlerContext, data: WatchPayload) -> Any:
     # Indexed before the snapshot is read: nothing logged after it can be missed.
     reader.watches.start(consumer, uids)
     try:
-        seq, statuses = await store.awatch_snapshot(store.get_async_redis(), uids)
+        seq, statuses = await store.awatch_snapshot(uids)
         users = [
             {
                 "id": s.uid,

@@ -114,7 +114,7 @@ def sweep_batch(
     """End one claimed batch (steps 2-5 above); False when the database was unavailable."""
     claims = batch.claims
     known = [c for c in claims if c.uid is not None]
-    results = store.end_swept_connections(client, [c.ref for c in known]) if known else []
+    results = store.end_swept_connections([c.ref for c in known]) if known else []
     states = {r.cid: r.state for r in results}
     # No hash (state missing): the connection was ended meanwhile or its keys expired after a
     # long outage; its session may still be live in the database, so it is ended all the same.
@@ -197,7 +197,7 @@ def sweep_shard(shard: int, report: SweepReport) -> SweepReport:
     # shard: only shard 0's run releases, so 64 runs do not read the same set.
     if shard == 0:
         for _ in range(SWEEP_MAX_BATCHES):
-            found, logged = store.release_due(client)
+            found, logged = store.release_due()
             report.released += logged
             if found < store.RELEASE_BATCH:
                 break

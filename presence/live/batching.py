@@ -149,7 +149,6 @@ class HotPathWriter:
                 started = time.perf_counter()
                 async with store.bounded():
                     results = await store.heartbeat_many(
-                        store.get_async_redis(),
                         [p.conn for p in batch],
                         counters,
                         active=active,

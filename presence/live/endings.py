@@ -96,7 +96,6 @@ class EndQueue:
             try:
                 async with store.bounded():
                     results = await store.end_connections(
-                        store.get_async_redis(),
                         [conn for conn, _, _ in batch],
                         reason=batch[0][1],
                     )

@@ -43,7 +43,7 @@ def _start_release(timers: dict[float, asyncio.TimerHandle], at: float) -> None:
 async def _release_due() -> None:
     try:
         while True:
-            found, _ = await store.arelease_due(store.get_async_redis())
+            found, _ = await store.arelease_due()
             if found < store.RELEASE_BATCH:
                 return
     except Exception as exc:  # Redis away: the sweep releases them

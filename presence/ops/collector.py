@@ -68,7 +68,7 @@ class PresenceCollector(Collector):
         )
         try:
             client = store.get_redis()
-            readings = store.read_scrape(client, catalog.recorded_keys())
+            readings = store.read_scrape(catalog.recorded_keys())
             records = processes.list_processes()
         except (RedisError, OSError) as exc:
             logger.warning("metrics: Redis unreachable at scrape: %s", exc)

@@ -6,13 +6,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import redis
-import redis.asyncio as aredis
-
 from presence.conf import app_settings
 from presence.store.clients import grace_ms, log_maxlen, now_ms, ttl_ms
 from presence.store.keys import keys
 from presence.store.scripts import script
+from presence.store.topology import aclient_for, client_for
 
 
 # --------------------------------------------------------------------------- value types
@@ -81,7 +79,6 @@ class ConnectGate:
 
 # --------------------------------------------------------------------------- connect
 async def connect(
-    client: aredis.Redis,
     *,
     cid: str,
     uid: int,
@@ -98,6 +95,7 @@ async def connect(
     ``ip`` and ``user_agent`` ride in the log entry the connection-session row is written from
     (presence/jobs/sessionlog.py). A refusal registers and logs nothing (``result.refused``).
     """
+    client = aclient_for(0)  # the shard of its keys: shard 0 until the scripts are split
     k, g, ip = keys(), gate or ConnectGate(), ip or ""
     ks = [
         *(k.conns, k.users, k.stats, k.conn(cid), k.conn_rooms(cid)),
@@ -142,7 +140,6 @@ HB_LOST = 2  # unknown but never ended: the store lost it; re-assert (reassert.l
 
 
 async def heartbeat_many(
-    client: aredis.Redis,
     conns: Sequence[ConnRef],
     counters: Mapping[str, int] | None = None,
     *,
@@ -158,14 +155,15 @@ async def heartbeat_many(
     Returns, per connection, :data:`HB_ALIVE`, :data:`HB_ENDED` or :data:`HB_LOST`
     (``HB_ALIVE == True``: callers that only ask "alive?" may compare with True).
     """
+    client = aclient_for(0)  # the shard of its keys: shard 0 until the scripts are split
     ks, args = _plan_heartbeat(conns, counters or {}, active or {}, now or now_ms())
     result = await script("heartbeat").arun(client, ks, args)
     return [int(r) for r in result]
 
 
-async def add_counters(client: aredis.Redis, counters: Mapping[str, int]) -> None:
+async def add_counters(counters: Mapping[str, int]) -> None:
     """Add buffered counters when no heartbeat batch was there to carry them."""
-    await heartbeat_many(client, [], counters)
+    await heartbeat_many([], counters)
 
 
 # --------------------------------------------------------------------------- end
@@ -207,7 +205,6 @@ def _parse_end(raw: list[list[Any]]) -> list[EndResult]:
 
 
 async def end_connections(
-    client: aredis.Redis,
     conns: Sequence[ConnRef],
     *,
     reason: str = "closed",
@@ -219,14 +216,16 @@ async def end_connections(
     ``mode="undo"``: a connect that did not finish; like a close, but a connection that was
     never registered logs nothing.
     """
+    client = aclient_for(0)  # the shard of its keys: shard 0 until the scripts are split
     ks, args = _plan_end(conns, mode, reason, now or now_ms())
     return _parse_end(await script("end").arun(client, ks, args))
 
 
 def end_swept_connections(
-    client: redis.Redis, conns: Sequence[ConnRef], *, now: int | None = None
+    conns: Sequence[ConnRef], *, now: int | None = None, shard: int = 0
 ) -> list[EndResult]:
-    """Remove connections a sweep claimed, unless they heartbeated since the claim."""
+    """Remove connections a sweep of ``shard`` claimed, unless they heartbeated since."""
+    client = client_for(shard)
     ks, args = _plan_end(conns, "swept", "timeout", now or now_ms())
     return _parse_end(script("end").run(client, ks, args))
 
@@ -244,15 +243,14 @@ class Liveness:
     login: str = ""
 
 
-async def reassert(
-    client: aredis.Redis, live: Liveness, *, now: int | None = None
-) -> tuple[int, int]:
+async def reassert(live: Liveness, *, now: int | None = None) -> tuple[int, int]:
     """Write back a live connection the store lost (a failover, a restart without data).
 
     Returns (state, entries logged): state 1 written back, 2 it was there (topped up),
     0 it was ended here (the caller closes the socket). No leave and no hook-visible join
     is logged (reassert.lua's header says why).
     """
+    client = aclient_for(0)  # the shard of its keys: shard 0 until the scripts are split
     k, c = keys(), live.conn
     ks = [k.conns, k.users, k.stats, k.events, *k.conn_group(c.cid, c.uid, c.rooms)]
     args: list[Any] = [now or now_ms(), ttl_ms(), grace_ms(), log_maxlen(), c.cid, c.uid]

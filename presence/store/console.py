@@ -6,13 +6,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import redis
-
 from presence.store.clients import now_ms
 from presence.store.jobs import score_ms
 from presence.store.keys import keys
 from presence.store.log import LogEntry
 from presence.store.reads import plan_index
+from presence.store.topology import client_for, groups
 
 # operator console (presence.console): reads for the admin pages, a fixed number of
 # round trips per page whatever its rows. Each step is one MULTI pipeline: a consistent
@@ -66,7 +65,7 @@ class ConsoleOverview:
 
 
 def console_index_page(
-    client: redis.Redis, room: str | None, start: int, count: int
+    room: str | None, start: int, count: int
 ) -> tuple[int, list[tuple[int, int]]]:
     """(live members, page) of the users index (or a room's), most recent heartbeat first.
 
@@ -74,6 +73,7 @@ def console_index_page(
     ranks ``0 .. live-1`` are exactly them: any page costs O(log N + count), page 2,000 as
     little as page 1. The order follows heartbeats, so it shifts between two reads.
     """
+    client = client_for(0)  # the shard of its keys: shard 0 until the scripts are split
     index, now = plan_index(room), now_ms()
     pipe = client.pipeline(transaction=True)
     pipe.zcount(index, f"({now}", "+inf")
@@ -85,10 +85,9 @@ def console_index_page(
     return int(total), page
 
 
-def console_live_scores(
-    client: redis.Redis, room: str | None, uids: Sequence[int]
-) -> dict[int, int]:
+def console_live_scores(room: str | None, uids: Sequence[int]) -> dict[int, int]:
     """Which of ``uids`` are online (in ``room``): uid -> latest expiry. One ZMSCORE."""
+    client = client_for(0)  # the shard of its keys: shard 0 until the scripts are split
     if not uids:
         return {}
     now = now_ms()
@@ -100,8 +99,9 @@ def console_live_scores(
     }
 
 
-def console_statuses(client: redis.Redis, uids: Sequence[int]) -> dict[int, tuple[str, str]]:
+def console_statuses(uids: Sequence[int]) -> dict[int, tuple[str, str]]:
     """uid -> (username, status) from the users' hashes; one pipeline."""
+    client = client_for(0)  # the shard of its keys: shard 0 until the scripts are split
     if not uids:
         return {}
     k = keys()
@@ -114,13 +114,14 @@ def console_statuses(client: redis.Redis, uids: Sequence[int]) -> dict[int, tupl
     }
 
 
-def console_users(client: redis.Redis, members: Sequence[tuple[int, int]]) -> list[ConsoleUser]:
+def console_users(members: Sequence[tuple[int, int]]) -> list[ConsoleUser]:
     """Details of the listed (uid, expiry) members: two round trips for any number of rows.
 
     The first pipeline reads each user's hash, live connection count and newest connections;
     the second each of those connections' hash and rooms. Users whose last connection
     lapsed between the reads are left out.
     """
+    client = client_for(0)  # the shard of its keys: shard 0 until the scripts are split
     if not members:
         return []
     k, now = keys(), now_ms()
@@ -175,31 +176,51 @@ def console_users(client: redis.Redis, members: Sequence[tuple[int, int]]) -> li
     return users
 
 
-def console_connection(client: redis.Redis, cid: str) -> tuple[int | None, str]:
+def console_connection(cid: str) -> tuple[int | None, str]:
     """(uid, channel) of a live connection; (None, "") when presence does not know it."""
+    client = client_for(0)  # the shard of its keys: shard 0 until the scripts are split
     uid, channel = client.hmget(keys().conn(cid), ["uid", "channel"])  # type: ignore[misc]
     return (int(uid) if uid is not None else None), str(channel or "")
 
 
-def console_recent_events(client: redis.Redis, count: int) -> list[LogEntry]:
+def console_recent_events(count: int) -> list[LogEntry]:
     """The newest ``count`` entries of the event log, newest first (one XREVRANGE)."""
+    client = client_for(0)  # the shard of its keys: shard 0 until the scripts are split
     raw: Any = client.xrevrange(keys().events, "+", "-", count=count)
     return [(str(eid), dict(fields)) for eid, fields in raw]
 
 
-def console_overview(client: redis.Redis, tasks: Sequence[str]) -> ConsoleOverview:
-    """Users and connections online, unflushed counters and the last runs of ``tasks``."""
-    k, now = keys(), now_ms()
-    pipe = client.pipeline(transaction=True)
-    pipe.zcount(k.users, f"({now}", "+inf")
-    pipe.zcount(k.conns, f"({now}", "+inf")
-    pipe.hgetall(k.stats)
-    for task in tasks:
-        pipe.hgetall(k.task_last(task))
-    users, conns, stats, *runs = pipe.execute()
+def console_overview(tasks: Sequence[str]) -> ConsoleOverview:
+    """Users and connections online and unflushed counters (summed over every shard), and the
+    last runs of ``tasks``: one pipeline per node."""
+    now = now_ms()
+    users = conns = 0
+    stats: dict[str, int] = {}
+    runs: list[Any] = []
+    for client, shards in groups():
+        pipe = client.pipeline(transaction=False)
+        for shard in shards:
+            k = keys(shard)
+            pipe.zcount(k.users, f"({now}", "+inf")
+            pipe.zcount(k.conns, f"({now}", "+inf")
+            pipe.hgetall(k.stats)
+        if 0 in shards:
+            for task in tasks:
+                pipe.hgetall(keys(0).task_last(task))
+        result = pipe.execute()
+        for at in range(0, 3 * len(shards), 3):
+            users += int(result[at])
+            conns += int(result[at + 1])
+            for name, value in result[at + 2].items():
+                # peaks are per shard: the largest, not a sum (a lower bound of the total peak)
+                if name.startswith("peak_"):
+                    stats[name] = max(stats.get(name, 0), int(value))
+                else:
+                    stats[name] = stats.get(name, 0) + int(value)
+        runs += result[3 * len(shards) :]
     return ConsoleOverview(
-        users=int(users),
-        connections=int(conns),
-        live_stats={name: int(value) for name, value in stats.items()},
+        users=users,
+        connections=conns,
+        live_stats=stats,
         task_runs={task: dict(run) for task, run in zip(tasks, runs, strict=True)},
     )

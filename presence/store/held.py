@@ -12,12 +12,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import redis
-import redis.asyncio as aredis
-
 from presence.store.clients import log_maxlen, now_ms
 from presence.store.keys import keys
 from presence.store.scripts import script
+from presence.store.topology import aclient_for, client_for
 
 # WARNING: bounds one script call. A mass disconnect (a deploy) holds one leave per user and
 # per room; they are released in batches of this many, the rest by the next call.
@@ -39,9 +37,10 @@ def _plan_release(members: Sequence[str], now: int, force: bool) -> tuple[list[s
     return ks, args
 
 
-def release_due(client: redis.Redis, *, now: int | None = None) -> tuple[int, int]:
+def release_due(*, now: int | None = None) -> tuple[int, int]:
     """Log the held leaves that are due, at most RELEASE_BATCH: (entries found due, leaves
     logged); fewer found than RELEASE_BATCH means none is left."""
+    client = client_for(0)  # the shard of its keys: shard 0 until the scripts are split
     now = now or now_ms()
     members: Any = client.zrangebyscore(keys().held, "-inf", now, start=0, num=RELEASE_BATCH)
     if not members:
@@ -50,8 +49,9 @@ def release_due(client: redis.Redis, *, now: int | None = None) -> tuple[int, in
     return len(members), int(script("release_held").run(client, ks, args))
 
 
-async def arelease_due(client: aredis.Redis, *, now: int | None = None) -> tuple[int, int]:
+async def arelease_due(*, now: int | None = None) -> tuple[int, int]:
     """Async twin of :func:`release_due` (the closing process's timer)."""
+    client = aclient_for(0)  # the shard of its keys: shard 0 until the scripts are split
     now = now or now_ms()
     members = await client.zrangebyscore(keys().held, "-inf", now, start=0, num=RELEASE_BATCH)
     if not members:
@@ -60,8 +60,9 @@ async def arelease_due(client: aredis.Redis, *, now: int | None = None) -> tuple
     return len(members), int(await script("release_held").arun(client, ks, args))
 
 
-def release_user(client: redis.Redis, uid: int, *, now: int | None = None) -> int:
+def release_user(uid: int, *, now: int | None = None) -> int:
     """Log a user's held leaves now, due or not (a kick, a block: final, never held)."""
+    client = client_for(0)  # the shard of its keys: shard 0 until the scripts are split
     k, members = keys(), []
     for pattern in (str(uid), f"{uid}|*"):
         members += [str(m) for m, _ in client.zscan_iter(k.held, match=pattern, count=500)]

@@ -6,9 +6,6 @@ import asyncio
 from collections.abc import Sequence
 from typing import Any
 
-import redis
-import redis.asyncio as aredis
-
 from presence.conf import app_settings
 from presence.protocol.types import PresenceUser
 from presence.store.clients import now_ms
@@ -272,8 +269,9 @@ async def alist_online_page(
     return sum(counts), _users_from(found, details), after
 
 
-async def auser_presence(client: aredis.Redis, uid: int) -> tuple[str | None, int]:
+async def auser_presence(uid: int) -> tuple[str | None, int]:
     """(status, live connection count) of one user; status is None when offline."""
+    client = aclient_for(0)  # the shard of its keys: shard 0 until the scripts are split
     pipe = client.pipeline(transaction=False)
     queue_details(pipe, [str(uid)], now_ms())
     (_username, status, held), connections = await pipe.execute()
@@ -282,8 +280,9 @@ async def auser_presence(client: aredis.Redis, uid: int) -> tuple[str | None, in
     return status or "online", int(connections)
 
 
-def user_presence(client: redis.Redis, uid: int) -> tuple[str | None, int]:
+def user_presence(uid: int) -> tuple[str | None, int]:
     """(status, live connection count) of one user; status is None when offline."""
+    client = client_for(0)  # the shard of its keys: shard 0 until the scripts are split
     pipe = client.pipeline(transaction=False)
     queue_details(pipe, [str(uid)], now_ms())
     (_username, status, held), connections = pipe.execute()

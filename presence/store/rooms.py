@@ -5,13 +5,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-import redis
-import redis.asyncio as aredis
-
 from presence.store.clients import grace_ms, log_maxlen, now_ms
 from presence.store.connections import ConnRef
 from presence.store.keys import keys
 from presence.store.scripts import script
+from presence.store.topology import aclient_for, client_for
 
 
 def _plan_room_join(conn: ConnRef, room: str, now: int) -> tuple[list[str], list[Any]]:
@@ -29,22 +27,23 @@ def _plan_room_join(conn: ConnRef, room: str, now: int) -> tuple[list[str], list
     )
 
 
-async def room_join(
-    client: aredis.Redis, conn: ConnRef, room: str, *, now: int | None = None
-) -> int:
+async def room_join(conn: ConnRef, room: str, *, now: int | None = None) -> int:
     """Add the connection to ``room``: 1 user joined (logged), 0 already there, -1 gone."""
+    client = aclient_for(0)  # the shard of its keys: shard 0 until the scripts are split
     ks, args = _plan_room_join(conn, room, now or now_ms())
     return int(await script("room_join").arun(client, ks, args))
 
 
-def room_join_sync(client: redis.Redis, conn: ConnRef, room: str, *, now: int | None = None) -> int:
+def room_join_sync(conn: ConnRef, room: str, *, now: int | None = None) -> int:
     """Sync twin of :func:`room_join` (tests and tasks)."""
+    client = client_for(0)  # the shard of its keys: shard 0 until the scripts are split
     ks, args = _plan_room_join(conn, room, now or now_ms())
     return int(script("room_join").run(client, ks, args))
 
 
-async def room_leave(client: aredis.Redis, conn: ConnRef, room: str) -> bool:
+async def room_leave(conn: ConnRef, room: str) -> bool:
     """Take the connection out of ``room``; True when the user left it altogether (logged)."""
+    client = aclient_for(0)  # the shard of its keys: shard 0 until the scripts are split
     k = keys()
     left = await script("room_leave").arun(
         client,
@@ -60,20 +59,20 @@ async def room_leave(client: aredis.Redis, conn: ConnRef, room: str) -> bool:
     return int(left) == 1
 
 
-async def get_status(client: aredis.Redis, uid: int) -> str:
+async def get_status(uid: int) -> str:
     """The user's current status (``online`` when none was set)."""
+    client = aclient_for(0)  # the shard of its keys: shard 0 until the scripts are split
     return str(await client.hget(keys().user(uid), "status") or "online")  # type: ignore[misc]
 
 
-async def set_status(
-    client: aredis.Redis, uid: int, username: str, status: str, rooms: Iterable[str] = ()
-) -> set[str]:
+async def set_status(uid: int, username: str, status: str, rooms: Iterable[str] = ()) -> set[str]:
     """Store the user's status (one per user, shared by all their connections) and log it.
 
     The ``status`` events go to the global scope and to every room of any of the user's
     live connections (``rooms``: the caller's own, known without asking). Returns those
     rooms; two round trips (reading the other connections' rooms, then status.lua).
     """
+    client = aclient_for(0)  # the shard of its keys: shard 0 until the scripts are split
     k = keys()
     cids = await client.zrangebyscore(k.user_conns(uid), f"({now_ms()}", "+inf")
     all_rooms = set(rooms)
@@ -91,8 +90,9 @@ async def set_status(
     return all_rooms
 
 
-async def publish(client: aredis.Redis, room: str, frame_text: str) -> str:
+async def publish(room: str, frame_text: str) -> str:
     """Log an application frame for every connection in ``room``; returns the entry id."""
+    client = aclient_for(0)  # the shard of its keys: shard 0 until the scripts are split
     return str(
         await script("publish").arun(
             client, [keys().events], [now_ms(), log_maxlen(), room, frame_text]

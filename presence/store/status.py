@@ -15,11 +15,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import redis
-import redis.asyncio as aredis
-
 from presence.store.clients import now_ms
 from presence.store.keys import keys
+from presence.store.topology import aclient_for, client_for
 
 
 @dataclass(frozen=True)
@@ -59,8 +57,9 @@ def _format(uids: Sequence[int], replies: Sequence[Any]) -> list[UserStatus]:
     return out
 
 
-def users_status(client: redis.Redis, uids: Sequence[int]) -> list[UserStatus]:
+def users_status(uids: Sequence[int]) -> list[UserStatus]:
     """Presence of each of ``uids``, in their order. ONE round trip (a transaction)."""
+    client = client_for(0)  # the shard of its keys: shard 0 until the scripts are split
     if not uids:
         return []
     pipe = client.pipeline(transaction=True)
@@ -68,8 +67,9 @@ def users_status(client: redis.Redis, uids: Sequence[int]) -> list[UserStatus]:
     return _format(uids, pipe.execute())
 
 
-async def ausers_status(client: aredis.Redis, uids: Sequence[int]) -> list[UserStatus]:
+async def ausers_status(uids: Sequence[int]) -> list[UserStatus]:
     """Async twin of :func:`users_status` (the HTTP API's reads run on the asyncio client)."""
+    client = aclient_for(0)  # the shard of its keys: shard 0 until the scripts are split
     if not uids:
         return []
     pipe = client.pipeline(transaction=True)
@@ -77,14 +77,13 @@ async def ausers_status(client: aredis.Redis, uids: Sequence[int]) -> list[UserS
     return _format(uids, await pipe.execute())
 
 
-async def awatch_snapshot(
-    client: aredis.Redis, uids: Sequence[int]
-) -> tuple[str, list[UserStatus]]:
+async def awatch_snapshot(uids: Sequence[int]) -> tuple[str, list[UserStatus]]:
     """(log position, presence of each of ``uids``), read together: the watch list's reply.
 
     ONE round trip: the newest log id joins the same MULTI, so the states are exactly those
     after that entry, and the watch frames continue from it (presence/live/watches.py).
     """
+    client = aclient_for(0)  # the shard of its keys: shard 0 until the scripts are split
     pipe = client.pipeline(transaction=True)
     pipe.xrevrange(keys().events, "+", "-", count=1)
     if uids:
@@ -94,13 +93,14 @@ async def awatch_snapshot(
     return seq, _format(uids, rest) if uids else []
 
 
-def user_rooms(client: redis.Redis, uid: int) -> list[str]:
+def user_rooms(uid: int) -> list[str]:
     """The rooms ``uid`` is in (any live connection of theirs), sorted: where-now.
 
     Two round trips whatever the number of connections and rooms: the live connections
     (``ZRANGEBYSCORE``, at most PRESENCE_MAX_CONNECTIONS_PER_USER), then one ``SUNION`` of
     their room sets.
     """
+    client = client_for(0)  # the shard of its keys: shard 0 until the scripts are split
     k = keys()
     cids: Any = client.zrangebyscore(k.user_conns(uid), f"({now_ms()}", "+inf")
     if not cids:
@@ -109,8 +109,9 @@ def user_rooms(client: redis.Redis, uid: int) -> list[str]:
     return sorted(str(room) for room in rooms)
 
 
-async def auser_rooms(client: aredis.Redis, uid: int) -> list[str]:
+async def auser_rooms(uid: int) -> list[str]:
     """Async twin of :func:`user_rooms`."""
+    client = aclient_for(0)  # the shard of its keys: shard 0 until the scripts are split
     k = keys()
     cids: Any = await client.zrangebyscore(k.user_conns(uid), f"({now_ms()}", "+inf")
     if not cids:

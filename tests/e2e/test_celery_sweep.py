@@ -73,7 +73,7 @@ async def test_silent_client_is_swept_leave_sent_and_socket_closed_4408(
     assert session.end_reason == EndReason.TIMEOUT
     assert session.ended_at == dt.datetime.fromtimestamp(expiry_ms / 1000, tz=dt.UTC)
     assert not [f for f in later if is_event("leave", alice.pk)(f)]
-    assert store.user_presence(r, bob.pk) == ("online", 1)
+    assert store.user_presence(bob.pk) == ("online", 1)
     assert await ConnectionSession.objects.filter(user=bob, ended_at__isnull=True).acount() == 1
     metrics = store.read_task_run(r, "sweep")
     assert int(metrics["ended_total"]) == 1 and int(metrics["runs_total"]) >= 2

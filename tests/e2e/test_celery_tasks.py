@@ -118,7 +118,7 @@ class TestSweepWorker:
         # Redis is the truth about presence: alice is gone and everyone was told.
         assert "database" in store.read_task_run(r, "sweep")["last_error"]
         assert leaves(await drain(watcher)) == [(alice.pk, "")]
-        assert store.user_presence(r, alice.pk) == (None, 0)
+        assert store.user_presence(alice.pk) == (None, 0)
         assert await ConnectionSession.objects.filter(ended_at__isnull=True).acount() == 2
         assert r.zcard(store.keys().sweeping) == 2  # claims kept for the retry
 

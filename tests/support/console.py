@@ -38,17 +38,16 @@ def seed_presence(
                 for _ in range(per_user):
                     cid = str(uuid.uuid4())
                     await store.connect(
-                        client,
                         cid=cid,
                         uid=user.pk,
                         username=user.get_username(),
                         channel=channel or f"specific.seed!{cid}",
                     )
                     for room in rooms:
-                        await store.room_join(client, store.ConnRef(cid, user.pk), room)
+                        await store.room_join(store.ConnRef(cid, user.pk), room)
                     out.setdefault(user.pk, []).append(cid)
                 if status:
-                    await store.set_status(client, user.pk, user.get_username(), status)
+                    await store.set_status(user.pk, user.get_username(), status)
         finally:
             await client.aclose()
 

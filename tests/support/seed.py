@@ -28,7 +28,6 @@ def seed_connections() -> Callable[..., Awaitable[list[store.ConnRef]]]:
     async def seed(
         users: list[Any], *, per_user: int = 1, age: float = 0.0, rooms: tuple[str, ...] = ()
     ) -> list[store.ConnRef]:
-        client = store.get_async_redis()
         now = store.now_ms() - int(age * 1000)
         conns = []
         for user in users:
@@ -39,7 +38,6 @@ def seed_connections() -> Callable[..., Awaitable[list[store.ConnRef]]]:
                     session_id=sid, user_id=user.pk, channel_name=channel, ip=None, user_agent=""
                 )
                 await store.connect(
-                    client,
                     cid=str(sid),
                     uid=user.pk,
                     username=user.get_username(),
@@ -48,7 +46,7 @@ def seed_connections() -> Callable[..., Awaitable[list[store.ConnRef]]]:
                 )
                 ref = store.ConnRef(str(sid), user.pk, tuple(sorted(rooms)))
                 for room in rooms:
-                    await store.room_join(client, ref, room)
+                    await store.room_join(ref, room)
                 conns.append(ref)
         return conns
 

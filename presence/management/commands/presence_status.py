@@ -39,7 +39,7 @@ def status() -> dict[str, Any]:
     started = time.perf_counter()
     client.ping()
     ping_ms = (time.perf_counter() - started) * 1000
-    readings = store.read_scrape(client, catalog.recorded_keys())
+    readings = store.read_scrape(catalog.recorded_keys())
     runs = periodic.last_runs()
     groups = store.groups_backlog()
     now = time.time()

@@ -106,7 +106,7 @@ class TestJoinLeave:
 
         assert r.hgetall(k.conn(sid)).keys() == {"ended"}  # only its tombstone is left
         assert r.zscore(k.conns, sid) is None
-        assert store.user_presence(r, bob_user.pk) == (None, 0)
+        assert store.user_presence(bob_user.pk) == (None, 0)
         assert store.list_online() == (0, [])
 
     async def test_reconnect_after_leave_joins_again(

@@ -14,11 +14,10 @@ pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(30)]
 
 async def seed(n: int, room: str | None = None) -> set[int]:
     """``n`` users online (no sockets), optionally in ``room``; their ids."""
-    client = store.get_async_redis()
     for uid in range(1000, 1000 + n):
-        await store.connect(client, cid=f"c{uid}", uid=uid, username=f"u{uid}", channel="x")
+        await store.connect(cid=f"c{uid}", uid=uid, username=f"u{uid}", channel="x")
         if room:
-            await store.room_join(client, store.ConnRef(f"c{uid}", uid), room)
+            await store.room_join(store.ConnRef(f"c{uid}", uid), room)
     return set(range(1000, 1000 + n))
 
 
@@ -53,9 +52,7 @@ async def test_global_listing_pages_and_skips_lapsed_users(
 ) -> None:
     expected = await seed(120)
     lapsed = store.now_ms() - 120_000
-    await store.connect(
-        store.get_async_redis(), cid="old", uid=5, username="old", channel="x", now=lapsed
-    )
+    await store.connect(cid="old", uid=5, username="old", channel="x", now=lapsed)
     alice = await auser_factory("alice")
     client = await ws_client(alice)
 

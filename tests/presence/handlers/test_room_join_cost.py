@@ -34,11 +34,10 @@ BACKGROUND = ("cmdstat_xread", "cmdstat_xreadgroup", "cmdstat_xautoclaim", "cmds
 
 async def seed_room(room: str, members: int, *, first_uid: int) -> None:
     """``members`` users online, each with one connection in ``room`` (through the scripts)."""
-    client = store.get_async_redis()
     for uid in range(first_uid, first_uid + members):
         cid = str(uuid.uuid4())
-        await store.connect(client, cid=cid, uid=uid, username=f"user{uid}", channel="ch")
-        await store.room_join(client, store.ConnRef(cid, uid, ()), room)
+        await store.connect(cid=cid, uid=uid, username=f"user{uid}", channel="ch")
+        await store.room_join(store.ConnRef(cid, uid, ()), room)
 
 
 def commands(r: redis.Redis) -> int:

@@ -206,16 +206,16 @@ class TestWithTheScripts:
     async def test_reconnect_before_the_sweep_is_not_a_second_online(
         self, receivers: Receivers
     ) -> None:
-        client, now = store.get_async_redis(), store.now_ms()
+        now = store.now_ms()
         ttl = int(app_settings.TTL * 1000)
-        await store.connect(client, cid="c1", uid=7, username="u", channel="ch", now=now - ttl - 1)
-        await store.room_join(client, store.ConnRef("c1", 7), "lobby", now=now - ttl - 1)
+        await store.connect(cid="c1", uid=7, username="u", channel="ch", now=now - ttl - 1)
+        await store.room_join(store.ConnRef("c1", 7), "lobby", now=now - ttl - 1)
         # c1 lapsed (a crashed process); the user reconnects before any sweep.
-        await store.connect(client, cid="c2", uid=7, username="u", channel="ch", now=now)
-        await store.room_join(client, store.ConnRef("c2", 7), "lobby", now=now)
+        await store.connect(cid="c2", uid=7, username="u", channel="ch", now=now)
+        await store.room_join(store.ConnRef("c2", 7), "lobby", now=now)
         # The sweep's end of c1 now finds c2: no leave. Then c2 closes: the user is offline.
-        await store.end_connections(client, [store.ConnRef("c1", 7, ("lobby",))], now=now + 1)
-        await store.end_connections(client, [store.ConnRef("c2", 7, ("lobby",))], now=now + 2)
+        await store.end_connections([store.ConnRef("c1", 7, ("lobby",))], now=now + 1)
+        await store.end_connections([store.ConnRef("c2", 7, ("lobby",))], now=now + 2)
 
         await sync_to_async(dispatch.send_signals)()
 

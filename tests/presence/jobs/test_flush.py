@@ -34,10 +34,8 @@ class TestCounters:
     ):
         alice, bob = await auser_factory("alice"), await auser_factory("bob")
         conns = await seed_connections([alice], per_user=2) + await seed_connections([bob])
-        client = store.get_async_redis()
-        await store.heartbeat_many(client, conns)
+        await store.heartbeat_many(conns)
         await store.add_counters(
-            client,
             {
                 "msg:heartbeat": 4,
                 "msg:room.join": 2,
@@ -93,11 +91,10 @@ class TestCounters:
         assert not StatsBucket.objects.exists() and not FlushRecord.objects.exists()
 
     async def test_increments_after_the_claim_go_to_the_next_flush(self, r):
-        client = store.get_async_redis()
-        await store.add_counters(client, {"msg:a": 1})
+        await store.add_counters({"msg:a": 1})
         claimed = await sync_to_async(flush.claim)(r)
         assert claimed is not None
-        await store.add_counters(client, {"msg:a": 10})  # lands in a fresh live hash
+        await store.add_counters({"msg:a": 10})  # lands in a fresh live hash
         await sync_to_async(flush.finish)(r, *claimed, flush.FlushReport())
         assert (await StatsBucket.objects.aget()).messages == 1
         await sync_to_async(flush.run_flush)()
@@ -167,7 +164,7 @@ class TestLastHeartbeats:
     ):
         conns = await seed_connections([await auser_factory()], per_user=3, age=10)
         await sync_to_async(flush.run_flush)()
-        await store.heartbeat_many(store.get_async_redis(), conns[:1])
+        await store.heartbeat_many(conns[:1])
 
         report = await sync_to_async(flush.run_flush)()
 

@@ -84,7 +84,7 @@ async def bump(made: Counter[str], i: int) -> None:
         "err:bad_json": 1,
         "h:heartbeat:calls": 3 + i,
     }
-    await store.add_counters(store.get_async_redis(), counters)
+    await store.add_counters(counters)
     made.update(counters)
 
 

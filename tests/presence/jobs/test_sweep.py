@@ -214,14 +214,14 @@ class TestSweepRun:
         (conn,) = await seed_connections([alice], age=120)
         batch = claim(r)
         # The client was only late: its heartbeat lands between the claim and the end.
-        assert await store.heartbeat_many(store.get_async_redis(), [conn]) == [True]
+        assert await store.heartbeat_many([conn]) == [True]
 
         report = sweep.SweepReport()
         await sync_to_async(sweep.sweep_batch)(r, batch, report)
 
         assert (report.rescued, report.ended, report.sessions_ended) == (1, 0, 0)
         assert (await session(conn.cid)).is_live
-        assert store.user_presence(r, alice.pk) == ("online", 1)
+        assert store.user_presence(alice.pk) == ("online", 1)
         assert leaves(await drain(watcher)) == []
         assert r.zcard(store.keys().sweeping) == 0
 
@@ -249,7 +249,7 @@ class TestSweepRun:
         settings.PRESENCE_SWEEP_CLAIM_TIMEOUT = 0.2
         (conn,) = await seed_connections([await auser_factory()], age=120)
         batch = claim(r, timeout_ms=200)
-        (result,) = store.end_swept_connections(r, [c.ref for c in batch.claims])
+        (result,) = store.end_swept_connections([c.ref for c in batch.claims])
         assert result.state == 1  # ... and the sweep dies before the database
 
         await asyncio.sleep(0.25)

@@ -47,9 +47,7 @@ async def connected(n: int, *, users: int | None = None) -> list[store.ConnRef]:
     refs = []
     for i in range(n):
         uid = i % (users or n) + 1
-        await store.connect(
-            store.get_async_redis(), cid=f"c{i}", uid=uid, username=f"u{uid}", channel="ch"
-        )
+        await store.connect(cid=f"c{i}", uid=uid, username=f"u{uid}", channel="ch")
         refs.append(store.ConnRef(f"c{i}", uid, ()))
     return refs
 

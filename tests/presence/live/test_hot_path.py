@@ -115,9 +115,7 @@ async def register(refs: list[store.ConnRef]) -> None:
     """Make connections known to the store, without sockets."""
     now = store.now_ms()
     for ref in refs:
-        await store.connect(
-            store.get_async_redis(), cid=ref.cid, uid=ref.uid, username="u", channel="x", now=now
-        )
+        await store.connect(cid=ref.cid, uid=ref.uid, username="u", channel="x", now=now)
 
 
 def _text(value: Any) -> str:
@@ -351,7 +349,7 @@ class TestBatching:
     async def test_writer_batches_what_arrives_together(self, redis_log: CommandLog) -> None:
         refs = [store.ConnRef(f"c{i}", i) for i in range(30)]
         await register(refs[:25])  # the last 5 are unknown connections (the store lost them)
-        await store.end_connections(store.get_async_redis(), refs[20:25])  # 5 ended ones
+        await store.end_connections(refs[20:25])  # 5 ended ones
         writer = HotPathWriter()
         await writer.heartbeat(refs[0])  # warm-up
         redis_log.start()
@@ -378,7 +376,7 @@ class TestBatching:
         self, r: redis.Redis, redis_log: CommandLog, settings: Settings
     ) -> None:
         k = store.keys()
-        await store.connect(store.get_async_redis(), cid="c", uid=1, username="u", channel="x")
+        await store.connect(cid="c", uid=1, username="u", channel="x")
         writer = HotPathWriter()
         writer.count("msg:test", 2)
         redis_log.start()
@@ -457,7 +455,7 @@ class TestRedisDown:
         assert 0.5 <= waited < 5, waited
 
         # Once Redis is back, heartbeats go through again (script reloaded, new connections).
-        await store.connect(store.get_async_redis(), cid="c0", uid=0, username="u", channel="x")
+        await store.connect(cid="c0", uid=0, username="u", channel="x")
         assert await writer.heartbeat(refs[0]) == store.HB_ALIVE
 
     async def test_a_full_hold_refuses_at_once(

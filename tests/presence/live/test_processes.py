@@ -21,7 +21,6 @@ from presence.live.processes import LocalProcess, list_processes
 async def connect(cid: str, *, age: float = 0.0, uid: int = 1) -> None:
     """A connection registered in Redis as if it connected ``age`` seconds ago (still live)."""
     await store.connect(
-        store.get_async_redis(),
         cid=cid,
         uid=uid,
         username=f"u{uid}",

@@ -24,9 +24,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 async def _seed() -> processes.LocalProcess:
     cid = str(uuid.uuid4())
-    await store.connect(
-        store.get_async_redis(), cid=cid, uid=3, username="carol", channel="specific.x!y"
-    )
+    await store.connect(cid=cid, uid=3, username="carol", channel="specific.x!y")
     proc = processes.LocalProcess()
     proc.track_open(cid)
     await proc.publish()

@@ -279,7 +279,6 @@ class TestTasksAndGhosts:
     async def test_ghosts_gauge_shows_the_last_reconciliation(self, dev: None) -> None:
         for _ in range(2):
             await store.connect(
-                store.get_async_redis(),
                 cid=str(uuid.uuid4()),
                 uid=1,
                 username="u",

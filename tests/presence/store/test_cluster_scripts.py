@@ -61,45 +61,45 @@ def test_the_store_is_a_cluster_client(on_cluster: None, redis_cluster: ClusterT
 
 
 async def test_connection_lifecycle_scripts(on_cluster: None) -> None:
-    client, now = store.aclient_for(0), store.now_ms()
+    now = store.now_ms()
     conn = store.ConnRef("c1", 7)
     gate = store.ConnectGate(max_per_user=5, max_per_address=5, address_rate=10, address_burst=5)
     result = await store.connect(
-        client, cid="c1", uid=7, username="u7", channel="ch", ip="10.0.0.1", now=now, gate=gate
+        cid="c1", uid=7, username="u7", channel="ch", ip="10.0.0.1", now=now, gate=gate
     )
     assert result.joined and result.status == "online"
-    assert await store.room_join(client, conn, "lobby", now=now) == 1
-    assert await store.heartbeat_many(client, [store.ConnRef("c1", 7, ("lobby",))], {"x": 1}) == [
+    assert await store.room_join(conn, "lobby", now=now) == 1
+    assert await store.heartbeat_many([store.ConnRef("c1", 7, ("lobby",))], {"x": 1}) == [
         store.HB_ALIVE
     ]
-    assert await store.set_status(client, 7, "u7", "away", ["lobby"]) == {"lobby"}
-    assert await store.publish(client, "lobby", '{"type":"x"}')
-    assert await store.room_leave(client, conn, "lobby") is True
+    assert await store.set_status(7, "u7", "away", ["lobby"]) == {"lobby"}
+    assert await store.publish("lobby", '{"type":"x"}')
+    assert await store.room_leave(conn, "lobby") is True
     live = store.Liveness(store.ConnRef("c1", 7), username="u7", channel="ch")
-    assert (await store.reassert(client, live))[0] == 2
-    [ended] = await store.end_connections(client, [conn], reason="closed")
+    assert (await store.reassert(live))[0] == 2
+    [ended] = await store.end_connections([conn], reason="closed")
     assert ended.state == 1 and ended.global_left
 
 
 async def test_held_leaves_release(on_cluster: None, settings: Settings) -> None:
     settings.PRESENCE_LEAVE_GRACE = 5.0
-    client, now = store.aclient_for(0), store.now_ms()
-    await store.connect(client, cid="c2", uid=8, username="u8", channel="ch", now=now)
-    [ended] = await store.end_connections(client, [store.ConnRef("c2", 8)], now=now)
+    now = store.now_ms()
+    await store.connect(cid="c2", uid=8, username="u8", channel="ch", now=now)
+    [ended] = await store.end_connections([store.ConnRef("c2", 8)], now=now)
     assert ended.held
-    assert await store.arelease_due(client, now=now + 10_000) == (1, 1)
-    await store.connect(client, cid="c3", uid=9, username="u9", channel="ch", now=now)
-    await store.end_connections(client, [store.ConnRef("c3", 9)], now=now)
-    assert store.release_user(store.client_for(0), 9, now=now) == 1
+    assert await store.arelease_due(now=now + 10_000) == (1, 1)
+    await store.connect(cid="c3", uid=9, username="u9", channel="ch", now=now)
+    await store.end_connections([store.ConnRef("c3", 9)], now=now)
+    assert store.release_user(9, now=now) == 1
 
 
 async def test_job_scripts(on_cluster: None) -> None:
     client = store.client_for(0)
     past = store.now_ms() - 120_000
-    await store.connect(store.aclient_for(0), cid="c4", uid=4, username="u4", channel="c", now=past)
+    await store.connect(cid="c4", uid=4, username="u4", channel="c", now=past)
     batch = store.claim_expired(client, batch=10, claim_timeout_ms=30_000)
     assert [c.cid for c in batch.claims] == ["c4"]
-    [swept] = store.end_swept_connections(client, [store.ConnRef("c4", 4)])
+    [swept] = store.end_swept_connections([store.ConnRef("c4", 4)])
     assert swept.state == 1
     assert store.ack_swept(client, batch.deadline, ["c4"]) == 1
     assert store.claim_stats(client, "f1") is True

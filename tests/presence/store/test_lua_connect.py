@@ -19,7 +19,6 @@ from tests.support.lua_timing import GRACE_MS, TTL_MS, _timing  # noqa: F401 - a
 async def connect(cid: str, uid: int, now: int, username: str = "", channel: str = "ch") -> bool:
     """connect.lua through the store; True when the user joined (their first connection)."""
     result = await store.connect(
-        store.get_async_redis(),
         cid=cid,
         uid=uid,
         username=username or f"user{uid}",
@@ -32,9 +31,7 @@ async def connect(cid: str, uid: int, now: int, username: str = "", channel: str
 class TestFirstConnection:
     async def test_writes_every_key_of_the_layout(self, r: redis.Redis) -> None:
         k, now = store.keys(), store.now_ms()
-        result = await store.connect(
-            store.get_async_redis(), cid="c1", uid=7, username="alice", channel="chan!1", now=now
-        )
+        result = await store.connect(cid="c1", uid=7, username="alice", channel="chan!1", now=now)
 
         (open_id, _), _ = log_entries(r)
         assert result == store.ConnectResult(joined=True, status="online", open_id=open_id)
@@ -56,7 +53,6 @@ class TestFirstConnection:
     async def test_logs_open_then_a_global_join(self, r: redis.Redis) -> None:
         now = store.now_ms()
         await store.connect(
-            store.get_async_redis(),
             cid="c1",
             uid=7,
             username="alice",
@@ -82,7 +78,6 @@ class TestFirstConnection:
 
     async def test_logs_an_unknown_ip_empty_and_caps_the_user_agent(self, r: redis.Redis) -> None:
         await store.connect(
-            store.get_async_redis(),
             cid="c1",
             uid=7,
             username="alice",
@@ -154,12 +149,10 @@ class TestMultiTab:
     async def test_second_tab_keeps_the_users_status(self, r: redis.Redis) -> None:
         now = store.now_ms()
         await connect("c1", 7, now)
-        await store.set_status(store.get_async_redis(), 7, "user7", "busy")
+        await store.set_status(7, "user7", "busy")
         mark = log_mark(r)
 
-        result = await store.connect(
-            store.get_async_redis(), cid="c2", uid=7, username="u", channel="ch", now=now + 1
-        )
+        result = await store.connect(cid="c2", uid=7, username="u", channel="ch", now=now + 1)
 
         ((open_id, opened),) = log_entries(r, since=mark)
         assert result == store.ConnectResult(joined=False, status="busy", open_id=open_id)
@@ -168,13 +161,11 @@ class TestMultiTab:
     async def test_lapsed_tab_does_not_count_as_online(self, r: redis.Redis) -> None:
         k, now = store.keys(), store.now_ms()
         await connect("c1", 7, now)
-        await store.set_status(store.get_async_redis(), 7, "user7", "away")
+        await store.set_status(7, "user7", "away")
         mark = log_mark(r)
 
         # c1 expires at now + TTL exactly: at that instant it no longer counts (exclusive bound).
-        result = await store.connect(
-            store.get_async_redis(), cid="c2", uid=7, username="u", channel="ch", now=now + TTL_MS
-        )
+        result = await store.connect(cid="c2", uid=7, username="u", channel="ch", now=now + TTL_MS)
 
         (open_id, _), _ = log_entries(r, since=mark)
         assert result == store.ConnectResult(joined=True, status="online", open_id=open_id)
@@ -186,9 +177,7 @@ class TestMultiTab:
     async def test_join_after_the_lapsed_tab_ended_is_plain(self, r: redis.Redis) -> None:
         now = store.now_ms()
         await connect("c1", 7, now)
-        await store.end_connections(
-            store.get_async_redis(), [store.ConnRef("c1", 7)], now=now + TTL_MS
-        )
+        await store.end_connections([store.ConnRef("c1", 7)], now=now + TTL_MS)
         mark = log_mark(r)
 
         await connect("c2", 7, now + TTL_MS + 1)
@@ -233,7 +222,7 @@ class TestListing:
         await connect("a1", 1, now, username="alice")
         await connect("a2", 1, now, username="alice")
         await connect("b1", 2, now, username="bob")
-        await store.set_status(store.get_async_redis(), 2, "bob", "away")
+        await store.set_status(2, "bob", "away")
 
         count, users = store.list_online()
         acount, ausers = await store.alist_online()
@@ -254,8 +243,8 @@ class TestListing:
 
         assert count == 1
         assert [u["id"] for u in users] == [2]
-        assert store.user_presence(r, 1) == (None, 0)
-        assert store.user_presence(r, 2) == ("online", 1)
+        assert store.user_presence(1) == (None, 0)
+        assert store.user_presence(2) == ("online", 1)
 
     async def test_limit_caps_users_but_not_count(self, r: redis.Redis) -> None:
         now = store.now_ms()

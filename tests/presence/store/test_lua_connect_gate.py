@@ -22,7 +22,6 @@ async def connect(
     cid: str, uid: int = 1, *, ip: str = IP, now: int | None = None, **gate: Any
 ) -> store.ConnectResult:
     return await store.connect(
-        store.get_async_redis(),
         cid=cid,
         uid=uid,
         username=f"user{uid}",
@@ -34,7 +33,7 @@ async def connect(
 
 
 async def end(cid: str, uid: int = 1) -> None:
-    await store.end_connections(store.get_async_redis(), [store.ConnRef(cid, uid)])
+    await store.end_connections([store.ConnRef(cid, uid)])
 
 
 def assert_nothing_registered(r: redis.Redis, cid: str, entries_before: int) -> None:
@@ -118,32 +117,32 @@ class TestCredentials:
 
     async def test_tokens_issued_before_a_revocation_are_refused(self, r: redis.Redis) -> None:
         now = store.now_ms()
-        store.revoke_user_credentials(r, 1, now=now)
+        store.revoke_user_credentials(1, now=now)
 
         assert (await connect("old", issued_ms=now - 1000)).refused == "token_revoked"
         assert not (await connect("new", issued_ms=now + 1000)).refused
         assert not (await connect("cookie", issued_ms=0)).refused  # issue time unknown
 
     async def test_a_revoked_login_session_is_refused(self, r: redis.Redis) -> None:
-        store.revoke_login(r, "L1", seconds=60)
+        store.revoke_login("L1", seconds=60)
 
         assert (await connect("c1", login="L1")).refused == "session_revoked"
         assert not (await connect("c2", login="L2")).refused
         assert 59_000 < r.pttl(store.keys().login_revoked("L1")) <= 60_000
 
     async def test_a_blocked_user_is_refused_until_the_block_ends(self, r: redis.Redis) -> None:
-        store.set_user_block(r, 1, until_ms=store.now_ms() + 5_000, reason="spam")
+        store.set_user_block(1, until_ms=store.now_ms() + 5_000, reason="spam")
 
         refused = await connect("c1")
 
         assert refused.refused == "blocked"
         assert 4_000 < refused.retry_after_ms <= 5_000
-        store.clear_user_block(r, 1)
+        store.clear_user_block(1)
         assert not (await connect("c2")).refused
 
     async def test_the_block_is_checked_first(self, r: redis.Redis) -> None:
         """A refused attempt must not spend the token or a rate token before a block says no."""
-        store.set_user_block(r, 1, until_ms=store.now_ms() + 5_000, reason="spam")
+        store.set_user_block(1, until_ms=store.now_ms() + 5_000, reason="spam")
 
         await connect("c1", token_id="sig2", token_ttl_ms=60_000, address_rate=1, address_burst=1)
 

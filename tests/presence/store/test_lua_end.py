@@ -19,18 +19,16 @@ from tests.support.lua_timing import TTL_MS, _timing  # noqa: F401 - autouse fix
 
 async def connect(cid: str, uid: int, now: int, rooms: tuple[str, ...] = ()) -> store.ConnRef:
     """A connection of user ``uid`` (named ``user<uid>``) at ``now``, in ``rooms``."""
-    await store.connect(
-        store.get_async_redis(), cid=cid, uid=uid, username=f"user{uid}", channel="ch", now=now
-    )
+    await store.connect(cid=cid, uid=uid, username=f"user{uid}", channel="ch", now=now)
     ref = store.ConnRef(cid, uid, rooms)
     for room in rooms:
-        store.room_join_sync(store.get_redis(), ref, room, now=now)
+        store.room_join_sync(ref, room, now=now)
     return ref
 
 
 async def close(*conns: store.ConnRef, now: int, reason: str = "closed") -> list[store.EndResult]:
     """end.lua in 'closed' mode (the sockets closed) through the store."""
-    return await store.end_connections(store.get_async_redis(), conns, reason=reason, now=now)
+    return await store.end_connections(conns, reason=reason, now=now)
 
 
 class TestClosed:
@@ -77,7 +75,7 @@ class TestClosed:
     async def test_last_heartbeat_is_logged_not_the_connect(self, r: redis.Redis) -> None:
         t0 = store.now_ms()
         conn = await connect("c1", 7, t0)
-        await store.heartbeat_many(store.get_async_redis(), [conn], now=t0 + 25_000)
+        await store.heartbeat_many([conn], now=t0 + 25_000)
         mark = log_mark(r)
 
         await close(conn, now=t0 + 30_000)
@@ -190,8 +188,8 @@ class TestLeaveComputedOnce:
         b = await connect("c2", 7, old, rooms=("x",))
         mark = log_mark(r)
 
-        (first,) = store.end_swept_connections(r, [a], now=t0)
-        (second,) = store.end_swept_connections(r, [b], now=t0)
+        (first,) = store.end_swept_connections([a], now=t0)
+        (second,) = store.end_swept_connections([b], now=t0)
 
         assert (first.state, first.global_left) == (1, True)
         assert (second.state, second.global_left, second.rooms_left) == (1, False, ["x"])
@@ -212,7 +210,7 @@ class TestLeaveComputedOnce:
 
         mark = log_mark(r)
 
-        results = store.end_swept_connections(r, [a, b], now=t0)
+        results = store.end_swept_connections([a, b], now=t0)
 
         assert [res.state for res in results] == [1, 1]
         assert sum(res.global_left for res in results) == 1
@@ -233,7 +231,7 @@ class TestLeaveComputedOnce:
 
         (res,) = await close(live, now=t0 + 1)
         middle = log_mark(r)
-        (later,) = store.end_swept_connections(r, [lapsed], now=t0 + 2)
+        (later,) = store.end_swept_connections([lapsed], now=t0 + 2)
 
         assert res.global_left is True
         assert (later.state, later.global_left) == (1, False)
@@ -247,7 +245,7 @@ class TestLeaveComputedOnce:
         conn = await connect("c1", 7, t0 - TTL_MS - 1_000)
         mark = log_mark(r)
 
-        (swept,) = store.end_swept_connections(r, [conn], now=t0)
+        (swept,) = store.end_swept_connections([conn], now=t0)
         (closed,) = await close(conn, now=t0 + 1)
 
         assert swept.state == 1
@@ -268,7 +266,7 @@ class TestSwept:
         conn = await connect("c1", 7, t0)
         mark = log_mark(r)
 
-        (res,) = store.end_swept_connections(r, [conn], now=t0 + 1)
+        (res,) = store.end_swept_connections([conn], now=t0 + 1)
 
         assert res.state == -1
         assert r.exists(k.conn("c1"))
@@ -283,7 +281,7 @@ class TestSwept:
         r.zadd(k.sweeping, {"c1": t0 + 30_000})
         mark = log_mark(r)
 
-        (res,) = store.end_swept_connections(r, [conn], now=t0)
+        (res,) = store.end_swept_connections([conn], now=t0)
 
         assert res == store.EndResult(cid="c1", state=1, global_left=True, rooms_left=["x"])
         assert r.hgetall(k.conn("c1")).keys() == {"ended"}
@@ -302,7 +300,7 @@ class TestSwept:
         r.hset(k.sweeping_exp, "c1", old + TTL_MS - 500)  # what claim_expired.lua recorded
         mark = log_mark(r)
 
-        store.end_swept_connections(r, [conn], now=t0)
+        store.end_swept_connections([conn], now=t0)
 
         assert logged(r, since=mark)[-1] == closed_entry(
             "c1", 7, t0, "timeout", at=old + TTL_MS - 500, hb=old

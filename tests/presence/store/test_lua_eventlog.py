@@ -30,12 +30,10 @@ async def connect(
     cid: str, uid: int, now: int | None = None, rooms: tuple[str, ...] = ()
 ) -> store.ConnRef:
     """A connection of user ``uid`` (named ``user<uid>``) through the store, in ``rooms``."""
-    await store.connect(
-        store.get_async_redis(), cid=cid, uid=uid, username=f"user{uid}", channel="ch", now=now
-    )
+    await store.connect(cid=cid, uid=uid, username=f"user{uid}", channel="ch", now=now)
     ref = store.ConnRef(cid, uid, rooms)
     for room in rooms:
-        await store.room_join(store.get_async_redis(), ref, room, now=now)
+        await store.room_join(ref, room, now=now)
     return ref
 
 
@@ -145,16 +143,15 @@ class TestChain:
         assert joined["p"] == open_id  # the second entry of the same script call
 
     async def test_every_script_links_to_the_entry_before(self, r: redis.Redis) -> None:
-        client = store.get_async_redis()
         first = await connect("c1", 1, rooms=("lobby", "x"))
         second = await connect("c2", 1, rooms=("lobby",))
         other = await connect("c3", 2, rooms=("lobby",))
-        await store.set_status(client, 1, "user1", "busy")
-        await store.publish(client, "lobby", '{"type": "chat"}')
-        await store.room_leave(client, other, "lobby")
-        await store.end_connections(client, [first, second])
+        await store.set_status(1, "user1", "busy")
+        await store.publish("lobby", '{"type": "chat"}')
+        await store.room_leave(other, "lobby")
+        await store.end_connections([first, second])
         swept = await connect("c4", 3, now=store.now_ms() - TTL_MS - 1_000, rooms=("y",))
-        store.end_swept_connections(store.get_redis(), [swept])
+        store.end_swept_connections([swept])
 
         entries = log_entries(r)
         assert [fields["k"] for _, fields in entries] == [
@@ -206,11 +203,10 @@ class TestTrimming:
         assert log_len(r) == already + n
 
     async def test_log_stays_bounded(self, r: redis.Redis) -> None:
-        client = store.get_async_redis()
         for i in range(300):
             ref = await connect(f"c{i}", i, rooms=("lobby",))
-            await store.publish(client, "lobby", "{}")
-            await store.end_connections(client, [ref])
+            await store.publish("lobby", "{}")
+            await store.end_connections([ref])
 
         assert 0 < log_len(r) < self.BOUND  # 300 * 6 entries were appended
         # The oldest entry left points at one trimmed away: a reader can tell it missed some.
@@ -227,24 +223,24 @@ class TestTrimming:
     async def test_end_trims(self, r: redis.Redis) -> None:
         ref = await connect("c1", 7)
         self.prefill(r)
-        await store.end_connections(store.get_async_redis(), [ref])
+        await store.end_connections([ref])
         assert log_len(r) < self.BOUND
 
     async def test_room_join_and_leave_trim(self, r: redis.Redis) -> None:
         ref = await connect("c1", 7)
         self.prefill(r)
-        await store.room_join(store.get_async_redis(), ref, "lobby")
+        await store.room_join(ref, "lobby")
         assert log_len(r) < self.BOUND
         self.prefill(r)
-        await store.room_leave(store.get_async_redis(), ref, "lobby")
+        await store.room_leave(ref, "lobby")
         assert log_len(r) < self.BOUND
 
     async def test_status_and_publish_trim(self, r: redis.Redis) -> None:
         self.prefill(r)
-        await store.set_status(store.get_async_redis(), 7, "user7", "busy")
+        await store.set_status(7, "user7", "busy")
         assert log_len(r) < self.BOUND
         self.prefill(r)
-        await store.publish(store.get_async_redis(), "lobby", "{}")
+        await store.publish("lobby", "{}")
         assert log_len(r) < self.BOUND
 
 
@@ -275,11 +271,11 @@ class TestFailedScriptWritesNoState:
         before = state(rb)
 
         with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
-            await store.end_connections(store.get_async_redis(), [ref])
+            await store.end_connections([ref])
 
         assert r.hget(k.conn("c1"), "uid") == "7"
         assert r.zscore(k.conns, "c1") is not None
-        assert store.user_presence(r, 7) == ("online", 1)
+        assert store.user_presence(7) == ("online", 1)
         assert store.list_online("lobby")[0] == 1
         assert_unchanged(before, state(rb))
 
@@ -289,7 +285,7 @@ class TestFailedScriptWritesNoState:
         before = state(rb)
 
         with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
-            store.end_swept_connections(store.get_redis(), [ref])
+            store.end_swept_connections([ref])
 
         assert_unchanged(before, state(rb))
 
@@ -300,7 +296,7 @@ class TestFailedScriptWritesNoState:
         before = state(rb)
 
         with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
-            await store.room_join(store.get_async_redis(), ref, "lobby")
+            await store.room_join(ref, "lobby")
 
         assert not r.exists(k.conn_rooms("c1"), k.room("lobby"), k.room_user("lobby", 7))
         assert_unchanged(before, state(rb))
@@ -312,7 +308,7 @@ class TestFailedScriptWritesNoState:
         before = state(rb)
 
         with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
-            await store.room_leave(store.get_async_redis(), ref, "lobby")
+            await store.room_leave(ref, "lobby")
 
         assert r.smembers(k.conn_rooms("c1")) == {"lobby"}
         assert r.smembers(k.room_user("lobby", 7)) == {"c1"}
@@ -325,7 +321,7 @@ class TestFailedScriptWritesNoState:
         before = state(rb)
 
         with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
-            await store.set_status(store.get_async_redis(), 7, "user7", "busy")
+            await store.set_status(7, "user7", "busy")
 
         assert r.hget(store.keys().user(7), "status") == "online"
         assert_unchanged(before, state(rb))
@@ -351,7 +347,7 @@ class TestFailedScriptLogsNothing:
         entries, before = log_len(r), state(rb)
 
         with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
-            await store.end_connections(store.get_async_redis(), [ref])
+            await store.end_connections([ref])
 
         assert log_len(r) == entries
         assert_unchanged(before, state(rb))
@@ -362,7 +358,7 @@ class TestFailedScriptLogsNothing:
         entries, before = log_len(r), state(rb)
 
         with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
-            await store.room_join(store.get_async_redis(), ref, "lobby")
+            await store.room_join(ref, "lobby")
 
         assert log_len(r) == entries
         assert_unchanged(before, state(rb))
@@ -373,7 +369,7 @@ class TestFailedScriptLogsNothing:
         entries, before = log_len(r), state(rb)
 
         with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
-            await store.room_leave(store.get_async_redis(), ref, "lobby")
+            await store.room_leave(ref, "lobby")
 
         assert log_len(r) == entries
         assert_unchanged(before, state(rb))
@@ -384,7 +380,7 @@ class TestFailedScriptLogsNothing:
         entries, before = log_len(r), state(rb)
 
         with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
-            await store.set_status(store.get_async_redis(), 7, "user7", "busy")
+            await store.set_status(7, "user7", "busy")
 
         assert log_len(r) == entries
         assert_unchanged(before, state(rb))
@@ -415,7 +411,7 @@ class TestFailingAfterTheFirstWrite:
         entries, before = log_len(r), state(rb)
 
         with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
-            await store.end_connections(store.get_async_redis(), [ref])
+            await store.end_connections([ref])
 
         assert log_len(r) == entries
         assert_unchanged(before, state(rb))
@@ -451,11 +447,11 @@ class TestOutOfMemory:
         mark = log_mark(r)
 
         with out_of_memory(r):
-            (res,) = await store.end_connections(store.get_async_redis(), [ref])
+            (res,) = await store.end_connections([ref])
 
         assert res.state == 1
         assert not r.hexists(store.keys().conn("c1"), "uid")  # a tombstone at most
-        assert store.user_presence(r, 7) == (None, 0)
+        assert store.user_presence(7) == (None, 0)
         assert [(e["k"], e.get("r"), e.get("c")) for e in logged(r, since=mark)] == [
             ("leave", "lobby", None),
             ("leave", "", None),
@@ -492,7 +488,7 @@ class TestKilledCaller:
         send_and_vanish(redis_server, end_command(sha, ref, now + 1, "server_shutdown"))
 
         await asyncio.to_thread(wait_for, lambda: not r.hexists(k.conn("c1"), "uid"))
-        assert store.user_presence(r, 7) == (None, 0)
+        assert store.user_presence(7) == (None, 0)
         assert store.list_online("lobby") == (0, [])
         assert [(e["k"], e.get("r"), e["why"]) for e in logged(r, since=mark)] == [
             ("leave", "lobby", "server_shutdown"),

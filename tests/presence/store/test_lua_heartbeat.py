@@ -17,21 +17,19 @@ from tests.support.lua_timing import GRACE_MS, TTL_MS, _timing  # noqa: F401 - a
 
 async def connect(cid: str, uid: int, now: int) -> None:
     """A connection of user ``uid`` registered at ``now``."""
-    await store.connect(
-        store.get_async_redis(), cid=cid, uid=uid, username=f"user{uid}", channel="ch", now=now
-    )
+    await store.connect(cid=cid, uid=uid, username=f"user{uid}", channel="ch", now=now)
 
 
 def join_room(r: redis.Redis, cid: str, uid: int, room: str, now: int) -> int:
     """room_join.lua with an explicit ``now``."""
-    return store.room_join_sync(r, store.ConnRef(cid, uid), room, now=now)
+    return store.room_join_sync(store.ConnRef(cid, uid), room, now=now)
 
 
 async def heartbeat(
     *conns: store.ConnRef, now: int, counters: dict[str, int] | None = None
 ) -> list[bool]:
     """heartbeat.lua for a batch of connections through the store."""
-    return await store.heartbeat_many(store.get_async_redis(), conns, counters, now=now)
+    return await store.heartbeat_many(conns, counters, now=now)
 
 
 class TestRefresh:
@@ -80,11 +78,11 @@ class TestRefresh:
     async def test_brings_a_lapsed_connection_back(self, r: redis.Redis) -> None:
         t0 = store.now_ms()
         await connect("c1", 7, t0 - TTL_MS - 5_000)
-        assert store.user_presence(r, 7) == (None, 0)
+        assert store.user_presence(7) == (None, 0)
         mark = log_mark(r)
 
         assert await heartbeat(store.ConnRef("c1", 7), now=t0) == [True]
-        assert store.user_presence(r, 7) == ("online", 1)
+        assert store.user_presence(7) == ("online", 1)
         # No leave was logged for the lapse (nothing ended it), so no join either.
         assert logged(r, since=mark) == []
 
@@ -109,7 +107,7 @@ class TestBatch:
         t0 = store.now_ms()
         await connect("ended", 1, t0)
         await connect("lost", 2, t0)
-        await store.end_connections(store.get_async_redis(), [store.ConnRef("ended", 1)])
+        await store.end_connections([store.ConnRef("ended", 1)])
         r.delete(store.keys().conn("lost"))  # what a failover or an empty restart does
 
         result = await heartbeat(store.ConnRef("ended", 1), store.ConnRef("lost", 2), now=t0 + 1)
@@ -136,7 +134,7 @@ class TestBatch:
     async def test_session_ended_returns_false(self, r: redis.Redis) -> None:
         t0 = store.now_ms()
         await connect("c1", 7, t0)
-        await store.end_connections(store.get_async_redis(), [store.ConnRef("c1", 7)], now=t0)
+        await store.end_connections([store.ConnRef("c1", 7)], now=t0)
 
         assert await heartbeat(store.ConnRef("c1", 7), now=t0 + 1) == [False]
 
@@ -162,8 +160,8 @@ class TestCounters:
 
     async def test_counters_without_connections(self, r: redis.Redis) -> None:
         k = store.keys()
-        await store.add_counters(store.get_async_redis(), {"msg:x": 4})
-        await store.add_counters(store.get_async_redis(), {"msg:x": 1})
+        await store.add_counters({"msg:x": 4})
+        await store.add_counters({"msg:x": 1})
 
         assert r.hget(k.stats, "msg:x") == "5"
         assert r.hget(k.stats, "heartbeats") is None
@@ -186,10 +184,10 @@ class TestSweepRescue:
         assert r.zscore(k.conns, "c1") == t0 + TTL_MS
         # The sweep's end script now leaves it alone, and logs nothing.
         mark = log_mark(r)
-        (res,) = store.end_swept_connections(r, [store.ConnRef("c1", 7)], now=t0 + 1)
+        (res,) = store.end_swept_connections([store.ConnRef("c1", 7)], now=t0 + 1)
         assert res.state == -1
         assert r.exists(k.conn("c1"))
-        assert store.user_presence(r, 7) == ("online", 1)
+        assert store.user_presence(7) == ("online", 1)
         assert logged(r, since=mark) == []
 
     async def test_without_heartbeat_the_claimed_connection_ends(self, r: redis.Redis) -> None:
@@ -199,7 +197,7 @@ class TestSweepRescue:
         r.hset(k.sweeping_exp, "c1", t0 - 1_000)
         mark = log_mark(r)
 
-        (res,) = store.end_swept_connections(r, [store.ConnRef("c1", 7)], now=t0)
+        (res,) = store.end_swept_connections([store.ConnRef("c1", 7)], now=t0)
 
         assert (res.state, res.global_left) == (1, True)
         assert await heartbeat(store.ConnRef("c1", 7), now=t0 + 1) == [False]
@@ -230,10 +228,9 @@ class TestActivity:
     async def test_the_batch_writes_activity_never_backwards(self, r: redis.Redis) -> None:
         t0, k = store.now_ms(), store.keys()
         await connect("c1", 7, t0)
-        client = store.get_async_redis()
 
-        await store.heartbeat_many(client, [], active={7: t0 // 1000 + 30, 8: 5}, now=t0)
-        await store.heartbeat_many(client, [], active={7: t0 // 1000 + 10}, now=t0)
+        await store.heartbeat_many([], active={7: t0 // 1000 + 30, 8: 5}, now=t0)
+        await store.heartbeat_many([], active={7: t0 // 1000 + 10}, now=t0)
 
         assert r.zscore(k.active, "7") == t0 // 1000 + 30
         assert r.zscore(k.active, "8") == 5

@@ -25,18 +25,16 @@ def _grace(settings: Settings) -> None:
 
 
 async def connect(cid: str, uid: int, now: int, rooms: tuple[str, ...] = ()) -> store.ConnRef:
-    result = await store.connect(
-        store.get_async_redis(), cid=cid, uid=uid, username=f"user{uid}", channel="ch", now=now
-    )
+    result = await store.connect(cid=cid, uid=uid, username=f"user{uid}", channel="ch", now=now)
     assert not result.refused
     ref = store.ConnRef(cid, uid, rooms)
     for room in rooms:
-        store.room_join_sync(store.get_redis(), ref, room, now=now)
+        store.room_join_sync(ref, room, now=now)
     return ref
 
 
 async def close(conn: store.ConnRef, now: int, reason: str = "closed") -> store.EndResult:
-    (result,) = await store.end_connections(store.get_async_redis(), [conn], reason=reason, now=now)
+    (result,) = await store.end_connections([conn], reason=reason, now=now)
     return result
 
 
@@ -70,19 +68,19 @@ class TestHold:
         count, users = store.list_online()
         assert (count, [u["id"] for u in users]) == (1, [7])
         assert store.list_online("a")[0] == 1
-        assert store.user_presence(r, 7) == ("online", 0)
+        assert store.user_presence(7) == ("online", 0)
 
     async def test_a_reconnect_within_the_window_logs_no_leave_and_no_join(
         self, r: redis.Redis
     ) -> None:
         k, t0 = store.keys(), store.now_ms()
         first = await connect("c1", 7, t0, rooms=("a", "b"))
-        await store.set_status(store.get_async_redis(), 7, "user7", "busy")
+        await store.set_status(7, "user7", "busy")
         await close(first, now=t0 + 1)
         mark = log_mark(r)
 
         again = await connect("c2", 7, t0 + 2_000, rooms=("a",))  # b is not rejoined
-        found, released = store.release_due(r, now=t0 + 1 + GRACE_MS)
+        found, released = store.release_due(now=t0 + 1 + GRACE_MS)
 
         entries = logged(r, since=mark)
         # Nobody saw the user leave, so nobody sees them join; b, not rejoined, is left.
@@ -90,7 +88,7 @@ class TestHold:
         assert (found, released) == (2, 1)  # the rooms' holds; the user's was taken back
         assert r.zscore(k.held, "7") is None and r.zcard(k.held) == 0
         assert r.hget(k.user(7), "status") == "busy"  # kept across the reload
-        assert store.user_presence(r, 7) == ("busy", 1)
+        assert store.user_presence(7) == ("busy", 1)
         # The kept connection leaves at once on a final close.
         result = await close(again, now=t0 + 9_000, reason="kicked")
         assert (result.global_left, result.rooms_left) == (True, ["a"])
@@ -100,9 +98,9 @@ class TestHold:
         await close(await connect("c1", 7, t0, rooms=("a",)), now=t0 + 1)
         mark = log_mark(r)
 
-        early = store.release_due(r, now=t0 + GRACE_MS)  # not due yet
-        first = store.release_due(r, now=t0 + 1 + GRACE_MS)
-        second = store.release_due(r, now=t0 + 2 * GRACE_MS)
+        early = store.release_due(now=t0 + GRACE_MS)  # not due yet
+        first = store.release_due(now=t0 + 1 + GRACE_MS)
+        second = store.release_due(now=t0 + 2 * GRACE_MS)
 
         assert early == (0, 0)
         assert first == (2, 2)
@@ -119,7 +117,7 @@ class TestHold:
         await close(await connect("c1", 7, t0), now=t0 + 1, reason="server_shutdown")
         mark = log_mark(r)
 
-        store.release_due(r, now=t0 + 1 + GRACE_MS)
+        store.release_due(now=t0 + 1 + GRACE_MS)
 
         assert [e["why"] for e in logged(r, since=mark)] == ["server_shutdown"]
 
@@ -131,11 +129,11 @@ class TestHold:
         result = await close(await connect("c1", 7, t0, rooms=("a",)), now=t0 + 1)
         mark = log_mark(r)
 
-        store.release_due(r, now=t0 + 1 + GRACE_MS)
+        store.release_due(now=t0 + 1 + GRACE_MS)
 
         assert result.held
         assert kinds(logged(r, since=mark)) == [("leave", "a")]
-        assert store.user_presence(r, 7) == ("online", 1)
+        assert store.user_presence(7) == ("online", 1)
 
 
 class TestAtOnce:
@@ -170,8 +168,8 @@ class TestAtOnce:
         mark = log_mark(r)
 
         batch = store.claim_expired(r, batch=10, claim_timeout_ms=30_000, now=t0 + 30)
-        ended = store.end_swept_connections(r, [lapsed], now=t0 + 30)
-        released = store.release_due(r, now=t0 + 20 + GRACE_MS)
+        ended = store.end_swept_connections([lapsed], now=t0 + 30)
+        released = store.release_due(now=t0 + 20 + GRACE_MS)
 
         assert [c.cid for c in batch.claims] == ["c2"]
         assert ended[0].global_left  # its leave is logged by the sweep, not delayed
@@ -185,7 +183,7 @@ class TestAtOnce:
         await close(await connect("c9", 9, t0), now=t0 + 1)
         mark = log_mark(r)
 
-        assert store.release_user(r, 7, now=t0 + 2) == 2
+        assert store.release_user(7, now=t0 + 2) == 2
 
         assert kinds(logged(r, since=mark)) == [("leave", "a"), ("leave", "")]
         assert r.zscore(store.keys().held, "9") is not None  # other users' holds stay

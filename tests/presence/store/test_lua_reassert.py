@@ -29,7 +29,6 @@ def live(cid: str, uid: int, *rooms: str, status: str = "online") -> store.Liven
 
 async def register(cid: str, uid: int, now: int, *rooms: str) -> None:
     await store.connect(
-        store.get_async_redis(),
         cid=cid,
         uid=uid,
         username=f"user{uid}",
@@ -37,11 +36,11 @@ async def register(cid: str, uid: int, now: int, *rooms: str) -> None:
         now=now,
     )
     for room in rooms:
-        await store.room_join(store.get_async_redis(), store.ConnRef(cid, uid), room, now=now)
+        await store.room_join(store.ConnRef(cid, uid), room, now=now)
 
 
 async def reassert(conn: store.Liveness, now: int) -> tuple[int, int]:
-    return await store.reassert(store.get_async_redis(), conn, now=now)
+    return await store.reassert(conn, now=now)
 
 
 class TestLost:
@@ -122,7 +121,7 @@ class TestNotLost:
     async def test_an_ended_connection_is_not_brought_back(self, r: redis.Redis) -> None:
         k, t0 = store.keys(), store.now_ms()
         await register("c1", 7, t0, "lobby")
-        await store.end_connections(store.get_async_redis(), [store.ConnRef("c1", 7, ("lobby",))])
+        await store.end_connections([store.ConnRef("c1", 7, ("lobby",))])
         mark = log_mark(r)
 
         assert await reassert(live("c1", 7, "lobby"), t0 + 5) == (0, 0)

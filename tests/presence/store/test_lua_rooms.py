@@ -19,20 +19,18 @@ from tests.support.lua_timing import GRACE_MS, TTL_MS, _timing  # noqa: F401 - a
 
 async def connect(cid: str, uid: int, now: int | None = None) -> store.ConnRef:
     """A connection of user ``uid`` (named ``user<uid>``), at ``now`` or the clock's now."""
-    await store.connect(
-        store.get_async_redis(), cid=cid, uid=uid, username=f"user{uid}", channel="ch", now=now
-    )
+    await store.connect(cid=cid, uid=uid, username=f"user{uid}", channel="ch", now=now)
     return store.ConnRef(cid, uid)
 
 
 async def join(conn: store.ConnRef, room: str, now: int | None = None) -> int:
     """room_join.lua through the store: 1 the user joined, 0 already in, -1 unknown."""
-    return await store.room_join(store.get_async_redis(), conn, room, now=now)
+    return await store.room_join(conn, room, now=now)
 
 
 async def leave(conn: store.ConnRef, room: str) -> bool:
     """room_leave.lua through the store: True when the user left the room altogether."""
-    return await store.room_leave(store.get_async_redis(), conn, room)
+    return await store.room_leave(conn, room)
 
 
 def logged_by_clock(r: redis.Redis, since: str, before: int, after: int) -> list[dict[str, str]]:
@@ -59,7 +57,7 @@ class TestJoin:
 
     async def test_join_carries_the_users_status(self, r: redis.Redis) -> None:
         conn = await connect("c1", 7)
-        await store.set_status(store.get_async_redis(), 7, "user7", "busy")
+        await store.set_status(7, "user7", "busy")
         mark, now = log_mark(r), store.now_ms()
 
         await join(conn, "lobby", now)
@@ -111,7 +109,7 @@ class TestJoin:
     async def test_lapsed_member_does_not_count_as_in_the_room(self, r: redis.Redis) -> None:
         now = store.now_ms()
         old = await connect("old", 7, now - TTL_MS - 1_000)
-        assert store.room_join_sync(r, old, "lobby", now=now - TTL_MS) == 1
+        assert store.room_join_sync(old, "lobby", now=now - TTL_MS) == 1
         new = await connect("new", 7)
         mark = log_mark(r)
 
@@ -138,7 +136,7 @@ class TestLeave:
         k = store.keys()
         conn = await connect("c1", 7)
         await join(conn, "lobby")
-        await store.set_status(store.get_async_redis(), 7, "user7", "away")
+        await store.set_status(7, "user7", "away")
         mark, before = log_mark(r), store.now_ms()
 
         assert await leave(conn, "lobby") is True
@@ -254,7 +252,7 @@ class TestOccupancy:
         await join(b, "y")
         mark = log_mark(r)
 
-        await store.end_connections(store.get_async_redis(), [store.ConnRef("a", 1, ("x", "y"))])
+        await store.end_connections([store.ConnRef("a", 1, ("x", "y"))])
 
         rooms = {e["r"]: e.get("v") for e in logged(r, since=mark) if e["k"] == "leave"}
         assert rooms == {"x": "1", "y": None, "": None}
@@ -264,7 +262,7 @@ class TestOccupancy:
     ) -> None:
         now = store.now_ms()
         old = await connect("old", 1, now - TTL_MS - 1_000)
-        assert store.room_join_sync(r, old, "lobby", now=now - TTL_MS) == 1
+        assert store.room_join_sync(old, "lobby", now=now - TTL_MS) == 1
         mark = log_mark(r)
 
         assert await join(await connect("b", 2), "lobby", now) == 1
@@ -297,7 +295,7 @@ class TestStatus:
         await join(second, "b")
         mark, before = log_mark(r), store.now_ms()
 
-        rooms = await store.set_status(store.get_async_redis(), 7, "user7", "busy", rooms=("c",))
+        rooms = await store.set_status(7, "user7", "busy", rooms=("c",))
 
         assert rooms == {"a", "b", "c"}
         assert r.hget(store.keys().user(7), "status") == "busy"
@@ -313,11 +311,11 @@ class TestStatus:
     async def test_lapsed_tabs_rooms_are_not_told(self, r: redis.Redis) -> None:
         now = store.now_ms()
         old = await connect("old", 7, now - TTL_MS - 1_000)
-        store.room_join_sync(r, old, "gone", now=now - TTL_MS - 1_000)
+        store.room_join_sync(old, "gone", now=now - TTL_MS - 1_000)
         await connect("c1", 7)
         mark = log_mark(r)
 
-        rooms = await store.set_status(store.get_async_redis(), 7, "user7", "away")
+        rooms = await store.set_status(7, "user7", "away")
 
         assert rooms == set()
         assert [(e["k"], e["r"], e["s"]) for e in logged(r, since=mark)] == [("status", "", "away")]
@@ -343,7 +341,7 @@ class TestPublish:
         frame = json.dumps({"type": "chat.message", "data": {"text": "hi"}})
         mark, before = log_mark(r), store.now_ms()
 
-        entry_id = await store.publish(store.get_async_redis(), "lobby", frame)
+        entry_id = await store.publish("lobby", frame)
 
         ((logged_id, _),) = log_entries(r, since=mark)
         assert entry_id == logged_id
