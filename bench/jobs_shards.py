@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import json
 import os
 import resource
@@ -162,12 +163,15 @@ def worker(nodes: list[str], connections: int) -> dict[str, Any]:
 def run(o: Any) -> list[dict[str, Any]]:
     """Every shape, one worker process each; one record per shape."""
     from config.embedded_redis import RedisServer
-    from tests.support.cluster import ClusterTopology, ShardsTopology
+
+    # The suite's fixtures' classes (tests/support/cluster.py), imported by name: mypy checks
+    # bench/, not the test support it would follow into.
+    topo: Any = importlib.import_module("tests.support.cluster")
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-jobs-"))
     single = RedisServer(tmp / "single").start()
-    shards = ShardsTopology(tmp / "shards").start()
-    cluster = ClusterTopology(tmp / "cluster").start()
+    shards = topo.ShardsTopology(tmp / "shards").start()
+    cluster = topo.ClusterTopology(tmp / "cluster").start()
     base = {k: v for k, v in os.environ.items() if not k.startswith("PRESENCE_REDIS_")}
     base.update(
         {
@@ -243,3 +247,14 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def run_from_bench(args: Any) -> dict[str, Any]:
+    """``python -m bench --scenarios jobs_shards`` (needs BENCH_DATABASE_URL: PostgreSQL)."""
+    argv = ["--results-dir", str(args.results_dir)]
+    if args.quick:
+        argv += ["--connections", "2000"]
+    o = parse_args(argv)
+    if not o.database_url:
+        return {"not_run": "BENCH_DATABASE_URL (an empty PostgreSQL database) is not set"}
+    return {"records": run(o)}

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import inspect
 import json
 import os
@@ -196,12 +197,15 @@ def run_store_shards(o: Any) -> list[dict[str, Any]]:
     interleaved ``o.repeat`` times; one record per (shape, repeat)."""
     sys.path.insert(0, str(ROOT))
     from config.embedded_redis import RedisServer
-    from tests.support.cluster import ClusterTopology, ShardsTopology
+
+    # The suite's fixtures' classes (tests/support/cluster.py), imported by name: mypy checks
+    # bench/, not the test support it would follow into.
+    topo: Any = importlib.import_module("tests.support.cluster")
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-shards-"))
     single = RedisServer(tmp / "single").start()
-    shards = ShardsTopology(tmp / "shards").start()
-    cluster = ClusterTopology(tmp / "cluster").start()
+    shards = topo.ShardsTopology(tmp / "shards").start()
+    cluster = topo.ClusterTopology(tmp / "cluster").start()
     records: list[dict[str, Any]] = []
     try:
         shapes: list[tuple[str, Path, list[str], dict[str, str]]] = []
@@ -333,3 +337,20 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def run_from_bench(args: Any) -> dict[str, Any]:
+    """``python -m bench --scenarios store_shards``: this scenario with the bench's --quick,
+    --repeat and --before; its records and summary (the targets printed here too)."""
+    argv = ["--repeat", str(args.repeat), "--results-dir", str(args.results_dir)]
+    if args.quick:
+        argv += ["--store-connections", "5000", "--rounds", "1"]
+    if args.before:
+        argv += ["--before", str(args.before)]
+    else:
+        argv += ["--shapes", "single,shards3,cluster3"]
+    records = run_store_shards(parse_args(argv))
+    report = summary(records)
+    for t in report["targets"]:
+        print(f"{'ok' if t['met'] else 'MISS':5} {t['target']}: {t['value']}", flush=True)
+    return {"summary": report, "records": records}

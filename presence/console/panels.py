@@ -449,7 +449,6 @@ def _rates(now: dt.datetime, overview: store.ConsoleOverview, flush: TaskRun) ->
 def get_dashboard(*, with_charts: bool = True) -> Dashboard:
     """The dashboard's numbers (four Redis round trips, two SQL queries) and its charts."""
     now = timezone.now()
-    client = store.get_redis()
     overview = store.console_overview(catalog.console_keys())
     groups = store.groups_backlog()
     tasks = [
