@@ -51,12 +51,14 @@ def _ip(i: int) -> str:
     return f"10.{(i >> 16) & 255}.{(i >> 8) & 255}.{i & 255}"
 
 
-def _node_cpu(clients: list[Any]) -> list[float]:
-    """used_cpu_user + used_cpu_sys of every node, in seconds."""
+def _node_cpu(clients: list[Any]) -> list[tuple[float, int, int]]:
+    """Per node: used_cpu_user + used_cpu_sys (s), and the bytes it received and sent."""
     out = []
     for c in clients:
         info = c.info("cpu")
-        out.append(float(info["used_cpu_user"]) + float(info["used_cpu_sys"]))
+        stats = c.info("stats")
+        cpu = float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+        out.append((cpu, int(stats["total_net_input_bytes"]), int(stats["total_net_output_bytes"])))
     return out
 
 
@@ -64,8 +66,10 @@ def _node_memory(clients: list[Any]) -> int:
     return sum(int(c.info("memory")["used_memory"]) for c in clients)
 
 
-def _phase(name: str, ops: int, elapsed: float, cpu0: list[float], cpu1: list[float]) -> dict:
-    used = [b - a for a, b in zip(cpu0, cpu1, strict=True)]
+def _phase(name: str, ops: int, elapsed: float, before: list[Any], after: list[Any]) -> dict:
+    used = [b[0] - a[0] for a, b in zip(before, after, strict=True)]
+    net_in = sum(b[1] - a[1] for a, b in zip(before, after, strict=True))
+    net_out = sum(b[2] - a[2] for a, b in zip(before, after, strict=True))
     total = sum(used) or 1e-9
     return {
         "phase": name,
@@ -75,10 +79,15 @@ def _phase(name: str, ops: int, elapsed: float, cpu0: list[float], cpu1: list[fl
         "redis_cpu_us_per_op": round(sum(used) * 1e6 / ops, 3),
         "redis_cpu_us_per_op_per_node": [round(u * 1e6 / ops, 3) for u in used],
         "redis_cpu_share_per_node": [round(u / total, 3) for u in used],
+        # Client <-> Redis traffic (the INFO calls themselves are a few hundred bytes).
+        "redis_net_in_bytes_per_op": round(net_in / ops, 1),
+        "redis_net_out_bytes_per_op": round(net_out / ops, 1),
     }
 
 
-async def _worker(nodes: list[str], connections: int, batch: int, rounds: int, conc: int) -> dict:
+async def _worker(
+    nodes: list[str], connections: int, batch: int, rounds: int, conc: int, inflight: int
+) -> dict:
     import django
     import redis
 
@@ -135,7 +144,7 @@ async def _worker(nodes: list[str], connections: int, batch: int, rounds: int, c
             res = await store.heartbeat_many(*pre, chunk, {"msg:heartbeat": len(chunk)})
         alive += sum(1 for r in res if int(r) == 1)
 
-    sem = asyncio.Semaphore(max(1, conc // 16))  # batches in flight: a few processes' ticks
+    sem = asyncio.Semaphore(inflight)  # batches in flight: a few web processes' ticks
     cpu0, t0 = _node_cpu(direct), time.perf_counter()
     await asyncio.gather(*(one_batch(c) for c in chunks))
     t1, cpu1 = time.perf_counter(), _node_cpu(direct)
@@ -184,6 +193,7 @@ def run_shape(
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(nodes)]
     cmd += ["--store-connections", str(o.store_connections), "--batch", str(o.batch)]
     cmd += ["--rounds", str(o.rounds), "--concurrency", str(o.concurrency)]
+    cmd += ["--inflight", str(o.inflight)]
     out = subprocess.run(
         cmd, cwd=tree, env=_env(tree, tmp, redis_url, extra), capture_output=True, text=True
     )
@@ -306,7 +316,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--store-connections", type=int, default=100_000)
     p.add_argument("--batch", type=int, default=500, help="heartbeats per call")
     p.add_argument("--rounds", type=int, default=3, help="heartbeats per connection")
-    p.add_argument("--concurrency", type=int, default=64, help="connects/joins in flight")
+    # 16: more connects at once only opened more sockets at once on this 2-core machine (their
+    # connect timeouts fired under load); Redis runs one command at a time anyway.
+    p.add_argument("--concurrency", type=int, default=16, help="connects/joins in flight")
+    p.add_argument("--inflight", type=int, default=4, help="heartbeat batches in flight")
     p.add_argument("--shards", type=int, default=64, help="PRESENCE_SHARDS")
     p.add_argument("--repeat", type=int, default=1)
     p.add_argument("--before", help="tree of the code before sharding (git archive main)")
@@ -321,7 +334,7 @@ def main(argv: list[str] | None = None) -> None:
     """Driver (default) or, with ``--worker NODES``, one worker inside a tree."""
     o = parse_args(argv)
     if o.worker:
-        args = (o.store_connections, o.batch, o.rounds, o.concurrency)
+        args = (o.store_connections, o.batch, o.rounds, o.concurrency, o.inflight)
         result = asyncio.run(_worker(json.loads(o.worker), *args))
         print(json.dumps(result))
         return
