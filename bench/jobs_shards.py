@@ -181,6 +181,8 @@ def run(o: Any) -> list[dict[str, Any]]:
             "DJANGO_DEBUG": "false",
             "DJANGO_SECRET_KEY": secrets.token_hex(32),
             "DJANGO_LOG_LEVEL": "WARNING",
+            # The 2 s default fired on this loaded 2-core machine while sockets opened.
+            "PRESENCE_REDIS_CONNECT_TIMEOUT": "15",
             "PRESENCE_SHARDS": str(o.shards),
         }
     )

@@ -180,6 +180,8 @@ def _env(tree: Path, tmp: Path, redis_url: str, extra: dict[str, str]) -> dict[s
             "DJANGO_DEBUG": "false",
             "DJANGO_SECRET_KEY": secrets.token_hex(32),
             "DJANGO_LOG_LEVEL": "WARNING",
+            # The 2 s default fired on this loaded 2-core machine while sockets opened.
+            "PRESENCE_REDIS_CONNECT_TIMEOUT": "15",
         }
     )
     env.update(extra)
