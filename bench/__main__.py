@@ -21,6 +21,7 @@ choose its ports so that it can run beside other services.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import platform
@@ -136,9 +137,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--servers", default=",".join(SERVER_NAMES), help="comma-separated subset")
     p.add_argument(
         "--scenarios",
-        default="store,saturation,steady,storm,bigroom",
-        help="comma-separated subset of store,saturation,steady,storm,bigroom,profiling,hooks "
-        "(profiling and hooks are not in the default set: --scenarios hooks)",
+        default="store,store_shards,saturation,steady,storm,bigroom",
+        help="comma-separated subset of store,store_shards,jobs_shards,saturation,steady,storm,"
+        "bigroom,profiling,hooks (profiling, hooks and jobs_shards are not in the default set: "
+        "--scenarios hooks; store_shards/jobs_shards: bench/store_shards.py, bench/jobs_shards.py)",
+    )
+    p.add_argument(
+        "--before",
+        help="store_shards: a tree of the code before sharding, measured beside it on one Redis "
+        "(git archive <commit> | tar -x -C DIR)",
     )
     p.add_argument("--repeat", type=int, default=1, help="runs per pair, alternating order")
     p.add_argument("--workers", type=int, default=4, help="load-client processes")
@@ -508,6 +515,12 @@ def main(argv: list[str] | None = None) -> None:
             record["result"] = scenarios.run_store(args)
             records.append(record)
             print(json.dumps(record), flush=True)
+        for name in ("store_shards", "jobs_shards"):  # issue 19: own nodes and processes
+            if name in args.scenarios:
+                module: Any = importlib.import_module(f"bench.{name}")
+                record = {"scenario": name, "server": "-", "repeat": 0}
+                record["result"] = module.run_from_bench(args)
+                records.append(record)
         wanted = max(
             args.connections if "steady" in args.scenarios else 0,
             args.storm_clients if "storm" in args.scenarios else 0,
@@ -537,7 +550,7 @@ def main(argv: list[str] | None = None) -> None:
         for repeat in range(args.repeat):
             order = servers if repeat % 2 == 0 else servers[::-1]
             for scenario in args.scenarios:
-                if scenario in ("store", "hooks"):
+                if scenario in ("store", "hooks", "store_shards", "jobs_shards"):
                     continue
                 for name in order:
                     record = {"scenario": scenario, "server": name, "repeat": repeat}
