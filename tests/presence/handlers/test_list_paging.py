@@ -12,13 +12,18 @@ from presence import store
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(30)]
 
 
+# Far above the ids the test database hands out: with 1000 an earlier test's users could
+# push a real user's id (alice's, connected by socket) into the seeded range.
+SEED_BASE = 1_000_000_000
+
+
 async def seed(n: int, room: str | None = None) -> set[int]:
     """``n`` users online (no sockets), optionally in ``room``; their ids."""
-    for uid in range(1000, 1000 + n):
+    for uid in range(SEED_BASE, SEED_BASE + n):
         await store.connect(cid=f"c{uid}", uid=uid, username=f"u{uid}", channel="x")
         if room:
             await store.room_join(store.ConnRef(f"c{uid}", uid), room)
-    return set(range(1000, 1000 + n))
+    return set(range(SEED_BASE, SEED_BASE + n))
 
 
 async def pages(client: Any, data: dict[str, Any]) -> tuple[list[dict[str, Any]], set[int]]:
