@@ -189,6 +189,7 @@ from presence.store.reads import (
 from presence.store.rooms import (
     get_status,
     publish,
+    repair_rooms,
     room_join,
     room_join_sync,
     room_leave,
@@ -390,6 +391,7 @@ __all__ = [
     "release_task_lock",
     "release_user",
     "remove_process",
+    "repair_rooms",
     "reset_clients",
     "revoke_login",
     "revoke_user_credentials",

@@ -34,8 +34,8 @@ key                                type    anchor   content
 ``{S}:held``                       ZSET    shard    held leaves -> due ms: ``<uid>`` (user's
                                                     shard) or ``<uid>|<room>`` (room's shard)
 ``{S}:held:why``                   HASH    shard    held leave -> the close reason
-``{S}:rooms``                      ZSET    shard    room -> latest member expiry ms (the sweep's
-                                                    room repair reads it)
+``{S}:rooms``                      ZSET    shard    room -> lower bound of its members' expiry ms
+                                                    (repair_rooms.lua's index; on the room's shard)
 ``{S}:conn:<cid>``                 HASH    user     uid, username, channel, exp, at, ip, login
 ``{S}:conn:<cid>:rooms``           SET     user     rooms the connection joined (authoritative)
 ``{S}:user:<uid>``                 HASH    user     username, status
@@ -75,6 +75,10 @@ from collections.abc import Iterable
 
 from presence.conf import app_settings
 from presence.store.shards import shard_tag
+
+# What joins a room's key and a uid into the room-user set's key: repair_rooms.lua builds
+# the set's key of each lapsed member it finds from it (it cannot know the members up front).
+ROOM_USER_SUFFIX = ":user:"
 
 
 class Keys:
@@ -166,7 +170,7 @@ class Keys:
         return f"{self.tag}:room:{room}"
 
     def room_user(self, room: str, uid: int | str) -> str:
-        return f"{self.tag}:room:{room}:user:{uid}"
+        return f"{self.room(room)}{ROOM_USER_SUFFIX}{uid}"
 
     # ---- the connect gate (connect.lua; presence/actions/revocation.py, docs/operations.md)
     def addr_conns(self, ip: str) -> str:
@@ -205,7 +209,8 @@ class Keys:
 
     @property
     def rooms(self) -> str:
-        """The shard's rooms: room -> latest expiry ms of a member (the sweep's repair index)."""
+        """The shard's rooms: room -> a lower bound of its members' expiry ms (joins lower it;
+        repair_rooms.lua resets it to the oldest member's score, or drops an empty room)."""
         return f"{self.tag}:rooms"
 
 

@@ -5,58 +5,134 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from redis.exceptions import ResponseError
+
 from presence.store.clients import grace_ms, log_maxlen, now_ms
 from presence.store.connections import ConnRef
-from presence.store.keys import keys
+from presence.store.keys import ROOM_USER_SUFFIX, keys
 from presence.store.scripts import script
+from presence.store.shards import room_home, user_home
 from presence.store.topology import aclient_for, client_for
 
 
-def _plan_room_join(conn: ConnRef, room: str, now: int) -> tuple[list[str], list[Any]]:
-    k = keys()
-    return (
-        [
-            k.conn(conn.cid),
-            k.conn_rooms(conn.cid),
-            k.room(room),
-            k.room_user(room, conn.uid),
-            k.user(conn.uid),
-            k.events,
-        ],
-        [now, grace_ms(), conn.cid, conn.uid, room, log_maxlen()],
-    )
+# A join and a leave run in two halves (docs/presence.md, "Rooms across shards"): the user
+# half on the user's shard first (conn:<cid>:rooms is authoritative), then the room half on
+# the room's shard, idempotent by connection id. A retry after a timeout re-runs both and
+# logs nothing twice; a process killed between the halves leaves at most a room entry that
+# lapses, which repair_rooms (the sweep) removes and logs.
+def _join_user_half(conn: ConnRef, room: str) -> tuple[int, list[str], list[Any]]:
+    shard = user_home(conn.uid)
+    k = keys(shard)
+    return shard, [k.conn(conn.cid), k.conn_rooms(conn.cid), k.user(conn.uid)], [grace_ms(), room]
+
+
+def _join_room_half(
+    conn: ConnRef, room: str, now: int, user_half: list[Any]
+) -> tuple[int, list[str], list[Any]]:
+    shard = room_home(room)
+    k = keys(shard)
+    exp, username, status = user_half[0], user_half[1], user_half[2]
+    ks = [k.room(room), k.room_user(room, conn.uid), k.rooms, k.events]
+    args = [now, grace_ms(), conn.cid, conn.uid, room, log_maxlen(), exp, username, status]
+    return shard, ks, args
 
 
 async def room_join(conn: ConnRef, room: str, *, now: int | None = None) -> int:
-    """Add the connection to ``room``: 1 user joined (logged), 0 already there, -1 gone."""
-    client = aclient_for(0)  # the shard of its keys: shard 0 until the scripts are split
-    ks, args = _plan_room_join(conn, room, now or now_ms())
-    return int(await script("room_join").arun(client, ks, args))
+    """Add the connection to ``room``: 1 user joined (logged), 0 already there, -1 gone.
+
+    Two round trips (the user half, then the room half): a join is not the hot path."""
+    now = now or now_ms()
+    shard, ks, args = _join_user_half(conn, room)
+    user_half = await script("room_join_user").arun(aclient_for(shard), ks, args)
+    if user_half == -1:
+        return -1
+    shard, ks, args = _join_room_half(conn, room, now, user_half)
+    try:
+        return int(await script("room_join_room").arun(aclient_for(shard), ks, args))
+    except ResponseError:
+        # The room half failed before its first write (a script checks every key first):
+        # take the room back off the connection. Not on a timeout: the half may have run,
+        # and a retry of the join (or the repair) settles that case.
+        if user_half[3] == 1:
+            await script("room_leave_user").arun(
+                aclient_for(user_home(conn.uid)), *_undo(conn, room)
+            )
+        raise
 
 
 def room_join_sync(conn: ConnRef, room: str, *, now: int | None = None) -> int:
     """Sync twin of :func:`room_join` (tests and tasks)."""
-    client = client_for(0)  # the shard of its keys: shard 0 until the scripts are split
-    ks, args = _plan_room_join(conn, room, now or now_ms())
-    return int(script("room_join").run(client, ks, args))
+    now = now or now_ms()
+    shard, ks, args = _join_user_half(conn, room)
+    user_half = script("room_join_user").run(client_for(shard), ks, args)
+    if user_half == -1:
+        return -1
+    shard, ks, args = _join_room_half(conn, room, now, user_half)
+    try:
+        return int(script("room_join_room").run(client_for(shard), ks, args))
+    except ResponseError:  # as room_join
+        if user_half[3] == 1:
+            script("room_leave_user").run(client_for(user_home(conn.uid)), *_undo(conn, room))
+        raise
+
+
+def _undo(conn: ConnRef, room: str) -> tuple[list[str], list[Any]]:
+    """room_leave_user.lua's keys and args: a user half of a join taken back."""
+    k = keys(user_home(conn.uid))
+    return [k.conn_rooms(conn.cid), k.user(conn.uid)], [room]
 
 
 async def room_leave(conn: ConnRef, room: str) -> bool:
-    """Take the connection out of ``room``; True when the user left it altogether (logged)."""
-    client = aclient_for(0)  # the shard of its keys: shard 0 until the scripts are split
-    k = keys()
-    left = await script("room_leave").arun(
-        client,
-        [
-            k.conn_rooms(conn.cid),
-            k.room(room),
-            k.room_user(room, conn.uid),
-            k.user(conn.uid),
-            k.events,
-        ],
-        [conn.cid, conn.uid, room, now_ms(), log_maxlen()],
+    """Take the connection out of ``room``; True when the user left it altogether (logged).
+
+    The room half runs even when the user half found no such room on the connection: it
+    finishes a leave whose first attempt died between the halves, and changes nothing else."""
+    shard = user_home(conn.uid)
+    k = keys(shard)
+    user_ks = [k.conn_rooms(conn.cid), k.user(conn.uid)]
+    removed, username, status = await script("room_leave_user").arun(
+        aclient_for(shard), user_ks, [room]
     )
+    room_k = keys(room_home(room))
+    try:
+        left = await script("room_leave_room").arun(
+            aclient_for(room_k.shard),
+            [room_k.room(room), room_k.room_user(room, conn.uid), room_k.events],
+            [conn.cid, conn.uid, room, now_ms(), log_maxlen(), username, status],
+        )
+    except ResponseError:
+        # As in room_join: the room half wrote nothing, so the room goes back on the
+        # connection (room_join_user.lua notes it again; a connection gone stays gone).
+        if removed == 1:
+            undo = [k.conn(conn.cid), k.conn_rooms(conn.cid), k.user(conn.uid)]
+            await script("room_join_user").arun(aclient_for(shard), undo, [grace_ms(), room])
+        raise
     return int(left) == 1
+
+
+def repair_rooms(shard: int, now: int | None = None, *, batch: int = 200) -> int:
+    """Remove ``shard``'s lapsed room members and log their leaves (repair_rooms.lua).
+
+    Lapsed = the member's score is at least PRESENCE_KEY_GRACE in the past: what a process
+    killed between the halves of a join or an end left (a graceful end and the sweep remove
+    members themselves). Idempotent; the sweep calls it per shard. Rooms come from the
+    shard's rooms index in batches of ``batch``, one round trip each plus one read.
+    Returns the number of leaves logged.
+    """
+    now = now or now_ms()
+    cutoff = now - grace_ms()
+    client, k = client_for(shard), keys(shard)
+    logged = 0
+    while True:
+        raw: Any = client.zrangebyscore(k.rooms, "-inf", cutoff, start=0, num=batch)
+        rooms = [str(room) for room in raw]
+        if not rooms:
+            return logged
+        ks = [k.rooms, k.events, *(k.room(room) for room in rooms)]
+        args = [now, cutoff, log_maxlen(), ROOM_USER_SUFFIX, *rooms]
+        logged += int(script("repair_rooms").run(client, ks, args))
+        if len(rooms) < batch:
+            return logged
 
 
 async def get_status(uid: int) -> str:

@@ -51,6 +51,22 @@ def ip_shard(ip: str) -> int:
     return _hash_shard("a", ip or "-")
 
 
+# WARNING: where presence state is written TODAY. The scripts are split into a user half and a
+# room half (rooms.py: join and leave; repair_rooms.lua), each on its own shard's keys, but the
+# event-log readers of this branch follow shard 0's stream only: until they follow every shard
+# (branch shard-log), both homes stay shard 0. Flipping them to user_shard/room_shard is the
+# one switch that moves state (tests/presence/store/test_split_rooms.py runs the halves with
+# the homes flipped, on one Redis and on a Cluster).
+def user_home(uid: int | str) -> int:
+    """The shard whose keys hold ``uid``'s presence state now (see the warning above)."""
+    return 0
+
+
+def room_home(room: str) -> int:
+    """The shard whose keys hold ``room``'s members now (see the warning above)."""
+    return 0
+
+
 def slot_range(shard: int, shards: int) -> tuple[int, int]:
     """Cluster slots [first, last] of slot bucket ``shard`` of ``shards`` equal buckets."""
     first = shard * REDIS_CLUSTER_HASH_SLOTS // shards

@@ -25,7 +25,7 @@ def seed_presence(
     status: str | None = None,
     channel: str | None = None,
 ) -> dict[int, list[str]]:
-    """Register live connections (connect.lua, room_join.lua, status.lua), no sockets.
+    """Register live connections (connect.lua, room_join_*.lua, status.lua), no sockets.
 
     Returns uid -> connection ids. Channel names lead nowhere unless ``channel`` is given.
     """

@@ -80,7 +80,7 @@ def join(
     occupied: bool = False,
     relisted: bool = False,
 ) -> Entry:
-    """The ``join`` entry connect.lua (room "") and room_join.lua log. ``occupied``: the room
+    """The ``join`` entry connect.lua (room "") and room_join_*.lua log. ``occupied``: the room
     had no member before (``o`` = 1); ``relisted``: the user's lapsed entry, never logged
     leaving, was still listed (``x`` = 1)."""
     entry = {

@@ -1,5 +1,5 @@
 """Appending presence events to the real event log in the tests of the hooks, in the format
-connect.lua, room_join.lua, room_leave.lua, end.lua and status.lua write (the Lua tests pin
+connect.lua, room_join_*.lua, room_leave_*.lua, end.lua and status.lua write (the Lua tests pin
 that format, ``o``/``v`` included)."""
 
 from __future__ import annotations

@@ -41,7 +41,7 @@ connection). The server-side hooks send no second user.online for such a join.
 The grace window: when the user's leave is held (their last connection closed less than
 PRESENCE_LEAVE_GRACE ago; end.lua), this connect takes the hold back: nobody saw the user
 leave, so no join is logged either, and the status is kept (joined is 0). The holds of
-their rooms stay: a room rejoined in time logs nothing (room_join.lua), one that is not
+their rooms stay: a room rejoined in time logs nothing (room_join_room.lua), one that is not
 is left when its hold expires (release_held.lua).
 
 Returns {joined, status, open_id}: joined is 1 when the user had no live connection before

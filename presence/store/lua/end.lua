@@ -45,7 +45,7 @@ in a room, or their last live connection -- it is held instead: the user stays a
 `held` = due), the leave is entered in {P}:held with its reason in {P}:held:why, and the
 entry's global_left is 2 ("held": the caller schedules release_held.lua). A connect of the
 user within the window cancels the global hold and logs no join (connect.lua); a room
-join finds the user still a member and logs none (room_join.lua). release_held.lua logs
+join finds the user still a member and logs none (room_join_room.lua). release_held.lua logs
 the leaves still due. Exactly one leave either way: ZREM of the user from {P}:users (or from
 the room's zset) is what logs it, here or there, and a leave logged here drops the hold.
 

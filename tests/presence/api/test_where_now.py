@@ -1,7 +1,7 @@
 """Where-now: ``GET /api/presence/users/<id>/`` lists the rooms the user is in, filtered
 through PRESENCE_ROOM_AUTHORIZER for the asking user, in a fixed number of Redis round trips.
 
-Presence is registered through the real scripts (connect.lua, room_join.lua); round trips
+Presence is registered through the real scripts (connect.lua, room_join_*.lua); round trips
 are counted server-side (MONITOR).
 """
 

@@ -102,6 +102,9 @@ async def test_job_scripts(on_cluster: None) -> None:
     [swept] = store.end_swept_connections([store.ConnRef("c4", 4)])
     assert swept.state == 1
     assert store.ack_swept(client, batch.deadline, ["c4"]) == 1
+    await store.connect(cid="c5", uid=5, username="u5", channel="c", now=past)
+    assert store.room_join_sync(store.ConnRef("c5", 5), "hall", now=past) == 1
+    assert store.repair_rooms(0, past + 120_000 + 3_600_000) == 1
     assert store.claim_stats(client, "f1") is True
     assert store.release_stats_claim(client, "f1") is True
     token = store.acquire_task_lock(client, "sweep", 10_000)

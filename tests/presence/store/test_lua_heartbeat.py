@@ -21,7 +21,7 @@ async def connect(cid: str, uid: int, now: int) -> None:
 
 
 def join_room(r: redis.Redis, cid: str, uid: int, room: str, now: int) -> int:
-    """room_join.lua with an explicit ``now``."""
+    """room_join_*.lua with an explicit ``now``."""
     return store.room_join_sync(store.ConnRef(cid, uid), room, now=now)
 
 

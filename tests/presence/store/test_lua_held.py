@@ -1,4 +1,4 @@
-"""The grace window in the scripts: end.lua holds, connect.lua takes back, room_join.lua
+"""The grace window in the scripts: end.lua holds, connect.lua takes back, room_join_*.lua
 finds the member still there, release_held.lua logs what is due -- each leave exactly once.
 
 Real scripts against the private Redis, with explicit times (no sleeping): a close at t0+1

@@ -1,4 +1,5 @@
-"""room_join.lua and room_leave.lua, run against the private Redis; status.lua and publish.lua.
+"""The halves of a room join and leave (room_join_user/room_join_room.lua,
+room_leave_user/room_leave_room.lua), run against the private Redis; status.lua and publish.lua.
 
 Covers join/leave return codes (join and leave events only for a user's first / last
 connection in a room, as logged), unknown connections, lapsed members, key expiry, and room
@@ -24,12 +25,12 @@ async def connect(cid: str, uid: int, now: int | None = None) -> store.ConnRef:
 
 
 async def join(conn: store.ConnRef, room: str, now: int | None = None) -> int:
-    """room_join.lua through the store: 1 the user joined, 0 already in, -1 unknown."""
+    """room_join_*.lua through the store: 1 the user joined, 0 already in, -1 unknown."""
     return await store.room_join(conn, room, now=now)
 
 
 async def leave(conn: store.ConnRef, room: str) -> bool:
-    """room_leave.lua through the store: True when the user left the room altogether."""
+    """room_leave_*.lua through the store: True when the user left the room altogether."""
     return await store.room_leave(conn, room)
 
 
@@ -118,17 +119,38 @@ class TestJoin:
         assert logged(r, since=mark) == [joined("lobby", 7, now, relisted=True)]
 
     async def test_raw_evalsha(self, r: redis.Redis) -> None:
-        """KEYS/ARGV/return exactly as the script header documents them."""
+        """KEYS/ARGV/return of both halves exactly as the script headers document them."""
         k, now = store.keys(), store.now_ms()
         await connect("c1", 7)
-        sha = r.script_load(store.script("room_join").source)
-        ks = [k.conn("c1"), k.conn_rooms("c1"), k.room("lobby"), k.room_user("lobby", 7)]
-        ks += [k.user(7), k.events]
+        exp = r.hget(k.conn("c1"), "exp")
+        user_sha = r.script_load(store.script("room_join_user").source)
+        room_sha = r.script_load(store.script("room_join_room").source)
+        user_ks = [k.conn("c1"), k.conn_rooms("c1"), k.user(7)]
+        room_ks = [k.room("lobby"), k.room_user("lobby", 7), k.rooms, k.events]
         mark = log_mark(r)
 
-        assert r.evalsha(sha, 6, *ks, now, GRACE_MS, "c1", 7, "lobby", 1_000) == 1
-        assert r.evalsha(sha, 6, *ks, now, GRACE_MS, "c1", 7, "lobby", 1_000) == 0
+        assert r.evalsha(user_sha, 3, *user_ks, GRACE_MS, "lobby") == [exp, "user7", "online", 1]
+        room_args = [now, GRACE_MS, "c1", 7, "lobby", 1_000, exp, "user7", "online"]
+        assert r.evalsha(room_sha, 4, *room_ks, *room_args) == 1
+        # A retry: the user half finds the room noted, the room half changes nothing.
+        assert r.evalsha(user_sha, 3, *user_ks, GRACE_MS, "lobby") == [exp, "user7", "online", 0]
+        assert r.evalsha(room_sha, 4, *room_ks, *room_args) == 0
         assert logged(r, since=mark) == [joined("lobby", 7, now, occupied=True)]
+        assert r.zscore(k.rooms, "lobby") == float(exp or 0)
+        assert r.evalsha(user_sha, 3, k.conn("x"), k.conn_rooms("x"), k.user(7), 1, "a") == -1
+
+    async def test_retry_after_the_user_half_alone_joins_once(self, r: redis.Redis) -> None:
+        """A join whose first attempt died between the halves: the retry finishes it."""
+        k, now = store.keys(), store.now_ms()
+        conn = await connect("c1", 7)
+        user_ks = [k.conn("c1"), k.conn_rooms("c1"), k.user(7)]
+        store.script("room_join_user").run(r, user_ks, [GRACE_MS, "lobby"])
+        mark = log_mark(r)
+
+        assert await join(conn, "lobby", now) == 1
+        assert await join(conn, "lobby", now) == 0
+        assert logged(r, since=mark) == [joined("lobby", 7, now, occupied=True)]
+        assert r.smembers(k.room_user("lobby", 7)) == {"c1"}
 
 
 class TestLeave:
@@ -198,16 +220,21 @@ class TestLeave:
         assert logged(r, since=mark) == [joined("lobby", 7, now, occupied=True)]
 
     async def test_raw_evalsha(self, r: redis.Redis) -> None:
-        """KEYS/ARGV/return exactly as the script header documents them."""
+        """KEYS/ARGV/return of both halves exactly as the script headers document them."""
         k, now = store.keys(), store.now_ms()
         conn = await connect("c1", 7)
         await join(conn, "lobby")
-        sha = r.script_load(store.script("room_leave").source)
-        ks = [k.conn_rooms("c1"), k.room("lobby"), k.room_user("lobby", 7), k.user(7), k.events]
+        user_sha = r.script_load(store.script("room_leave_user").source)
+        room_sha = r.script_load(store.script("room_leave_room").source)
+        user_ks = [k.conn_rooms("c1"), k.user(7)]
+        room_ks = [k.room("lobby"), k.room_user("lobby", 7), k.events]
+        room_args = ["c1", 7, "lobby", now, 1_000, "user7", "online"]
         mark = log_mark(r)
 
-        assert r.evalsha(sha, 5, *ks, "c1", 7, "lobby", now, 1_000) == 1
-        assert r.evalsha(sha, 5, *ks, "c1", 7, "lobby", now, 1_000) == 0
+        assert r.evalsha(user_sha, 2, *user_ks, "lobby") == [1, "user7", "online"]
+        assert r.evalsha(room_sha, 3, *room_ks, *room_args) == 1
+        assert r.evalsha(user_sha, 2, *user_ks, "lobby") == [0, "user7", "online"]
+        assert r.evalsha(room_sha, 3, *room_ks, *room_args) == 0
         assert logged(r, since=mark) == [
             {
                 "k": "leave",
@@ -220,6 +247,74 @@ class TestLeave:
                 "v": "1",
             }
         ]
+
+    async def test_retry_after_the_user_half_alone_leaves_once(self, r: redis.Redis) -> None:
+        """A leave whose first attempt died between the halves: the retry finishes it."""
+        k = store.keys()
+        conn = await connect("c1", 7)
+        await join(conn, "lobby")
+        store.script("room_leave_user").run(r, [k.conn_rooms("c1"), k.user(7)], ["lobby"])
+        mark = log_mark(r)
+
+        assert await leave(conn, "lobby") is True
+        assert await leave(conn, "lobby") is False
+        assert [(e["k"], e["r"], e["u"]) for e in logged(r, since=mark)] == [
+            ("leave", "lobby", "7")
+        ]
+        assert r.zscore(k.room("lobby"), "7") is None
+
+
+class TestRepair:
+    """repair_rooms.lua through store.repair_rooms: members lapsed for longer than the key
+    grace are removed and logged leaving, once; live members and the index stay right."""
+
+    async def test_lapsed_member_is_removed_and_logged_once(self, r: redis.Redis) -> None:
+        k, now = store.keys(), store.now_ms()
+        later = now + TTL_MS + GRACE_MS + 5_000  # "old" lapsed a key grace ago by then
+        assert await join(await connect("old", 7, now), "lobby", now) == 1
+        assert await join(await connect("live", 8, later), "lobby", later) == 1
+        mark = log_mark(r)
+
+        assert store.repair_rooms(0, later) == 1
+        assert store.repair_rooms(0, later) == 0
+
+        assert r.zrange(k.room("lobby"), 0, -1) == ["8"]
+        assert not r.exists(k.room_user("lobby", 7))
+        assert r.smembers(k.room_user("lobby", 8)) == {"live"}
+        # The index now holds the oldest remaining member's expiry.
+        assert r.zscore(k.rooms, "lobby") == r.zscore(k.room("lobby"), "8")
+        assert logged(r, since=mark) == [
+            {
+                "k": "leave",
+                "t": str(later),
+                "r": "lobby",
+                "u": "7",
+                "n": "",
+                "s": "offline",
+                "why": "timeout",
+            }
+        ]
+
+    async def test_member_lapsed_within_the_key_grace_is_left_to_the_sweep(
+        self, r: redis.Redis
+    ) -> None:
+        now = store.now_ms()
+        assert await join(await connect("old", 7, now), "lobby", now) == 1
+        mark = log_mark(r)
+
+        assert store.repair_rooms(0, now + TTL_MS + 1_000) == 0
+        assert r.zscore(store.keys().room("lobby"), "7") is not None
+        assert logged(r, since=mark) == []
+
+    async def test_last_lapsed_member_vacates_and_leaves_the_index(self, r: redis.Redis) -> None:
+        k, now = store.keys(), store.now_ms()
+        assert await join(await connect("old", 7, now), "lobby", now) == 1
+        assert await join(await connect("other", 9, now), "hall", now) == 1
+        mark = log_mark(r)
+
+        assert store.repair_rooms(0, now + TTL_MS + GRACE_MS + 5_000, batch=1) == 2
+        assert r.zcard(k.rooms) == 0
+        assert [e.get("v") for e in logged(r, since=mark)] == ["1", "1"]
 
 
 class TestOccupancy:
