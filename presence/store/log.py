@@ -35,25 +35,14 @@ from presence.store import topology
 from presence.store.clients import bounded, now_ms, on_reset
 from presence.store.keys import Keys
 from presence.store.reads import is_held
-from presence.store.shards import all_shards
+
+# Where a room's and a user's keys (and events) live: presence/store/shards.py, the one place
+# the store's split moves them from shard 0 to room_shard / user_shard.
+from presence.store.shards import all_shards, room_home, user_home
 
 LogEntry = tuple[str, dict[str, str]]
 # One entry of one shard's stream: (shard, id, fields).
 ShardEntry = tuple[int, str, dict[str, str]]
-
-
-# Where the store keeps a room's keys and a user's keys today. The design anchors them on
-# room_shard(room) and user_shard(uid) (presence/store/keys.py), but the store's scripts still
-# run on shard 0 ("shard 0 until the scripts are split": store/rooms.py, connections.py,
-# reads.py); these two follow the store, and become room_shard / user_shard with that split.
-def room_home(room: str) -> int:
-    """The shard holding ``room``'s keys and logging its events."""
-    return 0
-
-
-def user_home(uid: str) -> int:
-    """The shard holding ``uid``'s keys (name, status, connections)."""
-    return 0
 
 
 def polled() -> bool:

@@ -51,12 +51,15 @@ def ip_shard(ip: str) -> int:
     return _hash_shard("a", ip or "-")
 
 
-# WARNING: where presence state is written TODAY. The scripts are split into a user half and a
-# room half (rooms.py: join and leave; repair_rooms.lua), each on its own shard's keys, but the
-# event-log readers of this branch follow shard 0's stream only: until they follow every shard
-# (branch shard-log), both homes stay shard 0. Flipping them to user_shard/room_shard is the
-# one switch that moves state (tests/presence/store/test_split_rooms.py runs the halves with
-# the homes flipped, on one Redis and on a Cluster).
+# WARNING: where presence state is written TODAY. Room join and leave are split into a user
+# half and a room half (rooms.py; repair_rooms.lua), each on its own shard's keys, and the
+# event-log readers follow every shard's stream. But connect, heartbeat, end and reassert
+# (connections.py) still refresh and end a connection's rooms inside the user's script, and
+# status, held leaves and blocks are not split yet: until they are, both homes stay shard 0,
+# so one node holds all presence state (docs/operations.md, "Sharding": status). Flipping them
+# to user_shard/room_shard is the one switch that moves state
+# (tests/presence/store/test_split_rooms.py runs the room halves with the homes flipped, on one
+# Redis and on a Cluster). The event log (store/log.py) reads the same two functions.
 def user_home(uid: int | str) -> int:
     """The shard whose keys hold ``uid``'s presence state now (see the warning above)."""
     return 0
