@@ -1,9 +1,11 @@
 """Root of the test suite: registers the shared fixtures and runs the private redis-server.
 
-The Redis server is started once per test run on a free port (never the shared 6379) and
-emptied before each test; fault tests may kill and restart it through ``redis_server``.
-Fixtures live in ``tests/support/`` (see its ``__init__``), registered here: pytest accepts
-``pytest_plugins`` only in the root conftest.
+The Redis server is started once per test process on a free port (never the shared 6379)
+and emptied before each test; fault tests may kill and restart it through ``redis_server``.
+Under pytest-xdist (``make test`` runs ``-n``) every worker is such a process, with its own
+Redis and its own test database; the tests marked ``serial`` run in a second pass of their own
+(``--serial-pass``, see tests/README.md). Fixtures live in ``tests/support/`` (see its
+``__init__``), registered here: pytest accepts ``pytest_plugins`` only in the root conftest.
 """
 
 from __future__ import annotations
@@ -24,8 +26,23 @@ pytest_plugins = [
 ]
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--serial-pass",
+        action="store_true",
+        help="run only the tests marked serial (the second, one-process pass of make test)",
+    )
+
+
+def parallel(config: pytest.Config) -> bool:
+    """True in a pytest-xdist run (its controller or one of its workers)."""
+    return hasattr(config, "workerinput") or bool(getattr(config.option, "numprocesses", 0))
+
+
 def pytest_configure(config: pytest.Config) -> None:
     """Start the private Redis before any test touches settings that point at it."""
+    if parallel(config) and not hasattr(config, "workerinput"):
+        return  # the xdist controller runs no test; each worker starts its own Redis
     # Leaves are immediate unless a test turns the grace window on (tests/presence/grace/):
     # the suite's other tests describe what a close does, not when a held leave expires.
     # Set in the environment so that the servers and workers tests start inherit it.
@@ -37,6 +54,23 @@ def pytest_configure(config: pytest.Config) -> None:
     settings.PRESENCE_LEAVE_GRACE = float(os.environ["PRESENCE_LEAVE_GRACE"])
     redis.start()
     db.no_persistent_connections()
+    db.test_database_of_this_run()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Split the run in two passes: the xdist workers leave out the tests marked ``serial``
+    (they measure time or CPU, so they need the machine to themselves), ``--serial-pass`` runs
+    only those. A plain ``pytest`` without either runs everything in one process."""
+    if config.getoption("--serial-pass"):
+        keep = [item for item in items if item.get_closest_marker("serial")]
+    elif parallel(config):
+        keep = [item for item in items if not item.get_closest_marker("serial")]
+    else:
+        return
+    if len(keep) < len(items):
+        kept = set(keep)
+        config.hook.pytest_deselected(items=[item for item in items if item not in kept])
+        items[:] = keep
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
