@@ -115,6 +115,7 @@ class TestRecord:
 
 
 class TestRefreshTask:
+    @pytest.mark.serial  # measures the event loop's lag: other processes would distort it
     async def test_task_publishes_and_measures_loop_lag(self, r: Any, settings: Any) -> None:
         settings.PRESENCE_PROCESS_REFRESH = 0.3
         proc = LocalProcess()
