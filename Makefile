@@ -27,7 +27,7 @@ run: $(RUNTIME)
 # PYTEST_ARGS of one file (pytest's exit code 5); TEST_WORKERS=0 runs the first pass in-process.
 TEST_WORKERS ?= 4
 test: $(DEV) test-js
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist worksteal $(PYTEST_ARGS) || [ $$? -eq 5 ]
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist load $(PYTEST_ARGS) || [ $$? -eq 5 ]
 	$(BIN)/python -m pytest --serial-pass -p no:xdist $(PYTEST_ARGS) || [ $$? -eq 5 ]
 
 # The browser client's unit tests (node's own runner, no packages). Node.js is needed only here.

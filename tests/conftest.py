@@ -57,6 +57,10 @@ def pytest_configure(config: pytest.Config) -> None:
     db.test_database_of_this_run()
 
 
+def starts_no_process(item: pytest.Item) -> bool:
+    return not any(item.iter_markers("slow")) and not any(item.iter_markers("browser"))
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Split the run in two passes: the xdist workers leave out the tests marked ``serial``
     (they measure time or CPU, so they need the machine to themselves), ``--serial-pass`` runs
@@ -65,12 +69,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         keep = [item for item in items if item.get_closest_marker("serial")]
     elif parallel(config):
         keep = [item for item in items if not item.get_closest_marker("serial")]
+        # The tests that start processes first: xdist's load scheduler hands the first items
+        # out round-robin, so the long ones spread over the workers instead of ending the run
+        # on one of them (a stable sort: the order within each kind stays the collection's).
+        keep.sort(key=starts_no_process)
     else:
         return
-    if len(keep) < len(items):
-        kept = set(keep)
-        config.hook.pytest_deselected(items=[item for item in items if item not in kept])
-        items[:] = keep
+    kept = set(keep)
+    config.hook.pytest_deselected(items=[item for item in items if item not in kept])
+    items[:] = keep
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
