@@ -22,8 +22,13 @@ $(DEV): requirements.txt requirements-dev.txt $(RUNTIME)
 run: $(RUNTIME)
 	$(BIN)/python bin/run.py
 
+# Two passes (tests/README.md): TEST_WORKERS pytest-xdist workers for everything but the tests
+# marked serial, then those alone in one process. Either pass may select nothing for a
+# PYTEST_ARGS of one file (pytest's exit code 5); TEST_WORKERS=0 runs the first pass in-process.
+TEST_WORKERS ?= 4
 test: $(DEV) test-js
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist load $(PYTEST_ARGS) || [ $$? -eq 5 ]
+	$(BIN)/python -m pytest --serial-pass -p no:xdist $(PYTEST_ARGS) || [ $$? -eq 5 ]
 
 # The browser client's unit tests (node's own runner, no packages). Node.js is needed only here.
 test-js:

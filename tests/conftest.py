@@ -1,9 +1,11 @@
 """Root of the test suite: registers the shared fixtures and runs the private redis-server.
 
-The Redis server is started once per test run on a free port (never the shared 6379) and
-emptied before each test; fault tests may kill and restart it through ``redis_server``.
-Fixtures live in ``tests/support/`` (see its ``__init__``), registered here: pytest accepts
-``pytest_plugins`` only in the root conftest.
+The Redis server is started once per test process on a free port (never the shared 6379)
+and emptied before each test; fault tests may kill and restart it through ``redis_server``.
+Under pytest-xdist (``make test`` runs ``-n``) every worker is such a process, with its own
+Redis and its own test database; the tests marked ``serial`` run in a second pass of their own
+(``--serial-pass``, see tests/README.md). Fixtures live in ``tests/support/`` (see its
+``__init__``), registered here: pytest accepts ``pytest_plugins`` only in the root conftest.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ pytest_plugins = [
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    """``--presence-store``: the presence store the tests run on (tests/support/cluster.py)."""
+    """``--presence-store``: the presence store the tests run on (tests/support/cluster.py);
+    ``--serial-pass``: only the tests marked serial (make test's second pass)."""
     parser.addoption(
         "--presence-store",
         choices=("single", "cluster", "shards"),
@@ -34,10 +37,22 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="one Redis (default), a 3-primary Redis Cluster (PRESENCE_REDIS_CLUSTER_URL) or "
         "3 independent primaries (PRESENCE_REDIS_SHARD_URLS)",
     )
+    parser.addoption(
+        "--serial-pass",
+        action="store_true",
+        help="run only the tests marked serial (the second, one-process pass of make test)",
+    )
+
+
+def parallel(config: pytest.Config) -> bool:
+    """True in a pytest-xdist run (its controller or one of its workers)."""
+    return hasattr(config, "workerinput") or bool(getattr(config.option, "numprocesses", 0))
 
 
 def pytest_configure(config: pytest.Config) -> None:
     """Start the private Redis before any test touches settings that point at it."""
+    if parallel(config) and not hasattr(config, "workerinput"):
+        return  # the xdist controller runs no test; each worker starts its own Redis
     # Leaves are immediate unless a test turns the grace window on (tests/presence/grace/):
     # the suite's other tests describe what a close does, not when a held leave expires.
     # Set in the environment so that the servers and workers tests start inherit it.
@@ -52,6 +67,30 @@ def pytest_configure(config: pytest.Config) -> None:
     from tests.support.cluster import start_store_shape
 
     start_store_shape(config.getoption("--presence-store"))
+    db.test_database_of_this_run()
+
+
+def starts_no_process(item: pytest.Item) -> bool:
+    return not any(item.iter_markers("slow")) and not any(item.iter_markers("browser"))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Split the run in two passes: the xdist workers leave out the tests marked ``serial``
+    (they measure time or CPU, so they need the machine to themselves), ``--serial-pass`` runs
+    only those. A plain ``pytest`` without either runs everything in one process."""
+    if config.getoption("--serial-pass"):
+        keep = [item for item in items if item.get_closest_marker("serial")]
+    elif parallel(config):
+        keep = [item for item in items if not item.get_closest_marker("serial")]
+        # The tests that start processes first: xdist's load scheduler hands the first items
+        # out round-robin, so the long ones spread over the workers instead of ending the run
+        # on one of them (a stable sort: the order within each kind stays the collection's).
+        keep.sort(key=starts_no_process)
+    else:
+        return
+    kept = set(keep)
+    config.hook.pytest_deselected(items=[item for item in items if item not in kept])
+    items[:] = keep
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

@@ -150,7 +150,9 @@ class TestFlushWorker:
             await bump(made, i)
             await asyncio.sleep(0.3)
 
-        await until(lambda: database_totals() == expected(made), what="flushed totals")
+        # A bound for a busy machine (a worker and a beat starting beside other tests): the
+        # totals must still match exactly.
+        await until(lambda: database_totals() == expected(made), within=45, what="flushed totals")
 
         for conn in live:
             row = await ConnectionSession.objects.aget(pk=conn.cid)

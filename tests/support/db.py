@@ -27,6 +27,24 @@ def no_persistent_connections() -> None:
         connections.settings[alias]["CONN_MAX_AGE"] = 0
 
 
+def test_database_of_this_run() -> None:
+    """A PostgreSQL test database named after this run (called from ``pytest_configure``).
+
+    Django's default ``test_<NAME>`` is one name for every run on the machine: a second run
+    (another worktree, or CI beside a developer) would drop the first one's database under it.
+    Named per run, as config/settings.py does for SQLite's file; pytest-django then appends
+    the xdist worker (``_gw0``), so each worker has a database of its own.
+    """
+    from django.db import connections
+
+    run = os.environ.get("PYTEST_XDIST_TESTRUNUID", "")[:8] or str(os.getpid())
+    for alias in connections:
+        s = connections.settings[alias]
+        test = s.setdefault("TEST", {})
+        if s["ENGINE"].endswith("postgresql") and not test.get("NAME") and not test.get("MIRROR"):
+            test["NAME"] = f"test_{s['NAME']}_{run}"
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _close_sync_thread_connections(django_db_setup: None) -> Iterator[None]:
     """Close the DB connection of asgiref's sync thread before the test DB is dropped.

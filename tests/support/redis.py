@@ -61,7 +61,10 @@ def redis_server() -> RedisServer:
 @pytest.fixture(autouse=True)
 def _clean_redis(redis_server: RedisServer) -> Iterator[None]:
     """Every test starts with an empty Redis and fresh clients."""
-    if not redis_server.ping():
+    if redis_server.process is None or redis_server.process.poll() is not None:
+        # A fault test killed it. Not "when PING fails": on a busy machine a PING can miss
+        # its 0.5 s while the server lives, and a second start on its port then returned on
+        # the old server's PONG and orphaned it (it outlived the run).
         redis_server.start()
     redis.Redis.from_url(redis_server.url).flushall()
     store.reset_clients()

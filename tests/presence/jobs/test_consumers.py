@@ -127,6 +127,7 @@ class TestInProcess:
         assert int(totals["entries_total"]) == 3
         assert totals["last_success_at_ms"]
 
+    @pytest.mark.serial  # measures the POST's latency: other processes would distort it
     def test_a_lone_webhook_event_is_posted_at_once(
         self, r: redis.Redis, settings: Settings
     ) -> None:

@@ -442,6 +442,7 @@ def orm_thread(fn: Callable[..., Any], *args: Any) -> Any:
 
 
 class TestSessionWriter:
+    @pytest.mark.serial  # measures the write-behind's latency: other processes would distort it
     async def test_rows_appear_within_a_second(
         self, log: Log, auser_factory: Callable[..., Any]
     ) -> None:

@@ -135,6 +135,7 @@ class TestClaimScript:
         claim(r, now=now)
         assert sorted(r.zrange(k.users, 0, -1)) == ["2", "3"]
 
+    @pytest.mark.serial  # measures its time on a million entries: other processes would distort it
     def test_no_expired_among_a_million_live_is_a_few_commands(self, r):
         """O(expired), not O(live): a run over 1,000,000 live connections touches none."""
         k = store.keys()

@@ -119,6 +119,7 @@ class TestNotAnswering:
 
 
 class TestProfile:
+    @pytest.mark.serial  # measures the sampler's CPU and rate: others would distort it
     def test_a_profile_names_the_busy_frames_and_reports_its_cost(self, r: Any) -> None:
         with ThreadedProcess() as p:
             answer = ask_process(p.id, "profile", by="alice", seconds=1.5)

@@ -69,6 +69,23 @@ class TestRedact:
             (f"WebSocket /ws/presence/?token={TOKEN}", TOKEN),
             (f"invalid token {TOKEN}", TOKEN.split(".")[-1]),
         ],
+        # Named after the secret's kind, not its value: SIGNED and TOKEN differ in every
+        # process, and pytest-xdist's workers must collect the same test ids.
+        ids=[
+            "query-token",
+            "query-token-amid",
+            "access-token",
+            "bearer",
+            "basic",
+            "cookie-session",
+            "cookie-csrf",
+            "subprotocol-signed",
+            "exception-signed",
+            "subprotocol-token",
+            "subprotocol-token-first",
+            "url-token",
+            "exception-token",
+        ],
     )
     def test_secrets_are_removed(self, line: str, secret: str) -> None:
         out = redact(line)

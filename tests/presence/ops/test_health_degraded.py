@@ -57,6 +57,7 @@ def own_broker(tmp_path: Path) -> Iterator[RedisServer]:
         server.stop()
 
 
+@pytest.mark.serial  # measures the probe's bound in wall time: other processes would distort it
 def test_broker_away_is_degraded_then_ready_again(own_broker: RedisServer) -> None:
     sweep_ran()
     status, body, _ = readyz()
@@ -79,6 +80,7 @@ def test_broker_away_is_degraded_then_ready_again(own_broker: RedisServer) -> No
 
 
 @pytest.mark.slow
+@pytest.mark.serial  # measures the probe's bound in wall time, as above
 def test_store_and_layer_degraded_during_a_failover_then_ready(
     sentinel_topology: SentinelTopology, settings: Any
 ) -> None:
