@@ -70,6 +70,7 @@ class SweepReport(RunReport):
     sessions_ended: int = 0  # database rows this run ended
     expire_sent: int = 0  # presence.expire messages sent to sockets
     released: int = 0  # held leaves (the grace window) logged by this run
+    repaired: int = 0  # room members a half-done join or end left, removed (leave logged)
     capped: bool = False  # stopped by SWEEP_MAX_BATCHES or the time budget
 
     def totals(self) -> dict[str, int]:
@@ -172,7 +173,8 @@ def run_sweep(report: SweepReport | None = None) -> SweepReport:
 
 def sweep_shard(shard: int, report: SweepReport) -> SweepReport:
     """Sweep one shard without its lock: batches until none is left, the cap or the time
-    budget; then the shard's due held leaves."""
+    budget; then the shard's half-done rooms (store.repair_rooms: a process killed between
+    the user half and the room half of a join or an end) and its due held leaves."""
     client = store.client_for(shard)
     size = app_settings.SWEEP_BATCH_SIZE
     timeout_ms = int(app_settings.SWEEP_CLAIM_TIMEOUT * 1000)
@@ -191,6 +193,9 @@ def sweep_shard(shard: int, report: SweepReport) -> SweepReport:
             break  # database down: keep the claims, try again next period
         if len(batch.claims) < size:
             break
+    # Room members lapsed past the key grace with no end to remove them: idempotent, so two
+    # runs racing on a shard log each leave once (repair_rooms.lua).
+    report.repaired += store.repair_rooms(shard)
     # Leaves the grace window held, due and not released by the process that held them (it
     # died, or its timer has not fired yet): whoever comes first logs each once.
     # store.release_due reads one held set (shard 0's keys) until the store keeps one per
@@ -210,6 +215,6 @@ def sweep_expired(*, period: float | None = None) -> SweepReport:
     report = run_sharded(
         TASK, lock_ttl_ms(), SweepReport(), SweepReport, sweep_shard, period=period
     )
-    if report.ended or report.sessions_ended or report.released or report.error:
+    if report.ended or report.sessions_ended or report.released or report.repaired or report.error:
         logger.info("sweep: %s", report)
     return report
