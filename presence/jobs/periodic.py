@@ -54,7 +54,13 @@ class RunReport:
 
     def totals(self) -> dict[str, int]:
         """Running totals this run adds to (``*_total`` fields of the task's metrics hash)."""
-        return {"runs_total": 1, "errors_total": 1 if self.error else 0}
+        totals = {"runs_total": 1, "errors_total": 1 if self.error else 0}
+        if self.shards or self.shards_skipped:
+            # Per-shard jobs: two runs of one period (two beats) may split the shards between
+            # them, so "runs" alone does not say the work ran once; shard runs do.
+            totals["shard_runs_total"] = self.shards
+            totals["shard_skips_total"] = self.shards_skipped
+        return totals
 
     def stats_counters(self, task: str) -> dict[str, int]:
         """Counters this run adds to the live stats hash (kept per minute by the flush)."""
@@ -118,7 +124,7 @@ def _record(task: str, report: RunReport) -> None:
             client,
             task,
             {"last_skipped_at_ms": store.now_ms()},
-            {"skipped_total": 1},
+            {"skipped_total": 1, "shard_skips_total": report.shards_skipped},
             {f"task:{task}:skipped": 1},
         )
         return

@@ -20,7 +20,6 @@ from typing import Any
 
 import pytest
 import redis
-import redis.asyncio as aredis
 from asgiref.sync import sync_to_async
 from django.db import connection as default_connection
 from django.db.backends.signals import connection_created
@@ -119,25 +118,24 @@ async def register(refs: list[store.ConnRef]) -> None:
         await store.connect(cid=ref.cid, uid=ref.uid, username="u", channel="x", now=now)
 
 
-def register_while_the_loop_waits(url: str, refs: list[store.ConnRef]) -> None:
-    """``register`` on a loop and client of its own in a thread, joined without awaiting:
-    nothing of the calling event loop runs before every connection is known."""
+def register_while_the_loop_waits(refs: list[store.ConnRef]) -> None:
+    """``register`` on a loop of its own (the store's clients are per event loop) in a
+    thread, joined without awaiting: nothing of the calling event loop runs before every
+    connection is known. The thread's exception, if any, is raised here."""
+    failure: list[BaseException] = []
 
-    async def run() -> None:
-        client = aredis.Redis.from_url(url)
+    def run() -> None:
         try:
-            now = store.now_ms()
-            for ref in refs:
-                await store.connect(
-                    client, cid=ref.cid, uid=ref.uid, username="u", channel="x", now=now
-                )
-        finally:
-            await client.aclose()
+            asyncio.run(register(refs))
+        except BaseException as exc:
+            failure.append(exc)
 
-    thread = threading.Thread(target=asyncio.run, args=(run(),))
+    thread = threading.Thread(target=run)
     thread.start()
     thread.join(10)
     assert not thread.is_alive(), "registering took over 10 s"
+    if failure:
+        raise failure[0]
 
 
 def _text(value: Any) -> str:
@@ -502,7 +500,7 @@ class TestRedisDown:
             redis_server.start()
             # Registered before this event loop runs again: a held retry in between would
             # find c1 unknown (HB_LOST), as it did on a busy machine.
-            register_while_the_loop_waits(redis_server.url, refs[:2])
+            register_while_the_loop_waits(refs[:2])
         assert await asyncio.gather(*held) == [store.HB_ALIVE] * 2
 
     async def test_a_broken_key_fails_at_once_and_is_not_held(self, r: redis.Redis) -> None:
