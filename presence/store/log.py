@@ -34,7 +34,7 @@ from presence.protocol.types import PresenceUser
 from presence.store import topology
 from presence.store.clients import bounded, now_ms, on_reset
 from presence.store.keys import Keys
-from presence.store.reads import is_held
+from presence.store.reads import present_user
 
 # Where a room's and a user's keys (and events) live: presence/store/shards.py, the one place
 # the store's split moves them from shard 0 to room_shard / user_shard.
@@ -387,17 +387,5 @@ async def _details(found: Sequence[tuple[int, str]]) -> list[PresenceUser]:
     got: dict[str, Any] = {}
     for part in await _gather(per_node(c, p) for c, p in _node_groups(by_shard)):
         got.update(part)
-    users: list[PresenceUser] = []
-    for uid in uids:
-        (username, status, held), connections = got[uid]
-        if int(connections) == 0 and not is_held(held, now):
-            continue  # lapsed between the two round trips
-        users.append(
-            {
-                "id": int(uid),
-                "username": username or "",
-                "status": status or "online",
-                "connections": int(connections),
-            }
-        )
-    return users
+    listed = (present_user(uid, got[uid][0], got[uid][1], now) for uid in uids)
+    return [user for user in listed if user is not None]

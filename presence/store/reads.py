@@ -38,22 +38,27 @@ def is_held(held: Any, now: int | None = None) -> bool:
     return held is not None and int(held) > (now or now_ms())
 
 
+def present_user(uid: str, detail: Any, connections: Any, now: int) -> PresenceUser | None:
+    """One listed user from their ``HMGET username status held`` and live connection count,
+    or None when they lapsed between the listing and this read (and no leave is held)."""
+    username, status, held = detail
+    if int(connections) == 0 and not is_held(held, now):
+        return None
+    return {
+        "id": int(uid),
+        "username": username or "",
+        "status": status or "online",
+        "connections": int(connections),
+    }
+
+
 def format_users(uids: Sequence[str], details: Sequence[Any]) -> list[PresenceUser]:
-    users: list[PresenceUser] = []
+    """The users of one pipelined details read (:func:`queue_details`), lapsed ones left out."""
     now = now_ms()
-    for i, uid in enumerate(uids):
-        (username, status, held), connections = details[2 * i], details[2 * i + 1]
-        if int(connections) == 0 and not is_held(held, now):
-            continue  # lapsed between the two round trips
-        users.append(
-            {
-                "id": int(uid),
-                "username": username or "",
-                "status": status or "online",
-                "connections": int(connections),
-            }
-        )
-    return users
+    found = (
+        present_user(uid, details[2 * i], details[2 * i + 1], now) for i, uid in enumerate(uids)
+    )
+    return [user for user in found if user is not None]
 
 
 # --------------------------------------------------------------------------- across shards
