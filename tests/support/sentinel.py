@@ -28,6 +28,9 @@ MASTER_NAME = "presence-primary"
 DOWN_AFTER_MS = 1000  # a node silent for 1 s is subjectively down
 FAILOVER_TIMEOUT_MS = 2000  # bounds a failover's steps; also 2x this between automatic failovers
 WAIT = 20.0  # default bound of every wait below (the machine is slow and shared)
+# The first sync of a new replica, at start: under the suite's parallel workers it once took
+# over 20 s (a fork and an RDB transfer queued behind four workers' processes).
+START_WAIT = 60.0
 
 Address = tuple[str, int]
 
@@ -195,7 +198,7 @@ class SentinelTopology:
             primary, replica = self.nodes
             primary.start()
             replica.start(replica_of=primary.address)
-            self._wait_replica_synced(replica, primary)
+            self._wait_replica_synced(replica, primary, START_WAIT)
             for sentinel in self.sentinels:
                 self._write_sentinel_conf(sentinel, primary.address, replica.address)
                 sentinel.start()
