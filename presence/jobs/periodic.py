@@ -151,7 +151,11 @@ def shard_workers() -> int:
     its primaries), at most SHARD_WORKERS_MAX; one (the caller's thread) on SQLite, which
     takes one writer at a time anyway (and whose test transactions other threads would wait
     for)."""
-    if connections["default"].vendor == "sqlite":
+    db = connections["default"]
+    # Inside a transaction of the caller (a test's, or a caller's atomic block) the pool's
+    # threads would write on their own connections and wait on the caller's row locks while
+    # the caller waits for them: seen as a hang on PostgreSQL. The caller's thread does it all.
+    if db.vendor == "sqlite" or db.in_atomic_block:
         return 1
     if store.shape() == "cluster":
         client: Any = store.client_for(0)  # a RedisCluster: its primaries
