@@ -323,6 +323,28 @@ def _parse_claim(raw: Any) -> tuple[str, int, int]:
     return str(raw[0]), len(raw[1]), len(deleted)
 
 
+def _absorb_claims(replies: dict[int, Any], starts: dict[int, str]) -> tuple[int, int, list[int]]:
+    """Fold one round of per-shard XAUTOCLAIM replies into ``starts`` (the next start per
+    shard; a shard is done at 0-0 or without its group): (claimed, trimmed, shards whose
+    group is missing). Any other error is raised."""
+    claimed = trimmed = 0
+    missing: list[int] = []
+    for shard, raw in replies.items():
+        if isinstance(raw, BaseException):
+            if not _is_nogroup(raw):
+                raise raw
+            missing.append(shard)
+            del starts[shard]
+            continue
+        start, n, gone = _parse_claim(raw)
+        claimed, trimmed = claimed + n, trimmed + gone
+        if start == "0-0":
+            del starts[shard]
+        else:
+            starts[shard] = start
+    return claimed, trimmed, missing
+
+
 def claim_group(
     group: str,
     consumer: str,
@@ -391,21 +413,8 @@ async def aclaim_group(
                 )
 
             replies = await cluster_round(client, list(current), queue)
-            missing = []
-            for shard in current:
-                raw = replies[shard]
-                if isinstance(raw, BaseException):
-                    if not _is_nogroup(raw):
-                        raise raw
-                    missing.append(shard)
-                    del starts[shard]
-                    continue
-                start, n, gone = _parse_claim(raw)
-                claimed, trimmed = claimed + n, trimmed + gone
-                if start == "0-0":
-                    del starts[shard]
-                else:
-                    starts[shard] = start
+            n, gone, missing = _absorb_claims({s: replies[s] for s in current}, starts)
+            claimed, trimmed = claimed + n, trimmed + gone
             if missing:
                 await aensure_group(group, missing)
             if not starts:
@@ -421,20 +430,8 @@ async def aclaim_group(
                     *_claim_args(group, consumer, shard, min_idle_ms, start, count)
                 )
             replies = await pipe.execute(raise_on_error=False)
-            missing = []
-            for shard, raw in zip(list(starts), replies, strict=True):
-                if isinstance(raw, Exception):
-                    if not _is_nogroup(raw):
-                        raise raw
-                    missing.append(shard)
-                    del starts[shard]
-                    continue
-                start, n, gone = _parse_claim(raw)
-                claimed, trimmed = claimed + n, trimmed + gone
-                if start == "0-0":
-                    del starts[shard]
-                else:
-                    starts[shard] = start
+            n, gone, missing = _absorb_claims(dict(zip(list(starts), replies, strict=True)), starts)
+            claimed, trimmed = claimed + n, trimmed + gone
             if missing:
                 await aensure_group(group, missing)
             if not starts:
