@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+import warnings
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import quote
@@ -60,7 +61,9 @@ def _close_sync_thread_connections(django_db_setup: None) -> Iterator[None]:
 
 
 @pytest.fixture(autouse=True)
-def _sync_thread_idle_before_db_teardown(_django_db_marker: None) -> Iterator[None]:
+def _sync_thread_idle_before_db_teardown(
+    _django_db_marker: None, request: pytest.FixtureRequest
+) -> Iterator[None]:
     """Wait for work still running on asgiref's sync thread before the database is reset.
 
     The session-row writer is a background task: when a test ends it may be inside a bulk
@@ -71,7 +74,33 @@ def _sync_thread_idle_before_db_teardown(_django_db_marker: None) -> Iterator[No
     yield
     from asgiref.sync import SyncToAsync
 
-    SyncToAsync.single_thread_executor.submit(lambda: None).result(timeout=30)
+    stuck = SyncToAsync.single_thread_executor.submit(_drop_stuck_connections).result(timeout=30)
+    if stuck:
+        warnings.warn(
+            f"{request.node.nodeid} left asgiref's sync thread's {', '.join(stuck)} connection "
+            "outside autocommit and outside a transaction; closed it",
+            stacklevel=1,
+        )
+
+
+def _drop_stuck_connections() -> list[str]:
+    """Close this thread's connections that are outside autocommit with no atomic block open.
+
+    An atomic block whose final commit or autocommit restore failed (a database down or
+    locked under a test's fault) leaves its connection so, and every later ``on_commit()`` on
+    it raises TransactionManagementError. Channels' database_sync_to_async drops such a
+    connection before each call (close_old_connections); the tests' plain sync_to_async calls
+    share one long-lived thread and do not, so one test's fault would fail every later async
+    test of its worker. The aliases closed are returned for the warning.
+    """
+    from django.db import connections
+
+    stuck = []
+    for conn in connections.all(initialized_only=True):
+        if conn.connection is not None and not conn.in_atomic_block and not conn.autocommit:
+            stuck.append(conn.alias)
+            conn.close()
+    return stuck
 
 
 def database_url() -> str:
