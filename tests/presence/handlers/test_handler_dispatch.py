@@ -21,6 +21,7 @@ from presence import store
 from presence.handlers import FrameError, HandlerContext, registry
 from presence.handlers.lifecycle import CONTROL_POLL_INTERVAL
 from presence.live.batching import get_writer
+from tests.support.db import session_log_written
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(60)]
 
@@ -260,6 +261,10 @@ class TestHotPathStats:
     ) -> None:
         alice = await ws_client(await auser_factory("alice"))
         await alice.request("room.join", {"room": "lobby"})
+        # The connect's session row is written behind on asgiref's sync thread: a write still
+        # open when the blocker starts could not restore autocommit (its connection stays
+        # outside autocommit for the tests after this one), so it is awaited first.
+        await session_log_written()
         # From here on any SQL, in any thread, raises: the handler would answer handler_error.
         with django_db_blocker.block():
             for i in range(5):
