@@ -13,7 +13,7 @@ from presence.store import shards
 from presence.store.clients import now_ms
 from presence.store.keys import keys
 from presence.store.shards import all_shards
-from presence.store.topology import aclient_for, client_for, split_by_node
+from presence.store.topology import aclient_for, client_for, shape, split_by_node
 
 
 def plan_index(room: str | None) -> str:
@@ -75,7 +75,7 @@ def _queue_counts(pipe: Any, shards: Sequence[int], now: int) -> None:
         pipe.zcount(keys(shard).users, f"({now}", "+inf")
 
 
-def _pick_ranges(counts: Sequence[int], skip: int, limit: int) -> list[tuple[int, int, int]]:
+def pick_ranges(counts: Sequence[int], skip: int, limit: int) -> list[tuple[int, int, int]]:
     """(shard, offset, how many) to read for members ``skip`` .. ``skip + limit`` of the
     shards' indexes laid end to end."""
     ranges = []
@@ -98,7 +98,7 @@ def _queue_details_on(pipe: Any, found: Sequence[tuple[int, str]], now: int) -> 
         pipe.zcount(k.user_conns(uid), f"({now}", "+inf")
 
 
-async def _afan_out(items: Sequence[Any], shard_of: Any, queue: Any) -> list[Any]:
+async def afan_out(items: Sequence[Any], shard_of: Any, queue: Any) -> list[Any]:
     """Queue ``queue(pipe, part)`` for the items of each node in one pipeline per node, run
     the nodes at once; the answers in the order of ``items``."""
     by_shard: dict[int, list[int]] = {}
@@ -121,14 +121,19 @@ async def _afan_out(items: Sequence[Any], shard_of: Any, queue: Any) -> list[Any
     return answers
 
 
-def _fan_out(items: Sequence[Any], shard_of: Any, queue: Any) -> list[Any]:
-    """Sync twin of :func:`_afan_out` (nodes one after the other)."""
+def fan_out(
+    items: Sequence[Any], shard_of: Any, queue: Any, *, snapshot: bool = False
+) -> list[Any]:
+    """Sync twin of :func:`afan_out` (nodes one after the other). ``snapshot``: each node's
+    pipeline is a MULTI (a consistent read of that node; not on a Cluster, whose
+    transactions must stay in one slot)."""
+    transaction = snapshot and shape() != "cluster"
     by_shard: dict[int, list[int]] = {}
     for i, item in enumerate(items):
         by_shard.setdefault(shard_of(item), []).append(i)
     answers: list[Any] = [None] * len(items)
     for part in split_by_node(sorted(by_shard)):
-        pipe = client_for(part[0]).pipeline(transaction=False)
+        pipe = client_for(part[0]).pipeline(transaction=transaction)
         order = [i for shard in part for i in by_shard[shard]]
         queue(pipe, [items[i] for i in order])
         result = pipe.execute()
@@ -163,9 +168,7 @@ async def _aroom_listing(room: str, limit: int) -> tuple[int, list[PresenceUser]
     queue_listing(pipe, keys(home).room(room), now, limit)
     count, uids = await pipe.execute()
     found = _room_found(uids)
-    details = await _afan_out(
-        found, lambda f: f[0], lambda p, part: _queue_details_on(p, part, now)
-    )
+    details = await afan_out(found, lambda f: f[0], lambda p, part: _queue_details_on(p, part, now))
     return int(count), _users_from(found, details)
 
 
@@ -184,14 +187,12 @@ async def alist_online(
     now, every = now_ms(), list(all_shards())
     counts = [
         int(c)
-        for (c,) in await _afan_out(every, lambda s: s, lambda p, part: _queue_counts(p, part, now))
+        for (c,) in await afan_out(every, lambda s: s, lambda p, part: _queue_counts(p, part, now))
     ]
-    ranges = _pick_ranges(counts, 0, limit)
-    answers = await _afan_out(ranges, lambda r: r[0], lambda p, part: _queue_range(p, part, now))
+    ranges = pick_ranges(counts, 0, limit)
+    answers = await afan_out(ranges, lambda r: r[0], lambda p, part: _queue_range(p, part, now))
     found = _found(ranges, answers)
-    details = await _afan_out(
-        found, lambda f: f[0], lambda p, part: _queue_details_on(p, part, now)
-    )
+    details = await afan_out(found, lambda f: f[0], lambda p, part: _queue_details_on(p, part, now))
     return sum(counts), _users_from(found, details)
 
 
@@ -207,16 +208,16 @@ def list_online(
         queue_listing(pipe, keys(home).room(room), now, limit)
         count, uids = pipe.execute()
         found = _room_found(uids)
-        details = _fan_out(found, lambda f: f[0], lambda p, part: _queue_details_on(p, part, now))
+        details = fan_out(found, lambda f: f[0], lambda p, part: _queue_details_on(p, part, now))
         return int(count), _users_from(found, details)
     every = list(all_shards())
     counts = [
-        int(c) for (c,) in _fan_out(every, lambda s: s, lambda p, part: _queue_counts(p, part, now))
+        int(c) for (c,) in fan_out(every, lambda s: s, lambda p, part: _queue_counts(p, part, now))
     ]
-    ranges = _pick_ranges(counts, 0, limit)
-    answers = _fan_out(ranges, lambda r: r[0], lambda p, part: _queue_range(p, part, now))
+    ranges = pick_ranges(counts, 0, limit)
+    answers = fan_out(ranges, lambda r: r[0], lambda p, part: _queue_range(p, part, now))
     found = _found(ranges, answers)
-    details = _fan_out(found, lambda f: f[0], lambda p, part: _queue_details_on(p, part, now))
+    details = fan_out(found, lambda f: f[0], lambda p, part: _queue_details_on(p, part, now))
     return sum(counts), _users_from(found, details)
 
 
@@ -320,7 +321,7 @@ async def _awalk(
             for start in part:
                 pipe.zscan(indexes[start.part][1], start.scan, count=count)
 
-        steps = await _afan_out(starts, lambda s: indexes[s.part][0], queue)
+        steps = await afan_out(starts, lambda s: indexes[s.part][0], queue)
         for start, [(next_scan, members)] in zip(starts, steps, strict=True):
             need = limit - len(taken)
             if need <= 0:
@@ -356,16 +357,14 @@ async def alist_online_page(
         indexes = [(shard, keys(shard).users) for shard in all_shards()]
     counts = [
         int(c)
-        for (c,) in await _afan_out(
+        for (c,) in await afan_out(
             indexes, lambda i: i[0], lambda p, part: _queue_zcounts(p, part, now)
         )
     ]
     taken, position = await _awalk(indexes, counts, decode_cursor(cursor, len(indexes)), limit)
     # The details: a room's members on their users' shards, everyone's on their index's.
     found = [(shards.user_home(uid) if room else indexes[part][0], str(uid)) for part, uid in taken]
-    details = await _afan_out(
-        found, lambda f: f[0], lambda p, part: _queue_details_on(p, part, now)
-    )
+    details = await afan_out(found, lambda f: f[0], lambda p, part: _queue_details_on(p, part, now))
     after = encode_cursor(position, len(indexes)) if position is not None else 0
     return sum(counts), _users_from(found, details), after
 
