@@ -2,19 +2,26 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
+from urllib.parse import urlsplit
 
+import redis.asyncio as aredis
+from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
+
+from presence.conf import app_settings
+from presence.redis_url import redacted
 from presence.store import shards
-from presence.store.clients import get_redis, now_ms
+from presence.store.clients import client_options, get_redis, now_ms
 from presence.store.jobs import score_ms
 from presence.store.keys import keys
 from presence.store.log import LogEntry
 from presence.store.processes import read_task_runs
 from presence.store.reads import fan_out, pick_ranges
 from presence.store.shards import all_shards
-from presence.store.topology import client_for, groups
+from presence.store.topology import aclient_for, client_for, groups, node_of, shape, split_by_node
 
 # operator console (presence.console): reads for the admin pages, a fixed number of
 # round trips per page whatever its rows. Each step is one MULTI pipeline: a consistent
@@ -308,3 +315,56 @@ def console_overview(tasks: Sequence[str]) -> ConsoleOverview:
     if task_runs is None:
         task_runs = read_task_runs(recorder, tasks)
     return ConsoleOverview(users=users, connections=conns, live_stats=stats, task_runs=task_runs)
+
+
+# --------------------------------------------------------------------------- node health
+async def _aping(client: aredis.Redis, within: float) -> str:
+    try:
+        await asyncio.wait_for(client.ping(), within)
+    except TimeoutError:
+        return f"timed out after {within:g} s"
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"[:200]
+    return ""
+
+
+async def _aping_cluster_nodes(url: str, within: float) -> dict[str, str]:
+    # The shared cluster client knows the nodes (its slot map); each is PINGed on a client
+    # of its own, closed after: a PING cut by the timeout never leaves a half-read reply on
+    # a pooled connection that store calls use.
+    cluster = cast(AsyncRedisCluster, aclient_for(0))
+    try:
+        await asyncio.wait_for(cluster.initialize(), within)
+    except Exception as exc:
+        return {redacted(url): f"{type(exc).__name__}: {exc}"[:200] or "unreachable"}
+    options = client_options(for_asyncio=True)
+    target = urlsplit(url)
+    out: dict[str, str] = {}
+
+    async def one(host: str, port: int | str) -> None:
+        netloc = target.netloc.rpartition("@")
+        node_url = target._replace(netloc=f"{netloc[0]}{netloc[1]}{host}:{port}").geturl()
+        client = aredis.Redis.from_url(node_url, **options)
+        try:
+            out[f"{host}:{port}"] = await _aping(client, within)
+        finally:
+            await client.aclose()
+
+    await asyncio.gather(*(one(n.host, n.port) for n in cluster.get_primaries()))
+    return out
+
+
+async def aping_store_nodes(within: float) -> dict[str, str]:
+    """Every node of the presence store -> "" if it answered PING within ``within`` seconds,
+    else why not: each shard URL (PRESENCE_REDIS_SHARD_URLS, password hidden), or each
+    primary of the Cluster. Concurrent. One Redis (REDIS_URL): {} (the caller pings it)."""
+    kind = shape()
+    if kind == "cluster":
+        return await _aping_cluster_nodes(str(app_settings.REDIS_CLUSTER_URL), within)
+    if kind != "shards":
+        return {}
+    urls = app_settings.REDIS_SHARD_URLS
+    parts = split_by_node(list(all_shards()))
+    labels = [redacted(urls[node_of(part[0])]) for part in parts]
+    errors = await asyncio.gather(*(_aping(aclient_for(part[0]), within) for part in parts))
+    return dict(zip(labels, errors, strict=True))

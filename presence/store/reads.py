@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -241,6 +242,9 @@ SCAN_MASK = (1 << SCAN_BITS) - 1
 # ZSCAN steps of one page (one pipeline per node each) before it returns what it has: one
 # step fills a page unless lapsed members (not swept yet) thinned it out.
 SCAN_ROUNDS = 3
+# WARNING: bounds one ZSCAN step's COUNT at this many times the users a page still needs,
+# however many lapsed members (not swept yet) an index holds.
+MAX_HEADROOM = 4.0
 
 
 @dataclass(frozen=True)
@@ -300,10 +304,16 @@ def _take(
 
 
 async def _awalk(
-    indexes: Sequence[tuple[int, str]], counts: Sequence[int], at: WalkPosition, limit: int
+    indexes: Sequence[tuple[int, str]],
+    counts: Sequence[int],
+    at: WalkPosition,
+    limit: int,
+    *,
+    headroom: float = 1.0,
 ) -> tuple[list[tuple[int, int]], WalkPosition | None]:
     """Up to ``limit`` (part, uid) from ``at`` on, filling across the following indexes in
-    one pipeline per node per step; and the position after them (None: the walk ended)."""
+    one pipeline per node per step; and the position after them (None: the walk ended).
+    ``headroom``: members per live member in the indexes (ZSCAN's COUNT is scaled by it)."""
     now = now_ms()
     taken: list[tuple[int, int]] = []
     position: WalkPosition | None = at
@@ -315,7 +325,9 @@ async def _awalk(
             position = None
             break
         starts = [position if part == position.part else WalkPosition(part) for part in plan]
-        count = max(1, limit - len(taken))
+        need = limit - len(taken)
+        # Lapsed members are spread unevenly: sqrt(need) more keeps most pages to one step.
+        count = math.ceil(need * min(headroom, MAX_HEADROOM) + math.sqrt(need))
 
         def queue(pipe: Any, part: Sequence[WalkPosition], count: int = count) -> None:
             for start in part:
@@ -355,13 +367,12 @@ async def alist_online_page(
         indexes = [(home, keys(home).room(room))]
     else:
         indexes = [(shard, keys(shard).users) for shard in all_shards()]
-    counts = [
-        int(c)
-        for (c,) in await afan_out(
-            indexes, lambda i: i[0], lambda p, part: _queue_zcounts(p, part, now)
-        )
-    ]
-    taken, position = await _awalk(indexes, counts, decode_cursor(cursor, len(indexes)), limit)
+    sizes = await afan_out(indexes, lambda i: i[0], lambda p, part: _queue_zcounts(p, part, now))
+    counts = [int(live) for live, _ in sizes]
+    # ZSCAN returns lapsed members too: ask each step for enough to still fill the page.
+    stale = max(int(card) / max(1, int(live)) for live, card in sizes) if sizes else 1.0
+    position = decode_cursor(cursor, len(indexes))
+    taken, position = await _awalk(indexes, counts, position, limit, headroom=stale)
     # The details: a room's members on their users' shards, everyone's on their index's.
     found = [(shards.user_home(uid) if room else indexes[part][0], str(uid)) for part, uid in taken]
     details = await afan_out(found, lambda f: f[0], lambda p, part: _queue_details_on(p, part, now))
@@ -372,6 +383,7 @@ async def alist_online_page(
 def _queue_zcounts(pipe: Any, indexes: Sequence[tuple[int, str]], now: int) -> None:
     for _shard, index in indexes:
         pipe.zcount(index, f"({now}", "+inf")
+        pipe.zcard(index)  # with lapsed members not swept yet: the ZSCAN COUNT's headroom
 
 
 async def auser_presence(uid: int) -> tuple[str | None, int]:
