@@ -371,8 +371,8 @@ async def alist_online_page(
     counts = [int(live) for live, _ in sizes]
     # ZSCAN returns lapsed members too: ask each step for enough to still fill the page.
     stale = max(int(card) / max(1, int(live)) for live, card in sizes) if sizes else 1.0
-    position = decode_cursor(cursor, len(indexes))
-    taken, position = await _awalk(indexes, counts, position, limit, headroom=stale)
+    start = decode_cursor(cursor, len(indexes))
+    taken, position = await _awalk(indexes, counts, start, limit, headroom=stale)
     # The details: a room's members on their users' shards, everyone's on their index's.
     found = [(shards.user_home(uid) if room else indexes[part][0], str(uid)) for part, uid in taken]
     details = await afan_out(found, lambda f: f[0], lambda p, part: _queue_details_on(p, part, now))
