@@ -21,9 +21,10 @@ from presence.live.fanout import GLOBAL
 from presence.live.replica import Listing, room_listing
 
 ROOM_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$"
-# A shard and its ZSCAN cursor (an unsigned 64-bit integer) in one number, as decimal text:
-# up to 2**64 * PRESENCE_SHARDS, so a few digits more than a ZSCAN cursor.
-CURSOR_PATTERN = r"^[0-9]{1,26}$"
+# A walk's position (an index, its ZSCAN cursor: an unsigned 64-bit integer, and a uid bound)
+# in one number, as decimal text (presence/store/reads.py, encode_cursor): below
+# 2**(64 + 64) * PRESENCE_SHARDS, 45 digits for 16384 shards.
+CURSOR_PATTERN = r"^[0-9]{1,48}$"
 
 
 class RoomPayload(BaseModel):

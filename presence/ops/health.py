@@ -2,15 +2,16 @@
 broker, tasks).
 
 ``/healthz`` answers as long as the process serves requests. ``/readyz`` checks, concurrently
-and each within ``CHECK_TIMEOUT``: a ``SELECT 1`` on the database, a ``PING`` to the presence
-Redis, a message sent and received through the channel layer, a connection to the Celery
-broker, and the age of the last successful sweep and flush. It is not ready (503, the failing
-dependencies listed in ``degraded``) when a dependency fails (for instance during a Redis
-failover or a broker restart; ready again once it answers) or the last sweep is older than
-``PRESENCE_READY_SWEEP_MAX_AGE`` (0 turns that check off): without sweeps, vanished clients
-would stay online forever. The flush's age is reported, never fatal; so are the event-log
-consumers' (``stale`` after ``catalog.CONSUMER_LATE`` without a read): a web process serves
-sockets without them, and the PresenceConsumerStalled alert watches them.
+and each within ``CHECK_TIMEOUT``: a ``SELECT 1`` on the database, a ``PING`` to REDIS_URL and
+to every other node of the presence store (each shard URL or Cluster primary, one check ``store
+<node>`` each), a message sent and received through the channel layer, a connection to the
+Celery broker, and the age of the last successful sweep and flush. It is not ready (503, the
+failing dependencies listed in ``degraded``) when a dependency fails (for instance during a
+Redis failover or a broker restart; ready again once it answers) or the last sweep is older
+than ``PRESENCE_READY_SWEEP_MAX_AGE`` (0 turns that check off): without sweeps, vanished
+clients would stay online forever. The flush's age is reported, never fatal; so are the
+event-log consumers' (``stale`` after ``catalog.CONSUMER_LATE`` without a read): a web process
+serves sockets without them, and the PresenceConsumerStalled alert watches them.
 """
 
 from __future__ import annotations
@@ -77,6 +78,25 @@ async def check_database() -> None:
 async def check_redis() -> None:
     """``PING`` the presence Redis."""
     await store.get_async_redis().ping()
+
+
+async def check_store_nodes() -> dict[str, CheckResult]:
+    """``PING`` every node of the presence store beyond REDIS_URL (each shard URL, or each
+    Cluster primary), concurrently, each within ``CHECK_TIMEOUT``: one check per node,
+    ``store <node>`` (the password hidden), so a failing one is named. One Redis: none."""
+    started = time.perf_counter()
+    try:
+        # Bounded twice over: a Cluster first maps its nodes (one timeout), then pings them.
+        nodes = await asyncio.wait_for(
+            store.aping_store_nodes(CHECK_TIMEOUT), 2 * CHECK_TIMEOUT + 0.5
+        )
+    except Exception as exc:
+        nodes = {"(nodes)": f"{type(exc).__name__}: {exc}"[:200] or "timed out"}
+    latency = round((time.perf_counter() - started) * 1000, 2)
+    return {
+        f"store {node}": {"ok": not error, "latency_ms": latency, "error": error}
+        for node, error in nodes.items()
+    }
 
 
 async def check_channel_layer() -> None:
@@ -147,13 +167,14 @@ def task_ages(runs: dict[str, periodic.TaskRun], now: float) -> dict[str, TaskAg
 async def readiness() -> Readiness:
     """Run every check concurrently; ``ready`` only when all pass and the sweep is fresh."""
     names = ("database", "redis", "channel_layer", "broker")
-    results = await asyncio.gather(
+    *results, nodes = await asyncio.gather(
         _timed(check_database),
         _timed(check_redis),
         _timed(check_channel_layer),
         _timed(check_broker),
+        check_store_nodes(),
     )
-    checks = dict(zip(names, results, strict=True))
+    checks = {**dict(zip(names, results, strict=True)), **nodes}
     runs: dict[str, periodic.TaskRun] = {}
     if checks["redis"]["ok"]:
         try:

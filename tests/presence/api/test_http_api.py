@@ -114,7 +114,7 @@ class TestOnline:
             assert pages < 50
         assert seen == set(names)
 
-    @pytest.mark.parametrize("cursor", ["-1", "x", "1" * 27, ""])
+    @pytest.mark.parametrize("cursor", ["-1", "x", "1" * 49, ""])
     async def test_a_malformed_cursor_is_a_400(self, viewer: AsyncClient, cursor: str) -> None:
         response = await viewer.get(ONLINE, {"cursor": cursor})
         assert response.status_code == 400

@@ -108,15 +108,20 @@ def test_shard_urls_listing_equals_the_model(
             assert redis_shards[store.jump_hash(shard, 3)] == url
 
 
-def test_a_cursor_continues_on_the_next_shard(r: redis.Redis) -> None:
+def test_a_page_fills_across_shards(r: redis.Redis) -> None:
     now = store.now_ms()
     write([(2, True), (5, True), (5, True), (9, False)], now)
+    # One page takes shard 2's user and goes on into shard 5 (the empty shards passed over);
+    # nobody live after it: the walk ends on this page.
     count, users, cursor = asyncio.run(store.alist_online_page(None, 0, 10))
     store.reset_clients()
-    # shard 2 first (shards 0 and 1 are empty, passed over), then shard 3 (empty) ...
-    assert (count, [u["id"] for u in users]) == (3, [1])
-    assert cursor == 3
-    count, users, cursor = asyncio.run(store.alist_online_page(None, cursor, 10))
-    store.reset_clients()
-    assert sorted(u["id"] for u in users) == [2, 3]
-    assert cursor == 6
+    assert (count, sorted(u["id"] for u in users), cursor) == (3, [1, 2, 3], 0)
+    # Pages of one cut shard 5's one-step ZSCAN in uid order and resume inside it.
+    seen = []
+    cursor = 0
+    for _ in range(3):
+        count, users, cursor = asyncio.run(store.alist_online_page(None, cursor, 1))
+        store.reset_clients()
+        seen += [u["id"] for u in users]
+        assert count == 3
+    assert (seen, cursor) == ([1, 2, 3], 0)
