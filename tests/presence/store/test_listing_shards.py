@@ -175,6 +175,7 @@ def test_room_listing_equals_the_model(
 
 def test_shard_urls_spread_the_users(redis_shards: list[str], settings: Settings) -> None:
     # The users really are spread: each server holds only its shards' keys.
+    settings.PRESENCE_REDIS_CLUSTER_URL = None  # whatever the run's --presence-store
     settings.PRESENCE_REDIS_SHARD_URLS = redis_shards
     store.reset_clients()
     write([(shard, True) for shard in range(64)], store.now_ms())
