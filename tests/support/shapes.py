@@ -28,8 +28,12 @@ SHAPE_SUITES: tuple[str, ...] = (
     # the stats flush (per shard, each shard's claim on its node) and the jobs' catalog
     "tests/presence/jobs/test_flush.py",
     "tests/presence/jobs/test_catalog.py",
+    "tests/presence/jobs/test_reap.py",
+    # the session log: rows written behind from every shard's connects and ends
+    "tests/sessions_app/test_sessions.py",
     # presence.list paging through the consumer; the live side of watches and the inbox
     "tests/presence/handlers/test_list_paging.py",
+    "tests/presence/handlers/test_handler_dispatch.py",
     "tests/presence/live/test_watches.py",
     "tests/presence/live/test_inbox.py",
     "tests/presence/live/test_fanout.py",
