@@ -31,6 +31,8 @@ SHAPE_SUITES: tuple[str, ...] = (
     "tests/presence/jobs/test_reap.py",
     # the session log: rows written behind from every shard's connects and ends
     "tests/sessions_app/test_sessions.py",
+    # the hooks: signals and webhooks from every shard's stream
+    "tests/presence/hooks",
     # presence.list paging through the consumer; the live side of watches and the inbox
     "tests/presence/handlers/test_list_paging.py",
     "tests/presence/handlers/test_handler_dispatch.py",
