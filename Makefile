@@ -30,6 +30,16 @@ test: $(DEV) test-js
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist load $(PYTEST_ARGS) || [ $$? -eq 5 ]
 	$(BIN)/python -m pytest --serial-pass -p no:xdist $(PYTEST_ARGS) || [ $$? -eq 5 ]
 
+# The suites of tests/support/shapes.py (marker shapes) again on the two other presence store
+# shapes: a Redis Cluster of 3 primaries, then 3 independent primaries. Each xdist worker
+# starts its own (tests/README.md, "The store shapes").
+.PHONY: test-shapes
+SHAPE_WORKERS ?= 4
+SHAPE_SUITES = $(shell $(BIN)/python -c "from tests.support.shapes import SHAPE_SUITES; print(*SHAPE_SUITES)")
+test-shapes: $(DEV)
+	$(BIN)/python -m pytest -n $(SHAPE_WORKERS) -m shapes --presence-store=cluster $(SHAPE_SUITES) $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(SHAPE_WORKERS) -m shapes --presence-store=shards $(SHAPE_SUITES) $(PYTEST_ARGS)
+
 # The browser client's unit tests (node's own runner, no packages). Node.js is needed only here.
 test-js:
 	@command -v node >/dev/null || { echo "make test-js: 'node' not found; install Node.js >= 18 (apt-get install nodejs)" >&2; exit 1; }

@@ -51,6 +51,10 @@ def parallel(config: pytest.Config) -> bool:
 
 def pytest_configure(config: pytest.Config) -> None:
     """Start the private Redis before any test touches settings that point at it."""
+    from tests.support.shapes import MARKERS
+
+    for marker in MARKERS:
+        config.addinivalue_line("markers", marker)
     if parallel(config) and not hasattr(config, "workerinput"):
         return  # the xdist controller runs no test; each worker starts its own Redis
     # Leaves are immediate unless a test turns the grace window on (tests/presence/grace/):
@@ -77,7 +81,11 @@ def starts_no_process(item: pytest.Item) -> bool:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Split the run in two passes: the xdist workers leave out the tests marked ``serial``
     (they measure time or CPU, so they need the machine to themselves), ``--serial-pass`` runs
-    only those. A plain ``pytest`` without either runs everything in one process."""
+    only those. A plain ``pytest`` without either runs everything in one process. The suites
+    that run on every store shape are marked ``shapes`` first (tests/support/shapes.py)."""
+    from tests.support.shapes import mark
+
+    mark(items, config.getoption("--presence-store"))
     if config.getoption("--serial-pass"):
         keep = [item for item in items if item.get_closest_marker("serial")]
     elif parallel(config):

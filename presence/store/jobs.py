@@ -171,9 +171,11 @@ def record_task_run(
         pipe.hset(tk.task_last(task), mapping=dict(last))
     for name, inc in totals.items():
         pipe.hincrby(tk.task_last(task), name, inc)
-    # A global task's counters go to shard 0's stats hash, on that shard's own client (not
-    # necessarily REDIS_URL's): the stats flush sums every shard's hash.
-    counting = client if shard is not None else client_for(0)
+    # The counters go to the stats hash of ``shard`` (a global task's: shard 0's) on that
+    # shard's own client: the stats flush claims each shard's hash there. ``client`` is the
+    # record's (REDIS_URL for the periodic tasks' records): on a Cluster or shard URLs it is
+    # not the shard's, and counters written through it were never flushed.
+    counting = client_for(shard or 0)
     stats = counting.pipeline(transaction=False) if counting is not client else pipe
     for name, inc in (counters or {}).items():
         if inc:

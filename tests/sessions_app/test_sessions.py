@@ -61,7 +61,9 @@ class TestRowAtConnect:
         assert str(row.id) == client.hello["session_id"]
         assert row.user_id == alice.pk
         assert row.channel_name
-        assert row.channel_name == r.hget(store.keys().conn(str(row.id)), "channel")
+        home = store.user_home(alice.pk)
+        conn = store.client_for(home).hget(store.keys(home).conn(str(row.id)), "channel")
+        assert row.channel_name == conn
         assert row.ip == "203.0.113.5"
         assert row.user_agent == "pytest-agent/1.0"
         assert before <= row.connected_at <= timezone.now()
@@ -199,8 +201,9 @@ class TestEndReasons:
     async def test_expired(
         self, ws_client: WSFactory, auser_factory: UserFactory, r: redis.Redis
     ) -> None:
-        client = await ws_client(await auser_factory("alice"))
-        mark_ended(r, client.hello["session_id"])
+        alice = await auser_factory("alice")
+        client = await ws_client(alice)
+        mark_ended(r, client.hello["session_id"], uid=alice.pk)
 
         await client.send({"type": "heartbeat", "id": 1})
         assert (await client.recv_close())[0] == 4408
@@ -304,7 +307,8 @@ class TestKick:
         row = await row_of(target, live=False)
         assert row.end_reason == EndReason.KICKED
         assert row.ended_at is not None
-        assert not r.hexists(store.keys().conn(sid), "uid")  # a tombstone at most
+        home = store.user_home(alice.pk)
+        assert not store.client_for(home).hexists(store.keys(home).conn(sid), "uid")  # tombstone
         # The user's other tab is untouched.
         assert (await other.request("heartbeat", id_=1))["type"] == "heartbeat.ack"
         assert (await row_of(other)).is_live

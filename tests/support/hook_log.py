@@ -17,8 +17,11 @@ class Log:
     """Appends entries the way the Lua scripts do (``p`` chains them)."""
 
     def __init__(self, r: redis.Redis) -> None:
-        self.r = r
-        self.key = store.keys().events
+        # Shard 0's stream through the store's own client of it: the private Redis ``r`` on
+        # one Redis, the node holding shard 0 on a Cluster or shard URLs (the readers follow
+        # every shard's stream wherever it lives). ``r`` stays the callers' handle on the run.
+        self.r: redis.Redis = store.client_for(0)
+        self.key = store.keys(0).events
         self.t = T0
 
     def add(self, kind: str, **fields: Any) -> str:

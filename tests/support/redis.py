@@ -90,10 +90,17 @@ def paused(server: RedisServer) -> Iterator[None]:
         os.kill(server.process.pid, signal.SIGCONT)
 
 
-def mark_ended(r: redis.Redis, cid: str) -> None:
+def mark_ended(r: redis.Redis, cid: str, *, uid: int | None = None) -> None:
     """Leave a connection as end.lua does when a sweep or a kick ends it: its hash replaced by
     the tombstone heartbeat.lua reads (a deleted hash without one reads as "lost by the
-    store", which the socket re-asserts instead of closing)."""
-    key = store.keys().conn(cid)
-    r.delete(key)
-    r.hset(key, "ended", store.now_ms())
+    store", which the socket re-asserts instead of closing).
+
+    With ``uid``, on the user's shard through the store's client of it (every store shape);
+    without, at shard 0's name on ``r`` (one Redis only)."""
+    if uid is None:
+        key, client = store.keys().conn(cid), r
+    else:
+        shard = store.user_home(uid)
+        key, client = store.keys(shard).conn(cid), store.client_for(shard)
+    client.delete(key)
+    client.hset(key, "ended", store.now_ms())

@@ -146,7 +146,7 @@ class TestRouteAndDeliver:
         log.join(1)
         webhooks.route_webhooks()
         # The same entry read again (as after a router killed between commit and XACK).
-        r.xgroup_setid(store.keys().events, store.WEBHOOKS_GROUP, "0")
+        log.r.xgroup_setid(log.key, store.WEBHOOKS_GROUP, "0")  # shard 0's stream, on its node
         webhooks.route_webhooks()
 
         assert WebhookEvent.objects.count() == 1

@@ -24,8 +24,22 @@ pytestmark = pytest.mark.django_db(transaction=True)
 TTL = dt.timedelta(seconds=60)  # the default PRESENCE_TTL
 
 
-def expiry_of(r, cid: str) -> dt.datetime:
-    return flush._ms_to_datetime(int(r.zscore(store.keys().conns, cid)))
+def expiry_of(conn: store.ConnRef) -> dt.datetime:
+    """The connection's expiry, from its user's shard (on whichever node holds it)."""
+    shard = store.user_home(conn.uid)
+    return flush._ms_to_datetime(
+        int(store.client_for(shard).zscore(store.keys(shard).conns, conn.cid))
+    )
+
+
+def shards_with_stats() -> list[int]:
+    """The shards whose live counters or claims are not empty (each on its own client)."""
+    left = []
+    for shard in store.all_shards():
+        k, client = store.keys(shard), store.client_for(shard)
+        if client.exists(k.stats) or client.zcard(k.stats_claims):
+            left.append(shard)
+    return left
 
 
 class TestCounters:
@@ -64,9 +78,7 @@ class TestCounters:
             "msg:room.join": 2,
         }
         assert await FlushRecord.objects.acount() == 1
-        k = store.keys()
-        assert r.exists(k.stats) == 0 and r.zcard(k.stats_claims) == 0
-        assert r.keys(k.stats_claim("*")) == []
+        assert await sync_to_async(shards_with_stats)() == []
 
     def test_claims_of_one_minute_add_up_and_peaks_take_the_max(self):
         minute_ms = 1_800_000_000_000 // 60_000 * 60_000
@@ -90,17 +102,19 @@ class TestCounters:
         assert report.claims_applied == 0
         assert not StatsBucket.objects.exists() and not FlushRecord.objects.exists()
 
-    async def test_increments_after_the_claim_go_to_the_next_flush(self, r):
+    async def test_increments_after_the_claim_go_to_the_next_flush(self):
         await store.add_counters({"msg:a": 1})
-        claimed = await sync_to_async(flush.claim)(r)
+        [shard] = await sync_to_async(shards_with_stats)()  # wherever the store put them
+        client = store.client_for(shard)
+        claimed = await sync_to_async(flush.claim)(client, shard=shard)
         assert claimed is not None
         await store.add_counters({"msg:a": 10})  # lands in a fresh live hash
-        await sync_to_async(flush.finish)(r, *claimed, flush.FlushReport())
+        await sync_to_async(flush.finish)(client, *claimed, flush.FlushReport(), shard=shard)
         assert (await StatsBucket.objects.aget()).messages == 1
         await sync_to_async(flush.run_flush)()
         assert sum([b.messages async for b in StatsBucket.objects.all()]) == 11
 
-    def test_handler_counters_update_registered_rows(self, r):
+    def test_handler_counters_update_registered_rows(self):
         RegisteredHandler.objects.create(
             type="chat.typing", path="m.f", version="7", calls=10, latency={"0.001": 1}
         )
@@ -112,10 +126,11 @@ class TestCounters:
             "h:chat.typing:lat:inf": 1,
             "h:not.registered:calls": 5,
         }
-        r.hset(store.keys().stats, mapping=counters)
+        shard0 = store.client_for(0)  # any shard's hash is flushed: shard 0's, on its node
+        shard0.hset(store.keys(0).stats, mapping=counters)
 
         flush.run_flush()
-        r.hset(store.keys().stats, mapping={"h:chat.typing:calls": 1})
+        shard0.hset(store.keys(0).stats, mapping={"h:chat.typing:calls": 1})
         flush.run_flush()
 
         row = RegisteredHandler.objects.get(type="chat.typing")
@@ -156,7 +171,7 @@ class TestLastHeartbeats:
         assert report.heartbeat_rows == 4
         for conn in live:
             row = await ConnectionSession.objects.aget(pk=conn.cid)
-            assert row.last_heartbeat_at == expiry_of(r, conn.cid) - TTL
+            assert row.last_heartbeat_at == expiry_of(conn) - TTL
         assert (await ConnectionSession.objects.aget(pk=lapsed.cid)).last_heartbeat_at is None
 
     async def test_later_runs_read_only_what_heartbeated_since(
@@ -170,7 +185,7 @@ class TestLastHeartbeats:
 
         assert report.heartbeat_rows == 1
         row = await ConnectionSession.objects.aget(pk=conns[0].cid)
-        assert row.last_heartbeat_at == expiry_of(r, conns[0].cid) - TTL
+        assert row.last_heartbeat_at == expiry_of(conns[0]) - TTL
         assert row.last_heartbeat_at > dt.datetime.now(dt.UTC) - dt.timedelta(seconds=2)
 
     async def test_pages_through_equal_scores(
@@ -187,7 +202,7 @@ class TestLastHeartbeats:
         assert (report.heartbeat_rows, report.heartbeat_pages) == (9, 3)
         for conn in same + other:
             row = await ConnectionSession.objects.aget(pk=conn.cid)
-            assert row.last_heartbeat_at == expiry_of(r, conn.cid) - TTL
+            assert row.last_heartbeat_at == expiry_of(conn) - TTL
 
     async def test_a_capped_run_continues_next_time(
         self, r, monkeypatch, auser_factory, seed_connections
@@ -206,7 +221,7 @@ class TestLastHeartbeats:
         assert second.heartbeat_capped is False
         for conn in conns:
             row = await ConnectionSession.objects.aget(pk=conn.cid)
-            assert row.last_heartbeat_at == expiry_of(r, conn.cid) - TTL
+            assert row.last_heartbeat_at == expiry_of(conn) - TTL
 
     async def test_last_seen_of_a_user_gone_before_the_sweep(
         self, r, settings, auser_factory, seed_connections
@@ -215,7 +230,7 @@ class TestLastHeartbeats:
         settings.PRESENCE_TTL = 1.0
         alice = await auser_factory("alice")
         (conn,) = await seed_connections([alice], age=0.5)
-        last = expiry_of(r, conn.cid) - dt.timedelta(seconds=1)
+        last = expiry_of(conn) - dt.timedelta(seconds=1)
         await sync_to_async(flush.run_flush)()
         await asyncio.sleep(0.6)
 
@@ -228,8 +243,9 @@ class TestLastHeartbeats:
 class TestLock:
     def test_a_shard_whose_lock_is_held_is_skipped_and_counted(self, r, settings):
         settings.PRESENCE_SHARDS = 4  # shard 0 held, three others
-        r.hset(store.keys().stats, "msg:a", 1)
-        token = store.acquire_task_lock(r, "flush", 10_000)
+        shard0 = store.client_for(0)  # shard 0's node (the run's record stays on REDIS_URL: r)
+        shard0.hset(store.keys(0).stats, "msg:a", 1)
+        token = store.acquire_task_lock(shard0, "flush", 10_000)
 
         report = flush.flush_stats()
         assert (report.skipped, report.shards_skipped) == (False, 1)
@@ -237,13 +253,13 @@ class TestLock:
         assert not StatsBucket.objects.exists()  # shard 0's counters wait for its lock
         assert store.read_task_run(r, "flush")["last_shards_skipped"] == "1"
 
-        store.release_task_lock(r, "flush", token)
+        store.release_task_lock(shard0, "flush", token)
         report = flush.flush_stats()
         assert report.claims_applied == 1
         metrics = store.read_task_run(r, "flush")
         assert metrics["runs_total"] == "2" and metrics["last_claims_applied"] == "1"
         assert int(metrics["last_duration_ms"]) >= 0
-        assert r.exists(store.keys().task_lock("flush")) == 0
+        assert shard0.exists(store.keys(0).task_lock("flush")) == 0
 
     def test_a_run_finding_every_shard_held_is_a_counted_skip(self, r):
         tokens = {
@@ -255,7 +271,8 @@ class TestLock:
         assert store.read_task_run(r, "flush")["skipped_total"] == "1"
 
     def test_each_shard_claims_its_own_period(self, r):
-        store.claim_task_period(r, "flush", 10_000, shard=0)  # another beat ran shard 0
+        # another beat ran shard 0 (its period key is on shard 0's node)
+        store.claim_task_period(store.client_for(0), "flush", 10_000, shard=0)
 
         report = flush.flush_stats(period=10.0)
         assert (report.shards, report.shards_skipped) == (store.shard_count() - 1, 1)

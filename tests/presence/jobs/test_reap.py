@@ -11,6 +11,7 @@ import pytest
 from asgiref.sync import sync_to_async
 from django.utils import timezone
 
+from presence import store
 from presence.conf import app_settings
 from presence.jobs import reap
 from presence.tasks import reap_sessions
@@ -31,6 +32,13 @@ async def backdate(cid: str, *, heard: dt.datetime, beat: bool = False) -> None:
     await ConnectionSession.objects.filter(id=cid).aupdate(**fields)
 
 
+def lose_presence_data() -> None:
+    """Redis lost its data: every node of the presence store empties (one Redis, each shard
+    URL, or every primary of a Cluster: its client's FLUSHALL goes to all of them)."""
+    for client, _shards in store.groups():
+        client.flushall()
+
+
 class TestReap:
     async def test_forgotten_session_is_ended_as_timeout(
         self, r: Any, auser_factory: Any, seed_connections: Any
@@ -38,7 +46,7 @@ class TestReap:
         (conn,) = await seed_connections([await auser_factory()])
         heard = timezone.now() - LONG_AGO
         await backdate(conn.cid, heard=heard)
-        r.flushall()  # Redis lost its data: no sweep will ever see this connection
+        lose_presence_data()  # no sweep will ever see this connection
 
         report = await sync_to_async(reap.run_reap)()
 
@@ -53,7 +61,7 @@ class TestReap:
         (conn,) = await seed_connections([await auser_factory()])
         beat = timezone.now() - LONG_AGO
         await backdate(conn.cid, heard=beat, beat=True)
-        r.flushall()
+        lose_presence_data()
 
         await sync_to_async(reap.run_reap)()
 
@@ -86,7 +94,7 @@ class TestReap:
             ended_at=timezone.now() - LONG_AGO,
             end_reason=EndReason.CLOSED,
         )
-        r.flushall()
+        lose_presence_data()
 
         report = await sync_to_async(reap.run_reap)()
 
@@ -107,7 +115,7 @@ class TestReapTask:
     ) -> None:
         (conn,) = await seed_connections([await auser_factory()])
         await backdate(conn.cid, heard=timezone.now() - LONG_AGO)
-        r.flushall()
+        lose_presence_data()
         celery_worker_process(pool="solo")
 
         reap_sessions.delay()

@@ -3,8 +3,11 @@
 The store runs on the Cluster client (PRESENCE_REDIS_CLUSTER_URL, topology.py), and each
 script is driven through its store function, so the keys are the ones production builds.
 redis-py's cluster client refuses an EVALSHA whose keys span slots before sending it, and
-the Cluster itself answers CROSSSLOT: a script touching two slots fails here. The last test
-checks that every file of presence/store/lua/ ran.
+the Cluster itself answers CROSSSLOT: a script touching two slots fails here. Every call's
+keys are recorded too and must map to one slot (redis.crc.key_slot, the Cluster's own
+function), and every script's header must declare its KEYS under one anchor (``{P}`` or
+``{S}``), read statically from the files. The last scenario test checks that every file of
+presence/store/lua/ ran.
 
 Also the shapes themselves: the cluster client of topology.py reaches all 3 nodes, and the
 shard tags put shards on every node.
@@ -12,10 +15,13 @@ shard tags put shards on every node.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import re
+from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 import pytest
 from pytest_django.fixtures import Settings
+from redis.crc import key_slot
 
 from presence import store
 from presence.store import scripts as scripts_module
@@ -23,6 +29,13 @@ from presence.store.scripts import LUA_DIR, LuaScript
 from tests.support.cluster import ClusterTopology
 
 RAN: set[str] = set()
+# (script, the slots of its keys) for every call made on the Cluster in this module.
+CALLS: list[tuple[str, set[int]]] = []
+
+
+def record(script_name: str, keys: Sequence[str]) -> None:
+    RAN.add(script_name)
+    CALLS.append((script_name, {key_slot(str(key).encode()) for key in keys}))
 
 
 @pytest.fixture
@@ -32,13 +45,15 @@ def on_cluster(redis_cluster: ClusterTopology, settings: Settings) -> Iterator[N
     store.reset_clients()
     run, arun = LuaScript.run, LuaScript.arun
 
-    def recording_run(self: LuaScript, *a: object, **kw: object) -> object:
-        RAN.add(self.name)
-        return run(self, *a, **kw)  # type: ignore[arg-type]
+    def recording_run(self: LuaScript, client: object, keys: Sequence[str], args: object) -> object:
+        record(self.name, keys)
+        return run(self, client, keys, args)  # type: ignore[arg-type]
 
-    async def recording_arun(self: LuaScript, *a: object, **kw: object) -> object:
-        RAN.add(self.name)
-        return await arun(self, *a, **kw)  # type: ignore[arg-type]
+    async def recording_arun(
+        self: LuaScript, client: object, keys: Sequence[str], args: object
+    ) -> object:
+        record(self.name, keys)
+        return await arun(self, client, keys, args)  # type: ignore[arg-type]
 
     mp = pytest.MonkeyPatch()
     mp.setattr(LuaScript, "run", recording_run)
@@ -94,17 +109,21 @@ async def test_held_leaves_release(on_cluster: None, settings: Settings) -> None
 
 
 async def test_job_scripts(on_cluster: None) -> None:
-    client = store.client_for(0)
+    # Each job runs on the shard that holds what it works on (user_home/room_home: shard 0
+    # until the homes are flipped to user_shard/room_shard; this holds either way).
+    home = store.user_home(4)
+    client = store.client_for(home)
     past = store.now_ms() - 120_000
     await store.connect(cid="c4", uid=4, username="u4", channel="c", now=past)
-    batch = store.claim_expired(client, batch=10, claim_timeout_ms=30_000)
+    batch = store.claim_expired(client, batch=10, claim_timeout_ms=30_000, shard=home)
     assert [c.cid for c in batch.claims] == ["c4"]
-    [swept] = store.end_swept_connections([store.ConnRef("c4", 4)])
+    [swept] = store.end_swept_connections([store.ConnRef("c4", 4)], shard=home)
     assert swept.state == 1
-    assert store.ack_swept(client, batch.deadline, ["c4"]) == 1
+    assert store.ack_swept(client, batch.deadline, ["c4"], shard=home) == 1
     await store.connect(cid="c5", uid=5, username="u5", channel="c", now=past)
     assert store.room_join_sync(store.ConnRef("c5", 5), "hall", now=past) == 1
-    assert store.repair_rooms(0, past + 120_000 + 3_600_000) == 1
+    assert store.repair_rooms(store.room_home("hall"), past + 120_000 + 3_600_000) == 1
+    client = store.client_for(0)
     assert store.claim_stats(client, "f1") is True
     assert store.release_stats_claim(client, "f1") is True
     token = store.acquire_task_lock(client, "sweep", 10_000)
@@ -122,6 +141,9 @@ async def test_every_script_ran_on_the_cluster(on_cluster: None, settings: Setti
     await test_job_scripts(on_cluster)
     files = {path.stem for path in LUA_DIR.glob("*.lua")}
     assert files - RAN == set(), f"scripts never run on the Cluster: {sorted(files - RAN)}"
+    # The Cluster accepted them all; the keys of every single call also map to one slot.
+    spread = sorted({name for name, slots in CALLS if len(slots) != 1})
+    assert spread == [], f"calls whose keys span slots: {spread}"
     assert scripts_module.script("connect").name == "connect"
 
 
@@ -133,3 +155,36 @@ async def test_a_script_over_two_slots_is_refused(on_cluster: None) -> None:
     ks = [store.keys(0).conns, store.keys(40).conns]
     with pytest.raises((RedisClusterException, ResponseError)):
         await scripts_module.script("sweep_ack").arun(client, ks, [0, "c1"])
+
+
+# -- statically: every script's header declares its KEYS under one anchor -----------------
+
+KEY_LINE = re.compile(r"^KEYS\[(\d+)\]\s+\{")
+ANCHOR = re.compile(r"\{[A-Za-z]\}")
+
+
+def declared_anchors(source: str) -> tuple[list[int], set[str]]:
+    """The ``KEYS[n]`` indexes a script's header declares, and every anchor (``{P}``,
+    ``{S}``) named in its key layout: from the first KEYS line to the first ARGV line,
+    so the variable keys described in prose (``then, per held leave, ...``) count too."""
+    header = source.split("]]", 1)[0].splitlines()
+    first = next(i for i, line in enumerate(header) if KEY_LINE.match(line))
+    layout = []
+    for line in header[first:]:
+        if line.startswith("ARGV["):
+            break
+        layout.append(line)
+    indexes = [int(line[5 : line.index("]")]) for line in layout if KEY_LINE.match(line)]
+    return indexes, set(ANCHOR.findall("\n".join(layout)))
+
+
+@pytest.mark.parametrize("path", sorted(LUA_DIR.glob("*.lua")), ids=lambda p: p.stem)
+def test_a_script_declares_its_keys_under_one_anchor(path: Path) -> None:
+    indexes, anchors = declared_anchors(path.read_text())
+    assert indexes == list(range(1, len(indexes) + 1)), f"{path.name}: KEYS not numbered 1..n"
+    assert len(anchors) == 1, f"{path.name}: keys under more than one anchor: {sorted(anchors)}"
+
+
+def test_the_anchor_check_can_fail() -> None:
+    two = "--[[\nKEYS[1]  {P}:conns  ZSET\nthen per room: {S}:room:<room>\nARGV[1] now\n]]\n"
+    assert declared_anchors(two) == ([1], {"{P}", "{S}"})
