@@ -7,6 +7,14 @@ left or changed status in that window, each once, with their final state, and th
 position (``seq``) the frame brings the client to. The frame's JSON is built once and sent
 to every socket whose position it continues.
 
+The window widens with the fan-out: a flush sends one frame to every synced socket of each
+scope, so at a fixed window the frames per second grow with the sockets (at 100 ms and 2,500
+global v2 sockets, 25,000 frames/s: most of a connect storm's CPU, docs/performance.md). After
+a flush of F frames the next window is at least ``F / FANOUT_FRAMES_PER_S`` seconds, up to
+``MAX_WINDOW``: a process fans out at most about that many diff frames per second, however
+many sockets it holds, and a change reaches every socket within ``MAX_WINDOW``. Fewer events
+per frame is what the diff is for: the frames carry the same users, coalesced.
+
 Positions are per socket and per scope (``Subscriber.positions``): a socket receives a
 scope's diffs only once it has a snapshot of it (``presence.sync``, or the reply to
 ``room.join``), and never an event its snapshot already contains. While a snapshot is
@@ -25,6 +33,13 @@ from typing import Any, Protocol
 from presence.live.fanout import GLOBAL, LocalIndex
 
 Pos = tuple[int, int]
+
+# WARNING: the fan-out's budget. Each diff frame costs the process ~30-40 us of CPU (a task,
+# uvicorn's send, one transport write; measured in a storm, docs/performance.md), so 5,000
+# frames/s is ~15-20 % of a core. Below it the window is PRESENCE_DIFF_WINDOW as configured.
+FANOUT_FRAMES_PER_S = 5_000
+# The longest a window is widened to: the most a change waits for its frame under load.
+MAX_WINDOW = 1.0
 
 
 @dataclass(slots=True, frozen=True)
@@ -96,8 +111,8 @@ def deliver_diff(
     prev: str,
     events: Sequence[Event],
     shared: Callable[[], str] | None = None,
-) -> None:
-    """Send ``sub`` what it has not seen of ``events``.
+) -> bool:
+    """Send ``sub`` what it has not seen of ``events``; whether a frame was sent.
 
     ``shared()`` returns the frame of all of ``events``, built once for every socket of the
     flush; without it the frame is built here.
@@ -105,16 +120,23 @@ def deliver_diff(
     held = sub.pending.get(scope)
     if held is not None:
         held.append((prev, events))  # a snapshot is being taken: decide once it is known
-        return
+        return False
     pos = sub.positions.get(scope)
     if pos is None or events[-1].pos <= pos:
-        return  # no snapshot of this scope, or the snapshot already has all of it
+        return False  # no snapshot of this scope, or the snapshot already has all of it
     if events[0].pos <= pos:
         text = dumps(diff_frame(scope, prev, [ev for ev in events if ev.pos > pos]))
     else:
         text = shared() if shared is not None else dumps(diff_frame(scope, prev, events))
     sub.positions[scope] = events[-1].pos
     sub.deliver(text)
+    return True
+
+
+def next_window(window: float, frames: int) -> float:
+    """The window after a flush that sent ``frames``: ``window``, widened to keep the
+    fan-out near ``FANOUT_FRAMES_PER_S`` (never past ``MAX_WINDOW``, unless ``window`` is)."""
+    return max(window, min(MAX_WINDOW, frames / FANOUT_FRAMES_PER_S))
 
 
 def start_sync(sub: Subscriber, scope: str) -> None:
@@ -166,6 +188,7 @@ class DiffBatcher:
     ) -> None:
         self._index = index
         self._window = window
+        self._wait = window  # the next window's length (next_window() of the last flush)
         self._pending: dict[str, list[Event]] = {}
         self._last: dict[str, str] = {}  # scope -> seq of the last diff this process built
         # scope -> the position before any event of it this batcher saw (positions are per
@@ -177,7 +200,7 @@ class DiffBatcher:
         """Queue ``ev``; the window starts with the first event after a flush."""
         self._pending.setdefault(ev.room, []).append(ev)
         if self._timer is None:
-            self._timer = asyncio.get_running_loop().call_later(self._window, self.flush)
+            self._timer = asyncio.get_running_loop().call_later(self._wait, self.flush)
 
     def flush(self) -> None:
         """Build and send every pending scope's diff now."""
@@ -185,12 +208,19 @@ class DiffBatcher:
             self._timer.cancel()
             self._timer = None
         pending, self._pending = self._pending, {}
+        sent = 0
         for scope, events in pending.items():
             prev = self._last.get(scope) or self._origin(scope)
             self._last[scope] = events[-1].id
             shared = _SharedFrame(scope, prev, events)
             for sub in list(self._index.members(scope)):
-                deliver_diff(sub, scope, prev, events, shared)
+                sent += deliver_diff(sub, scope, prev, events, shared)
+        self._wait = next_window(self._window, sent)
+
+    @property
+    def wait(self) -> float:
+        """The length of the next window, seconds."""
+        return self._wait
 
     def reset(self, origin: str | Callable[[str], str]) -> None:
         """Forget everything pending (a resync replaced it with snapshots at ``origin``: one

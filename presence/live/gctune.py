@@ -11,7 +11,7 @@ What we do:
 
 - :func:`configure` at start-up: collect once, then ``gc.freeze()`` everything that exists
   (the framework and the app: never garbage), and set the thresholds so that no young
-  collection walks more than ~75,000 objects (see the thresholds below);
+  collection walks more than ~40,000 objects (see the thresholds below);
 - :class:`ConnectionGrowthFreezer`: each time the process's socket count has grown by
   ``FREEZE_STEP`` sockets over its last high (a connect burst), freeze again, so the new
   long-lived connection objects are walked by no later full collection either: a full
@@ -42,15 +42,18 @@ from typing import Any
 logger = logging.getLogger(__name__)
 
 # WARNING: the pause of a collection grows with the objects it walks (~0.2-0.5 us each on a
-# busy 2-core machine: 115,000 start-up objects take 50 ms). A generation-1 collection walks
-# generation 0 (at most GEN0_THRESHOLD net allocations) and the survivors of the last
-# GEN1_THRESHOLD generation-0 collections: 25,000 + 2 x 25,000 = 75,000 objects at most.
-# (It was 50,000 and 20: up to a million objects in a connect storm, where everything
-# allocated survives, and 100-300 ms pauses, docs/performance.md.) Young collections every
-# 25,000 net allocations rather than CPython's 700: each is cheap but they add up to
-# percent-level CPU when every frame allocates dicts and strings.
-GEN0_THRESHOLD = 25_000
-GEN1_THRESHOLD = 2
+# busy 2-core machine: 115,000 start-up objects take 50 ms), and with what they reference (a
+# young list or dict of thousands of entries, e.g. a listing being built, is walked entry by
+# entry). A generation-1 collection walks generation 0 (at most GEN0_THRESHOLD net
+# allocations) and the survivors of the last GEN1_THRESHOLD generation-0 collections:
+# 10,000 + 3 x 10,000 = 40,000 objects at most. (It was 50,000 and 20: up to a million
+# objects in a connect storm and 100-300 ms pauses; then 25,000 and 2, 75,000 objects, and
+# still generation-0 collections of 30-94 ms of CPU in storms, docs/performance.md.) The
+# total work of young collections barely depends on the threshold (each object is walked
+# once per generation it survives into), only the longest pause does; CPython's 700 would
+# add a fixed cost per collection thousands of times a second.
+GEN0_THRESHOLD = 10_000
+GEN1_THRESHOLD = 3
 GEN2_THRESHOLD = 10
 # Refreeze after this many sockets more than at the last freeze: the connection objects a
 # full collection may walk stay at a few hundred sockets' worth.

@@ -103,4 +103,4 @@ def test_pauses_with_sockets_open_are_told_apart(restore_gc: None) -> None:
 def test_young_collections_walk_a_bounded_number_of_objects() -> None:
     # A generation-1 collection walks generation 0 and the survivors of GEN1_THRESHOLD
     # generation-0 collections: the bound that keeps its pause under the 50 ms budget.
-    assert gctune.GEN0_THRESHOLD * (1 + gctune.GEN1_THRESHOLD) <= 75_000
+    assert gctune.GEN0_THRESHOLD * (1 + gctune.GEN1_THRESHOLD) <= 40_000
