@@ -534,10 +534,10 @@ def get_charts(now: dt.datetime) -> dict[str, str]:
         ("week", _week_series(now), WEEK_BIN, dt.timedelta(days=1), "%a %d", "%a %Y-%m-%d %H:00"),
     ):
         span = "24 hours" if key == "day" else "7 days"
-        # WARNING: each shard keeps its own peaks (connect.lua, heartbeat.lua) and the flush
-        # keeps a minute's largest: with users on several shards that is the largest shard's
-        # peak, a lower bound of the global one; say so (docs/console.md, "Peaks").
-        peak = "peak" if store.shard_count() == 1 else "largest shard peak"
+        # One shard's peaks are exact (connect.lua, heartbeat.lua); over several shards a
+        # minute's peak is the flush's sampled global count when that is larger, which
+        # misses spikes shorter than the flush interval: say so (docs/console.md, "Peaks").
+        peak = "peak" if store.shard_count() == 1 else "sampled peak"
         axis = charts.TimeAxis(times, step, tick, tick_format, hover_format)
         out[f"online_{key}"] = charts.line_chart(
             title=f"Online, last {span}",

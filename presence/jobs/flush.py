@@ -248,6 +248,32 @@ def _ms_to_datetime(ms: int) -> dt.datetime:
     return dt.datetime.fromtimestamp(ms / 1000, tz=dt.UTC)
 
 
+# --------------------------------------------------------------------------- global peaks
+def sample_global_peaks(*, now: int | None = None) -> None:
+    """Raise the current minute's peaks to the users and connections online now, summed
+    over every shard (docs/console.md, "Peaks").
+
+    Each shard's scripts keep that shard's exact peak, but shards peak at different moments
+    and their largest is a fraction of the total (1/64 with 64 shards): the flush samples
+    the global sum once per run, so a minute's peak is the larger of the two, exact at each
+    flush and missing only spikes shorter than the flush interval. A failure here is only
+    logged: the counters were flushed already, and the next run samples again.
+    """
+    try:
+        users, conns = store.live_totals()
+        if not users and not conns:
+            return  # nobody online: no row for an idle minute
+        with transaction.atomic():
+            minute = bucket_minute(now or store.now_ms())
+            bucket, _ = StatsBucket.objects.select_for_update().get_or_create(minute=minute)
+            if users > bucket.peak_users or conns > bucket.peak_connections:
+                bucket.peak_users = max(bucket.peak_users, users)
+                bucket.peak_connections = max(bucket.peak_connections, conns)
+                bucket.save(update_fields=["peak_users", "peak_connections"])
+    except (DatabaseError, redis.RedisError) as exc:
+        logger.warning("flush: could not sample the global peaks: %s", exc)
+
+
 # --------------------------------------------------------------------------- runs
 def run_flush(report: FlushReport | None = None) -> FlushReport:
     """Flush every shard one after another without the locks (tests, by hand)."""
@@ -290,6 +316,8 @@ def flush_stats(*, period: float | None = None) -> FlushReport:
     report = run_sharded(
         TASK, FLUSH_TIME_LIMIT * 1000, FlushReport(), FlushReport, flush_shard, period=period
     )
+    if not report.skipped:
+        sample_global_peaks()
     if report.traffic or report.heartbeat_rows or report.error:
         # A summary of runs that wrote traffic (an idle run every 10 s, carrying only the
         # sweep's own run counts, would be noise: DEBUG).

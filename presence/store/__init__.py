@@ -185,6 +185,7 @@ from presence.store.reads import (
     alist_online_page,
     auser_presence,
     list_online,
+    live_totals,
     user_presence,
 )
 from presence.store.rooms import (
@@ -362,6 +363,7 @@ __all__ = [
     "list_online",
     "list_stats_claims",
     "live_connections_page",
+    "live_totals",
     "log_polled",
     "log_position",
     "log_positions",

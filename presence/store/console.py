@@ -281,8 +281,9 @@ def console_overview(tasks: Sequence[str]) -> ConsoleOverview:
     The runs are read where periodic tasks record them (REDIS_URL's client, as
     presence.jobs.periodic and ``read_task_runs``), in the same pipeline when that is a node
     of the store (one Redis), else in one more round trip. ``peak_*`` fields are per shard
-    (connect.lua and heartbeat.lua keep their shard's peak): the largest is reported, the
-    *largest shard peak*, a lower bound of the global peak (docs/console.md).
+    (connect.lua and heartbeat.lua keep their shard's peak): the largest is reported, a lower
+    bound of the global peak; the minute buckets also hold the flush's sampled global counts
+    (docs/console.md, "Peaks").
     """
     now = now_ms()
     users = conns = 0

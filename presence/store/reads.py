@@ -14,7 +14,7 @@ from presence.store import shards
 from presence.store.clients import now_ms
 from presence.store.keys import keys
 from presence.store.shards import all_shards
-from presence.store.topology import aclient_for, client_for, shape, split_by_node
+from presence.store.topology import aclient_for, client_for, groups, shape, split_by_node
 
 
 def plan_index(room: str | None) -> str:
@@ -69,6 +69,23 @@ def format_users(uids: Sequence[str], details: Sequence[Any]) -> list[PresenceUs
 # shards' ZCOUNTs (exact), listings walk the shards in order. Each step is one pipeline per
 # node (topology.groups), run on all nodes at once; a user's details are read on the shard
 # whose index listed them (a user's keys live with their index entry).
+
+
+def live_totals() -> tuple[int, int]:
+    """(users, connections) online now over every shard: the sums of the shards' ZCOUNTs,
+    one pipeline per node (the stats flush samples them for the global peaks)."""
+    now = now_ms()
+    users = conns = 0
+    for client, part in groups():
+        pipe = client.pipeline(transaction=False)
+        for shard in part:
+            k = keys(shard)
+            pipe.zcount(k.users, f"({now}", "+inf")
+            pipe.zcount(k.conns, f"({now}", "+inf")
+        counts = pipe.execute()
+        users += sum(int(n) for n in counts[0::2])
+        conns += sum(int(n) for n in counts[1::2])
+    return users, conns
 
 
 def _queue_counts(pipe: Any, shards: Sequence[int], now: int) -> None:

@@ -253,7 +253,7 @@ def test_dashboard_charts_render_and_numbers_refresh_live(
         else:
             assert "periodic, every" in row.text
     hover = charts[0].find_elements(By.CSS_SELECTOR, "g.hover rect title")
-    assert hover and "users (largest shard peak): " in hover[-1].get_attribute("textContent")
+    assert hover and "users (sampled peak): " in hover[-1].get_attribute("textContent")
     assert driver.find_element(By.ID, "stat-users").text == "0"
 
     # Live refresh by polling: a user connects, the number changes without a reload.

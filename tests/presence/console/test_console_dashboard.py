@@ -96,7 +96,7 @@ class TestWithData:
             assert f'data-chart="{chart}"' in html
         assert "messages / s" in html and "users / connections" in html  # axis units
         assert "time (UTC)" in html
-        assert "<title>" in html and "users (largest shard peak): " in html  # hover values
+        assert "<title>" in html and "users (sampled peak): " in html  # hover values
 
     def test_rates_from_the_buckets_and_unflushed_counters(
         self, admin_client: Client, r: redis.Redis

@@ -278,3 +278,46 @@ class TestLock:
         assert (report.shards, report.shards_skipped) == (store.shard_count() - 1, 1)
         # every shard's period is now claimed: a second beat's run does nothing
         assert flush.flush_stats(period=10.0).skipped is True
+
+
+class TestGlobalPeaks:
+    """The flush samples users and connections online over every shard into the minute's
+    peaks (a shard's own peak is a fraction of the total once users spread over shards)."""
+
+    async def test_a_run_raises_the_minutes_peaks_to_the_global_counts(
+        self, auser_factory, seed_connections
+    ):
+        users = [await auser_factory(f"u{i}") for i in range(3)]
+        await seed_connections(users, per_user=2)
+        now = store.now_ms()
+        minute = flush.bucket_minute(now)
+        await StatsBucket.objects.acreate(minute=minute, peak_users=1, peak_connections=2)
+
+        await sync_to_async(flush.sample_global_peaks)(now=now)
+
+        bucket = await StatsBucket.objects.aget(minute=minute)
+        assert (bucket.peak_users, bucket.peak_connections) == (3, 6)
+
+    async def test_a_higher_peak_is_kept(self, auser_factory, seed_connections):
+        await seed_connections([await auser_factory("alice")])
+        now = store.now_ms()
+        minute = flush.bucket_minute(now)
+        await StatsBucket.objects.acreate(minute=minute, peak_users=10, peak_connections=12)
+
+        await sync_to_async(flush.sample_global_peaks)(now=now)
+
+        bucket = await StatsBucket.objects.aget(minute=minute)
+        assert (bucket.peak_users, bucket.peak_connections) == (10, 12)
+
+    def test_nobody_online_writes_no_row(self):
+        flush.sample_global_peaks()
+        assert not StatsBucket.objects.exists()
+
+    async def test_flush_stats_samples_them(self, auser_factory, seed_connections):
+        await seed_connections([await auser_factory("alice"), await auser_factory("bob")])
+        for shard in store.all_shards():  # drop the shards' own peaks: only the sample is left
+            await sync_to_async(store.client_for(shard).delete)(store.keys(shard).stats)
+
+        await sync_to_async(flush.flush_stats)()
+
+        assert await StatsBucket.objects.filter(peak_users__gte=2).aexists()
