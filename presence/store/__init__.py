@@ -205,8 +205,11 @@ from presence.store.scripts import (
 )
 from presence.store.shards import (
     all_shards,
+    ip_home,
     ip_shard,
     jump_hash,
+    login_home,
+    login_shard,
     room_shard,
     shard_count,
     shard_tag,
@@ -351,6 +354,7 @@ __all__ = [
     "handler_call_fields",
     "handler_error_field",
     "heartbeat_many",
+    "ip_home",
     "ip_shard",
     "is_unavailable",
     "jump_hash",
@@ -363,6 +367,8 @@ __all__ = [
     "log_polled",
     "log_position",
     "log_positions",
+    "login_home",
+    "login_shard",
     "members",
     "message_field",
     "node_count",
