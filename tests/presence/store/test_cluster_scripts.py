@@ -127,8 +127,9 @@ async def test_job_scripts(on_cluster: None) -> None:
     await store.connect(cid="c5", uid=5, username="u5", channel="c", now=past)
     assert store.room_join_sync(store.ConnRef("c5", 5), "hall", now=past) == 1
     assert store.repair_rooms(store.room_home("hall"), past + 120_000 + 3_600_000) == 1
-    assert store.claim_stats(client, "f1") is True
-    assert store.release_stats_claim(client, "f1") is True
+    stats = store.user_home(5)  # the connect counted on the user's shard
+    assert store.claim_stats(client, "f1", shard=stats) is True
+    assert store.release_stats_claim(client, "f1", shard=stats) is True
     token = store.acquire_task_lock(client, "sweep", 10_000)
     assert token is not None
     assert store.extend_task_lock(client, "sweep", token, 10_000) is True

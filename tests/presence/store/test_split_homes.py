@@ -240,7 +240,7 @@ class TestCrossShardLifecycle:
 
 class TestCrashBetweenHalves:
     async def test_the_sweep_repairs_an_end_killed_after_its_user_half(
-        self, r: redis.Redis, monkeypatch: pytest.MonkeyPatch
+        self, r: redis.Redis
     ) -> None:
         now = store.now_ms()
         refs = await connect_all(now)
@@ -248,10 +248,9 @@ class TestCrashBetweenHalves:
         def killed(*args: Any, **kwargs: Any) -> Any:
             raise SystemExit("the process died between the halves")
 
-        monkeypatch.setattr(connections_module, "_room_halves", killed)
-        with pytest.raises(SystemExit):
+        with pytest.MonkeyPatch.context() as mp, pytest.raises(SystemExit):
+            mp.setattr(connections_module, "_room_halves", killed)
             await store.end_connections(refs[:2], now=now + 1)
-        monkeypatch.undo()
         # The user half ran: those users are gone; their rooms still list them.
         for ref in refs[:2]:
             assert r.zscore(store.keys(store.user_home(ref.uid)).users, str(ref.uid)) is None
