@@ -197,7 +197,7 @@ def on_user_logged_out(sender: Any, request: HttpRequest, user: Any, **kwargs: A
         return
     try:
         # Tokens minted by this session are good for TOKEN_MAX_AGE: refuse them that long.
-        store.revoke_login(login, seconds=app_settings.TOKEN_MAX_AGE + 60)
+        store.revoke_login(login, seconds=app_settings.TOKEN_MAX_AGE + 60, uid=user.pk)
     except (RedisError, OSError) as exc:
         logger.error("could not revoke the login session of user %s: %s", user.pk, exc)
     _end_quietly(user.pk, LOGGED_OUT, login=login)
@@ -248,7 +248,8 @@ def on_connection_kicked(
     its socket is told to close, so an immediate reconnect is refused)."""
     seconds = app_settings.KICK_REVOKE_SECONDS if revoke_seconds is None else revoke_seconds
     store.revoke_user_credentials(session.user_id)
-    store.revoke_login(store.connection_login(str(session.id)), seconds=seconds)
+    login = store.connection_login(str(session.id), uid=session.user_id)
+    store.revoke_login(login, seconds=seconds, uid=session.user_id)
     # The kicked connection leaves at once (reason kicked is never held); so do the leaves
     # of the user's earlier closes that the grace window still holds.
     store.release_user(session.user_id)

@@ -198,14 +198,13 @@ def sweep_shard(shard: int, report: SweepReport) -> SweepReport:
     report.repaired += store.repair_rooms(shard)
     # Leaves the grace window held, due and not released by the process that held them (it
     # died, or its timer has not fired yet): whoever comes first logs each once.
-    # store.release_due reads one held set (shard 0's keys) until the store keeps one per
-    # shard: only shard 0's run releases, so 64 runs do not read the same set.
-    if shard == 0:
-        for _ in range(SWEEP_MAX_BATCHES):
-            found, logged = store.release_due()
-            report.released += logged
-            if found < store.RELEASE_BATCH:
-                break
+    # Each shard keeps its own held set (a user's holds on the user's shard, a room's on
+    # the room's): each shard's run releases its own.
+    for _ in range(SWEEP_MAX_BATCHES):
+        found, logged = store.release_due(shard=shard)
+        report.released += logged
+        if found < store.RELEASE_BATCH:
+            break
     return report
 
 

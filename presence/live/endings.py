@@ -117,7 +117,12 @@ class EndQueue:
                 self.failures = 0
             delay = RETRY_FIRST
             if any(result.held for result in results):
-                schedule_release()  # the grace window held leaves: release them when due
+                # The grace window held leaves: release them when due, on the shards of
+                # the users and rooms that may hold them.
+                schedule_release(
+                    {store.user_home(conn.uid) for conn, _, _ in batch}
+                    | {store.room_home(room) for conn, _, _ in batch for room in conn.rooms}
+                )
             for (conn, _, future), result in zip(batch, results, strict=True):
                 self._pending.pop(conn.cid, None)
                 if not future.done():

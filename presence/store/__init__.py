@@ -207,8 +207,11 @@ from presence.store.scripts import (
 )
 from presence.store.shards import (
     all_shards,
+    ip_home,
     ip_shard,
     jump_hash,
+    login_home,
+    login_shard,
     room_shard,
     shard_count,
     shard_tag,
@@ -354,6 +357,7 @@ __all__ = [
     "handler_call_fields",
     "handler_error_field",
     "heartbeat_many",
+    "ip_home",
     "ip_shard",
     "is_unavailable",
     "jump_hash",
@@ -367,6 +371,8 @@ __all__ = [
     "log_polled",
     "log_position",
     "log_positions",
+    "login_home",
+    "login_shard",
     "members",
     "message_field",
     "node_count",

@@ -9,12 +9,13 @@ they need declared, which claims each entry by removing it, so each leave is log
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from presence.store.clients import log_maxlen, now_ms
 from presence.store.keys import keys
 from presence.store.scripts import script
+from presence.store.shards import all_shards, user_home
 from presence.store.topology import aclient_for, client_for
 
 # WARNING: bounds one script call. A mass disconnect (a deploy) holds one leave per user and
@@ -22,8 +23,10 @@ from presence.store.topology import aclient_for, client_for
 RELEASE_BATCH = 500
 
 
-def _plan_release(members: Sequence[str], now: int, force: bool) -> tuple[list[str], list[Any]]:
-    k = keys()
+def _plan_release(
+    shard: int, members: Sequence[str], now: int, force: bool
+) -> tuple[list[str], list[Any]]:
+    k = keys(shard)
     ks = [k.held, k.held_why, k.users, k.events]
     args: list[Any] = [now, log_maxlen(), "1" if force else "0", len(members)]
     # Rooms first, then the user's: the order end.lua logs a close's leaves in.
@@ -37,36 +40,48 @@ def _plan_release(members: Sequence[str], now: int, force: bool) -> tuple[list[s
     return ks, args
 
 
-def release_due(*, now: int | None = None) -> tuple[int, int]:
-    """Log the held leaves that are due, at most RELEASE_BATCH: (entries found due, leaves
-    logged); fewer found than RELEASE_BATCH means none is left."""
-    client = client_for(0)  # the shard of its keys: shard 0 until the scripts are split
+def release_due(*, now: int | None = None, shard: int = 0) -> tuple[int, int]:
+    """Log ``shard``'s held leaves that are due, at most RELEASE_BATCH: (entries found due,
+    leaves logged); fewer found than RELEASE_BATCH means none is left. A user's holds live
+    on the user's shard, a room's on the room's shard (end.lua, end_rooms.lua): the sweep
+    of each shard releases that shard's."""
+    client, k = client_for(shard), keys(shard)
     now = now or now_ms()
-    members: Any = client.zrangebyscore(keys().held, "-inf", now, start=0, num=RELEASE_BATCH)
+    members: Any = client.zrangebyscore(k.held, "-inf", now, start=0, num=RELEASE_BATCH)
     if not members:
         return 0, 0
-    ks, args = _plan_release([str(m) for m in members], now, force=False)
+    ks, args = _plan_release(shard, [str(m) for m in members], now, force=False)
     return len(members), int(script("release_held").run(client, ks, args))
 
 
-async def arelease_due(*, now: int | None = None) -> tuple[int, int]:
-    """Async twin of :func:`release_due` (the closing process's timer)."""
-    client = aclient_for(0)  # the shard of its keys: shard 0 until the scripts are split
-    now = now or now_ms()
-    members = await client.zrangebyscore(keys().held, "-inf", now, start=0, num=RELEASE_BATCH)
-    if not members:
-        return 0, 0
-    ks, args = _plan_release([str(m) for m in members], now, force=False)
-    return len(members), int(await script("release_held").arun(client, ks, args))
+async def arelease_due(*, now: int | None = None, shards: Iterable[int] = (0,)) -> tuple[int, int]:
+    """Async twin of :func:`release_due` over ``shards`` (the closing process's timer: the
+    shards of the user and rooms it held leaves for)."""
+    now, found, logged = now or now_ms(), 0, 0
+    for shard in sorted(set(shards)):
+        client, k = aclient_for(shard), keys(shard)
+        members = await client.zrangebyscore(k.held, "-inf", now, start=0, num=RELEASE_BATCH)
+        if not members:
+            continue
+        ks, args = _plan_release(shard, [str(m) for m in members], now, force=False)
+        found += len(members)
+        logged += int(await script("release_held").arun(client, ks, args))
+    return found, logged
 
 
 def release_user(uid: int, *, now: int | None = None) -> int:
-    """Log a user's held leaves now, due or not (a kick, a block: final, never held)."""
-    client = client_for(0)  # the shard of its keys: shard 0 until the scripts are split
-    k, members = keys(), []
-    for pattern in (str(uid), f"{uid}|*"):
-        members += [str(m) for m, _ in client.zscan_iter(k.held, match=pattern, count=500)]
-    if not members:
-        return 0
-    ks, args = _plan_release(members, now or now_ms(), force=True)
-    return int(script("release_held").run(client, ks, args))
+    """Log a user's held leaves now, due or not (a kick, a block: final, never held).
+
+    The user's own hold is on the user's shard; their rooms' holds are on the rooms'
+    shards, so every shard's held set is scanned for ``<uid>|*`` (a kick is rare; one
+    ZSCAN per shard)."""
+    logged, now = 0, now or now_ms()
+    for shard in all_shards():
+        client, k, members = client_for(shard), keys(shard), []
+        patterns = [f"{uid}|*"] + ([str(uid)] if shard == user_home(uid) else [])
+        for pattern in patterns:
+            members += [str(m) for m, _ in client.zscan_iter(k.held, match=pattern, count=500)]
+        if members:
+            ks, args = _plan_release(shard, members, now, force=True)
+            logged += int(script("release_held").run(client, ks, args))
+    return logged

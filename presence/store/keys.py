@@ -33,7 +33,8 @@ key                                type    anchor   content
 ``{S}:active``                     ZSET    shard    uid -> last activity (Unix s)
 ``{S}:held``                       ZSET    shard    held leaves -> due ms: ``<uid>`` (user's
                                                     shard) or ``<uid>|<room>`` (room's shard)
-``{S}:held:why``                   HASH    shard    held leave -> the close reason
+``{S}:held:why``                   HASH    shard    held leave -> the close reason (a room's
+                                                    hold also ``<uid>|<room>\\nname`` -> name)
 ``{S}:rooms``                      ZSET    shard    room -> lower bound of its members' expiry ms
                                                     (repair_rooms.lua's index; on the room's shard)
 ``{S}:conn:<cid>``                 HASH    user     uid, username, channel, exp, at, ip, login
@@ -42,11 +43,13 @@ key                                type    anchor   content
 ``{S}:user:<uid>:conns``           ZSET    user     cid -> expiry ms
 ``{S}:user:<uid>:block``           STR     user     an operator's block of the user (expires)
 ``{S}:user:<uid>:revoked``         STR     user     ms: credentials issued before are refused
-``{S}:login:<hash>:revoked``       STR     user     a revoked login session of the user
+``{S}:login:<hash>:revoked``       STR     user     a revoked login session of the user (and a
+                                                    copy on the login's own shard)
 ``{S}:token:<id>``                 STR     user     a single-use token's mark (token's user)
 ``{S}:room:<room>``                ZSET    room     uid -> latest expiry ms of their conns in it
 ``{S}:room:<room>:user:<uid>``     SET     room     the user's connections in the room
-``{S}:addr:<ip>:conns``            ZSET    address  cid -> connect ms: conns from one address
+``{S}:addr:<ip>:conns``            ZSET    address  ``<uid>|<cid>`` -> connect ms: conns from
+                                                    one address (connect_gate.lua)
 ``{S}:addr:<ip>:rate``             HASH    address  tokens, ts: the connect-rate bucket
 ``{P}:handlers:disabled``          SET     control  message types an operator disabled
 ``{P}:handlers:version``           STR     control  counter bumped on every change of that set
@@ -201,7 +204,8 @@ class Keys:
         return [self.conns, self.users, self.stats, self.sweeping, self.sweeping_exp]
 
     def conn_group(self, cid: str, uid: int | str, rooms: Iterable[str]) -> list[str]:
-        """The per-connection key group of heartbeat.lua and end.lua."""
+        """A connection's keys, then a (room, room-user) pair per room: heartbeat.lua and
+        end.lua take the first four (their rooms' keys live on the rooms' shards)."""
         group = [self.conn(cid), self.conn_rooms(cid), self.user(uid), self.user_conns(uid)]
         for room in rooms:
             group += [self.room(room), self.room_user(room, uid)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable
 from typing import Any
 
@@ -10,9 +11,9 @@ from redis.exceptions import ResponseError
 from presence.store.clients import grace_ms, log_maxlen, now_ms
 from presence.store.connections import ConnRef
 from presence.store.keys import ROOM_USER_SUFFIX, keys
-from presence.store.scripts import script
+from presence.store.scripts import arun_many, script
 from presence.store.shards import room_home, user_home
-from presence.store.topology import aclient_for, client_for
+from presence.store.topology import aclient_for, client_for, split_by_node
 
 
 # A join and a leave run in two halves (docs/presence.md, "Rooms across shards"): the user
@@ -137,19 +138,21 @@ def repair_rooms(shard: int, now: int | None = None, *, batch: int = 200) -> int
 
 async def get_status(uid: int) -> str:
     """The user's current status (``online`` when none was set)."""
-    client = aclient_for(0)  # the shard of its keys: shard 0 until the scripts are split
-    return str(await client.hget(keys().user(uid), "status") or "online")  # type: ignore[misc]
+    k = keys(user_home(uid))
+    return str(await aclient_for(k.shard).hget(k.user(uid), "status") or "online")  # type: ignore[misc]
 
 
 async def set_status(uid: int, username: str, status: str, rooms: Iterable[str] = ()) -> set[str]:
     """Store the user's status (one per user, shared by all their connections) and log it.
 
-    The ``status`` events go to the global scope and to every room of any of the user's
-    live connections (``rooms``: the caller's own, known without asking). Returns those
-    rooms; two round trips (reading the other connections' rooms, then status.lua).
+    The ``status`` events go to the global scope (the user's shard's stream, with the
+    status: status.lua) and to every room of any of the user's live connections (``rooms``:
+    the caller's own, known without asking), each on its room's shard's stream
+    (status_rooms.lua; one pipeline per node). Returns those rooms; three round trips
+    (reading the other connections' rooms, status.lua, the rooms' entries).
     """
-    client = aclient_for(0)  # the shard of its keys: shard 0 until the scripts are split
-    k = keys()
+    k = keys(user_home(uid))
+    client = aclient_for(k.shard)
     cids = await client.zrangebyscore(k.user_conns(uid), f"({now_ms()}", "+inf")
     all_rooms = set(rooms)
     if cids:
@@ -157,20 +160,37 @@ async def set_status(uid: int, username: str, status: str, rooms: Iterable[str] 
         for cid in cids:
             pipe.smembers(k.conn_rooms(cid))
         all_rooms = all_rooms.union(*await pipe.execute())
-    ordered = sorted(all_rooms)
+    now = now_ms()
     await script("status").arun(
-        client,
-        [k.user(uid), k.events],
-        [now_ms(), log_maxlen(), uid, username, status, len(ordered), *ordered],
+        client, [k.user(uid), k.events], [now, log_maxlen(), uid, username, status, 0]
+    )
+    by_shard: dict[int, list[str]] = {}
+    for room in sorted(all_rooms):
+        by_shard.setdefault(room_home(room), []).append(room)
+    lua, nodes = script("status_rooms"), split_by_node(sorted(by_shard))
+    calls = [
+        [
+            (
+                lua,
+                [keys(shard).events],
+                [now, log_maxlen(), uid, username, status, *by_shard[shard]],
+            )
+            for shard in part
+        ]
+        for part in nodes
+    ]
+    await asyncio.gather(
+        *(arun_many(aclient_for(p[0]), c) for p, c in zip(nodes, calls, strict=True))
     )
     return all_rooms
 
 
 async def publish(room: str, frame_text: str) -> str:
-    """Log an application frame for every connection in ``room``; returns the entry id."""
-    client = aclient_for(0)  # the shard of its keys: shard 0 until the scripts are split
+    """Log an application frame for every connection in ``room`` (on the room's shard's
+    stream); returns the entry id."""
+    k = keys(room_home(room))
     return str(
         await script("publish").arun(
-            client, [keys().events], [now_ms(), log_maxlen(), room, frame_text]
+            aclient_for(k.shard), [k.events], [now_ms(), log_maxlen(), room, frame_text]
         )
     )

@@ -46,28 +46,43 @@ def room_shard(room: str) -> int:
     return _hash_shard("r", room)
 
 
+def login_shard(login: str) -> int:
+    """The shard holding a login session's own revocation mark (the cookie check at a
+    handshake knows no user yet; connect.lua reads the copy on the user's shard)."""
+    return _hash_shard("l", login or "-")
+
+
 def ip_shard(ip: str) -> int:
     """The shard holding an address's connect gate (its connections and rate bucket)."""
     return _hash_shard("a", ip or "-")
 
 
-# WARNING: where presence state is written TODAY. Room join and leave are split into a user
-# half and a room half (rooms.py; repair_rooms.lua), each on its own shard's keys, and the
-# event-log readers follow every shard's stream. But connect, heartbeat, end and reassert
-# (connections.py) still refresh and end a connection's rooms inside the user's script, and
-# status, held leaves and blocks are not split yet: until they are, both homes stay shard 0,
-# so one node holds all presence state (docs/operations.md, "Sharding": status). Flipping them
-# to user_shard/room_shard is the one switch that moves state
-# (tests/presence/store/test_split_rooms.py runs the room halves with the homes flipped, on one
-# Redis and on a Cluster). The event log (store/log.py) reads the same two functions.
+# Where presence state lives: its "homes". With SPLIT_HOMES, a user's keys are on the user's
+# shard, a room's on the room's shard, an address's gate on the address's shard, a login's
+# own revocation mark on the login's shard; without, every home is shard 0 (one slot: the
+# layout before the split). Every store path reads these functions, so this is the one
+# switch that moves state (docs/operations.md, "Sharding").
+SPLIT_HOMES = False
+
+
 def user_home(uid: int | str) -> int:
-    """The shard whose keys hold ``uid``'s presence state now (see the warning above)."""
-    return 0
+    """The shard whose keys hold ``uid``'s presence state (connections, status, holds)."""
+    return user_shard(uid) if SPLIT_HOMES else 0
 
 
 def room_home(room: str) -> int:
-    """The shard whose keys hold ``room``'s members now (see the warning above)."""
-    return 0
+    """The shard whose keys hold ``room``'s members (and its holds, its room events)."""
+    return room_shard(room) if SPLIT_HOMES else 0
+
+
+def ip_home(ip: str) -> int:
+    """The shard whose keys hold an address's connect gate."""
+    return ip_shard(ip) if SPLIT_HOMES else 0
+
+
+def login_home(login: str) -> int:
+    """The shard whose keys hold a login session's own revocation mark."""
+    return login_shard(login) if SPLIT_HOMES else 0
 
 
 def slot_range(shard: int, shards: int) -> tuple[int, int]:

@@ -9,28 +9,27 @@ KEYS[5]  {P}:conn:<cid>:rooms SET   rooms this connection joined
 KEYS[6]  {P}:user:<uid>       HASH  username, status
 KEYS[7]  {P}:user:<uid>:conns ZSET  cid -> expiry ms
 KEYS[8]  {P}:events           STREAM the event log (lib/eventlog.lua)
-The gate (checked before anything is registered):
-KEYS[9]  {P}:addr:<ip>:conns  ZSET  cid -> connect ms, the address's connections
-KEYS[10] {P}:addr:<ip>:rate   HASH  tokens, ts: the address's connect-rate token bucket
-KEYS[11] {P}:user:<uid>:block STR   reason; set with an expiry by an operator's block
-KEYS[12] {P}:user:<uid>:revoked STR ms: credentials issued before it are refused (a kick)
-KEYS[13] {P}:login:<hash>:revoked STR set while a login session is revoked (logout, kick)
-KEYS[14] {P}:token:<id>       STR   a single-use token's mark, once presented
-KEYS[15] {P}:active           ZSET  uid -> last activity (Unix s): a connect is activity
-KEYS[16] {P}:held             ZSET  held leaves -> due ms (end.lua's grace window)
-KEYS[17] {P}:held:why         HASH  held leave -> reason
+The gate's user side (checked before anything is registered; the address side, rate and
+connections per address, is connect_gate.lua's, on the address's shard, run between a
+'check' call of this script and its 'register' call: presence/store/connections.py):
+KEYS[9]  {P}:user:<uid>:block STR   reason; set with an expiry by an operator's block
+KEYS[10] {P}:user:<uid>:revoked STR ms: credentials issued before it are refused (a kick)
+KEYS[11] {P}:login:<hash>:revoked STR set while a login session is revoked (logout, kick)
+KEYS[12] {P}:token:<id>       STR   a single-use token's mark, once presented
+KEYS[13] {P}:active           ZSET  uid -> last activity (Unix s): a connect is activity
+KEYS[14] {P}:held             ZSET  held leaves -> due ms (end.lua's grace window)
+KEYS[15] {P}:held:why         HASH  held leave -> reason
 
 ARGV[1] now (ms)   ARGV[2] ttl (ms)   ARGV[3] key grace (ms)
 ARGV[4] cid        ARGV[5] uid        ARGV[6] username   ARGV[7] channel name
 ARGV[8] event log max length   ARGV[9] client IP ('' = unknown)   ARGV[10] user agent
 ARGV[11] max live connections per user (0 = no limit)
-ARGV[12] max connections per address (0 = no limit)
-ARGV[13] connects per second per address (token refill; 0 = no limit)
-ARGV[14] connect burst per address (bucket size)
-ARGV[15] when the credentials were issued (ms; 0 = not known, e.g. a session cookie)
-ARGV[16] token id ('' = not a token)   ARGV[17] token mark lifetime (ms)
-ARGV[18] login session hash ('' = none)
-ARGV[19] the connection key prefix ({P}:conn:), to prune an address's ended connections
+ARGV[12] when the credentials were issued (ms; 0 = not known, e.g. a session cookie)
+ARGV[13] token id ('' = not a token)   ARGV[14] token mark lifetime (ms)
+ARGV[15] login session hash ('' = none)
+ARGV[16] mode: 'register' (check, then register) or 'check' (the checks only: returns
+         {'ok'} when none refuses; a presented token is marked used all the same, and the
+         'register' call that follows passes no token)
 
 Logs `open` (c, u, n, ch, ip, ua: what the connection-session row is written from) and, for
 the user's first live connection, a global `join` (r '', u, n, s). That join carries x = '1'
@@ -47,13 +46,10 @@ is left when its hold expires (release_held.lua).
 Returns {joined, status, open_id}: joined is 1 when the user had no live connection before
 this one, status is the user's current status, open_id the id of the `open` entry.
 Or, when the gate refuses, {'refused', why, retry_after_ms} with nothing registered or
-logged; why is one of blocked, token_revoked, session_revoked, token_used, connect_rate,
-too_many_connections, too_many_from_address. A presented token is marked used even when
-the connection is then refused: a token opens at most one connection attempt.
-
-An address's connection set is not cleaned up when a connection ends (the end paths do not
-know its address); it is pruned here, only when it looks full, by dropping members whose
-connection hash is gone. So the count is exact whenever it matters, at O(limit) then.
+logged; why is one of blocked, token_revoked, session_revoked, token_used,
+too_many_connections (connect_gate.lua adds connect_rate and too_many_from_address). A
+presented token is marked used even when the connection is then refused: a token opens at
+most one connection attempt.
 
 Keys expire at expiry + grace, not at expiry: the sweep must still be able to read a
 lapsed connection to end its session. "Online" is decided by the scores, never by key TTL.
@@ -66,12 +62,11 @@ local cid, uid, username = ARGV[4], ARGV[5], ARGV[6]
 
 -- Reads (and the log check) before the first write: a failure leaves nothing behind.
 -- '(' makes the bound exclusive: a connection expiring exactly now is already gone.
--- The gate's own keys are not type-checked: the rate bucket is read (HMGET, which fails on a
--- wrong type) before it is the script's first write, and the string keys are only tested
--- (EXISTS, GET) or set with NX, which writes nothing over a key of another type.
+-- The gate's string keys are not type-checked: they are only tested (EXISTS, GET) or set
+-- with NX, which writes nothing over a key of another type.
 expect_types({KEYS[1], 'zset', KEYS[2], 'zset', KEYS[3], 'hash', KEYS[4], 'hash',
-  KEYS[5], 'set', KEYS[6], 'hash', KEYS[7], 'zset', KEYS[9], 'zset', KEYS[15], 'zset',
-  KEYS[16], 'zset', KEYS[17], 'hash'})
+  KEYS[5], 'set', KEYS[6], 'hash', KEYS[7], 'zset', KEYS[13], 'zset',
+  KEYS[14], 'zset', KEYS[15], 'hash'})
 local live_before = redis.call('ZCOUNT', KEYS[7], '(' .. now, '+inf')
 log_open(KEYS[8], ARGV[8], now)
 
@@ -79,64 +74,37 @@ log_open(KEYS[8], ARGV[8], now)
 local function refuse(why, retry_ms)
   return {'refused', why, math.max(0, math.floor(retry_ms))}
 end
-if redis.call('EXISTS', KEYS[11]) == 1 then
-  return refuse('blocked', redis.call('PTTL', KEYS[11]))
+if redis.call('EXISTS', KEYS[9]) == 1 then
+  return refuse('blocked', redis.call('PTTL', KEYS[9]))
 end
-if ARGV[18] ~= '' and redis.call('EXISTS', KEYS[13]) == 1 then
+if ARGV[15] ~= '' and redis.call('EXISTS', KEYS[11]) == 1 then
   return refuse('session_revoked', 0)
 end
 -- Issue times have a resolution of a second (a token's timestamp): a token minted in the
 -- second of a kick counts as minted before it.
-local issued = tonumber(ARGV[15])
-local revoked = tonumber(redis.call('GET', KEYS[12]) or '0')
+local issued = tonumber(ARGV[12])
+local revoked = tonumber(redis.call('GET', KEYS[10]) or '0')
 if issued > 0 and issued <= revoked then
   return refuse('token_revoked', 0)
 end
-if ARGV[16] ~= '' and not redis.call('SET', KEYS[14], now, 'NX', 'PX', ARGV[17]) then
+if ARGV[13] ~= '' and not redis.call('SET', KEYS[12], now, 'NX', 'PX', ARGV[14]) then
   return refuse('token_used', 0)
-end
-local rate, burst = tonumber(ARGV[13]), tonumber(ARGV[14])
-if rate > 0 then
-  local bucket = redis.call('HMGET', KEYS[10], 'tokens', 'ts')
-  local tokens = tonumber(bucket[1] or burst)
-  local ts = tonumber(bucket[2] or now)
-  tokens = math.min(burst, tokens + math.max(0, now - ts) * rate / 1000)
-  if tokens < 1 then
-    return refuse('connect_rate', (1 - tokens) * 1000 / rate)
-  end
-  redis.call('HSET', KEYS[10], 'tokens', tokens - 1, 'ts', now)
-  redis.call('PEXPIRE', KEYS[10], math.ceil(burst * 1000 / rate) + 1000)
 end
 local max_user = tonumber(ARGV[11])
 if max_user > 0 and live_before >= max_user then
   return refuse('too_many_connections', 0)
 end
-local max_addr = tonumber(ARGV[12])
-if max_addr > 0 and ARGV[9] ~= '' then
-  if redis.call('ZCARD', KEYS[9]) >= max_addr then
-    for _, other in ipairs(redis.call('ZRANGE', KEYS[9], 0, -1)) do
-      if redis.call('HEXISTS', ARGV[19] .. other, 'uid') == 0 then
-        redis.call('ZREM', KEYS[9], other)
-      end
-    end
-    if redis.call('ZCARD', KEYS[9]) >= max_addr then
-      return refuse('too_many_from_address', 0)
-    end
-  end
-end
-if ARGV[9] ~= '' then
-  redis.call('ZADD', KEYS[9], now, cid)
-  -- Long-lived: the set outlives the address's connections only until pruned.
-  redis.call('PEXPIRE', KEYS[9], 86400000)
+if ARGV[16] == 'check' then
+  return {'ok'}
 end
 
 redis.call('HSET', KEYS[4], 'uid', uid, 'username', username, 'channel', ARGV[7], 'exp', exp,
-  'at', now, 'ip', ARGV[9], 'login', ARGV[18])
+  'at', now, 'ip', ARGV[9], 'login', ARGV[15])
 redis.call('PEXPIREAT', KEYS[4], keyexp)
 -- A held leave taken back: the user never left (for anyone watching), so no join.
-local held_back = live_before == 0 and redis.call('ZREM', KEYS[16], uid) == 1
+local held_back = live_before == 0 and redis.call('ZREM', KEYS[14], uid) == 1
 if held_back then
-  redis.call('HDEL', KEYS[17], uid)
+  redis.call('HDEL', KEYS[15], uid)
   redis.call('HDEL', KEYS[6], 'held')
 end
 -- Read before the ZADD below: still listed while no live connection = lapsed, not swept.
@@ -146,7 +114,7 @@ redis.call('ZADD', KEYS[2], 'GT', exp, uid)
 redis.call('ZADD', KEYS[7], exp, cid)
 redis.call('PEXPIREAT', KEYS[7], keyexp)
 -- GT: an activity written with a later time (another process's batch) is never moved back.
-redis.call('ZADD', KEYS[15], 'GT', math.floor(now / 1000), uid)
+redis.call('ZADD', KEYS[13], 'GT', math.floor(now / 1000), uid)
 
 redis.call('HSET', KEYS[6], 'username', username)
 if live_before == 0 and not held_back then

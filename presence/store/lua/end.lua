@@ -1,6 +1,8 @@
 --[[
-end.lua -- remove a batch of connections from presence (graceful close or expiry sweep),
-and log what that changed.
+end.lua -- the user half of ending a batch of connections (graceful close or expiry
+sweep), on the users' shard: the connection, the user's presence, and what that changed.
+The room half (end_rooms.lua, on each room's shard) runs after it for the connections this
+script ended (state 1), with the rooms the caller knows (presence/store/connections.py).
 
 KEYS[1]  {P}:conns            ZSET  cid -> expiry ms
 KEYS[2]  {P}:users            ZSET  uid -> latest expiry ms
@@ -10,7 +12,8 @@ KEYS[5]  {P}:sweeping:exp     HASH  cid -> expiry ms at claim time
 KEYS[6]  {P}:events           STREAM the event log (lib/eventlog.lua)
 KEYS[7]  {P}:held             ZSET  held leaves -> due ms (`<uid>`, `<uid>|<room>`)
 KEYS[8]  {P}:held:why         HASH  held leave -> the reason its leave will carry
-then, for each connection, 4 + 2 * nrooms keys laid out as in heartbeat.lua.
+then, for each connection, 4 keys: {P}:conn:<cid>  {P}:conn:<cid>:rooms  {P}:user:<uid>
+{P}:user:<uid>:conns (as in heartbeat.lua).
 
 ARGV[1] now (ms)
 ARGV[2] mode: 'closed' (the socket closed: always end), 'swept' (end only while the
@@ -22,32 +25,33 @@ ARGV[4] ttl (ms)   ARGV[5] event log max length
 ARGV[6] leave grace (ms; 0 = leave at once). The caller passes 0 for final reasons
         (kicked, logged_out, revoked) and for the sweep (a lapsed connection already had
         its TTL); only mode 'closed' holds.
-ARGV[7] nconns, then per connection: cid, uid, nrooms, room names (nrooms of them)
+ARGV[7] nconns, then per connection: cid, uid
 
 Returns one entry per connection:
-  {cid, state, global_left, room_left_1, ...}
-  state 1: ended now; global_left is 1 when it was the user's last live connection,
-           followed by the rooms the user has no connection in any more.
+  {cid, state, global_left, username, room_1, ...}
+  state 1: ended now; global_left is 1 when it was the user's last live connection (2: its
+           leave is held, below); username is the connection's (the room half logs it),
+           then the rooms of {S}:conn:<cid>:rooms (the room half runs for them and for the
+           caller's).
   state 0: already ended by someone else, or its keys are gone. In mode 'closed' a `close`
            (hb '') is logged all the same: the socket did close, and the session row must
            end even when Redis lost the connection (the row keeps its first ending). In
            mode 'swept' nothing is logged (the sweep ends the row itself).
   state -1: not ended, the connection heartbeated after the sweep claimed it.
 
-Logged for each connection ended now, in this order: `leave` (r room, u, n, s 'offline',
-why, and v = '1' when the room has no member left: it was vacated) for each room the user left, a global `leave` (r '') when it was the user's last
-connection, then `close` (c, u, why, at = end time ms, hb = last heartbeat ms). A swept
-connection ends at its expiry (last heartbeat + TTL), a closed one now.
+Logged for each connection ended now, in this order: a global `leave` (r '') when it was
+the user's last connection, then `close` (c, u, why, at = end time ms, hb = last heartbeat
+ms). A swept connection ends at its expiry (last heartbeat + TTL), a closed one now. The
+rooms' leaves are end_rooms.lua's, on the rooms' shards' streams.
 
-The grace window (ARGV[6] > 0). Where a leave would be logged -- the user's last connection
-in a room, or their last live connection -- it is held instead: the user stays a member
-(the room's / {P}:users score becomes the due time, now + grace; {P}:user:<uid> gets
-`held` = due), the leave is entered in {P}:held with its reason in {P}:held:why, and the
-entry's global_left is 2 ("held": the caller schedules release_held.lua). A connect of the
-user within the window cancels the global hold and logs no join (connect.lua); a room
-join finds the user still a member and logs none (room_join_room.lua). release_held.lua logs
-the leaves still due. Exactly one leave either way: ZREM of the user from {P}:users (or from
-the room's zset) is what logs it, here or there, and a leave logged here drops the hold.
+The grace window (ARGV[6] > 0). Where the global leave would be logged -- the user's last
+live connection -- it is held instead: the user stays listed ({S}:users score becomes the
+due time, now + grace; {S}:user:<uid> gets `held` = due), the leave is entered in {S}:held
+with its reason in {S}:held:why, and the entry's global_left is 2 ("held": the caller
+schedules release_held.lua). A connect of the user within the window cancels the hold and
+logs no join (connect.lua). release_held.lua logs the leave when still due. Exactly one
+leave either way: ZREM of the user from {S}:users is what logs it, here or there, and a
+leave logged here drops the hold. Rooms hold their leaves the same way (end_rooms.lua).
 
 An ended connection leaves a tombstone: its hash is replaced by one holding only `ended`
 (the end time), kept for 10 x TTL. heartbeat.lua tells "ended" (0: close the socket) from
@@ -70,20 +74,12 @@ local spec = {KEYS[1], 'zset', KEYS[2], 'zset', KEYS[3], 'hash', KEYS[4], 'zset'
 do
   local a, k = 8, 9
   for _ = 1, nconns do
-    local nrooms = tonumber(ARGV[a + 2])
-    -- conn, rooms, user, uconns, then a (room zset, room-user set) pair per room
+    -- conn, rooms, user, uconns
     for j, t in ipairs({'hash', 'set', 'hash', 'zset'}) do
       spec[#spec + 1] = KEYS[k + j - 1]
       spec[#spec + 1] = t
     end
-    for r = 0, nrooms - 1 do
-      spec[#spec + 1] = KEYS[k + 4 + 2 * r]
-      spec[#spec + 1] = 'zset'
-      spec[#spec + 1] = KEYS[k + 5 + 2 * r]
-      spec[#spec + 1] = 'set'
-    end
-    a = a + 3 + nrooms
-    k = k + 4 + 2 * nrooms
+    k = k + 4
   end
 end
 expect_types(spec)
@@ -97,7 +93,7 @@ local k = 9
 local out = {}
 local ended = 0
 for i = 1, nconns do
-  local cid, uid, nrooms = ARGV[a], ARGV[a + 1], tonumber(ARGV[a + 2])
+  local cid, uid = ARGV[a], ARGV[a + 1]
   local conn, rooms, user, uconns = KEYS[k], KEYS[k + 1], KEYS[k + 2], KEYS[k + 3]
   local state = 1
   if mode == 'swept' then
@@ -114,9 +110,15 @@ for i = 1, nconns do
       state = 0
     end
   end
-  local entry = {cid, state, 0}
+  local entry = {cid, state, 0, ''}
   if state == 1 then
     local username, exp = info[1] or '', tonumber(info[2] or now)
+    entry[4] = username
+    -- The connection's own room set is authoritative (a join whose room half timed out may
+    -- be missing from the caller's list): the room half runs for these too.
+    for _, room in ipairs(redis.call('SMEMBERS', rooms)) do
+      entry[#entry + 1] = room
+    end
     local at = now
     if mode == 'swept' then
       at = tonumber(redis.call('HGET', KEYS[5], cid) or exp)
@@ -128,27 +130,6 @@ for i = 1, nconns do
     redis.call('ZREM', uconns, cid)
     if mode ~= 'swept' and redis.call('ZREM', KEYS[4], cid) == 1 then
       redis.call('HDEL', KEYS[5], cid)
-    end
-    for r = 0, nrooms - 1 do
-      local room, uroom = KEYS[k + 4 + 2 * r], KEYS[k + 5 + 2 * r]
-      redis.call('SREM', uroom, cid)
-      local last_here = redis.call('SCARD', uroom) == 0
-      if last_here and grace > 0 and redis.call('ZSCORE', room, uid) then
-        redis.call('ZADD', room, due, uid)
-        hold(uid .. '|' .. ARGV[a + 3 + r])
-        entry[3] = 2
-      elseif last_here and redis.call('ZREM', room, uid) == 1 then
-        redis.call('ZREM', KEYS[7], uid .. '|' .. ARGV[a + 3 + r])
-        redis.call('HDEL', KEYS[8], uid .. '|' .. ARGV[a + 3 + r])
-        entry[#entry + 1] = ARGV[a + 3 + r]
-        if redis.call('ZCARD', room) == 0 then
-          log_event('leave', 'r', ARGV[a + 3 + r], 'u', uid, 'n', username, 's', 'offline',
-            'why', reason, 'v', '1')
-        else
-          log_event('leave', 'r', ARGV[a + 3 + r], 'u', uid, 'n', username, 's', 'offline',
-            'why', reason)
-        end
-      end
     end
     if redis.call('ZCOUNT', uconns, '(' .. now, '+inf') == 0 then
       if grace > 0 and redis.call('ZSCORE', KEYS[2], uid) then
@@ -177,8 +158,8 @@ for i = 1, nconns do
     log_event('close', 'c', cid, 'u', uid, 'why', reason, 'at', now, 'hb', '')
   end
   out[i] = entry
-  a = a + 3 + nrooms
-  k = k + 4 + 2 * nrooms
+  a = a + 2
+  k = k + 4
 end
 if ended > 0 then
   redis.call('HINCRBY', KEYS[3], 'disconnects', ended)

@@ -1,23 +1,34 @@
 --[[
-heartbeat.lua -- refresh the presence of a batch of connections in one round trip.
+heartbeat.lua -- refresh one shard's section of a heartbeat batch (presence/store/
+connections.py splits a batch by shard: the users' part on each user's shard, the rooms'
+part on each room's shard; one pipeline per node carries every section of that node).
 
-KEYS[1]  {P}:conns            ZSET  cid -> expiry ms
-KEYS[2]  {P}:users            ZSET  uid -> latest expiry ms
-KEYS[3]  {P}:stats            HASH  live counters
-KEYS[4]  {P}:sweeping         ZSET  cid -> claim deadline ms (claimed by a sweep)
-KEYS[5]  {P}:sweeping:exp     HASH  cid -> expiry ms at claim time
-KEYS[6]  {P}:active           ZSET  uid -> last activity (Unix s)
-then, for each connection i of the batch, a group of 4 + 2 * nrooms_i keys:
-         {P}:conn:<cid>  {P}:conn:<cid>:rooms  {P}:user:<uid>  {P}:user:<uid>:conns
-         and per room: {P}:room:<room>  {P}:room:<room>:user:<uid>
+KEYS[1]  {S}:conns            ZSET  cid -> expiry ms
+KEYS[2]  {S}:users            ZSET  uid -> latest expiry ms
+KEYS[3]  {S}:stats            HASH  live counters
+KEYS[4]  {S}:sweeping         ZSET  cid -> claim deadline ms (claimed by a sweep)
+KEYS[5]  {S}:sweeping:exp     HASH  cid -> expiry ms at claim time
+KEYS[6]  {S}:active           ZSET  uid -> last activity (Unix s)
+then, for each connection i of the section (the shard's users'), 4 keys:
+         {S}:conn:<cid>  {S}:conn:<cid>:rooms  {S}:user:<uid>  {S}:user:<uid>:conns
+then, for each room membership j of the section (the shard's rooms'), 2 keys:
+         {S}:room:<room>  {S}:room:<room>:user:<uid>
 
 ARGV[1] now (ms)   ARGV[2] ttl (ms)   ARGV[3] key grace (ms)
 ARGV[4] ncounters, then ncounters pairs (field, increment) added to the stats hash
 then nactive, then nactive pairs (uid, Unix s): `activity` frames the batch carries
 (throttled per user by the writer; ZADD GT, so a late batch never moves a time back)
-then nconns, then per connection: cid, nrooms
+then nconns, then per connection: cid
+then nmembers, then per membership: cid, uid
 
-Returns one integer per connection, in order: 1 refreshed, 0 its session ended (end.lua
+A membership is refreshed only while the connection is in the room's user set (SISMEMBER):
+keyed by connection id, so it is idempotent, and an end whose room half ran (the cid left
+the set) is never undone by a late batch. It cannot see the user half's answer (another
+shard): a connection that ended but whose room half never ran (a process killed between the
+halves) is still refreshed by a batch that carried it, until its socket closes on the 0
+below; repair_rooms.lua removes it once it lapses.
+
+Returns one integer per connection of the section, in order (no membership answers): 1 refreshed, 0 its session ended (end.lua
 left its tombstone, a hash with only `ended`: the caller closes the socket with 4408),
 2 unknown and never ended here: the store lost it (a failover took the latest writes with
 it, or Redis restarted empty) while its socket stayed open; the caller re-asserts it
@@ -50,8 +61,8 @@ local k = 7
 local result = {}
 local refreshed = 0
 for i = 1, nconns do
-  local cid, nrooms = ARGV[a], tonumber(ARGV[a + 1])
-  a = a + 2
+  local cid = ARGV[a]
+  a = a + 1
   local conn, rooms, user, uconns = KEYS[k], KEYS[k + 1], KEYS[k + 2], KEYS[k + 3]
   local uid = redis.call('HGET', conn, 'uid')
   if uid then
@@ -66,12 +77,6 @@ for i = 1, nconns do
     if redis.call('ZREM', KEYS[4], cid) == 1 then
       redis.call('HDEL', KEYS[5], cid)
     end
-    for r = 0, nrooms - 1 do
-      local room, uroom = KEYS[k + 4 + 2 * r], KEYS[k + 5 + 2 * r]
-      redis.call('ZADD', room, 'GT', exp, uid)
-      redis.call('PEXPIREAT', room, keyexp)
-      redis.call('PEXPIREAT', uroom, keyexp)
-    end
     result[i] = 1
     refreshed = refreshed + 1
   elseif redis.call('HEXISTS', conn, 'ended') == 1 then
@@ -79,7 +84,20 @@ for i = 1, nconns do
   else
     result[i] = 2
   end
-  k = k + 4 + 2 * nrooms
+  k = k + 4
+end
+
+local nmembers = tonumber(ARGV[a])
+a = a + 1
+for _ = 1, nmembers do
+  local room, uroom = KEYS[k], KEYS[k + 1]
+  if redis.call('SISMEMBER', uroom, ARGV[a]) == 1 then
+    redis.call('ZADD', room, 'GT', exp, ARGV[a + 1])
+    redis.call('PEXPIREAT', room, keyexp)
+    redis.call('PEXPIREAT', uroom, keyexp)
+  end
+  a = a + 2
+  k = k + 2
 end
 
 if refreshed > 0 then

@@ -16,18 +16,20 @@ KEYS[5]  {P}:conn:<cid>       HASH  uid, username, channel, exp, at, ip, login
 KEYS[6]  {P}:conn:<cid>:rooms SET   rooms of the connection
 KEYS[7]  {P}:user:<uid>       HASH  username, status
 KEYS[8]  {P}:user:<uid>:conns ZSET  cid -> expiry ms
-then per room: {P}:room:<room> (ZSET uid -> expiry ms), {P}:room:<room>:user:<uid> (SET cids)
+(the user half, on the user's shard: the rooms are noted on the connection here, and
+presence/store/connections.py then runs room_join_room.lua in its re-assert mode on each
+room's shard, which writes the membership back and logs its join with x = '1')
 
 ARGV[1] now (ms)   ARGV[2] ttl (ms)   ARGV[3] key grace (ms)   ARGV[4] event log max length
 ARGV[5] cid   ARGV[6] uid   ARGV[7] username   ARGV[8] channel   ARGV[9] status
 ARGV[10] ip   ARGV[11] login hash   ARGV[12] nrooms, then the room names
 
-Returns {state, logged}: state 1 the connection was written back, 2 it was there already
+Returns {state, logged, status}: state 1 the connection was written back, 2 it was there already
 (its rooms and indexes were topped up), 0 it was ended here (end.lua's tombstone: the
-socket must close with 4408; nothing is written). `logged` counts the entries logged.
+socket must close with 4408; nothing is written). `logged` counts the entries logged; status is the user's (the room halves log it).
 
-Logged: a `join` with x = '1' for the global scope when the user was not listed online, and
-one per room the user was not listed in. x = '1' tells the hooks this is no new arrival
+Logged: a `join` with x = '1' for the global scope when the user was not listed online
+(the room halves log one per room the user was not listed in). x = '1' tells the hooks this is no new arrival
 (presence/hooks/events.py: no user.online / room.join), while log readers, v2 diffs and the
 replica list the user again; no `open` (the session row exists already) and never a leave.
 ]]
@@ -35,15 +37,8 @@ replica list the user again; no `open` (the session row exists already) and neve
 local now, ttl, grace = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local cid, uid, username = ARGV[5], ARGV[6], ARGV[7]
 local nrooms = tonumber(ARGV[12])
-local spec = {KEYS[1], 'zset', KEYS[2], 'zset', KEYS[3], 'hash', KEYS[5], 'hash',
-  KEYS[6], 'set', KEYS[7], 'hash', KEYS[8], 'zset'}
-for r = 0, nrooms - 1 do
-  spec[#spec + 1] = KEYS[9 + 2 * r]
-  spec[#spec + 1] = 'zset'
-  spec[#spec + 1] = KEYS[10 + 2 * r]
-  spec[#spec + 1] = 'set'
-end
-expect_types(spec)
+expect_types({KEYS[1], 'zset', KEYS[2], 'zset', KEYS[3], 'hash', KEYS[5], 'hash',
+  KEYS[6], 'set', KEYS[7], 'hash', KEYS[8], 'zset'})
 if redis.call('HEXISTS', KEYS[5], 'ended') == 1 then
   return {0, 0}
 end
@@ -77,17 +72,7 @@ if not listed then
   logged = logged + 1
 end
 for r = 0, nrooms - 1 do
-  local room, uroom, name = KEYS[9 + 2 * r], KEYS[10 + 2 * r], ARGV[13 + r]
-  local before = tonumber(redis.call('ZSCORE', room, uid) or '0')
-  redis.call('SADD', KEYS[6], name)
-  redis.call('SADD', uroom, cid)
-  redis.call('ZADD', room, 'GT', exp, uid)
-  redis.call('PEXPIREAT', room, keyexp)
-  redis.call('PEXPIREAT', uroom, keyexp)
-  if before <= now then
-    log_event('join', 'r', name, 'u', uid, 'n', username, 's', status, 'x', '1')
-    logged = logged + 1
-  end
+  redis.call('SADD', KEYS[6], ARGV[13 + r])
 end
 redis.call('PEXPIREAT', KEYS[6], keyexp)
-return {state, logged}
+return {state, logged, status}

@@ -8,6 +8,9 @@ KEYS[4]  {P}:events           STREAM the event log (lib/eventlog.lua)
 then, per held leave i, 3 keys:
   the user's:  {P}:user:<uid>  {P}:user:<uid>:conns  (unused: the user's hash again)
   a room's:    {P}:user:<uid>  {P}:room:<room>  {P}:room:<room>:user:<uid>
+(One shard's keys: the user's holds live on the user's shard, a room's on the room's shard;
+for a room's hold {P}:user:<uid> is that shard's key, usually absent: the username comes
+from `<member>\nname` of the held:why hash, written by end_rooms.lua.)
 
 ARGV[1] now (ms)   ARGV[2] event log max length
 ARGV[3] force: '1' releases the given holds whatever their due time (a kick, a block)
@@ -50,8 +53,9 @@ for i = 0, n - 1 do
   if due and (force or tonumber(due) <= now) then
     redis.call('ZREM', KEYS[1], member)
     local why = redis.call('HGET', KEYS[2], member) or 'closed'
-    redis.call('HDEL', KEYS[2], member)
-    local username = redis.call('HGET', user, 'username') or ''
+    local username = redis.call('HGET', KEYS[2], member .. '\nname')
+      or redis.call('HGET', user, 'username') or ''
+    redis.call('HDEL', KEYS[2], member, member .. '\nname')
     if room == '' then
       local uconns = KEYS[6 + 3 * i]
       redis.call('HDEL', user, 'held')

@@ -25,7 +25,7 @@ from redis.crc import key_slot
 
 from presence import store
 from presence.store import scripts as scripts_module
-from presence.store.scripts import LUA_DIR, LuaScript
+from presence.store.scripts import LUA_DIR, LuaScript, ScriptCall
 from tests.support.cluster import ClusterTopology
 
 RAN: set[str] = set()
@@ -55,9 +55,17 @@ def on_cluster(redis_cluster: ClusterTopology, settings: Settings) -> Iterator[N
         record(self.name, keys)
         return await arun(self, client, keys, args)  # type: ignore[arg-type]
 
+    queue_calls = scripts_module._queue_calls
+
+    def recording_queue(pipe: object, calls: Sequence[ScriptCall], which: Sequence[int]) -> None:
+        for i in which:  # the per-node pipelines of run_many
+            record(calls[i][0].name, calls[i][1])
+        queue_calls(pipe, calls, which)
+
     mp = pytest.MonkeyPatch()
     mp.setattr(LuaScript, "run", recording_run)
     mp.setattr(LuaScript, "arun", recording_arun)
+    mp.setattr(scripts_module, "_queue_calls", recording_queue)
     yield
     mp.undo()
     store.reset_clients()
@@ -92,8 +100,14 @@ async def test_connection_lifecycle_scripts(on_cluster: None) -> None:
     assert await store.room_leave(conn, "lobby") is True
     live = store.Liveness(store.ConnRef("c1", 7), username="u7", channel="ch")
     assert (await store.reassert(live))[0] == 2
-    [ended] = await store.end_connections([conn], reason="closed")
+    # Rooms on other shards than the user's: the room halves of re-assert and end.
+    rooms = ("lobby", "hall", "den")
+    assert await store.room_join(conn, "hall", now=now) == 1
+    relive = store.Liveness(store.ConnRef("c1", 7, rooms), username="u7", channel="ch")
+    assert (await store.reassert(relive))[0] == 2
+    [ended] = await store.end_connections([store.ConnRef("c1", 7, rooms)], reason="closed")
     assert ended.state == 1 and ended.global_left
+    assert sorted(ended.rooms_left) == ["den", "hall", "lobby"]
 
 
 async def test_held_leaves_release(on_cluster: None, settings: Settings) -> None:
@@ -102,30 +116,37 @@ async def test_held_leaves_release(on_cluster: None, settings: Settings) -> None
     await store.connect(cid="c2", uid=8, username="u8", channel="ch", now=now)
     [ended] = await store.end_connections([store.ConnRef("c2", 8)], now=now)
     assert ended.held
-    assert await store.arelease_due(now=now + 10_000) == (1, 1)
+    assert await store.arelease_due(now=now + 10_000, shards=[store.user_home(8)]) == (1, 1)
     await store.connect(cid="c3", uid=9, username="u9", channel="ch", now=now)
     await store.end_connections([store.ConnRef("c3", 9)], now=now)
     assert store.release_user(9, now=now) == 1
+    # A room's hold (end_rooms.lua) on the room's shard, released by that shard's sweep.
+    await store.connect(cid="c6", uid=6, username="u6", channel="ch", now=now)
+    assert await store.room_join(store.ConnRef("c6", 6), "den", now=now) == 1
+    [ended] = await store.end_connections([store.ConnRef("c6", 6, ("den",))], now=now)
+    assert ended.held
+    found = sum(store.release_due(now=now + 10_000, shard=s)[1] for s in store.all_shards())
+    assert found == 2  # the user's leave and the room's
 
 
 async def test_job_scripts(on_cluster: None) -> None:
-    # Each job runs on the shard that holds what it works on (user_home/room_home: shard 0
-    # until the homes are flipped to user_shard/room_shard; this holds either way).
-    home = store.user_home(4)
-    client = store.client_for(home)
+    shard = store.user_home(4)
+    client = store.client_for(shard)
     past = store.now_ms() - 120_000
     await store.connect(cid="c4", uid=4, username="u4", channel="c", now=past)
-    batch = store.claim_expired(client, batch=10, claim_timeout_ms=30_000, shard=home)
+    assert store.room_join_sync(store.ConnRef("c4", 4), "den", now=past) == 1
+    batch = store.claim_expired(client, batch=10, claim_timeout_ms=30_000, shard=shard)
     assert [c.cid for c in batch.claims] == ["c4"]
-    [swept] = store.end_swept_connections([store.ConnRef("c4", 4)], shard=home)
-    assert swept.state == 1
-    assert store.ack_swept(client, batch.deadline, ["c4"], shard=home) == 1
+    [swept] = store.end_swept_connections([store.ConnRef("c4", 4, ("den",))], shard=shard)
+    assert swept.state == 1 and swept.rooms_left == ["den"]
+    assert store.ack_swept(client, batch.deadline, ["c4"], shard=shard) == 1
     await store.connect(cid="c5", uid=5, username="u5", channel="c", now=past)
     assert store.room_join_sync(store.ConnRef("c5", 5), "hall", now=past) == 1
     assert store.repair_rooms(store.room_home("hall"), past + 120_000 + 3_600_000) == 1
-    client = store.client_for(0)
-    assert store.claim_stats(client, "f1") is True
-    assert store.release_stats_claim(client, "f1") is True
+    stats = store.user_home(5)  # the connect counted on the user's shard
+    client = store.client_for(stats)
+    assert store.claim_stats(client, "f1", shard=stats) is True
+    assert store.release_stats_claim(client, "f1", shard=stats) is True
     token = store.acquire_task_lock(client, "sweep", 10_000)
     assert token is not None
     assert store.extend_task_lock(client, "sweep", token, 10_000) is True

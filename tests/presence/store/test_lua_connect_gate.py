@@ -81,7 +81,8 @@ class TestPerAddress:
         await end("c1", uid=1)  # end.lua does not know the address; the gate prunes
 
         assert not (await connect("c3", uid=3, max_per_address=3)).refused
-        assert sorted(r.zrange(store.keys().addr_conns(IP), 0, -1)) == ["c0", "c2", "c3"]
+        members = sorted(r.zrange(store.keys().addr_conns(IP), 0, -1))
+        assert members == ["0|c0", "2|c2", "3|c3"]  # <uid>|<cid>: the prune finds the shard
 
     async def test_unknown_address_is_not_limited(self, r: redis.Redis) -> None:
         for i in range(3):
@@ -124,7 +125,7 @@ class TestCredentials:
         assert not (await connect("cookie", issued_ms=0)).refused  # issue time unknown
 
     async def test_a_revoked_login_session_is_refused(self, r: redis.Redis) -> None:
-        store.revoke_login("L1", seconds=60)
+        store.revoke_login("L1", seconds=60, uid=1)
 
         assert (await connect("c1", login="L1")).refused == "session_revoked"
         assert not (await connect("c2", login="L2")).refused

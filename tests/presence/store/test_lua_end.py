@@ -3,8 +3,10 @@
 Covers graceful close ('closed') and sweep ('swept') modes: what gets deleted, the global and
 per-room leaves (last live tab only, computed exactly once however connections are ended),
 the score of a user who stays online, claims, and the single-owner rule between a closing
-socket and a sweep. The event log gets, per connection ended, its room leaves, the global
-leave, then ``close`` (why, at, hb), each exactly once; an end that ends nothing logs nothing.
+socket and a sweep. The event log gets, per connection ended, the global leave, then
+``close`` (why, at, hb) -- the user half, end.lua -- then its room leaves (the room half,
+end_rooms.lua, on the rooms' shards' streams), each exactly once; an end that ends nothing
+logs nothing.
 """
 
 from __future__ import annotations
@@ -50,13 +52,13 @@ class TestClosed:
         assert r.zcard(k.room("a")) == r.zcard(k.room("b")) == 0
         assert r.scard(k.room_user("a", 7)) == 0
         assert r.hget(k.stats, "disconnects") == "1"
-        # Rooms first, then the global leave, then the connection's close (ended now; its
-        # last heartbeat was the connect at t0).
+        # The user half (the global leave, the connection's close: ended now, its last
+        # heartbeat was the connect at t0), then the room half.
         assert logged(r, since=mark) == [
-            leave("a", 7, t0 + 1, "closed", vacated=True),
-            leave("b", 7, t0 + 1, "closed", vacated=True),
             leave("", 7, t0 + 1, "closed"),
             closed_entry("c1", 7, t0 + 1, "closed", at=t0 + 1, hb=t0),
+            leave("a", 7, t0 + 1, "closed", vacated=True),
+            leave("b", 7, t0 + 1, "closed", vacated=True),
         ]
 
     async def test_logs_the_reason_given(self, r: redis.Redis) -> None:
@@ -67,9 +69,9 @@ class TestClosed:
         await close(conn, now=t0 + 1, reason="kicked")
 
         assert logged(r, since=mark) == [
-            leave("a", 7, t0 + 1, "kicked", vacated=True),
             leave("", 7, t0 + 1, "kicked"),
             closed_entry("c1", 7, t0 + 1, "kicked", at=t0 + 1, hb=t0),
+            leave("a", 7, t0 + 1, "kicked", vacated=True),
         ]
 
     async def test_last_heartbeat_is_logged_not_the_connect(self, r: redis.Redis) -> None:
@@ -127,9 +129,9 @@ class TestClosed:
         (res,) = await close(second, now=t0 + 7_000)
         assert (res.state, res.global_left, res.rooms_left) == (1, True, ["a"])
         assert logged(r, since=mark) == [
-            leave("a", 7, t0 + 7_000, "closed", vacated=True),
             leave("", 7, t0 + 7_000, "closed"),
             closed_entry("c2", 7, t0 + 7_000, "closed", at=t0 + 7_000, hb=t0),
+            leave("a", 7, t0 + 7_000, "closed", vacated=True),
         ]
 
     async def test_leaves_only_rooms_no_other_tab_is_in(self, r: redis.Redis) -> None:
@@ -143,9 +145,9 @@ class TestClosed:
         assert res.global_left is False
         assert sorted(res.rooms_left) == ["a", "c"]
         assert logged(r, since=mark) == [
+            closed_entry("c1", 7, t0 + 1, "closed", at=t0 + 1, hb=t0),
             leave("a", 7, t0 + 1, "closed", vacated=True),
             leave("c", 7, t0 + 1, "closed", vacated=True),
-            closed_entry("c1", 7, t0 + 1, "closed", at=t0 + 1, hb=t0),
         ]
 
     async def test_other_users_are_untouched(self, r: redis.Redis) -> None:
@@ -198,8 +200,8 @@ class TestLeaveComputedOnce:
         assert logged(r, since=mark) == [
             leave("", 7, t0, "timeout"),
             closed_entry("c1", 7, t0, "timeout", at=old + TTL_MS, hb=old),
-            leave("x", 7, t0, "timeout", vacated=True),
             closed_entry("c2", 7, t0, "timeout", at=old + TTL_MS, hb=old),
+            leave("x", 7, t0, "timeout", vacated=True),
         ]
 
     async def test_lapsed_tabs_ended_in_one_batch(self, r: redis.Redis) -> None:
@@ -286,9 +288,9 @@ class TestSwept:
         assert res == store.EndResult(cid="c1", state=1, global_left=True, rooms_left=["x"])
         assert r.hgetall(k.conn("c1")).keys() == {"ended"}
         assert logged(r, since=mark) == [
-            leave("x", 7, t0, "timeout", vacated=True),
             leave("", 7, t0, "timeout"),
             closed_entry("c1", 7, t0, "timeout", at=old + TTL_MS, hb=old),
+            leave("x", 7, t0, "timeout", vacated=True),
         ]
 
     async def test_swept_connection_ends_at_its_expiry_at_claim_time(self, r: redis.Redis) -> None:
@@ -312,15 +314,23 @@ class TestSwept:
         await connect("c1", 7, t0, rooms=("a",))
         mark = log_mark(r)
         sha = r.script_load(store.script("end").source)
-        ks = [*k.fixed(), k.events, k.held, k.held_why, *k.conn_group("c1", 7, ["a"])]
-        args = [t0 + 1, "closed", "error", TTL_MS, 1_000, 0, 1, "c1", 7, 1, "a"]
+        ks = [*k.fixed(), k.events, k.held, k.held_why, *k.conn_group("c1", 7, [])]
+        args = [t0 + 1, "closed", "error", TTL_MS, 1_000, 0, 1, "c1", 7]
 
         out = r.evalsha(sha, len(ks), *ks, *args)
 
-        assert out == [["c1", 1, 1, "a"]]
+        # The user half only: the connection's own rooms come back for the room half.
+        assert out == [["c1", 1, 1, "user7", "a"]]
         assert logged(r, since=mark) == [
-            leave("a", 7, t0 + 1, "error", vacated=True),
             leave("", 7, t0 + 1, "error"),
             closed_entry("c1", 7, t0 + 1, "error", at=t0 + 1, hb=t0),
         ]
-        assert r.evalsha(sha, len(ks), *ks, *args) == [["c1", 0, 0]]
+        assert r.evalsha(sha, len(ks), *ks, *args) == [["c1", 0, 0, ""]]
+        # The room half (end_rooms.lua), idempotent by connection id.
+        sha = r.script_load(store.script("end_rooms").source)
+        ks = [k.events, k.held, k.held_why, k.room("a"), k.room_user("a", 7)]
+        args = [t0 + 1, "error", 1_000, 0, 1, "c1", 7, "a", "user7"]
+        assert r.evalsha(sha, len(ks), *ks, *args) == [1]
+        assert r.evalsha(sha, len(ks), *ks, *args) == [0]
+        # (after the second user half's close of a connection it no longer found)
+        assert logged(r, since=mark)[3:] == [leave("a", 7, t0 + 1, "error", vacated=True)]

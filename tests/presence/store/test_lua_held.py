@@ -146,7 +146,7 @@ class TestAtOnce:
         result = await close(conn, now=t0 + 1, reason=reason)
 
         assert (result.held, result.global_left, result.rooms_left) == (False, True, ["a"])
-        assert kinds(logged(r, since=mark)) == [("leave", "a"), ("leave", "")]
+        assert kinds(logged(r, since=mark)) == [("leave", ""), ("leave", "a")]
         assert r.zcard(k.held) == 0
 
     async def test_grace_zero_is_off(self, r: redis.Redis, settings: Settings) -> None:
