@@ -186,6 +186,7 @@ from presence.store.reads import (
     list_online,
     user_presence,
 )
+from presence.store.replication import replicated_shards
 from presence.store.rooms import (
     get_status,
     publish,
@@ -392,6 +393,7 @@ __all__ = [
     "release_user",
     "remove_process",
     "repair_rooms",
+    "replicated_shards",
     "reset_clients",
     "revoke_login",
     "revoke_user_credentials",
