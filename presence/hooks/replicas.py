@@ -42,6 +42,11 @@ _unconfirmed_since: dict[int, float] = {}  # shard -> monotonic time of its firs
 _warned: set[int] = set()  # shards sent unconfirmed since their last confirmation
 
 
+def _id_order(stream_id: str) -> tuple[int, int]:
+    ms, _, seq = stream_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
 def split_replicated(
     entries: Sequence[store.GroupEntry],
 ) -> tuple[list[store.GroupEntry], list[store.GroupEntry]]:
@@ -50,7 +55,14 @@ def split_replicated(
     if not entries:
         return [], []
     shards = {e.shard for e in entries}
-    confirmed = store.replicated_shards(shards, timeout_ms=WAIT_MS)
+    # The newest entry read per shard (a trimmed one, without fields, cannot be looked up).
+    last_ids: dict[int, str] = {}
+    for entry in entries:
+        if entry.fields:
+            last_ids[entry.shard] = max(
+                last_ids.get(entry.shard, entry.stream_id), entry.stream_id, key=_id_order
+            )
+    confirmed = store.replicated_shards(last_ids, timeout_ms=WAIT_MS) | (shards - set(last_ids))
     now = time.monotonic()
     with _lock:
         for shard in shards:

@@ -22,7 +22,7 @@ server with no failover to guard against, and a Cluster's nodes fail over by the
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Mapping
 from typing import Any
 
 import redis
@@ -30,6 +30,7 @@ import redis
 from presence.conf import app_settings
 from presence.redis_url import RedisTarget, parse_redis_url
 from presence.store import topology
+from presence.store.keys import keys
 from presence.store.topology import split_by_node
 
 # A Pub/Sub channel nobody listens on (not a key: it holds nothing). PUBLISH is the cheapest
@@ -82,25 +83,33 @@ def _alone(target: RedisTarget, run_id: str) -> bool:
     return False
 
 
-def replicated_shards(shards: Iterable[int], *, timeout_ms: int) -> set[int]:
-    """Those of ``shards`` whose primary has every write so far on at least one replica,
-    waiting up to ``timeout_ms`` per node for it (one round trip per node asked). Shards on
-    nodes without a Sentinel URL are in the answer without asking.
+def replicated_shards(last_ids: Mapping[int, str], *, timeout_ms: int) -> set[int]:
+    """Those shards of ``last_ids`` (shard -> the id of the newest entry a reader read from
+    its stream) whose entry is on a primary that has every write so far on at least one
+    replica, waiting up to ``timeout_ms`` per node for it (one round trip per node asked).
+    Shards on nodes without a Sentinel URL are in the answer without asking.
+
+    The entry is looked up on the node that answers the WAIT: a reader's pooled connection
+    may still reach the old primary while a newer one reaches the new primary, and an entry
+    the answering node does not hold (it came from the other one) is not confirmed.
 
     WARNING: blocks up to ``timeout_ms`` on a node without a replica in sync: only for the
     hooks' readers, never on a socket's path.
     """
-    wanted = sorted(set(shards))
+    wanted = sorted(last_ids)
     targets = {s: _sentinel_target(s) for s in wanted}
     confirmed = {s for s in wanted if targets[s] is None}
     for part in split_by_node([s for s in wanted if s not in confirmed]):
         pipe: Any = topology.client_for(part[0]).pipeline(transaction=False)
+        for shard in part:
+            pipe.xrange(keys(shard).events, last_ids[shard], last_ids[shard], count=1)
         pipe.publish(REPLICATION_PROBE, "")
         pipe.execute_command("WAIT", 1, timeout_ms)
         pipe.info("server")
-        _, acked, server = pipe.execute()
+        *found, _, acked, server = pipe.execute()
         target = targets[part[0]]
         assert target is not None
-        if int(acked) >= 1 or _alone(target, str(server["run_id"])):
-            confirmed.update(part)
+        if int(acked) < 1 and not _alone(target, str(server["run_id"])):
+            continue
+        confirmed.update(shard for shard, entry in zip(part, found, strict=True) if entry)
     return confirmed

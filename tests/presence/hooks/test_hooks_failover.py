@@ -24,6 +24,7 @@ from presence.hooks import dispatch, replicas, webhooks
 from presence.hooks.events import HookEvent
 from presence.jobs.sweep import run_sweep
 from presence.models import WebhookEndpoint, WebhookEvent
+from presence.store.groups import entry_id
 from tests.support.sentinel import Node, SentinelTopology
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(180)]
@@ -108,6 +109,14 @@ async def test_a_close_lost_with_its_primary_gives_one_offline(
     # primary.
     assert offline == [] and held.unreplicated >= 1 and routed.unreplicated >= 1
     assert await sync_to_async(_webhook_offline)(endpoint) == []
+    # A reader's newer pooled connection reaches the new primary, which never had the
+    # close's entries: they are looked up where the WAIT runs, so still not confirmed.
+    raw = old.client().xrange(store.keys().events, "-", "+")[-2:]
+    closes = [store.GroupEntry(entry_id(0, i), fields) for i, fields in raw]
+    assert [e.fields["k"] for e in closes] == ["leave", "close"]
+    store.reset_clients()
+    ready, waiting = await sync_to_async(replicas.split_replicated)(closes)
+    assert ready == [] and waiting == closes
 
     # The demotion drops the close; the new primary's sweep ends the connection again.
     wait_demoted(old)
