@@ -120,6 +120,8 @@ class RedisServer:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if process.poll() is not None:
+                # It may exit on its bind error before a first look at the port: look now.
+                foreign = foreign if foreign is not None else self.process_id()
                 if foreign is not None:
                     raise PortTakenError(self.port, foreign)
                 raise RuntimeError(f"redis-server exited; see {self.directory / 'redis.log'}")
