@@ -32,7 +32,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from bench.shapes import run_shapes, write_results
+from bench.shapes import add_shape_options, parse_shape_options, run_shapes, write_results
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -185,17 +185,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.jobs_shards", description=__doc__)
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--connections", type=int, default=20_000)
-    p.add_argument("--shards", type=int, default=64, help="PRESENCE_SHARDS")
-    p.add_argument("--shapes", default="single,shards3,cluster3")
     p.add_argument(
         "--database-url",
         default=os.environ.get("BENCH_DATABASE_URL", ""),
         help="an empty PostgreSQL database (default: $BENCH_DATABASE_URL)",
     )
-    p.add_argument("--results-dir", type=Path, default=ROOT / "bench" / "results")
-    args = p.parse_args(argv)
-    args.shapes = [s for s in args.shapes.split(",") if s]
-    return args
+    add_shape_options(p)
+    return parse_shape_options(p, argv)
 
 
 def main(argv: list[str] | None = None) -> None:

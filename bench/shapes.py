@@ -8,6 +8,7 @@ environment, so each shape needs its own) and collect the JSON line it prints la
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import json
 import os
@@ -93,3 +94,17 @@ def write_results(results_dir: Path, scenario: str, records: list[dict[str, Any]
     path.write_text(json.dumps({"argv": sys.argv, "records": records}))
     print(f"written: {path}")
     return path
+
+
+def add_shape_options(p: argparse.ArgumentParser) -> None:
+    """The options every per-shape benchmark takes: --shards, --shapes, --results-dir."""
+    p.add_argument("--shards", type=int, default=64, help="PRESENCE_SHARDS")
+    p.add_argument("--shapes", default="single,shards3,cluster3")
+    p.add_argument("--results-dir", type=Path, default=ROOT / "bench" / "results")
+
+
+def parse_shape_options(p: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """``p``'s arguments, ``shapes`` split into a list of shape names."""
+    args = p.parse_args(argv)
+    args.shapes = [s for s in args.shapes.split(",") if s]
+    return args
