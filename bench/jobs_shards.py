@@ -22,18 +22,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib
 import json
 import os
 import resource
-import secrets
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
 from typing import Any
+
+from bench.shapes import add_shape_options, parse_shape_options, run_shapes, write_results
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -162,73 +161,37 @@ def worker(nodes: list[str], connections: int) -> dict[str, Any]:
 
 def run(o: Any) -> list[dict[str, Any]]:
     """Every shape, one worker process each; one record per shape."""
-    from config.embedded_redis import RedisServer
 
-    # The suite's fixtures' classes (tests/support/cluster.py), imported by name: mypy checks
-    # bench/, not the test support it would follow into.
-    topo: Any = importlib.import_module("tests.support.cluster")
+    def command(nodes: list[str]) -> list[str]:
+        cmd = [sys.executable, "-m", "bench.jobs_shards", "--worker", json.dumps(nodes)]
+        return [*cmd, "--connections", str(o.connections)]
 
-    tmp = Path(tempfile.mkdtemp(prefix="bench-jobs-"))
-    single = RedisServer(tmp / "single").start()
-    shards = topo.ShardsTopology(tmp / "shards").start()
-    cluster = topo.ClusterTopology(tmp / "cluster").start()
-    base = {k: v for k, v in os.environ.items() if not k.startswith("PRESENCE_REDIS_")}
-    base.update(
-        {
-            "REDIS_URL": single.url,
-            "DATABASE_URL": o.database_url,
-            "DJANGO_SETTINGS_MODULE": "config.settings",
-            "DJANGO_DEBUG": "false",
-            "DJANGO_SECRET_KEY": secrets.token_hex(32),
-            "DJANGO_LOG_LEVEL": "WARNING",
-            # The 2 s default fired on this loaded 2-core machine while sockets opened.
-            "PRESENCE_REDIS_CONNECT_TIMEOUT": "15",
-            "PRESENCE_SHARDS": str(o.shards),
-        }
+    def migrate(env: dict[str, str]) -> None:
+        subprocess.run(
+            [sys.executable, "manage.py", "migrate", "-v0"], cwd=ROOT, env=env, check=True
+        )
+
+    return run_shapes(
+        "jobs_shards",
+        o.shapes,
+        command,
+        shards=o.shards,
+        database_url=o.database_url,
+        prepare=migrate,
     )
-    subprocess.run([sys.executable, "manage.py", "migrate", "-v0"], cwd=ROOT, env=base, check=True)
-    shapes = {
-        "single": ([single.url], {}),
-        "shards3": (shards.urls, {"PRESENCE_REDIS_SHARD_URLS": ",".join(shards.urls)}),
-        "cluster3": (cluster.urls, {"PRESENCE_REDIS_CLUSTER_URL": cluster.url}),
-    }
-    records = []
-    try:
-        for name in o.shapes:
-            nodes, extra = shapes[name]
-            cmd = [sys.executable, "-m", "bench.jobs_shards", "--worker", json.dumps(nodes)]
-            cmd += ["--connections", str(o.connections)]
-            out = subprocess.run(
-                cmd, cwd=ROOT, env={**base, **extra}, capture_output=True, text=True
-            )
-            if out.returncode != 0:
-                raise RuntimeError(f"jobs worker {name} failed:\n{out.stderr[-3000:]}")
-            record = {"scenario": "jobs_shards", "shape": name}
-            record["result"] = json.loads(out.stdout.strip().splitlines()[-1])
-            print(json.dumps(record), flush=True)
-            records.append(record)
-    finally:
-        cluster.stop()
-        shards.stop()
-        single.stop()
-    return records
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.jobs_shards", description=__doc__)
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--connections", type=int, default=20_000)
-    p.add_argument("--shards", type=int, default=64, help="PRESENCE_SHARDS")
-    p.add_argument("--shapes", default="single,shards3,cluster3")
     p.add_argument(
         "--database-url",
         default=os.environ.get("BENCH_DATABASE_URL", ""),
         help="an empty PostgreSQL database (default: $BENCH_DATABASE_URL)",
     )
-    p.add_argument("--results-dir", type=Path, default=ROOT / "bench" / "results")
-    args = p.parse_args(argv)
-    args.shapes = [s for s in args.shapes.split(",") if s]
-    return args
+    add_shape_options(p)
+    return parse_shape_options(p, argv)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -239,12 +202,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     if not o.database_url:
         raise SystemExit("--database-url (or BENCH_DATABASE_URL): an empty PostgreSQL database")
-    records = run(o)
-    o.results_dir.mkdir(parents=True, exist_ok=True)
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    path = o.results_dir / f"jobs_shards-{stamp}.json"
-    path.write_text(json.dumps({"argv": sys.argv, "records": records}))
-    print(f"written: {path}")
+    write_results(o.results_dir, "jobs_shards", run(o))
 
 
 if __name__ == "__main__":

@@ -17,17 +17,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib
 import json
 import os
-import secrets
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
 from typing import Any
+
+from bench.shapes import add_shape_options, parse_shape_options, run_shapes, write_results
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -145,51 +144,12 @@ def measure(nodes: list[str], env: dict[str, str], o: Any) -> dict[str, Any]:
 
 def run(o: Any) -> list[dict[str, Any]]:
     """Every shape in turn (each measured by a fresh driver process: settings per shape)."""
-    from config.embedded_redis import RedisServer
 
-    topo: Any = importlib.import_module("tests.support.cluster")
-    tmp = Path(tempfile.mkdtemp(prefix="bench-reader-"))
-    single = RedisServer(tmp / "single").start()
-    shards = topo.ShardsTopology(tmp / "shards").start()
-    cluster = topo.ClusterTopology(tmp / "cluster").start()
-    base = {k: v for k, v in os.environ.items() if not k.startswith("PRESENCE_REDIS_")}
-    base.update(
-        {
-            "REDIS_URL": single.url,
-            "DATABASE_URL": f"sqlite:///{tmp / 'bench.sqlite3'}",
-            "DJANGO_SETTINGS_MODULE": "config.settings",
-            "DJANGO_DEBUG": "false",
-            "DJANGO_SECRET_KEY": secrets.token_hex(32),
-            "DJANGO_LOG_LEVEL": "WARNING",
-            # The 2 s default fired on this loaded 2-core machine while sockets opened.
-            "PRESENCE_REDIS_CONNECT_TIMEOUT": "15",
-            "PRESENCE_SHARDS": str(o.shards),
-        }
-    )
-    shapes = {
-        "single": ([single.url], {}),
-        "shards3": (shards.urls, {"PRESENCE_REDIS_SHARD_URLS": ",".join(shards.urls)}),
-        "cluster3": (cluster.urls, {"PRESENCE_REDIS_CLUSTER_URL": cluster.url}),
-    }
-    records = []
-    try:
-        for name in o.shapes:
-            nodes, extra = shapes[name]
-            cmd = [sys.executable, "-m", "bench.reader_shards", "--measure", json.dumps(nodes)]
-            cmd += ["--window", str(o.window), "--connections", str(o.connections)]
-            env = {**base, **extra}
-            out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
-            if out.returncode != 0:
-                raise RuntimeError(f"reader bench {name} failed:\n{out.stderr[-3000:]}")
-            record = {"scenario": "reader_shards", "shape": name}
-            record["result"] = json.loads(out.stdout.strip().splitlines()[-1])
-            print(json.dumps(record), flush=True)
-            records.append(record)
-    finally:
-        cluster.stop()
-        shards.stop()
-        single.stop()
-    return records
+    def command(nodes: list[str]) -> list[str]:
+        cmd = [sys.executable, "-m", "bench.reader_shards", "--measure", json.dumps(nodes)]
+        return [*cmd, "--window", str(o.window), "--connections", str(o.connections)]
+
+    return run_shapes("reader_shards", o.shapes, command, shards=o.shards)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -198,12 +158,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--measure", help=argparse.SUPPRESS)
     p.add_argument("--window", type=float, default=60.0, help="idle seconds measured")
     p.add_argument("--connections", type=int, default=5000, help="connects (and closes)")
-    p.add_argument("--shards", type=int, default=64, help="PRESENCE_SHARDS")
-    p.add_argument("--shapes", default="single,shards3,cluster3")
-    p.add_argument("--results-dir", type=Path, default=ROOT / "bench" / "results")
-    args = p.parse_args(argv)
-    args.shapes = [s for s in args.shapes.split(",") if s]
-    return args
+    add_shape_options(p)
+    return parse_shape_options(p, argv)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -215,12 +171,7 @@ def main(argv: list[str] | None = None) -> None:
     if o.measure:
         print(json.dumps(measure(json.loads(o.measure), dict(os.environ), o)))
         return
-    records = run(o)
-    o.results_dir.mkdir(parents=True, exist_ok=True)
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    path = o.results_dir / f"reader_shards-{stamp}.json"
-    path.write_text(json.dumps({"argv": sys.argv, "records": records}))
-    print(f"written: {path}")
+    write_results(o.results_dir, "reader_shards", run(o))
 
 
 if __name__ == "__main__":

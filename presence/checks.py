@@ -8,6 +8,7 @@ from django.core.checks import CheckMessage, Error, Tags, register
 from django.core.checks import Warning as CheckWarning
 
 from presence.conf import app_settings
+from presence.redis_url import redacted
 
 
 @register()
@@ -129,7 +130,7 @@ def check_settings_integration(app_configs: Any = None, **kwargs: Any) -> list[C
     if not getattr(settings, "REDIS_URL", ""):
         messages.append(
             CheckWarning(
-                f"REDIS_URL is not set: presence uses {app_settings.REDIS_URL}.",
+                f"REDIS_URL is not set: presence uses {redacted(app_settings.REDIS_URL)}.",
                 hint="Set REDIS_URL to the Redis server holding presence (docs/install.md).",
                 id="presence.W040",
             )
@@ -269,7 +270,8 @@ def check_presence_store_shape(app_configs: Any = None, **kwargs: Any) -> list[E
         except RedisUrlError as exc:
             errors.append(
                 Error(
-                    f"PRESENCE_REDIS_SHARD_URLS: {url!r} is malformed: {exc}.", id="presence.E033"
+                    f"PRESENCE_REDIS_SHARD_URLS: {redacted(url)!r} is malformed: {exc}.",
+                    id="presence.E033",
                 )
             )
     if app_settings.SHARDS < 1:

@@ -17,6 +17,7 @@ malformed URL in words (``RedisUrlError``; ``manage.py check`` shows it, presenc
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, quote, unquote, urlsplit
@@ -94,6 +95,32 @@ def redacted(url: str) -> str:
     if query_start >= 0 and "password=" in tail[query_start:]:
         tail = tail[:query_start] + "?***"
     return f"{scheme}://{userinfo}{at}{hosts}{slash}{tail}"
+
+
+# A Redis URL inside free text: one of SCHEMES, then everything up to whitespace or a quote.
+_URL_IN_TEXT = re.compile(
+    r"\b(?:" + "|".join(re.escape(s) for s in sorted(SCHEMES, key=len, reverse=True)) + r")"
+    r"://[^\s'\"<>]+"
+)
+# redis-py's reprs of clients, pools and connections list their keyword arguments, the
+# password among them (``Connection(...,password=s3cret,host=...)``); a MasterNotFoundError's
+# message carries such a repr of the sentinel client. Also the dict spellings.
+_PASSWORD_IN_TEXT = re.compile(r"(?i)(\b(?:sentinel_)?password(?:=|': '|\": \"))([^,)\s'\"]+)")
+
+
+def redact(text: str) -> str:
+    """``text`` with the password of every Redis URL in it, and every ``password=`` keyword
+    of a redis-py client's repr, replaced by ``***``: for log lines, exceptions and pages that
+    may print a Redis URL or a client (``redacted`` masks one URL)."""
+    text = _URL_IN_TEXT.sub(_redacted_in_text, text)
+    return _PASSWORD_IN_TEXT.sub(r"\1***", text)
+
+
+def _redacted_in_text(match: re.Match[str]) -> str:
+    # Punctuation that ends a sentence or a repr is not part of the URL.
+    url = match.group(0)
+    kept = url.rstrip(",.;:)]}")
+    return redacted(kept) + url[len(kept) :]
 
 
 def parse_redis_url(url: str) -> RedisTarget:

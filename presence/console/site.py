@@ -62,46 +62,32 @@ def _console_view(site: admin.AdminSite, view: Callable[..., HttpResponse]) -> V
     return site.admin_view(reads_from_replica(bound))
 
 
+# The console's pages: (route under the admin, view, URL name).
+CONSOLE_PAGES: tuple[tuple[str, Callable[..., HttpResponse], str], ...] = (
+    ("presence/online/", views.online, "presence_online"),
+    ("presence/online/disconnect/", views.disconnect, "presence_disconnect"),
+    ("presence/rooms/<path:room>/", views.room, "presence_room"),
+    ("presence/dashboard/", views.dashboard, "presence_dashboard"),
+    ("presence/dashboard/data/", views.dashboard_data, "presence_dashboard_data"),
+    ("presence/processes/", inspect.process_list, "presence_processes"),
+    ("presence/processes/<str:proc_id>/", inspect.process_detail, "presence_process"),
+    (
+        "presence/processes/<str:proc_id>/profile/",
+        inspect.process_profile,
+        "presence_process_profile",
+    ),
+    (
+        "presence/processes/<str:proc_id>/profile/<str:request_id>.speedscope.json",
+        inspect.profile_download,
+        "presence_process_profile_download",
+    ),
+)
+
+
 def console_urls(site: admin.AdminSite) -> list[URLResolver | URLPattern]:
     """The console's URL patterns, each view bound to ``site``."""
     return [
-        path("presence/online/", _console_view(site, views.online), name="presence_online"),
-        path(
-            "presence/online/disconnect/",
-            _console_view(site, views.disconnect),
-            name="presence_disconnect",
-        ),
-        path("presence/rooms/<path:room>/", _console_view(site, views.room), name="presence_room"),
-        path(
-            "presence/dashboard/",
-            _console_view(site, views.dashboard),
-            name="presence_dashboard",
-        ),
-        path(
-            "presence/dashboard/data/",
-            _console_view(site, views.dashboard_data),
-            name="presence_dashboard_data",
-        ),
-        path(
-            "presence/processes/",
-            _console_view(site, inspect.process_list),
-            name="presence_processes",
-        ),
-        path(
-            "presence/processes/<str:proc_id>/",
-            _console_view(site, inspect.process_detail),
-            name="presence_process",
-        ),
-        path(
-            "presence/processes/<str:proc_id>/profile/",
-            _console_view(site, inspect.process_profile),
-            name="presence_process_profile",
-        ),
-        path(
-            "presence/processes/<str:proc_id>/profile/<str:request_id>.speedscope.json",
-            _console_view(site, inspect.profile_download),
-            name="presence_process_profile_download",
-        ),
+        path(route, _console_view(site, view), name=name) for route, view, name in CONSOLE_PAGES
     ]
 
 

@@ -29,6 +29,7 @@ from django.utils import timezone
 
 from presence import store
 from presence.conf import app_settings
+from presence.hooks import replicas
 from presence.hooks.events import HookEvent, backoff_seconds, events_of
 from presence.jobs import groups
 from presence.jobs.periodic import RunReport, run_locked
@@ -48,6 +49,7 @@ class SignalReport(RunReport):
     events: int = 0  # events sent (every receiver returned or not)
     failed: int = 0  # events with a failing receiver (kept pending, retried later)
     held: int = 0  # entries left pending behind a held user
+    unreplicated: int = 0  # entries left pending until a replica has them (hooks/replicas.py)
     given_up: int = 0
     trimmed: int = 0
     malformed: int = 0
@@ -129,7 +131,16 @@ class Sender:
         ack: list[str] = []
         released: list[str] = []
         recovered: list[str] = []
+        # Entries their primary cannot show on a replica may vanish with it (a failover's
+        # old primary): they wait, and their users' later entries with them (the order).
+        _, unconfirmed = replicas.split_replicated(entries)
+        waiting = {e.id for e in unconfirmed}
+        self.report.unreplicated += len(waiting)
         for entry in entries:
+            if entry.id in waiting:
+                if uid_of := entry.fields.get("u"):
+                    self.blocked.add(uid_of)
+                continue
             if not entry.fields:
                 self.report.trimmed += 1
                 ack.append(entry.id)

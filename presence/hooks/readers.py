@@ -26,7 +26,7 @@ from django.utils import timezone
 
 from presence import store
 from presence.conf import app_settings
-from presence.hooks import dispatch, webhooks
+from presence.hooks import dispatch, replicas, webhooks
 from presence.jobs.consumers import TRANSIENT, Handled
 from presence.models import DeliveryState, WebhookEndpoint, WebhookEvent
 
@@ -64,6 +64,8 @@ class SignalHandler:
         if sender.holds:
             soonest = min(h.due_ms for h in sender.holds.values())
             retry_in = min(RESCAN_MAX, max(0.1, (soonest - store.now_ms()) / 1000))
+        if report.unreplicated:
+            retry_in = min(retry_in or replicas.RETRY, replicas.RETRY)
         return Handled(
             ack=ack,
             retry_in=retry_in,
@@ -180,7 +182,9 @@ class WebhookHandler:
         """Route the batch into the outbox (one transaction), then deliver what is due."""
         report = webhooks.RouteReport()
         endpoints = self._endpoints()
-        rows = webhooks.outbox_rows(entries, endpoints, report)
+        # Entries a replica does not hold yet wait (one close, one user.offline: replicas.py).
+        ready, unconfirmed = replicas.split_replicated(entries)
+        rows = webhooks.outbox_rows(ready, endpoints, report)
         if rows:
             with transaction.atomic():
                 WebhookEvent.objects.bulk_create(rows, ignore_conflicts=True)
@@ -194,7 +198,11 @@ class WebhookHandler:
                 webhooks.start_due_deliveries(
                     client, [e for e in endpoints if e.pk in touched], self.deliveries.kick
                 )
-        return Handled(ack=[e.id for e in entries], work={"queued_total": len(rows)})
+        return Handled(
+            ack=[e.id for e in ready],
+            retry_in=replicas.RETRY if unconfirmed else None,
+            work={"queued_total": len(rows)},
+        )
 
     def idle(self, client: redis.Redis) -> None:
         """Each ``PRESENCE_HOOKS_INTERVAL``: deliver retries that came due (and batches a

@@ -44,7 +44,7 @@ from django.utils import timezone
 
 from presence import store
 from presence.conf import app_settings
-from presence.hooks import destinations
+from presence.hooks import destinations, replicas
 from presence.hooks.events import HookEvent, backoff_seconds, events_of
 from presence.jobs import groups
 from presence.jobs.periodic import RunReport, run_locked
@@ -123,6 +123,7 @@ class RouteReport(RunReport):
     pruned: int = 0
     malformed: int = 0
     trimmed: int = 0
+    unreplicated: int = 0  # entries left pending until a replica has them (hooks/replicas.py)
     capped: bool = False
 
     def totals(self) -> dict[str, int]:
@@ -174,11 +175,15 @@ def route(report: RouteReport) -> RouteReport:
     for entries in groups.batches(
         store.WEBHOOKS_GROUP, count=app_settings.HOOKS_BATCH, reading=reading
     ):
-        rows = outbox_rows(entries, endpoints, report)
+        # Entries a replica does not hold yet stay pending for the next run (one close, one
+        # user.offline: presence/hooks/replicas.py).
+        ready, unconfirmed = replicas.split_replicated(entries)
+        report.unreplicated += len(unconfirmed)
+        rows = outbox_rows(ready, endpoints, report)
         with transaction.atomic():
             WebhookEvent.objects.bulk_create(rows, ignore_conflicts=True)
         # Only after the commit: a failure above leaves the entries pending for the next run.
-        store.ack_group(store.WEBHOOKS_GROUP, [e.id for e in entries])
+        store.ack_group(store.WEBHOOKS_GROUP, [e.id for e in ready])
         report.entries += len(entries)
         report.queued += len(rows)
     report.batches, report.capped = reading.batches, reading.capped

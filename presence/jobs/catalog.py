@@ -92,89 +92,89 @@ LATE_PERIODS = 3
 # it reads at least once a second (presence/jobs/consumers.py BLOCK_MAX) and records it.
 CONSUMER_LATE = 30.0
 
-JOBS: tuple[Job, ...] = (
-    Job(
-        key="sweep",
+
+def _periodic(
+    key: str,
+    task: str,
+    label: str,
+    *,
+    interval: str,
+    beat_entry: str,
+    expires: float | None = None,
+    on_console: bool = True,
+) -> Job:
+    """A job beat runs every ``interval``: each run claims its period, runs under its lock
+    and is recorded (what every periodic job here does)."""
+    return Job(
+        key=key,
         kind=PERIODIC,
-        task="presence.sweep_expired",
-        label="sweep",
+        task=task,
+        label=label,
+        interval=interval,
+        beat_entry=beat_entry,
+        claims_period=True,
+        expires=expires,
+        locked=True,
+        reported=True,
+        on_console=on_console,
+    )
+
+
+def _consumer(key: str, task: str, label: str, *, group: str) -> Job:
+    """A long-running reader of consumer group ``group``: one reader at a time (its lock),
+    recorded, on the console."""
+    return Job(
+        key=key,
+        kind=CONSUMER,
+        task=task,
+        label=label,
+        locked=True,
+        reported=True,
+        on_console=True,
+        group=group,
+    )
+
+
+JOBS: tuple[Job, ...] = (
+    _periodic(
+        "sweep",
+        "presence.sweep_expired",
+        "sweep",
         interval="SWEEP_INTERVAL",
         beat_entry="presence-sweep-expired",
-        claims_period=True,
-        locked=True,
-        reported=True,
-        on_console=True,
     ),
-    Job(
-        key="flush",
-        kind=PERIODIC,
-        task="presence.flush_stats",
-        label="stats flush",
+    _periodic(
+        "flush",
+        "presence.flush_stats",
+        "stats flush",
         interval="STATS_FLUSH_INTERVAL",
         beat_entry="presence-flush-stats",
-        claims_period=True,
-        locked=True,
-        reported=True,
-        on_console=True,
     ),
-    Job(
-        key="reap",
-        kind=PERIODIC,
-        task="presence.reap_sessions",
-        label="session reaper",
+    _periodic(
+        "reap",
+        "presence.reap_sessions",
+        "session reaper",
         interval="REAP_INTERVAL",
         beat_entry="presence-reap-sessions",
-        claims_period=True,
         expires=300.0,
-        locked=True,
-        reported=True,
-        on_console=True,
     ),
     # The log readers of ``manage.py presence_consume`` (presence/jobs/consumers.py). Their
     # Celery tasks remain for runs by hand (a one-off drain); beat does not schedule them.
     # Session rows (web processes write them too, within milliseconds, while they live).
-    Job(
-        key="sessionlog",
-        kind=CONSUMER,
-        task="presence.write_sessions",
-        label="session writer",
-        locked=True,
-        reported=True,
-        on_console=True,
-        group="sessions",
-    ),
+    _consumer("sessionlog", "presence.write_sessions", "session writer", group="sessions"),
     # Ghosts: online in Redis, held by no live web process (presence/jobs/reconcile.py).
-    Job(
-        key="reconcile",
-        kind=PERIODIC,
-        task="presence.reconcile_connections",
-        label="ghost reconciliation",
+    _periodic(
+        "reconcile",
+        "presence.reconcile_connections",
+        "ghost reconciliation",
         interval="RECONCILE_INTERVAL",
         beat_entry="presence-reconcile-connections",
-        claims_period=True,
-        locked=True,
-        reported=True,
+        on_console=False,
     ),
     # Server-side hooks (presence/hooks/, docs/hooks.md).
-    Job(
-        key="hooks",
-        kind=CONSUMER,
-        task="presence.send_signals",
-        label="signal sender",
-        locked=True,
-        reported=True,
-        on_console=True,
-        group="hooks",
-    ),
-    Job(
-        key="webhooks",
-        kind=CONSUMER,
-        task="presence.route_webhooks",
-        label="webhook router and delivery",
-        locked=True,
-        reported=True,
-        on_console=True,
-        group="webhooks",
+    _consumer("hooks", "presence.send_signals", "signal sender", group="hooks"),
+    _consumer(
+        "webhooks", "presence.route_webhooks", "webhook router and delivery", group="webhooks"
     ),
     # The webhooks consumer delivers in its own threads; this task delivers an endpoint when
     # other code asks (the admin's replay of dead letters), under the same per-endpoint lock

@@ -11,8 +11,9 @@ of the two formatters, and uvicorn's and Celery's loggers go through the same ha
   task, and of the database threads it calls, carry them.
 * Whatever a line contains, its formatted text is passed through :func:`redact`: tokens in
   query strings (``?token=`` shows in uvicorn's access log), bearer credentials, session and
-  CSRF cookies, and anything shaped like a Django-signed value (the WebSocket tokens),
-  wherever they appear -- message, arguments or traceback.
+  CSRF cookies, anything shaped like a Django-signed value (the WebSocket tokens), and the
+  passwords of Redis URLs and of redis-py client reprs, wherever they appear -- message,
+  arguments or traceback.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from django.core.handlers.asgi import ASGIRequest
 from django.http import HttpRequest, HttpResponse
 from django.utils.decorators import sync_and_async_middleware
 
+from presence import redis_url
 from presence.conf import app_settings
 
 request_id_var: ContextVar[str | None] = ContextVar("presence_request_id", default=None)
@@ -84,7 +86,9 @@ def redact(text: str) -> str:
     """
     for pattern, replacement in _REDACTIONS:
         text = pattern.sub(replacement, text)
-    return text
+    # Redis URLs' passwords, and those redis-py's client reprs show (a Sentinel
+    # MasterNotFoundError's message holds one): presence/redis_url.py knows their shapes.
+    return redis_url.redact(text)
 
 
 # --------------------------------------------------------------------------- filter, formatters

@@ -188,6 +188,7 @@ from presence.store.reads import (
     live_totals,
     user_presence,
 )
+from presence.store.replication import replicated_shards
 from presence.store.rooms import (
     get_status,
     publish,
@@ -402,6 +403,7 @@ __all__ = [
     "release_user",
     "remove_process",
     "repair_rooms",
+    "replicated_shards",
     "reset_clients",
     "revoke_login",
     "revoke_user_credentials",

@@ -32,11 +32,16 @@ from pathlib import Path
 from typing import Any
 
 import redis
-from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
 from tests.support.servers import ASGIServer
-from tests.support.shard_swarm import clients_by_url, store_online
+from tests.support.shard_swarm import (
+    clients_by_url,
+    connect_in_batches,
+    open_client,
+    store_online,
+)
 from tests.support.webhook_receiver import Receiver
 
 # The clients' heartbeat interval and the TTL of the stack: short, so a scenario takes
@@ -110,24 +115,10 @@ class Swarm:
 
     async def connect(self, batch: int = 50) -> None:
         """Connect every client (``batch`` at a time), each past its hello."""
-        for start in range(0, len(self.tokens), batch):
-            chunk = self.tokens[start : start + batch]
-            await asyncio.gather(
-                *(self._connect(i + start, uid, t) for i, (uid, t) in enumerate(chunk))
-            )
+        await connect_in_batches(self.tokens, batch, self._connect)
 
     async def _connect(self, i: int, uid: int, token: str) -> None:
-        server = self.servers[i % len(self.servers)]
-        conn = await connect(
-            f"{server.ws_url}/ws/presence/?token={token}",
-            origin=server.url,  # type: ignore[arg-type]
-            compression=None,
-            proxy=None,
-            open_timeout=30,
-            close_timeout=2,
-        )
-        hello = json.loads(await asyncio.wait_for(conn.recv(), 30))
-        assert hello["type"] == "hello", hello
+        conn = await open_client(self.servers[i % len(self.servers)], token)
         client = Client(uid, conn)
         self.clients.append(client)
         self._tasks.append(asyncio.create_task(self._run(client)))

@@ -18,7 +18,7 @@ import contextlib
 import json
 import random
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -62,6 +62,35 @@ class Tally:
     error_samples: list[dict[str, Any]] = field(default_factory=list)
 
 
+async def open_client(server: ASGIServer, token: str, **options: Any) -> ClientConnection:
+    """A real WebSocket client of ``server`` with ``token``, past its hello (``options``:
+    more of websockets' ``connect`` arguments). The swarms here and in chaos.py use it."""
+    conn = await connect(
+        f"{server.ws_url}/ws/presence/?token={token}",
+        origin=server.url,  # type: ignore[arg-type]
+        compression=None,
+        proxy=None,
+        open_timeout=30,
+        close_timeout=2,
+        **options,
+    )
+    hello = json.loads(await asyncio.wait_for(conn.recv(), 30))
+    assert hello["type"] == "hello", hello
+    return conn
+
+
+async def connect_in_batches(
+    tokens: list[tuple[int, str]],
+    batch: int,
+    connect_one: Callable[[int, int, str], Awaitable[None]],
+) -> None:
+    """``connect_one(i, uid, token)`` for every token, ``batch`` at a time (a crowd of
+    handshakes at once times out on the 2-core machines)."""
+    for start in range(0, len(tokens), batch):
+        chunk = tokens[start : start + batch]
+        await asyncio.gather(*(connect_one(start + i, uid, t) for i, (uid, t) in enumerate(chunk)))
+
+
 class RoomSwarm:
     """Clients spread over ``servers`` (client i on server i % len)."""
 
@@ -76,25 +105,10 @@ class RoomSwarm:
     # ------------------------------------------------------------------ connecting
     async def connect(self, batch: int = 25) -> None:
         """Connect every client (``batch`` at a time), each past its hello."""
-        for start in range(0, len(self.tokens), batch):
-            chunk = self.tokens[start : start + batch]
-            await asyncio.gather(
-                *(self._connect(start + i, uid, t) for i, (uid, t) in enumerate(chunk))
-            )
+        await connect_in_batches(self.tokens, batch, self._connect)
 
     async def _connect(self, i: int, uid: int, token: str) -> None:
-        server = self.servers[i % len(self.servers)]
-        conn = await connect(
-            f"{server.ws_url}/ws/presence/?token={token}",
-            origin=server.url,  # type: ignore[arg-type]
-            compression=None,
-            proxy=None,
-            open_timeout=30,
-            close_timeout=2,
-            max_size=None,
-        )
-        hello = json.loads(await asyncio.wait_for(conn.recv(), 30))
-        assert hello["type"] == "hello", hello
+        conn = await open_client(self.servers[i % len(self.servers)], token, max_size=None)
         member = Member(uid, i % len(self.servers), conn)
         self.members.append(member)
         self._tasks.append(asyncio.create_task(self._read(member)))
