@@ -68,6 +68,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
     start_store_shape(config.getoption("--presence-store"))
     db.test_database_of_this_run()
+    db.sqlite_test_database_in_ram()
 
 
 def starts_no_process(item: pytest.Item) -> bool:
@@ -91,6 +92,17 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     kept = set(keep)
     config.hook.pytest_deselected(items=[item for item in items if item not in kept])
     items[:] = keep
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Remove the SQLite test database's RAM folder (its database is dropped by now).
+
+    Here, not in ``pytest_unconfigure``: an xdist worker reports its end from the session's
+    finish, and the controller may stop it before its unconfigure has run.
+    """
+    from tests.support import db
+
+    db.remove_ram_dir()
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
