@@ -95,19 +95,24 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
-    """Remove the SQLite test database's RAM folder (its database is dropped by now).
+    """Stop the private Redis (and the store's shape) and remove the SQLite test database's
+    RAM folder: every fixture, the test database's included, is torn down by now.
 
-    Here, not in ``pytest_unconfigure``: an xdist worker reports its end from the session's
-    finish, and the controller may stop it before its unconfigure has run.
+    Here, not only in ``pytest_unconfigure``: an xdist worker reports its end from the
+    session's finish and the controller may stop it before its unconfigure runs, which left
+    each worker's redis-server running after the run (two per ``-n 2`` run, seen with ps).
     """
-    from tests.support import db
-
-    db.remove_ram_dir()
+    _stop_what_configure_started()
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    from tests.support import redis
+    _stop_what_configure_started()  # idempotent: a run ended before its session finished
+
+
+def _stop_what_configure_started() -> None:
+    from tests.support import db, redis
     from tests.support.cluster import stop_store_shape
 
     stop_store_shape()
     redis.stop()
+    db.remove_ram_dir()
