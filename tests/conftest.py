@@ -72,6 +72,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
     start_store_shape(config.getoption("--presence-store"))
     db.test_database_of_this_run()
+    db.sqlite_test_database_in_ram()
 
 
 def starts_no_process(item: pytest.Item) -> bool:
@@ -101,9 +102,25 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     items[:] = keep
 
 
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Stop the private Redis (and the store's shape) and remove the SQLite test database's
+    RAM folder: every fixture, the test database's included, is torn down by now.
+
+    Here, not only in ``pytest_unconfigure``: an xdist worker reports its end from the
+    session's finish and the controller may stop it before its unconfigure runs, which left
+    each worker's redis-server running after the run (two per ``-n 2`` run, seen with ps).
+    """
+    _stop_what_configure_started()
+
+
 def pytest_unconfigure(config: pytest.Config) -> None:
-    from tests.support import redis
+    _stop_what_configure_started()  # idempotent: a run ended before its session finished
+
+
+def _stop_what_configure_started() -> None:
+    from tests.support import db, redis
     from tests.support.cluster import stop_store_shape
 
     stop_store_shape()
     redis.stop()
+    db.remove_ram_dir()

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
+import tempfile
 import time
 import warnings
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -26,6 +29,48 @@ def no_persistent_connections() -> None:
 
     for alias in connections:
         connections.settings[alias]["CONN_MAX_AGE"] = 0
+
+
+# Where the SQLite test database goes when no TEST_SQLITE_DIR is given: RAM, if there is room.
+# Measured on the CI machine under load: a WAL commit took 4.2 ms in var/ and 0.29 ms there
+# (its fsync), and a test commits about 36 times (strace -c -f of 41 tests: 1485 fdatasync).
+RAM_DIR = Path("/dev/shm")
+RAM_DIR_MIN_FREE = 512 * 2**20  # a container's default /dev/shm (64 MB) stays for Chromium
+_ram_dir: Path | None = None
+
+
+def sqlite_test_database_in_ram() -> None:
+    """Put this run's SQLite test database in RAM (called from ``pytest_configure``).
+
+    The file is the same SQLite file the subprocesses open (``database_url()``), with the same
+    WAL journal and locking; only its fsyncs stop waiting on a disk. ``TEST_SQLITE_DIR`` names
+    another folder (``var`` keeps config/settings.py's ``var/test-<pid>.sqlite3``); without
+    it, /dev/shm when it is a writable tmpfs with room, else the file stays in var/.
+    """
+    global _ram_dir
+    from django.db import connections
+
+    chosen = os.environ.get("TEST_SQLITE_DIR", "")
+    if chosen == "var":
+        return
+    if chosen:
+        folder = Path(chosen)
+        folder.mkdir(parents=True, exist_ok=True)
+    elif os.access(RAM_DIR, os.W_OK) and shutil.disk_usage(RAM_DIR).free >= RAM_DIR_MIN_FREE:
+        folder = _ram_dir = Path(tempfile.mkdtemp(prefix="presence-tests-db-", dir=RAM_DIR))
+    else:
+        return
+    for alias in connections:
+        s = connections.settings[alias]
+        test = s.get("TEST") or {}
+        if s["ENGINE"].endswith("sqlite3") and test.get("NAME") and not test.get("MIRROR"):
+            test["NAME"] = str(folder / Path(test["NAME"]).name)
+
+
+def remove_ram_dir() -> None:
+    """Remove the RAM folder of the test database (called from ``pytest_sessionfinish``)."""
+    if _ram_dir is not None:
+        shutil.rmtree(_ram_dir, ignore_errors=True)
 
 
 def test_database_of_this_run() -> None:
