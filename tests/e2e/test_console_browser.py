@@ -295,20 +295,41 @@ def test_make_run_serves_a_styled_admin(
     chromium: Callable[..., WebDriver], tmp_path: Path, redis_server: Any
 ) -> None:
     """`make run` (bin/run.py after installing requirements) on a fresh var/ directory."""
-    port = free_port()
+    log = tmp_path / "run.log"
+    # The port is free when chosen, but the web process binds it only after migrations and
+    # the other processes' start (~10 s): another test's server may take it meanwhile. Such a
+    # start is retried on a new port (twice at most); any other early exit fails the test.
+    for attempt in range(3):
+        port = free_port()
+        proc = _start_make_run(port, tmp_path, redis_server.url, log)
+        if _wait_for_port(proc, port, log):
+            break
+        _stop(proc)
+        assert "address already in use" in log.read_text() and attempt < 2, log.read_text()
+    try:
+        driver = chromium()
+        driver.get(f"http://127.0.0.1:{port}/admin/login/")
+        assert_styled(driver)
+        assert (tmp_path / "var" / "static" / "admin" / "css" / "base.css").exists()
+    finally:
+        _stop(proc)
+
+
+def _start_make_run(
+    port: int, tmp_path: Path, redis_url: str, log: Path
+) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
         "PORT": str(port),
         "VAR_DIR": str(tmp_path / "var"),
-        "REDIS_URL": redis_server.url,
+        "REDIS_URL": redis_url,
         "DATABASE_URL": database_url(),
         "DJANGO_SETTINGS_MODULE": "config.settings",
         "PYTHONUNBUFFERED": "1",
     }
     env.pop("DJANGO_STATIC_ROOT", None)
-    log = tmp_path / "run.log"
     with log.open("wb") as out:
-        proc = subprocess.Popen(
+        return subprocess.Popen(
             [sys.executable, "bin/run.py"],
             cwd=ROOT,
             env=env,
@@ -316,24 +337,28 @@ def test_make_run_serves_a_styled_admin(
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            assert proc.poll() is None, log.read_text()
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                    break
-            except OSError:
-                assert time.monotonic() < deadline, log.read_text()
-                time.sleep(0.2)
-        driver = chromium()
-        driver.get(f"http://127.0.0.1:{port}/admin/login/")
-        assert_styled(driver)
-        assert (tmp_path / "var" / "static" / "admin" / "css" / "base.css").exists()
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
+
+
+def _wait_for_port(proc: subprocess.Popen[bytes], port: int, log: Path) -> bool:
+    """True once ``port`` accepts connections; False if ``proc`` exited first."""
+    deadline = time.monotonic() + 90
+    while proc.poll() is None:
         try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return True
+        except OSError:
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
+    return False
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
