@@ -19,9 +19,10 @@ logger = logging.getLogger(__name__)
 
 
 TASK = "reconcile"
-# WARNING: bounds one run. Each page is one ZSCAN plus one pipeline of one SMISMEMBER per live
-# process; 200 pages of 1,000 cover 200,000 connections (a larger deployment gets a lower
-# bound, flagged ``capped``).
+# WARNING: bounds one run. Each page is one ZSCAN of a shard's index plus one pipeline of one
+# SMISMEMBER per live process; a run reads at least one page per shard (64 by default); 200
+# pages of up to 1,000 cover 200,000 connections (a larger deployment gets a lower bound,
+# flagged ``capped``).
 RECONCILE_PAGE = 1000
 RECONCILE_MAX_PAGES = 200
 # Clock skew between web hosts tolerated when deciding a connection is older than the
@@ -56,18 +57,28 @@ def run_reconcile(report: ReconcileReport | None = None) -> ReconcileReport:
     seen = [int(rec.get("last_seen") or 0) for rec in records]
     before = min([now, *seen]) - RECONCILE_SKEW_MS
     ghosts: set[str] = set()
-    cursor, pages = 0, 0
-    while True:
-        cursor, cids = store.scan_live_connections(client, cursor, RECONCILE_PAGE, now=now)
-        pages += 1
-        report.scanned += len(cids)
-        held = store.connections_held(client, ids, cids)
-        missing = [cid for cid in cids if cid not in held and cid not in ghosts]
-        ghosts.update(store.connections_connected_before(client, missing, before, now=now))
-        if cursor == 0:
-            break
-        if pages >= RECONCILE_MAX_PAGES:
-            report.capped = True
+    pages = 0
+    # Every shard's expiry index, each on the node holding it; the processes' sockets are
+    # control keys on REDIS_URL. The page budget is the run's, over all shards.
+    for shard in store.all_shards():
+        holder, cursor = store.client_for(shard), 0
+        while True:
+            if pages >= RECONCILE_MAX_PAGES:
+                report.capped = True
+                break
+            cursor, cids = store.scan_live_connections(
+                holder, cursor, RECONCILE_PAGE, now=now, shard=shard
+            )
+            pages += 1
+            report.scanned += len(cids)
+            held = store.connections_held(client, ids, cids)
+            missing = [cid for cid in cids if cid not in held and cid not in ghosts]
+            ghosts.update(
+                store.connections_connected_before(holder, missing, before, now=now, shard=shard)
+            )
+            if cursor == 0:
+                break
+        if report.capped:
             break
     report.ghosts = len(ghosts)
     report.ghost_sample = ",".join(sorted(ghosts)[:GHOST_SAMPLE])

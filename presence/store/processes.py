@@ -126,11 +126,12 @@ def read_processes(client: redis.Redis) -> list[dict[str, str]]:
 
 
 def scan_live_connections(
-    client: redis.Redis, cursor: int, count: int, *, now: int | None = None
+    client: redis.Redis, cursor: int, count: int, *, now: int | None = None, shard: int = 0
 ) -> tuple[int, list[str]]:
-    """One ZSCAN page of the expiry index: (next cursor, ids of connections still live)."""
+    """One ZSCAN page of ``shard``'s expiry index (``client`` holds the shard): (next cursor,
+    ids of connections still live)."""
     now = now or now_ms()
-    next_cursor, members = client.zscan(keys().conns, cursor, count=count)  # type: ignore[misc]
+    next_cursor, members = client.zscan(keys(shard).conns, cursor, count=count)  # type: ignore[misc]
     return int(next_cursor), [str(cid) for cid, score in members if score > now]
 
 
@@ -149,12 +150,18 @@ def connections_held(client: redis.Redis, proc_ids: Sequence[str], cids: Sequenc
 
 
 def connections_connected_before(
-    client: redis.Redis, cids: Sequence[str], before_ms: int, *, now: int | None = None
+    client: redis.Redis,
+    cids: Sequence[str],
+    before_ms: int,
+    *,
+    now: int | None = None,
+    shard: int = 0,
 ) -> list[str]:
-    """The ``cids`` still live that connected before ``before_ms`` (one pipeline)."""
+    """The ``cids`` of ``shard`` (held by ``client``) still live that connected before
+    ``before_ms`` (one pipeline)."""
     if not cids:
         return []
-    k, now = keys(), now or now_ms()
+    k, now = keys(shard), now or now_ms()
     pipe = client.pipeline(transaction=False)
     for cid in cids:
         pipe.zscore(k.conns, cid)

@@ -206,6 +206,24 @@ class TestGhosts:
         report = run_reconcile()
         assert (report.scanned, report.ghosts) == (300, 30)
 
+    async def test_every_shards_connections_are_looked_at(self, r: Any, monkeypatch: Any) -> None:
+        # Users on their own shards (the homes split): the run reads every shard's index.
+        from presence.store import shards
+
+        monkeypatch.setattr(shards, "SPLIT_HOMES", True)
+        proc = LocalProcess()
+        cids = {uid: str(uuid.uuid4()) for uid in range(1, 21)}
+        for uid, cid in cids.items():
+            await connect(cid, age=5, uid=uid)
+            if uid % 2:
+                proc.track_open(cid)
+        await proc.publish()
+        assert len({store.user_home(uid) for uid in cids}) > 10  # spread over many shards
+
+        report = run_reconcile()
+
+        assert (report.scanned, report.ghosts) == (20, 10)
+
     async def test_the_task_records_the_count_for_metrics(self, r: Any) -> None:
         await connect(str(uuid.uuid4()), age=5)
         report = reconcile.reconcile_connections()
