@@ -29,6 +29,10 @@ SHAPE_SUITES: tuple[str, ...] = (
     "tests/presence/jobs/test_flush.py",
     "tests/presence/jobs/test_catalog.py",
     "tests/presence/jobs/test_reap.py",
+    # the expiry sweep: claims on the users' shards, the leaves read from every shard's log,
+    # the repair of orphan room members on the room's shard
+    "tests/presence/jobs/test_sweep.py",
+    "tests/presence/jobs/test_sweep_repair.py",
     # the session log: rows written behind from every shard's connects and ends
     "tests/sessions_app/test_sessions.py",
     # the hooks: signals and webhooks from every shard's stream
