@@ -33,8 +33,10 @@ SHAPE_SUITES: tuple[str, ...] = (
     # the repair of orphan room members on the room's shard
     "tests/presence/jobs/test_sweep.py",
     "tests/presence/jobs/test_sweep_repair.py",
-    # the session log: rows written behind from every shard's connects and ends
+    # the session log: rows written behind from every shard's connects and ends (the writer
+    # and the fallback drain over entries appended to the users' home shards' logs)
     "tests/sessions_app/test_sessions.py",
+    "tests/presence/jobs/test_sessionlog.py",
     # the hooks: signals and webhooks from every shard's stream
     "tests/presence/hooks",
     # presence.list paging through the consumer; the live side of watches and the inbox
