@@ -182,6 +182,7 @@ class TestSync:
         assert (diff["join"], diff["status"]) == ([], [])
         assert [u["username"] for u in diff["leave"]] == ["bob"]
 
+    @OWN_JOIN_AFTER_SYNC_ON_CLUSTER
     async def test_status_of_a_present_user(
         self, ws_client: WSFactory, auser_factory: UserFactory
     ) -> None:
