@@ -278,8 +278,9 @@ class TestSweepRun:
         settings.PRESENCE_SWEEP_CLAIM_TIMEOUT = 0.2
         (conn,) = await seed_connections([await auser_factory()], age=120)
         k, r = user_side(conn.uid)
-        batch = claim(store.user_home(conn.uid), timeout_ms=200)
-        (result,) = store.end_swept_connections([c.ref for c in batch.claims])
+        shard = store.user_home(conn.uid)
+        batch = claim(shard, timeout_ms=200)
+        (result,) = store.end_swept_connections([c.ref for c in batch.claims], shard=shard)
         assert result.state == 1  # ... and the sweep dies before the database
 
         await asyncio.sleep(0.25)
@@ -320,8 +321,8 @@ class TestSweepRun:
 
     async def test_many_batches_in_one_run(self, r, settings, auser_factory, seed_connections):
         settings.PRESENCE_SWEEP_BATCH_SIZE = 3
-        users = [await auser_factory() for _ in range(4)]
-        await seed_connections(users, per_user=2, age=120)
+        # One user's eight connections: one shard's index (batches are counted per shard).
+        await seed_connections([await auser_factory()], per_user=8, age=120)
         report = await sync_to_async(sweep.run_sweep)()
         assert (report.batches, report.ended, report.sessions_ended) == (3, 8, 8)
 
