@@ -90,6 +90,19 @@ def paused(server: RedisServer) -> Iterator[None]:
         os.kill(server.process.pid, signal.SIGCONT)
 
 
+def user_side(uid: int | str) -> tuple[store.Keys, redis.Redis]:
+    """The keys and the store's client of ``uid``'s home shard (a connection's hash, its
+    rooms set, the user's hash): where every store shape keeps them."""
+    shard = store.user_home(uid)
+    return store.keys(shard), store.client_for(shard)
+
+
+def room_side(room: str) -> tuple[store.Keys, redis.Redis]:
+    """The keys and the store's client of ``room``'s home shard (its members, room events)."""
+    shard = store.room_home(room)
+    return store.keys(shard), store.client_for(shard)
+
+
 def mark_ended(r: redis.Redis, cid: str, *, uid: int | None = None) -> None:
     """Leave a connection as end.lua does when a sweep or a kick ends it: its hash replaced by
     the tombstone heartbeat.lua reads (a deleted hash without one reads as "lost by the

@@ -29,8 +29,14 @@ SHAPE_SUITES: tuple[str, ...] = (
     "tests/presence/jobs/test_flush.py",
     "tests/presence/jobs/test_catalog.py",
     "tests/presence/jobs/test_reap.py",
-    # the session log: rows written behind from every shard's connects and ends
+    # the expiry sweep: claims on the users' shards, the leaves read from every shard's log,
+    # the repair of orphan room members on the room's shard
+    "tests/presence/jobs/test_sweep.py",
+    "tests/presence/jobs/test_sweep_repair.py",
+    # the session log: rows written behind from every shard's connects and ends (the writer
+    # and the fallback drain over entries appended to the users' home shards' logs)
     "tests/sessions_app/test_sessions.py",
+    "tests/presence/jobs/test_sessionlog.py",
     # the hooks: signals and webhooks from every shard's stream
     "tests/presence/hooks",
     # presence.list paging through the consumer; the live side of watches and the inbox
@@ -39,6 +45,10 @@ SHAPE_SUITES: tuple[str, ...] = (
     "tests/presence/handlers/test_handler_dispatch.py",
     "tests/presence/live/test_watches.py",
     "tests/presence/live/test_inbox.py",
+    # protocol v1 and v2 through the full ASGI stack: presence, rooms, diffs, sync, gaps
+    "tests/presence/consumers/test_protocol_presence.py",
+    "tests/presence/consumers/test_protocol_rooms.py",
+    "tests/presence/consumers/test_protocol_v2.py",
 )
 
 MARKERS = (

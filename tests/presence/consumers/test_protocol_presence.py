@@ -11,10 +11,10 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
-import redis
 from pytest_django.fixtures import Settings
 
 from presence import store
+from tests.support.redis import user_side
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(30)]
 
@@ -94,18 +94,18 @@ class TestJoinLeave:
         assert (await next_event(watcher))["event"] == "leave"
 
     async def test_graceful_close_removes_the_connection_at_once(
-        self, ws_client: WSFactory, auser_factory: UserFactory, r: redis.Redis
+        self, ws_client: WSFactory, auser_factory: UserFactory
     ) -> None:
         bob_user = await auser_factory("bob")
         bob = await ws_client(bob_user)
         sid = bob.hello["session_id"]
-        k = store.keys()
-        assert r.exists(k.conn(sid))
+        k, home = user_side(bob_user.pk)  # the connection lives on its user's shard
+        assert home.exists(k.conn(sid))
 
         await bob.close()  # returns once the consumer's disconnect() has finished
 
-        assert r.hgetall(k.conn(sid)).keys() == {"ended"}  # only its tombstone is left
-        assert r.zscore(k.conns, sid) is None
+        assert home.hgetall(k.conn(sid)).keys() == {"ended"}  # only its tombstone is left
+        assert home.zscore(k.conns, sid) is None
         assert store.user_presence(bob_user.pk) == (None, 0)
         assert store.list_online() == (0, [])
 

@@ -10,10 +10,9 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
-import redis
 from pytest_django.fixtures import Settings
 
-from presence import store
+from tests.support.redis import room_side, user_side
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(30)]
 
@@ -107,15 +106,17 @@ class TestJoin:
         assert (event["event"], event["status"]) == ("status", "busy")
 
     async def test_joining_twice_is_idempotent(
-        self, ws_client: WSFactory, auser_factory: UserFactory, r: redis.Redis
+        self, ws_client: WSFactory, auser_factory: UserFactory
     ) -> None:
-        bob = await ws_client(await auser_factory("bob"))
+        bob_user = await auser_factory("bob")
+        bob = await ws_client(bob_user)
 
         first = await bob.request("room.join", {"room": "lobby"}, id_=1)
         second = await bob.request("room.join", {"room": "lobby"}, id_=2)
 
         assert first["data"] == second["data"]
-        assert r.smembers(store.keys().conn_rooms(bob.hello["session_id"])) == {"lobby"}
+        k, home = user_side(bob_user.pk)  # a connection's rooms set is on its user's shard
+        assert home.smembers(k.conn_rooms(bob.hello["session_id"])) == {"lobby"}
 
     async def test_64_character_room_name(
         self, ws_client: WSFactory, auser_factory: UserFactory
@@ -143,7 +144,7 @@ class TestJoin:
 
 class TestLeave:
     async def test_leave_reply_and_event(
-        self, ws_client: WSFactory, auser_factory: UserFactory, member: Any, r: redis.Redis
+        self, ws_client: WSFactory, auser_factory: UserFactory, member: Any
     ) -> None:
         bob_user = await auser_factory("bob")
         bob = await ws_client(bob_user)
@@ -155,7 +156,8 @@ class TestLeave:
         assert reply == {"type": "reply", "id": 8, "data": {"room": "lobby"}}
         event = await member.recv_until(room_event("lobby"))
         assert (event["event"], event["user"]["id"]) == ("leave", bob_user.pk)
-        assert r.zscore(store.keys().room("lobby"), str(bob_user.pk)) is None
+        k, home = room_side("lobby")  # the members are on the room's shard
+        assert home.zscore(k.room("lobby"), str(bob_user.pk)) is None
         listing = await member.request("presence.list", {"room": "lobby"})
         assert [u["username"] for u in listing["data"]["users"]] == ["carol"]
 

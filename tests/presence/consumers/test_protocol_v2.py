@@ -11,7 +11,6 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
-import redis
 from prometheus_client import REGISTRY
 from pytest_django.fixtures import Settings
 
@@ -24,6 +23,18 @@ pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(30)]
 WSFactory = Callable[..., Awaitable[Any]]
 UserFactory = Callable[..., Awaitable[Any]]
 V2 = ["presence.v2"]
+
+# A product bug on the Cluster (reported, issue 19; presence/live/eventlog.py): the Cluster's
+# reader polls the logs, so a presence.sync right after connecting is answered from Redis
+# with the client's own join in it while the reader has not delivered that entry yet; the
+# entry then comes as a diff the snapshot already contains, against docs/protocol.md ("the
+# server never sends you a change your snapshot already contains"). Not strict: when the
+# poll wins the race the test passes.
+OWN_JOIN_AFTER_SYNC_ON_CLUSTER = pytest.mark.xfail(
+    "config.getoption('--presence-store') == 'cluster'",
+    reason="Cluster: the polled reader delivers the client's own join after its snapshot",
+    strict=False,
+)
 
 
 def is_diff(room: str | None = None) -> Callable[[dict[str, Any]], bool]:
@@ -90,8 +101,9 @@ class TestHandshake:
 
 
 class TestSync:
+    @OWN_JOIN_AFTER_SYNC_ON_CLUSTER
     async def test_snapshot_with_position(
-        self, ws_client: WSFactory, auser_factory: UserFactory, r: redis.Redis
+        self, ws_client: WSFactory, auser_factory: UserFactory
     ) -> None:
         await ws_client(await auser_factory("bob"))
         alice = await ws_client(await auser_factory("alice"), subprotocols=V2)
@@ -101,8 +113,15 @@ class TestSync:
         data = reply["data"]
         assert (reply["type"], data["count"], data["complete"]) == ("reply", 2, True)
         assert sorted(u["username"] for u in data["users"]) == ["alice", "bob"]
-        # The position is the log's newest entry when the snapshot was taken.
-        assert data["seq"] == r.xrevrange(store.keys().events, count=1)[0][0]
+        # The global position is the reader's own numbering (one per process over every
+        # shard's log, docs/protocol.md): the snapshot is at the reader's position, which is
+        # past the newest entry of every shard's log (nothing was logged after the sync).
+        reader = eventlog.get_reader()
+        assert reader is not None
+        await asyncio.sleep(0.2)  # the reader has followed the log
+        assert data["seq"] == reader.seq
+        newest = max(position(eid) for eid in (await store.log_positions()).values())
+        assert position(data["seq"])[0] >= newest[0]
 
     async def test_no_diffs_before_a_scope_is_synced(
         self, ws_client: WSFactory, auser_factory: UserFactory
@@ -112,6 +131,7 @@ class TestSync:
 
         assert await alice.no_frame(0.4)
 
+    @OWN_JOIN_AFTER_SYNC_ON_CLUSTER
     async def test_diffs_continue_from_the_snapshot(
         self, ws_client: WSFactory, auser_factory: UserFactory
     ) -> None:
@@ -132,6 +152,7 @@ class TestSync:
         ]
         assert left["prev"] == diff["seq"]  # the chain a client checks for gaps
 
+    @OWN_JOIN_AFTER_SYNC_ON_CLUSTER
     async def test_events_of_a_window_come_as_one_frame(
         self, ws_client: WSFactory, auser_factory: UserFactory, settings: Settings
     ) -> None:
@@ -147,10 +168,12 @@ class TestSync:
         assert sorted(joined(diffs)) == ["u0", "u1", "u2", "u3"]
         assert len(diffs) == 1  # one frame for the window, not one per event
 
+    @OWN_JOIN_AFTER_SYNC_ON_CLUSTER
     async def test_a_user_who_came_and_went_in_a_window_is_only_a_leave(
         self, ws_client: WSFactory, auser_factory: UserFactory, settings: Settings
     ) -> None:
-        settings.PRESENCE_DIFF_WINDOW = 0.5
+        # Wide enough for the test's connects on a loaded machine (0.5 s split them there).
+        settings.PRESENCE_DIFF_WINDOW = 1.5
         alice = await v2_client(ws_client, await auser_factory("alice"))
         bob = await ws_client(await auser_factory("bob"))
         await bob.request("status.set", {"status": "busy"})
@@ -161,6 +184,7 @@ class TestSync:
         assert (diff["join"], diff["status"]) == ([], [])
         assert [u["username"] for u in diff["leave"]] == ["bob"]
 
+    @OWN_JOIN_AFTER_SYNC_ON_CLUSTER
     async def test_status_of_a_present_user(
         self, ws_client: WSFactory, auser_factory: UserFactory
     ) -> None:
@@ -234,14 +258,19 @@ class TestRooms:
 
 class TestGaps:
     async def test_a_gap_in_the_log_pushes_fresh_state(
-        self, ws_client: WSFactory, auser_factory: UserFactory, r: redis.Redis
+        self, ws_client: WSFactory, auser_factory: UserFactory
     ) -> None:
-        alice = await v2_client(ws_client, await auser_factory("alice"))
+        alice_user = await auser_factory("alice")
+        alice = await v2_client(ws_client, alice_user)
         reader = eventlog.get_reader()
         assert reader is not None
         # An entry whose predecessor is not the last one the reader saw: entries were lost
-        # (trimmed past the reader, or a Redis restart).
-        r.xadd(store.keys().events, {"k": "join", "p": "1-1", "t": "0", "r": "", "u": "99"})
+        # (trimmed past the reader, or a Redis restart). On the log of alice's shard, which
+        # holds her join (any shard's log is followed).
+        shard = store.user_home(alice_user.pk)
+        store.client_for(shard).xadd(
+            store.keys(shard).events, {"k": "join", "p": "1-1", "t": "0", "r": "", "u": "99"}
+        )
 
         state = await alice.recv_until(lambda f: f["type"] == "presence.state", timeout=5)
 
@@ -254,6 +283,10 @@ class TestGaps:
         assert joined([diff]) == ["bob"] and diff["prev"] == state["seq"]
         assert bob.hello is not None
 
+    @pytest.mark.single_only(
+        reason="kills the suite's one Redis: on the cluster and shards shapes the presence "
+        "store and its logs are on other servers, which stay up"
+    )
     async def test_a_reader_that_lost_redis_resyncs_its_sockets(
         self, ws_client: WSFactory, auser_factory: UserFactory, redis_server: Any
     ) -> None:
@@ -273,6 +306,10 @@ class TestGaps:
             )
         assert sorted((s["room"] or "", s["count"]) for s in states) == [("", 0), ("lobby", 0)]
 
+    @pytest.mark.single_only(
+        reason="kills the suite's one Redis: on the cluster and shards shapes the presence "
+        "store and its logs are on other servers, which stay up"
+    )
     async def test_entries_lost_with_the_store_are_counted_and_the_socket_comes_back(
         self, ws_client: WSFactory, auser_factory: UserFactory, redis_server: Any
     ) -> None:
@@ -309,7 +346,7 @@ class TestReplica:
     """The global sync is answered from the reader's replica of the log: same answer."""
 
     async def test_sync_from_the_replica_matches_redis_through_churn(
-        self, ws_client: WSFactory, auser_factory: UserFactory, r: redis.Redis
+        self, ws_client: WSFactory, auser_factory: UserFactory
     ) -> None:
         alice = await v2_client(ws_client, await auser_factory("alice"))  # builds the replica
         bob_user, carol_user = await auser_factory("bob"), await auser_factory("carol")

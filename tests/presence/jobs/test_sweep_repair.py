@@ -33,10 +33,11 @@ def _room_events(client, shard: int, room: str) -> list[tuple[str, str]]:
     return [(f["k"], f["u"]) for _, f in raw if f.get("r") == room]
 
 
-def test_a_lapsed_orphan_member_is_removed_and_its_leave_logged_once(r, settings) -> None:
+def test_a_lapsed_orphan_member_is_removed_and_its_leave_logged_once(settings) -> None:
     settings.PRESENCE_SHARDS = 8
     room = "lobby-repair"
     shard = room_shard(room)
+    r = store.client_for(shard)  # the room shard's node, on every store shape
     lapsed = store.now_ms() - grace_ms() - 5_000
     _orphan_member(r, room, 4242, "dead-cid", lapsed)
     assert r.zcard(store.keys(shard).room(room)) == 1
@@ -52,10 +53,11 @@ def test_a_lapsed_orphan_member_is_removed_and_its_leave_logged_once(r, settings
     assert _room_events(r, shard, room) == [("join", "4242"), ("leave", "4242")]
 
 
-def test_a_live_member_is_left_alone(r, settings) -> None:
+def test_a_live_member_is_left_alone(settings) -> None:
     settings.PRESENCE_SHARDS = 8
     room = "lobby-live"
     shard = room_shard(room)
+    r = store.client_for(shard)  # the room shard's node, on every store shape
     _orphan_member(r, room, 77, "live-cid", store.now_ms() + 60_000)
 
     assert sweep.run_sweep().repaired == 0
