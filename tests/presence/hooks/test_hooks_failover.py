@@ -27,7 +27,14 @@ from presence.models import WebhookEndpoint, WebhookEvent
 from presence.store.groups import entry_id
 from tests.support.sentinel import Node, SentinelTopology
 
-pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(180)]
+pytestmark = [
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.timeout(180),
+    pytest.mark.single_only(
+        reason="fails over the one Redis behind REDIS_URL's Sentinel, which holds the store "
+        "only on one Redis (shards behind Sentinel: the chaos suite's shard scenario)"
+    ),
+]
 
 UID = 7
 
