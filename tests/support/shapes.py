@@ -45,6 +45,8 @@ SHAPE_SUITES: tuple[str, ...] = (
     "tests/presence/handlers/test_handler_dispatch.py",
     "tests/presence/live/test_watches.py",
     "tests/presence/live/test_inbox.py",
+    # the process registry and the ghost reconciliation over every shard's index
+    "tests/presence/live/test_processes.py",
     # protocol v1 and v2 through the full ASGI stack: presence, rooms, diffs, sync, gaps
     "tests/presence/consumers/test_protocol_presence.py",
     "tests/presence/consumers/test_protocol_rooms.py",
