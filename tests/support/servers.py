@@ -76,6 +76,10 @@ class ASGIServer(str):
             self.process.wait()
 
 
+class PortTakenError(RuntimeError):
+    """uvicorn could not bind its port: another process had taken it."""
+
+
 class ASGIServerFactory:
     """Starts uvicorn subprocesses and remembers them for teardown."""
 
@@ -93,8 +97,28 @@ class ASGIServerFactory:
         procfile: bool = False,
     ) -> ASGIServer:
         """``procfile``: run the Procfile's ``web:`` line through the shell, as honcho does
-        (``--lifespan on``, the flags it passes uvicorn from the environment)."""
-        port = port or free_port()
+        (``--lifespan on``, the flags it passes uvicorn from the environment).
+
+        A port this picks (``port`` not given) is free when picked, but another process of
+        the run (a worker's redis-server, another test's server) may bind it before uvicorn
+        does: such a start is retried on a new port, twice at most.
+        """
+        for attempt in range(3):
+            try:
+                return self._start(ws_max_size, env, port or free_port(), extra_args, procfile)
+            except PortTakenError:
+                if port is not None or attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _start(
+        self,
+        ws_max_size: int,
+        env: Mapping[str, str] | None,
+        port: int,
+        extra_args: tuple[str, ...],
+        procfile: bool,
+    ) -> ASGIServer:
         full_env = {
             **os.environ,
             "REDIS_URL": os.environ["REDIS_URL"],
@@ -150,7 +174,8 @@ class ASGIServerFactory:
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
             if not server.alive():
-                raise RuntimeError(f"uvicorn exited ({server.process.returncode}):\n{server.log()}")
+                error = PortTakenError if "address already in use" in server.log() else RuntimeError
+                raise error(f"uvicorn exited ({server.process.returncode}):\n{server.log()}")
             try:
                 with socket.create_connection(("127.0.0.1", server.port), timeout=0.5):
                     return
