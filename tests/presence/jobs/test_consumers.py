@@ -122,6 +122,12 @@ class TestInProcess:
                 5,
                 "three rows",
             )
+            # The run is recorded after the rows' commit: wait for it before the reader stops.
+            wait_until(
+                lambda: job_totals(r, "sessionlog").get("entries_total") == "3",
+                5,
+                "the run's record",
+            )
         assert pending_of(r, store.SESSION_LOG_GROUP) == {}
         totals = job_totals(r, "sessionlog")
         assert int(totals["entries_total"]) == 3
