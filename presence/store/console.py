@@ -19,7 +19,7 @@ from presence.store.jobs import score_ms
 from presence.store.keys import keys
 from presence.store.log import LogEntry
 from presence.store.processes import read_task_runs
-from presence.store.reads import fan_out, pick_ranges
+from presence.store.reads import fan_out, pick_ranges, queue_live_counts
 from presence.store.shards import all_shards
 from presence.store.topology import aclient_for, client_for, groups, node_of, shape, split_by_node
 
@@ -293,10 +293,8 @@ def console_overview(tasks: Sequence[str]) -> ConsoleOverview:
     for client, part in groups():
         pipe = client.pipeline(transaction=False)
         for shard in part:
-            k = keys(shard)
-            pipe.zcount(k.users, f"({now}", "+inf")
-            pipe.zcount(k.conns, f"({now}", "+inf")
-            pipe.hgetall(k.stats)
+            queue_live_counts(pipe, shard, now)
+            pipe.hgetall(keys(shard).stats)
         with_runs = client is recorder and task_runs is None
         if with_runs:
             for task in tasks:

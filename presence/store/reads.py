@@ -71,6 +71,13 @@ def format_users(uids: Sequence[str], details: Sequence[Any]) -> list[PresenceUs
 # whose index listed them (a user's keys live with their index entry).
 
 
+def queue_live_counts(pipe: Any, shard: int, now: int) -> None:
+    """Queue ``shard``'s users and connections online at ``now`` (two ZCOUNTs, in order)."""
+    k = keys(shard)
+    pipe.zcount(k.users, f"({now}", "+inf")
+    pipe.zcount(k.conns, f"({now}", "+inf")
+
+
 def live_totals() -> tuple[int, int]:
     """(users, connections) online now over every shard: the sums of the shards' ZCOUNTs,
     one pipeline per node (the stats flush samples them for the global peaks)."""
@@ -79,9 +86,7 @@ def live_totals() -> tuple[int, int]:
     for client, part in groups():
         pipe = client.pipeline(transaction=False)
         for shard in part:
-            k = keys(shard)
-            pipe.zcount(k.users, f"({now}", "+inf")
-            pipe.zcount(k.conns, f"({now}", "+inf")
+            queue_live_counts(pipe, shard, now)
         counts = pipe.execute()
         users += sum(int(n) for n in counts[0::2])
         conns += sum(int(n) for n in counts[1::2])
