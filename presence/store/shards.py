@@ -62,7 +62,7 @@ def ip_shard(ip: str) -> int:
 # own revocation mark on the login's shard; without, every home is shard 0 (one slot: the
 # layout before the split). Every store path reads these functions, so this is the one
 # switch that moves state (docs/operations.md, "Sharding").
-SPLIT_HOMES = False
+SPLIT_HOMES = True
 
 
 def user_home(uid: int | str) -> int:

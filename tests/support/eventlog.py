@@ -1,4 +1,11 @@
-"""Reading the presence event log ({P}:events) in the Lua script tests.
+"""Reading the presence event logs (one stream per shard, ``<shard tag>:events``) in tests.
+
+Each shard's state changes append to that shard's stream (presence/store/keys.py), so a
+user's connect and close lie on the user's shard and a room's join and leave on the room's.
+``log_mark`` takes every shard's newest id; ``log_entries``/``logged`` read what every shard
+appended after the mark, merged in stream-id order (entries of one shard keep their order;
+entries of two shards written in the same millisecond are ordered by shard, so a test that
+compares entries of two shards compares them as sets or per shard, never by position).
 
 Entries come back as their fields (decoded strings). ``logged`` leaves out ``p``, the id of
 the entry before, so tests compare what an event says; the chain itself is checked in
@@ -12,32 +19,63 @@ import redis
 from presence import store
 
 Entry = dict[str, str]
+# Per shard, the id of its newest entry when the mark was taken.
+Mark = dict[int, str]
 
 
-def log_entries(r: redis.Redis, since: str | None = None) -> list[tuple[str, Entry]]:
-    """(id, fields) of every entry after id ``since`` (all when None), oldest first."""
+def _id_key(eid: str) -> tuple[int, int]:
+    ms, _, seq = eid.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def shard_entries(r: redis.Redis, shard: int, since: str | None = None) -> list[tuple[str, Entry]]:
+    """(id, fields) of every entry of ``shard``'s stream after id ``since``, oldest first."""
     start = f"({since}" if since is not None else "-"
-    raw = r.xrange(store.keys().events, start, "+")
+    raw = r.xrange(store.keys(shard).events, start, "+")
     return [(str(eid), dict(fields)) for eid, fields in raw]  # type: ignore[union-attr]
 
 
-def logged(r: redis.Redis, since: str | None = None) -> list[Entry]:
-    """The fields of every entry after id ``since`` (all when None), oldest first, less ``p``."""
+def log_entries(r: redis.Redis, since: Mark | None = None) -> list[tuple[str, Entry]]:
+    """(id, fields) of every entry of every shard after ``since`` (all when None), merged
+    in id order (same id: by shard)."""
+    found: list[tuple[tuple[int, int], int, str, Entry]] = []
+    for shard in store.all_shards():
+        after = since.get(shard) if since is not None else None
+        for eid, fields in shard_entries(r, shard, after):
+            found.append((_id_key(eid), shard, eid, fields))
+    found.sort(key=lambda item: (item[0], item[1]))
+    return [(eid, fields) for _, _, eid, fields in found]
+
+
+def logged(r: redis.Redis, since: Mark | None = None) -> list[Entry]:
+    """The fields of every entry after ``since`` (all when None), merged as ``log_entries``
+    does, less ``p``."""
     return [
         {name: value for name, value in fields.items() if name != "p"}
         for _, fields in log_entries(r, since)
     ]
 
 
-def log_mark(r: redis.Redis) -> str:
-    """The id of the newest entry ("0-0" when the log is empty): pass it as ``since``."""
-    last = r.xrevrange(store.keys().events, "+", "-", count=1)
-    return str(last[0][0]) if last else "0-0"  # type: ignore[index]
+def log_mark(r: redis.Redis) -> Mark:
+    """Every shard's newest entry id ("0-0" for an empty stream): pass it as ``since``."""
+    pipe = r.pipeline(transaction=False)
+    shards = list(store.all_shards())
+    for shard in shards:
+        pipe.xrevrange(store.keys(shard).events, "+", "-", count=1)
+    return {
+        shard: str(last[0][0]) if last else "0-0"
+        for shard, last in zip(shards, pipe.execute(), strict=True)
+    }
 
 
-def log_len(r: redis.Redis) -> int:
-    """How many entries the log holds (0 when it does not exist)."""
-    return int(r.xlen(store.keys().events))  # type: ignore[arg-type]
+def log_len(r: redis.Redis, shard: int | None = None) -> int:
+    """How many entries ``shard``'s stream holds, or all shards' together when None (0 for a
+    stream that does not exist)."""
+    shards = list(store.all_shards()) if shard is None else [shard]
+    pipe = r.pipeline(transaction=False)
+    for each in shards:
+        pipe.xlen(store.keys(each).events)
+    return sum(int(n) for n in pipe.execute())
 
 
 def leave(

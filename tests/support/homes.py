@@ -1,0 +1,53 @@
+"""Where the store keeps what a test reads: each user's, room's and address's keys on its
+home shard (presence/store/shards.py), never one fixed shard.
+
+Tests read keys through these, so they hold whichever shard a name hashes to:
+``user_keys(7).conn("c1")`` is connection c1 of user 7 (a connection's keys live on its
+user's shard), ``room_keys("lobby").room("lobby")`` the room's members.
+"""
+
+from __future__ import annotations
+
+import redis
+
+from presence import store
+from presence.store.keys import Keys
+
+
+def user_keys(uid: int | str) -> Keys:
+    """The keys of ``uid``'s home shard (its connections, status, holds, the global index)."""
+    return store.keys(store.user_home(uid))
+
+
+def room_keys(room: str) -> Keys:
+    """The keys of ``room``'s home shard (its members and the room's index)."""
+    return store.keys(store.room_home(room))
+
+
+def addr_keys(ip: str) -> Keys:
+    """The keys of the shard holding ``ip``'s connect gate."""
+    return store.keys(store.ip_home(ip))
+
+
+def every_shard() -> list[Keys]:
+    """The keys of every shard, in order."""
+    return [store.keys(shard) for shard in store.all_shards()]
+
+
+def conn_exp(r: redis.Redis, cid: str) -> float | None:
+    """The expiry (ms) of connection ``cid`` in its shard's index of connections, wherever it
+    is (None when no shard lists it)."""
+    pipe = r.pipeline(transaction=False)
+    for k in every_shard():
+        pipe.zscore(k.conns, cid)
+    found = [score for score in pipe.execute() if score is not None]
+    assert len(found) <= 1, f"connection {cid} listed on {len(found)} shards"
+    return float(found[0]) if found else None
+
+
+def online_uids(r: redis.Redis) -> set[str]:
+    """Every user listed in some shard's global index (expired entries included)."""
+    pipe = r.pipeline(transaction=False)
+    for k in every_shard():
+        pipe.zrange(k.users, 0, -1)
+    return {str(uid) for part in pipe.execute() for uid in part}
