@@ -51,3 +51,13 @@ def online_uids(r: redis.Redis) -> set[str]:
     for k in every_shard():
         pipe.zrange(k.users, 0, -1)
     return {str(uid) for part in pipe.execute() for uid in part}
+
+
+def housemate(uid: int) -> int:
+    """The smallest uid above ``uid`` with the same home shard: for a test whose meaning needs
+    two users on one shard (a shard's counters and peaks, its index of users)."""
+    home = store.user_home(uid)
+    other = uid + 1
+    while store.user_home(other) != home:
+        other += 1
+    return other

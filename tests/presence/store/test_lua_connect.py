@@ -13,6 +13,7 @@ from redis.crc import key_slot
 
 from presence import store
 from tests.support.eventlog import join, log_entries, log_mark, logged
+from tests.support.homes import housemate, user_keys
 from tests.support.lua_timing import GRACE_MS, TTL_MS, _timing  # noqa: F401 - autouse fixture
 
 
@@ -30,7 +31,7 @@ async def connect(cid: str, uid: int, now: int, username: str = "", channel: str
 
 class TestFirstConnection:
     async def test_writes_every_key_of_the_layout(self, r: redis.Redis) -> None:
-        k, now = store.keys(), store.now_ms()
+        k, now = user_keys(7), store.now_ms()
         result = await store.connect(cid="c1", uid=7, username="alice", channel="chan!1", now=now)
 
         (open_id, _), _ = log_entries(r)
@@ -89,7 +90,7 @@ class TestFirstConnection:
         assert (opened["k"], opened["ip"], opened["ua"]) == ("open", "", "x" * 512)
 
     async def test_keys_expire_at_expiry_plus_grace(self, r: redis.Redis) -> None:
-        k, now = store.keys(), store.now_ms()
+        k, now = user_keys(7), store.now_ms()
         await connect("c1", 7, now)
 
         for key in (k.conn("c1"), k.user(7), k.user_conns(7)):
@@ -101,16 +102,17 @@ class TestFirstConnection:
         await connect("c1", 7, store.now_ms())
 
         found = r.keys("*")
-        assert store.keys().events in found
-        # One script, one slot: every key carries the tag of one shard.
+        assert user_keys(7).events in found
+        # One script, one slot: every key carries the tag of one shard (the user's).
         assert len({key_slot(key.encode()) for key in found}) == 1, found
         assert all(key.startswith("{presence:") for key in found), found
 
     async def test_counts_connects_and_peaks(self, r: redis.Redis) -> None:
-        k, now = store.keys(), store.now_ms()
+        # Counters and peaks are per shard: two users of one shard.
+        k, now, other = user_keys(1), store.now_ms(), housemate(1)
         await connect("c1", 1, now)
         await connect("c2", 1, now)
-        await connect("c3", 2, now)
+        await connect("c3", other, now)
 
         stats = r.hgetall(k.stats)
         assert stats["connects"] == "3"
@@ -120,7 +122,7 @@ class TestFirstConnection:
 
 class TestMultiTab:
     async def test_second_tab_does_not_join(self, r: redis.Redis) -> None:
-        k, now = store.keys(), store.now_ms()
+        k, now = user_keys(7), store.now_ms()
         assert await connect("c1", 7, now) is True
         mark = log_mark(r)
         assert await connect("c2", 7, now + 5_000) is False
@@ -136,11 +138,12 @@ class TestMultiTab:
         assert await connect("c1", 1, now) is True
         assert await connect("c2", 2, now) is True
 
-        joins = [e for e in logged(r) if e["k"] == "join"]
+        # Two users' joins lie on their own shards' logs: compared without their order.
+        joins = sorted((e for e in logged(r) if e["k"] == "join"), key=lambda e: e["u"])
         assert joins == [join("", 1, now), join("", 2, now)]
 
     async def test_older_connect_does_not_lower_the_user_score(self, r: redis.Redis) -> None:
-        k, now = store.keys(), store.now_ms()
+        k, now = user_keys(7), store.now_ms()
         await connect("c1", 7, now + 5_000)
         await connect("c2", 7, now)
 
@@ -159,7 +162,7 @@ class TestMultiTab:
         assert (opened["k"], opened["c"]) == ("open", "c2")
 
     async def test_lapsed_tab_does_not_count_as_online(self, r: redis.Redis) -> None:
-        k, now = store.keys(), store.now_ms()
+        k, now = user_keys(7), store.now_ms()
         await connect("c1", 7, now)
         await store.set_status(7, "user7", "away")
         mark = log_mark(r)

@@ -12,6 +12,7 @@ import redis
 
 from presence import store
 from tests.support.eventlog import logged
+from tests.support.homes import addr_keys, user_keys
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -36,8 +37,8 @@ async def end(cid: str, uid: int = 1) -> None:
     await store.end_connections([store.ConnRef(cid, uid)])
 
 
-def assert_nothing_registered(r: redis.Redis, cid: str, entries_before: int) -> None:
-    k = store.keys()
+def assert_nothing_registered(r: redis.Redis, cid: str, entries_before: int, uid: int = 1) -> None:
+    k = user_keys(uid)  # a connection's keys live on its user's shard
     assert not r.exists(k.conn(cid))
     assert r.zscore(k.conns, cid) is None
     assert len(logged(r)) == entries_before
@@ -67,10 +68,12 @@ class TestPerAddress:
     async def test_refuses_past_the_limit_across_users(self, r: redis.Redis) -> None:
         for i in range(3):
             assert not (await connect(f"c{i}", uid=i, max_per_address=3)).refused
+        before = len(logged(r))
 
         refused = await connect("c3", uid=9, max_per_address=3)
 
         assert refused.refused == "too_many_from_address"
+        assert_nothing_registered(r, "c3", before, uid=9)
         assert not (await connect("elsewhere", uid=9, ip="198.51.100.7", max_per_address=3)).refused
 
     async def test_ended_connections_are_pruned_when_the_set_looks_full(
@@ -81,7 +84,7 @@ class TestPerAddress:
         await end("c1", uid=1)  # end.lua does not know the address; the gate prunes
 
         assert not (await connect("c3", uid=3, max_per_address=3)).refused
-        members = sorted(r.zrange(store.keys().addr_conns(IP), 0, -1))
+        members = sorted(r.zrange(addr_keys(IP).addr_conns(IP), 0, -1))
         assert members == ["0|c0", "2|c2", "3|c3"]  # <uid>|<cid>: the prune finds the shard
 
     async def test_unknown_address_is_not_limited(self, r: redis.Redis) -> None:
@@ -129,7 +132,9 @@ class TestCredentials:
 
         assert (await connect("c1", login="L1")).refused == "session_revoked"
         assert not (await connect("c2", login="L2")).refused
-        assert 59_000 < r.pttl(store.keys().login_revoked("L1")) <= 60_000
+        # Two marks: the user's copy (connect.lua) and the login's own (the handshake's check).
+        for k in (user_keys(1), store.keys(store.login_home("L1"))):
+            assert 59_000 < r.pttl(k.login_revoked("L1")) <= 60_000
 
     async def test_a_blocked_user_is_refused_until_the_block_ends(self, r: redis.Redis) -> None:
         store.set_user_block(1, until_ms=store.now_ms() + 5_000, reason="spam")
@@ -147,18 +152,18 @@ class TestCredentials:
 
         await connect("c1", token_id="sig2", token_ttl_ms=60_000, address_rate=1, address_burst=1)
 
-        assert not r.exists(store.keys().token_used("sig2"))
-        assert not r.exists(store.keys().addr_rate(IP))
+        assert not r.exists(user_keys(1).token_used("sig2"))
+        assert not r.exists(addr_keys(IP).addr_rate(IP))
 
 
 class TestAtomicity:
     async def test_a_broken_address_set_fails_before_any_write(self, r: redis.Redis) -> None:
         """The gate's first write (the rate bucket) must not happen when a later one fails."""
-        r.set(store.keys().addr_conns(IP), "not a zset")
+        r.set(addr_keys(IP).addr_conns(IP), "not a zset")
         before = len(logged(r))
 
         with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
             await connect("c1", max_per_address=5, address_rate=1, address_burst=5)
 
-        assert not r.exists(store.keys().addr_rate(IP))
+        assert not r.exists(addr_keys(IP).addr_rate(IP))
         assert_nothing_registered(r, "c1", before)
