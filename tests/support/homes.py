@@ -61,3 +61,13 @@ def housemate(uid: int) -> int:
     while store.user_home(other) != home:
         other += 1
     return other
+
+
+def room_beside(room: str) -> str:
+    """The first room ``<room>-<n>`` with ``room``'s home shard: for a test whose meaning needs
+    two rooms of one shard (one shard's index of rooms, read in batches)."""
+    home = store.room_home(room)
+    n = 1
+    while store.room_home(f"{room}-{n}") != home:
+        n += 1
+    return f"{room}-{n}"

@@ -13,8 +13,9 @@ import json
 import redis
 
 from presence import store
+from tests.support.eventlog import Entry, Mark, log_entries, log_len, log_mark, logged
 from tests.support.eventlog import join as joined
-from tests.support.eventlog import log_entries, log_len, log_mark, logged
+from tests.support.homes import room_beside, room_keys, user_keys
 from tests.support.lua_timing import GRACE_MS, TTL_MS, _timing  # noqa: F401 - autouse fixture
 
 
@@ -34,7 +35,7 @@ async def leave(conn: store.ConnRef, room: str) -> bool:
     return await store.room_leave(conn, room)
 
 
-def logged_by_clock(r: redis.Redis, since: str, before: int, after: int) -> list[dict[str, str]]:
+def logged_by_clock(r: redis.Redis, since: Mark, before: int, after: int) -> list[Entry]:
     """The entries logged after ``since``, less ``t`` once checked to lie in [before, after]:
     for scripts the store hands the clock's now (room_leave, status, publish)."""
     entries = logged(r, since=since)
@@ -44,16 +45,17 @@ def logged_by_clock(r: redis.Redis, since: str, before: int, after: int) -> list
 
 class TestJoin:
     async def test_first_join_writes_membership(self, r: redis.Redis) -> None:
-        k = store.keys()
+        uk, rk = user_keys(7), room_keys("lobby")
         conn = await connect("c1", 7)
-        exp = float(r.hget(k.conn("c1"), "exp") or 0)
+        exp = float(r.hget(uk.conn("c1"), "exp") or 0)
         mark, now = log_mark(r), store.now_ms()
 
         assert await join(conn, "lobby", now) == 1
 
-        assert r.smembers(k.conn_rooms("c1")) == {"lobby"}
-        assert r.smembers(k.room_user("lobby", 7)) == {"c1"}
-        assert r.zscore(k.room("lobby"), "7") == exp
+        # The user half on the user's shard, the room half on the room's.
+        assert r.smembers(uk.conn_rooms("c1")) == {"lobby"}
+        assert r.smembers(rk.room_user("lobby", 7)) == {"c1"}
+        assert r.zscore(rk.room("lobby"), "7") == exp
         assert logged(r, since=mark) == [joined("lobby", 7, now, occupied=True)]
 
     async def test_join_carries_the_users_status(self, r: redis.Redis) -> None:
@@ -66,12 +68,12 @@ class TestJoin:
         assert logged(r, since=mark) == [joined("lobby", 7, now, status="busy", occupied=True)]
 
     async def test_join_sets_key_expiry(self, r: redis.Redis) -> None:
-        k = store.keys()
+        uk, rk = user_keys(7), room_keys("lobby")
         conn = await connect("c1", 7)
 
         await join(conn, "lobby")
 
-        for key in (k.conn_rooms("c1"), k.room("lobby"), k.room_user("lobby", 7)):
+        for key in (uk.conn_rooms("c1"), rk.room("lobby"), rk.room_user("lobby", 7)):
             assert TTL_MS + GRACE_MS - 2_000 < r.pttl(key) <= TTL_MS + GRACE_MS, key
 
     async def test_same_connection_twice(self, r: redis.Redis) -> None:
@@ -80,11 +82,11 @@ class TestJoin:
         entries = log_len(r)
 
         assert await join(conn, "lobby") == 0
-        assert r.scard(store.keys().room_user("lobby", 7)) == 1
+        assert r.scard(room_keys("lobby").room_user("lobby", 7)) == 1
         assert log_len(r) == entries
 
     async def test_second_tab_does_not_join_again(self, r: redis.Redis) -> None:
-        k = store.keys()
+        k = room_keys("lobby")
         first, second = await connect("c1", 7), await connect("c2", 7)
         await join(first, "lobby")
         entries = log_len(r)
@@ -120,13 +122,13 @@ class TestJoin:
 
     async def test_raw_evalsha(self, r: redis.Redis) -> None:
         """KEYS/ARGV/return of both halves exactly as the script headers document them."""
-        k, now = store.keys(), store.now_ms()
+        uk, rk, now = user_keys(7), room_keys("lobby"), store.now_ms()
         await connect("c1", 7)
-        exp = r.hget(k.conn("c1"), "exp")
+        exp = r.hget(uk.conn("c1"), "exp")
         user_sha = r.script_load(store.script("room_join_user").source)
         room_sha = r.script_load(store.script("room_join_room").source)
-        user_ks = [k.conn("c1"), k.conn_rooms("c1"), k.user(7)]
-        room_ks = [k.room("lobby"), k.room_user("lobby", 7), k.rooms, k.events]
+        user_ks = [uk.conn("c1"), uk.conn_rooms("c1"), uk.user(7)]
+        room_ks = [rk.room("lobby"), rk.room_user("lobby", 7), rk.rooms, rk.events]
         mark = log_mark(r)
 
         assert r.evalsha(user_sha, 3, *user_ks, GRACE_MS, "lobby") == [exp, "user7", "online", 1]
@@ -136,12 +138,12 @@ class TestJoin:
         assert r.evalsha(user_sha, 3, *user_ks, GRACE_MS, "lobby") == [exp, "user7", "online", 0]
         assert r.evalsha(room_sha, 4, *room_ks, *room_args) == 0
         assert logged(r, since=mark) == [joined("lobby", 7, now, occupied=True)]
-        assert r.zscore(k.rooms, "lobby") == float(exp or 0)
-        assert r.evalsha(user_sha, 3, k.conn("x"), k.conn_rooms("x"), k.user(7), 1, "a") == -1
+        assert r.zscore(rk.rooms, "lobby") == float(exp or 0)
+        assert r.evalsha(user_sha, 3, uk.conn("x"), uk.conn_rooms("x"), uk.user(7), 1, "a") == -1
 
     async def test_retry_after_the_user_half_alone_joins_once(self, r: redis.Redis) -> None:
         """A join whose first attempt died between the halves: the retry finishes it."""
-        k, now = store.keys(), store.now_ms()
+        k, now = user_keys(7), store.now_ms()
         conn = await connect("c1", 7)
         user_ks = [k.conn("c1"), k.conn_rooms("c1"), k.user(7)]
         store.script("room_join_user").run(r, user_ks, [GRACE_MS, "lobby"])
@@ -150,12 +152,12 @@ class TestJoin:
         assert await join(conn, "lobby", now) == 1
         assert await join(conn, "lobby", now) == 0
         assert logged(r, since=mark) == [joined("lobby", 7, now, occupied=True)]
-        assert r.smembers(k.room_user("lobby", 7)) == {"c1"}
+        assert r.smembers(room_keys("lobby").room_user("lobby", 7)) == {"c1"}
 
 
 class TestLeave:
     async def test_last_connection_leaves(self, r: redis.Redis) -> None:
-        k = store.keys()
+        uk, rk = user_keys(7), room_keys("lobby")
         conn = await connect("c1", 7)
         await join(conn, "lobby")
         await store.set_status(7, "user7", "away")
@@ -163,9 +165,9 @@ class TestLeave:
 
         assert await leave(conn, "lobby") is True
 
-        assert r.zscore(k.room("lobby"), "7") is None
-        assert r.scard(k.conn_rooms("c1")) == 0
-        assert r.scard(k.room_user("lobby", 7)) == 0
+        assert r.zscore(rk.room("lobby"), "7") is None
+        assert r.scard(uk.conn_rooms("c1")) == 0
+        assert r.scard(rk.room_user("lobby", 7)) == 0
         # The user is still online: the leave carries their current status.
         assert logged_by_clock(r, mark, before, store.now_ms()) == [
             {
@@ -203,7 +205,7 @@ class TestLeave:
         mark = log_mark(r)
 
         assert await leave(first, "lobby") is False
-        assert r.zscore(store.keys().room("lobby"), "7") is not None
+        assert r.zscore(room_keys("lobby").room("lobby"), "7") is not None
         assert logged(r, since=mark) == []
         assert await leave(second, "lobby") is True
         assert [(e["k"], e["r"], e["u"]) for e in logged(r, since=mark)] == [
@@ -221,13 +223,13 @@ class TestLeave:
 
     async def test_raw_evalsha(self, r: redis.Redis) -> None:
         """KEYS/ARGV/return of both halves exactly as the script headers document them."""
-        k, now = store.keys(), store.now_ms()
+        uk, rk, now = user_keys(7), room_keys("lobby"), store.now_ms()
         conn = await connect("c1", 7)
         await join(conn, "lobby")
         user_sha = r.script_load(store.script("room_leave_user").source)
         room_sha = r.script_load(store.script("room_leave_room").source)
-        user_ks = [k.conn_rooms("c1"), k.user(7)]
-        room_ks = [k.room("lobby"), k.room_user("lobby", 7), k.events]
+        user_ks = [uk.conn_rooms("c1"), uk.user(7)]
+        room_ks = [rk.room("lobby"), rk.room_user("lobby", 7), rk.events]
         room_args = ["c1", 7, "lobby", now, 1_000, "user7", "online"]
         mark = log_mark(r)
 
@@ -250,7 +252,7 @@ class TestLeave:
 
     async def test_retry_after_the_user_half_alone_leaves_once(self, r: redis.Redis) -> None:
         """A leave whose first attempt died between the halves: the retry finishes it."""
-        k = store.keys()
+        k = user_keys(7)
         conn = await connect("c1", 7)
         await join(conn, "lobby")
         store.script("room_leave_user").run(r, [k.conn_rooms("c1"), k.user(7)], ["lobby"])
@@ -261,7 +263,7 @@ class TestLeave:
         assert [(e["k"], e["r"], e["u"]) for e in logged(r, since=mark)] == [
             ("leave", "lobby", "7")
         ]
-        assert r.zscore(k.room("lobby"), "7") is None
+        assert r.zscore(room_keys("lobby").room("lobby"), "7") is None
 
 
 class TestRepair:
@@ -269,14 +271,14 @@ class TestRepair:
     grace are removed and logged leaving, once; live members and the index stay right."""
 
     async def test_lapsed_member_is_removed_and_logged_once(self, r: redis.Redis) -> None:
-        k, now = store.keys(), store.now_ms()
+        k, now = room_keys("lobby"), store.now_ms()
         later = now + TTL_MS + GRACE_MS + 5_000  # "old" lapsed a key grace ago by then
         assert await join(await connect("old", 7, now), "lobby", now) == 1
         assert await join(await connect("live", 8, later), "lobby", later) == 1
         mark = log_mark(r)
 
-        assert store.repair_rooms(0, later) == 1
-        assert store.repair_rooms(0, later) == 0
+        assert store.repair_rooms(k.shard, later) == 1
+        assert store.repair_rooms(k.shard, later) == 0
 
         assert r.zrange(k.room("lobby"), 0, -1) == ["8"]
         assert not r.exists(k.room_user("lobby", 7))
@@ -302,17 +304,19 @@ class TestRepair:
         assert await join(await connect("old", 7, now), "lobby", now) == 1
         mark = log_mark(r)
 
-        assert store.repair_rooms(0, now + TTL_MS + 1_000) == 0
-        assert r.zscore(store.keys().room("lobby"), "7") is not None
+        k = room_keys("lobby")
+        assert store.repair_rooms(k.shard, now + TTL_MS + 1_000) == 0
+        assert r.zscore(k.room("lobby"), "7") is not None
         assert logged(r, since=mark) == []
 
     async def test_last_lapsed_member_vacates_and_leaves_the_index(self, r: redis.Redis) -> None:
-        k, now = store.keys(), store.now_ms()
+        # Two rooms of one shard: its index is read in two batches of one.
+        k, now, hall = room_keys("lobby"), store.now_ms(), room_beside("lobby")
         assert await join(await connect("old", 7, now), "lobby", now) == 1
-        assert await join(await connect("other", 9, now), "hall", now) == 1
+        assert await join(await connect("other", 9, now), hall, now) == 1
         mark = log_mark(r)
 
-        assert store.repair_rooms(0, now + TTL_MS + GRACE_MS + 5_000, batch=1) == 2
+        assert store.repair_rooms(k.shard, now + TTL_MS + GRACE_MS + 5_000, batch=1) == 2
         assert r.zcard(k.rooms) == 0
         assert [e.get("v") for e in logged(r, since=mark)] == ["1", "1"]
 
@@ -393,10 +397,12 @@ class TestStatus:
         rooms = await store.set_status(7, "user7", "busy", rooms=("c",))
 
         assert rooms == {"a", "b", "c"}
-        assert r.hget(store.keys().user(7), "status") == "busy"
+        assert r.hget(user_keys(7).user(7), "status") == "busy"
         status = {"k": "status", "u": "7", "n": "user7", "s": "busy"}
-        # The global scope first, then each room once (sorted), though two tabs are in "b".
-        assert logged_by_clock(r, mark, before, store.now_ms()) == [
+        # The global scope (the user's shard) and each room once (on the room's shard), though
+        # two tabs are in "b": the shards' logs compared by scope, not in their merged order.
+        by_clock = logged_by_clock(r, mark, before, store.now_ms())
+        assert sorted(by_clock, key=lambda e: e["r"]) == [
             {**status, "r": ""},
             {**status, "r": "a"},
             {**status, "r": "b"},
