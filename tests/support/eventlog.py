@@ -6,6 +6,8 @@ user's connect and close lie on the user's shard and a room's join and leave on 
 appended after the mark, merged in stream-id order (entries of one shard keep their order;
 entries of two shards written in the same millisecond are ordered by shard, so a test that
 compares entries of two shards compares them as sets or per shard, never by position).
+``logged_by_shard`` reads each shard's entries apart; ``by_home`` groups the entries a test
+expects by the shard each belongs on, so one comparison checks where and in which order.
 
 Entries come back as their fields (decoded strings). ``logged`` leaves out ``p``, the id of
 the entry before, so tests compare what an event says; the chain itself is checked in
@@ -132,3 +134,34 @@ def join(
     if relisted:
         entry["x"] = "1"
     return {**entry, "o": "1"} if occupied else entry
+
+
+def home_of(entry: Entry) -> int:
+    """The shard whose stream an entry belongs on: a room's (``r`` not "") on the room's
+    home, a user's global one or a connection's (``open``, ``close``) on the user's."""
+    room = entry.get("r", "")
+    return store.room_home(room) if room else store.user_home(entry["u"])
+
+
+def by_home(entries: list[Entry]) -> dict[int, list[Entry]]:
+    """Expected entries grouped by :func:`home_of`, each group in the order given: compare
+    with :func:`logged_by_shard` to check both where and in which order each is logged."""
+    grouped: dict[int, list[Entry]] = {}
+    for entry in entries:
+        grouped.setdefault(home_of(entry), []).append(entry)
+    return grouped
+
+
+def logged_by_shard(r: redis.Redis, since: Mark | None = None) -> dict[int, list[Entry]]:
+    """Each shard's entries after ``since`` (all when None), less ``p``, in its stream's
+    order; shards that logged nothing are left out."""
+    found: dict[int, list[Entry]] = {}
+    for shard in store.all_shards():
+        after = since.get(shard) if since is not None else None
+        entries = [
+            {name: value for name, value in fields.items() if name != "p"}
+            for _, fields in shard_entries(r, shard, after)
+        ]
+        if entries:
+            found[shard] = entries
+    return found

@@ -71,3 +71,10 @@ def room_beside(room: str) -> str:
     while store.room_home(f"{room}-{n}") != home:
         n += 1
     return f"{room}-{n}"
+
+
+def end_swept(conns: list[store.ConnRef], *, now: int | None = None) -> list[store.EndResult]:
+    """end.lua in 'swept' mode as a sweep of the connections' home runs it (one user's
+    shard: a sweep ends the connections of the shard it claimed them on)."""
+    (shard,) = {store.user_home(c.uid) for c in conns}
+    return store.end_swept_connections(conns, now=now, shard=shard)

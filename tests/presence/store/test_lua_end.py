@@ -14,8 +14,9 @@ from __future__ import annotations
 import redis
 
 from presence import store
+from tests.support.eventlog import by_home, leave, log_mark, logged, logged_by_shard
 from tests.support.eventlog import close as closed_entry
-from tests.support.eventlog import leave, log_mark, logged
+from tests.support.homes import end_swept, online_uids, room_keys, user_keys
 from tests.support.lua_timing import TTL_MS, _timing  # noqa: F401 - autouse fixture
 
 
@@ -35,7 +36,7 @@ async def close(*conns: store.ConnRef, now: int, reason: str = "closed") -> list
 
 class TestClosed:
     async def test_last_connection_leaves_and_is_deleted(self, r: redis.Redis) -> None:
-        k, t0 = store.keys(), store.now_ms()
+        k, t0 = user_keys(7), store.now_ms()
         conn = await connect("c1", 7, t0, rooms=("a", "b"))
         mark = log_mark(r)
 
@@ -49,17 +50,20 @@ class TestClosed:
         assert r.zscore(k.conns, "c1") is None
         assert r.zscore(k.users, "7") is None
         assert r.zcard(k.user_conns(7)) == 0
-        assert r.zcard(k.room("a")) == r.zcard(k.room("b")) == 0
-        assert r.scard(k.room_user("a", 7)) == 0
+        ka, kb = room_keys("a"), room_keys("b")
+        assert r.zcard(ka.room("a")) == r.zcard(kb.room("b")) == 0
+        assert r.scard(ka.room_user("a", 7)) == 0
         assert r.hget(k.stats, "disconnects") == "1"
         # The user half (the global leave, the connection's close: ended now, its last
-        # heartbeat was the connect at t0), then the room half.
-        assert logged(r, since=mark) == [
-            leave("", 7, t0 + 1, "closed"),
-            closed_entry("c1", 7, t0 + 1, "closed", at=t0 + 1, hb=t0),
-            leave("a", 7, t0 + 1, "closed", vacated=True),
-            leave("b", 7, t0 + 1, "closed", vacated=True),
-        ]
+        # heartbeat was the connect at t0) on the user's shard, the room half on the rooms'.
+        assert logged_by_shard(r, since=mark) == by_home(
+            [
+                leave("", 7, t0 + 1, "closed"),
+                closed_entry("c1", 7, t0 + 1, "closed", at=t0 + 1, hb=t0),
+                leave("a", 7, t0 + 1, "closed", vacated=True),
+                leave("b", 7, t0 + 1, "closed", vacated=True),
+            ]
+        )
 
     async def test_logs_the_reason_given(self, r: redis.Redis) -> None:
         t0 = store.now_ms()
@@ -68,11 +72,13 @@ class TestClosed:
 
         await close(conn, now=t0 + 1, reason="kicked")
 
-        assert logged(r, since=mark) == [
-            leave("", 7, t0 + 1, "kicked"),
-            closed_entry("c1", 7, t0 + 1, "kicked", at=t0 + 1, hb=t0),
-            leave("a", 7, t0 + 1, "kicked", vacated=True),
-        ]
+        assert logged_by_shard(r, since=mark) == by_home(
+            [
+                leave("", 7, t0 + 1, "kicked"),
+                closed_entry("c1", 7, t0 + 1, "kicked", at=t0 + 1, hb=t0),
+                leave("a", 7, t0 + 1, "kicked", vacated=True),
+            ]
+        )
 
     async def test_last_heartbeat_is_logged_not_the_connect(self, r: redis.Redis) -> None:
         t0 = store.now_ms()
@@ -82,12 +88,12 @@ class TestClosed:
 
         await close(conn, now=t0 + 30_000)
 
-        assert logged(r, since=mark)[-1] == closed_entry(
+        assert logged_by_shard(r, since=mark)[store.user_home(7)][-1] == closed_entry(
             "c1", 7, t0 + 30_000, "closed", at=t0 + 30_000, hb=t0 + 25_000
         )
 
     async def test_second_end_is_a_noop(self, r: redis.Redis) -> None:
-        k, t0 = store.keys(), store.now_ms()
+        k, t0 = user_keys(7), store.now_ms()
         conn = await connect("c1", 7, t0, rooms=("a",))
         await close(conn, now=t0 + 1)
         mark = log_mark(r)
@@ -108,7 +114,7 @@ class TestClosed:
         )
 
     async def test_closing_one_of_two_tabs_does_not_leave(self, r: redis.Redis) -> None:
-        k, t0 = store.keys(), store.now_ms()
+        k, t0 = user_keys(7), store.now_ms()
         first = await connect("c1", 7, t0 + 5_000, rooms=("a",))
         second = await connect("c2", 7, t0, rooms=("a",))
         mark = log_mark(r)
@@ -118,8 +124,8 @@ class TestClosed:
         assert (res.state, res.global_left, res.rooms_left) == (1, False, [])
         # Still online, scored by the remaining tab (lowered from the closed one's expiry).
         assert r.zscore(k.users, "7") == t0 + TTL_MS
-        assert r.smembers(k.room_user("a", 7)) == {"c2"}
-        assert r.zscore(k.room("a"), "7") is not None
+        assert r.smembers(room_keys("a").room_user("a", 7)) == {"c2"}
+        assert r.zscore(room_keys("a").room("a"), "7") is not None
         # Only the connection is logged as closed: the user left nothing.
         assert logged(r, since=mark) == [
             closed_entry("c1", 7, t0 + 6_000, "closed", at=t0 + 6_000, hb=t0 + 5_000)
@@ -128,11 +134,13 @@ class TestClosed:
 
         (res,) = await close(second, now=t0 + 7_000)
         assert (res.state, res.global_left, res.rooms_left) == (1, True, ["a"])
-        assert logged(r, since=mark) == [
-            leave("", 7, t0 + 7_000, "closed"),
-            closed_entry("c2", 7, t0 + 7_000, "closed", at=t0 + 7_000, hb=t0),
-            leave("a", 7, t0 + 7_000, "closed", vacated=True),
-        ]
+        assert logged_by_shard(r, since=mark) == by_home(
+            [
+                leave("", 7, t0 + 7_000, "closed"),
+                closed_entry("c2", 7, t0 + 7_000, "closed", at=t0 + 7_000, hb=t0),
+                leave("a", 7, t0 + 7_000, "closed", vacated=True),
+            ]
+        )
 
     async def test_leaves_only_rooms_no_other_tab_is_in(self, r: redis.Redis) -> None:
         t0 = store.now_ms()
@@ -144,14 +152,16 @@ class TestClosed:
 
         assert res.global_left is False
         assert sorted(res.rooms_left) == ["a", "c"]
-        assert logged(r, since=mark) == [
-            closed_entry("c1", 7, t0 + 1, "closed", at=t0 + 1, hb=t0),
-            leave("a", 7, t0 + 1, "closed", vacated=True),
-            leave("c", 7, t0 + 1, "closed", vacated=True),
-        ]
+        assert logged_by_shard(r, since=mark) == by_home(
+            [
+                closed_entry("c1", 7, t0 + 1, "closed", at=t0 + 1, hb=t0),
+                leave("a", 7, t0 + 1, "closed", vacated=True),
+                leave("c", 7, t0 + 1, "closed", vacated=True),
+            ]
+        )
 
     async def test_other_users_are_untouched(self, r: redis.Redis) -> None:
-        k, t0 = store.keys(), store.now_ms()
+        t0 = store.now_ms()
         mine = await connect("c1", 1, t0, rooms=("a",))
         await connect("c2", 2, t0, rooms=("a",))
         mark = log_mark(r)
@@ -159,12 +169,12 @@ class TestClosed:
         (res,) = await close(mine, now=t0 + 1)
 
         assert res.rooms_left == ["a"]
-        assert r.zrange(k.room("a"), 0, -1) == ["2"]
-        assert r.zrange(k.users, 0, -1) == ["2"]
+        assert r.zrange(room_keys("a").room("a"), 0, -1) == ["2"]
+        assert online_uids(r) == {"2"}
         assert {e["u"] for e in logged(r, since=mark)} == {"1"}
 
     async def test_closing_removes_a_sweep_claim(self, r: redis.Redis) -> None:
-        k, t0 = store.keys(), store.now_ms()
+        k, t0 = user_keys(7), store.now_ms()
         conn = await connect("c1", 7, t0)
         r.zadd(k.sweeping, {"c1": t0 + 30_000})
         r.hset(k.sweeping_exp, "c1", t0)
@@ -177,7 +187,7 @@ class TestClosed:
         assert r.zscore(k.sweeping, "c1") is None
         assert r.hget(k.sweeping_exp, "c1") is None
         # A socket that closes ends now, whatever a sweep's claim says.
-        assert logged(r, since=mark)[-1] == closed_entry(
+        assert logged_by_shard(r, since=mark)[k.shard][-1] == closed_entry(
             "c1", 7, t0 + 1, "closed", at=t0 + 1, hb=t0
         )
 
@@ -190,19 +200,21 @@ class TestLeaveComputedOnce:
         b = await connect("c2", 7, old, rooms=("x",))
         mark = log_mark(r)
 
-        (first,) = store.end_swept_connections([a], now=t0)
-        (second,) = store.end_swept_connections([b], now=t0)
+        (first,) = end_swept([a], now=t0)
+        (second,) = end_swept([b], now=t0)
 
         assert (first.state, first.global_left) == (1, True)
         assert (second.state, second.global_left, second.rooms_left) == (1, False, ["x"])
         assert first.rooms_left == []  # c2 was still in the room's member set
         # Not claimed through claim_expired (no claim-time expiry): they end at their expiry.
-        assert logged(r, since=mark) == [
-            leave("", 7, t0, "timeout"),
-            closed_entry("c1", 7, t0, "timeout", at=old + TTL_MS, hb=old),
-            closed_entry("c2", 7, t0, "timeout", at=old + TTL_MS, hb=old),
-            leave("x", 7, t0, "timeout", vacated=True),
-        ]
+        assert logged_by_shard(r, since=mark) == by_home(
+            [
+                leave("", 7, t0, "timeout"),
+                closed_entry("c1", 7, t0, "timeout", at=old + TTL_MS, hb=old),
+                closed_entry("c2", 7, t0, "timeout", at=old + TTL_MS, hb=old),
+                leave("x", 7, t0, "timeout", vacated=True),
+            ]
+        )
 
     async def test_lapsed_tabs_ended_in_one_batch(self, r: redis.Redis) -> None:
         t0 = store.now_ms()
@@ -212,12 +224,12 @@ class TestLeaveComputedOnce:
 
         mark = log_mark(r)
 
-        results = store.end_swept_connections([a, b], now=t0)
+        results = end_swept([a, b], now=t0)
 
         assert [res.state for res in results] == [1, 1]
         assert sum(res.global_left for res in results) == 1
         assert sum(res.rooms_left.count("x") for res in results) == 1
-        assert r.hget(store.keys().stats, "disconnects") == "2"
+        assert r.hget(user_keys(7).stats, "disconnects") == "2"
         assert sorted((e["k"], e.get("r"), e.get("c")) for e in logged(r, since=mark)) == [
             ("close", None, "c1"),
             ("close", None, "c2"),
@@ -233,7 +245,7 @@ class TestLeaveComputedOnce:
 
         (res,) = await close(live, now=t0 + 1)
         middle = log_mark(r)
-        (later,) = store.end_swept_connections([lapsed], now=t0 + 2)
+        (later,) = end_swept([lapsed], now=t0 + 2)
 
         assert res.global_left is True
         assert (later.state, later.global_left) == (1, False)
@@ -247,7 +259,7 @@ class TestLeaveComputedOnce:
         conn = await connect("c1", 7, t0 - TTL_MS - 1_000)
         mark = log_mark(r)
 
-        (swept,) = store.end_swept_connections([conn], now=t0)
+        (swept,) = end_swept([conn], now=t0)
         (closed,) = await close(conn, now=t0 + 1)
 
         assert swept.state == 1
@@ -264,11 +276,11 @@ class TestLeaveComputedOnce:
 
 class TestSwept:
     async def test_live_unclaimed_connection_is_not_ended(self, r: redis.Redis) -> None:
-        k, t0 = store.keys(), store.now_ms()
+        k, t0 = user_keys(7), store.now_ms()
         conn = await connect("c1", 7, t0)
         mark = log_mark(r)
 
-        (res,) = store.end_swept_connections([conn], now=t0 + 1)
+        (res,) = end_swept([conn], now=t0 + 1)
 
         assert res.state == -1
         assert r.exists(k.conn("c1"))
@@ -276,25 +288,27 @@ class TestSwept:
         assert logged(r, since=mark) == []
 
     async def test_claimed_connection_is_ended(self, r: redis.Redis) -> None:
-        k, t0 = store.keys(), store.now_ms()
+        k, t0 = user_keys(7), store.now_ms()
         old = t0 - TTL_MS - 1_000
         conn = await connect("c1", 7, old, rooms=("x",))
         r.zrem(k.conns, "c1")
         r.zadd(k.sweeping, {"c1": t0 + 30_000})
         mark = log_mark(r)
 
-        (res,) = store.end_swept_connections([conn], now=t0)
+        (res,) = end_swept([conn], now=t0)
 
         assert res == store.EndResult(cid="c1", state=1, global_left=True, rooms_left=["x"])
         assert r.hgetall(k.conn("c1")).keys() == {"ended"}
-        assert logged(r, since=mark) == [
-            leave("", 7, t0, "timeout"),
-            closed_entry("c1", 7, t0, "timeout", at=old + TTL_MS, hb=old),
-            leave("x", 7, t0, "timeout", vacated=True),
-        ]
+        assert logged_by_shard(r, since=mark) == by_home(
+            [
+                leave("", 7, t0, "timeout"),
+                closed_entry("c1", 7, t0, "timeout", at=old + TTL_MS, hb=old),
+                leave("x", 7, t0, "timeout", vacated=True),
+            ]
+        )
 
     async def test_swept_connection_ends_at_its_expiry_at_claim_time(self, r: redis.Redis) -> None:
-        k, t0 = store.keys(), store.now_ms()
+        k, t0 = user_keys(7), store.now_ms()
         old = t0 - TTL_MS - 1_000
         conn = await connect("c1", 7, old)
         r.zrem(k.conns, "c1")
@@ -302,15 +316,16 @@ class TestSwept:
         r.hset(k.sweeping_exp, "c1", old + TTL_MS - 500)  # what claim_expired.lua recorded
         mark = log_mark(r)
 
-        store.end_swept_connections([conn], now=t0)
+        end_swept([conn], now=t0)
 
-        assert logged(r, since=mark)[-1] == closed_entry(
+        assert logged_by_shard(r, since=mark)[k.shard][-1] == closed_entry(
             "c1", 7, t0, "timeout", at=old + TTL_MS - 500, hb=old
         )
 
     async def test_raw_evalsha_result_shape(self, r: redis.Redis) -> None:
         """KEYS/ARGV/return exactly as the script header documents them."""
-        k, t0 = store.keys(), store.now_ms()
+        # Each half with its own shard's keys: the user's, then the room's.
+        k, ka, t0 = user_keys(7), room_keys("a"), store.now_ms()
         await connect("c1", 7, t0, rooms=("a",))
         mark = log_mark(r)
         sha = r.script_load(store.script("end").source)
@@ -328,9 +343,10 @@ class TestSwept:
         assert r.evalsha(sha, len(ks), *ks, *args) == [["c1", 0, 0, ""]]
         # The room half (end_rooms.lua), idempotent by connection id.
         sha = r.script_load(store.script("end_rooms").source)
-        ks = [k.events, k.held, k.held_why, k.room("a"), k.room_user("a", 7)]
+        ks = [ka.events, ka.held, ka.held_why, ka.room("a"), ka.room_user("a", 7)]
         args = [t0 + 1, "error", 1_000, 0, 1, "c1", 7, "a", "user7"]
         assert r.evalsha(sha, len(ks), *ks, *args) == [1]
         assert r.evalsha(sha, len(ks), *ks, *args) == [0]
-        # (after the second user half's close of a connection it no longer found)
-        assert logged(r, since=mark)[3:] == [leave("a", 7, t0 + 1, "error", vacated=True)]
+        assert logged_by_shard(r, since=mark)[ka.shard] == [
+            leave("a", 7, t0 + 1, "error", vacated=True)
+        ]
