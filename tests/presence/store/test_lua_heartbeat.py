@@ -12,6 +12,7 @@ import redis
 
 from presence import store
 from tests.support.eventlog import close, log_len, log_mark, logged
+from tests.support.homes import end_swept, every_shard, room_keys, user_keys
 from tests.support.lua_timing import GRACE_MS, TTL_MS, _timing  # noqa: F401 - autouse fixture
 
 
@@ -32,9 +33,15 @@ async def heartbeat(
     return await store.heartbeat_many(conns, counters, now=now)
 
 
+def total(r: redis.Redis, counter: str) -> int:
+    """``counter`` summed over every shard's stats (what the stats flush adds up): a batch
+    counts its heartbeats on each user's shard and carries the counters on one."""
+    return sum(int(r.hget(k.stats, counter) or 0) for k in every_shard())
+
+
 class TestRefresh:
     async def test_moves_every_score_to_now_plus_ttl(self, r: redis.Redis) -> None:
-        k, t0 = store.keys(), store.now_ms()
+        k, t0 = user_keys(7), store.now_ms()
         await connect("c1", 7, t0)
         join_room(r, "c1", 7, "lobby", t0)
 
@@ -48,14 +55,15 @@ class TestRefresh:
         assert r.zscore(k.conns, "c1") == exp
         assert r.zscore(k.users, "7") == exp
         assert r.zscore(k.user_conns(7), "c1") == exp
-        assert r.zscore(k.room("lobby"), "7") == exp
+        assert r.zscore(room_keys("lobby").room("lobby"), "7") == exp
         assert log_len(r) == entries  # nothing to tell anyone
 
     async def test_extends_every_key_expiry(self, r: redis.Redis) -> None:
-        k, t0 = store.keys(), store.now_ms()
+        t0, rk = store.now_ms(), room_keys("lobby")
         await connect("c1", 7, t0 - 30_000)
         join_room(r, "c1", 7, "lobby", t0 - 30_000)
-        group = k.conn_group("c1", 7, ["lobby"])
+        # The connection's keys on the user's shard, its membership's on the room's.
+        group = [*user_keys(7).conn_group("c1", 7, []), rk.room("lobby"), rk.room_user("lobby", 7)]
         before = {key: r.pttl(key) for key in group}
 
         await heartbeat(store.ConnRef("c1", 7, ("lobby",)), now=t0)
@@ -66,7 +74,7 @@ class TestRefresh:
             assert pttl <= TTL_MS + GRACE_MS, key
 
     async def test_never_lowers_the_user_score_of_a_newer_tab(self, r: redis.Redis) -> None:
-        k, t0 = store.keys(), store.now_ms()
+        k, t0 = user_keys(7), store.now_ms()
         await connect("old", 7, t0)
         await connect("new", 7, t0 + 20_000)
 
@@ -89,7 +97,7 @@ class TestRefresh:
 
 class TestBatch:
     async def test_one_result_per_connection_in_order(self, r: redis.Redis) -> None:
-        k, t0 = store.keys(), store.now_ms()
+        k, t0 = user_keys(2), store.now_ms()
         await connect("a", 1, t0)
         await connect("c", 3, t0)
 
@@ -108,14 +116,14 @@ class TestBatch:
         await connect("ended", 1, t0)
         await connect("lost", 2, t0)
         await store.end_connections([store.ConnRef("ended", 1)])
-        r.delete(store.keys().conn("lost"))  # what a failover or an empty restart does
+        r.delete(user_keys(2).conn("lost"))  # what a failover or an empty restart does
 
         result = await heartbeat(store.ConnRef("ended", 1), store.ConnRef("lost", 2), now=t0 + 1)
 
         assert result == [store.HB_ENDED, store.HB_LOST]
 
     async def test_connections_with_different_room_counts(self, r: redis.Redis) -> None:
-        k, t0 = store.keys(), store.now_ms()
+        t0 = store.now_ms()
         await connect("a", 1, t0)
         await connect("b", 2, t0)
         for room in ("r1", "r2", "r3"):
@@ -128,8 +136,8 @@ class TestBatch:
 
         exp = t0 + 9 + TTL_MS
         assert result == [True, True]
-        assert [r.zscore(k.room(x), "1") for x in ("r1", "r2", "r3")] == [exp, exp, exp]
-        assert r.zscore(k.room("r2"), "2") == exp
+        assert [r.zscore(room_keys(x).room(x), "1") for x in ("r1", "r2", "r3")] == [exp] * 3
+        assert r.zscore(room_keys("r2").room("r2"), "2") == exp
 
     async def test_session_ended_returns_false(self, r: redis.Redis) -> None:
         t0 = store.now_ms()
@@ -141,7 +149,7 @@ class TestBatch:
 
 class TestCounters:
     async def test_counters_ride_along_and_heartbeats_are_counted(self, r: redis.Redis) -> None:
-        k, t0 = store.keys(), store.now_ms()
+        t0 = store.now_ms()
         await connect("a", 1, t0)
         await connect("b", 2, t0)
 
@@ -153,23 +161,21 @@ class TestCounters:
             counters={"msg:heartbeat": 3, "err:bad_json": 2},
         )
 
-        stats = r.hgetall(k.stats)
-        assert stats["heartbeats"] == "2"  # only the refreshed ones
-        assert stats["msg:heartbeat"] == "3"
-        assert stats["err:bad_json"] == "2"
+        assert total(r, "heartbeats") == 2  # only the refreshed ones
+        assert total(r, "msg:heartbeat") == 3  # counted once, on one shard
+        assert total(r, "err:bad_json") == 2
 
     async def test_counters_without_connections(self, r: redis.Redis) -> None:
-        k = store.keys()
         await store.add_counters({"msg:x": 4})
         await store.add_counters({"msg:x": 1})
 
-        assert r.hget(k.stats, "msg:x") == "5"
-        assert r.hget(k.stats, "heartbeats") is None
+        assert total(r, "msg:x") == 5
+        assert total(r, "heartbeats") == 0
 
 
 class TestSweepRescue:
     async def test_heartbeat_rescues_a_claimed_connection(self, r: redis.Redis) -> None:
-        k, t0 = store.keys(), store.now_ms()
+        k, t0 = user_keys(7), store.now_ms()
         await connect("c1", 7, t0 - TTL_MS - 1_000)  # lapsed a second ago
         lapsed_exp = int(r.zscore(k.conns, "c1") or 0)
         # A sweep claims it: out of the expiry index, into the claim set.
@@ -184,20 +190,20 @@ class TestSweepRescue:
         assert r.zscore(k.conns, "c1") == t0 + TTL_MS
         # The sweep's end script now leaves it alone, and logs nothing.
         mark = log_mark(r)
-        (res,) = store.end_swept_connections([store.ConnRef("c1", 7)], now=t0 + 1)
+        (res,) = end_swept([store.ConnRef("c1", 7)], now=t0 + 1)
         assert res.state == -1
         assert r.exists(k.conn("c1"))
         assert store.user_presence(7) == ("online", 1)
         assert logged(r, since=mark) == []
 
     async def test_without_heartbeat_the_claimed_connection_ends(self, r: redis.Redis) -> None:
-        k, t0 = store.keys(), store.now_ms()
+        k, t0 = user_keys(7), store.now_ms()
         await connect("c1", 7, t0 - TTL_MS - 1_000)
         r.zadd(k.sweeping, {"c1": t0 + 30_000})
         r.hset(k.sweeping_exp, "c1", t0 - 1_000)
         mark = log_mark(r)
 
-        (res,) = store.end_swept_connections([store.ConnRef("c1", 7)], now=t0)
+        (res,) = end_swept([store.ConnRef("c1", 7)], now=t0)
 
         assert (res.state, res.global_left) == (1, True)
         assert await heartbeat(store.ConnRef("c1", 7), now=t0 + 1) == [False]
@@ -215,7 +221,7 @@ class TestScriptCache:
         r.script_flush()
 
         assert await heartbeat(store.ConnRef("c1", 7), now=t0 + 1) == [True]
-        assert r.zscore(store.keys().conns, "c1") == t0 + 1 + TTL_MS
+        assert r.zscore(user_keys(7).conns, "c1") == t0 + 1 + TTL_MS
 
 
 class TestActivity:
@@ -223,20 +229,20 @@ class TestActivity:
         t0 = store.now_ms()
         await connect("c1", 7, t0)
 
-        assert r.zscore(store.keys().active, "7") == t0 // 1000
+        assert r.zscore(user_keys(7).active, "7") == t0 // 1000
 
     async def test_the_batch_writes_activity_never_backwards(self, r: redis.Redis) -> None:
-        t0, k = store.now_ms(), store.keys()
+        t0, k = store.now_ms(), user_keys(7)
         await connect("c1", 7, t0)
 
         await store.heartbeat_many([], active={7: t0 // 1000 + 30, 8: 5}, now=t0)
         await store.heartbeat_many([], active={7: t0 // 1000 + 10}, now=t0)
 
         assert r.zscore(k.active, "7") == t0 // 1000 + 30
-        assert r.zscore(k.active, "8") == 5
+        assert r.zscore(user_keys(8).active, "8") == 5
 
     async def test_a_heartbeat_alone_leaves_it(self, r: redis.Redis) -> None:
-        t0, k = store.now_ms(), store.keys()
+        t0, k = store.now_ms(), user_keys(7)
         await connect("c1", 7, t0)
 
         await heartbeat(store.ConnRef("c1", 7), now=t0 + 90_000)
