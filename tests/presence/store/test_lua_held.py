@@ -12,8 +12,9 @@ import redis
 from pytest_django.fixtures import Settings
 
 from presence import store
+from tests.support.eventlog import by_home, leave, log_mark, logged, logged_by_shard
 from tests.support.eventlog import close as closed_entry
-from tests.support.eventlog import leave, log_mark, logged
+from tests.support.homes import end_swept, room_keys, user_keys
 from tests.support.lua_timing import _timing  # noqa: F401 - autouse fixture
 
 GRACE_MS = 5_000
@@ -38,6 +39,13 @@ async def close(conn: store.ConnRef, now: int, reason: str = "closed") -> store.
     return result
 
 
+def release_due(now: int) -> tuple[int, int]:
+    """release_due on every shard, as the sweeps of every shard run it (a user's hold is on
+    the user's shard, a room's on the room's): (found due, released), summed."""
+    runs = [store.release_due(now=now, shard=shard) for shard in store.all_shards()]
+    return sum(found for found, _ in runs), sum(released for _, released in runs)
+
+
 def kinds(entries: list[dict[str, str]]) -> list[tuple[str, str]]:
     """(kind, room) of the presence entries (open/close left out)."""
     return [(e["k"], e.get("r", "")) for e in entries if e["k"] in ("join", "leave")]
@@ -45,7 +53,7 @@ def kinds(entries: list[dict[str, str]]) -> list[tuple[str, str]]:
 
 class TestHold:
     async def test_a_close_holds_the_leaves_and_the_user_stays_listed(self, r: redis.Redis) -> None:
-        k, t0 = store.keys(), store.now_ms()
+        k, ka, t0 = user_keys(7), room_keys("a"), store.now_ms()
         conn = await connect("c1", 7, t0, rooms=("a",))
         mark = log_mark(r)
 
@@ -61,9 +69,9 @@ class TestHold:
         assert logged(r, since=mark) == [closed_entry("c1", 7, t0 + 1, "closed", at=t0 + 1, hb=t0)]
         due = t0 + 1 + GRACE_MS
         assert r.zscore(k.held, "7") == due
-        assert r.zscore(k.held, "7|a") == due
+        assert r.zscore(ka.held, "7|a") == due  # the room's hold on the room's shard
         assert r.zscore(k.users, "7") == due
-        assert r.zscore(k.room("a"), "7") == due
+        assert r.zscore(ka.room("a"), "7") == due
         # Listed as present (no live connection) until the leave is released.
         count, users = store.list_online()
         assert (count, [u["id"] for u in users]) == (1, [7])
@@ -73,20 +81,21 @@ class TestHold:
     async def test_a_reconnect_within_the_window_logs_no_leave_and_no_join(
         self, r: redis.Redis
     ) -> None:
-        k, t0 = store.keys(), store.now_ms()
+        k, t0 = user_keys(7), store.now_ms()
         first = await connect("c1", 7, t0, rooms=("a", "b"))
         await store.set_status(7, "user7", "busy")
         await close(first, now=t0 + 1)
         mark = log_mark(r)
 
         again = await connect("c2", 7, t0 + 2_000, rooms=("a",))  # b is not rejoined
-        found, released = store.release_due(now=t0 + 1 + GRACE_MS)
+        found, released = release_due(now=t0 + 1 + GRACE_MS)
 
         entries = logged(r, since=mark)
         # Nobody saw the user leave, so nobody sees them join; b, not rejoined, is left.
         assert kinds(entries) == [("leave", "b")]
         assert (found, released) == (2, 1)  # the rooms' holds; the user's was taken back
-        assert r.zscore(k.held, "7") is None and r.zcard(k.held) == 0
+        assert r.zscore(k.held, "7") is None
+        assert sum(r.zcard(room_keys(room).held) for room in ("a", "b")) == 0
         assert r.hget(k.user(7), "status") == "busy"  # kept across the reload
         assert store.user_presence(7) == ("busy", 1)
         # The kept connection leaves at once on a final close.
@@ -94,21 +103,23 @@ class TestHold:
         assert (result.global_left, result.rooms_left) == (True, ["a"])
 
     async def test_no_reconnect_leaves_once_when_due(self, r: redis.Redis) -> None:
-        k, t0 = store.keys(), store.now_ms()
+        k, t0 = user_keys(7), store.now_ms()
         await close(await connect("c1", 7, t0, rooms=("a",)), now=t0 + 1)
         mark = log_mark(r)
 
-        early = store.release_due(now=t0 + GRACE_MS)  # not due yet
-        first = store.release_due(now=t0 + 1 + GRACE_MS)
-        second = store.release_due(now=t0 + 2 * GRACE_MS)
+        early = release_due(now=t0 + GRACE_MS)  # not due yet
+        first = release_due(now=t0 + 1 + GRACE_MS)
+        second = release_due(now=t0 + 2 * GRACE_MS)
 
         assert early == (0, 0)
         assert first == (2, 2)
         assert second == (0, 0)
-        assert logged(r, since=mark) == [
-            leave("a", 7, t0 + 1 + GRACE_MS, "closed", vacated=True),
-            leave("", 7, t0 + 1 + GRACE_MS, "closed"),
-        ]
+        assert logged_by_shard(r, since=mark) == by_home(
+            [
+                leave("a", 7, t0 + 1 + GRACE_MS, "closed", vacated=True),
+                leave("", 7, t0 + 1 + GRACE_MS, "closed"),
+            ]
+        )
         assert r.zscore(k.users, "7") is None
         assert store.list_online() == (0, [])
 
@@ -117,7 +128,7 @@ class TestHold:
         await close(await connect("c1", 7, t0), now=t0 + 1, reason="server_shutdown")
         mark = log_mark(r)
 
-        store.release_due(now=t0 + 1 + GRACE_MS)
+        release_due(now=t0 + 1 + GRACE_MS)
 
         assert [e["why"] for e in logged(r, since=mark)] == ["server_shutdown"]
 
@@ -129,7 +140,7 @@ class TestHold:
         result = await close(await connect("c1", 7, t0, rooms=("a",)), now=t0 + 1)
         mark = log_mark(r)
 
-        store.release_due(now=t0 + 1 + GRACE_MS)
+        release_due(now=t0 + 1 + GRACE_MS)
 
         assert result.held
         assert kinds(logged(r, since=mark)) == [("leave", "a")]
@@ -139,15 +150,15 @@ class TestHold:
 class TestAtOnce:
     @pytest.mark.parametrize("reason", ["kicked", "logged_out", "revoked"])
     async def test_final_reasons_leave_at_once(self, r: redis.Redis, reason: str) -> None:
-        k, t0 = store.keys(), store.now_ms()
+        t0 = store.now_ms()
         conn = await connect("c1", 7, t0, rooms=("a",))
         mark = log_mark(r)
 
         result = await close(conn, now=t0 + 1, reason=reason)
 
         assert (result.held, result.global_left, result.rooms_left) == (False, True, ["a"])
-        assert kinds(logged(r, since=mark)) == [("leave", ""), ("leave", "a")]
-        assert r.zcard(k.held) == 0
+        assert sorted(kinds(logged(r, since=mark))) == [("leave", ""), ("leave", "a")]
+        assert r.zcard(user_keys(7).held) == r.zcard(room_keys("a").held) == 0
 
     async def test_grace_zero_is_off(self, r: redis.Redis, settings: Settings) -> None:
         settings.PRESENCE_LEAVE_GRACE = 0
@@ -160,16 +171,18 @@ class TestAtOnce:
     async def test_a_swept_connection_is_not_held_and_a_hold_never_doubles_it(
         self, r: redis.Redis
     ) -> None:
-        k, t0 = store.keys(), store.now_ms()
+        k, t0 = user_keys(7), store.now_ms()
         lapsed = await connect("c2", 7, t0)  # a tab that vanished: it will lapse
         r.zadd(k.conns, {"c2": t0 + 10})
         r.zadd(k.user_conns(7), {"c2": t0 + 10})
         await close(await connect("c1", 7, t0), now=t0 + 20)  # no live tab left: held
         mark = log_mark(r)
 
-        batch = store.claim_expired(r, batch=10, claim_timeout_ms=30_000, now=t0 + 30)
-        ended = store.end_swept_connections([lapsed], now=t0 + 30)
-        released = store.release_due(now=t0 + 20 + GRACE_MS)
+        batch = store.claim_expired(
+            r, batch=10, claim_timeout_ms=30_000, now=t0 + 30, shard=k.shard
+        )
+        ended = end_swept([lapsed], now=t0 + 30)
+        released = release_due(now=t0 + 20 + GRACE_MS)
 
         assert [c.cid for c in batch.claims] == ["c2"]
         assert ended[0].global_left  # its leave is logged by the sweep, not delayed
@@ -185,5 +198,5 @@ class TestAtOnce:
 
         assert store.release_user(7, now=t0 + 2) == 2
 
-        assert kinds(logged(r, since=mark)) == [("leave", "a"), ("leave", "")]
-        assert r.zscore(store.keys().held, "9") is not None  # other users' holds stay
+        assert sorted(kinds(logged(r, since=mark))) == [("leave", ""), ("leave", "a")]
+        assert r.zscore(user_keys(9).held, "9") is not None  # other users' holds stay
