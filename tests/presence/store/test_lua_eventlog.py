@@ -1,8 +1,10 @@
-"""The presence event log ({P}:events) as every script writes it (presence/lua/lib/eventlog.lua).
+"""The presence event logs (each shard's ``{S}:events``) as every script writes them
+(presence/lua/lib/eventlog.lua).
 
-Covers the chain of entries (each ``p`` is the id of the entry before it, across scripts and
-within one script), trimming to ``PRESENCE_EVENT_LOG_MAXLEN``, and atomicity: a script that
-fails leaves neither state nor event, and a caller that dies right after sending leaves both.
+Covers the chain of entries (each ``p`` is the id of the entry before it in the same shard's
+stream, across scripts and within one script), trimming each stream to
+``PRESENCE_EVENT_LOG_MAXLEN``, and atomicity: a script that fails leaves neither state nor
+event, and a caller that dies right after sending leaves both.
 """
 
 from __future__ import annotations
@@ -20,7 +22,18 @@ from pytest_django.fixtures import Settings
 
 from config.embedded_redis import RedisServer
 from presence import store
-from tests.support.eventlog import log_entries, log_len, log_mark, logged
+from tests.support.eventlog import (
+    Entry,
+    Mark,
+    by_home,
+    log_entries,
+    log_len,
+    log_mark,
+    logged,
+    logged_by_shard,
+    shard_entries,
+)
+from tests.support.homes import end_swept, every_shard, room_keys, user_keys
 from tests.support.lua_timing import GRACE_MS, TTL_MS, _timing  # noqa: F401 - autouse fixture
 
 State = dict[str, tuple[bytes | None, int]]  # key -> (DUMP, PTTL)
@@ -38,8 +51,9 @@ async def connect(
 
 
 def connect_command(sha: str, cid: str, uid: int, now: int) -> list[Any]:
-    """EVALSHA of connect.lua with KEYS/ARGV exactly as its header documents them."""
-    k = store.keys()
+    """EVALSHA of connect.lua with KEYS/ARGV exactly as its header documents them (the
+    user's shard's keys, as the store passes them)."""
+    k = user_keys(uid)
     ks = [k.conns, k.users, k.stats, k.conn(cid), k.conn_rooms(cid), k.user(uid)]
     ks += [k.user_conns(uid), k.events]
     ks += [k.user_block(uid)]
@@ -51,8 +65,9 @@ def connect_command(sha: str, cid: str, uid: int, now: int) -> list[Any]:
 
 
 def end_command(sha: str, conn: store.ConnRef, now: int, reason: str) -> list[Any]:
-    """EVALSHA of end.lua ('closed' mode) with KEYS/ARGV exactly as its header documents."""
-    k = store.keys()
+    """EVALSHA of end.lua ('closed' mode) with KEYS/ARGV exactly as its header documents (the
+    user half: the user's shard's keys)."""
+    k = user_keys(conn.uid)
     ks = [*k.fixed(), k.events, k.held, k.held_why]
     ks += k.conn_group(conn.cid, conn.uid, [])
     args = [now, "closed", reason, TTL_MS, 1_000, 0, 1, conn.cid, conn.uid]
@@ -66,11 +81,11 @@ def rb(redis_server: RedisServer) -> redis.Redis:
 
 
 def state(rb: redis.Redis) -> State:
-    """Every key but the event log: its serialized value (DUMP) and time to live (ms)."""
-    events = store.keys().events.encode()
+    """Every key but the event logs: its serialized value (DUMP) and time to live (ms)."""
+    events = {k.events.encode() for k in every_shard()}
     out: State = {}
     for key in sorted(rb.keys("*")):  # type: ignore[union-attr]
-        if key != events:
+        if key not in events:
             out[key.decode()] = (rb.dump(key), int(rb.pttl(key)))  # type: ignore[arg-type]
     return out
 
@@ -87,10 +102,10 @@ def assert_unchanged(before: State, after: State) -> None:
             assert ttl - 2_000 <= after[key][1] <= ttl, key
 
 
-def break_log(r: redis.Redis) -> None:
-    """Replace the event log with a plain string: the next append fails (WRONGTYPE)."""
-    r.delete(store.keys().events)
-    r.set(store.keys().events, "x")
+def break_log(r: redis.Redis, shard: int) -> None:
+    """Replace ``shard``'s event log with a plain string: the next append fails (WRONGTYPE)."""
+    r.delete(store.keys(shard).events)
+    r.set(store.keys(shard).events, "x")
 
 
 def retype(r: redis.Redis, key: str) -> None:
@@ -133,6 +148,36 @@ def assert_chained(entries: list[tuple[str, dict[str, str]]], first_p: str = "0-
         previous = entry_id
 
 
+def assert_every_stream_chained(r: redis.Redis) -> int:
+    """Every shard's stream is one chain from "0-0" (a chain never crosses streams); returns
+    how many entries the streams hold together."""
+    total = 0
+    for shard in store.all_shards():
+        entries = shard_entries(r, shard)
+        if entries:
+            assert_chained(entries)
+            total += len(entries)
+    return total
+
+
+def shapes(r: redis.Redis, since: Mark | None, *names: str) -> dict[int, list[Entry]]:
+    """Each shard's entries after ``since``, in order, cut down to the fields ``names``."""
+    return {
+        shard: [{n: e[n] for n in names if n in e} for e in entries]
+        for shard, entries in logged_by_shard(r, since).items()
+    }
+
+
+def shape(kind: str, uid: int | None = None, room: str | None = None, **more: str) -> Entry:
+    """An expected entry cut down to kind, user, room (and ``more``), for :func:`shapes`."""
+    entry = {"k": kind, **more}
+    if uid is not None:
+        entry["u"] = str(uid)
+    if room is not None:
+        entry["r"] = room
+    return entry
+
+
 # --------------------------------------------------------------------------- the chain
 class TestChain:
     async def test_first_entry_of_an_empty_log_points_at_zero(self, r: redis.Redis) -> None:
@@ -151,36 +196,41 @@ class TestChain:
         await store.room_leave(other, "lobby")
         await store.end_connections([first, second])
         swept = await connect("c4", 3, now=store.now_ms() - TTL_MS - 1_000, rooms=("y",))
-        store.end_swept_connections([swept])
+        end_swept([swept])
 
-        entries = log_entries(r)
-        assert [fields["k"] for _, fields in entries] == [
-            *("open", "join", "join", "join"),  # c1: open, global join, lobby, x
-            "open",  # c2: second tab, lobby already joined
-            *("open", "join", "join"),  # c3
-            *("status", "status", "status"),  # global, lobby, x
-            "frame",
-            "leave",  # c3 leaves the lobby
-            *("close", "leave", "close"),  # user halves: c1 (c2 still online), c2 (global)
-            *("leave", "leave"),  # room halves: c1 leaves x, c2 the lobby
-            *("open", "join", "join"),  # c4
-            *("leave", "close", "leave"),  # c4 swept: global, close, then its room y
+        # Each entry on its home's stream (a user's and a connection's on the user's shard, a
+        # room's on the room's), in this order within each stream.
+        expected = [
+            *(shape("open", 1), shape("join", 1, ""), shape("join", 1, "lobby")),
+            shape("join", 1, "x"),  # c1: open, global join, lobby, x
+            shape("open", 1),  # c2: second tab, lobby already joined
+            *(shape("open", 2), shape("join", 2, ""), shape("join", 2, "lobby")),  # c3
+            *(shape("status", 1, ""), shape("status", 1, "lobby"), shape("status", 1, "x")),
+            shape("frame", room="lobby"),
+            shape("leave", 2, "lobby"),  # c3 leaves the lobby
+            # user halves: c1 (c2 still online), c2 (global)
+            *(shape("close", 1), shape("leave", 1, ""), shape("close", 1)),
+            *(shape("leave", 1, "x"), shape("leave", 1, "lobby")),  # room halves
+            *(shape("open", 3), shape("join", 3, ""), shape("join", 3, "y")),  # c4
+            # c4 swept: global, close, then its room y
+            *(shape("leave", 3, ""), shape("close", 3), shape("leave", 3, "y")),
         ]
-        assert_chained(entries)
+        assert shapes(r, None, "k", "u", "r") == by_home(expected)
+        assert assert_every_stream_chained(r) == len(expected)
 
     async def test_concurrent_callers_keep_one_chain(self, r: redis.Redis) -> None:
         await asyncio.gather(*(connect(f"c{i}", i % 7, rooms=("lobby",)) for i in range(60)))
 
-        entries = log_entries(r)
-        assert len(entries) == 60 + 7 + 7  # opens, then one global and one room join per user
-        assert_chained(entries)
+        # opens, then one global and one room join per user; each stream one chain
+        assert assert_every_stream_chained(r) == 60 + 7 + 7
 
     async def test_links_to_an_entry_another_writer_appended(self, r: redis.Redis) -> None:
-        foreign = str(r.xadd(store.keys().events, {"k": "other"}))
+        shard = store.user_home(7)  # where c1's entries go
+        foreign = str(r.xadd(store.keys(shard).events, {"k": "other"}))
 
         await connect("c1", 7)
 
-        assert_chained(log_entries(r, since=foreign), first_p=foreign)
+        assert_chained(shard_entries(r, shard, since=foreign), first_p=foreign)
 
 
 # --------------------------------------------------------------------------- trimming
@@ -193,14 +243,15 @@ class TestTrimming:
     def _small_log(self, settings: Settings) -> None:
         settings.PRESENCE_EVENT_LOG_MAXLEN = self.MAXLEN
 
-    def prefill(self, r: redis.Redis, n: int = 1_000) -> None:
-        """Append ``n`` entries without trimming, as if the limit had just been lowered."""
-        already = log_len(r)
+    def prefill(self, r: redis.Redis, shard: int, n: int = 1_000) -> None:
+        """Append ``n`` entries to ``shard``'s stream without trimming, as if the limit had
+        just been lowered."""
+        already = log_len(r, shard)
         pipe = r.pipeline(transaction=False)
         for i in range(n):
-            pipe.xadd(store.keys().events, {"k": "filler", "i": i})
+            pipe.xadd(store.keys(shard).events, {"k": "filler", "i": i})
         pipe.execute()
-        assert log_len(r) == already + n
+        assert log_len(r, shard) == already + n
 
     async def test_log_stays_bounded(self, r: redis.Redis) -> None:
         for i in range(300):
@@ -208,51 +259,57 @@ class TestTrimming:
             await store.publish("lobby", "{}")
             await store.end_connections([ref])
 
-        assert 0 < log_len(r) < self.BOUND  # 300 * 6 entries were appended
+        # 300 * 6 entries were appended: 300 * 3 to the lobby's stream (join, frame, leave),
+        # the rest to the users' streams; each stream is trimmed on its own.
+        lobby = store.room_home("lobby")
+        assert 0 < log_len(r, lobby) < self.BOUND
+        assert all(log_len(r, shard) < self.BOUND for shard in store.all_shards())
         # The oldest entry left points at one trimmed away: a reader can tell it missed some.
-        ((oldest_id, oldest),) = log_entries(r)[:1]
+        entries = shard_entries(r, lobby)
+        ((oldest_id, oldest),) = entries[:1]
         assert oldest["p"] != "0-0"
         assert store.stream_id_order(oldest["p"]) < store.stream_id_order(oldest_id)
-        assert oldest["p"] not in {eid for eid, _ in log_entries(r)}
+        assert oldest["p"] not in {eid for eid, _ in entries}
 
     async def test_connect_trims(self, r: redis.Redis) -> None:
-        self.prefill(r)
+        self.prefill(r, store.user_home(7))
         await connect("c1", 7)
-        assert log_len(r) < self.BOUND
+        assert log_len(r, store.user_home(7)) < self.BOUND
 
     async def test_end_trims(self, r: redis.Redis) -> None:
         ref = await connect("c1", 7)
-        self.prefill(r)
+        self.prefill(r, store.user_home(7))
         await store.end_connections([ref])
-        assert log_len(r) < self.BOUND
+        assert log_len(r, store.user_home(7)) < self.BOUND
 
     async def test_room_join_and_leave_trim(self, r: redis.Redis) -> None:
-        ref = await connect("c1", 7)
-        self.prefill(r)
+        ref, lobby = await connect("c1", 7), store.room_home("lobby")
+        self.prefill(r, lobby)
         await store.room_join(ref, "lobby")
-        assert log_len(r) < self.BOUND
-        self.prefill(r)
+        assert log_len(r, lobby) < self.BOUND
+        self.prefill(r, lobby)
         await store.room_leave(ref, "lobby")
-        assert log_len(r) < self.BOUND
+        assert log_len(r, lobby) < self.BOUND
 
     async def test_status_and_publish_trim(self, r: redis.Redis) -> None:
-        self.prefill(r)
+        self.prefill(r, store.user_home(7))
         await store.set_status(7, "user7", "busy")
-        assert log_len(r) < self.BOUND
-        self.prefill(r)
+        assert log_len(r, store.user_home(7)) < self.BOUND
+        self.prefill(r, store.room_home("lobby"))
         await store.publish("lobby", "{}")
-        assert log_len(r) < self.BOUND
+        assert log_len(r, store.room_home("lobby")) < self.BOUND
 
 
 # --------------------------------------------------------------------------- atomicity
 class TestFailedScriptWritesNoState:
-    """The log cannot be appended to: the script fails before changing anything."""
+    """The log the script appends to (its shard's) cannot be appended to: the script fails
+    before changing anything."""
 
     async def test_connect(self, r: redis.Redis, rb: redis.Redis) -> None:
-        k = store.keys()
+        k = user_keys(7)
         await connect("c0", 1)
         stats = r.hgetall(k.stats)
-        break_log(r)
+        break_log(r, k.shard)
         before = state(rb)
 
         with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
@@ -265,9 +322,9 @@ class TestFailedScriptWritesNoState:
         assert_unchanged(before, state(rb))
 
     async def test_end(self, r: redis.Redis, rb: redis.Redis) -> None:
-        k = store.keys()
+        k = user_keys(7)
         ref = await connect("c1", 7, rooms=("lobby",))
-        break_log(r)
+        break_log(r, k.shard)  # the user half's: the room half never runs
         before = state(rb)
 
         with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
@@ -281,49 +338,49 @@ class TestFailedScriptWritesNoState:
 
     async def test_swept_end(self, r: redis.Redis, rb: redis.Redis) -> None:
         ref = await connect("c1", 7, now=store.now_ms() - TTL_MS - 1_000)
-        break_log(r)
+        break_log(r, store.user_home(7))
         before = state(rb)
 
         with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
-            store.end_swept_connections([ref])
+            end_swept([ref])
 
         assert_unchanged(before, state(rb))
 
     async def test_room_join(self, r: redis.Redis, rb: redis.Redis) -> None:
-        k = store.keys()
+        uk, rk = user_keys(7), room_keys("lobby")
         ref = await connect("c1", 7)
-        break_log(r)
+        break_log(r, rk.shard)  # the room half logs; the store takes the user half back
         before = state(rb)
 
         with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
             await store.room_join(ref, "lobby")
 
-        assert not r.exists(k.conn_rooms("c1"), k.room("lobby"), k.room_user("lobby", 7))
+        assert not r.exists(uk.conn_rooms("c1"), rk.room("lobby"), rk.room_user("lobby", 7))
         assert_unchanged(before, state(rb))
 
     async def test_room_leave(self, r: redis.Redis, rb: redis.Redis) -> None:
-        k = store.keys()
+        uk, rk = user_keys(7), room_keys("lobby")
         ref = await connect("c1", 7, rooms=("lobby",))
-        break_log(r)
+        break_log(r, rk.shard)  # the room half logs; the store puts the user half back
         before = state(rb)
 
         with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
             await store.room_leave(ref, "lobby")
 
-        assert r.smembers(k.conn_rooms("c1")) == {"lobby"}
-        assert r.smembers(k.room_user("lobby", 7)) == {"c1"}
+        assert r.smembers(uk.conn_rooms("c1")) == {"lobby"}
+        assert r.smembers(rk.room_user("lobby", 7)) == {"c1"}
         assert store.list_online("lobby")[0] == 1
         assert_unchanged(before, state(rb))
 
     async def test_status(self, r: redis.Redis, rb: redis.Redis) -> None:
         await connect("c1", 7)
-        break_log(r)
+        break_log(r, store.user_home(7))
         before = state(rb)
 
         with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
             await store.set_status(7, "user7", "busy")
 
-        assert r.hget(store.keys().user(7), "status") == "online"
+        assert r.hget(user_keys(7).user(7), "status") == "online"
         assert_unchanged(before, state(rb))
 
 
@@ -332,7 +389,7 @@ class TestFailedScriptLogsNothing:
 
     async def test_connect(self, r: redis.Redis, rb: redis.Redis) -> None:
         await connect("c0", 1)
-        retype(r, store.keys().user_conns(7))
+        retype(r, user_keys(7).user_conns(7))
         entries, before = log_len(r), state(rb)
 
         with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
@@ -343,7 +400,7 @@ class TestFailedScriptLogsNothing:
 
     async def test_end(self, r: redis.Redis, rb: redis.Redis) -> None:
         ref = await connect("c1", 7, rooms=("lobby",))
-        retype(r, store.keys().conn("c1"))
+        retype(r, user_keys(7).conn("c1"))
         entries, before = log_len(r), state(rb)
 
         with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
@@ -354,7 +411,7 @@ class TestFailedScriptLogsNothing:
 
     async def test_room_join(self, r: redis.Redis, rb: redis.Redis) -> None:
         ref = await connect("c1", 7)
-        retype(r, store.keys().room("lobby"))
+        retype(r, room_keys("lobby").room("lobby"))
         entries, before = log_len(r), state(rb)
 
         with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
@@ -365,7 +422,7 @@ class TestFailedScriptLogsNothing:
 
     async def test_room_leave(self, r: redis.Redis, rb: redis.Redis) -> None:
         ref = await connect("c1", 7, rooms=("lobby",))
-        retype(r, store.keys().user(7))
+        retype(r, user_keys(7).user(7))
         entries, before = log_len(r), state(rb)
 
         with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
@@ -376,7 +433,7 @@ class TestFailedScriptLogsNothing:
 
     async def test_status(self, r: redis.Redis, rb: redis.Redis) -> None:
         await connect("c1", 7)
-        retype(r, store.keys().user(7))
+        retype(r, user_keys(7).user(7))
         entries, before = log_len(r), state(rb)
 
         with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
@@ -396,7 +453,7 @@ class TestFailingAfterTheFirstWrite:
 
     async def test_connect_with_a_broken_user_hash(self, r: redis.Redis, rb: redis.Redis) -> None:
         await connect("c0", 1)
-        retype(r, store.keys().user(7))
+        retype(r, user_keys(7).user(7))
         entries, before = log_len(r), state(rb)
 
         with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
@@ -406,8 +463,9 @@ class TestFailingAfterTheFirstWrite:
         assert_unchanged(before, state(rb))
 
     async def test_end_with_a_broken_room(self, r: redis.Redis, rb: redis.Redis) -> None:
+        rk = room_keys("lobby")
         ref = await connect("c1", 7, rooms=("lobby",))
-        retype(r, store.keys().room("lobby"))
+        retype(r, rk.room("lobby"))
         entries, before = log_len(r), state(rb)
 
         with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
@@ -417,7 +475,7 @@ class TestFailingAfterTheFirstWrite:
         # half failed whole: the room still holds the user (repair_rooms' to remove).
         assert log_len(r) == entries + 2
         after = state(rb)
-        for key in (store.keys().room("lobby"), store.keys().room_user("lobby", 7)):
+        for key in (rk.room("lobby"), rk.room_user("lobby", 7)):
             assert after[key][0] == before[key][0]  # the value (its expiry moves on)
 
 
@@ -454,13 +512,11 @@ class TestOutOfMemory:
             (res,) = await store.end_connections([ref])
 
         assert res.state == 1
-        assert not r.hexists(store.keys().conn("c1"), "uid")  # a tombstone at most
+        assert not r.hexists(user_keys(7).conn("c1"), "uid")  # a tombstone at most
         assert store.user_presence(7) == (None, 0)
-        assert [(e["k"], e.get("r"), e.get("c")) for e in logged(r, since=mark)] == [
-            ("leave", "", None),
-            ("close", None, "c1"),
-            ("leave", "lobby", None),
-        ]
+        assert shapes(r, mark, "k", "u", "r", "c") == by_home(
+            [shape("leave", 7, ""), shape("close", 7, c="c1"), shape("leave", 7, "lobby")]
+        )
 
 
 class TestKilledCaller:
@@ -469,7 +525,7 @@ class TestKilledCaller:
     def test_connect_leaves_state_and_event(
         self, r: redis.Redis, redis_server: RedisServer
     ) -> None:
-        k, now = store.keys(), store.now_ms()
+        k, now = user_keys(7), store.now_ms()
         sha = r.script_load(store.script("connect").source)
 
         send_and_vanish(redis_server, connect_command(sha, "c1", 7, now))
@@ -484,7 +540,7 @@ class TestKilledCaller:
     async def test_end_leaves_removal_and_events(
         self, r: redis.Redis, redis_server: RedisServer
     ) -> None:
-        k, now = store.keys(), store.now_ms()
+        k, now = user_keys(7), store.now_ms()
         ref = await connect("c1", 7, now=now, rooms=("lobby",))
         mark = log_mark(r)
         sha = r.script_load(store.script("end").source)
