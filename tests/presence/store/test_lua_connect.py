@@ -189,7 +189,7 @@ class TestMultiTab:
 
     async def test_raw_evalsha_matches_the_documented_contract(self, r: redis.Redis) -> None:
         """KEYS/ARGV exactly as the script header documents them, without the store wrapper."""
-        k, now = store.keys(), store.now_ms()
+        k, now = user_keys(3), store.now_ms()  # the user's shard, as the store passes
         sha = r.script_load(store.script("connect").source)
         ks = [k.conns, k.users, k.stats, k.conn("x"), k.conn_rooms("x"), k.user(3), k.user_conns(3)]
         ks.append(k.events)
