@@ -345,8 +345,9 @@ class TestSwept:
         sha = r.script_load(store.script("end_rooms").source)
         ks = [ka.events, ka.held, ka.held_why, ka.room("a"), ka.room_user("a", 7)]
         args = [t0 + 1, "error", 1_000, 0, 1, "c1", 7, "a", "user7"]
+        room_mark = log_mark(r)
         assert r.evalsha(sha, len(ks), *ks, *args) == [1]
         assert r.evalsha(sha, len(ks), *ks, *args) == [0]
-        assert logged_by_shard(r, since=mark)[ka.shard] == [
-            leave("a", 7, t0 + 1, "error", vacated=True)
-        ]
+        assert logged_by_shard(r, since=room_mark) == {
+            ka.shard: [leave("a", 7, t0 + 1, "error", vacated=True)]
+        }
