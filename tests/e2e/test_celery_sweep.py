@@ -15,6 +15,7 @@ import pytest
 
 from presence import store
 from sessions_app.models import ConnectionSession, EndReason
+from tests.support.homes import user_keys
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
@@ -49,7 +50,7 @@ async def test_silent_client_is_swept_leave_sent_and_socket_closed_4408(
     await bob_ws.recv_until(is_event("join", alice.pk))
     alice_sid = alice_ws.hello["session_id"]
     # Alice now goes silent: no heartbeat, no close (a crashed client on a live TCP socket).
-    expiry_ms = int(r.zscore(store.keys().conns, alice_sid))
+    expiry_ms = int(r.zscore(user_keys(alice.pk).conns, alice_sid))
     beats = asyncio.create_task(keep_heartbeating(bob_ws))
     try:
         await bob_ws.recv_until(is_event("leave", alice.pk), timeout=TTL + 6)

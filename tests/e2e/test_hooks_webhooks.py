@@ -19,6 +19,7 @@ import pytest
 from asgiref.sync import sync_to_async
 from django.test import Client
 
+from presence import store
 from presence.models import DeliveryState, WebhookDelivery, WebhookEndpoint, WebhookEvent
 from tests.support.celery import CeleryProcess
 from tests.support.consume import ConsumeProcess
@@ -87,8 +88,9 @@ def of_user(receiver: Receiver, uid: int) -> list[dict[str, Any]]:
 
 
 def position(event: dict[str, Any]) -> tuple[int, ...]:
-    """The event-log id as numbers (ids do not sort as strings)."""
-    # "<shard>/<ms>-<seq>": one user's events are all on the user's shard
+    """The event-log position as numbers, (shard, ms, seq): ids do not sort as strings."""
+    # "<shard>/<ms>-<seq>": a user's user.* events are on the user's shard, a room's room.*
+    # events on the room's (the positions of two shards are not comparable).
     shard, _, stream_id = event["position"].partition("/")
     return (int(shard), *(int(x) for x in stream_id.split("-")))
 
@@ -183,18 +185,33 @@ async def test_receiver_down_for_a_while_gets_every_event_in_order_per_user(
     )
     receiver.start()  # back, on the same port
 
-    # A close's user half is logged before its rooms' halves (docs/hooks.md, "Ordering").
+    # Log order holds per stream (docs/hooks.md, "Ordering"): the user's events are on the
+    # user's shard, the lobby's on the lobby's, and the two are not ordered against each
+    # other unless both homes are one shard (then a close's user half comes first).
+    user_visit = ["user.online", "user.offline"]
+    room_visit = ["room.occupied", "room.join", "room.leave", "room.vacated"]
     one_visit = ["user.online", "room.occupied", "room.join"]
     one_visit += ["user.offline", "room.leave", "room.vacated"]
     expected = one_visit * 2
     await until(lambda: len(of_user(receiver, bob.pk)) >= len(expected), 20, "bob's events")
     await until(lambda: len(of_user(receiver, alice.pk)) >= len(expected), 5, "alice's events")
 
+    lobby = store.room_home("lobby")
     for user in (alice, bob):
         events = of_user(receiver, user.pk)
-        assert types(events) == expected, user.username
-        positions = [position(e) for e in events]
-        assert positions == sorted(positions)
+        home = store.user_home(user.pk)
+        of_user_scope = [e for e in events if e["type"].startswith("user.")]
+        of_room_scope = [e for e in events if e["type"].startswith("room.")]
+        assert types(of_user_scope) == user_visit * 2, user.username
+        assert types(of_room_scope) == room_visit * 2, user.username
+        assert len(events) == len(expected), user.username
+        if home == lobby:
+            assert types(events) == expected, user.username
+        assert {position(e)[0] for e in of_user_scope} == {home}
+        assert {position(e)[0] for e in of_room_scope} == {lobby}
+        for shard in {home, lobby}:  # delivered in each stream's order
+            positions = [position(e) for e in events if position(e)[0] == shard]
+            assert positions == sorted(positions), user.username
         assert len({e["id"] for e in events}) == len(events)  # each once: no duplicate POST
     await until(
         lambda: not WebhookEvent.objects.exclude(state=DeliveryState.DELIVERED).exists(),

@@ -22,10 +22,10 @@ import redis
 from asgiref.sync import sync_to_async
 
 from config.embedded_redis import RedisServer
-from presence import store
 from sessions_app.models import ConnectionSession, EndReason
 from tests.support.db import session_log_written
 from tests.support.e2e_clients import UserFactory, recv, session_id_for, ws
+from tests.support.homes import listed_conns, online_uids
 from tests.support.servers import ASGIServer
 
 pytestmark = [
@@ -61,9 +61,9 @@ async def test_200_sockets_closed_while_redis_is_paused_all_end_once_it_returns(
         await _close_all_while_paused(conns, redis_server, r)
 
     deadline = time.monotonic() + LANDED_WITHIN
-    while r.zcard(store.keys().users) or r.zcard(store.keys().conns):
+    while online_uids(r) or listed_conns(r):
         assert time.monotonic() < deadline, (
-            f"{r.zcard(store.keys().users)} users still online; server log:\n{server.log()}"
+            f"{len(online_uids(r))} users still online; server log:\n{server.log()}"
         )
         await asyncio.sleep(0.1)
 
@@ -84,7 +84,7 @@ async def _open(stack: AsyncExitStack, server: ASGIServer, cookie: str, sids: li
 
 
 async def _close_all_while_paused(conns: list[Any], server: RedisServer, r: redis.Redis) -> None:
-    assert r.zcard(store.keys().users) == USERS
+    assert len(online_uids(r)) == USERS
     await session_log_written(within=15)
     os.kill(server.process.pid, signal.SIGSTOP)
     try:

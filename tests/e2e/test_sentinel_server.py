@@ -9,8 +9,8 @@ from collections.abc import Callable
 
 import pytest
 
-from presence.store import keys
 from tests.support.e2e_clients import UserFactory, http, recv, request, token_for, ws
+from tests.support.homes import user_keys
 from tests.support.sentinel import SentinelTopology
 from tests.support.servers import ASGIServer
 
@@ -29,8 +29,8 @@ async def test_a_server_on_sentinel_serves_sockets_and_follows_a_promoted_replic
         assert (await recv(conn))["type"] == "hello"
         ack = await request(conn, {"type": "heartbeat", "id": 1})
         assert ack["type"] == "heartbeat.ack", ack
-        # Presence was written on the primary the sentinels name.
-        assert sentinel_topology.primary_client().exists(keys().conns)
+        # Presence was written on the primary the sentinels name (at alice's shard's keys).
+        assert sentinel_topology.primary_client().exists(user_keys(alice.pk).conns)
     _status, body = await http("GET", server.url + "/readyz")
     assert body["checks"]["redis"]["ok"] and body["checks"]["channel_layer"]["ok"], body
     assert body["checks"]["broker"]["ok"], body
@@ -44,7 +44,7 @@ async def test_a_server_on_sentinel_serves_sockets_and_follows_a_promoted_replic
         assert first["type"] == "hello", (first, server.log()[-3000:])
         ack = await request(conn, {"type": "heartbeat", "id": 2})
         assert ack["type"] == "heartbeat.ack", ack
-        assert replica.client().exists(keys().conns)
+        assert replica.client().exists(user_keys(alice.pk).conns)
     _status, body = await http("GET", server.url + "/readyz")
     for name in ("redis", "channel_layer", "broker"):
         assert body["checks"][name]["ok"], body

@@ -25,6 +25,7 @@ from sessions_app.models import EndReason
 from tests.support.celery import CeleryProcess
 from tests.support.consume import ConsumeProcess
 from tests.support.db import session_log_written, session_row
+from tests.support.homes import user_keys
 from tests.support.servers import ASGIServer
 
 from .test_uvicorn import token_for
@@ -66,9 +67,11 @@ async def test_row_of_a_killed_server_is_written_and_then_ended_as_timeout(
         server.kill()  # SIGKILL: no disconnect, no graceful anything
     assert hello["type"] == "hello", hello
     sid = hello["session_id"]
-    # Presence still holds it (for TTL): what the row must say.
-    connected_ms = int(r.hget(store.keys().conn(sid), "at") or 0)  # type: ignore[arg-type]
-    channel = r.hget(store.keys().conn(sid), "channel")
+    # Presence still holds it (for TTL), on alice's shard: what the row must say.
+    conn_key = user_keys(alice.pk).conn(sid)
+    connected_ms = int(r.hget(conn_key, "at") or 0)  # type: ignore[arg-type]
+    channel = r.hget(conn_key, "channel")
+    assert connected_ms and channel, r.hgetall(conn_key)
 
     consume_process(env=FAST, only="sessionlog")
     celery_worker_process(env=FAST)

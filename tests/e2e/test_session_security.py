@@ -18,7 +18,6 @@ import redis
 from asgiref.sync import sync_to_async
 from websockets.exceptions import InvalidStatus
 
-from presence import store
 from presence.access.auth import TOKEN_SUBPROTOCOL
 from tests.support.e2e_clients import (
     CSRF,
@@ -32,6 +31,7 @@ from tests.support.e2e_clients import (
     token_for,
     ws,
 )
+from tests.support.homes import user_keys
 from tests.support.servers import ASGIServer
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow, pytest.mark.timeout(90)]
@@ -42,7 +42,7 @@ ServerFactory = Callable[..., ASGIServer]
 async def offline_at_once(r: redis.Redis, uid: int, server: ASGIServer) -> None:
     """The user is gone from presence within a few seconds (no ghost until a TTL)."""
     deadline = time.monotonic() + 5
-    while r.zscore(store.keys().users, str(uid)) is not None:
+    while r.zscore(user_keys(uid).users, str(uid)) is not None:
         assert time.monotonic() < deadline, f"ghost; server log:\n{server.log()}"
         await asyncio.sleep(0.05)
 
@@ -61,7 +61,7 @@ class TestHostileFrames:
                 assert (error["type"], error["code"]) == ("error", "bad_json"), error
             ack = await request(conn, {"type": "heartbeat", "id": 5})
             assert ack == {"type": "heartbeat.ack", "id": 5}
-            assert r.zscore(store.keys().conns, sid) is not None
+            assert r.zscore(user_keys(alice.pk).conns, sid) is not None
         # Closed by the client: gone at once, no ghost until a TTL.
         await offline_at_once(r, alice.pk, server)
         assert "Traceback" not in server.log()

@@ -20,7 +20,6 @@ import redis
 from asgiref.sync import sync_to_async
 from websockets.exceptions import InvalidStatus
 
-from presence import store
 from presence.jobs import sessionlog
 from sessions_app.actions import do_kick_session
 from sessions_app.models import ConnectionSession, EndReason
@@ -37,6 +36,7 @@ from tests.support.e2e_clients import (
     token_for,
     ws,
 )
+from tests.support.homes import user_keys
 from tests.support.redis import mark_ended
 from tests.support.servers import ASGIServer
 
@@ -190,7 +190,8 @@ class TestServerClose:
     ) -> None:
         server = asgi_server()
         async with alice_connected(server, auser_factory) as (conn, sid):
-            mark_ended(r, sid)  # as if a sweep had ended it
+            uid = (await session_row(sid)).user_id
+            mark_ended(r, sid, uid=uid)  # as if a sweep had ended it
             for i in range(5):  # the first is answered with 4408; the rest are in flight
                 await conn.send(json.dumps({"type": "heartbeat", "id": i}))
             code, frames = await closed_with(conn)
@@ -221,7 +222,8 @@ class TestServerClose:
 
         rows = [await ended_row(server, sid) for sid in sids]
         assert [row.end_reason for row in rows] == [EndReason.CLOSED] * len(sids)
-        assert [sid for sid in sids if r.hexists(store.keys().conn(sid), "uid")] == []
+        k = user_keys(alice.pk)
+        assert [sid for sid in sids if r.hexists(k.conn(sid), "uid")] == []
         assert "Traceback" not in server.log()
 
 
@@ -255,11 +257,12 @@ class TestServerShutdown:
         settings.PRESENCE_SESSION_LOG_CLAIM_IDLE = 0.5
         server = asgi_server()
         async with alice_connected(server, auser_factory) as (conn, sid):
-            await session_row(sid)
+            uid = (await session_row(sid)).user_id
+            assert r.zscore(user_keys(uid).conns, sid) is not None
             await asyncio.to_thread(server.stop)  # SIGTERM: uvicorn shuts down gracefully
             code, _ = await closed_with(conn)
 
         assert code == 1012  # service restart: clients reconnect with backoff
         row = await ended_row(server, sid, fallback=True)
         assert row.end_reason == EndReason.SERVER_SHUTDOWN
-        assert r.zscore(store.keys().conns, sid) is None  # gone from presence at once
+        assert r.zscore(user_keys(uid).conns, sid) is None  # gone from presence at once

@@ -78,3 +78,20 @@ def end_swept(conns: list[store.ConnRef], *, now: int | None = None) -> list[sto
     shard: a sweep ends the connections of the shard it claimed them on)."""
     (shard,) = {store.user_home(c.uid) for c in conns}
     return store.end_swept_connections(conns, now=now, shard=shard)
+
+
+def stat_total(r: redis.Redis, name: str) -> int:
+    """Counter ``name`` of the live stats hashes summed over every shard (each script counts
+    on the shard it ran on: a connection's end on its user's shard)."""
+    pipe = r.pipeline(transaction=False)
+    for k in every_shard():
+        pipe.hget(k.stats, name)
+    return sum(int(value or 0) for value in pipe.execute())
+
+
+def listed_conns(r: redis.Redis) -> int:
+    """Connections listed in every shard's index of connections together (expired ones too)."""
+    pipe = r.pipeline(transaction=False)
+    for k in every_shard():
+        pipe.zcard(k.conns)
+    return sum(int(n) for n in pipe.execute())
