@@ -94,14 +94,6 @@ async def _worker(
     django.setup()
     from presence import store as presence_store
 
-    if os.environ.get("BENCH_SPLIT_HOMES") == "1":
-        # The homes on their own shards (presence/store/shards.py: SPLIT_HOMES); a tree
-        # without the switch has every home on shard 0 and ignores this.
-        from presence.store import shards as shard_module
-
-        if hasattr(shard_module, "SPLIT_HOMES"):
-            shard_module.SPLIT_HOMES = True
-
     # Any: the two trees' store APIs differ (a client argument before sharding).
     store: Any = presence_store
     store.reset_clients()
@@ -233,10 +225,6 @@ def run_store_shards(o: Any) -> list[dict[str, Any]]:
             shapes.append(("before_single", Path(o.before), [single.url], {}))
         shard_env = {"PRESENCE_SHARDS": str(o.shards)}
         shapes.append(("single", ROOT, [single.url], shard_env))
-        # The homes split (users, rooms, addresses on their own shards): on one Redis, the
-        # split's cost against before_single; on 3 nodes, how the work spreads.
-        shard_env = {**shard_env, "BENCH_SPLIT_HOMES": "1"}
-        shapes.append(("single_split", ROOT, [single.url], shard_env))
         shards_env = {**shard_env, "PRESENCE_REDIS_SHARD_URLS": ",".join(shards.urls)}
         shapes.append(("shards3", ROOT, shards.urls, shards_env))
         cluster_env = {**shard_env, "PRESENCE_REDIS_CLUSTER_URL": cluster.url}
@@ -282,8 +270,7 @@ def summary(records: list[dict[str, Any]]) -> dict[str, Any]:
             "value": statistics.median(run["redis_bytes_per_connection"] for run in runs)
         }
     out: dict[str, Any] = {"medians": med, "targets": []}
-    # The 3-node shapes run with the homes split: their baseline is one Redis, split too.
-    one = med.get("single_split") or med.get("single")
+    one = med.get("single")
     for multi in ("shards3", "cluster3"):
         if one and multi in med:
             hb = med[multi]["heartbeat"]
@@ -304,7 +291,7 @@ def summary(records: list[dict[str, Any]]) -> dict[str, Any]:
                 }
             )
     before = med.get("before_single")
-    for name in ("single", "single_split"):
+    for name in ("single",):
         now = med.get(name)
         if not (now and before):
             continue
@@ -341,7 +328,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--shards", type=int, default=64, help="PRESENCE_SHARDS")
     p.add_argument("--repeat", type=int, default=1)
     p.add_argument("--before", help="tree of the code before sharding (git archive main)")
-    p.add_argument("--shapes", default="before_single,single,single_split,shards3,cluster3")
+    p.add_argument("--shapes", default="before_single,single,shards3,cluster3")
     p.add_argument("--results-dir", type=Path, default=ROOT / "bench" / "results")
     args = p.parse_args(argv)
     args.shapes = [s for s in args.shapes.split(",") if s]
@@ -379,7 +366,7 @@ def run_from_bench(args: Any) -> dict[str, Any]:
     if args.before:
         argv += ["--before", str(args.before)]
     else:
-        argv += ["--shapes", "single,single_split,shards3,cluster3"]
+        argv += ["--shapes", "single,shards3,cluster3"]
     records = run_store_shards(parse_args(argv))
     report = summary(records)
     for t in report["targets"]:

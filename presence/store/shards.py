@@ -57,32 +57,14 @@ def ip_shard(ip: str) -> int:
     return _hash_shard("a", ip or "-")
 
 
-# Where presence state lives: its "homes". With SPLIT_HOMES, a user's keys are on the user's
-# shard, a room's on the room's shard, an address's gate on the address's shard, a login's
-# own revocation mark on the login's shard; without, every home is shard 0 (one slot: the
-# layout before the split). Every store path reads these functions, so this is the one
-# switch that moves state (docs/operations.md, "Sharding").
-SPLIT_HOMES = True
-
-
-def user_home(uid: int | str) -> int:
-    """The shard whose keys hold ``uid``'s presence state (connections, status, holds)."""
-    return user_shard(uid) if SPLIT_HOMES else 0
-
-
-def room_home(room: str) -> int:
-    """The shard whose keys hold ``room``'s members (and its holds, its room events)."""
-    return room_shard(room) if SPLIT_HOMES else 0
-
-
-def ip_home(ip: str) -> int:
-    """The shard whose keys hold an address's connect gate."""
-    return ip_shard(ip) if SPLIT_HOMES else 0
-
-
-def login_home(login: str) -> int:
-    """The shard whose keys hold a login session's own revocation mark."""
-    return login_shard(login) if SPLIT_HOMES else 0
+# Where presence state lives: its "homes". A user's keys are on the user's shard, a room's on
+# the room's shard, an address's gate on the address's shard, a login's own revocation mark on
+# the login's shard. Store paths name a key's home with these (what a shard holds), the hash
+# functions above say how a name maps to a shard; they are the same mapping.
+user_home = user_shard
+room_home = room_shard
+ip_home = ip_shard
+login_home = login_shard
 
 
 def slot_range(shard: int, shards: int) -> tuple[int, int]:

@@ -206,11 +206,8 @@ class TestGhosts:
         report = run_reconcile()
         assert (report.scanned, report.ghosts) == (300, 30)
 
-    async def test_every_shards_connections_are_looked_at(self, r: Any, monkeypatch: Any) -> None:
-        # Users on their own shards (the homes split): the run reads every shard's index.
-        from presence.store import shards
-
-        monkeypatch.setattr(shards, "SPLIT_HOMES", True)
+    async def test_every_shards_connections_are_looked_at(self, r: Any) -> None:
+        # Users on their own shards: the run reads every shard's index.
         proc = LocalProcess()
         cids = {uid: str(uuid.uuid4()) for uid in range(1, 21)}
         for uid, cid in cids.items():

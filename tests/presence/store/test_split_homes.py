@@ -1,4 +1,4 @@
-"""The store with its homes split (presence/store/shards.py: SPLIT_HOMES): users, rooms and
+"""The store with its homes split (presence/store/shards.py): users, rooms and
 addresses on their own shards of PRESENCE_SHARDS=64, on one Redis, on 3 independent
 primaries and on a 3-primary Cluster.
 
@@ -37,13 +37,9 @@ ROOMS = [f"room{n}" for n in range(200) if shards.room_shard(f"room{n}") % 2 == 
 
 
 @pytest.fixture(autouse=True)
-def split(settings: Settings) -> Iterator[None]:
-    """The homes on their own shards (the switch every store path reads)."""
+def sixty_four(settings: Settings) -> None:
+    """64 shards (the default, pinned: UIDS and ROOMS above are picked for it)."""
     settings.PRESENCE_SHARDS = 64
-    mp = pytest.MonkeyPatch()
-    mp.setattr(shards, "SPLIT_HOMES", True)
-    yield
-    mp.undo()
 
 
 class RoundTrips:
