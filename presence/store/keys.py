@@ -75,6 +75,7 @@ no sweep ever runs. Callers pass "now"; scripts never read the Redis clock.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from functools import lru_cache
 
 from presence.conf import app_settings
 from presence.store.shards import shard_tag
@@ -281,7 +282,14 @@ class ControlKeys:
 
 
 def keys(shard: int = 0) -> Keys:
-    """Keys of ``shard`` (read live so tests may override the prefix and shard count)."""
+    """Keys of ``shard`` (its tag follows the live prefix and shard count; the objects are
+    shared, never changed)."""
+    return _keys(shard, shard_tag(shard))
+
+
+@lru_cache(maxsize=4096)
+def _keys(shard: int, tag: str) -> Keys:
+    # Keyed by the tag too: a changed prefix or shard count gives a new tag, so a new object.
     return Keys(shard)
 
 

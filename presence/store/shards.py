@@ -15,8 +15,10 @@ other keys: it is a migration (docs/operations.md), never a live setting change.
 from __future__ import annotations
 
 import zlib
-from functools import lru_cache
+from functools import cache, lru_cache
+from typing import Any
 
+from django.core.signals import setting_changed
 from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 
 from presence.conf import app_settings
@@ -26,9 +28,32 @@ from presence.conf import app_settings
 MAX_SALT = 1 << 20
 
 
+# Settings that move keys: the layout caches below are dropped when one of them changes
+# (override_settings and pytest-django's ``settings`` send ``setting_changed``).
+LAYOUT_SETTINGS = frozenset({"PRESENCE_SHARDS", "PRESENCE_KEY_PREFIX"})
+
+
+@cache
 def shard_count() -> int:
-    """The number of logical shards (PRESENCE_SHARDS, read live so tests may override it)."""
+    """The number of logical shards (PRESENCE_SHARDS). Cached: every heartbeat hashes its user
+    and rooms, and a Django settings read costs more than the hash; a changed setting drops
+    the cache (:func:`_layout_changed`)."""
     return max(1, app_settings.SHARDS)
+
+
+@cache
+def key_prefix() -> str:
+    """PRESENCE_KEY_PREFIX, cached as :func:`shard_count` is."""
+    return app_settings.KEY_PREFIX
+
+
+def _layout_changed(*, setting: str, **_: Any) -> None:
+    if setting in LAYOUT_SETTINGS:
+        shard_count.cache_clear()
+        key_prefix.cache_clear()
+
+
+setting_changed.connect(_layout_changed)
 
 
 def _hash_shard(kind: str, name: object) -> int:
@@ -90,7 +115,7 @@ def shard_tag(shard: int) -> str:
     """The hash tag of ``shard``: ``{<prefix>:<shard>:<salt>}``, with the first salt whose
     Cluster slot lies in slot bucket ``shard`` of ``shard_count()`` equal buckets
     (deterministic: every process finds the same salt; cached)."""
-    return _tag(app_settings.KEY_PREFIX, shard, shard_count())
+    return _tag(key_prefix(), shard, shard_count())
 
 
 def shard_slot(shard: int) -> int:

@@ -13,6 +13,7 @@ import pytest
 from django.test import override_settings
 from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 
+from presence import store
 from presence.store import shards
 
 
@@ -77,6 +78,26 @@ class TestShardTags:
     def test_a_shard_outside_the_count_is_refused(self) -> None:
         with pytest.raises(ValueError):
             shards.shard_tag(64)
+
+
+class TestLayoutCache:
+    """The shard count and prefix are cached (the hot path hashes every heartbeat's user and
+    rooms); a changed setting must still take effect at once, and go back after."""
+
+    def test_a_changed_shard_count_rehashes_at_once_and_back(self) -> None:
+        assert shards.shard_count() == 64
+        with override_settings(PRESENCE_SHARDS=4):
+            assert shards.shard_count() == 4
+            assert {shards.user_shard(uid) for uid in range(100)} == {0, 1, 2, 3}
+            assert store.keys(3).tag == shards.shard_tag(3)
+        assert shards.shard_count() == 64
+        assert max(shards.user_shard(uid) for uid in range(1000)) > 4
+
+    def test_a_changed_prefix_renames_the_keys_at_once_and_back(self) -> None:
+        before = store.keys(0).conns
+        with override_settings(PRESENCE_KEY_PREFIX="other"):
+            assert store.keys(0).conns.startswith("{other:0:")
+        assert store.keys(0).conns == before
 
 
 class TestJumpHash:
