@@ -62,6 +62,9 @@ READ_BLOCK_MS = 5000
 # event after a quiet spell may see; docs/performance.md has the idle CPU it buys).
 POLL_IDLE_MIN = 0.01
 POLL_IDLE_MAX = 0.5
+# How long a global sync waits for the reader to deliver what its Redis snapshot holds: a
+# Cluster reader polls (up to POLL_IDLE_MAX between reads), the others are ms behind.
+SYNC_CATCH_UP = 2.0
 RETRY_FIRST = 0.1
 RETRY_MAX = 2.0
 PRESENCE_KINDS = frozenset({"join", "leave", "status"})
@@ -347,18 +350,33 @@ class EventLogReader:
             return await asyncio.shield(self._building)
         return self.replica
 
+    async def _reached(self, positions: Mapping[int, str], within: float) -> bool:
+        """Wait (up to ``within`` s) until this reader has delivered every shard's stream up
+        to its position in ``positions``; whether it did."""
+        deadline = time.monotonic() + within
+        while any(position(self.last.get(s, "0-0")) < position(p) for s, p in positions.items()):
+            if time.monotonic() > deadline:
+                return False
+            await asyncio.sleep(0.002)
+        return True
+
     async def _build_replica(self) -> GlobalReplica | None:
         # Entries dispatched before this point are older than the snapshot read below (the
         # reader only delivers what the log already holds); those dispatched during the read
-        # are kept, and the ones the snapshot does not contain (after its position on their
-        # shard) are replayed. The replica's position is then the reader's: entries the
-        # reader delivers later and the snapshot already holds are skipped by the replica,
-        # and sent to synced sockets again, which their diffs apply harmlessly.
+        # and the wait are kept, and the ones the snapshot does not contain (after its
+        # position on their shard) are replayed. The reader may still be behind what the
+        # snapshot holds (a Cluster reader polls): a client's own join, written by its
+        # connect just before its sync, would come after the reply as a diff of a change the
+        # snapshot already contains (docs/protocol.md promises it never does). So the
+        # replica takes the reader's position only once the reader has delivered up to the
+        # snapshot's position on every shard.
         self.recent = []
         try:
             (snap,) = await store.snapshots([None], limit=app_settings.SYNC_LIMIT)
             if not snap.complete:
                 return None  # answered from Redis, incomplete, like any oversize listing
+            if not await self._reached(snap.positions, SYNC_CATCH_UP):
+                logger.warning("event log reader: behind a global snapshot past %ss", SYNC_CATCH_UP)
             snap.seq = self.seq
             replica = GlobalReplica(snap)
             replica.replay(self.recent)
@@ -370,10 +388,28 @@ class EventLogReader:
 
     async def global_snapshot(self) -> store.Snapshot:
         """The global scope from Redis (the replica could not be kept), numbered at this
-        reader's position (see :meth:`_build_replica` for why that is safe)."""
-        seq = self.seq
-        (snap,) = await store.snapshots([None], limit=app_settings.SYNC_LIMIT)
-        snap.seq = seq
+        reader's position once the reader has delivered exactly up to the snapshot's
+        positions (then no later diff repeats what it holds, and none it lacks is missed).
+
+        When the reader ran past them (an entry came meanwhile) it reads again, a few
+        times; then, or when the reader does not catch up within SYNC_CATCH_UP (once: the
+        sync's handler has a timeout), it falls back to the reader's position before the
+        read: a change may then come once more as a diff, which applies harmlessly, but none
+        is missed.
+        """
+        before, snap = self.seq, None
+        for _ in range(3):
+            before = self.seq  # everything delivered after it is newer than the read below
+            (snap,) = await store.snapshots([None], limit=app_settings.SYNC_LIMIT)
+            if not await self._reached(snap.positions, SYNC_CATCH_UP):
+                break
+            if all(
+                position(self.last.get(s, "0-0")) == position(p) for s, p in snap.positions.items()
+            ):
+                snap.seq = self.seq
+                return snap
+        assert snap is not None
+        snap.seq = before
         return snap
 
 

@@ -17,10 +17,13 @@ from presence.store.topology import aclient_for, client_for, split_by_node
 
 
 # A join and a leave run in two halves (docs/presence.md, "Rooms across shards"): the user
-# half on the user's shard first (conn:<cid>:rooms is authoritative), then the room half on
-# the room's shard, idempotent by connection id. A retry after a timeout re-runs both and
-# logs nothing twice; a process killed between the halves leaves at most a room entry that
-# lapses, which repair_rooms (the sweep) removes and logs.
+# half on the user's shard (conn:<cid>:rooms), the room half on the room's shard, idempotent
+# by connection id. A join writes the user half first and a leave removes it last, so the
+# connection's room set always holds every room it is in: the connection's end (a close or
+# the sweep) runs the room halves for all of them, whatever half-done join or leave a killed
+# process left. A retry after a timeout re-runs both and logs nothing twice; what else a
+# process killed between halves leaves (an end's room halves) lapses, and repair_rooms (the
+# sweep) removes it and logs its leave.
 def _join_user_half(conn: ConnRef, room: str) -> tuple[int, list[str], list[Any]]:
     shard = user_home(conn.uid)
     k = keys(shard)
@@ -86,28 +89,23 @@ def _undo(conn: ConnRef, room: str) -> tuple[list[str], list[Any]]:
 async def room_leave(conn: ConnRef, room: str) -> bool:
     """Take the connection out of ``room``; True when the user left it altogether (logged).
 
-    The room half runs even when the user half found no such room on the connection: it
-    finishes a leave whose first attempt died between the halves, and changes nothing else."""
+    The room half first, then the user half: a process killed between them leaves the room
+    on the connection, whose end (a close or the sweep) then runs the room half again, which
+    changes nothing (the other order left a room entry that only the repair removes, a key
+    grace after it lapsed). A room half that fails writes nothing, so nothing is undone;
+    it also finishes a leave whose first attempt died between the halves. Three round trips
+    (the name and status the leave event carries are read first): a leave is not the hot
+    path."""
     shard = user_home(conn.uid)
-    k = keys(shard)
-    user_ks = [k.conn_rooms(conn.cid), k.user(conn.uid)]
-    removed, username, status = await script("room_leave_user").arun(
-        aclient_for(shard), user_ks, [room]
-    )
+    k, client = keys(shard), aclient_for(shard)
+    username, status = await client.hmget(k.user(conn.uid), ["username", "status"])  # type: ignore[misc]
     room_k = keys(room_home(room))
-    try:
-        left = await script("room_leave_room").arun(
-            aclient_for(room_k.shard),
-            [room_k.room(room), room_k.room_user(room, conn.uid), room_k.events],
-            [conn.cid, conn.uid, room, now_ms(), log_maxlen(), username, status],
-        )
-    except ResponseError:
-        # As in room_join: the room half wrote nothing, so the room goes back on the
-        # connection (room_join_user.lua notes it again; a connection gone stays gone).
-        if removed == 1:
-            undo = [k.conn(conn.cid), k.conn_rooms(conn.cid), k.user(conn.uid)]
-            await script("room_join_user").arun(aclient_for(shard), undo, [grace_ms(), room])
-        raise
+    left = await script("room_leave_room").arun(
+        aclient_for(room_k.shard),
+        [room_k.room(room), room_k.room_user(room, conn.uid), room_k.events],
+        [conn.cid, conn.uid, room, now_ms(), log_maxlen(), username or "", status or "online"],
+    )
+    await script("room_leave_user").arun(client, [k.conn_rooms(conn.cid), k.user(conn.uid)], [room])
     return int(left) == 1
 
 

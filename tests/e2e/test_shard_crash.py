@@ -27,7 +27,6 @@ from asgiref.sync import sync_to_async
 from presence.store.shards import jump_hash, room_shard, user_shard
 from tests.support.shard_swarm import (
     SWARM_ENV,
-    UNSPLIT,
     Member,
     RoomSwarm,
     assert_exact,
@@ -35,7 +34,6 @@ from tests.support.shard_swarm import (
     mint_users,
     store_online,
     store_rooms,
-    store_unsplit,
 )
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True), pytest.mark.timeout(300)]
@@ -112,18 +110,15 @@ async def test_web_process_killed_mid_cross_shard_joins(
 
         # TTL and the sweep: wait until the shards hold the model (bounded), then compare.
         expected = swarm.expected_rooms(ROOM_POOL)
-        unsplit = await asyncio.to_thread(store_unsplit, client_of, ROOM_POOL)
         deadline = killed_at + TTL + 30
         settled_after: float | None = None
-        while time.monotonic() < deadline and not unsplit:
+        while time.monotonic() < deadline:
             whole = await asyncio.to_thread(store_rooms, client_of, ROOM_POOL, lapsed=True)
             online = await asyncio.to_thread(store_online, client_of)
             if whole == expected and online == swarm.expected_online():
                 settled_after = time.monotonic() - killed_at
                 break
             await asyncio.sleep(0.5)
-        if unsplit:  # nothing to poll on the rooms' shards: give the sweep its time
-            await asyncio.sleep(max(0.0, killed_at + TTL + 5 * SWEEP + 2 - time.monotonic()))
         observer = survivors[0]
         listed = {room: await swarm.list_scope(observer, room) for room in ROOM_POOL}
         listed_all = await swarm.list_scope(observer, None)
@@ -134,16 +129,12 @@ async def test_web_process_killed_mid_cross_shard_joins(
             f"\ncrash: {len(swarm.members)} clients, {len(killed)} killed with their server "
             f"({in_flight} of them in rooms), {before_kill} joins/leaves before the kill, "
             f"{ops[0]} in all, settled {settled_after} s after the kill, "
-            f"errors {dict(swarm.tally.errors)}, closes {dict(swarm.tally.closes)}, "
-            f"store split per shard: {not unsplit}"
+            f"errors {dict(swarm.tally.errors)}, closes {dict(swarm.tally.closes)}"
         )
         assert not swarm.tally.errors, swarm.tally.error_samples
         assert not swarm.tally.closes, swarm.tally.closes
         assert len(survivors) == CLIENTS - len(killed) and killed and before_kill > 0
-        rooms_on_shards = None if unsplit else in_rooms
-        assert_exact(expected, swarm.expected_online(), listed, listed_all, rooms_on_shards, online)
-        if unsplit:
-            pytest.xfail(UNSPLIT + " (the listings above are exact)")
+        assert_exact(expected, swarm.expected_online(), listed, listed_all, in_rooms, online)
         lapsed = {r: whole[r] - expected[r] for r in ROOM_POOL if whole[r] != expected[r]}
         assert not lapsed, f"lapsed members the sweep left in rooms: {lapsed}"
         assert settled_after is not None

@@ -280,20 +280,6 @@ SWARM_ENV = {
 }
 
 
-def store_unsplit(client_of: ShardClient, rooms: Iterable[str]) -> bool:
-    """Whether the store still writes rooms with shard 0's tag (presence/store/rooms.py's
-    "shard 0 until the scripts are split"): some room of another shard has members there."""
-    return any(
-        client_of(0).zcard(Keys(0).room(room)) > 0 for room in rooms if room_shard(room) != 0
-    )
-
-
-UNSPLIT = (
-    "the store is not split per shard yet: presence/store/rooms.py (branch shard-store) "
-    "writes every room with shard 0's tag, so no room is on its room's shard"
-)
-
-
 def assert_exact(
     expected: dict[str, set[int]],
     expected_online: set[int],
