@@ -28,6 +28,8 @@ Plain helpers:
 - ``webhook_receiver``: a real HTTP receiver that records every POST.
 - ``console``: presence seeded through the real scripts, Redis round trips of a request.
 - ``eventlog``: reading the presence event log in the Lua script tests.
+- ``wire``: round trips carrying the store's scripts, counted on the wire
+  (``counting_script_trips``); ``stats_sum``, every shard's live counters summed.
 - ``lua_timing``: fixed TTL and key grace (``_timing``, an autouse fixture to import).
 - ``hook_log``: appending events to the event log as the Lua scripts write them.
 """

@@ -23,6 +23,7 @@ from presence import store
 from sessions_app.models import ConnectionSession, EndReason
 from tests.presence.api.conftest import sent_commands
 from tests.support.console import RoundTrips, seed_presence
+from tests.support.homes import user_keys
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(60)]
 
@@ -57,7 +58,7 @@ class TestAnswer:
             ended_at=ended,
             end_reason=EndReason.CLOSED,
         )
-        r.zadd(store.keys().active, {str(carol.pk): 1_700_000_000})
+        r.zadd(user_keys(carol.pk).active, {str(carol.pk): 1_700_000_000})
 
         response = post(viewer, {"users": [carol.pk, alice.pk, 999_999, bob.pk, alice.pk]})
 

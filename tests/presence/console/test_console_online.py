@@ -22,10 +22,10 @@ from django.test import Client
 from django.test.utils import CaptureQueriesContext
 
 from config.embedded_redis import RedisServer
-from presence import store
 from presence.console import panels as queries
 from tests.support.console import RoundTrips, seed_presence
 from tests.support.db import session_row
+from tests.support.homes import user_keys
 
 pytestmark = pytest.mark.django_db
 
@@ -144,7 +144,7 @@ class TestListing:
     ) -> None:
         alice = django_user_model.objects.create_user("alice")
         seed_presence([alice])
-        r.zadd(store.keys().active, {str(alice.pk): int(time.time()) - 180})
+        r.zadd(user_keys(alice.pk).active, {str(alice.pk): int(time.time()) - 180})
 
         html = admin_client.get(ONLINE).content.decode()
 

@@ -24,6 +24,7 @@ from django.test import Client
 
 from config.embedded_redis import RedisServer
 from presence import store
+from tests.support.homes import user_keys
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(60)]
 
@@ -106,11 +107,11 @@ class TestConnect:
         await asyncio.to_thread(blocker.join)
         # connect.lua was queued behind the busy script and ran after the consumer gave
         # up: the undo ends it (it retries for a few seconds).
-        deadline = time.monotonic() + 8
-        while r.zscore(store.keys().users, str(alice.pk)) is not None:
+        deadline, k = time.monotonic() + 8, user_keys(alice.pk)
+        while r.zscore(k.users, str(alice.pk)) is not None:
             assert time.monotonic() < deadline, "the given-up connection is still online"
             await asyncio.sleep(0.1)
-        assert r.zcard(store.keys().user_conns(alice.pk)) == 0
+        assert r.zcard(k.user_conns(alice.pk)) == 0
 
 
 class TestHttpApi:

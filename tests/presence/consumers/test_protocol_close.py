@@ -15,7 +15,7 @@ import redis
 from channels.layers import get_channel_layer
 from pytest_django.fixtures import Settings
 
-from presence import store
+from tests.support.homes import room_keys, user_keys
 from tests.support.redis import mark_ended
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(30)]
@@ -25,17 +25,28 @@ UserFactory = Callable[..., Awaitable[Any]]
 
 
 @pytest.fixture
-async def bob(ws_client: WSFactory, auser_factory: UserFactory) -> Any:
+async def bob(ws_client: WSFactory, auser_factory: UserFactory, r: redis.Redis) -> Any:
     client = await ws_client(await auser_factory("bob"))
     await client.recv()  # his own join
+    assert r.hexists(conn_key(client), "uid")  # where the checks of "ended" below look
     return client
 
 
 def channel_of(r: redis.Redis, client: Any) -> str:
-    """The channel name connect.lua stored for this connection."""
-    channel = r.hget(store.keys().conn(client.hello["session_id"]), "channel")
+    """The channel name connect.lua stored for this connection (on its user's shard)."""
+    channel = r.hget(conn_key(client), "channel")
     assert channel
     return str(channel)
+
+
+def conn_key(client: Any) -> str:
+    """The hash of ``client``'s connection, on its user's shard."""
+    return user_keys(client.hello["user"]["id"]).conn(client.hello["session_id"])
+
+
+def end(r: redis.Redis, client: Any) -> None:
+    """End ``client``'s connection in the store as a sweep would (on its user's shard)."""
+    mark_ended(r, client.hello["session_id"], uid=client.hello["user"]["id"])
 
 
 def assert_reason_frame(frames: list[dict[str, Any]], code: str) -> None:
@@ -47,7 +58,7 @@ def assert_reason_frame(frames: list[dict[str, Any]], code: str) -> None:
 
 class TestExpired4408:
     async def test_heartbeat_after_the_state_was_removed(self, bob: Any, r: redis.Redis) -> None:
-        mark_ended(r, bob.hello["session_id"])  # e.g. ended by a sweep
+        end(r, bob)  # e.g. ended by a sweep
 
         await bob.send({"type": "heartbeat", "id": 5})
         code, frames = await bob.recv_close()
@@ -64,18 +75,19 @@ class TestExpired4408:
         ack = await bob.request("heartbeat", id_=5)
 
         assert ack == {"type": "heartbeat.ack", "id": 5}
-        assert r.zscore(store.keys().users, str(bob.hello["user"]["id"])) is not None
-        assert r.hget(store.keys().conn(bob.hello["session_id"]), "channel")
+        uid = bob.hello["user"]["id"]
+        assert r.zscore(user_keys(uid).users, str(uid)) is not None
+        assert r.hget(conn_key(bob), "channel")
 
     async def test_room_join_after_the_state_was_removed(self, bob: Any, r: redis.Redis) -> None:
-        mark_ended(r, bob.hello["session_id"])
+        end(r, bob)
 
         await bob.send({"type": "room.join", "id": 1, "data": {"room": "lobby"}})
         code, frames = await bob.recv_close()
 
         assert code == 4408
         assert_reason_frame(frames, "presence_expired")
-        assert r.zcard(store.keys().room("lobby")) == 0
+        assert r.zcard(room_keys("lobby").room("lobby")) == 0
 
     async def test_presence_expire_message(self, bob: Any, r: redis.Redis) -> None:
         layer = get_channel_layer()
@@ -94,7 +106,7 @@ class TestAfterTheClose:
     async def test_frames_queued_behind_the_closing_one_are_ignored(
         self, bob: Any, r: redis.Redis
     ) -> None:
-        mark_ended(r, bob.hello["session_id"])
+        end(r, bob)
 
         for i in range(4):
             await bob.send({"type": "heartbeat", "id": i})
@@ -140,7 +152,7 @@ class TestKicked4410:
         # The kicked user's presence ends like any close.
         leave = await watcher.recv_until(lambda f: f.get("event") == "leave")
         assert leave["user"] == bob.hello["user"]
-        assert not r.hexists(store.keys().conn(bob.hello["session_id"]), "uid")  # ended
+        assert not r.hexists(conn_key(bob), "uid")  # ended
 
     async def test_kick_reaches_only_that_connection(
         self, ws_client: WSFactory, auser_factory: UserFactory, r: redis.Redis
@@ -188,7 +200,7 @@ class TestFlooding4429:
 
         assert (error["type"], error["code"], error["id"]) == ("error", "rate_limited", None)
         assert await bob.no_frame(0.2)
-        assert r.zcard(store.keys().room("lobby")) == 0
+        assert r.zcard(room_keys("lobby").room("lobby")) == 0
 
 
 class TestRateLimited:
@@ -247,4 +259,4 @@ class TestTooBig1009:
 
         assert code == 1009
         assert frames == []
-        assert not r.hexists(store.keys().conn(bob.hello["session_id"]), "uid")  # ended
+        assert not r.hexists(conn_key(bob), "uid")  # ended

@@ -14,6 +14,8 @@ import pytest
 import redis
 
 from presence import store
+from tests.support.homes import user_keys
+from tests.support.wire import stats_sum
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(30)]
 
@@ -53,8 +55,8 @@ class TestHeartbeat:
         assert await alice.recv() == {"type": "heartbeat.ack", "id": "x" * 128}
 
     async def test_refreshes_presence(self, alice: Any, r: redis.Redis) -> None:
-        k, sid = store.keys(), alice.hello["session_id"]
-        r.zadd(k.conns, {sid: 1})  # as if it had lapsed long ago
+        k, sid = user_keys(alice.hello["user"]["id"]), alice.hello["session_id"]
+        assert r.zadd(k.conns, {sid: 1}, xx=True, ch=True) == 1  # as if it had lapsed long ago
         started = store.now_ms()
 
         await alice.request("heartbeat", id_=1)
@@ -169,9 +171,9 @@ class TestErrors:
         # Counters ride along with the next heartbeat batch.
         await assert_still_open(alice)
 
-        stats = r.hgetall(store.keys().stats)
-        assert stats["err:bad_json"] == "1"
-        assert stats["err:unknown_type"] == "1"
+        stats = stats_sum(r)  # every shard's: counters ride with the batch's first section
+        assert stats["err:bad_json"] == 1
+        assert stats["err:unknown_type"] == 1
         assert "msg:nope" not in stats  # clients cannot invent counter fields
 
 
@@ -198,9 +200,8 @@ class TestIdentity:
         event = await alice.recv_until(lambda f: f.get("type") == "presence")
         assert event["event"] == "status"
         assert event["user"] == {"id": bob_user.pk, "username": "bob"}
-        k = store.keys()
-        assert r.hget(k.user(bob_user.pk), "status") == "busy"
-        assert r.hget(k.user(spoof["id"]), "status") == "online"
+        assert r.hget(user_keys(bob_user.pk).user(bob_user.pk), "status") == "busy"
+        assert r.hget(user_keys(spoof["id"]).user(spoof["id"]), "status") == "online"
 
     async def test_listing_shows_the_authenticated_user(
         self, alice: Any, auser_factory: UserFactory

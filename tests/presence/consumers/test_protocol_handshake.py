@@ -18,8 +18,8 @@ from django.core import signing
 from django.test import AsyncClient, Client
 from pytest_django.fixtures import Settings
 
-from presence import store
 from presence.access.auth import TOKEN_SALT, mint_token
+from tests.support.homes import user_keys
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(30)]
 
@@ -208,7 +208,7 @@ class TestHello:
 
         sids = {first.hello["session_id"], second.hello["session_id"]}
         assert len(sids) == 2
-        k = store.keys()
+        k = user_keys(alice.pk)
         assert set(r.zrange(k.user_conns(alice.pk), 0, -1)) == sids
         assert {r.hget(k.conn(s), "uid") for s in sids} == {str(alice.pk)}
 

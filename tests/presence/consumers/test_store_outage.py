@@ -12,6 +12,7 @@ from asgiref.sync import sync_to_async
 from presence import store
 from tests.presence.consumers.test_bounded_waits import paused
 from tests.support.db import session_log_written
+from tests.support.homes import room_keys, user_keys
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(90)]
 
@@ -32,9 +33,9 @@ class TestRedisOutage:
         ack = await a.recv_until(lambda f: f.get("id") == 1, timeout=10)
         assert ack == {"type": "heartbeat.ack", "id": 1}  # late, not an error
         # The socket wrote itself back: connection, user, room (presence/actions/recovery.py).
-        k = store.keys()
+        k = user_keys(alice.pk)  # the user's and the connection's keys: the user's shard
         assert r.zscore(k.users, str(alice.pk)) is not None
-        assert r.zscore(k.room("lobby"), str(alice.pk)) is not None
+        assert r.zscore(room_keys("lobby").room("lobby"), str(alice.pk)) is not None
         assert r.smembers(k.conn_rooms(a.hello["session_id"])) == {"lobby"}
 
     async def test_past_the_hold_a_heartbeat_is_unavailable_and_the_socket_stays(

@@ -22,6 +22,7 @@ from config.embedded_redis import RedisServer
 from presence import store
 from presence.handlers import registry
 from tests.support.eventlog import logged
+from tests.support.homes import room_keys
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(120)]
 
@@ -30,6 +31,11 @@ UserFactory = Callable[..., Awaitable[Any]]
 
 # The log reader's, session writer's and process registry's own work, not the join's.
 BACKGROUND = ("cmdstat_xread", "cmdstat_xreadgroup", "cmdstat_xautoclaim", "cmdstat_xack")
+
+
+def lobby_key() -> str:
+    """The lobby's members, on the lobby's shard."""
+    return room_keys("lobby").room("lobby")
 
 
 async def seed_room(room: str, members: int, *, first_uid: int) -> None:
@@ -116,12 +122,12 @@ async def test_a_timed_out_join_is_answered_as_joined_on_retry_with_one_join_eve
     retry = await client.request("room.join", {"room": "lobby"}, id_=2)
     assert retry["type"] == "reply", retry
     assert [u["id"] for u in retry["data"]["users"]] == [alice.pk]
-    assert r.zscore(store.keys().room("lobby"), str(alice.pk)) is not None
+    assert r.zscore(lobby_key(), str(alice.pk)) is not None
     joins = [e for e in logged(r) if e["k"] == "join" and e.get("r") == "lobby"]
     assert len(joins) == 1
     # Leaving takes the user out: the connection knew it was in the room.
     assert (await client.request("room.leave", {"room": "lobby"}, id_=3))["type"] == "reply"
-    assert r.zscore(store.keys().room("lobby"), str(alice.pk)) is None
+    assert r.zscore(lobby_key(), str(alice.pk)) is None
 
 
 async def test_a_timed_out_join_that_landed_is_the_connections_own(
@@ -143,11 +149,11 @@ async def test_a_timed_out_join_that_landed_is_the_connections_own(
     assert first.get("code") == "handler_timeout"
     await asyncio.to_thread(blocker.join)
     await asyncio.sleep(0.2)
-    assert r.zscore(store.keys().room("lobby"), str(alice.pk)) is not None
+    assert r.zscore(lobby_key(), str(alice.pk)) is not None
 
     await client.close()
 
-    assert r.zscore(store.keys().room("lobby"), str(alice.pk)) is None
+    assert r.zscore(lobby_key(), str(alice.pk)) is None
     leaves = [e for e in logged(r) if e["k"] == "leave" and e.get("r") == "lobby"]
     assert len(leaves) == 1
 

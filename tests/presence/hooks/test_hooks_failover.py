@@ -109,7 +109,8 @@ async def test_a_close_lost_with_its_primary_gives_one_offline(
     [result] = await store.end_connections([ref])
     assert result.state == 1
     assert old.role() == "master", "demoted already: the close did not land in the window"
-    assert old.client().hgetall(store.keys().conn("c1")).keys() == {"ended"}
+    home = store.user_home(UID)  # the connection, its close and its leave: the user's shard
+    assert old.client().hgetall(store.keys(home).conn("c1")).keys() == {"ended"}
     held = await sync_to_async(dispatch.send_signals)()
     routed = await sync_to_async(webhooks.route)(webhooks.RouteReport())
     # The close's user.offline waits: no replica holds it, and the sentinels name another
@@ -118,8 +119,8 @@ async def test_a_close_lost_with_its_primary_gives_one_offline(
     assert await sync_to_async(_webhook_offline)(endpoint) == []
     # A reader's newer pooled connection reaches the new primary, which never had the
     # close's entries: they are looked up where the WAIT runs, so still not confirmed.
-    raw = old.client().xrange(store.keys().events, "-", "+")[-2:]
-    closes = [store.GroupEntry(entry_id(0, i), fields) for i, fields in raw]
+    raw = old.client().xrange(store.keys(home).events, "-", "+")[-2:]
+    closes = [store.GroupEntry(entry_id(home, i), fields) for i, fields in raw]
     assert [e.fields["k"] for e in closes] == ["leave", "close"]
     store.reset_clients()
     ready, waiting = await sync_to_async(replicas.split_replicated)(closes)

@@ -18,13 +18,14 @@ from typing import Any
 import pytest
 from asgiref.sync import sync_to_async
 
-from presence import store
 from presence.live.fanout import GLOBAL
 from sessions_app.models import ConnectionSession, EndReason
 from tests.presence.jobs.test_sweep import TTL_MS, drain, leaves, listen
 from tests.support.celery import celery_env
 from tests.support.eventlog import logged
+from tests.support.homes import every_shard
 from tests.support.paths import ROOT
+from tests.support.wire import stats_sum
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -85,12 +86,12 @@ async def test_parallel_sweeps_end_each_connection_once(r, auser_factory, seed_c
     assert sum(1 for rep in reports if rep["claimed"]) >= 2, reports  # they did overlap
     ended = ConnectionSession.objects.filter(end_reason=EndReason.TIMEOUT)
     assert await ended.acount() == m
-    assert int(r.hget(store.keys().stats, "disconnects")) == m
+    assert stats_sum(r)["disconnects"] == m  # on the users' shards: summed
     # One global leave and one room leave per user, though each had 5 connections.
     expected = sorted([(u.pk, "") for u in users] + [(u.pk, "lobby") for u in users])
     assert leaves(await drain(watcher)) == expected
-    k = store.keys()
-    assert r.zcard(k.sweeping) == 0 and r.hlen(k.sweeping_exp) == 0 and r.zcard(k.conns) == 0
+    for k in every_shard():  # the claims and the connections, on each user's shard
+        assert r.zcard(k.sweeping) == 0 and r.hlen(k.sweeping_exp) == 0 and r.zcard(k.conns) == 0
     # One close per connection, by whichever sweep ended it, at the connection's expiry.
     closes = [e for e in logged(r) if e["k"] == "close"]
     assert Counter(e["c"] for e in closes) == Counter(c.cid for c in conns)

@@ -1,6 +1,7 @@
 """The process's end queue (presence/live/endings.py) against the real test Redis.
 
-Ends that arrive together share one end.lua call; an end Redis cannot take now (the server is
+Ends that arrive together share one round trip (one end.lua call per user shard, all in one
+pipeline: the test Redis is one node); an end Redis cannot take now (the server is
 stopped with SIGSTOP) is kept and written once it answers; the queue is bounded and makes
 closing sockets wait for room; a shutdown drains it within its budget.
 """
@@ -22,6 +23,8 @@ from presence import store
 from presence.live.endings import EndQueue
 from presence.live.lifespan import drain_endings
 from tests.support.eventlog import logged
+from tests.support.homes import every_shard, online_uids
+from tests.support.wire import counting_script_trips
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -49,6 +52,8 @@ async def connected(n: int, *, users: int | None = None) -> list[store.ConnRef]:
         uid = i % (users or n) + 1
         await store.connect(cid=f"c{i}", uid=uid, username=f"u{uid}", channel="ch")
         refs.append(store.ConnRef(f"c{i}", uid, ()))
+    # Listed where the ends must find them (the checks of "none left" below are not vacuous).
+    assert listed_conns(store.get_redis()) == n
     return refs
 
 
@@ -57,17 +62,26 @@ def evalsha_calls(r: redis.Redis) -> int:
     return int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
 
 
+def listed_conns(r: redis.Redis) -> int:
+    """Connections listed in every shard's index together."""
+    return sum(r.zcard(k.conns) for k in every_shard())
+
+
 async def test_ends_that_arrive_together_share_one_script_call(r: redis.Redis) -> None:
+    """One script call per user shard of the batch, all in one round trip."""
     refs = await connected(150)
     queue = EndQueue()
     await queue.end(refs[0], reason="closed")  # the script is loaded: only EVALSHAs follow
     before = evalsha_calls(r)
 
-    results = await asyncio.gather(*(queue.end(ref, reason="closed") for ref in refs[1:]))
+    with counting_script_trips() as trips:
+        results = await asyncio.gather(*(queue.end(ref, reason="closed") for ref in refs[1:]))
 
     assert [res.state if res else None for res in results] == [1] * 149
-    assert evalsha_calls(r) - before == 1
-    assert r.zcard(store.keys().users) == 0
+    # In no room: the user halves alone, one end.lua per user shard, one pipeline.
+    assert evalsha_calls(r) - before == len({store.user_home(ref.uid) for ref in refs[1:]})
+    assert trips.total() == 1
+    assert online_uids(r) == set()
 
 
 async def test_batches_hold_one_reason_each(r: redis.Redis) -> None:
@@ -93,8 +107,8 @@ async def test_an_end_redis_cannot_take_now_is_written_when_it_answers(
         await asyncio.sleep(1.0)
     assert await queue.drain(5)
     assert len(queue) == 0
-    assert r.zcard(store.keys().users) == 0
-    assert r.zcard(store.keys().conns) == 0
+    assert online_uids(r) == set()
+    assert listed_conns(r) == 0
 
 
 async def test_a_full_queue_makes_closing_sockets_wait(
@@ -110,7 +124,7 @@ async def test_a_full_queue_makes_closing_sockets_wait(
         assert sum(end.done() for end in ends) == 5
     await asyncio.wait_for(asyncio.gather(*ends), 10)
     assert await queue.drain(5)
-    assert r.zcard(store.keys().conns) == 0
+    assert listed_conns(r) == 0
 
 
 async def test_a_shutdown_drains_the_queue_within_its_budget(
@@ -130,4 +144,4 @@ async def test_a_shutdown_drains_the_queue_within_its_budget(
         await drain_endings()
         resume.cancel()
     assert len(queue) == 0
-    assert r.zcard(store.keys().conns) == 0
+    assert listed_conns(r) == 0

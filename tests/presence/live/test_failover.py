@@ -21,6 +21,7 @@ import pytest
 from pytest_django.fixtures import Settings
 
 from presence import store
+from tests.support.homes import room_keys, user_keys
 from tests.support.sentinel import SentinelTopology
 from tests.support.ws import WSClient
 
@@ -100,14 +101,15 @@ async def connected(
 
 
 def listed(topology: SentinelTopology, uids: list[int]) -> list[int]:
-    """The users the current primary lists online in the global scope and in the lobby."""
+    """The users the current primary lists online in the global scope (on each user's
+    shard) and in the lobby (on the lobby's shard)."""
     r = topology.primary_client()
-    k, now = store.keys(), store.now_ms()
+    lobby, now = room_keys("lobby").room("lobby"), store.now_ms()
     return [
         uid
         for uid in uids
-        if float(r.zscore(k.users, str(uid)) or 0) > now
-        and float(r.zscore(k.room("lobby"), str(uid)) or 0) > now
+        if float(r.zscore(user_keys(uid).users, str(uid)) or 0) > now
+        and float(r.zscore(lobby, str(uid)) or 0) > now
     ]
 
 
@@ -177,6 +179,6 @@ class TestSwitchOver:
         assert await first.request("heartbeat", id_="hb") == {"type": "heartbeat.ack", "id": "hb"}
 
         new = sentinel_topology.node_at(new_address).client()
-        k = store.keys()
+        k = user_keys(late.hello["user"]["id"])  # a connection's keys are on its user's shard
         assert new.hexists(k.conn(late.hello["session_id"]), "uid")
         assert not old.client().hexists(k.conn(late.hello["session_id"]), "uid")

@@ -3,7 +3,10 @@
 SQL is counted with ``execute_wrapper`` on every database connection of every thread (the
 consumer reaches the database from worker threads); the same counter must see the INSERT
 of connect and the UPDATE of close, which proves it would see a query added to heartbeats.
-Redis commands are counted server-side from ``INFO commandstats`` of the private server.
+Redis commands are counted server-side from the private server's SLOWLOG; round trips on
+the wire (tests/support/wire.py). With split homes a batch is one EVALSHA per shard it
+touches (its users' and its rooms' shards), all of one node in one pipeline: the tests run
+on one Redis, so a heartbeat batch is one round trip however many shards it touches.
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ from presence.live import inbox
 from presence.live.batching import HotPathWriter, get_writer
 from presence.obs.logs import store_outage
 from sessions_app.models import ConnectionSession
+from tests.support.homes import room_keys, user_keys
+from tests.support.wire import ScriptTrips, counting_script_trips, stats_sum
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(60)]
 
@@ -147,6 +152,12 @@ def redis_log(redis_server: RedisServer) -> Iterator[CommandLog]:
     log = CommandLog(redis_server.url)
     yield log
     log.restore()
+
+
+@pytest.fixture
+def script_trips() -> Iterator[ScriptTrips]:
+    with counting_script_trips() as trips:
+        yield trips
 
 
 class QueryCounter:
@@ -289,41 +300,52 @@ class TestOneRoundTrip:
         auser_factory: UserFactory,
         r: redis.Redis,
         redis_log: CommandLog,
+        script_trips: ScriptTrips,
     ) -> None:
         client = await ws_client(await auser_factory("alice"))
         await client.request("heartbeat", id_="warm-up")  # script loaded, clients connected
         sid, n = client.hello["session_id"], 20
         redis_log.start()
+        script_trips.clear()
 
         for i in range(n):
             await client.request("heartbeat", id_=i)
 
         sent = redis_log.commands()
+        # A user in no room: each batch touches the user's shard alone (the counters ride
+        # with it), so one EVALSHA each, in one round trip each.
         assert [c[0] for c in sent] == ["EVALSHA"] * n
         assert all(sid in c for c in sent)  # each refreshed this connection
-        stats = r.hgetall(store.keys().stats)
-        assert int(stats["heartbeats"]) == n + 1
+        assert script_trips.total() == n
+        stats = stats_sum(r)
+        assert stats["heartbeats"] == n + 1
         # Message counters rode along in the same calls.
-        assert int(stats["msg:heartbeat"]) == n + 1
+        assert stats["msg:heartbeat"] == n + 1
 
-    async def test_a_room_member_heartbeat_is_still_one_call(
+    async def test_a_room_member_heartbeat_is_still_one_round_trip(
         self,
         ws_client: WSFactory,
         auser_factory: UserFactory,
         r: redis.Redis,
         redis_log: CommandLog,
+        script_trips: ScriptTrips,
     ) -> None:
         client = await ws_client(await auser_factory("alice"))
         for room in ("a", "b", "c"):
             await client.request("room.join", {"room": room}, id_=room)
         await client.request("heartbeat", id_="warm-up")
+        uid = client.hello["user"]["id"]
         redis_log.start()
+        script_trips.clear()
 
         await client.request("heartbeat", id_=1)
 
-        assert redis_log.names() == Counter({"EVALSHA": 1})
+        # One EVALSHA per shard the heartbeat touches (the user's, the rooms'), one pipeline.
+        touched = {store.user_home(uid)} | {store.room_home(x) for x in "abc"}
+        assert redis_log.names() == Counter({"EVALSHA": len(touched)})
+        assert script_trips.total() == 1
         ttl_ms = client.hello["presence_ttl"] * 1000
-        scores = [r.zscore(store.keys().room(x), str(client.hello["user"]["id"])) for x in "abc"]
+        scores = [r.zscore(room_keys(x).room(x), str(uid)) for x in "abc"]
         assert all((s or 0) > store.now_ms() + ttl_ms - 5_000 for s in scores)
 
     async def test_the_log_sees_commands_outside_scripts(
@@ -345,15 +367,17 @@ class TestBatching:
         auser_factory: UserFactory,
         r: redis.Redis,
         redis_log: CommandLog,
+        script_trips: ScriptTrips,
     ) -> None:
         n = 20
         users = [await auser_factory(f"u{i}") for i in range(n)]
         clients = await asyncio.gather(*(ws_client(u) for u in users))
         await clients[0].request("heartbeat", id_="warm-up")
-        k = store.keys()
-        for client in clients:  # as if every connection were about to lapse
+        homes = [user_keys(c.hello["user"]["id"]) for c in clients]
+        for client, k in zip(clients, homes, strict=True):  # as if about to lapse
             r.zadd(k.conns, {client.hello["session_id"]: 1})
         redis_log.start()
+        script_trips.clear()
 
         for client in clients:
             await client.send({"type": "heartbeat", "id": "hb"})
@@ -362,40 +386,59 @@ class TestBatching:
         calls = redis_log.names()
         assert acks == [{"type": "heartbeat.ack", "id": "hb"}] * n
         assert set(calls) == {"EVALSHA"}
-        assert 1 <= calls["EVALSHA"] <= n // 2
+        # Batched: fewer round trips than heartbeats, each one EVALSHA per user shard in it.
+        trips, shards = script_trips.total(), len({k.shard for k in homes})
+        assert 1 <= trips <= n // 2
+        assert shards <= calls["EVALSHA"] <= min(n, trips * shards)
         # Every connection was refreshed all the same.
-        assert all((r.zscore(k.conns, c.hello["session_id"]) or 0) > 1 for c in clients)
+        assert all(
+            (r.zscore(k.conns, c.hello["session_id"]) or 0) > 1
+            for c, k in zip(clients, homes, strict=True)
+        )
 
-    async def test_writer_batches_what_arrives_together(self, redis_log: CommandLog) -> None:
+    async def test_writer_batches_what_arrives_together(
+        self, redis_log: CommandLog, script_trips: ScriptTrips
+    ) -> None:
         refs = [store.ConnRef(f"c{i}", i) for i in range(30)]
         await register(refs[:25])  # the last 5 are unknown connections (the store lost them)
         await store.end_connections(refs[20:25])  # 5 ended ones
         writer = HotPathWriter()
         await writer.heartbeat(refs[0])  # warm-up
         redis_log.start()
+        script_trips.clear()
 
         results = await asyncio.gather(*(writer.heartbeat(ref) for ref in refs))
 
         assert results == [store.HB_ALIVE] * 20 + [store.HB_ENDED] * 5 + [store.HB_LOST] * 5
-        assert redis_log.names() == Counter({"EVALSHA": 1})
+        # One batch: one round trip, one EVALSHA per user shard among the 30.
+        shards = {store.user_home(ref.uid) for ref in refs}
+        assert redis_log.names() == Counter({"EVALSHA": len(shards)})
+        assert script_trips.total() == 1
 
-    async def test_batches_are_capped(self, redis_log: CommandLog, settings: Settings) -> None:
+    async def test_batches_are_capped(
+        self, redis_log: CommandLog, settings: Settings, script_trips: ScriptTrips
+    ) -> None:
         settings.PRESENCE_HEARTBEAT_BATCH_MAX = 8
         refs = [store.ConnRef(f"c{i}", i) for i in range(20)]
         await register(refs)
         writer = HotPathWriter()
         await writer.heartbeat(refs[0])
         redis_log.start()
+        script_trips.clear()
 
         results = await asyncio.gather(*(writer.heartbeat(ref) for ref in refs))
 
         assert results == [True] * 20
-        assert redis_log.names() == Counter({"EVALSHA": 3})
+        # Three batches in arrival order (8, 8, 4): a round trip each, one EVALSHA per user
+        # shard of each batch.
+        batches = [refs[i : i + 8] for i in range(0, 20, 8)]
+        per_batch = [len({store.user_home(ref.uid) for ref in batch}) for batch in batches]
+        assert redis_log.names() == Counter({"EVALSHA": sum(per_batch)})
+        assert script_trips.total() == 3
 
     async def test_counters_ride_along_or_flush_on_their_own(
         self, r: redis.Redis, redis_log: CommandLog, settings: Settings
     ) -> None:
-        k = store.keys()
         await store.connect(cid="c", uid=1, username="u", channel="x")
         writer = HotPathWriter()
         writer.count("msg:test", 2)
@@ -403,19 +446,20 @@ class TestBatching:
 
         assert await writer.heartbeat(store.ConnRef("c", 1)) == store.HB_ALIVE
 
+        # The counters rode with the user's section: one EVALSHA on the user's shard.
         assert redis_log.names() == Counter({"EVALSHA": 1})
-        assert r.hget(k.stats, "msg:test") == "2"
+        assert r.hget(user_keys(1).stats, "msg:test") == "2"
 
         settings.PRESENCE_COUNTER_FLUSH_INTERVAL = 0.05
         writer.count("msg:test", 3)
         redis_log.start()
         for _ in range(150):  # the timer fires after 0.05 s; allow up to 3 s
-            if redis_log.r.hget(k.stats, "msg:test") == b"5":  # not logged: the measurer's
+            if stats_sum(redis_log.r)["msg:test"] == 5:  # not logged: the measurer's
                 break
             await asyncio.sleep(0.02)
 
         assert redis_log.names() == Counter({"EVALSHA": 1})  # alone, in one call
-        assert r.hget(k.stats, "msg:test") == "5"
+        assert stats_sum(r)["msg:test"] == 5
 
     async def test_flush_writes_buffered_counters(self, r: redis.Redis) -> None:
         writer = get_writer()
@@ -423,7 +467,7 @@ class TestBatching:
 
         await writer.flush()
 
-        assert r.hget(store.keys().stats, "err:bad_json") == "1"
+        assert stats_sum(r)["err:bad_json"] == 1
 
 
 class TestRedisDown:
@@ -504,7 +548,7 @@ class TestRedisDown:
         assert await asyncio.gather(*held) == [store.HB_ALIVE] * 2
 
     async def test_a_broken_key_fails_at_once_and_is_not_held(self, r: redis.Redis) -> None:
-        r.set(store.keys().conn("c"), "not a hash")  # WRONGTYPE: a bug, not an outage
+        r.set(user_keys(1).conn("c"), "not a hash")  # WRONGTYPE: a bug, not an outage
         writer = HotPathWriter()
         started = time.monotonic()
         with pytest.raises(redis.ResponseError):
@@ -554,7 +598,8 @@ class TestActivity:
     ) -> None:
         client = await ws_client(await auser_factory("alice"))
         await client.request("heartbeat", id_="warm-up")
-        uid, k = str(client.hello["user"]["id"]), store.keys()
+        uid = str(client.hello["user"]["id"])
+        k = user_keys(uid)
         r.zadd(k.active, {uid: 1000})  # as if last active long ago
         redis_log.start()
 
@@ -597,8 +642,9 @@ class TestActivity:
         self, ws_client: WSFactory, auser_factory: UserFactory, r: redis.Redis
     ) -> None:
         client = await ws_client(await auser_factory("alice"))
-        uid, k = str(client.hello["user"]["id"]), store.keys()
-        r.zadd(k.active, {uid: 1000}, xx=True)
+        uid = str(client.hello["user"]["id"])
+        k = user_keys(uid)
+        assert r.zadd(k.active, {uid: 1000}, xx=True, ch=True) == 1  # the connect wrote it
 
         for i in range(3):
             await client.request("heartbeat", id_=i)
@@ -612,6 +658,6 @@ class TestActivity:
 
         await writer.flush()
 
-        score = await store.get_async_redis().zscore(store.keys().active, "7")
+        score = await store.get_async_redis().zscore(user_keys(7).active, "7")
         assert score == 1234
         assert writer._active == {}

@@ -1,6 +1,7 @@
 """The +switch-master watcher follows every shard URL in the Sentinel form, not only
-REDIS_URL (presence/live/switchover.py): after a planned failover of the shard holding the
-presence keys, new writes reach its new primary before the old one is demoted."""
+REDIS_URL (presence/live/switchover.py): after a planned failover of the shard URL holding
+two users' keys (each user's home shard), their new writes reach its new primary before the
+old one is demoted."""
 
 from __future__ import annotations
 
@@ -43,17 +44,23 @@ async def test_writes_follow_a_shards_new_primary_before_the_old_one_is_demoted(
     ws_client: WSFactory,
     auser_factory: UserFactory,
 ) -> None:
-    holder = store.jump_hash(0, 3)  # the shard URL holding shard 0 (where presence keys are)
-    first = await ws_client(await auser_factory("first"))  # opens this loop's pools
+    late_user = await auser_factory("late")
+    home = store.user_home(late_user.pk)  # where the late connection's keys are written
+    holder = store.topology.node_of(home)  # the shard URL holding that shard
+    # A user of the same URL, connected before: its heartbeat uses the pooled connections.
+    first_user = await auser_factory("first")
+    while store.topology.node_of(store.user_home(first_user.pk)) != holder:
+        first_user = await auser_factory()
+    first = await ws_client(first_user)  # opens this loop's pools
     topology = sentinel_shards.shards[holder]
     old = topology.primary()
 
     new_address = await asyncio.to_thread(sentinel_shards.failover, holder, wait_demoted=False)
     await asyncio.sleep(0.5)  # the watcher hears +switch-master and drops the pools
     assert old.role() == "master"  # not demoted yet: it would still take writes
-    late = await ws_client(await auser_factory("late"))
+    late = await ws_client(late_user)
     assert await first.request("heartbeat", id_="hb") == {"type": "heartbeat.ack", "id": "hb"}
 
-    key = store.keys(0).conn(late.hello["session_id"])
+    key = store.keys(home).conn(late.hello["session_id"])
     assert topology.node_at(new_address).client().hexists(key, "uid")
     assert not old.client().hexists(key, "uid")

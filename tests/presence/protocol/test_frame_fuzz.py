@@ -18,8 +18,8 @@ import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from presence import store
 from presence.handlers import registry
+from tests.support.homes import user_keys
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(300)]
 
@@ -106,7 +106,7 @@ class Probe:
                 await client.comm.disconnect(code=code)
                 self.client = None
                 # Gone from presence at once, not after a TTL.
-                assert self.r.zscore(store.keys().conns, sid) is None
+                assert self.r.zscore(user_keys(self.user.pk).conns, sid) is None
                 return
             assert out["type"] == "websocket.send", out
             frame = json.loads(out["text"])
@@ -143,11 +143,11 @@ async def test_after_the_storm_presence_matches_the_sockets(probe: Probe, r: red
     client = await probe.connected()
     for text in ("[" * 1000 + "]" * 1000, '{"type":"room.join","data":' + "[" * 3000 + "}"):
         await probe.throw("text", text)
-    sid = client.hello["session_id"]
-    assert r.zscore(store.keys().conns, sid) is not None  # still online: it is still open
+    sid, k = client.hello["session_id"], user_keys(probe.user.pk)
+    assert r.zscore(k.conns, sid) is not None  # still online: it is still open
     await client.close()
-    assert r.zscore(store.keys().conns, sid) is None
-    assert r.zscore(store.keys().users, str(probe.user.pk)) is None
+    assert r.zscore(k.conns, sid) is None
+    assert r.zscore(k.users, str(probe.user.pk)) is None
 
 
 class TestDeepNesting:
@@ -207,8 +207,9 @@ class TestConsumerFailure:
 
         alice = await auser_factory("alice")
         client = await ws_client(alice)
-        sid = client.hello["session_id"]
-        channel = r.hget(store.keys().conn(sid), "channel")
+        sid, k = client.hello["session_id"], user_keys(alice.pk)
+        channel = r.hget(k.conn(sid), "channel")
+        assert channel and r.zscore(k.conns, sid) is not None  # where the checks below look
 
         await get_channel_layer().send(channel, {"type": "no.such.handler"})
 
@@ -217,7 +218,7 @@ class TestConsumerFailure:
         # Removed at once by the consumer's own cleanup (right after the close; the client
         # never finished the close handshake), not a TTL later by the sweep.
         deadline = asyncio.get_running_loop().time() + 2
-        while r.zscore(store.keys().conns, sid) is not None:
+        while r.zscore(k.conns, sid) is not None:
             assert asyncio.get_running_loop().time() < deadline, "still registered after 2 s"
             await asyncio.sleep(0.01)
-        assert r.zscore(store.keys().users, str(alice.pk)) is None
+        assert r.zscore(k.users, str(alice.pk)) is None
