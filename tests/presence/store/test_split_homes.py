@@ -3,8 +3,8 @@ addresses on their own shards of PRESENCE_SHARDS=64, on one Redis, on 3 independ
 primaries and on a 3-primary Cluster.
 
 - a heartbeat batch whose users and rooms lie on different shards is one round trip per
-  node, counted on the wire (every round trip is one ``send_packed_command`` of a
-  connection: a pipeline packs all its commands into one);
+  node, counted on the wire (tests/support/wire.py: every write carrying the store's
+  scripts; a pipeline packs all its commands into one);
 - connect, join, heartbeat, status, re-assert and end keep every script on one slot (the
   Cluster refuses CROSSSLOT) and the counts exact;
 - a process killed between the user half and the room half of an end leaves the rooms to
@@ -13,20 +13,19 @@ primaries and on a 3-primary Cluster.
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import redis
 from pytest_django.fixtures import Settings
-from redis.asyncio.connection import AbstractConnection
 
 from presence import store
 from presence.store import connections as connections_module
 from presence.store import shards
 from tests.support.cluster import ClusterTopology
 from tests.support.lua_timing import GRACE_MS, TTL_MS, _timing  # noqa: F401 - autouse fixture
+from tests.support.wire import ScriptTrips, counting_script_trips
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -42,30 +41,11 @@ def sixty_four(settings: Settings) -> None:
     settings.PRESENCE_SHARDS = 64
 
 
-class RoundTrips:
-    """Round trips per server port, counted where redis-py's asyncio connections write."""
-
-    def __init__(self) -> None:
-        self.by_port: Counter[int] = Counter()
-
-    def install(self, mp: pytest.MonkeyPatch) -> None:
-        send = AbstractConnection.send_packed_command
-        trips = self
-
-        async def counting(self: Any, command: Any, check_health: bool = True) -> None:
-            trips.by_port[int(self.port)] += 1
-            await send(self, command, check_health)
-
-        mp.setattr(AbstractConnection, "send_packed_command", counting)
-
-
 @pytest.fixture
-def round_trips() -> Iterator[RoundTrips]:
-    trips = RoundTrips()
-    mp = pytest.MonkeyPatch()
-    trips.install(mp)
-    yield trips
-    mp.undo()
+def round_trips() -> Iterator[ScriptTrips]:
+    """Round trips carrying the store's scripts, per server port (tests/support/wire.py)."""
+    with counting_script_trips() as trips:
+        yield trips
 
 
 async def connect_all(now: int) -> list[store.ConnRef]:
@@ -107,7 +87,7 @@ def test_the_homes_are_apart() -> None:
 
 class TestHeartbeatOnOneRedis:
     async def test_one_round_trip_for_users_and_rooms_of_many_shards(
-        self, r: redis.Redis, round_trips: RoundTrips
+        self, r: redis.Redis, round_trips: ScriptTrips
     ) -> None:
         now = store.now_ms()
         refs = await connect_all(now)
@@ -152,7 +132,7 @@ class TestHeartbeatOnOneRedis:
 
 class TestHeartbeatOnThreePrimaries:
     async def test_one_round_trip_per_node(
-        self, settings: Settings, redis_shards: list[str], round_trips: RoundTrips
+        self, settings: Settings, redis_shards: list[str], round_trips: ScriptTrips
     ) -> None:
         settings.PRESENCE_REDIS_SHARD_URLS = redis_shards
         store.reset_clients()
