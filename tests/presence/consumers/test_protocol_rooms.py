@@ -32,6 +32,10 @@ def global_event(f: dict[str, Any]) -> bool:
 async def member(ws_client: WSFactory, auser_factory: UserFactory) -> Any:
     """Carol, in room ``lobby`` and drained: she observes the room."""
     client = await ws_client(await auser_factory("carol"))
+    # Her own global join first: it is logged on her user's shard and the room join on the
+    # lobby's, and nothing orders two shards' entries (a polled Cluster reader may deliver
+    # the room's first), so "drained" means both were received.
+    await client.recv_until(global_event)
     await client.request("room.join", {"room": "lobby"}, id_="carol-join")
     await client.recv_until(room_event("lobby"))  # her own room join
     return client
