@@ -211,6 +211,9 @@ class TestLeave:
     ) -> None:
         bob_user = await auser_factory("bob")
         bob = await ws_client(bob_user)
+        # Bob's global join (his user's shard) before his room join (the lobby's): the two
+        # events counted below must be his leaves, not a join a polled reader delivered late.
+        await member.recv_until(global_event)
         await bob.request("room.join", {"room": "lobby"})
         await member.recv_until(room_event("lobby"))
 
