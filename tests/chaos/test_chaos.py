@@ -359,7 +359,8 @@ def _flushed_totals(client: Any) -> tuple[int, int]:
     for shard in store.all_shards():  # every shard's counters, all on the one Redis
         k = store.keys(shard)
         waiting += int(client.hget(k.stats, "heartbeats") or 0)
-        for flush_id in client.smembers(k.stats_claims) or ():
+        # The claims index is a ZSET (flush id -> claim ms: list_stats_claims reads it).
+        for flush_id in client.zrange(k.stats_claims, 0, -1):
             waiting += int(client.hget(k.stats_claim(flush_id), "heartbeats") or 0)
     db = StatsBucket.objects.aggregate(n=Sum("heartbeats"))["n"] or 0
     return int(db), waiting
