@@ -564,6 +564,7 @@ class TestRedisDown:
         refs = [store.ConnRef(f"c{i}", i) for i in range(50)]
         writer = HotPathWriter()
         store_outage.recovered()  # no outage left open by an earlier test
+        caplog.clear()  # nor its "back after" line (that call logs it)
         redis_server.kill()
         caplog.set_level(logging.WARNING)
         try:
