@@ -103,6 +103,21 @@ class Node:
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
+    def lost_its_port(self) -> bool:
+        """Whether the process exited because another process bound its port first (the
+        free port was picked before the start: a race with the suite's other workers)."""
+        return (
+            not self.alive()
+            and self.log.exists()
+            and "Address already in use" in self.log.read_text(errors="replace")
+        )
+
+    def take_new_port(self) -> None:
+        """Another free port, and a fresh log (so ``lost_its_port`` reads this start only)."""
+        self.kill()
+        self.port = free_port()
+        self.log.unlink(missing_ok=True)
+
     def role(self) -> str:
         """``master`` or ``slave`` as the node reports it (raises when it does not answer)."""
         return str(self.client().info("replication")["role"])
@@ -196,17 +211,37 @@ class SentinelTopology:
         """Start everything and wait until the sentinels know the replica and each other."""
         try:
             primary, replica = self.nodes
-            primary.start()
-            replica.start(replica_of=primary.address)
+            self._start_on_a_free_port([primary], lambda: primary.start())
+            self._start_on_a_free_port([replica], lambda: replica.start(replica_of=primary.address))
             self._wait_replica_synced(replica, primary, START_WAIT)
-            for sentinel in self.sentinels:
-                self._write_sentinel_conf(sentinel, primary.address, replica.address)
-                sentinel.start()
+
+            def start_sentinels() -> None:
+                for sentinel in self.sentinels:
+                    self._write_sentinel_conf(sentinel, primary.address, replica.address)
+                    sentinel.start()
+
+            # Each sentinel's config names its peers' ports: a lost port re-picks them all.
+            self._start_on_a_free_port(self.sentinels, start_sentinels)
             _wait_until("the sentinels to see the replica and each other", self._sentinels_settled)
         except BaseException:
             self.stop()
             raise
         return self
+
+    @staticmethod
+    def _start_on_a_free_port(nodes: list[Node], start: Callable[[], object]) -> None:
+        """Run ``start``; when a node of ``nodes`` lost its port to another process in the
+        meantime (seen in CI: "Address already in use"), give them all new ports and retry
+        (three tries)."""
+        for attempt in range(3):
+            try:
+                start()
+                return
+            except RuntimeError:
+                if attempt == 2 or not any(node.lost_its_port() for node in nodes):
+                    raise
+                for node in nodes:
+                    node.take_new_port()
 
     def _write_sentinel_conf(self, sentinel: Node, primary: Address, replica: Address) -> None:
         # Sentinel rewrites its config file (discovered peers, epochs): it must be writable.
