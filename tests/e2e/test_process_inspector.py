@@ -71,7 +71,10 @@ def load(asgi_server: Callable[..., ASGIServer], django_user_model: Any) -> Iter
     # Heartbeats as fast as acknowledged: far over a client's frame rate limit.
     server = asgi_server(env={"PRESENCE_RATE_LIMIT": "100000", "PRESENCE_RATE_BURST": "100000"})
     user = django_user_model.objects.create_user("loader")
-    with HeartbeatLoad(server, user) as running:
+    # 16 sockets: many frames ready in one loop iteration make stretches of work longer than
+    # the sampler's GIL switch interval (presence/live/sampler.py); with 4, a heartbeat's work
+    # ended before the sampler got the GIL and it mostly saw the idle loop.
+    with HeartbeatLoad(server, user, sockets=16) as running:
         yield running
 
 
