@@ -27,7 +27,9 @@ Plain helpers:
 - ``e2e_clients``: HTTP and ``websockets`` clients against a real server (tokens, sessions).
 - ``webhook_receiver``: a real HTTP receiver that records every POST.
 - ``console``: presence seeded through the real scripts, Redis round trips of a request.
-- ``eventlog``: reading the presence event log in the Lua script tests.
+- ``eventlog``: reading every shard's event-log stream (per-shard marks, merged entries).
+- ``homes``: each user's, room's and address's keys at its home shard (``user_keys``,
+  ``room_keys``, ``conn_exp``, ``stat_total``...).
 - ``wire``: round trips carrying the store's scripts, counted on the wire
   (``counting_script_trips``); ``stats_sum``, every shard's live counters summed.
 - ``lua_timing``: fixed TTL and key grace (``_timing``, an autouse fixture to import).
