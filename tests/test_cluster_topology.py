@@ -12,6 +12,7 @@ from redis.crc import key_slot
 from redis.exceptions import MovedError
 from redis.sentinel import Sentinel
 
+from config.embedded_redis import RedisServer
 from tests.support.cluster import SLOTS, ClusterTopology, SentinelShards, ShardsTopology
 
 pytestmark = pytest.mark.slow
@@ -98,6 +99,28 @@ def test_kill_and_stop_leave_no_process(tmp_path: Path) -> None:
     assert not killed.alive()
     topology.stop()
     assert all(p is not None and p.poll() is not None for p in processes)
+
+
+def test_a_node_whose_port_another_server_took_starts_on_another(tmp_path: Path) -> None:
+    """The race CI met: a port picked free is bound by another worker's server before the
+    node binds it. That server answers PING on the port; the node must not take it for
+    itself, and the cluster comes up on a new port instead."""
+    squatter = RedisServer(tmp_path / "squatter").start()
+    topology = ClusterTopology(tmp_path / "c")
+    topology.nodes[1].port = squatter.port
+    try:
+        topology.start()
+        assert topology.nodes[1].port != squatter.port
+        assert squatter.ping()  # the other server was neither joined nor killed
+        assert (
+            redis.Redis(port=squatter.port).execute_command("INFO", "cluster")["cluster_enabled"]
+            == 0
+        )
+        owned = [node.slots() for node in topology.nodes]
+        assert set().union(*owned) == set(range(SLOTS))
+    finally:
+        topology.stop()
+        squatter.kill()
 
 
 class TestShards:

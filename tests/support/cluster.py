@@ -31,7 +31,14 @@ import pytest
 import redis
 
 from config.embedded_redis import RedisServer, free_port, redis_server_binary
-from tests.support.sentinel import WAIT, Address, Node, SentinelTopology, _wait_until
+from tests.support.sentinel import (
+    WAIT,
+    Address,
+    Node,
+    SentinelTopology,
+    _wait_until,
+    start_on_free_ports,
+)
 
 SLOTS = 16384
 NODE_TIMEOUT_MS = 2000  # a silent node is marked failing after 2 s (the default is 15 s)
@@ -106,14 +113,14 @@ class ClusterNode(Node):
         ]
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.paused = False
-
-        def answers() -> bool:
-            if self.process is not None and self.process.poll() is not None:
-                raise RuntimeError(f"{self.name} exited; see {self.log}")
-            return bool(self.client().ping())
-
-        _wait_until(f"{self.name} to answer PING", answers)
+        _wait_until(f"{self.name} to answer PING", self._answers)
         return self
+
+    def take_new_port(self) -> None:
+        """Another free port whose bus port is free too, and a fresh log."""
+        self.kill()
+        self.port = free_cluster_port()
+        self.log.unlink(missing_ok=True)
 
     @property
     def node_id(self) -> str:
@@ -160,8 +167,10 @@ class ClusterTopology:
         """Start the nodes, join them with ``redis-cli --cluster create``, wait until every
         node reports ``cluster_state:ok`` and sees all 16384 slots assigned."""
         try:
-            for node in self.nodes:
-                node.start()
+            # The suite's xdist workers each start a cluster at once: a port picked free may be
+            # bound by another worker before our node binds it (seen in CI as a worker that
+            # died in pytest_configure). The nodes then take new ports, three tries.
+            start_on_free_ports(list(self.nodes), lambda: [node.start() for node in self.nodes])
             _redis_cli(
                 "--cluster",
                 "create",

@@ -82,13 +82,17 @@ class Node:
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.paused = False
 
-        def answers() -> bool:
-            if self.process is not None and self.process.poll() is not None:
-                raise RuntimeError(f"{self.name} exited; see {self.log}")
-            return bool(self.client().ping())
-
-        _wait_until(f"{self.name} to answer PING", answers)
+        _wait_until(f"{self.name} to answer PING", self._answers)
         return self
+
+    def _answers(self) -> bool:
+        """Whether OUR process answers on the port. A PONG alone is not enough: when another
+        worker's server took the port first, it answers while ours exits on its failed bind
+        (and the topology would then join or flush a server it does not own)."""
+        if self.process is not None and self.process.poll() is not None:
+            raise RuntimeError(f"{self.name} exited; see {self.log}")
+        assert self.process is not None
+        return int(self.client().info("server")["process_id"]) == self.process.pid
 
     def client(self, **kwargs: object) -> redis.Redis:
         """A short-timeout client on this node (decoded strings)."""
@@ -141,6 +145,21 @@ class Node:
             assert self.process is not None
             self.process.send_signal(signal.SIGCONT)
         self.paused = False
+
+
+def start_on_free_ports(nodes: list[Node], start: Callable[[], object]) -> None:
+    """Run ``start``; when a node of ``nodes`` lost its port to another process in the
+    meantime (seen in CI: "Address already in use"; the suite's xdist workers pick free ports
+    at the same moment), give them all new ports and retry (three tries)."""
+    for attempt in range(3):
+        try:
+            start()
+            return
+        except RuntimeError:
+            if attempt == 2 or not any(node.lost_its_port() for node in nodes):
+                raise
+            for node in nodes:
+                node.take_new_port()
 
 
 class SentinelTopology:
@@ -211,8 +230,8 @@ class SentinelTopology:
         """Start everything and wait until the sentinels know the replica and each other."""
         try:
             primary, replica = self.nodes
-            self._start_on_a_free_port([primary], lambda: primary.start())
-            self._start_on_a_free_port([replica], lambda: replica.start(replica_of=primary.address))
+            start_on_free_ports([primary], lambda: primary.start())
+            start_on_free_ports([replica], lambda: replica.start(replica_of=primary.address))
             self._wait_replica_synced(replica, primary, START_WAIT)
 
             def start_sentinels() -> None:
@@ -221,27 +240,12 @@ class SentinelTopology:
                     sentinel.start()
 
             # Each sentinel's config names its peers' ports: a lost port re-picks them all.
-            self._start_on_a_free_port(self.sentinels, start_sentinels)
+            start_on_free_ports(self.sentinels, start_sentinels)
             _wait_until("the sentinels to see the replica and each other", self._sentinels_settled)
         except BaseException:
             self.stop()
             raise
         return self
-
-    @staticmethod
-    def _start_on_a_free_port(nodes: list[Node], start: Callable[[], object]) -> None:
-        """Run ``start``; when a node of ``nodes`` lost its port to another process in the
-        meantime (seen in CI: "Address already in use"), give them all new ports and retry
-        (three tries)."""
-        for attempt in range(3):
-            try:
-                start()
-                return
-            except RuntimeError:
-                if attempt == 2 or not any(node.lost_its_port() for node in nodes):
-                    raise
-                for node in nodes:
-                    node.take_new_port()
 
     def _write_sentinel_conf(self, sentinel: Node, primary: Address, replica: Address) -> None:
         # Sentinel rewrites its config file (discovered peers, epochs): it must be writable.
