@@ -254,7 +254,8 @@ class AppSettings:
 
     @property
     def EVENT_LOG_MAXLEN(self) -> int:
-        """Entries the event log stream keeps (trimmed approximately, ``MAXLEN ~``)."""
+        """Entries the event log keeps in all: each shard's stream is trimmed (approximately,
+        ``MAXLEN ~``) to its even part of this (``presence.store.clients.log_maxlen``)."""
         return int(self._get("PRESENCE_EVENT_LOG_MAXLEN", 100_000))
 
     @property

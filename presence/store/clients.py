@@ -13,6 +13,7 @@ from presence.conf import app_settings
 from presence.loops import LoopLocal
 from presence.redis_url import RedisTarget, parse_redis_url
 from presence.store.faults import Bounded
+from presence.store.shards import shard_count
 
 
 def now_ms() -> int:
@@ -175,4 +176,11 @@ def grace_ms() -> int:
 
 
 def log_maxlen() -> int:
-    return app_settings.EVENT_LOG_MAXLEN
+    """Entries each shard's stream is trimmed to (``MAXLEN ~``).
+
+    ``PRESENCE_EVENT_LOG_MAXLEN`` is the length of the whole log, divided evenly over the
+    shards (rounded up). Spread over 64 shards, traffic fills each stream at a 64th of the
+    rate one stream had, so each keeps the same stretch of time: the log's memory and how long
+    a reader may be away are what they were with one stream, not 64 times that.
+    """
+    return max(1, -(-app_settings.EVENT_LOG_MAXLEN // shard_count()))

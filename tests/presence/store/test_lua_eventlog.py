@@ -271,6 +271,18 @@ class TestTrimming:
         assert store.stream_id_order(oldest["p"]) < store.stream_id_order(oldest_id)
         assert oldest["p"] not in {eid for eid, _ in entries}
 
+    async def test_the_length_is_the_whole_logs_divided_over_the_shards(
+        self, r: redis.Redis, settings: Settings
+    ) -> None:
+        # 64 shards share 6,400 entries: each stream keeps ~100 (MAXLEN ~ keeps up to one
+        # more stream node), not 6,400 as a per-stream limit would.
+        settings.PRESENCE_EVENT_LOG_MAXLEN = 64 * 100
+        assert store.shard_count() == 64
+        home = store.user_home(7)
+        self.prefill(r, home, 2_000)
+        await connect("c1", 7)
+        assert 100 <= log_len(r, home) <= 300
+
     async def test_connect_trims(self, r: redis.Redis) -> None:
         self.prefill(r, store.user_home(7))
         await connect("c1", 7)
