@@ -121,7 +121,7 @@ def handler_deltas(counters: dict[str, int]) -> dict[str, HandlerDelta]:
 
 
 # --------------------------------------------------------------------------- the steps
-def claim(client: redis.Redis, *, now: int | None = None, shard: int = 0) -> tuple[str, int] | None:
+def claim(client: redis.Redis, *, now: int | None = None, shard: int) -> tuple[str, int] | None:
     """Step 1: claim a shard's live counters; (flush id, claim time ms), or None if there
     were none."""
     flush_id, now = new_flush_id(), now or store.now_ms()
@@ -151,13 +151,13 @@ def apply(flush_id: str, claimed_ms: int, counters: dict[str, int]) -> bool:
     return True
 
 
-def release(client: redis.Redis, flush_id: str, *, shard: int = 0) -> None:
+def release(client: redis.Redis, flush_id: str, *, shard: int) -> None:
     """Step 3: forget a claim whose counters are committed."""
     store.release_stats_claim(client, flush_id, shard=shard)
 
 
 def finish(
-    client: redis.Redis, flush_id: str, claimed_ms: int, report: FlushReport, *, shard: int = 0
+    client: redis.Redis, flush_id: str, claimed_ms: int, report: FlushReport, *, shard: int
 ) -> None:
     """Apply (unless applied before) and release one claim."""
     counters = store.read_stats_claim(client, flush_id, shard=shard)
@@ -207,7 +207,7 @@ def _merge_handlers(deltas: dict[str, HandlerDelta]) -> None:
 
 
 # --------------------------------------------------------------------------- heartbeats
-def refresh_last_heartbeats(client: redis.Redis, report: FlushReport, *, shard: int = 0) -> None:
+def refresh_last_heartbeats(client: redis.Redis, report: FlushReport, *, shard: int) -> None:
     """Write ``last_heartbeat_at`` of live sessions that heartbeated since the last run.
 
     Last heartbeat = expiry score - TTL. The mark is an expiry score below which the database

@@ -110,7 +110,7 @@ def time_budget() -> float:
 
 
 def sweep_batch(
-    client: redis.Redis, batch: store.ClaimBatch, report: SweepReport, *, shard: int = 0
+    client: redis.Redis, batch: store.ClaimBatch, report: SweepReport, *, shard: int
 ) -> bool:
     """End one claimed batch (steps 2-5 above); False when the database was unavailable."""
     claims = batch.claims

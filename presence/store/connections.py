@@ -478,7 +478,7 @@ async def end_connections(
 
 
 def end_swept_connections(
-    conns: Sequence[ConnRef], *, now: int | None = None, shard: int = 0
+    conns: Sequence[ConnRef], *, now: int | None = None, shard: int
 ) -> list[EndResult]:
     """Remove connections a sweep of ``shard`` claimed, unless they heartbeated since.
 

@@ -40,7 +40,7 @@ def _plan_release(
     return ks, args
 
 
-def release_due(*, now: int | None = None, shard: int = 0) -> tuple[int, int]:
+def release_due(*, now: int | None = None, shard: int) -> tuple[int, int]:
     """Log ``shard``'s held leaves that are due, at most RELEASE_BATCH: (entries found due,
     leaves logged); fewer found than RELEASE_BATCH means none is left. A user's holds live
     on the user's shard, a room's on the room's shard (end.lua, end_rooms.lua): the sweep

@@ -66,7 +66,7 @@ def claim_expired(
     batch: int,
     claim_timeout_ms: int,
     now: int | None = None,
-    shard: int = 0,
+    shard: int,
 ) -> ClaimBatch:
     """Claim up to ``batch`` expired connections, with what ending them needs.
 
@@ -104,7 +104,7 @@ def claim_expired(
     return ClaimBatch(deadline, reclaimed, claims)
 
 
-def ack_swept(client: redis.Redis, deadline: int, cids: Sequence[str], *, shard: int = 0) -> int:
+def ack_swept(client: redis.Redis, deadline: int, cids: Sequence[str], *, shard: int) -> int:
     """Release this sweep's claims of ``cids`` (claims re-taken by another sweep stay)."""
     if not cids:
         return 0
@@ -193,7 +193,7 @@ def read_task_run(client: redis.Redis, task: str, *, shard: int | None = 0) -> d
 # --------------------------------------------------------------------------- stats flush
 # stats flush (presence.jobs.flush): claims of the live counters, live heartbeat scores.
 def claim_stats(
-    client: redis.Redis, flush_id: str, *, now: int | None = None, shard: int = 0
+    client: redis.Redis, flush_id: str, *, now: int | None = None, shard: int
 ) -> bool:
     """Move the live counters to the claim of ``flush_id``; False when there were none."""
     k = keys(shard)
@@ -201,19 +201,19 @@ def claim_stats(
     return int(script("stats_claim").run(client, ks, [now or now_ms(), flush_id])) == 1
 
 
-def list_stats_claims(client: redis.Redis, limit: int, *, shard: int = 0) -> list[tuple[str, int]]:
+def list_stats_claims(client: redis.Redis, limit: int, *, shard: int) -> list[tuple[str, int]]:
     """Unreleased claims, oldest first: (flush id, claim time ms)."""
     raw = client.zrange(keys(shard).stats_claims, 0, limit - 1, withscores=True)
     return [(str(fid), score_ms(score)) for fid, score in raw]  # type: ignore[union-attr]
 
 
-def read_stats_claim(client: redis.Redis, flush_id: str, *, shard: int = 0) -> dict[str, int]:
+def read_stats_claim(client: redis.Redis, flush_id: str, *, shard: int) -> dict[str, int]:
     """The counters of one claim (empty when the claim was released already)."""
     raw: dict[str, str] = client.hgetall(keys(shard).stats_claim(flush_id))  # type: ignore[assignment]
     return {name: int(value) for name, value in raw.items()}
 
 
-def release_stats_claim(client: redis.Redis, flush_id: str, *, shard: int = 0) -> bool:
+def release_stats_claim(client: redis.Redis, flush_id: str, *, shard: int) -> bool:
     """Drop a claim whose counters are committed to the database."""
     k = keys(shard)
     ks = [k.stats_claim(flush_id), k.stats_claims]
@@ -221,7 +221,7 @@ def release_stats_claim(client: redis.Redis, flush_id: str, *, shard: int = 0) -
 
 
 def live_connections_page(
-    client: redis.Redis, low: int, skip: int, count: int, *, shard: int = 0
+    client: redis.Redis, low: int, skip: int, count: int, *, shard: int
 ) -> list[tuple[str, int]]:
     """Connections with expiry >= ``low``, ascending, after skipping ``skip``: (cid, expiry)."""
     raw = client.zrangebyscore(
@@ -230,18 +230,18 @@ def live_connections_page(
     return [(str(cid), score_ms(score)) for cid, score in raw]  # type: ignore[union-attr]
 
 
-def get_heartbeat_mark(client: redis.Redis, *, shard: int = 0) -> int | None:
+def get_heartbeat_mark(client: redis.Redis, *, shard: int) -> int | None:
     """Expiry score below which every live session's last heartbeat is in the database."""
     value = client.get(keys(shard).heartbeat_mark)
     return int(value) if value is not None else None  # type: ignore[arg-type]
 
 
-def set_heartbeat_mark(client: redis.Redis, mark: int, *, shard: int = 0) -> None:
+def set_heartbeat_mark(client: redis.Redis, mark: int, *, shard: int) -> None:
     client.set(keys(shard).heartbeat_mark, mark)
 
 
 # --------------------------------------------------------------------------- session reaper
-def known_connections(client: redis.Redis, cids: Sequence[str], *, shard: int = 0) -> set[str]:
+def known_connections(client: redis.Redis, cids: Sequence[str], *, shard: int) -> set[str]:
     """The ``cids`` presence still tracks (in the expiry index or claimed by a sweep)."""
     if not cids:
         return set()

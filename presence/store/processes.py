@@ -126,7 +126,7 @@ def read_processes(client: redis.Redis) -> list[dict[str, str]]:
 
 
 def scan_live_connections(
-    client: redis.Redis, cursor: int, count: int, *, now: int | None = None, shard: int = 0
+    client: redis.Redis, cursor: int, count: int, *, now: int | None = None, shard: int
 ) -> tuple[int, list[str]]:
     """One ZSCAN page of ``shard``'s expiry index (``client`` holds the shard): (next cursor,
     ids of connections still live)."""
@@ -155,7 +155,7 @@ def connections_connected_before(
     before_ms: int,
     *,
     now: int | None = None,
-    shard: int = 0,
+    shard: int,
 ) -> list[str]:
     """The ``cids`` of ``shard`` (held by ``client``) still live that connected before
     ``before_ms`` (one pipeline)."""
