@@ -142,11 +142,7 @@ GC_REPORT = "presence.gctune gc pauses: "
 
 def gc_pauses(server: Server) -> dict[str, float]:
     """The platform's collector pauses over the server's life (its exit report), if any."""
-    try:
-        log = server.log_path.read_text(errors="replace")
-    except OSError:
-        return {}
-    reports = [line for line in log.splitlines() if line.startswith(GC_REPORT)]
+    reports = [line for line in server.own_log().splitlines() if line.startswith(GC_REPORT)]
     if not reports:
         return {}
     stats = json.loads(reports[-1][len(GC_REPORT) :])
@@ -485,7 +481,7 @@ def run_storm(ctx: Context, spec: ServerSpec) -> dict[str, Any]:
                     )
                 result["drop_settle_s"] = settle(server.pid)
                 ctx.fleet.call("take_frames")
-        log = server.log_path.read_text(errors="replace") if server.log_path.exists() else ""
+        log = server.own_log()  # not the lines of an earlier scenario on this port
         result["drop_give_up_lines"] = sum(log.count(line) for line in GIVE_UP_LINES)
         close_clients(ctx)
     result.update(gc_pauses(server))  # written by the server at its exit

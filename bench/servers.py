@@ -76,6 +76,9 @@ class Server:
         self.spec = spec
         self.log_path = log_dir / f"{spec.name}-{spec.port}.log"
         self.process: subprocess.Popen[bytes] | None = None
+        # Where this run's output starts in the log: a later scenario on the same port appends
+        # to the same file, and must not count what an earlier one printed.
+        self.log_start = 0
 
     @property
     def pid(self) -> int:
@@ -85,6 +88,7 @@ class Server:
     def start(self, timeout: float = 30.0) -> Server:
         """Start the server and wait until its port accepts connections."""
         env = {**os.environ, **self.spec.env, **self.spec.extra_env}
+        self.log_start = self.log_path.stat().st_size if self.log_path.exists() else 0
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
                 self.spec.command(), cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
@@ -121,6 +125,15 @@ class Server:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
+
+    def own_log(self) -> str:
+        """What this run of the server printed (not earlier runs on the same port)."""
+        try:
+            with self.log_path.open("rb") as log:
+                log.seek(self.log_start)
+                return log.read().decode(errors="replace")
+        except OSError:
+            return ""
 
     def log_tail(self, lines: int = 30) -> str:
         """The last lines the server printed (for error messages)."""
