@@ -192,9 +192,7 @@ def read_task_run(client: redis.Redis, task: str, *, shard: int | None = 0) -> d
 
 # --------------------------------------------------------------------------- stats flush
 # stats flush (presence.jobs.flush): claims of the live counters, live heartbeat scores.
-def claim_stats(
-    client: redis.Redis, flush_id: str, *, now: int | None = None, shard: int
-) -> bool:
+def claim_stats(client: redis.Redis, flush_id: str, *, now: int | None = None, shard: int) -> bool:
     """Move the live counters to the claim of ``flush_id``; False when there were none."""
     k = keys(shard)
     ks = [k.stats, k.stats_claim(flush_id), k.stats_claims]
