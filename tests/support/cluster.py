@@ -100,27 +100,17 @@ def _redis_cli(*args: str, timeout: float = 60.0) -> str:
 class ClusterNode(Node):
     """One ``cluster-enabled`` redis-server (its nodes.conf under its own directory)."""
 
-    def start(self, *, replica_of: Address | None = None) -> ClusterNode:
-        """Start the process and wait until it answers (``replica_of`` is not used here)."""
-        self.directory.mkdir(parents=True, exist_ok=True)
-        args = [
-            redis_server_binary(),
-            *("--bind", "127.0.0.1", "--port", str(self.port)),
-            *("--dir", str(self.directory), "--save", "", "--appendonly", "no"),
-            *("--logfile", str(self.log), "--maxclients", "10000"),
+    def _args(self, replica_of: Address | None) -> list[str]:
+        """A plain node's command line with the cluster on (``replica_of`` is not used)."""
+        return [
+            *super()._args(None),
             *("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"),
             *("--cluster-node-timeout", str(NODE_TIMEOUT_MS)),
         ]
-        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        self.paused = False
-        _wait_until(f"{self.name} to answer PING", self._answers)
-        return self
 
-    def take_new_port(self) -> None:
-        """Another free port whose bus port is free too, and a fresh log."""
-        self.kill()
-        self.port = free_cluster_port()
-        self.log.unlink(missing_ok=True)
+    @staticmethod
+    def _free_port() -> int:
+        return free_cluster_port()  # its bus port (port + 10000) free too
 
     @property
     def node_id(self) -> str:

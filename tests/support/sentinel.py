@@ -68,22 +68,26 @@ class Node:
     def start(self, *, replica_of: Address | None = None) -> Node:
         """Start the process (a replica of ``replica_of`` when given), wait until it answers."""
         self.directory.mkdir(parents=True, exist_ok=True)
-        if self.sentinel:
-            args = [redis_server_binary(), str(self.directory / "sentinel.conf"), "--sentinel"]
-        else:
-            args = [
-                redis_server_binary(),
-                *("--bind", "127.0.0.1", "--port", str(self.port)),
-                *("--dir", str(self.directory), "--save", "", "--appendonly", "no"),
-                *("--logfile", str(self.log), "--maxclients", "10000"),
-            ]
-            if replica_of is not None:
-                args += ["--replicaof", replica_of[0], str(replica_of[1])]
+        args = self._args(replica_of)
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.paused = False
 
         _wait_until(f"{self.name} to answer PING", self._answers)
         return self
+
+    def _args(self, replica_of: Address | None) -> list[str]:
+        """The redis-server command line of this node."""
+        if self.sentinel:
+            return [redis_server_binary(), str(self.directory / "sentinel.conf"), "--sentinel"]
+        args = [
+            redis_server_binary(),
+            *("--bind", "127.0.0.1", "--port", str(self.port)),
+            *("--dir", str(self.directory), "--save", "", "--appendonly", "no"),
+            *("--logfile", str(self.log), "--maxclients", "10000"),
+        ]
+        if replica_of is not None:
+            args += ["--replicaof", replica_of[0], str(replica_of[1])]
+        return args
 
     def _answers(self) -> bool:
         """Whether OUR process answers on the port. A PONG alone is not enough: when another
@@ -119,8 +123,12 @@ class Node:
     def take_new_port(self) -> None:
         """Another free port, and a fresh log (so ``lost_its_port`` reads this start only)."""
         self.kill()
-        self.port = free_port()
+        self.port = self._free_port()
         self.log.unlink(missing_ok=True)
+
+    @staticmethod
+    def _free_port() -> int:
+        return free_port()
 
     def role(self) -> str:
         """``master`` or ``slave`` as the node reports it (raises when it does not answer)."""
