@@ -115,6 +115,8 @@ TABLE_KEYS = {
         "gc_max_cpu_ms",
         "gc_max_pause_with_sockets_ms",
         "gc_pauses_over_50ms_with_sockets",
+        "connect_client_cpu_s",
+        "views_tracked",
     ],
     "bigroom_room": [
         "fill_s",
@@ -170,6 +172,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action=argparse.BooleanOptionalAction,
         default=True,
         help="platform clients sync and track their views (--no-storm-views: hellos only)",
+    )
+    g.add_argument(
+        "--storm-track-every",
+        type=int,
+        default=10,
+        metavar="K",
+        help="with views, every client syncs but only every K-th decodes and tracks its view "
+        "(1: all; the server's work is the same, the client's O(n²) decoding is 1/K)",
     )
     g.add_argument(
         "--storm-auth",

@@ -77,15 +77,19 @@ class Client:
         "reader",
         "sched",
         "seq",
+        "tracks",
         "uid",
         "view",
         "waiters",
         "ws",
     )
 
-    def __init__(self, uid: int, ws: ClientConnection) -> None:
+    def __init__(self, uid: int, ws: ClientConnection, tracks: bool = True) -> None:
         self.uid = uid
         self.ws = ws
+        # Whether this client decodes presence frames and keeps its view (the sampled
+        # clients of Worker.connect); the others only count what they receive.
+        self.tracks = tracks
         self.next_id = 0
         # heartbeat id -> the time it was scheduled (open loop) or sent (closed loop)
         self.sched: dict[int, float] = {}
@@ -158,13 +162,22 @@ class Worker:
         concurrency: int,
         token: bool,
         cookie: bool = False,
+        track_every: int = 1,
     ) -> dict[str, Any]:
         """Open one socket per user id; returns when each has its hello (or failed).
 
         ``url`` may hold ``{uid}`` and ``{token}``. With ``sync`` each socket asks for the
-        global view (``presence.sync``) right after its hello and keeps it up to date. With
-        ``cookie`` each socket sends its user's session cookie (the browser's path).
+        global view (``presence.sync``) right after its hello, and every ``track_every``-th
+        of them (the first, and then evenly over ``uids``) decodes what it receives and
+        keeps its view up to date. The server sends the same frames to every socket
+        whether it decodes them or not; sampling keeps the clients' O(n²) decoding (each
+        of n views learns about n users) from taking the machine's cores from the server
+        under test. With ``cookie`` each socket sends its user's session cookie (the
+        browser's path).
         """
+        if track_every < 1:
+            raise ValueError("track_every must be at least 1")
+        tracked = set(uids[::track_every])
         tokens = await self._mint(uids) if token else {}
         cookies = await self._login(uids) if cookie else {}
         self.track_views = self.track_views or sync
@@ -203,7 +216,7 @@ class Worker:
                 errors.append(f"first frame is not hello: {hello!r}"[:200])
             if isinstance(hello, str) and '"protocol":2' in hello.replace(" ", ""):
                 v2 += 1
-            client = Client(uid, ws)
+            client = Client(uid, ws, tracks=uid in tracked)
             client.changed = time.monotonic()
             self.clients.append(client)
             client.reader = asyncio.create_task(self._read(client))
@@ -249,7 +262,7 @@ class Worker:
                     continue
                 if HEARTBEAT_ACK in message:
                     self._on_ack(client, message)
-                elif self.track_views or client.waiters:
+                elif (self.track_views and client.tracks) or client.waiters:
                     self._on_frame(client, json.loads(message))
         except ConnectionClosed:
             pass
@@ -511,18 +524,20 @@ class Worker:
         """Wait until every client's global view hashes to ``target`` (or ``wait_s`` passed).
 
         Returns the time the last of them changed to it: the moment this worker's share of the
-        clients agreed with the truth.
+        clients agreed with the truth. Only the clients that track their views count.
         """
+        tracking = [c for c in self.clients if c.tracks]
         deadline = time.monotonic() + wait_s
         while True:
-            behind = sum(1 for c in self.clients if c.hash != target)
+            behind = sum(1 for c in tracking if c.hash != target)
             if not behind or time.monotonic() > deadline:
                 break
             await asyncio.sleep(0.02)
         return {
             "converged": behind == 0,
             "behind": behind,
-            "last_change": max((c.changed for c in self.clients), default=0.0),
+            "tracked": len(tracking),
+            "last_change": max((c.changed for c in tracking), default=0.0),
             **self.stats,
         }
 

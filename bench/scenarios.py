@@ -76,10 +76,12 @@ def open_clients(
     room_per_user: bool = True,
     only: int | None = None,
     cookie: bool = False,
+    track_every: int = 1,
 ) -> dict[str, Any]:
     """Connect one client per user id, spread over the workers; times to the last hello.
 
-    ``v2`` asks the platform for protocol v2; ``sync`` also keeps each client's global view.
+    ``v2`` asks the platform for protocol v2; ``sync`` also has each client sync the global
+    view, and every ``track_every``-th client keep it (Worker.connect).
     """
     url, token = _client_url(spec, room_per_user, cookie)
     subprotocol = "presence.v2" if v2 and spec.name == PLATFORM else None
@@ -92,6 +94,7 @@ def open_clients(
         "token": token,
         # Every server gets the cookie (a browser sends it anyway); only the platform reads it.
         "cookie": cookie,
+        "track_every": track_every,
     }
     if only is not None:
         answers = ctx.fleet.call("connect", {**common, "uids": uids}, only=only)
@@ -435,7 +438,15 @@ def run_storm(ctx: Context, spec: ServerSpec) -> dict[str, Any]:
         rss_idle = rss_kib(server.pid)
         for phase in ("connect", "reconnect"):
             cpu = cpu_seconds(server.pid)
-            opened = open_clients(ctx, spec, uids, v2=platform, sync=views, cookie=cookie)
+            opened = open_clients(
+                ctx,
+                spec,
+                uids,
+                v2=platform,
+                sync=views,
+                cookie=cookie,
+                track_every=o.storm_track_every,
+            )
             result[f"{phase}_s"] = opened["seconds"]
             result[f"{phase}_failed"] = opened["failed"]
             result[f"{phase}_client_cpu_s"] = opened["client_cpu_s"]
@@ -447,6 +458,7 @@ def run_storm(ctx: Context, spec: ServerSpec) -> dict[str, Any]:
                     "await_views", {"target": target, "wait_s": o.converge_timeout}
                 )
                 behind = sum(a["behind"] for a in answers)
+                result["views_tracked"] = sum(a["tracked"] for a in answers)
                 last = max(a["last_change"] for a in answers)
                 result[f"{phase}_converged"] = behind == 0
                 result[f"{phase}_converge_s"] = round(last - opened["last_hello"], 3)
