@@ -47,7 +47,14 @@ class GlobalReplica:
         self._fragments: dict[int, str] = {}
         for user in snap.users:
             self._users[user["id"]] = [user["username"], user["status"], user["connections"]]
+        # The ``users`` array as text, and the users who joined since it was built. In a
+        # connect storm every new socket syncs and nearly every change between two syncs
+        # is a new user's join (a new key, so last in the dict's order): the next reply
+        # appends their fragments to the text instead of joining every user's again
+        # (O(joins) per sync, not O(users): a storm of n syncs is no longer O(n²) joins).
+        # Anything else (a leave, a status, a count) rebuilds it on the next sync.
         self._cache: str | None = None
+        self._appended: list[int] = []
 
     def apply(self, shard: int, pos: Pos, fields: Mapping[str, str], seq: str) -> None:
         """Follow one entry of ``shard``'s stream at ``pos`` (in log order), which the reader
@@ -75,6 +82,9 @@ class GlobalReplica:
                 if kind != "join":
                     return  # a status of someone gone: the log's leave was first
                 self._users[uid] = [fields.get("n", ""), fields.get("s", "online"), 1]
+                if self._cache is not None:
+                    self._appended.append(uid)
+                return
             else:
                 entry[0], entry[1] = fields.get("n", entry[0]), fields.get("s", entry[1])
             self._changed(uid)
@@ -88,6 +98,7 @@ class GlobalReplica:
     def _changed(self, uid: int) -> None:
         self._fragments.pop(uid, None)
         self._cache = None
+        self._appended.clear()
 
     def _fragment(self, uid: int) -> str:
         fragment = self._fragments.get(uid)
@@ -100,10 +111,16 @@ class GlobalReplica:
         return fragment
 
     def users_json(self) -> str:
-        """The ``users`` array as JSON text (cached until the next change)."""
-        if self._cache is None:
-            self._cache = "[" + ",".join(self._fragment(uid) for uid in self._users) + "]"
-        return self._cache
+        """The ``users`` array as JSON text, in the replica's order (cached; see __init__)."""
+        cache = self._cache
+        if cache is None:
+            cache = "[" + ",".join(self._fragment(uid) for uid in self._users) + "]"
+        elif self._appended:
+            added = ",".join(self._fragment(uid) for uid in self._appended)
+            cache = cache[:-1] + ("," if len(cache) > 2 else "") + added + "]"
+        self._cache = cache
+        self._appended.clear()
+        return cache
 
     def fragments(self, uids: Iterable[str]) -> tuple[list[str], list[str]]:
         """The JSON objects of those of ``uids`` online here, and the uids not in the replica."""
