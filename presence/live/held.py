@@ -49,9 +49,6 @@ def _start_release(timers: dict[float, asyncio.TimerHandle], at: float) -> None:
 
 async def _release_due(shards: set[int]) -> None:
     try:
-        while True:
-            found, _ = await store.arelease_due(shards=shards)
-            if found < store.RELEASE_BATCH:
-                return
+        await store.arelease_due(shards=shards)
     except Exception as exc:  # Redis away: the sweep releases them
         logger.info("releasing held leaves: %r (left to the sweep)", exc)

@@ -200,3 +200,29 @@ class TestAtOnce:
 
         assert sorted(kinds(logged(r, since=mark))) == [("leave", ""), ("leave", "a")]
         assert r.zscore(user_keys(9).held, "9") is not None  # other users' holds stay
+
+
+class TestProcessRelease:
+    """arelease_due: the closing process's timer, after a mass disconnect."""
+
+    async def test_one_call_releases_every_due_leave_of_every_shard(self, r: redis.Redis) -> None:
+        # More users on one shard than one script call takes, and some on two others.
+        crowded = store.user_home(1)
+        uids = [u for u in range(1, 200_000) if store.user_home(u) == crowded]
+        uids = uids[: store.RELEASE_BATCH + 30]
+        others = [u for u in range(1, 500) if store.user_home(u) != crowded][:20]
+        t0 = store.now_ms()
+        refs = [await connect(f"c{u}", u, t0) for u in uids + others]
+        mark = log_mark(r)
+        ended = await store.end_connections(refs, now=t0 + 1)
+        assert all(e.held for e in ended)
+
+        due = t0 + 1 + GRACE_MS
+        shards = {store.user_home(u) for u in uids + others}
+        assert len(shards) > 2
+        assert await store.arelease_due(now=due - 1, shards=shards) == (0, 0)  # not due yet
+        assert await store.arelease_due(now=due, shards=shards) == (len(refs), len(refs))
+
+        left = [e for e in logged(r, mark) if e["k"] == "leave"]
+        assert sorted(int(e["u"]) for e in left) == sorted(uids + others)
+        assert release_due(due) == (0, 0)  # nothing left to the sweep
