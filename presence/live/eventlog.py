@@ -44,6 +44,7 @@ from presence import store
 from presence.conf import app_settings
 from presence.live import gctune
 from presence.live.diffs import DiffBatcher, Event, Pos, Subscriber, dumps, position
+from presence.live.endings import get_end_queue
 from presence.live.fanout import GLOBAL, LocalIndex
 from presence.live.replica import GlobalReplica
 from presence.live.watches import WatchIndex
@@ -139,7 +140,8 @@ class EventLogReader:
         self.tasks: list[asyncio.Task[None]] = []  # one per node group (store.follow_groups)
         self.resyncs = 0  # gaps recovered from (tests, metrics)
         self.delivered = 0  # entries read and dispatched
-        self.gc = gctune.ConnectionGrowthFreezer()
+        # The full collection after the last socket waits for the ends still being written.
+        self.gc = gctune.ConnectionGrowthFreezer(busy=lambda: len(get_end_queue()) > 0)
         # Read once: deliver() runs per socket per frame, a settings lookup there shows up.
         self.outbox_max = app_settings.OUTBOX_MAX
         # The global membership, kept from the log for presence.sync (presence/live/replica.py).

@@ -31,12 +31,14 @@ What we do:
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import gc
 import json
 import logging
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 logger = logging.getLogger(__name__)
@@ -65,6 +67,8 @@ FREEZE_STEP = 250
 # 180-360 ms of CPU), so that walk is worth it only once the garbage kept is as large as
 # the start-up objects.
 RECLAIM_GROWTH = 2.0
+# While the process is busy when its last socket goes, the reclaim checks again this often.
+RECLAIM_RETRY = 0.25
 # A collection longer than this is logged: it stalled every socket of the process.
 SLOW_PAUSE = 0.1
 
@@ -183,11 +187,18 @@ def _report_at_exit() -> None:
 
 
 class ConnectionGrowthFreezer:
-    """Refreezes after connect bursts; collects once when the sockets are all gone."""
+    """Refreezes after connect bursts; collects once when the sockets are all gone.
 
-    def __init__(self) -> None:
+    ``busy`` says whether the process still has work the collection would delay (the
+    connection ends of a mass disconnect, still being written when the last socket is
+    gone): the collection then waits for it, checking every ``RECLAIM_RETRY`` seconds.
+    """
+
+    def __init__(self, busy: Callable[[], bool] = lambda: False) -> None:
         self.at_freeze = 0  # the socket count at the last freeze (0: none since start-up)
         self.baseline = gc.get_freeze_count()  # frozen after start-up or the last reclaim
+        self.busy = busy
+        self._deferred: asyncio.TimerHandle | None = None
 
     def observe(self, sockets: int, *, grew: bool) -> None:
         """Called with the process's socket count after a socket registered or left."""
@@ -200,9 +211,26 @@ class ConnectionGrowthFreezer:
         elif self.at_freeze and sockets == 0:
             self.at_freeze = 0  # the next burst freezes from its first step again
             if gc.get_freeze_count() >= self.baseline * RECLAIM_GROWTH:
-                # Reclaim what closed connections left in cycles, with no socket to stall,
-                # then freeze the survivors (start-up objects included) again.
-                gc.unfreeze()
-                gc.collect()
-                gc.freeze()
-                self.baseline = gc.get_freeze_count()
+                self._reclaim_when_idle()
+
+    def _reclaim_when_idle(self) -> None:
+        """Reclaim what closed connections left in cycles, with no socket to stall and no
+        work waiting, then freeze the survivors (start-up objects included) again."""
+        self._deferred = None
+        if _sockets:
+            return  # a socket came back: its burst freezes again, the next drop reclaims
+        if self.busy():
+            # The walk takes ~0.1-1.5 s; taken while a mass disconnect's ends are queued it
+            # delayed their leaves by as much (docs/performance.md, issue 18).
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                loop = None
+            if loop is not None:
+                if self._deferred is None:
+                    self._deferred = loop.call_later(RECLAIM_RETRY, self._reclaim_when_idle)
+                return
+        gc.unfreeze()
+        gc.collect()
+        gc.freeze()
+        self.baseline = gc.get_freeze_count()

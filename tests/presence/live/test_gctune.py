@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 from collections.abc import Iterator
 
@@ -104,3 +105,41 @@ def test_young_collections_walk_a_bounded_number_of_objects() -> None:
     # A generation-1 collection walks generation 0 and the survivors of GEN1_THRESHOLD
     # generation-0 collections: the bound that keeps its pause under the 50 ms budget.
     assert gctune.GEN0_THRESHOLD * (1 + gctune.GEN1_THRESHOLD) <= 40_000
+
+
+async def test_the_reclaim_after_the_drop_waits_until_the_process_is_idle(
+    restore_gc: None,
+) -> None:
+    """The last socket gone while its ends are still queued: the full collection (up to a
+    second and more) comes after them, not in their way."""
+    gctune.configure()
+    pending = [1]
+    freezer = gctune.ConnectionGrowthFreezer(busy=lambda: bool(pending))
+    freezer.observe(gctune.FREEZE_STEP, grew=True)
+    freezer.baseline = 0  # what is frozen has grown past any share of the baseline
+    full = gctune.pause_stats()["2"].get("count", 0)
+
+    freezer.observe(0, grew=False)
+    await asyncio.sleep(gctune.RECLAIM_RETRY * 2.5)
+    assert gctune.pause_stats()["2"].get("count", 0) == full  # still busy: not yet
+    pending.clear()
+    await asyncio.sleep(gctune.RECLAIM_RETRY * 1.5)
+    assert gctune.pause_stats()["2"].get("count", 0) == full + 1  # idle: once
+    assert freezer.baseline > 0  # the survivors frozen again
+
+
+async def test_a_socket_back_before_the_process_is_idle_cancels_the_reclaim(
+    restore_gc: None,
+) -> None:
+    gctune.configure()
+    pending = [1]
+    freezer = gctune.ConnectionGrowthFreezer(busy=lambda: bool(pending))
+    freezer.observe(gctune.FREEZE_STEP, grew=True)
+    freezer.baseline = 0
+    full = gctune.pause_stats()["2"].get("count", 0)
+
+    freezer.observe(0, grew=False)
+    freezer.observe(1, grew=True)  # a reconnect: the collection would stall it
+    pending.clear()
+    await asyncio.sleep(gctune.RECLAIM_RETRY * 2)
+    assert gctune.pause_stats()["2"].get("count", 0) == full
