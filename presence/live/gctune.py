@@ -48,13 +48,15 @@ logger = logging.getLogger(__name__)
 # young list or dict of thousands of entries, e.g. a listing being built, is walked entry by
 # entry). A generation-1 collection walks generation 0 (at most GEN0_THRESHOLD net
 # allocations) and the survivors of the last GEN1_THRESHOLD generation-0 collections:
-# 10,000 + 3 x 10,000 = 40,000 objects at most. (It was 50,000 and 20: up to a million
+# 5,000 + 3 x 5,000 = 20,000 objects at most. (It was 50,000 and 20: up to a million
 # objects in a connect storm and 100-300 ms pauses; then 25,000 and 2, 75,000 objects, and
-# still generation-0 collections of 30-94 ms of CPU in storms, docs/performance.md.) The
+# still generation-0 collections of 30-94 ms of CPU in storms; then 10,000 and 3, and
+# generation-1 collections of 65-75 ms of CPU in a 5,000-client storm on a slower machine,
+# 23-33 ms at 5,000; docs/performance.md.) The
 # total work of young collections barely depends on the threshold (each object is walked
 # once per generation it survives into), only the longest pause does; CPython's 700 would
 # add a fixed cost per collection thousands of times a second.
-GEN0_THRESHOLD = 10_000
+GEN0_THRESHOLD = 5_000
 GEN1_THRESHOLD = 3
 GEN2_THRESHOLD = 10
 # Refreeze after this many sockets more than at the last freeze: the connection objects a
