@@ -44,17 +44,20 @@ class GlobalReplica:
         # shard -> position of its stream the replica holds everything up to
         self.positions: dict[int, Pos] = {s: position(p) for s, p in snap.positions.items()}
         self._users: dict[int, list[Any]] = {}  # uid -> [username, status, connections]
-        self._fragments: dict[int, str] = {}
+        # Each user's JSON object, kept in the dict's order: a user keeps their slot while
+        # online, a leave leaves a hole (compacted once holes are half the list). A sync
+        # after any change joins these strings again, one C-level join, instead of
+        # serialising or looking up every user in Python: in a connect storm every socket
+        # syncs and something changed since the last sync nearly every time (a join, or on
+        # a reconnect a held user's new connection), so that work was O(users) per sync
+        # in Python, O(n²) over the storm.
+        self._parts: list[str | None] = []
+        self._slots: dict[int, int] = {}
+        self._holes = 0
+        self._cache: str | None = None
         for user in snap.users:
             self._users[user["id"]] = [user["username"], user["status"], user["connections"]]
-        # The ``users`` array as text, and the users who joined since it was built. In a
-        # connect storm every new socket syncs and nearly every change between two syncs
-        # is a new user's join (a new key, so last in the dict's order): the next reply
-        # appends their fragments to the text instead of joining every user's again
-        # (O(joins) per sync, not O(users): a storm of n syncs is no longer O(n²) joins).
-        # Anything else (a leave, a status, a count) rebuilds it on the next sync.
-        self._cache: str | None = None
-        self._appended: list[int] = []
+            self._put(user["id"])
 
     def apply(self, shard: int, pos: Pos, fields: Mapping[str, str], seq: str) -> None:
         """Follow one entry of ``shard``'s stream at ``pos`` (in log order), which the reader
@@ -70,24 +73,23 @@ class GlobalReplica:
         if kind == "open":
             if entry is not None:
                 entry[2] += 1
-                self._changed(uid)
+                self._put(uid)
         elif kind == "close":
             if entry is not None and entry[2] > 1:
                 entry[2] -= 1
-                self._changed(uid)
+                self._put(uid)
         elif kind in MEMBERSHIP and fields.get("r", "") == "":
             if kind == "leave":
-                self._users.pop(uid, None)
+                if self._users.pop(uid, None) is not None:
+                    self._drop(uid)
             elif entry is None:
                 if kind != "join":
                     return  # a status of someone gone: the log's leave was first
                 self._users[uid] = [fields.get("n", ""), fields.get("s", "online"), 1]
-                if self._cache is not None:
-                    self._appended.append(uid)
-                return
+                self._put(uid)
             else:
                 entry[0], entry[1] = fields.get("n", entry[0]), fields.get("s", entry[1])
-            self._changed(uid)
+                self._put(uid)
 
     def replay(self, events: Iterable[tuple[int, Pos, Mapping[str, str], str]]) -> None:
         """Apply already-dispatched entries (shard, position, fields, reader's seq); those
@@ -95,39 +97,52 @@ class GlobalReplica:
         for shard, pos, fields, seq in events:
             self.apply(shard, pos, fields, seq)
 
-    def _changed(self, uid: int) -> None:
-        self._fragments.pop(uid, None)
+    def _put(self, uid: int) -> None:
+        """Write ``uid``'s JSON object into its slot (a new user's goes last)."""
+        username, status, conns = self._users[uid]
+        text = json.dumps(
+            {"id": uid, "username": username, "status": status, "connections": conns},
+            separators=(",", ":"),
+        )
+        slot = self._slots.get(uid)
+        if slot is None:
+            self._slots[uid] = len(self._parts)
+            self._parts.append(text)
+        else:
+            self._parts[slot] = text
         self._cache = None
-        self._appended.clear()
 
-    def _fragment(self, uid: int) -> str:
-        fragment = self._fragments.get(uid)
-        if fragment is None:
-            username, status, conns = self._users[uid]
-            fragment = self._fragments[uid] = json.dumps(
-                {"id": uid, "username": username, "status": status, "connections": conns},
-                separators=(",", ":"),
-            )
-        return fragment
+    def _drop(self, uid: int) -> None:
+        slot = self._slots.pop(uid, None)
+        if slot is None:
+            return
+        self._parts[slot] = None
+        self._holes += 1
+        self._cache = None
+        if self._holes > 64 and 2 * self._holes > len(self._parts):
+            # The dict's order is the slots' order (a user who comes back is a new key and
+            # gets a new, last slot), so compaction keeps the reply's order.
+            parts = self._parts
+            self._parts = [parts[self._slots[uid]] for uid in self._users]
+            self._slots = {uid: i for i, uid in enumerate(self._users)}
+            self._holes = 0
 
     def users_json(self) -> str:
-        """The ``users`` array as JSON text, in the replica's order (cached; see __init__)."""
-        cache = self._cache
-        if cache is None:
-            cache = "[" + ",".join(self._fragment(uid) for uid in self._users) + "]"
-        elif self._appended:
-            added = ",".join(self._fragment(uid) for uid in self._appended)
-            cache = cache[:-1] + ("," if len(cache) > 2 else "") + added + "]"
-        self._cache = cache
-        self._appended.clear()
-        return cache
+        """The ``users`` array as JSON text, in the replica's order (cached until a change)."""
+        if self._cache is None:
+            # Fragments are never empty: filter(None) drops exactly the holes, in C.
+            self._cache = "[" + ",".join(filter(None, self._parts)) + "]"
+        return self._cache
 
     def fragments(self, uids: Iterable[str]) -> tuple[list[str], list[str]]:
         """The JSON objects of those of ``uids`` online here, and the uids not in the replica."""
-        known, missing = [], []
+        known: list[str] = []
+        missing: list[str] = []
         for uid in uids:
-            if int(uid) in self._users:
-                known.append(self._fragment(int(uid)))
+            slot = self._slots.get(int(uid))
+            text = self._parts[slot] if slot is not None else None
+            if text is not None:
+                known.append(text)
             else:
                 missing.append(uid)
         return known, missing

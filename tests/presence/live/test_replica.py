@@ -1,8 +1,9 @@
 """The global replica's ``presence.sync`` text (presence/live/replica.py).
 
-A reply is cached and, when only new users joined since, extended rather than rebuilt. These
-tests hold the extended text to the text a replica that never cached builds from the same
-entries, and to the membership the entries describe.
+Each user's JSON object is kept in a slot (a leave leaves a hole, compacted later) and a reply
+is one join of them, cached until the next change. These tests hold that text, across syncs
+at any point, holes and compactions, to the text a replica that never cached builds from the
+same entries, and to the membership the entries describe.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ def apply_all(
         rep.apply(shard, pos, fields, seq)
 
 
-def test_joins_after_a_sync_extend_its_text_in_order() -> None:
+def test_joins_after_a_sync_come_last_in_its_text() -> None:
     rep = replica([{"id": 7, "username": "user7", "status": "away", "connections": 2}])
     assert json.loads(rep.users_json()) == [
         {"id": 7, "username": "user7", "status": "away", "connections": 2}
@@ -106,3 +107,31 @@ def test_the_cached_text_equals_a_rebuild_after_any_entries(
     apply_all(fresh, applied)
     assert cached.users_json() == fresh.users_json()
     assert len(json.loads(cached.users_json())) == len(cached)
+
+
+def test_many_leaves_compact_the_slots_and_keep_the_order() -> None:
+    cached, applied = replica(), []
+    cached.users_json()
+    for uid in range(1, 301):
+        applied.append(entry(len(applied) + 1, "join", uid))
+    for uid in range(1, 301, 3):  # keep every third
+        applied += [
+            entry(len(applied) + 1, "leave", uid + 1),
+            entry(len(applied) + 2, "leave", uid + 2),
+        ]
+    applied.append(entry(len(applied) + 1, "join", 2))  # back: last now
+    applied.append(entry(len(applied) + 1, "open", 1))  # a second tab: in place
+    for n, item in enumerate(applied):
+        apply_all(cached, [item])
+        if n % 50 == 0:
+            cached.users_json()  # syncs between the changes
+    fresh = replica()
+    apply_all(fresh, applied)
+    users = json.loads(cached.users_json())
+    assert cached.users_json() == fresh.users_json()
+    assert [u["id"] for u in users] == [*range(1, 301, 3), 2]
+    assert users[0]["connections"] == 2
+    assert cached.fragments(["1", "3", "2"]) == (
+        [json.dumps(users[0], separators=(",", ":")), json.dumps(users[-1], separators=(",", ":"))],
+        ["3"],
+    )
