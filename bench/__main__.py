@@ -26,6 +26,7 @@ import json
 import os
 import platform
 import secrets
+import shutil
 import statistics
 import subprocess
 import sys
@@ -155,6 +156,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--redis-port", type=int, default=0, help="private redis port (0: free)")
     p.add_argument("--connect-concurrency", type=int, default=100, help="per worker")
     p.add_argument("--results-dir", type=Path, default=ROOT / "bench" / "results")
+    p.add_argument(
+        "--keep-tmp",
+        action="store_true",
+        help="keep the run's scratch directory (the servers' logs, the database, Redis's files);"
+        " removed at the end otherwise",
+    )
     g = p.add_argument_group("saturation")
     g.add_argument("--sat-connections", type=int, help="sockets in closed loop (256)")
     g.add_argument("--sat-duration", type=float, help="seconds (15)")
@@ -573,6 +580,10 @@ def main(argv: list[str] | None = None) -> None:
         if fleet is not None:
             fleet.stop()
         redis_server.stop()
+        if args.keep_tmp:
+            print(json.dumps({"kept": str(tmp)}), flush=True)
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)  # ~7 MB of database and logs a run
     summary = summarize(records)
     args.hook_records = [r["result"] for r in records if r["scenario"] == "hooks" and "result" in r]
     checks = check_targets(summary, args)
