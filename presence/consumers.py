@@ -42,6 +42,7 @@ from presence.handlers.registry import NO_REPLY
 from presence.jobs.sessionlog import ensure_session_writer
 from presence.live.batching import get_writer
 from presence.live.diffs import Event, Pos, dumps
+from presence.live.eager import eager
 from presence.live.eventlog import EventLogReader, ensure_reader
 from presence.live.inbox import get_inbox
 from presence.live.ratelimit import FrameLimiter
@@ -441,17 +442,33 @@ class PresenceConsumer(AsyncWebsocketConsumer):
             self._start_pump()
 
     def _start_pump(self) -> None:
-        self._pump = asyncio.get_running_loop().create_task(self._drain_outbox())
+        """Send the queued frames: at once while sends do not wait (the socket is writable),
+        the rest after a send that waits, from its task (presence/live/eager.py)."""
+        box = self._outbox
+        while box and not self.closing:
+            try:
+                self._pump = eager(self.send_text(box.popleft()))
+            except Exception:  # as a pump task's failure was: logged, the rest left queued
+                logger.exception("session %s: sending a queued frame failed", self.session_id)
+                return
+            if self._pump is not None:
+                self._pump.add_done_callback(self._pumped)
+                return
+        if not self._outbox:
+            self._outbox = None
 
-    async def _drain_outbox(self) -> None:
-        try:
-            box = self._outbox
-            while box and not self.closing:
-                await self.send_text(box.popleft())
-        finally:
-            self._pump = None
-            if not self._outbox:
-                self._outbox = None
+    def _pumped(self, task: asyncio.Task[None]) -> None:
+        self._pump = None
+        if task.cancelled():
+            return
+        error = task.exception()
+        if error is not None:
+            logger.error(
+                "session %s: sending a queued frame failed", self.session_id, exc_info=error
+            )
+            return
+        if self._outbox and not self.closing:
+            self._start_pump()
 
     def _overflow(self) -> None:
         logger.warning(
