@@ -212,8 +212,8 @@ class ConnectionGrowthFreezer:
                 self.at_freeze = sockets
         elif self.at_freeze and sockets == 0:
             self.at_freeze = 0  # the next burst freezes from its first step again
-            if gc.get_freeze_count() >= self.baseline * RECLAIM_GROWTH:
-                self._reclaim_when_idle()
+            if gc.get_freeze_count() >= self.baseline * RECLAIM_GROWTH and not self._deferred:
+                self._reclaim_when_idle()  # (a pending deferral checks again by itself)
 
     def _reclaim_when_idle(self) -> None:
         """Reclaim what closed connections left in cycles, with no socket to stall and no
@@ -221,18 +221,20 @@ class ConnectionGrowthFreezer:
         self._deferred = None
         if _sockets:
             return  # a socket came back: its burst freezes again, the next drop reclaims
-        if self.busy():
-            # The walk takes ~0.1-1.5 s; taken while a mass disconnect's ends are queued it
-            # delayed their leaves by as much (docs/performance.md, issue 18).
-            try:
-                loop = asyncio.get_running_loop()
-            except RuntimeError:
-                loop = None
-            if loop is not None:
-                if self._deferred is None:
-                    self._deferred = loop.call_later(RECLAIM_RETRY, self._reclaim_when_idle)
-                return
+        # The walk takes ~0.1-1.5 s; taken while a mass disconnect's ends are queued it
+        # delayed their leaves by as much (docs/performance.md, issue 18).
+        if self.busy() and self._defer():
+            return
         gc.unfreeze()
         gc.collect()
         gc.freeze()
         self.baseline = gc.get_freeze_count()
+
+    def _defer(self) -> bool:
+        """Check again in RECLAIM_RETRY s; False outside a running loop (reclaim now)."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return False
+        self._deferred = loop.call_later(RECLAIM_RETRY, self._reclaim_when_idle)
+        return True

@@ -25,7 +25,7 @@ import json
 import time
 from collections.abc import Awaitable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from presence import store
 from presence.conf import app_settings
@@ -53,7 +53,6 @@ class GlobalReplica:
         # in Python, O(n²) over the storm.
         self._parts: list[str | None] = []
         self._slots: dict[int, int] = {}
-        self._holes = 0
         self._cache: str | None = None
         for user in snap.users:
             self._users[user["id"]] = [user["username"], user["status"], user["connections"]]
@@ -117,15 +116,14 @@ class GlobalReplica:
         if slot is None:
             return
         self._parts[slot] = None
-        self._holes += 1
         self._cache = None
-        if self._holes > 64 and 2 * self._holes > len(self._parts):
+        holes = len(self._parts) - len(self._slots)
+        if holes > 64 and 2 * holes > len(self._parts):
             # The dict's order is the slots' order (a user who comes back is a new key and
             # gets a new, last slot), so compaction keeps the reply's order.
             parts = self._parts
             self._parts = [parts[self._slots[uid]] for uid in self._users]
             self._slots = {uid: i for i, uid in enumerate(self._users)}
-            self._holes = 0
 
     def users_json(self) -> str:
         """The ``users`` array as JSON text, in the replica's order (cached until a change)."""
@@ -140,11 +138,10 @@ class GlobalReplica:
         missing: list[str] = []
         for uid in uids:
             slot = self._slots.get(int(uid))
-            text = self._parts[slot] if slot is not None else None
-            if text is not None:
-                known.append(text)
-            else:
+            if slot is None:
                 missing.append(uid)
+            else:
+                known.append(cast(str, self._parts[slot]))  # a slot in _slots is never a hole
         return known, missing
 
     def __len__(self) -> int:

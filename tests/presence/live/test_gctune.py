@@ -143,3 +143,21 @@ async def test_a_socket_back_before_the_process_is_idle_cancels_the_reclaim(
     pending.clear()
     await asyncio.sleep(gctune.RECLAIM_RETRY * 2)
     assert gctune.pause_stats()["2"].get("count", 0) == full
+
+
+async def test_a_second_drop_while_the_reclaim_waits_does_not_reclaim_twice(
+    restore_gc: None,
+) -> None:
+    gctune.configure()
+    pending = [1]
+    freezer = gctune.ConnectionGrowthFreezer(busy=lambda: bool(pending))
+    freezer.observe(gctune.FREEZE_STEP, grew=True)
+    freezer.baseline = 0
+    full = gctune.pause_stats()["2"].get("count", 0)
+
+    freezer.observe(0, grew=False)
+    freezer.observe(gctune.FREEZE_STEP, grew=True)  # another burst, gone again at once
+    freezer.observe(0, grew=False)
+    pending.clear()
+    await asyncio.sleep(gctune.RECLAIM_RETRY * 2.5)
+    assert gctune.pause_stats()["2"].get("count", 0) == full + 1  # one reclaim, not two
