@@ -10,6 +10,7 @@ import re
 from typing import Any
 
 from django.conf import settings
+from django.core.signals import setting_changed
 
 # A comma that starts another URL of PRESENCE_REDIS_SHARD_URLS (presence/redis_url.py's schemes).
 _URL_START = re.compile(r",(?=\s*(?:redis|rediss|unix|redis\+sentinel|rediss\+sentinel)://)")
@@ -20,6 +21,37 @@ DEFAULT_CSP = (
     "img-src 'self' data:; font-src 'self'; connect-src 'self'; object-src 'none'; "
     "base-uri 'self'; form-action 'self'; frame-ancestors 'none'"
 )
+
+
+# Raw values of ``django.conf.settings`` as read, by name (_UNSET: not defined there). A read
+# of a setting the project leaves out goes through LazySettings' AttributeError path, about
+# 2 µs; a connect reads dozens. They are kept for one settings object: override_settings and
+# pytest-django's ``settings`` (a write or a ``del``) put a new one in place, and the former
+# comes back when they end; ``setting_changed`` empties them too. Only a write straight onto
+# the settings object in place goes unseen, and nothing but a test would do that.
+_UNSET = object()
+_read: dict[str, Any] = {}
+_read_from: list[object] = [None]  # the settings object _read holds values of
+
+
+def _forget_settings(**_: Any) -> None:
+    _read.clear()
+
+
+setting_changed.connect(_forget_settings)
+
+
+def _setting(name: str, default: Any) -> Any:
+    # object.__getattribute__: LazyObject's own runs in Python and would cost most of the gain.
+    holder = object.__getattribute__(settings, "_wrapped")
+    if holder is not _read_from[0]:
+        _read.clear()
+        _read_from[0] = holder
+    try:
+        value = _read[name]
+    except KeyError:
+        value = _read[name] = getattr(settings, name, _UNSET)
+    return default if value is _UNSET else value
 
 
 class AppSettings:
@@ -33,7 +65,9 @@ class AppSettings:
         self._source = source
 
     def _get(self, name: str, default: Any) -> Any:
-        return getattr(settings if self._source is None else self._source, name, default)
+        if self._source is None:
+            return _setting(name, default)
+        return getattr(self._source, name, default)
 
     @property
     def HEARTBEAT_INTERVAL(self) -> float:
