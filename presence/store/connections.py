@@ -96,19 +96,18 @@ def _plan_connect(
     now: int,
     gate: ConnectGate,
     mode: str,
-    token_id: str,
 ) -> tuple[list[str], list[Any]]:
     k = keys(user_home(uid))
     ks = [
         *(k.conns, k.users, k.stats, k.conn(cid), k.conn_rooms(cid)),
         *(k.user(uid), k.user_conns(uid), k.events),
         *(k.user_block(uid), k.user_revoked(uid)),
-        *(k.login_revoked(gate.login), k.token_used(token_id), k.active),
+        *(k.login_revoked(gate.login), k.token_used(gate.token_id), k.active),
         *(k.held, k.held_why),
     ]
     args = [now, ttl_ms(), grace_ms(), cid, uid, username, channel]
     args += [log_maxlen(), ip, user_agent[:512], gate.max_per_user]
-    args += [gate.issued_ms, token_id, gate.token_ttl_ms, gate.login, mode]
+    args += [gate.issued_ms, gate.token_id, gate.token_ttl_ms, gate.login, mode]
     return ks, args
 
 
@@ -137,17 +136,33 @@ async def _gone_members(members: Sequence[str]) -> list[str]:
     return gone
 
 
-async def _pass_address_gate(uid: int, cid: str, ip: str, now: int, g: ConnectGate) -> Any:
-    """connect_gate.lua on the address's shard: ['ok'] or ['refused', why, retry_ms]."""
+def _address_gate_call(
+    uid: int, cid: str, ip: str, now: int, g: ConnectGate
+) -> tuple[Any, list[str], list[Any]]:
     k = keys(ip_home(ip))
-    client, ks = aclient_for(k.shard), [k.addr_conns(ip), k.addr_rate(ip)]
     args: list[Any] = [now, address_member(uid, cid), g.max_per_address]
     args += [g.address_rate, g.address_burst]
+    return aclient_for(k.shard), [k.addr_conns(ip), k.addr_rate(ip)], args
+
+
+async def _pass_address_gate(uid: int, cid: str, ip: str, now: int, g: ConnectGate) -> Any:
+    """connect_gate.lua on the address's shard: ['ok'] or ['refused', why, retry_ms]."""
+    client, ks, args = _address_gate_call(uid, cid, ip, now, g)
     answer = await script("connect_gate").arun(client, ks, [*args, "0"])
     if answer[0] == "full":
         gone = await _gone_members([str(m) for m in answer[1:]])
         answer = await script("connect_gate").arun(client, ks, [*args, "1", *gone])
     return answer
+
+
+async def _release_address_gate(uid: int, cid: str, ip: str, now: int, g: ConnectGate) -> None:
+    """Give back what a passed address gate took (the place and the rate token)."""
+    client, ks, args = _address_gate_call(uid, cid, ip, now, g)
+    await script("connect_gate").arun(client, ks, [*args, "release"])
+
+
+def _refused(answer: Sequence[Any]) -> ConnectResult:
+    return ConnectResult(False, "", refused=str(answer[1]), retry_after_ms=int(answer[2]))
 
 
 async def connect(
@@ -165,10 +180,12 @@ async def connect(
 
     WARNING: the connect path in Redis. Without an address gate (no address, or no
     per-address limits): one EVALSHA on the user's shard, the gate's user side included.
-    With one: connect.lua checks the user side ('check': a refusal there spends no rate
-    token), connect_gate.lua counts the connection on the address's shard, then connect.lua
-    registers it -- three round trips, each on one shard (the address and the user are on
-    different shards: no script may touch both).
+    With one: connect_gate.lua counts the connection on the address's shard, then connect.lua
+    checks the user side and registers it -- two round trips, each on one shard (the address
+    and the user are on different shards: no script may touch both). Only a refusal costs
+    more: a user-side refusal gives the address's place and rate token back (a refused
+    attempt spends neither), and an address refusal asks connect.lua's 'check' whether the
+    user side refuses too, whose reason then comes first (and which spends a presented token).
     ``ip`` and ``user_agent`` ride in the log entry the connection-session row is written from
     (presence/jobs/sessionlog.py). A refusal registers and logs nothing (``result.refused``).
     """
@@ -186,19 +203,17 @@ async def connect(
         now=now,
         gate=g,
     )
-    token_id = g.token_id
-    if _address_gated(ip, g):
-        checked = await lua.arun(client, *plan(mode="check", token_id=token_id))
-        if checked[0] == "refused":
-            return ConnectResult(False, "", refused=str(checked[1]), retry_after_ms=int(checked[2]))
-        gated = await _pass_address_gate(uid, cid, ip, now, g)
-        if gated[0] == "refused":
-            return ConnectResult(False, "", refused=str(gated[1]), retry_after_ms=int(gated[2]))
-        token_id = ""  # marked used by the check
-    ks, args = plan(mode="register", token_id=token_id)
-    first, second, third = await lua.arun(client, ks, args)
+    gated = _address_gated(ip, g)
+    if gated:
+        passed = await _pass_address_gate(uid, cid, ip, now, g)
+        if passed[0] == "refused":
+            checked = await lua.arun(client, *plan(mode="check"))
+            return _refused(checked if checked[0] == "refused" else passed)
+    first, second, third = await lua.arun(client, *plan(mode="register"))
     if first == "refused":
-        return ConnectResult(False, "", refused=str(second), retry_after_ms=int(third))
+        if gated:
+            await _release_address_gate(uid, cid, ip, now, g)
+        return _refused((first, second, third))
     return ConnectResult(joined=int(first) == 1, status=str(second), open_id=str(third))
 
 

@@ -10,8 +10,8 @@ KEYS[6]  {P}:user:<uid>       HASH  username, status
 KEYS[7]  {P}:user:<uid>:conns ZSET  cid -> expiry ms
 KEYS[8]  {P}:events           STREAM the event log (lib/eventlog.lua)
 The gate's user side (checked before anything is registered; the address side, rate and
-connections per address, is connect_gate.lua's, on the address's shard, run between a
-'check' call of this script and its 'register' call: presence/store/connections.py):
+connections per address, is connect_gate.lua's, on the address's shard, run before the
+'register' call of this script and given back when that refuses: presence/store/connections.py):
 KEYS[9]  {P}:user:<uid>:block STR   reason; set with an expiry by an operator's block
 KEYS[10] {P}:user:<uid>:revoked STR ms: credentials issued before it are refused (a kick)
 KEYS[11] {P}:login:<hash>:revoked STR set while a login session is revoked (logout, kick)
@@ -27,9 +27,9 @@ ARGV[11] max live connections per user (0 = no limit)
 ARGV[12] when the credentials were issued (ms; 0 = not known, e.g. a session cookie)
 ARGV[13] token id ('' = not a token)   ARGV[14] token mark lifetime (ms)
 ARGV[15] login session hash ('' = none)
-ARGV[16] mode: 'register' (check, then register) or 'check' (the checks only: returns
-         {'ok'} when none refuses; a presented token is marked used all the same, and the
-         'register' call that follows passes no token)
+ARGV[16] mode: 'register' (check, then register) or 'check' (the checks only, after the
+         address gate refused, to tell which reason comes first: returns {'ok'} when none
+         refuses; a presented token is marked used all the same)
 
 Logs `open` (c, u, n, ch, ip, ua: what the connection-session row is written from) and, for
 the user's first live connection, a global `join` (r '', u, n, s). That join carries x = '1'

@@ -2,10 +2,12 @@
 connect_gate.lua -- the address side of the connect gate (the address's shard): the
 connect-rate token bucket and the connections per address, then the connection is counted.
 
-presence/store/connections.py runs it between connect.lua's 'check' call (the user side:
-blocks, revocations, tokens, per-user limit; a refusal there spends no rate token) and its
-'register' call. A connection the register call then refuses stays in the address's set
-until a prune finds its hash gone.
+presence/store/connections.py runs it before connect.lua's 'register' call (the user side:
+blocks, revocations, tokens, per-user limit, then the registration): two round trips. When
+that call refuses, it runs this script again with ARGV[6] = 'release', which gives the
+connection's place and rate token back, so a refusal on the user side spends neither. When
+this script refuses, connect.lua's 'check' says whether the user side refuses too (its reason
+comes first, e.g. 'blocked'; a presented token is spent either way).
 
 KEYS[1]  {S}:addr:<ip>:conns  ZSET  `<uid>|<cid>` -> connect ms, the address's connections
 KEYS[2]  {S}:addr:<ip>:rate   HASH  tokens, ts: the address's connect-rate token bucket
@@ -14,8 +16,9 @@ ARGV[1] now (ms)   ARGV[2] this connection's member (`<uid>|<cid>`)
 ARGV[3] max connections per address (0 = no limit)
 ARGV[4] connects per second per address (token refill; 0 = no limit)
 ARGV[5] connect burst per address (bucket size)
-ARGV[6] prune: '1' when the caller passes the members it found gone (their connection hash
-        absent on their user's shard), then those members
+ARGV[6] '0'; or '1' (prune) when the caller passes the members it found gone (their
+        connection hash absent on their user's shard), then those members; or 'release':
+        take back what an 'ok' of this connection (ARGV[2]) wrote
 
 An address's set is not cleaned up when a connection ends (the end paths do not know the
 address); when it looks full, this script answers {'full', member, ...} with nothing
@@ -24,7 +27,9 @@ pipeline per node) and calls again with the gone ones (ARGV[6] = '1'): they are 
 the count decides. So the count is exact whenever it matters, at O(limit) then.
 
 Returns {'ok'} (counted, a rate token spent), {'refused', why, retry_after_ms} (why is
-connect_rate or too_many_from_address; nothing written), or {'full', members...}.
+connect_rate or too_many_from_address; nothing written), or {'full', members...}; 'release'
+returns {'released'} (the member removed; the token back in the bucket, which is deleted when
+that fills it: a full bucket and none are the same).
 ]]
 --!include eventlog
 local now = tonumber(ARGV[1])
@@ -38,9 +43,22 @@ if rate > 0 then
   tokens = tonumber(bucket[1] or burst)
   local ts = tonumber(bucket[2] or now)
   tokens = math.min(burst, tokens + math.max(0, now - ts) * rate / 1000)
-  if tokens < 1 then
-    return {'refused', 'connect_rate', math.max(0, math.floor((1 - tokens) * 1000 / rate))}
+end
+if ARGV[6] == 'release' then
+  redis.call('ZREM', KEYS[1], ARGV[2])
+  if rate > 0 then
+    tokens = math.min(burst, tokens + 1)
+    if tokens >= burst then
+      redis.call('DEL', KEYS[2])
+    else
+      redis.call('HSET', KEYS[2], 'tokens', tokens, 'ts', now)
+      redis.call('PEXPIRE', KEYS[2], math.ceil(burst * 1000 / rate) + 1000)
+    end
   end
+  return {'released'}
+end
+if rate > 0 and tokens < 1 then
+  return {'refused', 'connect_rate', math.max(0, math.floor((1 - tokens) * 1000 / rate))}
 end
 local max_addr = tonumber(ARGV[3])
 if max_addr > 0 and redis.call('ZCARD', KEYS[1]) >= max_addr then

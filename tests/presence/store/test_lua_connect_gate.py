@@ -1,6 +1,7 @@
-"""connect.lua's gate against real Redis: limits, rate, blocks, revocations, single-use tokens.
+"""The connect gate against real Redis: limits, rate, blocks, revocations, single-use tokens.
 
-A refusal registers nothing and logs nothing; everything is decided in the one EVALSHA.
+connect.lua decides the user side in one EVALSHA; with an address gate, connect_gate.lua
+runs first on the address's shard. A refusal registers nothing and logs nothing.
 """
 
 from __future__ import annotations
@@ -154,6 +155,51 @@ class TestCredentials:
 
         assert not r.exists(user_keys(1).token_used("sig2"))
         assert not r.exists(addr_keys(IP).addr_rate(IP))
+
+
+class TestTwoShards:
+    """The address's shard is passed first; the user's shard may still refuse."""
+
+    async def test_a_refusal_on_the_user_side_gives_the_place_back(self, r: redis.Redis) -> None:
+        assert not (await connect("c1", max_per_user=1, max_per_address=5)).refused
+
+        refused = await connect("c2", max_per_user=1, max_per_address=5)
+
+        assert refused.refused == "too_many_connections"
+        assert r.zrange(addr_keys(IP).addr_conns(IP), 0, -1) == ["1|c1"]
+
+    async def test_a_refusal_on_the_user_side_gives_the_rate_token_back(
+        self, r: redis.Redis
+    ) -> None:
+        now = store.now_ms()
+        rate = {"now": now, "address_rate": 0.001, "address_burst": 2}  # no refill to speak of
+        store.set_user_block(2, until_ms=now + 5_000, reason="spam")
+        assert not (await connect("c1", uid=1, **rate)).refused
+
+        assert (await connect("c2", uid=2, **rate)).refused == "blocked"
+
+        assert not (await connect("c3", uid=3, **rate)).refused  # the second token
+        assert (await connect("c4", uid=4, **rate)).refused == "connect_rate"
+
+    async def test_when_both_sides_refuse_the_user_side_says_why(self, r: redis.Redis) -> None:
+        now = store.now_ms()
+        rate = {"now": now, "address_rate": 0.001, "address_burst": 1}
+        assert not (await connect("c1", uid=1, **rate)).refused
+        store.set_user_block(2, until_ms=now + 5_000, reason="spam")
+
+        assert (await connect("c2", uid=2, **rate)).refused == "blocked"
+        assert (await connect("c3", uid=3, **rate)).refused == "connect_rate"
+
+    async def test_a_token_refused_by_the_address_is_spent(self, r: redis.Redis) -> None:
+        now = store.now_ms()
+        rate = {"address_rate": 1, "address_burst": 1}
+        token = {"token_id": "sig3", "token_ttl_ms": 60_000}
+        assert not (await connect("c1", uid=1, now=now, **rate)).refused
+        assert (await connect("c2", uid=2, now=now, **rate, **token)).refused == "connect_rate"
+
+        again = await connect("c3", uid=2, now=now + 5_000, **rate, **token)
+
+        assert again.refused == "token_used"  # a token opens at most one attempt
 
 
 class TestAtomicity:
