@@ -23,8 +23,9 @@ from typing import Any, Literal, cast
 
 import redis
 import redis.asyncio as aredis
+from redis.asyncio.cluster import ClusterNode as AsyncClusterNode
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
-from redis.cluster import RedisCluster
+from redis.cluster import ClusterNode, RedisCluster
 
 from presence.conf import app_settings
 from presence.loops import LoopLocal
@@ -76,12 +77,70 @@ def _cluster_options(*, for_asyncio: bool) -> dict[str, Any]:
     return options
 
 
+# WARNING: redis-py drops a node from the client's startup nodes at every connection error
+# or timeout on it (redis/redis-py#3693), and then closes every node's connections, which
+# fails the commands in flight on the other nodes, which drop theirs: one closed connection
+# under load can leave the client with no node to ask, and every command then fails ("Please
+# provide at least one reachable node: None") until the process restarts. Seen in
+# tests/e2e/test_shard_reshard.py under a busy machine: 2,000 handler errors in a row. The two
+# classes below put the nodes they know back before the client looks for the cluster again.
+
+
+def _known_nodes(
+    seeds: list[tuple[str, int]], nodes_cache: dict[str, Any]
+) -> list[tuple[str, int]]:
+    """The configured node(s), then every node the client has seen, each once."""
+    known = dict.fromkeys([*seeds, *((node.host, node.port) for node in nodes_cache.values())])
+    return list(known)
+
+
+class _Cluster(RedisCluster):
+    """redis-py's cluster client that cannot run out of startup nodes (see above)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        nodes = self.nodes_manager.startup_nodes.values()
+        self._seeds: list[tuple[str, Any]] = [(n.host, n.port) for n in nodes]
+
+    def _reseed(self) -> None:
+        manager = self.nodes_manager
+        if not manager.startup_nodes:
+            for host, port in _known_nodes(self._seeds, manager.nodes_cache):
+                node = ClusterNode(host, port)
+                manager.startup_nodes[node.name] = node
+
+    def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        self._reseed()
+        return super().execute_command(*args, **kwargs)
+
+    def pipeline(self, *args: Any, **kwargs: Any) -> Any:
+        self._reseed()
+        return super().pipeline(*args, **kwargs)
+
+
+class _AsyncCluster(AsyncRedisCluster):
+    """redis-py's asyncio cluster client that cannot run out of startup nodes (see above).
+    Commands and pipelines both pass through :meth:`initialize` once the client was closed
+    by an error, which is where it looks for the cluster again."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        nodes = self.nodes_manager.startup_nodes.values()
+        self._seeds: list[tuple[str, Any]] = [(n.host, n.port) for n in nodes]
+
+    async def initialize(self) -> AsyncRedisCluster:
+        manager = self.nodes_manager
+        if self._initialize and not manager.startup_nodes:
+            for host, port in _known_nodes(self._seeds, manager.nodes_cache):
+                node = AsyncClusterNode(host, port, **manager.connection_kwargs)
+                manager.startup_nodes[node.name] = node
+        return await super().initialize()
+
+
 def _sync_cluster_client(url: str) -> RedisCluster:
     client = _sync_cluster.get(url)
     if client is None:
-        client = _sync_cluster[url] = RedisCluster.from_url(
-            url, **_cluster_options(for_asyncio=False)
-        )
+        client = _sync_cluster[url] = _Cluster.from_url(url, **_cluster_options(for_asyncio=False))
     return client
 
 
@@ -90,9 +149,7 @@ def _async_cluster_client(url: str, *, blocking: bool) -> AsyncRedisCluster:
     key = url + "#blocking" if blocking else url
     client = per_loop.get(key)
     if client is None:
-        client = per_loop[key] = AsyncRedisCluster.from_url(
-            url, **_cluster_options(for_asyncio=True)
-        )
+        client = per_loop[key] = _AsyncCluster.from_url(url, **_cluster_options(for_asyncio=True))
     return client
 
 
