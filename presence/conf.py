@@ -1,4 +1,5 @@
-"""Every presence setting with its default, read live so ``override_settings`` works.
+"""Every presence setting with its default, read again whenever the settings change (so
+``override_settings`` works).
 
 This is the one place that holds the defaults: config/settings.py defines a presence setting
 only when its environment variable is set, and everything else falls back to the value here.
