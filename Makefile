@@ -25,9 +25,11 @@ run: $(RUNTIME)
 # Two passes (tests/README.md): TEST_WORKERS pytest-xdist workers for everything but the tests
 # marked serial, then those alone in one process. Either pass may select nothing for a
 # PYTEST_ARGS of one file (pytest's exit code 5); TEST_WORKERS=0 runs the first pass in-process.
+# worksteal: an idle worker takes tests queued on a busy one (with `load`, one worker ran the
+# last 3.6 minutes of a pass alone: 504 s against 362 s, tests/README.md).
 TEST_WORKERS ?= 4
 test: $(DEV) test-js
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist load $(PYTEST_ARGS) || [ $$? -eq 5 ]
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist worksteal $(PYTEST_ARGS) || [ $$? -eq 5 ]
 	$(BIN)/python -m pytest --serial-pass -p no:xdist $(PYTEST_ARGS) || [ $$? -eq 5 ]
 
 # The suites of tests/support/shapes.py (marker shapes) again on the two other presence store
@@ -37,8 +39,8 @@ test: $(DEV) test-js
 SHAPE_WORKERS ?= 4
 SHAPE_SUITES = $(shell $(BIN)/python -c "from tests.support.shapes import SHAPE_SUITES; print(*SHAPE_SUITES)")
 test-shapes: $(DEV)
-	$(BIN)/python -m pytest -n $(SHAPE_WORKERS) -m shapes --presence-store=cluster $(SHAPE_SUITES) $(PYTEST_ARGS)
-	$(BIN)/python -m pytest -n $(SHAPE_WORKERS) -m shapes --presence-store=shards $(SHAPE_SUITES) $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(SHAPE_WORKERS) --dist worksteal -m shapes --presence-store=cluster $(SHAPE_SUITES) $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(SHAPE_WORKERS) --dist worksteal -m shapes --presence-store=shards $(SHAPE_SUITES) $(PYTEST_ARGS)
 
 # The browser client's unit tests (node's own runner, no packages). Node.js is needed only here.
 test-js:

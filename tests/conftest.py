@@ -91,7 +91,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         keep = [item for item in items if item.get_closest_marker("serial")]
     elif parallel(config):
         keep = [item for item in items if not item.get_closest_marker("serial")]
-        # The tests that start processes first: xdist's load scheduler hands the first items
+        # The tests that start processes first: xdist's scheduler hands the first items
         # out round-robin, so the long ones spread over the workers instead of ending the run
         # on one of them (a stable sort: the order within each kind stays the collection's).
         keep.sort(key=starts_no_process)
