@@ -23,7 +23,7 @@ from tests.support.servers import ASGIServer
 
 pytestmark = [
     pytest.mark.django_db(transaction=True),
-    pytest.mark.slow,
+    pytest.mark.slow(seconds=36),
     pytest.mark.timeout(90),
 ]
 

@@ -21,7 +21,7 @@ import pytest
 from config.embedded_redis import free_port
 from tests.support.paths import ROOT
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.slow(seconds=100), pytest.mark.timeout(300)]
 
 SETTLE = 30.0
 WINDOW = 60.0

@@ -34,7 +34,15 @@ from tests.support.shard_swarm import (
     store_rooms,
 )
 
-pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True), pytest.mark.timeout(400)]
+# serial: the test allows no error frame while slots move, and a room join answers
+# handler_timeout after 5 s. Beside the suite's other servers and browsers on CI's 2 cores,
+# the reshard took 23.5 s instead of 4.6 and 25-38 joins timed out (two runs); alone it passes.
+pytestmark = [
+    pytest.mark.slow(seconds=20),
+    pytest.mark.serial,
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.timeout(400),
+]
 
 CLIENTS = int(os.environ.get("SHARD_E2E_CLIENTS", "200"))
 ROOMS = [f"reshard-{i}" for i in range(24)]

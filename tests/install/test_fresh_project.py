@@ -35,7 +35,7 @@ from config.embedded_redis import RedisServer, free_port
 from tests.support import install_guide
 
 # The first run downloads the dependencies (later ones use pip's cache).
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.slow(seconds=60), pytest.mark.timeout(900)]
 
 # Short enough for a test: the test project adds these after the guide's steps.
 HEARTBEAT_INTERVAL = 1.0
