@@ -107,17 +107,23 @@ def test_young_collections_walk_a_bounded_number_of_objects() -> None:
     assert gctune.GEN0_THRESHOLD * (1 + gctune.GEN1_THRESHOLD) <= 40_000
 
 
-async def test_the_reclaim_after_the_drop_waits_until_the_process_is_idle(
-    restore_gc: None,
-) -> None:
-    """The last socket gone while its ends are still queued: the full collection (up to a
-    second and more) comes after them, not in their way."""
+def busy_freezer() -> tuple[list[int], gctune.ConnectionGrowthFreezer, int]:
+    """A freezer past a connect burst whose end queue is busy while ``pending`` holds
+    anything, and the count of full collections so far."""
     gctune.configure()
     pending = [1]
     freezer = gctune.ConnectionGrowthFreezer(busy=lambda: bool(pending))
     freezer.observe(gctune.FREEZE_STEP, grew=True)
     freezer.baseline = 0  # what is frozen has grown past any share of the baseline
-    full = gctune.pause_stats()["2"].get("count", 0)
+    return pending, freezer, gctune.pause_stats()["2"].get("count", 0)
+
+
+async def test_the_reclaim_after_the_drop_waits_until_the_process_is_idle(
+    restore_gc: None,
+) -> None:
+    """The last socket gone while its ends are still queued: the full collection (up to a
+    second and more) comes after them, not in their way."""
+    pending, freezer, full = busy_freezer()
 
     freezer.observe(0, grew=False)
     await asyncio.sleep(gctune.RECLAIM_RETRY * 2.5)
@@ -131,12 +137,7 @@ async def test_the_reclaim_after_the_drop_waits_until_the_process_is_idle(
 async def test_a_socket_back_before_the_process_is_idle_cancels_the_reclaim(
     restore_gc: None,
 ) -> None:
-    gctune.configure()
-    pending = [1]
-    freezer = gctune.ConnectionGrowthFreezer(busy=lambda: bool(pending))
-    freezer.observe(gctune.FREEZE_STEP, grew=True)
-    freezer.baseline = 0
-    full = gctune.pause_stats()["2"].get("count", 0)
+    pending, freezer, full = busy_freezer()
 
     freezer.observe(0, grew=False)
     freezer.observe(1, grew=True)  # a reconnect: the collection would stall it
@@ -148,12 +149,7 @@ async def test_a_socket_back_before_the_process_is_idle_cancels_the_reclaim(
 async def test_a_second_drop_while_the_reclaim_waits_does_not_reclaim_twice(
     restore_gc: None,
 ) -> None:
-    gctune.configure()
-    pending = [1]
-    freezer = gctune.ConnectionGrowthFreezer(busy=lambda: bool(pending))
-    freezer.observe(gctune.FREEZE_STEP, grew=True)
-    freezer.baseline = 0
-    full = gctune.pause_stats()["2"].get("count", 0)
+    pending, freezer, full = busy_freezer()
 
     freezer.observe(0, grew=False)
     freezer.observe(gctune.FREEZE_STEP, grew=True)  # another burst, gone again at once
