@@ -12,10 +12,6 @@ import datetime as dt
 import json
 import math
 import os
-import signal
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
@@ -30,15 +26,14 @@ from selenium.webdriver.support.ui import WebDriverWait
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
-from config.embedded_redis import free_port
 from presence.access.auth import mint_token
 from presence.jobs import catalog, flush, reap, sweep
 from presence.models import StatsBucket
 from sessions_app.models import ConnectionSession
+from tests.support import make_run
 from tests.support.browser import assert_styled, screenshot, wait_for_text
 from tests.support.consume import ConsumeProcess
 from tests.support.db import database_url
-from tests.support.paths import ROOT
 from tests.support.servers import ASGIServer
 
 pytestmark = [
@@ -295,70 +290,20 @@ def test_make_run_serves_a_styled_admin(
     chromium: Callable[..., WebDriver], tmp_path: Path, redis_server: Any
 ) -> None:
     """`make run` (bin/run.py after installing requirements) on a fresh var/ directory."""
-    log = tmp_path / "run.log"
-    # The port is free when chosen, but the web process binds it only after migrations and
-    # the other processes' start (~10 s): another test's server may take it meanwhile. Such a
-    # start is retried on a new port (twice at most); any other early exit fails the test.
-    for attempt in range(3):
-        port = free_port()
-        proc = _start_make_run(port, tmp_path, redis_server.url, log)
-        if _wait_for_port(proc, port, log):
-            break
-        _stop(proc)
-        assert "address already in use" in log.read_text() and attempt < 2, log.read_text()
+    env = {
+        **os.environ,
+        "VAR_DIR": str(tmp_path / "var"),
+        "REDIS_URL": redis_server.url,
+        "DATABASE_URL": database_url(),
+        "DJANGO_SETTINGS_MODULE": "config.settings",
+        "PYTHONUNBUFFERED": "1",
+    }
+    env.pop("DJANGO_STATIC_ROOT", None)
+    proc, port = make_run.start(env, tmp_path / "run.log")
     try:
         driver = chromium()
         driver.get(f"http://127.0.0.1:{port}/admin/login/")
         assert_styled(driver)
         assert (tmp_path / "var" / "static" / "admin" / "css" / "base.css").exists()
     finally:
-        _stop(proc)
-
-
-def _start_make_run(
-    port: int, tmp_path: Path, redis_url: str, log: Path
-) -> subprocess.Popen[bytes]:
-    env = {
-        **os.environ,
-        "PORT": str(port),
-        "VAR_DIR": str(tmp_path / "var"),
-        "REDIS_URL": redis_url,
-        "DATABASE_URL": database_url(),
-        "DJANGO_SETTINGS_MODULE": "config.settings",
-        "PYTHONUNBUFFERED": "1",
-    }
-    env.pop("DJANGO_STATIC_ROOT", None)
-    with log.open("wb") as out:
-        return subprocess.Popen(
-            [sys.executable, "bin/run.py"],
-            cwd=ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-
-def _wait_for_port(proc: subprocess.Popen[bytes], port: int, log: Path) -> bool:
-    """True once ``port`` accepts connections; False if ``proc`` exited first."""
-    deadline = time.monotonic() + 90
-    while proc.poll() is None:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return True
-        except OSError:
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.2)
-    return False
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+        make_run.stop(proc, timeout=20)

@@ -1,25 +1,20 @@
 """An idle ``make run`` keeps its terminal quiet (docs/operations.md, "Logs").
 
 ``bin/run.py`` (what ``make run`` starts: web, consume, worker and beat under honcho, an
-embedded redis-server) runs on free ports with its own VAR_DIR and SQLite database, nobody
-connected. From 30 s after it serves, a minute of its output is at most 10 lines: the
-per-tick chatter of Celery and of the periodic jobs is below INFO.
+embedded redis-server) runs on free ports (tests/support/make_run.py) with its own VAR_DIR and
+SQLite database, nobody connected. From 30 s after it serves, a minute of its output is at
+most 10 lines: the per-tick chatter of Celery and of the periodic jobs is below INFO.
 """
 
 from __future__ import annotations
 
 import os
-import signal
-import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from config.embedded_redis import free_port
-from tests.support.paths import ROOT
+from tests.support import make_run
 
 pytestmark = [pytest.mark.slow(seconds=100), pytest.mark.timeout(300)]
 
@@ -33,7 +28,6 @@ def lines(path: Path) -> list[str]:
 
 
 def test_an_idle_make_run_prints_at_most_10_lines_a_minute(tmp_path: Path) -> None:
-    port = free_port()
     var = tmp_path / "var"
     env = {
         k: v
@@ -49,34 +43,15 @@ def test_an_idle_make_run_prints_at_most_10_lines_a_minute(tmp_path: Path) -> No
         )
     }
     env.update(
-        PORT=str(port),
         VAR_DIR=str(var),
-        EMBEDDED_REDIS_PORT=str(free_port()),
         DATABASE_URL=f"sqlite:///{tmp_path / 'db.sqlite3'}",
         DJANGO_SETTINGS_MODULE="config.settings",
         PYTHONUNBUFFERED="1",
     )
     env.pop("DJANGO_STATIC_ROOT", None)
     log = tmp_path / "run.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "bin/run.py"],
-            cwd=ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    proc, _port = make_run.start(env, log)
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None, log.read_text()
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                    break
-            except OSError:
-                assert time.monotonic() < deadline, log.read_text()
-                time.sleep(0.2)
         time.sleep(SETTLE)
         before = len(lines(log))
         time.sleep(WINDOW)
@@ -86,9 +61,4 @@ def test_an_idle_make_run_prints_at_most_10_lines_a_minute(tmp_path: Path) -> No
         # It is running, not silent because something died: the consumers read all along.
         assert "consume: reading" in log.read_text()
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        make_run.stop(proc)

@@ -18,6 +18,7 @@ import http.cookiejar
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -31,7 +32,7 @@ from typing import Any
 import pytest
 from websockets.sync.client import ClientConnection, connect
 
-from config.embedded_redis import RedisServer, free_port
+from config.embedded_redis import RedisServer
 from tests.support import install_guide
 
 # The first run downloads the dependencies (later ones use pip's cache).
@@ -98,7 +99,11 @@ class Project:
             PYTHONUNBUFFERED="1",
         )
         self.env = env
-        self.port = free_port()
+        # uvicorn is handed this socket (``--fd``), bound and listening before it starts: a
+        # port picked free and bound later by uvicorn can be taken in between by another
+        # test's server (CI saw "address already in use").
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self.listener.getsockname()[1])
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
         self.logs = root / "logs"
         self.logs.mkdir(exist_ok=True)
@@ -123,6 +128,7 @@ class Project:
         with (self.logs / f"{name}.log").open("wb") as log:
             self.processes[name] = subprocess.Popen(
                 argv,
+                pass_fds=(self.listener.fileno(),) if name == "uvicorn" else (),
                 cwd=self.dir,
                 env=self.env,
                 stdout=log,
@@ -148,6 +154,7 @@ class Project:
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
+        self.listener.close()
 
 
 @pytest.fixture(scope="module")
@@ -215,7 +222,7 @@ def project(tmp_path_factory: pytest.TempPathFactory, venv: Path) -> Iterator[Pr
 
         # The guide's processes, with what a test adds: a port, a solo pool, a schedule file.
         extra = {
-            "uvicorn": ["--host", "127.0.0.1", "--port", str(project.port), "--lifespan", "on"],
+            "uvicorn": ["--fd", str(project.listener.fileno()), "--lifespan", "on"],
             "worker": ["--pool", "solo", "--loglevel", "INFO", "--without-gossip"],
             "beat": ["--loglevel", "INFO", "--schedule", str(root / "beat-schedule")],
         }
