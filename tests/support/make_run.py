@@ -17,6 +17,7 @@ from pathlib import Path
 
 from config.embedded_redis import free_port
 from tests.support.paths import ROOT
+from tests.support.ports import listens
 
 #: Seconds bin/run.py has to serve (it migrates and collects static files first).
 SERVE_WITHIN = 120.0
@@ -63,15 +64,10 @@ def _spawn(env: Mapping[str, str], log: Path) -> subprocess.Popen[bytes]:
 
 
 def _serves(proc: subprocess.Popen[bytes], port: int, log: Path) -> bool:
-    """True once *its* web process listens on ``port``; False if ``proc`` exited first.
-
-    Not a connect to the port: that also succeeds when another process took the port (and
-    ours is failing its bind). uvicorn logs the address once it listens there.
-    """
-    listening = f"Uvicorn running on http://127.0.0.1:{port} "
+    """True once *its* web process listens on ``port``; False if ``proc`` exited first."""
     deadline = time.monotonic() + SERVE_WITHIN
     while proc.poll() is None:
-        if listening in log.read_text(errors="replace"):
+        if listens(proc.pid, port):
             return True
         assert time.monotonic() < deadline, log.read_text()
         time.sleep(0.2)

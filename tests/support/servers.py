@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ from pathlib import Path
 from config.embedded_redis import free_port
 from tests.support.db import database_url
 from tests.support.paths import ROOT
+from tests.support.ports import listens
 
 START_TIMEOUT = 30.0
 
@@ -176,11 +176,11 @@ class ASGIServerFactory:
             if not server.alive():
                 error = PortTakenError if "address already in use" in server.log() else RuntimeError
                 raise error(f"uvicorn exited ({server.process.returncode}):\n{server.log()}")
-            try:
-                with socket.create_connection(("127.0.0.1", server.port), timeout=0.5):
-                    return
-            except OSError:
-                time.sleep(0.05)
+            # Its own listening socket, not a connect: that would also reach a process that
+            # took the port while ours fails its bind (tests/support/ports.py).
+            if listens(server.process.pid, server.port):
+                return
+            time.sleep(0.05)
         server.kill()
         raise RuntimeError(f"uvicorn did not listen on {server.port}:\n{server.log()}")
 
