@@ -145,13 +145,30 @@ def _address_gate_call(
     return aclient_for(k.shard), [k.addr_conns(ip), k.addr_rate(ip)], args
 
 
+def address_pending_ms() -> int:
+    """How long after passing the address gate a member without a connection hash still
+    counts: it may be a connect between the gate and its registration (the next round trip),
+    which concurrent connects from one address would otherwise not count. The consumer gives
+    a connect ``PRESENCE_CONNECT_TIMEOUT`` (then closes it with 1013), plus a second's margin."""
+    return int(app_settings.CONNECT_TIMEOUT * 1000) + 1000
+
+
 async def _pass_address_gate(uid: int, cid: str, ip: str, now: int, g: ConnectGate) -> Any:
     """connect_gate.lua on the address's shard: ['ok'] or ['refused', why, retry_ms]."""
     client, ks, args = _address_gate_call(uid, cid, ip, now, g)
     answer = await script("connect_gate").arun(client, ks, [*args, "0"])
-    if answer[0] == "full":
-        gone = await _gone_members([str(m) for m in answer[1:]])
-        answer = await script("connect_gate").arun(client, ks, [*args, "1", *gone])
+    if answer[0] != "full":
+        return answer
+    gated_at = {str(m): int(float(ms)) for m, ms in zip(answer[1::2], answer[2::2], strict=True)}
+    gone = await _gone_members(list(gated_at))
+    pending_ms = address_pending_ms()
+    young = {m for m in gone if now - gated_at[m] < pending_ms}
+    prunable = [m for m in gone if m not in young]
+    answer = await script("connect_gate").arun(client, ks, [*args, "1", *prunable])
+    if answer[0] == "refused" and young:
+        # A place frees when the oldest of them ages out, if it never registers.
+        retry = min(gated_at[m] for m in young) + pending_ms - now
+        answer = [answer[0], answer[1], retry]
     return answer
 
 

@@ -21,10 +21,13 @@ ARGV[6] '0'; or '1' (prune) when the caller passes the members it found gone (th
         take back what an 'ok' of this connection (ARGV[2]) wrote
 
 An address's set is not cleaned up when a connection ends (the end paths do not know the
-address); when it looks full, this script answers {'full', member, ...} with nothing
-written, the caller checks those members' connection hashes on their users' shards (one
-pipeline per node) and calls again with the gone ones (ARGV[6] = '1'): they are dropped and
-the count decides. So the count is exact whenever it matters, at O(limit) then.
+address); when it looks full, this script answers {'full', member, ms, member, ms, ...}
+(each member with when it passed this gate) with nothing written, the caller checks those
+members' connection hashes on their users' shards (one pipeline per node) and calls again
+with the gone ones (ARGV[6] = '1'): they are dropped and the count decides. So the count is
+exact whenever it matters, at O(limit) then. A member whose hash is absent may also be a
+connection between this gate and its registration (the next round trip): the caller does
+not pass members that passed the gate less than a grace ago (connections.py).
 
 Returns {'ok'} (counted, a rate token spent), {'refused', why, retry_after_ms} (why is
 connect_rate or too_many_from_address; nothing written), or {'full', members...}; 'release'
@@ -64,8 +67,8 @@ local max_addr = tonumber(ARGV[3])
 if max_addr > 0 and redis.call('ZCARD', KEYS[1]) >= max_addr then
   if ARGV[6] ~= '1' then
     local out = {'full'}
-    for _, member in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
-      out[#out + 1] = member
+    for _, item in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')) do
+      out[#out + 1] = item
     end
     return out
   end

@@ -6,6 +6,7 @@ runs first on the address's shard. A refusal registers nothing and logs nothing.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -80,13 +81,44 @@ class TestPerAddress:
     async def test_ended_connections_are_pruned_when_the_set_looks_full(
         self, r: redis.Redis
     ) -> None:
+        now = store.now_ms()
         for i in range(3):
-            await connect(f"c{i}", uid=i, max_per_address=3)
+            await connect(f"c{i}", uid=i, now=now, max_per_address=3)
         await end("c1", uid=1)  # end.lua does not know the address; the gate prunes
+        later = now + store.address_pending_ms()
 
-        assert not (await connect("c3", uid=3, max_per_address=3)).refused
+        assert not (await connect("c3", uid=3, now=later, max_per_address=3)).refused
         members = sorted(r.zrange(addr_keys(IP).addr_conns(IP), 0, -1))
         assert members == ["0|c0", "2|c2", "3|c3"]  # <uid>|<cid>: the prune finds the shard
+
+    async def test_concurrent_connects_from_one_address_keep_its_limit(
+        self, r: redis.Redis
+    ) -> None:
+        # All three pass the address's shard before any registers on its user's shard: the
+        # third finds two members without a connection hash, which are not gone but pending.
+        results = await asyncio.gather(
+            *(connect(f"c{i}", uid=i, max_per_address=2) for i in range(3))
+        )
+
+        assert sorted(result.refused for result in results) == ["", "", "too_many_from_address"]
+        assert r.zcard(addr_keys(IP).addr_conns(IP)) == 2
+
+    async def test_a_member_that_never_registers_frees_its_place_after_the_grace(
+        self, r: redis.Redis
+    ) -> None:
+        now = store.now_ms()
+        await connect("c0", uid=0, now=now, max_per_address=2)
+        # A connect that passed the gate and died before registering (its process was killed).
+        r.zadd(addr_keys(IP).addr_conns(IP), {"7|lost": now})
+        grace = store.address_pending_ms()
+
+        refused = await connect("c1", uid=1, now=now + 1000, max_per_address=2)
+
+        assert refused.refused == "too_many_from_address"
+        assert refused.retry_after_ms == grace - 1000
+        assert not (await connect("c2", uid=2, now=now + grace, max_per_address=2)).refused
+        members = sorted(r.zrange(addr_keys(IP).addr_conns(IP), 0, -1))
+        assert members == ["0|c0", "2|c2"]
 
     async def test_unknown_address_is_not_limited(self, r: redis.Redis) -> None:
         for i in range(3):

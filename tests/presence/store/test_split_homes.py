@@ -199,6 +199,7 @@ class TestCrossShardLifecycle:
         self, r: redis.Redis
     ) -> None:
         gate = store.ConnectGate(max_per_address=2)
+        now = store.now_ms()
         results = [
             await store.connect(
                 cid=f"a{uid}", uid=uid, username="u", channel="c", ip="192.0.2.7", gate=gate
@@ -206,10 +207,17 @@ class TestCrossShardLifecycle:
             for uid in UIDS[:3]
         ]
         assert [res.refused for res in results] == ["", "", "too_many_from_address"]
-        # An ended connection is pruned through its user's shard, when the set looks full.
+        # An ended connection is pruned through its user's shard, when the set looks full
+        # (and it passed the gate longer ago than a connect may take to register).
         await store.end_connections([store.ConnRef(f"a{UIDS[0]}", UIDS[0])])
         again = await store.connect(
-            cid="again", uid=UIDS[3], username="u", channel="c", ip="192.0.2.7", gate=gate
+            cid="again",
+            uid=UIDS[3],
+            username="u",
+            channel="c",
+            ip="192.0.2.7",
+            gate=gate,
+            now=now + store.address_pending_ms(),
         )
         assert again.refused == ""
 
