@@ -15,7 +15,6 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from channels.auth import AuthMiddleware
-from channels.db import database_sync_to_async
 from channels.sessions import CookieMiddleware, InstanceSessionWrapper
 from django.conf import settings
 from django.contrib.auth import get_user_model
@@ -23,8 +22,9 @@ from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.core import signing
 from django.utils.crypto import constant_time_compare, get_random_string, salted_hmac
 
-from presence.access.handshakes import get_batcher
+from presence.access.handshakes import Batcher, get_batcher
 from presence.conf import app_settings
+from presence.loops import LoopLocal
 
 TOKEN_SALT = "presence.ws-token"  # noqa: S105 - a signing salt, not a secret
 TOKEN_SUBPROTOCOL = "presence.token."  # noqa: S105 - a protocol name
@@ -66,8 +66,19 @@ class TokenAuth:
     login: str  # login_hash of the session that minted it
 
 
-def user_from_token(token: str) -> TokenAuth | None:
-    """What a valid, unexpired token proves, else None (inactive users are returned)."""
+@dataclass(frozen=True)
+class _Claim:
+    """What a token's signature vouches for, before the user is looked up."""
+
+    uid: int | str
+    auth_hash: str
+    issued_ms: int
+    token_id: str
+    login: str
+
+
+def _read_token(token: str) -> _Claim | None:
+    """The claim of a well-signed, unexpired token, else None (no database)."""
     signer = _signer()
     try:
         payload = signer.unsign_object(token, max_age=app_settings.TOKEN_MAX_AGE)
@@ -82,17 +93,66 @@ def user_from_token(token: str) -> TokenAuth | None:
     uid = payload.get("u")
     if not isinstance(uid, (int, str)):
         return None
-    user = get_user_model()._default_manager.filter(pk=uid).first()
-    if user is None or not constant_time_compare(
-        str(payload.get("h", "")), user.get_session_auth_hash()
-    ):
-        return None
-    return TokenAuth(
-        user=user,
+    return _Claim(
+        uid=uid,
+        auth_hash=str(payload.get("h", "")),
         issued_ms=issued * 1000,
         token_id=token.rsplit(TOKEN_SEP, 1)[1],
         login=str(payload.get("s", "")),
     )
+
+
+def users_from_tokens(tokens: list[str]) -> list[TokenAuth | None]:
+    """What each token proves (see :func:`user_from_token`), in order; sync (ORM).
+
+    WARNING: on the connect path of every token client: one user query for the whole batch
+    (presence/access/handshakes.py batches the handshakes of the moment).
+    """
+    claims = [_read_token(token) for token in tokens]
+    pks = [_user_pk(claim) for claim in claims]
+    wanted = {pk for pk in pks if pk is not None}
+    model = get_user_model()
+    users = {u.pk: u for u in model._default_manager.filter(pk__in=wanted)} if wanted else {}
+    out: list[TokenAuth | None] = []
+    for claim, pk in zip(claims, pks, strict=True):
+        user = users.get(pk) if claim is not None and pk is not None else None
+        # The token dies with a password change: it embeds the session auth hash. Inactive
+        # users are returned: the consumer refuses them with its own close code.
+        if (
+            claim is None
+            or user is None
+            or not constant_time_compare(claim.auth_hash, user.get_session_auth_hash())
+        ):
+            out.append(None)
+            continue
+        out.append(
+            TokenAuth(
+                user=user, issued_ms=claim.issued_ms, token_id=claim.token_id, login=claim.login
+            )
+        )
+    return out
+
+
+def _user_pk(claim: _Claim | None) -> Any:
+    """The user id a claim names, None when it names none (or a malformed one)."""
+    if claim is None:
+        return None
+    try:
+        return get_user_model()._meta.pk.to_python(claim.uid)
+    except Exception:  # ValidationError: no such user, as filter(pk=...) would find none
+        return None
+
+
+def user_from_token(token: str) -> TokenAuth | None:
+    """What a valid, unexpired token proves, else None (inactive users are returned)."""
+    return users_from_tokens([token])[0]
+
+
+# Each event loop's token handshakes, resolved a batch at a time.
+_token_batchers: LoopLocal[Batcher[str, TokenAuth | None]] = LoopLocal(
+    lambda loop: Batcher(users_from_tokens)
+)
+token_batcher = _token_batchers.get
 
 
 class TokenAuthMiddleware:
@@ -100,6 +160,7 @@ class TokenAuthMiddleware:
 
     The token comes from the ``presence.token.<token>`` subprotocol or ``?token=``; what it
     proves (:class:`TokenAuth`) goes to ``scope["presence_token"]`` for the connect gate.
+    Concurrent token handshakes share one user query (:func:`users_from_tokens`).
     """
 
     def __init__(self, inner: Any) -> None:
@@ -109,10 +170,10 @@ class TokenAuthMiddleware:
         # This frame lives as long as the socket: keep nothing in it but what is passed on.
         token = _subprotocol_token(scope) or _query_token(scope)
         if token and not scope["user"].is_authenticated:
-            # On the thread-sensitive thread like every ORM call here: Channels closes
-            # connections around calls there; on other executor threads (asgiref 3.13) the
-            # connection a call opens is not the one it closes, and they pile up.
-            found = await database_sync_to_async(user_from_token)(token)
+            # Batched on the thread-sensitive thread like every ORM call here: Channels
+            # closes connections around calls there; on other executor threads (asgiref
+            # 3.13) the connection a call opens is not the one it closes, and they pile up.
+            found = await token_batcher().one(token)
             scope = {
                 **scope,
                 "user": found.user if found else AnonymousUser(),

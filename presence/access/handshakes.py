@@ -22,8 +22,9 @@ take Channels' own per-handshake path.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from importlib import import_module
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from channels.auth import get_user
 from channels.db import database_sync_to_async
@@ -47,19 +48,27 @@ from presence.loops import LoopLocal
 BATCH_MAX = 500
 
 
-class HandshakeBatcher:
-    """Resolves the users of one event loop's cookie handshakes, a batch at a time."""
+T = TypeVar("T")
+R = TypeVar("R")
 
-    def __init__(self) -> None:
-        self._pending: list[tuple[Any, asyncio.Future[Any]]] = []
+
+class Batcher(Generic[T, R]):
+    """Resolves what one event loop's handshakes ask of the database, a batch at a time.
+
+    ``resolve`` (sync, ORM) takes the items of a batch and returns their results in order;
+    it runs in the thread-sensitive executor, one hop per batch.
+    """
+
+    def __init__(self, resolve: Callable[[list[T]], list[R]]) -> None:
+        self._resolve = resolve
+        self._pending: list[tuple[T, asyncio.Future[R]]] = []
         self._task: asyncio.Task[None] | None = None
         self.batches = 0  # batches resolved (tests and the bench read it)
 
-    async def user_for(self, session: Any) -> Any:
-        """The user ``session`` (the handshake's ``scope["session"]``) is logged in as, else
-        ``AnonymousUser``; the session is loaded too (the consumer reads its key)."""
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._pending.append((session, future))
+    async def one(self, item: T) -> R:
+        """``item``'s result, resolved with the other items of the moment."""
+        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        self._pending.append((item, future))
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._drain())
         return await future
@@ -70,16 +79,28 @@ class HandshakeBatcher:
         while self._pending:
             batch, self._pending = self._pending[:BATCH_MAX], self._pending[BATCH_MAX:]
             try:
-                users = await database_sync_to_async(resolve_users)([s for s, _ in batch])
+                results = await database_sync_to_async(self._resolve)([i for i, _ in batch])
             except Exception as exc:  # the database is down: these handshakes fail
                 for _, future in batch:
                     if not future.done():
                         future.set_exception(exc)
                 continue
             self.batches += 1
-            for (_, future), user in zip(batch, users, strict=True):
+            for (_, future), result in zip(batch, results, strict=True):
                 if not future.done():
-                    future.set_result(user)
+                    future.set_result(result)
+
+
+class HandshakeBatcher(Batcher[Any, Any]):
+    """The cookie handshakes' batcher: sessions in, users out (:func:`resolve_users`)."""
+
+    def __init__(self) -> None:
+        super().__init__(resolve_users)
+
+    async def user_for(self, session: Any) -> Any:
+        """The user ``session`` (the handshake's ``scope["session"]``) is logged in as, else
+        ``AnonymousUser``; the session is loaded too (the consumer reads its key)."""
+        return await self.one(session)
 
 
 def _batchable() -> bool:

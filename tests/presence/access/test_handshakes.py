@@ -1,10 +1,11 @@
-"""Cookie handshakes authenticated in batches (presence/access/handshakes.py).
+"""Cookie and token handshakes authenticated in batches (presence/access/handshakes.py).
 
 Concurrent handshakes share one session query and one user query, and get exactly what
 Django's rules give each alone: the logged-in user; anonymous (refused 4401) for a logged-out
 session, a stale password hash, a deactivated user or an unknown session key. The revocations
 still close cookie sockets and refuse their reconnects (logout, password change,
-deactivation, kick; the token path is tests/presence/actions/test_revocation.py's).
+deactivation, kick; the token path is tests/presence/actions/test_revocation.py's). Token
+handshakes are batched the same way: one user query for the tokens of the moment.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from django.db import connection
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
 
+from presence.access.auth import mint_token, token_batcher, users_from_tokens
 from presence.access.handshakes import get_batcher, resolve_users
 from sessions_app.actions import do_kick_session
 from tests.support.db import session_row
@@ -148,3 +150,59 @@ async def test_revocation_closes_cookie_sockets_and_refuses_their_reconnect(
     again = await by_cookie(ws_client, sid, expect_hello=False)
     got, _ = await again.recv_close(timeout=3)
     assert got == 4401
+
+
+async def test_concurrent_token_handshakes_share_one_user_query_and_keep_the_rules(
+    ws_client: WSFactory, auser_factory: UserFactory
+) -> None:
+    users = {name: await auser_factory(name) for name in ("alice", "bob", "dave", "erin")}
+    tokens = {name: await sync_to_async(mint_token)(user) for name, user in users.items()}
+
+    def change() -> None:
+        dave = get_user_model().objects.get(pk=users["dave"].pk)
+        dave.set_password("changed elsewhere")  # his tokens die with his old hash
+        dave.save()
+        erin = get_user_model().objects.get(pk=users["erin"].pk)
+        erin.is_active = False  # found, then refused by the consumer
+        erin.save()
+
+    await sync_to_async(change)()
+    tokens["forged"] = tokens["alice"][:-2] + ("AA" if not tokens["alice"].endswith("AA") else "BB")
+    tokens["unknown user"] = await sync_to_async(mint_token)(get_user_model()(pk=987654))
+    await ws_client(await auser_factory("warm"))  # this loop's readers run (their SQL too)
+
+    batches = token_batcher().batches
+    clients = await asyncio.gather(
+        *(ws_client(None, token=token, expect_hello=False) for token in tokens.values())
+    )
+
+    outcomes = {}
+    for name, client in zip(tokens, clients, strict=True):
+        frame = await client.recv()
+        outcomes[name] = (
+            frame.get("user", {}).get("id") if frame["type"] == "hello" else frame.get("code")
+        )
+    assert outcomes == {
+        "alice": users["alice"].pk,
+        "bob": users["bob"].pk,
+        "dave": "unauthorized",
+        "erin": "forbidden",  # the consumer refuses an inactive user (4403)
+        "forged": "unauthorized",
+        "unknown user": "unauthorized",
+    }
+    assert token_batcher().batches - batches == 1
+
+
+async def test_a_token_batch_costs_one_user_query(auser_factory: UserFactory) -> None:
+    users = [await auser_factory(f"u{i}") for i in range(20)]
+    tokens = [await sync_to_async(mint_token)(user) for user in users]
+    tokens.append("not a token")
+
+    def resolve() -> tuple[list[Any], list[str]]:
+        with CaptureQueriesContext(connection) as queries:
+            found = users_from_tokens(tokens)
+        return found, [query["sql"] for query in queries.captured_queries]
+
+    found, sql = await database_sync_to_async(resolve)()
+    assert [auth.user.pk if auth else None for auth in found] == [u.pk for u in users] + [None]
+    assert len(sql) == 1, sql
