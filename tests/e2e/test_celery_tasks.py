@@ -21,7 +21,7 @@ from presence.live.fanout import GLOBAL
 from presence.models import FlushRecord, StatsBucket
 from presence.tasks import flush_stats, sweep_expired
 from sessions_app.models import ConnectionSession, EndReason
-from tests.presence.jobs.test_flush_faults import bump, database_totals, expected
+from tests.presence.jobs.test_flush_faults import bump, database_totals, expected, state
 from tests.presence.jobs.test_sweep import drain, leaves, listen
 from tests.support.homes import every_shard, stat_total, user_keys
 
@@ -31,15 +31,23 @@ pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 NO_DATABASE = {"DATABASE_URL": "sqlite:////nonexistent-dir/presence/db.sqlite3"}
 
 
-async def until(check: Callable[[], Any], within: float = 15, what: str = "") -> Any:
-    """Poll ``check`` (sync; run in a thread so it may use the ORM) until it is truthy."""
+async def until(
+    check: Callable[[], Any],
+    within: float = 15,
+    what: str = "",
+    show: Callable[[], Any] | None = None,
+) -> Any:
+    """Poll ``check`` (sync; run in a thread so it may use the ORM) until it is truthy.
+
+    ``show`` (sync) says what was there instead, in the failure's message."""
     deadline = time.monotonic() + within
     while True:
         value = await sync_to_async(check)()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what or check}")
+            seen = f": {await sync_to_async(show)()}" if show else ""
+            raise AssertionError(f"timed out waiting for {what or check}{seen}")
         await asyncio.sleep(0.05)
 
 
@@ -159,7 +167,12 @@ class TestFlushWorker:
 
         # A bound for a busy machine (a worker and a beat starting beside other tests): the
         # totals must still match exactly.
-        await until(lambda: database_totals() == expected(made), within=45, what="flushed totals")
+        await until(
+            lambda: database_totals() == expected(made),
+            within=45,
+            what=f"flushed totals {dict(expected(made))}",
+            show=lambda: (dict(database_totals()), state(r), task_runs(r, "flush")),
+        )
 
         for conn in live:
             row = await ConnectionSession.objects.aget(pk=conn.cid)
