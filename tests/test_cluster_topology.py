@@ -3,6 +3,7 @@ Cluster of 3 primaries, 3 independent servers, 3 shards behind one sentinel set.
 
 from __future__ import annotations
 
+import socket
 import threading
 from pathlib import Path
 
@@ -174,3 +175,22 @@ def test_sentinel_shards_fail_over_one_shard(sentinel_shards: SentinelShards) ->
     ]
     sentinel_shards.stop()
     assert all(p is not None and p.poll() is not None for p in processes)
+
+
+def test_sentinel_shards_start_when_ports_are_taken_before_they_bind(tmp_path: Path) -> None:
+    # Another process binds a primary's and a sentinel's picked ports before they start (CI:
+    # "sentinel-2 exited ... Address already in use"): those are re-picked, the rest kept.
+    topology = SentinelShards(tmp_path / "taken")
+    primary, sentinel = topology.shards[1].nodes[0], topology.sentinels[2]
+    squatters = [socket.create_server(("127.0.0.1", node.port)) for node in (primary, sentinel)]
+    taken = {primary.port, sentinel.port}
+    try:
+        topology.start()
+        assert not taken & {primary.port, sentinel.port}
+        for shard in topology.shards:
+            assert shard.nodes[0].client().ping()
+        assert all(s.client().ping() for s in topology.sentinels)
+    finally:
+        topology.stop()
+        for squatter in squatters:
+            squatter.close()

@@ -317,15 +317,24 @@ class SentinelShards:
         """Start every shard's primary and replica, then the sentinels; wait until each
         sentinel sees every shard's replica and the other sentinels."""
         try:
+            # Each node's port was picked free before it starts: one lost to another process
+            # in between is re-picked (start_on_free_ports), as SentinelTopology does.
             for shard in self.shards:
                 primary, replica = shard.nodes
-                primary.start()
-                replica.start(replica_of=primary.address)
+                start_on_free_ports([primary], primary.start)
+                start_on_free_ports(
+                    [replica], lambda p=primary, r=replica: r.start(replica_of=p.address)
+                )
             for shard in self.shards:
                 shard._wait_replica_synced(shard.nodes[1], shard.nodes[0])
-            for sentinel in self.sentinels:
-                self._write_sentinel_conf(sentinel)
-                sentinel.start()
+
+            def start_sentinels() -> None:
+                for sentinel in self.sentinels:
+                    self._write_sentinel_conf(sentinel)
+                    sentinel.start()
+
+            # Each sentinel's config names its peers' ports: a lost port re-picks them all.
+            start_on_free_ports(self.sentinels, start_sentinels)
             for shard in self.shards:
                 _wait_until(
                     f"the sentinels to settle on {shard.master_name}", shard._sentinels_settled

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from config.embedded_redis import free_port
 from tests.support.paths import ROOT
-from tests.support.ports import listens
+from tests.support.ports import accepts, listens
 
 #: Seconds bin/run.py has to serve (it migrates and collects static files first).
 SERVE_WITHIN = 120.0
@@ -67,7 +67,7 @@ def _serves(proc: subprocess.Popen[bytes], port: int, log: Path) -> bool:
     """True once *its* web process listens on ``port``; False if ``proc`` exited first."""
     deadline = time.monotonic() + SERVE_WITHIN
     while proc.poll() is None:
-        if listens(proc.pid, port):
+        if accepts(port) and listens(proc.pid, port):
             return True
         assert time.monotonic() < deadline, log.read_text()
         time.sleep(0.2)

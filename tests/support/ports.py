@@ -8,9 +8,20 @@ the connect then reaches that process while ours is failing its bind.
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 _LISTEN = "0A"  # TCP_LISTEN in /proc/net/tcp's "st" column
+
+
+def accepts(port: int) -> bool:
+    """Whether something accepts connections on 127.0.0.1:``port`` (cheap; whose, see
+    :func:`listens`)."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
 
 
 def listens(pid: int, port: int) -> bool:

@@ -15,7 +15,7 @@ from pathlib import Path
 from config.embedded_redis import free_port
 from tests.support.db import database_url
 from tests.support.paths import ROOT
-from tests.support.ports import listens
+from tests.support.ports import accepts, listens
 
 START_TIMEOUT = 30.0
 
@@ -176,9 +176,9 @@ class ASGIServerFactory:
             if not server.alive():
                 error = PortTakenError if "address already in use" in server.log() else RuntimeError
                 raise error(f"uvicorn exited ({server.process.returncode}):\n{server.log()}")
-            # Its own listening socket, not a connect: that would also reach a process that
-            # took the port while ours fails its bind (tests/support/ports.py).
-            if listens(server.process.pid, server.port):
+            # Something listens: ours, or a process that took the port while ours fails its
+            # bind (tests/support/ports.py tells; it reads /proc, so only once a connect works).
+            if accepts(server.port) and listens(server.process.pid, server.port):
                 return
             time.sleep(0.05)
         server.kill()
