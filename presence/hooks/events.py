@@ -104,7 +104,9 @@ def events_of(entry: store.GroupEntry) -> list[HookEvent]:
     why = fields.get("why")
     reason = REASONS.get(why, why) if why else None
     common: dict[str, Any] = {
-        "at_ms": int(fields["t"]),
+        # When it happened: a global leave of a swept connection carries its lapse ('at',
+        # end.lua), which the sweep logs later (t); other entries happened when logged.
+        "at_ms": int(fields.get("at") or fields["t"]),
         "user_id": int(fields["u"]),
         "username": fields.get("n", ""),
         "room": room or None,

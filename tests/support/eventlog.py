@@ -81,10 +81,19 @@ def log_len(r: redis.Redis, shard: int | None = None) -> int:
 
 
 def leave(
-    room: str, uid: int, t: int, why: str, username: str = "", *, vacated: bool = False
+    room: str,
+    uid: int,
+    t: int,
+    why: str,
+    username: str = "",
+    *,
+    vacated: bool = False,
+    at: int | None = None,
 ) -> Entry:
     """The ``leave`` entry end.lua logs (status ``offline``); room "" is the global scope.
-    ``vacated``: the room has no member left (``v`` = 1)."""
+    ``vacated``: the room has no member left (``v`` = 1). ``at``: when it happened, which
+    end.lua's global leave carries (the lapse of a swept connection, else ``t``); a held
+    leave released by release_held.lua has none."""
     entry = {
         "k": "leave",
         "t": str(t),
@@ -94,6 +103,8 @@ def leave(
         "s": "offline",
         "why": why,
     }
+    if at is not None:
+        entry["at"] = str(at)
     return {**entry, "v": "1"} if vacated else entry
 
 

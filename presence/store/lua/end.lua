@@ -39,9 +39,10 @@ Returns one entry per connection:
            mode 'swept' nothing is logged (the sweep ends the row itself).
   state -1: not ended, the connection heartbeated after the sweep claimed it.
 
-Logged for each connection ended now, in this order: a global `leave` (r '') when it was
-the user's last connection, then `close` (c, u, why, at = end time ms, hb = last heartbeat
-ms). A swept connection ends at its expiry (last heartbeat + TTL), a closed one now. The
+Logged for each connection ended now, in this order: a global `leave` (r '', at = end
+time ms) when it was the user's last connection, then `close` (c, u, why, at = end time ms,
+hb = last heartbeat ms). A swept connection ends at its expiry (last heartbeat + TTL), a
+closed one now; the entries' `t` is when they were logged (the sweep's run for a swept one). The
 rooms' leaves are end_rooms.lua's, on the rooms' shards' streams.
 
 The grace window (ARGV[6] > 0). Where the global leave would be logged -- the user's last
@@ -142,7 +143,9 @@ for i = 1, nconns do
         redis.call('ZREM', KEYS[7], uid)
         redis.call('HDEL', KEYS[8], uid)
         redis.call('HDEL', user, 'held')
-        log_event('leave', 'r', '', 'u', uid, 'n', username, 's', 'offline', 'why', reason)
+        -- 'at': when it happened, the lapse for a swept one (t is when it was logged).
+        log_event('leave', 'r', '', 'u', uid, 'n', username, 's', 'offline', 'why', reason,
+          'at', at)
       end
     else
       -- The user stays online: lower their index score to their newest remaining connection.

@@ -14,7 +14,8 @@ from __future__ import annotations
 import redis
 
 from presence import store
-from tests.support.eventlog import by_home, leave, log_mark, logged, logged_by_shard
+from presence.hooks.events import events_of
+from tests.support.eventlog import by_home, leave, log_entries, log_mark, logged, logged_by_shard
 from tests.support.eventlog import close as closed_entry
 from tests.support.homes import end_swept, online_uids, room_keys, user_keys
 from tests.support.lua_timing import TTL_MS, _timing  # noqa: F401 - autouse fixture
@@ -58,7 +59,7 @@ class TestClosed:
         # heartbeat was the connect at t0) on the user's shard, the room half on the rooms'.
         assert logged_by_shard(r, since=mark) == by_home(
             [
-                leave("", 7, t0 + 1, "closed"),
+                leave("", 7, t0 + 1, "closed", at=t0 + 1),
                 closed_entry("c1", 7, t0 + 1, "closed", at=t0 + 1, hb=t0),
                 leave("a", 7, t0 + 1, "closed", vacated=True),
                 leave("b", 7, t0 + 1, "closed", vacated=True),
@@ -74,7 +75,7 @@ class TestClosed:
 
         assert logged_by_shard(r, since=mark) == by_home(
             [
-                leave("", 7, t0 + 1, "kicked"),
+                leave("", 7, t0 + 1, "kicked", at=t0 + 1),
                 closed_entry("c1", 7, t0 + 1, "kicked", at=t0 + 1, hb=t0),
                 leave("a", 7, t0 + 1, "kicked", vacated=True),
             ]
@@ -136,7 +137,7 @@ class TestClosed:
         assert (res.state, res.global_left, res.rooms_left) == (1, True, ["a"])
         assert logged_by_shard(r, since=mark) == by_home(
             [
-                leave("", 7, t0 + 7_000, "closed"),
+                leave("", 7, t0 + 7_000, "closed", at=t0 + 7_000),
                 closed_entry("c2", 7, t0 + 7_000, "closed", at=t0 + 7_000, hb=t0),
                 leave("a", 7, t0 + 7_000, "closed", vacated=True),
             ]
@@ -209,7 +210,7 @@ class TestLeaveComputedOnce:
         # Not claimed through claim_expired (no claim-time expiry): they end at their expiry.
         assert logged_by_shard(r, since=mark) == by_home(
             [
-                leave("", 7, t0, "timeout"),
+                leave("", 7, t0, "timeout", at=old + TTL_MS),  # it lapsed then; logged now (t0)
                 closed_entry("c1", 7, t0, "timeout", at=old + TTL_MS, hb=old),
                 closed_entry("c2", 7, t0, "timeout", at=old + TTL_MS, hb=old),
                 leave("x", 7, t0, "timeout", vacated=True),
@@ -301,11 +302,29 @@ class TestSwept:
         assert r.hgetall(k.conn("c1")).keys() == {"ended"}
         assert logged_by_shard(r, since=mark) == by_home(
             [
-                leave("", 7, t0, "timeout"),
+                leave("", 7, t0, "timeout", at=old + TTL_MS),
                 closed_entry("c1", 7, t0, "timeout", at=old + TTL_MS, hb=old),
                 leave("x", 7, t0, "timeout", vacated=True),
             ]
         )
+
+    async def test_the_offline_hook_of_a_swept_user_is_dated_at_the_lapse(
+        self, r: redis.Redis
+    ) -> None:
+        # docs/hooks.md: at_ms is when it happened, for an expiry the last heartbeat + TTL, not
+        # when the sweep noticed (a late sweep under load once dated it 0.73 s later).
+        k, t0 = user_keys(7), store.now_ms()
+        old = t0 - TTL_MS - 1_000
+        conn = await connect("c1", 7, old)
+        r.zrem(k.conns, "c1")
+        r.zadd(k.sweeping, {"c1": t0 + 30_000})
+        mark = log_mark(r)
+
+        end_swept([conn], now=t0)
+
+        entries = [store.GroupEntry(eid, fields) for eid, fields in log_entries(r, since=mark)]
+        offline = [event for entry in entries for event in events_of(entry)]
+        assert [(event.type, event.at_ms) for event in offline] == [("user.offline", old + TTL_MS)]
 
     async def test_swept_connection_ends_at_its_expiry_at_claim_time(self, r: redis.Redis) -> None:
         k, t0 = user_keys(7), store.now_ms()
@@ -337,7 +356,7 @@ class TestSwept:
         # The user half only: the connection's own rooms come back for the room half.
         assert out == [["c1", 1, 1, "user7", "a"]]
         assert logged(r, since=mark) == [
-            leave("", 7, t0 + 1, "error"),
+            leave("", 7, t0 + 1, "error", at=t0 + 1),
             closed_entry("c1", 7, t0 + 1, "error", at=t0 + 1, hb=t0),
         ]
         assert r.evalsha(sha, len(ks), *ks, *args) == [["c1", 0, 0, ""]]
