@@ -103,7 +103,8 @@ def _read_token(token: str) -> _Claim | None:
 
 
 def users_from_tokens(tokens: list[str]) -> list[TokenAuth | None]:
-    """What each token proves (see :func:`user_from_token`), in order; sync (ORM).
+    """What each valid, unexpired token proves (else None; inactive users are returned), in
+    order; sync (ORM).
 
     WARNING: on the connect path of every token client: one user query for the whole batch
     (presence/access/handshakes.py batches the handshakes of the moment).
@@ -141,11 +142,6 @@ def _user_pk(claim: _Claim | None) -> Any:
         return get_user_model()._meta.pk.to_python(claim.uid)
     except Exception:  # ValidationError: no such user, as filter(pk=...) would find none
         return None
-
-
-def user_from_token(token: str) -> TokenAuth | None:
-    """What a valid, unexpired token proves, else None (inactive users are returned)."""
-    return users_from_tokens([token])[0]
 
 
 # Each event loop's token handshakes, resolved a batch at a time.

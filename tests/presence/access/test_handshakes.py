@@ -49,6 +49,15 @@ async def by_cookie(ws_client: WSFactory, sessionid: str, **kwargs: Any) -> Any:
     return await ws_client(None, headers=[(b"cookie", f"sessionid={sessionid}".encode())], **kwargs)
 
 
+async def outcomes(names: dict[str, Any], clients: list[Any]) -> dict[str, Any]:
+    """Each named client's first frame: its user id after ``hello``, else the error code."""
+    out = {}
+    for name, client in zip(names, clients, strict=True):
+        frame = await client.recv()
+        out[name] = frame.get("user", {}).get("id") if frame["type"] == "hello" else frame["code"]
+    return out
+
+
 async def test_concurrent_handshakes_share_two_queries_and_keep_djangos_rules(
     ws_client: WSFactory, auser_factory: UserFactory
 ) -> None:
@@ -74,13 +83,7 @@ async def test_concurrent_handshakes_share_two_queries_and_keep_djangos_rules(
         *(by_cookie(ws_client, sid, expect_hello=False) for sid in cookies.values())
     )
 
-    outcomes = {}
-    for name, client in zip(cookies, clients, strict=True):
-        frame = await client.recv()
-        outcomes[name] = (
-            frame.get("user", {}).get("id") if frame["type"] == "hello" else (frame.get("code"))
-        )
-    assert outcomes == {
+    assert await outcomes(cookies, clients) == {
         "alice": users["alice"].pk,
         "bob": users["bob"].pk,
         "carol": "session_revoked",  # logged out: her login is revoked (docs/protocol.md)
@@ -176,13 +179,7 @@ async def test_concurrent_token_handshakes_share_one_user_query_and_keep_the_rul
         *(ws_client(None, token=token, expect_hello=False) for token in tokens.values())
     )
 
-    outcomes = {}
-    for name, client in zip(tokens, clients, strict=True):
-        frame = await client.recv()
-        outcomes[name] = (
-            frame.get("user", {}).get("id") if frame["type"] == "hello" else frame.get("code")
-        )
-    assert outcomes == {
+    assert await outcomes(tokens, clients) == {
         "alice": users["alice"].pk,
         "bob": users["bob"].pk,
         "dave": "unauthorized",
