@@ -178,7 +178,10 @@ class TestFlushWorker:
             row = await ConnectionSession.objects.aget(pk=conn.cid)
             assert row.last_heartbeat_at is not None
         assert await FlushRecord.objects.acount() >= 1
-        assert (await StatsBucket.objects.afirst()).peak_connections == 2
+        # The peak of the two live connections is in the bucket of the minute it was seen:
+        # a run across a minute boundary has two buckets, and afirst() may be the other one.
+        peaks = [bucket.peak_connections async for bucket in StatsBucket.objects.all()]
+        assert max(peaks) == 2, peaks
 
     async def test_database_down_counters_wait_in_redis(self, r, celery_worker_process):
         down = celery_worker_process(pool="solo", env=NO_DATABASE)
