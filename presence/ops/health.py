@@ -20,7 +20,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Any, TypedDict
+from typing import Any, TypedDict, cast
 
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
@@ -77,7 +77,8 @@ async def check_database() -> None:
 
 async def check_redis() -> None:
     """``PING`` the presence Redis."""
-    await store.get_async_redis().ping()
+    # redis-py 7 types ping() for the sync and asyncio clients at once.
+    await cast(Awaitable[bool], store.get_async_redis().ping())
 
 
 async def check_store_nodes() -> dict[str, CheckResult]:

@@ -69,9 +69,15 @@ def _sentinel_options(options: dict[str, Any]) -> dict[str, Any]:
     Asyncio included: a bounded question beats the wait_for caveat above here, since without
     it a hung first sentinel would keep every new connection from the others' answer.
     """
+    from redis.backoff import NoBackoff
+
     return {
         "socket_timeout": min(app_settings.REDIS_SOCKET_TIMEOUT, SENTINEL_TIMEOUT),
         "socket_connect_timeout": min(options["socket_connect_timeout"], SENTINEL_TIMEOUT),
+        # No retry: the next sentinel is the retry. redis-py 7 retries a connection's whole
+        # connect and handshake by its retry policy (its default: three times, with backoff),
+        # so a hung sentinel held a new connection for 6 s and more, past the caller's bound.
+        "retry": type(options["retry"])(NoBackoff(), 0),
     }
 
 

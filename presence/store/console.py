@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 from urllib.parse import urlsplit
@@ -319,7 +319,8 @@ def console_overview(tasks: Sequence[str]) -> ConsoleOverview:
 # --------------------------------------------------------------------------- node health
 async def _aping(client: aredis.Redis, within: float) -> str:
     try:
-        await asyncio.wait_for(client.ping(), within)
+        # redis-py 7 types ping() for the sync and asyncio clients at once.
+        await asyncio.wait_for(cast(Awaitable[bool], client.ping()), within)
     except TimeoutError:
         return f"timed out after {within:g} s"
     except Exception as exc:

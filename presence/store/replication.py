@@ -26,6 +26,8 @@ from collections.abc import Mapping
 from typing import Any
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from presence.conf import app_settings
 from presence.redis_url import RedisTarget, parse_redis_url
@@ -62,6 +64,7 @@ def _alone(target: RedisTarget, run_id: str) -> bool:
             host=host,
             port=port,
             decode_responses=True,
+            retry=Retry(NoBackoff(), 0),  # the next sentinel is the retry
             **target.sentinel_kwargs(socket_timeout=1.0),
         )
         try:

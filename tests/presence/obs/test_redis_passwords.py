@@ -88,8 +88,9 @@ def test_scrape_through_a_locked_sentinel_logs_no_password(
         store.reset_clients()
     assert [f.name for f in families] == ["presence_redis_up"]
     raw = "\n".join(r.getMessage() for r in caplog.records)
-    # The test can fail: redis-py's own message holds the sentinel's password.
-    assert "No master found" in raw and STALE_PASSWORD in raw
+    # redis-py 6 quoted the sentinel's password in this message; redis-py 7 masks its
+    # reprs itself. The formatters below must not rely on either.
+    assert "No master found" in raw
     for formatter in (PlainFormatter(), JsonFormatter()):
         text = _formatted(caplog, formatter)
         assert "No master found" in text
