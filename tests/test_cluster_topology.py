@@ -18,6 +18,9 @@ from tests.support.cluster import SLOTS, ClusterTopology, SentinelShards, Shards
 
 pytestmark = pytest.mark.slow
 
+# Writes the resharding test may retry after redis-py's "TTL exhausted" (see there).
+WRITE_RETRIES = 5
+
 
 class TestCluster:
     def test_three_primaries_cover_every_slot(self, redis_cluster: ClusterTopology) -> None:
@@ -63,6 +66,8 @@ def test_reshard_moves_slots_while_a_client_writes(fresh_cluster: ClusterTopolog
     errors: list[BaseException] = []
     stop = threading.Event()
 
+    retried: list[BaseException] = []
+
     def write() -> None:
         i = 0
         while not stop.is_set():
@@ -70,6 +75,15 @@ def test_reshard_moves_slots_while_a_client_writes(fresh_cluster: ClusterTopolog
             try:
                 client.set(key, i)
                 written[key] = i
+            except redis.exceptions.ClusterError as exc:
+                # "TTL exhausted": redis-py's client gave up after 16 redirections while the
+                # slot moved (seen on a loaded machine). An application retries the write;
+                # so does this one, a few times, and the data must still be right.
+                retried.append(exc)
+                if len(retried) > WRITE_RETRIES:
+                    errors.append(exc)
+                    return
+                continue
             except BaseException as exc:
                 errors.append(exc)
                 return
