@@ -96,3 +96,35 @@ class TestBatcher:
         await asyncio.sleep(0.25)
         assert len(socks[0].sent) == 2
         assert json.loads(socks[0].sent[1])["seq"] == "2-0"
+
+
+class TestTails:
+    """Sockets whose snapshot holds the window's first events get only the rest."""
+
+    async def test_each_socket_gets_the_events_after_its_own_position(self) -> None:
+        batcher, socks = batcher_with(4)
+        socks[1].positions[GLOBAL] = (2, 0)  # synced after events 1 and 2
+        socks[2].positions[GLOBAL] = (3, 0)
+        socks[3].positions[GLOBAL] = (5, 0)  # has all of them: nothing to send
+        for n in (1, 2, 3, 4, 5):
+            batcher.add(event(n))
+        batcher.flush()
+
+        joined = [[u["id"] for u in json.loads(s.sent[0])["join"]] for s in socks[:3]]
+        assert joined == [[1, 2, 3, 4, 5], [3, 4, 5], [4, 5]]
+        assert not socks[3].sent
+        assert all(json.loads(s.sent[0])["seq"] == "5-0" for s in socks[:3])
+        assert all(s.positions[GLOBAL] == (5, 0) for s in socks)
+
+    async def test_sockets_at_one_position_share_one_frame(self) -> None:
+        batcher, socks = batcher_with(50)
+        for sock in socks[10:]:
+            sock.positions[GLOBAL] = (2, 0)
+        for n in (1, 2, 3):
+            batcher.add(event(n))
+        batcher.flush()
+
+        tails = {id(sock.sent[0]) for sock in socks[10:]}
+        assert len(tails) == 1  # one text built for the 40 sockets, not one each
+        assert [u["id"] for u in json.loads(socks[10].sent[0])["join"]] == [3]
+        assert len({id(sock.sent[0]) for sock in socks[:10]}) == 1
