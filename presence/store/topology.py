@@ -128,6 +128,17 @@ class _AsyncCluster(AsyncRedisCluster):
         nodes = self.nodes_manager.startup_nodes.values()
         self._seeds: list[tuple[str, Any]] = [(n.host, n.port) for n in nodes]
 
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        # WARNING: redis-py 7.4 chooses a command's routing before it initializes the client:
+        # with no default node yet, a keyed command (EVALSHA) is routed as keyless, to a
+        # random node. The first commands of a new client then met MOVED, and several at once
+        # (16 connects in flight) made it close and rebuild its nodes under the commands in
+        # flight, which failed ("Connection closed by server"). Initialized first, it routes
+        # by slot from the start.
+        if self._initialize:
+            await self.initialize()
+        return await super().execute_command(*args, **kwargs)
+
     async def initialize(self) -> AsyncRedisCluster:
         manager = self.nodes_manager
         if self._initialize and not manager.startup_nodes:
