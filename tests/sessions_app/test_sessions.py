@@ -17,12 +17,23 @@ from typing import Any
 import pytest
 import redis
 from asgiref.sync import sync_to_async
+from django.db import connection
 from django.test import AsyncClient
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from pytest_django.fixtures import Settings
 
 from presence import store
-from sessions_app.actions import do_end_session, do_end_sessions, do_kick_session
+from sessions_app.actions import (
+    CASE_ROWS,
+    SessionStart,
+    do_end_session,
+    do_end_sessions,
+    do_end_sessions_at,
+    do_kick_session,
+    do_record_heartbeats,
+    do_start_sessions,
+)
 from sessions_app.models import ConnectionSession, EndReason
 from tests.support.db import session_log_written, session_row
 from tests.support.redis import mark_ended
@@ -370,3 +381,56 @@ class TestKick:
         assert response.status_code == 200
         assert client.hello["session_id"] in response.content.decode()
         assert str(uuid.uuid4()) not in response.content.decode()
+
+
+class TestBulkWritesInBoundedStatements:
+    """Many rows are ended (or their heartbeats recorded) each with its own values, in
+    statements of at most ``CASE_ROWS`` rows: an UPDATE ... CASE with one branch per row
+    costs rows x branches, and a mass disconnect ends thousands at once."""
+
+    ROWS = 2 * CASE_ROWS + 50
+
+    @pytest.fixture
+    def sids(self, user_factory: Callable[..., Any]) -> list[str]:
+        user = user_factory("bulk")
+        base = timezone.now() - dt.timedelta(minutes=5)
+        starts = [
+            SessionStart(uuid.uuid4(), user.pk, f"c.{n}", None, "", base) for n in range(self.ROWS)
+        ]
+        assert do_start_sessions(starts) == self.ROWS
+        return [str(s.session_id) for s in starts]
+
+    def test_each_row_gets_its_own_end(self, sids: list[str]) -> None:
+        t0 = timezone.now() - dt.timedelta(minutes=1)
+        ends = [
+            (sid, t0 + dt.timedelta(seconds=n), t0 + dt.timedelta(seconds=n, milliseconds=-500))
+            for n, sid in enumerate(sids)
+        ]
+        with CaptureQueriesContext(connection) as queries:
+            assert do_end_sessions_at(ends, reason=EndReason.TIMEOUT) == self.ROWS
+        updates = [q["sql"] for q in queries.captured_queries if q["sql"].startswith("UPDATE")]
+        assert len(updates) == 3
+        assert all(sql.count(" WHEN ") <= 2 * CASE_ROWS for sql in updates)  # two CASEs each
+
+        rows = {str(r.pk): r for r in ConnectionSession.objects.filter(pk__in=sids)}
+        for sid, ended_at, beat in ends:
+            row = rows[sid]
+            assert (row.end_reason, row.ended_at, row.last_heartbeat_at) == (
+                EndReason.TIMEOUT,
+                ended_at,
+                beat,
+            )
+        # The first ending wins, in every statement.
+        assert do_end_sessions_at(ends, reason=EndReason.KICKED) == 0
+
+    def test_each_row_gets_its_own_heartbeat(self, sids: list[str]) -> None:
+        t0 = timezone.now() - dt.timedelta(seconds=30)
+        beats = [(sid, t0 + dt.timedelta(milliseconds=n)) for n, sid in enumerate(sids)]
+        with CaptureQueriesContext(connection) as queries:
+            assert do_record_heartbeats(beats) == self.ROWS
+        updates = [q["sql"] for q in queries.captured_queries if q["sql"].startswith("UPDATE")]
+        assert len(updates) == 3
+        rows = {
+            str(r.pk): r.last_heartbeat_at for r in ConnectionSession.objects.filter(pk__in=sids)
+        }
+        assert rows == dict(beats)
