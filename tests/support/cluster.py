@@ -26,6 +26,7 @@ import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -449,6 +450,18 @@ def redis_cluster(_cluster_session: ClusterTopology) -> ClusterTopology:
     _cluster_session.wait_ok()
     _cluster_session.flushall()
     return _cluster_session
+
+
+@pytest.fixture
+def store_on_cluster(redis_cluster: ClusterTopology, settings: Any) -> Iterator[ClusterTopology]:
+    """The presence store on the run's Cluster (``PRESENCE_REDIS_CLUSTER_URL``), with new
+    clients before and after the test."""
+    from presence import store
+
+    settings.PRESENCE_REDIS_CLUSTER_URL = redis_cluster.url
+    store.reset_clients()
+    yield redis_cluster
+    store.reset_clients()
 
 
 @pytest.fixture

@@ -12,11 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Iterator
 
 import pytest
 import redis
-from pytest_django.fixtures import Settings
 
 from presence import store
 from tests.support.cluster import ClusterTopology
@@ -24,14 +22,6 @@ from tests.support.cluster import ClusterTopology
 pytestmark = pytest.mark.timeout(60)
 
 IN_FLIGHT = 32
-
-
-@pytest.fixture
-def on_cluster(redis_cluster: ClusterTopology, settings: Settings) -> Iterator[ClusterTopology]:
-    settings.PRESENCE_REDIS_CLUSTER_URL = redis_cluster.url
-    store.reset_clients()
-    yield redis_cluster
-    store.reset_clients()
 
 
 def moved_replies(cluster: ClusterTopology) -> int:
@@ -44,9 +34,9 @@ def moved_replies(cluster: ClusterTopology) -> int:
 
 
 async def test_concurrent_first_commands_go_to_their_slots_node(
-    on_cluster: ClusterTopology,
+    store_on_cluster: ClusterTopology,
 ) -> None:
-    before = moved_replies(on_cluster)
+    before = moved_replies(store_on_cluster)
 
     results = await asyncio.gather(
         *(
@@ -56,4 +46,4 @@ async def test_concurrent_first_commands_go_to_their_slots_node(
     )
 
     assert all(r.joined and not r.refused for r in results)
-    assert moved_replies(on_cluster) == before
+    assert moved_replies(store_on_cluster) == before

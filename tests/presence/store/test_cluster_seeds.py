@@ -12,10 +12,7 @@ nodes emptied, the client closed) against a real 3-primary Cluster, then uses it
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
-from pytest_django.fixtures import Settings
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.cluster import RedisCluster
 
@@ -25,20 +22,14 @@ from tests.support.cluster import ClusterTopology
 pytestmark = pytest.mark.timeout(60)
 
 
-@pytest.fixture
-def on_cluster(redis_cluster: ClusterTopology, settings: Settings) -> Iterator[ClusterTopology]:
-    settings.PRESENCE_REDIS_CLUSTER_URL = redis_cluster.url
-    store.reset_clients()
-    yield redis_cluster
-    store.reset_clients()
-
-
 def shard_keys() -> list[str]:
     """One key per logical shard: together they live on all 3 nodes."""
     return [store.keys(n).stats for n in store.all_shards()]
 
 
-async def test_the_asyncio_client_finds_the_cluster_again(on_cluster: ClusterTopology) -> None:
+async def test_the_asyncio_client_finds_the_cluster_again(
+    store_on_cluster: ClusterTopology,
+) -> None:
     client = store.aclient_for(0)
     assert isinstance(client, AsyncRedisCluster)
     for key in shard_keys():
@@ -56,7 +47,9 @@ async def test_the_asyncio_client_finds_the_cluster_again(on_cluster: ClusterTop
     assert set(await pipe.execute()) == {"2"}
 
 
-async def test_an_asyncio_pipeline_finds_the_cluster_again(on_cluster: ClusterTopology) -> None:
+async def test_an_asyncio_pipeline_finds_the_cluster_again(
+    store_on_cluster: ClusterTopology,
+) -> None:
     client = store.aclient_for(0)
     await client.ping()
 
@@ -69,7 +62,7 @@ async def test_an_asyncio_pipeline_finds_the_cluster_again(on_cluster: ClusterTo
     assert set(await pipe.execute()) == {1}
 
 
-def test_the_sync_client_finds_the_cluster_again(on_cluster: ClusterTopology) -> None:
+def test_the_sync_client_finds_the_cluster_again(store_on_cluster: ClusterTopology) -> None:
     """The sync client looks for the cluster again inside its error paths (a MOVED, a
     connection error), from its startup nodes: they are back by the next command."""
     client = store.client_for(0)
