@@ -8,6 +8,9 @@ from typing import Any
 
 import redis
 import redis.asyncio as aredis
+from redis.asyncio.retry import Retry as AsyncRetry
+from redis.backoff import ExponentialBackoff, NoBackoff
+from redis.retry import Retry
 
 from presence.conf import app_settings
 from presence.loops import LoopLocal
@@ -33,10 +36,6 @@ def client_options(*, for_asyncio: bool = False) -> dict[str, Any]:
     may be stale after a Redis restart). Without these, a paused Redis held callers for as
     long as it stayed paused, and redis-py's default three retries multiplied every wait.
     """
-    from redis.asyncio.retry import Retry as AsyncRetry
-    from redis.backoff import ExponentialBackoff
-    from redis.retry import Retry
-
     retry_class = AsyncRetry if for_asyncio else Retry
     return {
         "decode_responses": True,
@@ -69,16 +68,29 @@ def _sentinel_options(options: dict[str, Any]) -> dict[str, Any]:
     Asyncio included: a bounded question beats the wait_for caveat above here, since without
     it a hung first sentinel would keep every new connection from the others' answer.
     """
-    from redis.backoff import NoBackoff
-
     return {
         "socket_timeout": min(app_settings.REDIS_SOCKET_TIMEOUT, SENTINEL_TIMEOUT),
         "socket_connect_timeout": min(options["socket_connect_timeout"], SENTINEL_TIMEOUT),
-        # No retry: the next sentinel is the retry. redis-py 7 retries a connection's whole
-        # connect and handshake by its retry policy (its default: three times, with backoff),
-        # so a hung sentinel held a new connection for 6 s and more, past the caller's bound.
-        "retry": type(options["retry"])(NoBackoff(), 0),
+        "retry": (
+            async_sentinel_retry() if isinstance(options["retry"], AsyncRetry) else sentinel_retry()
+        ),
     }
+
+
+def sentinel_retry() -> Retry:
+    """The retry policy of a sync client of one sentinel: none, the next sentinel is the
+    retry.
+
+    redis-py 7 retries a connection's whole connect and handshake by its retry policy (a
+    client's default: three times, with backoff), so a hung sentinel held a new connection
+    for 6 s and more, past the caller's bound.
+    """
+    return Retry(NoBackoff(), 0)
+
+
+def async_sentinel_retry() -> AsyncRetry:
+    """:func:`sentinel_retry` for asyncio clients."""
+    return AsyncRetry(NoBackoff(), 0)
 
 
 def _sync_client(target: RedisTarget) -> redis.Redis:

@@ -26,12 +26,11 @@ from collections.abc import Mapping
 from typing import Any
 
 import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from presence.conf import app_settings
 from presence.redis_url import RedisTarget, parse_redis_url
 from presence.store import topology
+from presence.store.clients import sentinel_retry
 from presence.store.keys import keys
 from presence.store.topology import split_by_node
 
@@ -64,7 +63,7 @@ def _alone(target: RedisTarget, run_id: str) -> bool:
             host=host,
             port=port,
             decode_responses=True,
-            retry=Retry(NoBackoff(), 0),  # the next sentinel is the retry
+            retry=sentinel_retry(),
             **target.sentinel_kwargs(socket_timeout=1.0),
         )
         try:

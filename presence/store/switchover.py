@@ -16,11 +16,9 @@ from __future__ import annotations
 import asyncio
 
 import redis.asyncio as aredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 
 from presence.redis_url import RedisTarget
-from presence.store.clients import live_async_clients
+from presence.store.clients import async_sentinel_retry, live_async_clients
 
 CHANNEL = "+switch-master"
 
@@ -32,9 +30,7 @@ async def await_switch(target: RedisTarget, host: str, port: int, listen: float)
         host=host,
         port=port,
         decode_responses=True,
-        # No retry: redis-py's default retries a connect three times with backoff; the
-        # caller moves on to the next sentinel instead.
-        retry=Retry(NoBackoff(), 0),
+        retry=async_sentinel_retry(),
         **target.sentinel_kwargs(socket_connect_timeout=2.0),
     )
     pubsub = client.pubsub()
