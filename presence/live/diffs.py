@@ -111,12 +111,12 @@ def deliver_diff(
     scope: str,
     prev: str,
     events: Sequence[Event],
-    shared: Callable[[], str] | None = None,
+    shared: _SharedFrame | None = None,
 ) -> bool:
     """Send ``sub`` what it has not seen of ``events``; whether a frame was sent.
 
-    ``shared()`` returns the frame of all of ``events``, built once for every socket of the
-    flush; without it the frame is built here.
+    ``shared`` builds the frames of ``events`` (all of them, or a tail) once for every socket
+    of the flush; without it the frame is built here.
     """
     held = sub.pending.get(scope)
     if held is not None:
@@ -127,7 +127,7 @@ def deliver_diff(
         return False  # no snapshot of this scope, or the snapshot already has all of it
     if events[0].pos <= pos:
         # The snapshot holds the window's first events: the rest, from where it stops.
-        if isinstance(shared, _SharedFrame):
+        if shared is not None:
             text = shared.after(pos)
         else:
             text = dumps(diff_frame(scope, prev, [ev for ev in events if ev.pos > pos]))
