@@ -441,6 +441,9 @@ class TestBatching:
     ) -> None:
         await store.connect(cid="c", uid=1, username="u", channel="x")
         writer = HotPathWriter()
+        # Alone, the test's first heartbeat would load the script (SCRIPT LOAD, EVALSHA
+        # again) inside the log; the suite's earlier tests had always loaded it.
+        assert await writer.heartbeat(store.ConnRef("c", 1)) == store.HB_ALIVE
         writer.count("msg:test", 2)
         redis_log.start()
 
